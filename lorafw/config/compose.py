@@ -1,0 +1,204 @@
+"""Compose conf/ groups + a recipe + overrides into a RunSpec (the Python API's entry point).
+
+The CLI composes through Hydra's own `@hydra.main`; this module composes the same files with
+Hydra's compose API, so notebooks get exactly the spec the command line would run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from lorafw.config.spec import RunSpec
+from lorafw.config.typed import suggest
+from lorafw.config.validate import expand, spec_from_dict
+from lorafw.errors import ConfigError
+
+CONFIG_NAME = "config"
+_STARTED = time.strftime("%Y%m%d-%H%M%S")  # one timestamp per process: every default run folder agrees
+
+
+def conf_dir() -> Path:
+    """The Hydra config root: lorafw/conf when installed, the repository's conf/ in a checkout."""
+    pkg = Path(__file__).resolve().parents[1]
+    for candidate in (pkg / "conf", pkg.parent / "conf"):
+        if (candidate / "config.yaml").is_file() and (candidate / "recipe").is_dir():
+            return candidate
+    raise RuntimeError(f"lorafw's conf/ folder is missing next to {pkg}; reinstall lorafw")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
+
+
+def run_name(name: str | None, root: str | None) -> str:
+    """output.name, or else the dataset folder's name (`~/data/kafka` → `kafka`), or `lora`."""
+    if name:
+        return name
+    if root and root != "???":
+        stem = expand(root).resolve().name
+        if stem:
+            return stem
+    return "lora"
+
+
+def default_run_dir(out_dir: str | None, name: str | None, root: str | None) -> str:
+    """output.dir, or `outputs/<name>/<date-time>` (relative to where lorafw is run)."""
+    if out_dir and out_dir != "???":
+        return str(expand(out_dir))
+    return str(Path("outputs") / run_name(name, root) / _STARTED)
+
+
+OmegaConf.register_new_resolver("lorafw_run_dir", default_run_dir, use_cache=True, replace=True)
+
+
+def _compose_cfg(overrides: Sequence[str]) -> DictConfig:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _hydra_compose(overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        error = e
+    raise ConfigError([explain_compose_error(error, overrides)], title="cannot compose the config") from None
+
+
+def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="lorafw"):
+        return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+
+
+def explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
+    """Hydra's composition error as one line, with the nearest valid key or option."""
+    import re
+
+    msg = str(err).strip()
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'", msg)
+    if m:
+        group, name = m.groups()
+        options = re.findall(r"^\t(\S+)$", msg, flags=re.M)
+        near = suggest(name, options)
+        plus = "+" if group == "recipe" else ""
+        hint = f"did you mean {plus}{group}={near}? " if near else ""
+        return f"{plus}{group}={name}: no such {group} option; {hint}(available: {', '.join(options)})"
+    m = re.search(r"Could not override '([^']+)'", msg)
+    if m:
+        bad = m.group(1)
+        try:
+            base = _hydra_compose([o for o in overrides if not o.lstrip("+~").startswith(bad + "=")])
+        except Exception:
+            return msg.splitlines()[0]
+        parent, _, leaf = bad.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if isinstance(node, DictConfig):
+            keys = [str(k) for k in node.keys()]
+            near = suggest(leaf, keys)
+            where = f"{parent}." if parent else ""
+            hint = f"did you mean {where}{near}? " if near else ""
+            return f"{bad}: unknown key; {hint}(valid keys: {', '.join(keys)})"
+        return f"{bad}: unknown key ({parent or 'config'} has no such section)"
+    lines = [ln for ln in msg.splitlines() if ln.strip() and not ln.startswith(("Config search path", "\tprovider="))]
+    return " ".join(ln.strip() for ln in lines).removeprefix("In 'config': ")
+
+
+def compose_dict(recipe: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved config as a plain dict (what `lorafw ... --cfg job` prints, resolved)."""
+    ovs = list(overrides)
+    if recipe:
+        ovs = [f"+recipe={recipe}"] + ovs
+    cfg = _compose_cfg(ovs)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def compose(recipe: str | None = None, overrides: Sequence[str] = (), check_paths: bool = True) -> RunSpec:
+    """Recipe + overrides → validated RunSpec, e.g. `compose("sd15_character", ["dataset.root=~/data/kafka"])`."""
+    spec, _notes = spec_from_dict(compose_dict(recipe, overrides), check_paths=check_paths)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (), check_paths: bool = True) -> RunSpec:
+    """A spec saved by a run (`RUN_DIR/config.yaml`, or the run folder itself), with optional overrides."""
+    p = expand(str(path))
+    if p.is_dir():
+        p = p / "config.yaml"
+    if not p.is_file():
+        raise ConfigError([f"{path}: no saved config here (expected a run folder holding config.yaml)"])
+    data = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    spec, _ = spec_from_dict(data, check_paths=False)  # type: ignore[arg-type]
+    return apply_overrides(spec, list(overrides), check_paths=check_paths)
+
+
+def apply_overrides(spec: RunSpec, overrides: list[str], check_paths: bool = True) -> RunSpec:
+    """`key=value` overrides on an existing spec (no group changes: those need compose())."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.create(spec.to_dict())
+    OmegaConf.set_struct(cfg, True)
+    problems: list[str] = []
+    for text in overrides:
+        try:
+            ov = OverridesParser.create().parse_override(text)
+        except Exception as e:  # Hydra's grammar errors
+            problems.append(f"{text}: cannot parse ({e})")
+            continue
+        key = ov.key_or_group
+        if ov.is_sweep_override() or ov.is_delete() or ov.is_add():
+            problems.append(f"{text}: only plain key=value overrides apply to a spec")
+            continue
+        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            near = suggest(leaf, keys)
+            problems.append(f"{key}: unknown key" + (f"; did you mean {parent + '.' if parent else ''}{near}?" if near else ""))
+            continue
+        OmegaConf.update(cfg, key, ov.value(), merge=False, force_add=False)
+    if problems:
+        raise ConfigError(problems)
+    new, _ = spec_from_dict(OmegaConf.to_container(cfg), check_paths=check_paths)  # type: ignore[arg-type]
+    return new
+
+
+def expand_sweep(overrides: Sequence[str], limit: int = 64) -> list[list[str]]:
+    """Each job's overrides for a `-m` sweep (`a=1,2 b=x,y` → 4 lists), for checking before any job runs.
+
+    Interval/range sweeps that cannot be enumerated (e.g. an Optuna search space) are left out.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    axes: list[list[str]] = []
+    for ov in parsed:
+        if not ov.is_sweep_override():
+            axes.append([ov.input_line])
+            continue
+        try:
+            values = list(ov.sweep_string_iterator())
+        except Exception:
+            continue
+        axes.append([f"{ov.get_key_element()}={v}" for v in values])
+    return [list(c) for c in itertools.islice(itertools.product(*axes), limit)]
+
+
+def check_all(overrides: Iterable[list[str]], check_paths: bool = True) -> list[str]:
+    """Validate every job of a (possibly swept) command line; raise one ConfigError for all of them."""
+    problems: list[str] = []
+    notes: list[str] = []
+    jobs = list(overrides)
+    for job in jobs:
+        try:
+            _spec, n = spec_from_dict(compose_dict(None, job), check_paths=check_paths)
+            notes += [x for x in n if x not in notes]
+        except ConfigError as e:
+            label = f"[{' '.join(job)}] " if len(jobs) > 1 else ""
+            problems += [label + x for x in e.problems if label + x not in problems]
+    if problems:
+        raise ConfigError(problems)
+    return notes

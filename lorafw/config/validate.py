@@ -1,0 +1,197 @@
+"""Turn a composed config (plain dict) into a validated RunSpec, or one error listing every problem.
+
+Runs before any weights or images are read and imports no torch. Also runnable alone:
+`lorafw check +recipe=NAME ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from lorafw.config.spec import RunSpec
+from lorafw.config.typed import from_dict
+from lorafw.errors import ConfigError
+from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_BAD_NAME = re.compile(r"[\\/:*?\"<>|]")
+
+
+def expand(path: str) -> Path:
+    """User paths may use ~ and $VARS."""
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def spec_from_dict(data: dict[str, Any], check_paths: bool = True) -> tuple[RunSpec, list[str]]:
+    """Validate `data` into a RunSpec. Returns (spec, notes); raises ConfigError listing every problem.
+
+    `notes` are not errors: values that the chosen options do not use (e.g. a recipe's
+    `scheduler.num_cycles` after the user switched to `scheduler=constant_with_warmup`).
+    `check_paths=False` skips the file-system checks (for printing or comparing specs).
+    """
+    problems: list[str] = []
+    data = dict(data)
+    data.pop("hydra", None)
+    spec = from_dict(RunSpec, data, "", problems)
+    if spec is None:
+        raise ConfigError(problems)
+    notes: list[str] = []
+    _check_values(spec, problems, notes)
+    if check_paths:
+        _check_paths(spec, problems)
+    if problems:
+        raise ConfigError(problems)
+    return spec, notes
+
+
+def _check_values(s: RunSpec, p: list[str], notes: list[str]) -> None:
+    from lorafw.registry import available_archs
+
+    archs = available_archs()
+    if s.base_model.arch not in archs:
+        p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
+
+    n = s.network
+    if n.dim < 1:
+        p.append(f"network.dim: must be at least 1, got {n.dim}")
+    if n.alpha <= 0:
+        p.append(f"network.alpha: must be > 0, got {n.alpha:g} (the update is scaled by alpha / dim)")
+    if not 0.0 <= n.dropout < 1.0:
+        p.append(f"network.dropout: must be in [0, 1), got {n.dropout:g}")
+    if n.algo == "locon":
+        if n.conv_dim is None or n.conv_dim < 1:
+            p.append(f"network.conv_dim: network.algo=locon needs a rank of at least 1, got {n.conv_dim}")
+        if n.conv_alpha is None or n.conv_alpha <= 0:
+            p.append(f"network.conv_alpha: network.algo=locon needs a value > 0, got {n.conv_alpha}")
+    elif n.conv_dim is not None or n.conv_alpha is not None:
+        p.append(
+            f"network.conv_dim: set ({n.conv_dim}) but network.algo=lora has no convolution adapters; "
+            "use network=locon (or network.algo=locon), or set network.conv_dim=null"
+        )
+
+    o = s.optimizer
+    info = OPTIMIZERS.get(o.name)
+    if info is None:
+        p.append(f"optimizer.name: unknown optimizer {o.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    else:
+        if len(o.betas) != info.n_betas:
+            p.append(f"optimizer.betas: {o.name} takes {info.n_betas} betas, got {list(o.betas)}")
+        for unknown in sorted(set(o.args) - info.args):
+            p.append(
+                f"optimizer.args.{unknown}: not an argument of {o.name}; allowed: {', '.join(sorted(info.args))}"
+            )
+    if any(not 0.0 <= b < 1.0 for b in o.betas):
+        p.append(f"optimizer.betas: each beta must be in [0, 1), got {list(o.betas)}")
+    if o.lr <= 0:
+        p.append(f"optimizer.lr: must be > 0, got {o.lr:g}")
+    for key in ("unet_lr", "text_encoder_lr"):
+        if getattr(o, key) < 0:
+            p.append(f"optimizer.{key}: must be >= 0 (0 = do not train that part), got {getattr(o, key):g}")
+    if o.unet_lr == 0 and o.text_encoder_lr == 0:
+        p.append("optimizer.unet_lr and optimizer.text_encoder_lr: both 0, nothing would be trained")
+    if o.weight_decay < 0:
+        p.append(f"optimizer.weight_decay: must be >= 0, got {o.weight_decay:g}")
+
+    sc = s.scheduler
+    used = SCHEDULERS.get(sc.name)
+    if used is None:
+        p.append(f"scheduler.name: unknown scheduler {sc.name!r}; choose one of: {', '.join(SCHEDULERS)}")
+    else:
+        for key in ("warmup_ratio", "num_cycles", "min_lr", "d", "gamma"):
+            value = getattr(sc, key)
+            if key in used and value is None:
+                p.append(f"scheduler.{key}: scheduler {sc.name} needs it set")
+            elif key not in used and value is not None:
+                notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
+    if sc.warmup_ratio is not None and not 0.0 <= sc.warmup_ratio < 1.0:
+        p.append(f"scheduler.warmup_ratio: must be in [0, 1), got {sc.warmup_ratio:g}")
+    if sc.num_cycles is not None and sc.num_cycles < 1:
+        p.append(f"scheduler.num_cycles: must be at least 1, got {sc.num_cycles}")
+    if sc.min_lr is not None and sc.min_lr < 0:
+        p.append(f"scheduler.min_lr: must be >= 0, got {sc.min_lr:g}")
+    if sc.d is not None and not 0.0 < sc.d <= 1.0:
+        p.append(f"scheduler.d: must be in (0, 1], got {sc.d:g}")
+    if sc.gamma is not None and sc.gamma <= 0:
+        p.append(f"scheduler.gamma: must be > 0, got {sc.gamma:g}")
+
+    d = s.dataset
+    if d.root is None and not d.folders:
+        p.append("dataset.root: no images given; set dataset.root=DIR (holding REPEATS_NAME folders) or dataset.folders")
+    if d.resolution < 64 or d.resolution % 8:
+        p.append(f"dataset.resolution: must be a multiple of 8 and at least 64, got {d.resolution}")
+    if d.bucket_reso_steps < 8 or d.bucket_reso_steps % 8:
+        p.append(f"dataset.bucket_reso_steps: must be a multiple of 8 (64 is usual), got {d.bucket_reso_steps}")
+    if d.enable_bucket:
+        if d.min_bucket_reso > d.resolution:
+            p.append(f"dataset.min_bucket_reso: {d.min_bucket_reso} is above dataset.resolution={d.resolution}")
+        if d.max_bucket_reso < d.resolution:
+            p.append(f"dataset.max_bucket_reso: {d.max_bucket_reso} is below dataset.resolution={d.resolution}")
+        if d.min_bucket_reso < 64:
+            p.append(f"dataset.min_bucket_reso: must be at least 64, got {d.min_bucket_reso}")
+    if d.keep_tokens < 0:
+        p.append(f"dataset.keep_tokens: must be >= 0, got {d.keep_tokens}")
+    if d.default_repeats is not None and d.default_repeats < 1:
+        p.append(f"dataset.default_repeats: must be at least 1, got {d.default_repeats}")
+    if not d.caption_extension.startswith("."):
+        p.append(f"dataset.caption_extension: must start with '.', e.g. .txt, got {d.caption_extension!r}")
+    if d.cache_latents_to_disk and not d.cache_latents:
+        p.append("dataset.cache_latents_to_disk: needs dataset.cache_latents=true")
+    for i, f in enumerate(d.folders):
+        key = f"dataset.folders[{i}]"
+        if f.repeats is not None and f.repeats < 1:
+            p.append(f"{key}.repeats: must be at least 1, got {f.repeats}")
+        if f.keep_tokens is not None and f.keep_tokens < 0:
+            p.append(f"{key}.keep_tokens: must be >= 0, got {f.keep_tokens}")
+        if f.caption_extension is not None and not f.caption_extension.startswith("."):
+            p.append(f"{key}.caption_extension: must start with '.', got {f.caption_extension!r}")
+        if f.trigger is not None and (not f.trigger.strip() or "," in f.trigger):
+            p.append(f"{key}.trigger: must be one tag without commas, got {f.trigger!r}")
+
+    t = s.train
+    for key in ("epochs", "batch_size", "gradient_accumulation_steps", "clip_skip"):
+        if getattr(t, key) < 1:
+            p.append(f"train.{key}: must be at least 1, got {getattr(t, key)}")
+    if t.min_snr_gamma is not None and t.min_snr_gamma <= 0:
+        p.append(f"train.min_snr_gamma: must be > 0 (or null to turn it off), got {t.min_snr_gamma:g}")
+    if t.noise_offset < 0:
+        p.append(f"train.noise_offset: must be >= 0, got {t.noise_offset:g}")
+    if t.max_grad_norm < 0:
+        p.append(f"train.max_grad_norm: must be >= 0 (0 = no clipping), got {t.max_grad_norm:g}")
+    if not _DEVICE.match(t.device):
+        p.append(f"train.device: {t.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if t.full_bf16 and t.mixed_precision != "bf16":
+        p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
+
+    out = s.output
+    if out.save_every_n_epochs < 1:
+        p.append(f"output.save_every_n_epochs: must be at least 1, got {out.save_every_n_epochs}")
+    if out.name is not None and (not out.name or _BAD_NAME.search(out.name)):
+        p.append(f"output.name: {out.name!r} is not a usable file name (no / \\ : * ? \" < > |)")
+
+
+def _check_paths(s: RunSpec, p: list[str]) -> None:
+    bm = expand(s.base_model.path)
+    if not bm.exists():
+        p.append(f"base_model.path: {s.base_model.path} does not exist; point it at a .safetensors file or a diffusers folder")
+    elif bm.is_dir():
+        if not (bm / "model_index.json").is_file() and not (bm / "unet").is_dir():
+            p.append(f"base_model.path: {s.base_model.path} is a folder but not a diffusers model (no model_index.json)")
+    elif bm.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        p.append(
+            f"base_model.path: {s.base_model.path} is a pickle checkpoint, which can run code when loaded; "
+            "use the .safetensors version of the model"
+        )
+    if s.base_model.vae is not None and not expand(s.base_model.vae).exists():
+        p.append(f"base_model.vae: {s.base_model.vae} does not exist")
+    d = s.dataset
+    if d.root is not None:
+        root = expand(d.root)
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            p.append(f"dataset.root: {d.root} {what}; it should hold folders like 10_name/ with images and captions")
+    for i, f in enumerate(d.folders):
+        if not expand(f.path).is_dir():
+            p.append(f"dataset.folders[{i}].path: {f.path} is not an existing folder")

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny SD1.5-architecture models and datasets written to disk the way users have them,
+and specs composed from the real conf/ + recipes/ then shrunk to the tiny model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", category=FutureWarning)
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_parts():
+    from lorafw.models.tiny import build_sd15
+
+    return build_sd15(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_parts) -> Path:
+    """A tiny SD1.5-architecture checkpoint as one original-layout .safetensors."""
+    from lorafw.models.tiny import save_single_file
+
+    return save_single_file(tiny_parts, tmp_path_factory.mktemp("models") / "tiny-sd15.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers(tmp_path_factory, tiny_parts) -> Path:
+    """The same weights as a diffusers folder."""
+    from lorafw.models.tiny import save_diffusers_folder
+
+    return save_diffusers_folder(tiny_parts, tmp_path_factory.mktemp("models") / "tiny-sd15-diffusers")
+
+
+def write_image(path: Path, size: tuple[int, int], colour: tuple[int, int, int], mode: str = "RGB") -> Path:
+    from PIL import Image, ImageDraw
+
+    im = Image.new(mode, size, colour if mode == "RGB" else colour + (255,))
+    d = ImageDraw.Draw(im)
+    w, h = size
+    d.ellipse((w * 0.25, h * 0.25, w * 0.75, h * 0.75), fill=(255 - colour[0], 255 - colour[1], 255 - colour[2]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def make_folder(root: Path, name: str, sizes: list[tuple[int, int]], captions: list[str] | None = None) -> Path:
+    folder = root / name
+    for i, size in enumerate(sizes):
+        colour = ((60 * i) % 255, (110 + 40 * i) % 255, (200 - 30 * i) % 255)
+        write_image(folder / f"{i:03d}.png", size, colour)
+        if captions is not None:
+            (folder / f"{i:03d}.txt").write_text(captions[i % len(captions)] + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """root/2_toy/ with 4 square images and tag captions (one 64×64 bucket)."""
+    root = tmp_path_factory.mktemp("data") / "toy"
+    make_folder(root, "2_toy", [(64, 64), (80, 80), (96, 96), (64, 64)],
+                ["toy, red circle, white background", "toy, blue circle", "toy, green circle, simple", "toy, circle"])
+    return root
+
+
+def tiny_overrides(model: Path, data: Path, out: Path) -> list[str]:
+    """Shrink any recipe to the tiny model: small images, one epoch, a private output folder."""
+    return [
+        f"base_model.path={model}",
+        f"dataset.root={data}",
+        "dataset.resolution=64",
+        "dataset.min_bucket_reso=64",
+        "dataset.max_bucket_reso=128",
+        "train.epochs=1",
+        f"output.dir={out}",
+        "output.name=toy",
+    ]
+
+
+@pytest.fixture
+def compose_tiny(tiny_model, tiny_dataset, tmp_path):
+    """compose_tiny("sd15_character", "train.epochs=2", ...) → a validated RunSpec on the tiny model."""
+    from lorafw.config.compose import compose
+
+    def make(recipe: str | None = "sd15_character", *overrides: str, data: Path | None = None, model: Path | None = None):
+        base = tiny_overrides(model or tiny_model, data or tiny_dataset, tmp_path / "run")
+        return compose(recipe, base + list(overrides))
+
+    return make

@@ -1,0 +1,197 @@
+"""Composition, validation and the spec: bad input fails early with messages naming key, value and fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorafw.config.compose import (
+    apply_overrides,
+    check_all,
+    compose,
+    compose_dict,
+    conf_dir,
+    expand_sweep,
+    load_spec,
+)
+from lorafw.config.spec import RunSpec
+from lorafw.config.typed import from_dict
+from lorafw.config.validate import spec_from_dict
+from lorafw.errors import ConfigError
+
+PATHS = ["base_model.path=/m.safetensors", "dataset.root=/d"]
+
+
+def problems_of(overrides, recipe="sd15_character", check_paths=False) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        spec_from_dict(compose_dict(recipe, overrides), check_paths=check_paths)
+    return e.value.problems
+
+
+def groups() -> dict[str, list[str]]:
+    return {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in conf_dir().iterdir() if g.is_dir() and g.name != "recipe"}
+
+
+def test_config_groups_have_the_required_options():
+    g = groups()
+    assert set(g["base_model"]) >= {"nai", "pdxl", "sd15", "sdxl"}
+    assert set(g["network"]) >= {"lora", "locon", "dora"}
+    assert set(g["optimizer"]) >= {"adamw", "adamw8bit", "prodigy", "came"}
+    assert set(g["scheduler"]) >= {"cosine_restarts", "constant_with_warmup", "rex"}
+    assert set(g["dataset"]) >= {"default", "concepts"}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in groups().items() for o in opts])
+def test_every_option_of_every_group_composes_and_validates(group, option):
+    extra = ["dataset.folders=[{path: /d/outfit1, repeats: 5, trigger: zetadef}]"] if option == "concepts" else []
+    cfg = compose_dict(None, PATHS + [f"{group}={option}"] + extra)
+    if group == "base_model" and option in ("sdxl", "pdxl"):
+        return  # composes; the SDXL trainer is registered by its own issue
+    spec, _ = spec_from_dict(cfg, check_paths=False)
+    assert isinstance(spec, RunSpec)
+
+
+def test_unknown_key_in_override_suggests_the_nearest():
+    with pytest.raises(ConfigError) as e:
+        compose_dict("sd15_character", PATHS + ["optimizer.lrr=1e-4"])
+    assert "optimizer.lrr: unknown key; did you mean optimizer.lr?" in str(e.value)
+
+
+def test_unknown_key_forced_in_is_still_caught_with_a_suggestion():
+    probs = problems_of(PATHS + ["+network.dimm=8"])
+    assert probs == [
+        "network.dimm: unknown key; did you mean network.dim? "
+        "(valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha)"
+    ]
+
+
+def test_unknown_option_and_recipe_suggest_the_nearest():
+    with pytest.raises(ConfigError) as e:
+        compose_dict(None, PATHS + ["optimizer=adamx"])
+    assert "optimizer=adamx: no such optimizer option; did you mean optimizer=adamw?" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        compose_dict("sd15_characte", PATHS)
+    assert "did you mean +recipe=sd15_character?" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("optimizer.lr=-1", "optimizer.lr: must be > 0, got -1"),
+        ("network.dim=0", "network.dim: must be at least 1, got 0"),
+        ("optimizer.name=adam", "optimizer.name: unknown optimizer 'adam'; choose one of: adamw, adamw8bit, prodigy, came"),
+        ("train.mixed_precision=fp8", "train.mixed_precision: 'fp8' is not allowed; choose one of: auto, no, fp16, bf16"),
+        ("train.max_token_length=100", "train.max_token_length: 100 is not allowed; choose one of: 75, 150, 225"),
+        ("network.dim=abc", "network.dim: expected an integer, got 'abc' (str)"),
+        ("optimizer.betas=[0.9]", "optimizer.betas: adamw8bit takes 2 betas, got [0.9]"),
+        ("+optimizer.args.foo=1", "optimizer.args.foo: not an argument of adamw8bit"),
+        ("network.conv_dim=4", "network.conv_dim: set (4) but network.algo=lora has no convolution adapters"),
+        ("dataset.resolution=100", "dataset.resolution: must be a multiple of 8 and at least 64, got 100"),
+        ("train.device=gpu", "train.device: 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
+        ("dataset.caption_extension=txt", "dataset.caption_extension: must start with '.'"),
+        ("train.full_bf16=true", "train.full_bf16: needs train.mixed_precision=bf16, got auto"),
+        ("output.name=a/b", "output.name: 'a/b' is not a usable file name"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(override, expected):
+    probs = problems_of(PATHS + [override])
+    assert any(p.startswith(expected) for p in probs), probs
+
+
+def test_every_problem_is_reported_at_once():
+    probs = problems_of(PATHS + ["network.dim=0", "optimizer.lr=-1", "train.epochs=0"])
+    assert len(probs) >= 3
+
+
+def test_missing_base_model_path_is_named():
+    with pytest.raises(ConfigError) as e:
+        spec_from_dict(compose_dict("sd15_character", ["dataset.root=/d"]), check_paths=False)
+    assert "base_model.path: required but not set (pass base_model.path=...)" in e.value.problems
+
+
+def test_missing_folders_and_models_fail_before_loading(tmp_path):
+    probs = problems_of([f"base_model.path={tmp_path / 'nope.safetensors'}", f"dataset.root={tmp_path / 'nodata'}"], check_paths=True)
+    assert any("base_model.path:" in p and "does not exist" in p for p in probs)
+    assert any("dataset.root:" in p and "does not exist" in p for p in probs)
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really")
+    (tmp_path / "d").mkdir()
+    probs = problems_of([f"base_model.path={ckpt}", f"dataset.root={tmp_path / 'd'}"], check_paths=True)
+    assert any("pickle checkpoint" in p and ".safetensors" in p for p in probs)
+
+
+def test_validation_imports_no_torch():
+    code = (
+        "import sys; from lorafw.config.compose import compose_dict; from lorafw.config.validate import spec_from_dict;"
+        "spec_from_dict(compose_dict('sd15_character', ['base_model.path=/m', 'dataset.root=/d']), check_paths=False);"
+        "import lorafw.cli, lorafw.data.folders, lorafw.data.dataset;"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_spec_override_revalidates():
+    spec, _ = spec_from_dict(compose_dict("sd15_character", PATHS), check_paths=False)
+    new = apply_overrides(spec, ["train.epochs=3", "network.dim=32"], check_paths=False)
+    assert (new.train.epochs, new.network.dim, spec.train.epochs) == (3, 32, 10)
+    with pytest.raises(ConfigError, match="did you mean train.epochs"):
+        apply_overrides(spec, ["train.epoch=3"], check_paths=False)
+    with pytest.raises(ConfigError, match="network.dim: must be at least 1"):
+        apply_overrides(spec, ["network.dim=0"], check_paths=False)
+
+
+def test_spec_round_trips_through_its_dict():
+    spec, _ = spec_from_dict(compose_dict("sd15_prodigy", PATHS), check_paths=False)
+    again, _ = spec_from_dict(spec.to_dict(), check_paths=False)
+    assert again == spec
+
+
+def test_saved_config_loads_back(tmp_path, tiny_model, tiny_dataset):
+    from lorafw.outputs.record import write_config
+
+    spec = compose("sd15_character", [f"base_model.path={tiny_model}", f"dataset.root={tiny_dataset}"])
+    write_config(tmp_path, spec)
+    assert load_spec(tmp_path) == spec
+    assert load_spec(tmp_path, ["seed=7"]).seed == 7
+
+
+def test_sweep_expansion_and_checking():
+    jobs = expand_sweep(["+recipe=sd15_character", "optimizer.lr=1e-4,5e-4", "network.dim=8,16"] + PATHS)
+    assert len(jobs) == 4
+    assert ["+recipe=sd15_character", "optimizer.lr=0.0001", "network.dim=8"] + PATHS in jobs
+    check_all(jobs, check_paths=False)
+    bad = expand_sweep(["+recipe=sd15_character", "network.dim=8,0"] + PATHS)
+    with pytest.raises(ConfigError) as e:
+        check_all(bad, check_paths=False)
+    assert len(e.value.problems) == 1 and "network.dim=0" in e.value.problems[0]
+
+
+def test_typed_converter_collects_every_problem():
+    from lorafw.config.spec import NetworkSpec
+
+    probs: list[str] = []
+    assert from_dict(NetworkSpec, {"algo": "lorra", "dim": 1.5, "dora_wd": "yes", "dropout": 0, "alph": 3}, "network", probs) is None
+    assert probs == [
+        "network.alph: unknown key; did you mean network.alpha? (valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha)",
+        "network.algo: 'lorra' is not allowed; choose one of: lora, locon",
+        "network.dim: expected an integer, got 1.5 (float)",
+        "network.alpha: missing (every config must set it)",
+        "network.dora_wd: expected true or false, got 'yes' (str)",
+    ]
+    probs = []
+    spec = from_dict(NetworkSpec, {"algo": "lora", "dim": 8.0, "alpha": 4, "dora_wd": False, "dropout": 0}, "network", probs)
+    assert probs == [] and spec.dim == 8 and isinstance(spec.alpha, float) and spec.conv_dim is None
+    probs = []
+    from_dict(NetworkSpec, {"algo": "lora", "dim": True, "alpha": None, "dora_wd": False, "dropout": 0}, "network", probs)
+    assert probs == ["network.dim: expected an integer, got True (bool)", "network.alpha: required, got null; expected a number"]
+
+
+def test_conf_dir_is_the_repository_conf_in_a_checkout():
+    assert conf_dir() == Path(__file__).resolve().parents[1] / "conf"

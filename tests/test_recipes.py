@@ -1,0 +1,161 @@
+"""Each shipped recipe resolves to exactly the values RECIPES.md lists (written out here, independently)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorafw.config.compose import compose_dict, recipe_names
+from lorafw.config.validate import spec_from_dict
+
+PATHS = ["base_model.path=/models/x.safetensors", "dataset.root=/data/x"]
+
+SD15_CHARACTER = {
+    "base_model.arch": "sd15",
+    "dataset.resolution": 768,
+    "dataset.enable_bucket": True,
+    "dataset.min_bucket_reso": 256,
+    "dataset.max_bucket_reso": 1024,
+    "dataset.bucket_reso_steps": 64,
+    "dataset.shuffle_caption": True,
+    "dataset.keep_tokens": 1,
+    "dataset.cache_latents": True,
+    "train.batch_size": 2,
+    "train.epochs": 10,
+    "optimizer.unet_lr": 5e-4,
+    "optimizer.text_encoder_lr": 1e-4,
+    "scheduler.name": "cosine_with_restarts",
+    "scheduler.num_cycles": 3,
+    "scheduler.warmup_ratio": 0.0,
+    "train.loss_type": "l2",
+    "train.min_snr_gamma": 5.0,
+    "network.algo": "lora",
+    "network.dim": 16,
+    "network.alpha": 8,
+    "network.dora_wd": False,
+    "optimizer.name": "adamw8bit",
+    "optimizer.weight_decay": 0.1,
+    "optimizer.betas": [0.9, 0.99],
+    "train.clip_skip": 2,
+    "train.max_token_length": 225,
+    "train.mixed_precision": "auto",
+    "output.save_every_n_epochs": 1,
+}
+
+SD15_PRODIGY = {
+    **SD15_CHARACTER,
+    "optimizer.name": "prodigy",
+    "optimizer.lr": 1.0,
+    "optimizer.unet_lr": 1.0,
+    "optimizer.text_encoder_lr": 1.0,
+    "optimizer.weight_decay": 0.01,
+    "optimizer.betas": [0.9, 0.999],
+    "optimizer.args": {"decouple": True, "d_coef": 2, "use_bias_correction": True, "safeguard_warmup": True},
+    "network.dim": 16,
+    "network.alpha": 16,
+    "scheduler.name": "constant_with_warmup",
+    "scheduler.warmup_ratio": 0.05,
+    "scheduler.num_cycles": None,
+    "train.epochs": 20,
+}
+
+PDXL = {
+    "base_model.arch": "sdxl",
+    "train.mixed_precision": "bf16",
+    "train.full_bf16": True,
+    "train.no_half_vae": True,
+    "dataset.resolution": 1024,
+    "dataset.enable_bucket": True,
+    "dataset.max_bucket_reso": 2048,
+    "dataset.bucket_reso_steps": 64,
+    "train.gradient_checkpointing": True,
+    "train.gradient_accumulation_steps": 1,
+    "train.attention": "sdpa",
+    "dataset.cache_latents": True,
+    "dataset.cache_latents_to_disk": True,
+    "train.batch_size": 2,
+    "train.max_token_length": 225,
+    "network.algo": "lora",
+    "network.dim": 8,
+    "network.alpha": 4,
+    "optimizer.name": "came",
+    "optimizer.weight_decay": 0.04,
+    "scheduler.name": "rex",
+    "scheduler.warmup_ratio": 0.05,
+    "scheduler.min_lr": 1e-6,
+    "scheduler.d": 0.9,
+    "optimizer.lr": 1e-4,
+    "optimizer.unet_lr": 1e-4,
+    "optimizer.text_encoder_lr": 1e-6,
+    "train.loss_type": "l2",
+    "train.min_snr_gamma": 5.0,
+}
+
+PDXL_DORA = {
+    **PDXL,
+    "network.algo": "locon",
+    "network.dora_wd": True,
+    "network.dim": 8,
+    "network.alpha": 4,
+    "network.conv_dim": 4,
+    "network.conv_alpha": 2,
+    "optimizer.lr": 5e-5,
+    "optimizer.unet_lr": 5e-5,
+    "optimizer.text_encoder_lr": 1e-6,
+}
+
+EXPECTED = {"sd15_character": SD15_CHARACTER, "sd15_prodigy": SD15_PRODIGY, "pdxl": PDXL, "pdxl_dora": PDXL_DORA}
+
+
+def get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def test_every_shipped_recipe_is_checked_here():
+    assert sorted(recipe_names()) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("recipe", sorted(EXPECTED))
+def test_recipe_values(recipe):
+    cfg = compose_dict(recipe, PATHS)
+    wrong = {k: (get(cfg, k), v) for k, v in EXPECTED[recipe].items() if get(cfg, k) != v}
+    assert not wrong, f"{recipe}: (got, RECIPES.md) {wrong}"
+
+
+@pytest.mark.parametrize("recipe", ["sd15_character", "sd15_prodigy"])
+def test_sd15_recipes_validate_without_notes(recipe):
+    spec, notes = spec_from_dict(compose_dict(recipe, PATHS), check_paths=False)
+    assert notes == []
+    assert spec.optimizer.unet_lr == EXPECTED[recipe]["optimizer.unet_lr"]
+
+
+def test_lr_override_moves_unet_lr_but_not_the_recipes_text_encoder_lr():
+    cfg = compose_dict("sd15_character", PATHS + ["optimizer.lr=1e-4"])
+    assert cfg["optimizer"]["unet_lr"] == 1e-4 and cfg["optimizer"]["text_encoder_lr"] == 1e-4
+    cfg = compose_dict("sd15_prodigy", PATHS + ["optimizer.lr=0.5"])
+    assert cfg["optimizer"]["unet_lr"] == 0.5 and cfg["optimizer"]["text_encoder_lr"] == 0.5  # "same lr for both"
+
+
+def test_constant_with_warmup_brings_the_guides_warmup():
+    cfg = compose_dict("sd15_character", PATHS + ["scheduler=constant_with_warmup"])
+    assert cfg["scheduler"]["warmup_ratio"] == 0.05
+    _, notes = spec_from_dict(cfg, check_paths=False)
+    assert notes == ["scheduler.num_cycles=3 is not used by scheduler constant_with_warmup"]
+
+
+def test_recipe_then_group_override_order():
+    cfg = compose_dict("sd15_character", PATHS + ["optimizer=adamw"])
+    assert cfg["optimizer"]["name"] == "adamw"
+    assert cfg["optimizer"]["betas"] == [0.9, 0.99]  # the recipe's values still apply on top
+
+
+@pytest.mark.parametrize("recipe,group,algo,dora", [("sd15_character", "network=locon", "locon", False),
+                                                    ("sd15_character", "network=dora", "locon", True),
+                                                    ("pdxl_dora", "network=lora", "lora", False)])
+def test_a_network_chosen_on_top_of_a_recipe_takes_effect(recipe, group, algo, dora):
+    cfg = compose_dict(recipe, PATHS + [group])
+    assert (cfg["network"]["algo"], cfg["network"]["dora_wd"]) == (algo, dora)
+    if recipe.startswith("sd15"):
+        spec, notes = spec_from_dict(cfg, check_paths=False)
+        assert spec.network.conv_dim == 16 and notes == []
