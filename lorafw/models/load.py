@@ -1,0 +1,224 @@
+"""Load a base model (single original-layout .safetensors or diffusers folder) into diffusers modules.
+
+One path for every checkpoint: `inspect_base_model` reads only the header (or the folder's
+configs) and says what the model is; `load_components` then builds the modules from those
+configs and fills them with diffusers' own original→diffusers converters. Offline throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorafw.errors import ModelError
+from lorafw.models.detect import (
+    ARCH_NAMES,
+    CLIP_SD15,
+    SDXL_TE1,
+    ModelInfo,
+    _vae_config,
+    classify_unet_config,
+    detect,
+)
+from lorafw.models.header import read_header
+
+
+def inspect_base_model(path: str | Path) -> ModelInfo:
+    """What the checkpoint at `path` is, from its header or configs alone (no torch, no tensors)."""
+    p = Path(path)
+    if p.is_dir():
+        return _inspect_folder(p)
+    header = read_header(p)
+    try:
+        return detect(header.shapes())
+    except ModelError as e:
+        raise ModelError(f"{p}: {e}") from None
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{p} is missing; the diffusers folder is incomplete") from None
+    except json.JSONDecodeError:
+        raise ModelError(f"{p} is not valid JSON; the diffusers folder is damaged") from None
+
+
+def _inspect_folder(p: Path) -> ModelInfo:
+    unet = _read_json(p / "unet" / "config.json")
+    try:
+        arch = classify_unet_config(unet)
+    except ModelError as e:
+        raise ModelError(f"{p}: {e}") from None
+    vae = _read_json(p / "vae" / "config.json") if (p / "vae").is_dir() else None
+    tes = [_read_json(p / "text_encoder" / "config.json")]
+    if arch == "sdxl":
+        tes.append(_read_json(p / "text_encoder_2" / "config.json"))
+    return ModelInfo(arch=arch, unet=unet, vae=vae, text_encoders=tes)
+
+
+def check_arch(info: ModelInfo, expected: str, path: str) -> None:
+    """Refuse a checkpoint of another architecture than the config asked for, naming what was found."""
+    if info.arch != expected:
+        fix = {"sdxl": "base_model=sdxl (or +recipe=pdxl)", "sd15": "base_model=sd15 (or +recipe=sd15_character)"}[info.arch]
+        raise ModelError(
+            f"base_model.path={path} is an {info.describe()} checkpoint, but the config trains "
+            f"{ARCH_NAMES.get(expected, expected)} (base_model.arch={expected}); use {fix}"
+        )
+
+
+@dataclass
+class Components:
+    """The diffusers/transformers modules of one base model, in fp32 on CPU after loading."""
+
+    arch: str
+    info: ModelInfo
+    unet: Any
+    vae: Any
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+    noise_scheduler: Any
+
+
+def noise_scheduler():
+    """The DDPM schedule every SD1.5/SDXL model was trained with (and kohya trains with)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def load_components(path: str | Path, vae_path: str | Path | None = None, expected_arch: str | None = None) -> Components:
+    """Build and fill the UNet, VAE and text encoder(s) of the model at `path` (file or diffusers folder)."""
+    p = Path(path)
+    info = inspect_base_model(p)
+    if expected_arch is not None:
+        check_arch(info, expected_arch, str(path))
+    if info.arch != "sd15":
+        raise ModelError(f"{p}: loading {ARCH_NAMES[info.arch]} models is not supported yet")
+    if p.is_dir():
+        unet, vae, tes = _load_folder(p, info)
+    else:
+        unet, vae, tes = _load_single_file(p, info)
+    if vae_path is not None:
+        vae = load_vae(vae_path, info.arch)
+    if vae is None:
+        raise ModelError(f"{p} has no VAE; pass one with base_model.vae=/path/to/vae.safetensors")
+    from lorafw.models.tokenizer import clip_tokenizer
+
+    toks = [clip_tokenizer()]
+    for m in (unet, vae, *tes):
+        m.requires_grad_(False)
+        m.eval()
+    return Components(info.arch, info, unet, vae, tes, toks, noise_scheduler())
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    read_header(path)  # a clear error for truncated/corrupt files before safetensors' own
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ModelError(f"{path}: cannot read the tensors ({e}); the file is damaged, re-download it") from None
+
+
+def _fill(module: Any, state: dict[str, Any], what: str, path: Path) -> Any:
+    missing, unexpected = _diff_keys(module, state)
+    if missing or unexpected:
+        raise ModelError(
+            f"{path}: the {what} weights do not match the detected architecture "
+            f"(missing {len(missing)}, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
+        )
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
+def _diff_keys(module: Any, state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    want = set(module.state_dict().keys())
+    have = set(state)
+    return sorted(want - have), sorted(have - want)
+
+
+def _build(cls: Any, config: Any) -> Any:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return cls(config) if not isinstance(config, dict) else cls(**config)
+
+
+def _clip_state(sd: dict[str, Any], prefix: str, model: Any) -> dict[str, Any]:
+    """Original CLIP-L keys → the module's own keys (transformers 5 dropped the `text_model.` level)."""
+    wants_text_model = any(k.startswith("text_model.") for k in model.state_dict())
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix) or k.endswith("position_ids"):
+            continue
+        rest = k[len(prefix) :]
+        rest = rest[len("text_model.") :] if rest.startswith("text_model.") else rest
+        out[("text_model." if wants_text_model else "") + rest] = v
+    return out
+
+
+def _clip_text_model(cfg: dict[str, Any]) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return _build(CLIPTextModel, CLIPTextConfig(**cfg))
+
+
+def _load_single_file(p: Path, info: ModelInfo) -> tuple[Any, Any, list[Any]]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    sd = _load_state(p)
+    unet = _fill(_build(UNet2DConditionModel, info.unet), convert_ldm_unet_checkpoint(sd, info.unet), "UNet", p)
+    vae = None
+    if info.vae is not None:
+        vae = _fill(_build(AutoencoderKL, info.vae), convert_ldm_vae_checkpoint(sd, info.vae), "VAE", p)
+    te = _clip_text_model(info.text_encoders[0])
+    prefix = CLIP_SD15 if info.arch == "sd15" else SDXL_TE1
+    te = _fill(te, _clip_state(sd, prefix, te), "text encoder", p)
+    return unet, vae, [te]
+
+
+def _load_folder(p: Path, info: ModelInfo) -> tuple[Any, Any, list[Any]]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(p), subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(p), subfolder="vae", local_files_only=True) if info.vae else None
+        te = CLIPTextModel.from_pretrained(str(p), subfolder="text_encoder", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{p}: cannot load the diffusers folder ({str(e).splitlines()[0]})") from None
+    return unet, vae, [te]
+
+
+def load_vae(path: str | Path, arch: str) -> Any:
+    """An external VAE: a single file (original or diffusers key layout) or a diffusers VAE folder."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    p = Path(path)
+    if p.is_dir():
+        sub = "vae" if (p / "vae" / "config.json").is_file() else None
+        try:
+            return AutoencoderKL.from_pretrained(str(p), subfolder=sub, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"base_model.vae={p}: cannot load the VAE folder ({str(e).splitlines()[0]})") from None
+    shapes = read_header(p).shapes()
+    sd = _load_state(p)
+    if any(k.startswith(("encoder.down_blocks.", "vae.encoder.down_blocks.")) for k in shapes):
+        raise ModelError(
+            f"base_model.vae={p}: a lone diffusers-layout VAE file; pass the folder that holds it and its config.json"
+        )
+    prefix = next((pre for pre in ("first_stage_model.", "vae.", "") if f"{pre}encoder.conv_in.weight" in shapes), None)
+    if prefix is None:
+        raise ModelError(f"base_model.vae={p}: no VAE weights in this file (no encoder.conv_in.weight)")
+    stripped = {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+    cfg = _vae_config({"first_stage_model." + k: v for k, v in stripped.items()}, arch)
+    return _fill(_build(AutoencoderKL, cfg), convert_ldm_vae_checkpoint(sd, cfg), "VAE", p)

@@ -1,0 +1,84 @@
+"""Captions → text-encoder states: 75-token chunks, clip skip, the kohya way.
+
+`max_token_length` 150 or 225 splits a caption's tokens into 75-token pieces, each wrapped
+as <BOS> + 75 tokens + <EOS/PAD> (77 positions) and encoded separately; the outputs are joined
+keeping the first <BOS>, each piece's 75 positions and the last position: 2 + 75·n positions
+(227 for 225 tokens — the 3 × 77 = 231 encoder positions less the four inner BOS/EOS), exactly
+as kohya sd-scripts trains. With 75 the caption is one ordinary 77-token window.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+CHUNK = 75  # tokens per piece, without BOS/EOS
+WINDOW = CHUNK + 2
+
+
+def chunk_token_ids(tokens: Sequence[int], max_token_length: int, bos: int, eos: int, pad: int) -> list[list[int]]:
+    """Caption token ids (no BOS/EOS) → n windows of 77 ids, n = max_token_length // 75.
+
+    The caption is cut at max_token_length tokens. A window whose text ends inside it gets an
+    EOS at its last position; a window that starts with padding gets an EOS first (so every
+    window holds an EOS, as the text encoder was trained), matching kohya's handling for pads
+    that differ from EOS (SDXL's second tokenizer pads with "!"); with pad == EOS nothing changes.
+    """
+    if max_token_length % CHUNK:
+        raise ValueError(f"max_token_length must be a multiple of {CHUNK}, got {max_token_length}")
+    n = max_token_length // CHUNK
+    body = list(tokens[:max_token_length])
+    seq = [bos] + body + [eos] + [pad] * (max_token_length - len(body))  # max_token_length + 2 ids
+    if n == 1:
+        return [seq]
+    windows = []
+    for i in range(n):
+        w = [bos] + seq[1 + CHUNK * i : 1 + CHUNK * (i + 1)] + [seq[-1]]
+        if w[-2] not in (eos, pad):
+            w[-1] = eos
+        if w[1] == pad:
+            w[1] = eos
+        windows.append(w)
+    return windows
+
+
+def tokenize(tokenizer: Any, captions: Sequence[str], max_token_length: int):
+    """Captions → LongTensor (batch, n_windows, 77)."""
+    import torch
+
+    out = []
+    for cap in captions:
+        ids = tokenizer(cap, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        out.append(
+            chunk_token_ids(ids, max_token_length, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        )
+    return torch.tensor(out, dtype=torch.long)
+
+
+def merge_windows(states, n_windows: int):
+    """(batch, n·77, dim) encoder outputs → (batch, 2 + 75·n, dim): first BOS, each window's body, last EOS."""
+    import torch
+
+    if n_windows == 1:
+        return states
+    parts = [states[:, :1]]
+    for i in range(n_windows):
+        start = i * WINDOW + 1
+        parts.append(states[:, start : start + CHUNK])
+    parts.append(states[:, -1:])
+    return torch.cat(parts, dim=1)
+
+
+def final_layer_norm(text_encoder: Any):
+    """CLIPTextModel's final LayerNorm (transformers 5 dropped the `text_model` level; 4 has it)."""
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
+
+
+def encode_sd15(text_encoder: Any, input_ids, clip_skip: int):
+    """(batch, n, 77) ids → (batch, 77 or 2 + 75·n, dim): hidden state −clip_skip, then the final LayerNorm."""
+    b, n, w = input_ids.shape
+    flat = input_ids.reshape(b * n, w).to(text_encoder.device)
+    out = text_encoder(flat, output_hidden_states=True, return_dict=True)
+    states = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
+    states = states.reshape(b, n * w, states.shape[-1])
+    return merge_windows(states, n)
