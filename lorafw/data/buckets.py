@@ -1,0 +1,113 @@
+"""Aspect-ratio buckets and the step arithmetic that follows from them. Pure functions.
+
+Buckets hold about resolution² pixels with sides in `step` increments between min and max
+(kohya sd-scripts' scheme, so the same dataset lands in the same buckets). Every batch comes
+from one bucket, so a bucket whose item count is not a multiple of the batch size adds one
+short batch: steps per epoch = Σ_bucket ceil(items / batch), which equals the guide's
+Σ(images × repeats) ÷ batch only when everything shares a bucket and divides evenly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Hashable, Sequence, TypeVar
+
+Size = tuple[int, int]  # (width, height)
+T = TypeVar("T", bound=Hashable)
+
+
+def make_buckets(resolution: int, min_reso: int, max_reso: int, step: int) -> list[Size]:
+    """All (w, h) with w·h ≤ resolution², sides multiples of `step` in [min_reso, max_reso], sorted."""
+    max_area = resolution * resolution
+    side = int(math.sqrt(max_area) // step) * step
+    buckets = {(side, side)}
+    w = min_reso
+    while w <= max_reso:
+        h = min(max_reso, int((max_area // w) // step) * step)
+        if h >= min_reso:
+            buckets.add((w, h))
+            buckets.add((h, w))
+        w += step
+    return sorted(buckets)
+
+
+def nearest_bucket(width: int, height: int, buckets: Sequence[Size]) -> Size:
+    """The bucket whose aspect ratio is closest to the image's (ties: the first in sorted order)."""
+    ar = width / height
+    return min(buckets, key=lambda b: abs(b[0] / b[1] - ar))
+
+
+def round_to_step(x: float, step: int) -> int:
+    return int(x + 0.5) // step * step  # to the nearest pixel, then down to a multiple of step
+
+
+def no_upscale_bucket(width: int, height: int, resolution: int, step: int) -> Size:
+    """Bucket for `bucket_no_upscale`: the image itself (shrunk to the area if larger), sides cut to `step`."""
+    max_area = resolution * resolution
+    ar = width / height
+    if width * height > max_area:
+        rw = math.sqrt(max_area * ar)
+        rh = max_area / rw
+        bw = round_to_step(rw, step)
+        bh_w = round_to_step(bw / ar, step)
+        bh = round_to_step(rh, step)
+        bw_h = round_to_step(bh * ar, step)
+        err_w = abs(bw / bh_w - ar) if bh_w else math.inf
+        err_h = abs(bw_h / bh - ar) if bh else math.inf
+        size = (bw, int(bw / ar + 0.5)) if err_w < err_h else (int(bh * ar + 0.5), bh)
+    else:
+        size = (width, height)
+    return (max(step, size[0] - size[0] % step), max(step, size[1] - size[1] % step))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one image becomes a bucket-sized training image."""
+
+    bucket: Size  # (w, h) of the training image
+    resized: Size  # image resized to this (covers the bucket) ...
+    crop: tuple[int, int]  # ... then cropped at (left, top)
+
+
+def place(width: int, height: int, bucket: Size) -> Placement:
+    """Resize to cover `bucket` keeping the aspect ratio, then crop the overflow evenly (centre crop)."""
+    bw, bh = bucket
+    if width / height > bw / bh:
+        scale = bh / height  # wider than the bucket: match heights, crop the sides
+    else:
+        scale = bw / width
+    rw, rh = max(bw, int(width * scale + 0.5)), max(bh, int(height * scale + 0.5))
+    return Placement(bucket=bucket, resized=(rw, rh), crop=((rw - bw) // 2, (rh - bh) // 2))
+
+
+def assign(width: int, height: int, resolution: int, enable: bool, min_reso: int, max_reso: int, step: int, no_upscale: bool) -> Placement:
+    """Bucket and crop for one image under a dataset's bucket settings."""
+    if not enable:
+        return place(width, height, (resolution, resolution))
+    if no_upscale:
+        return place(width, height, no_upscale_bucket(width, height, resolution, step))
+    return place(width, height, nearest_bucket(width, height, make_buckets(resolution, min_reso, max_reso, step)))
+
+
+def steps_per_epoch(bucket_counts: Sequence[int], batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer steps in one epoch: batches never mix buckets; accumulation rounds up like kohya."""
+    batches = sum(math.ceil(n / batch_size) for n in bucket_counts if n)
+    return math.ceil(batches / grad_accum)
+
+
+def guide_steps(images_times_repeats: int, epochs: int, batch_size: int) -> float:
+    """The guide's estimate: Σ(images × repeats) × epochs ÷ batch (ignores per-bucket remainders)."""
+    return images_times_repeats * epochs / batch_size
+
+
+def epoch_batches(buckets: dict[Size, list[T]], batch_size: int, rng: random.Random) -> list[list[T]]:
+    """One epoch's batches: items shuffled within each bucket, cut into batches, batch order shuffled."""
+    batches: list[list[T]] = []
+    for size in sorted(buckets):
+        items = list(buckets[size])
+        rng.shuffle(items)
+        batches += [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    rng.shuffle(batches)
+    return batches

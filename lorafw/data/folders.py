@@ -1,0 +1,202 @@
+"""Dataset folders → images with captions, repeats and per-folder settings (reads headers, not pixels).
+
+Two ways to name folders, as users have them: a root holding `REPEATS_NAME/` subfolders
+(`10_kafka/` → 10 repeats, concept `kafka`), or an explicit list of folders with their own
+repeats, trigger tag and caption settings. No torch here: `lorafw plan` and the trainer's
+fail-fast checks use it before any model loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorafw.config.spec import DatasetSpec, FolderSpec
+from lorafw.config.validate import expand
+from lorafw.data.captions import read_caption_text
+from lorafw.errors import DatasetError
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+_PREFIX = re.compile(r"^(\d+)_(.+)$")
+
+
+def parse_folder_name(name: str) -> tuple[int | None, str]:
+    """'3_hsr_kafka' → (3, 'hsr_kafka'); 'kafka' → (None, 'kafka')."""
+    m = _PREFIX.match(name)
+    return (int(m.group(1)), m.group(2)) if m else (None, name)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    path: Path
+    size: tuple[int, int]  # (w, h) after EXIF rotation
+    caption: str  # raw caption text (first line of the caption file), "" when missing
+    has_caption: bool
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: Path
+    name: str  # concept name: the folder name without its REPEATS_ prefix
+    repeats: int
+    trigger: str | None
+    keep_tokens: int
+    caption_extension: str
+    shuffle_caption: bool
+    flip_aug: bool
+    images: tuple[ImageEntry, ...]
+
+    @property
+    def weight(self) -> int:
+        """images × repeats: what this folder contributes to an epoch (the guide's T)."""
+        return len(self.images) * self.repeats
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(w, h) as the image will be seen (EXIF orientation applied), reading only the header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+    except (UnidentifiedImageError, OSError) as e:
+        raise DatasetError(f"{path}: not a readable image ({e}); remove it or replace it") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+
+
+def _read_caption(image: Path, ext: str) -> tuple[str, bool]:
+    cap = image.with_suffix(ext)
+    if not cap.is_file():
+        return "", False
+    try:
+        return read_caption_text(cap.read_text(encoding="utf-8")), True
+    except UnicodeDecodeError:
+        try:
+            return read_caption_text(cap.read_text(encoding="latin-1")), True
+        except OSError as e:
+            raise DatasetError(f"{cap}: cannot read the caption ({e})") from None
+
+
+def _folder(path: Path, fs: FolderSpec | None, ds: DatasetSpec, repeats: int, concept: str) -> Folder:
+    ext = (fs.caption_extension if fs and fs.caption_extension else None) or ds.caption_extension
+    entries = []
+    for img in list_images(path):
+        caption, has = _read_caption(img, ext)
+        entries.append(ImageEntry(img, image_size(img), caption, has))
+    pick = lambda attr, default: default if fs is None or getattr(fs, attr) is None else getattr(fs, attr)  # noqa: E731
+    return Folder(
+        path=path,
+        name=concept,
+        repeats=repeats,
+        trigger=pick("trigger", None),
+        keep_tokens=pick("keep_tokens", ds.keep_tokens),
+        caption_extension=ext,
+        shuffle_caption=pick("shuffle_caption", ds.shuffle_caption),
+        flip_aug=pick("flip_aug", ds.flip_aug),
+        images=tuple(entries),
+    )
+
+
+def scan(ds: DatasetSpec) -> tuple[list[Folder], list[str]]:
+    """Every folder of the dataset with its images; (folders, warnings). Raises DatasetError listing all problems."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    found: list[tuple[Path, FolderSpec | None, int, str]] = []
+    if ds.root is not None:
+        root = expand(ds.root)
+        if not root.is_dir():
+            raise DatasetError(f"dataset.root={ds.root} is not a folder")
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        with_images = [d for d in subdirs if list_images(d)]
+        loose = list_images(root)
+        if not with_images and loose:
+            reps, concept = parse_folder_name(root.name)
+            if reps is None and ds.default_repeats is None:
+                problems.append(
+                    f"dataset.root={ds.root} holds the images itself; lorafw expects subfolders named REPEATS_NAME "
+                    f"(move them into e.g. {root / ('10_' + root.name)}), or name this folder REPEATS_NAME, "
+                    "or set dataset.default_repeats=N"
+                )
+            else:
+                found.append((root, None, reps or ds.default_repeats or 1, concept))
+        else:
+            if loose:
+                warnings.append(f"{len(loose)} image(s) directly in {root} are not used: only its subfolders are read")
+            unprefixed = []
+            for d in with_images:
+                reps, concept = parse_folder_name(d.name)
+                if reps is None:
+                    if ds.default_repeats is None:
+                        unprefixed.append(d.name)
+                        continue
+                    reps = ds.default_repeats
+                if reps < 1:
+                    problems.append(f"{d}: repeats prefix must be at least 1")
+                    continue
+                found.append((d, None, reps, concept))
+            if unprefixed:
+                problems.append(
+                    f"folders in dataset.root without a REPEATS_ prefix: {', '.join(unprefixed)}; rename them "
+                    f"(e.g. {unprefixed[0]} → 1_{unprefixed[0]}) or set dataset.default_repeats=N"
+                )
+            for d in subdirs:
+                if d not in with_images:
+                    warnings.append(f"{d} has no images (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    for i, fs in enumerate(ds.folders):
+        p = expand(fs.path)
+        if not p.is_dir():
+            problems.append(f"dataset.folders[{i}].path: {fs.path} is not a folder")
+            continue
+        reps, concept = parse_folder_name(p.name)
+        repeats = fs.repeats or reps or ds.default_repeats or 1
+        found.append((p, fs, repeats, concept))
+    folders: list[Folder] = []
+    for path, fs, reps, concept in found:
+        try:
+            f = _folder(path, fs, ds, reps, concept)
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        if not f.images:
+            problems.append(f"{path} has no images")
+            continue
+        missing = sum(not e.has_caption for e in f.images)
+        if missing:
+            warnings.append(
+                f"{path}: {missing} of {len(f.images)} image(s) have no {f.caption_extension} caption; "
+                f"they are trained with the folder's concept name {concept!r} as caption"
+            )
+        folders.append(f)
+    seen: dict[Path, int] = {}
+    for f in folders:
+        seen[f.path.resolve()] = seen.get(f.path.resolve(), 0) + 1
+    for p, n in seen.items():
+        if n > 1:
+            problems.append(f"{p} is listed {n} times (dataset.root and dataset.folders overlap)")
+    if problems:
+        raise DatasetError("the dataset cannot be used:\n  - " + "\n  - ".join(problems))
+    if not folders:
+        raise DatasetError("the dataset has no images")
+    return folders, warnings
+
+
+def fingerprint(folders: list[Folder]) -> dict:
+    """File names, sizes and content hashes of every image and caption: what exactly was trained on."""
+    files = []
+    total = hashlib.sha256()
+    for f in folders:
+        for e in f.images:
+            for p in (e.path, e.path.with_suffix(f.caption_extension)):
+                if not p.is_file():
+                    continue
+                h = hashlib.sha256(p.read_bytes()).hexdigest()
+                files.append({"path": str(p), "size": p.stat().st_size, "sha256": h})
+                total.update(f"{p.name}:{h}".encode())
+    return {"n_files": len(files), "sha256": total.hexdigest(), "files": files}

@@ -1,0 +1,260 @@
+"""Buckets, step arithmetic (every row of the guide's tables), captions, and dataset folders."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import make_folder, write_image
+from lorafw.config.compose import compose_dict
+from lorafw.config.validate import spec_from_dict
+from lorafw.data import buckets as B
+from lorafw.data.captions import build_caption, read_caption_text, shuffle_tags, split_tags, tag_frequency, with_trigger
+from lorafw.data.dataset import build, derive_seed
+from lorafw.data.folders import parse_folder_name, scan
+from lorafw.errors import DatasetError
+
+
+# -- buckets --------------------------------------------------------------------------------------
+def test_buckets_512_match_kohyas_scheme():
+    # worked by hand: for each width w = 256, 320, ... 1024: h = min(1024, (512² // w) // 64 · 64), both orientations
+    assert B.make_buckets(512, 256, 1024, 64) == [
+        (256, 832), (256, 896), (256, 960), (256, 1024), (320, 704), (320, 768), (384, 640), (448, 576), (512, 512),
+        (576, 448), (640, 384), (704, 320), (768, 320), (832, 256), (896, 256), (960, 256), (1024, 256),
+    ]
+
+
+@pytest.mark.parametrize("res,lo,hi,step", [(768, 256, 1024, 64), (1024, 256, 2048, 64), (512, 320, 768, 32), (128, 64, 256, 64)])
+def test_bucket_properties(res, lo, hi, step):
+    bs = B.make_buckets(res, lo, hi, step)
+    side = int(math.sqrt(res * res) // step) * step
+    assert (side, side) in bs
+    for w, h in bs:
+        assert w * h <= res * res
+        assert w % step == 0 and h % step == 0
+        assert (lo <= w <= hi and lo <= h <= hi) or w == h == side
+        assert (h, w) in bs  # portrait and landscape alike
+    assert bs == sorted(set(bs))
+
+
+def test_nearest_bucket_by_aspect_ratio():
+    bs = B.make_buckets(512, 256, 1024, 64)
+    assert B.nearest_bucket(1000, 1000, bs) == (512, 512)
+    assert B.nearest_bucket(1920, 1080, bs) == (640, 384)  # 1.78 → 1.67 (closest)
+    assert B.nearest_bucket(1080, 1920, bs) == (384, 640)
+    assert B.nearest_bucket(100, 1000, bs) == (256, 1024)  # extreme: the narrowest bucket
+    assert B.nearest_bucket(256, 128, B.make_buckets(128, 64, 256, 64)) == (128, 128)  # tie 1.0 vs 3.0: first wins
+
+
+def test_placement_covers_the_bucket_and_crops_evenly():
+    pl = B.place(1920, 1080, (640, 384))
+    assert pl.resized == (683, 384) and pl.crop == (21, 0)
+    pl = B.place(1080, 1920, (384, 640))
+    assert pl.resized == (384, 683) and pl.crop == (0, 21)
+    for w, h in [(1000, 1000), (777, 333), (64, 300), (4000, 3000)]:
+        for bucket in B.make_buckets(512, 256, 1024, 64):
+            p = B.place(w, h, bucket)
+            assert p.resized[0] >= bucket[0] and p.resized[1] >= bucket[1]
+            assert 0 <= p.crop[0] <= p.resized[0] - bucket[0] and 0 <= p.crop[1] <= p.resized[1] - bucket[1]
+
+
+def test_no_upscale_keeps_small_images_small():
+    assert B.no_upscale_bucket(300, 200, 512, 64) == (256, 192)
+    w, h = B.no_upscale_bucket(4000, 3000, 512, 64)
+    assert w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 and abs(w / h - 4 / 3) < 0.2
+    pl = B.assign(300, 200, 512, True, 256, 1024, 64, no_upscale=True)
+    assert pl.bucket == (256, 192) and pl.resized[0] <= 300
+
+
+def test_disabled_buckets_use_one_square():
+    assert B.assign(1920, 1080, 512, False, 256, 1024, 64, False).bucket == (512, 512)
+
+
+# -- step arithmetic: the guide's tables --------------------------------------------------------
+@pytest.mark.parametrize(
+    "images,repeats,epochs,batch,guide",
+    [
+        (20, 10, 10, 2, 1000), (100, 3, 10, 2, 1500), (400, 1, 10, 2, 2000),  # SD1.5 table
+        (20, 2, 10, 2, 200), (40, 2, 6, 2, 240), (60, 2, 5, 2, 300), (100, 2, 4, 2, 400),  # PDXL table
+        (200, 2, 3, 2, 600), (600, 2, 2, 2, 1200),
+    ],
+)
+def test_guide_table_rows_single_bucket(images, repeats, epochs, batch, guide):
+    assert B.guide_steps(images * repeats, epochs, batch) == guide
+    assert B.steps_per_epoch([images * repeats], batch) * epochs == guide
+
+
+def test_guide_row_with_a_remainder():
+    # "1000 images × 1 repeat × 10 epochs ÷ 3 batch size = 3300 steps": the guide rounds 3333.3 to 3300;
+    # the trainer runs ceil(1000 / 3) = 334 batches per epoch (the last one short): 3340 steps.
+    assert B.guide_steps(1000, 10, 3) == pytest.approx(3333.33, abs=0.01)
+    assert B.steps_per_epoch([1000], 3) * 10 == 3340
+    assert abs(3340 - 3300) / 3300 < 0.02
+
+
+def test_multi_concept_table():
+    t = 20 * 5 + 33 * 3 + 100 * 1 + 50 * 2
+    assert t == 399  # the guide's T for the four outfit folders
+    assert B.steps_per_epoch([t], 2) * 10 == 2000  # "400 T × 10 epochs ÷ 2 = 2000 steps"
+    assert B.steps_per_epoch([200], 2) * 17 == 1700 and B.steps_per_epoch([300], 2) * 12 == 1800
+
+
+def test_per_bucket_remainders_add_steps():
+    assert B.steps_per_epoch([5, 3, 1], 2) == 3 + 2 + 1  # not ceil(9 / 2) = 5
+    assert B.steps_per_epoch([5, 3, 1], 2, grad_accum=4) == 2  # 6 batches / 4 → 2 optimizer steps
+    assert B.steps_per_epoch([0, 4], 2) == 2
+
+
+def test_epoch_batches_never_mix_buckets_and_see_every_item_once():
+    buckets = {(64, 64): [0, 0, 1, 1, 2], (64, 128): [3, 3, 4], (128, 64): [5]}
+    batches = B.epoch_batches(buckets, 2, random.Random(1))
+    assert len(batches) == B.steps_per_epoch([5, 3, 1], 2)
+    where = {i: b for b, items in buckets.items() for i in items}
+    for batch in batches:
+        assert len({where[i] for i in batch}) == 1
+    assert Counter(i for b in batches for i in b) == Counter(i for items in buckets.values() for i in items)
+    assert batches == B.epoch_batches(buckets, 2, random.Random(1))
+    assert batches != B.epoch_batches(buckets, 2, random.Random(2))
+
+
+def test_derived_seeds_are_stable_and_distinct():
+    assert derive_seed(42, "epoch", 1) == derive_seed(42, "epoch", 1)
+    assert len({derive_seed(42, "epoch", e) for e in range(100)}) == 100
+
+
+# -- captions -------------------------------------------------------------------------------------
+def test_caption_parsing():
+    assert read_caption_text("\n  1girl, kafka  \nsecond line\n") == "1girl, kafka"
+    assert split_tags(" 1girl,kafka , , sunglasses,") == ["1girl", "kafka", "sunglasses"]
+
+
+def test_trigger_goes_first_once():
+    assert with_trigger(["1girl", "zetadef", "smile"], "zetadef") == ["zetadef", "1girl", "smile"]
+    assert with_trigger(["1girl"], None) == ["1girl"]
+
+
+def test_shuffle_keeps_the_first_tokens():
+    tags = [f"t{i}" for i in range(20)]
+    rng = random.Random(0)
+    for k in (0, 1, 3):
+        out = shuffle_tags(tags, k, rng)
+        assert out[:k] == tags[:k] and sorted(out) == sorted(tags)
+    assert any(shuffle_tags(tags, 1, rng)[1:] != tags[1:] for _ in range(5))
+
+
+def test_build_caption():
+    rng = random.Random(3)
+    cap = build_caption("1girl, smile, jacket, kafka", "kafka", 1, True, rng)
+    assert cap.startswith("kafka, ") and sorted(split_tags(cap)) == ["1girl", "jacket", "kafka", "smile"]
+    assert build_caption("a,b", None, 0, False, None) == "a, b"
+    with pytest.raises(ValueError):
+        build_caption("a", None, 0, True, None)
+
+
+def test_tag_frequency_counts_captions_not_occurrences():
+    assert tag_frequency(["a, b, a", "b, c", "b"]) == {"b": 3, "a": 1, "c": 1}
+
+
+# -- folders ----------------------------------------------------------------------------------------
+def ds_spec(root: Path | None = None, *extra: str):
+    overrides = ["base_model.path=/m"] + ([f"dataset.root={root}"] if root else []) + list(extra)
+    spec, _ = spec_from_dict(compose_dict("sd15_character", overrides), check_paths=False)
+    return spec.dataset
+
+
+def test_folder_name_prefix():
+    assert parse_folder_name("3_hsr_kafka") == (3, "hsr_kafka")
+    assert parse_folder_name("kafka") == (None, "kafka")
+    assert parse_folder_name("10_") == (None, "10_")
+
+
+def test_scan_root_with_repeats_folders(tmp_path):
+    make_folder(tmp_path, "3_kafka", [(64, 64), (100, 50)], ["kafka, 1girl", "kafka, jacket"])
+    make_folder(tmp_path, "1_extra", [(64, 64)], ["extra"])
+    folders, warnings = scan(ds_spec(tmp_path))
+    assert [(f.name, f.repeats, len(f.images)) for f in folders] == [("extra", 1, 1), ("kafka", 3, 2)]
+    assert folders[1].images[1].size == (100, 50) and folders[1].images[0].caption == "kafka, 1girl"
+    assert warnings == []
+
+
+def test_unprefixed_folders_are_an_error_unless_default_repeats(tmp_path):
+    make_folder(tmp_path, "3_kafka", [(64, 64)], ["a"])
+    make_folder(tmp_path, "outfit", [(64, 64)], ["b"])
+    with pytest.raises(DatasetError, match="without a REPEATS_ prefix: outfit; rename them .*1_outfit"):
+        scan(ds_spec(tmp_path))
+    folders, _ = scan(ds_spec(tmp_path, "dataset.default_repeats=2"))
+    assert {f.name: f.repeats for f in folders} == {"kafka": 3, "outfit": 2}
+
+
+def test_images_directly_in_root(tmp_path):
+    root = tmp_path / "kafka"
+    make_folder(tmp_path, "kafka", [(64, 64)], ["a"])
+    with pytest.raises(DatasetError, match="holds the images itself"):
+        scan(ds_spec(root))
+    pref = tmp_path / "5_kafka"
+    make_folder(tmp_path, "5_kafka", [(64, 64)], ["a"])
+    folders, _ = scan(ds_spec(pref))
+    assert folders[0].repeats == 5 and folders[0].name == "kafka"
+
+
+def test_missing_captions_use_the_concept_name_with_a_warning(tmp_path):
+    make_folder(tmp_path, "2_kafka", [(64, 64), (64, 64)], None)
+    (tmp_path / "2_kafka" / "000.txt").write_text("kafka, smile")
+    folders, warnings = scan(ds_spec(tmp_path))
+    data = build(folders, ds_spec(tmp_path))
+    assert any("1 of 2 image(s) have no .txt caption" in w for w in warnings)
+    assert sorted(data.base_caption(i) for i in range(2)) == ["kafka", "kafka, smile"]
+
+
+def test_explicit_folder_list_with_triggers(tmp_path):
+    a = make_folder(tmp_path, "outfit1", [(64, 64)] * 2, ["1girl, red dress"])
+    b = make_folder(tmp_path, "outfit2", [(64, 64)] * 3, ["1girl, swimsuit"])
+    spec = ds_spec(None, f"dataset.folders=[{{path: {a}, repeats: 5, trigger: zetadef}}, {{path: {b}, repeats: 3, trigger: zetasummer, keep_tokens: 2}}]")
+    folders, _ = scan(spec)
+    data = build(folders, spec)
+    assert [(f.repeats, f.trigger, f.keep_tokens) for f in folders] == [(5, "zetadef", 1), (3, "zetasummer", 2)]
+    assert data.n_items == 2 * 5 + 3 * 3
+    assert data.base_caption(0) == "zetadef, 1girl, red dress"
+    assert data.caption(2, random.Random(0)).split(", ")[0] == "zetasummer"
+    assert data.tag_frequency()["outfit1"] == {"1girl": 2, "red dress": 2, "zetadef": 2}
+    assert data.dataset_dirs() == {"outfit1": {"n_repeats": 5, "img_count": 2}, "outfit2": {"n_repeats": 3, "img_count": 3}}
+
+
+def test_corrupt_image_is_named(tmp_path):
+    make_folder(tmp_path, "1_x", [(64, 64)], ["a"])
+    (tmp_path / "1_x" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DatasetError, match=r"broken\.png: not a readable image"):
+        scan(ds_spec(tmp_path))
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "3_empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        scan(ds_spec(tmp_path))
+
+
+def test_dataset_buckets_and_exact_steps(tmp_path):
+    make_folder(tmp_path, "3_a", [(128, 128), (128, 128), (192, 64)], ["a"])
+    spec = ds_spec(tmp_path, "dataset.resolution=128", "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=256")
+    data = build(scan(spec)[0], spec)
+    assert {b: len(v) for b, v in data.buckets.items()} == {(128, 128): 6, (192, 64): 3}
+    assert data.steps_per_epoch(2) == 3 + 2  # the guide's estimate would say 9 / 2 = 4.5
+    info = data.bucket_info()
+    assert info["buckets"]["0"] == {"resolution": [128, 128], "count": 6}
+
+
+def test_exif_rotation_swaps_the_size(tmp_path):
+    from PIL import Image
+
+    from lorafw.data.folders import image_size
+
+    p = write_image(tmp_path / "r.jpg", (100, 50), (10, 20, 30))
+    im = Image.open(p)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotated 90°
+    im.save(p, exif=exif)
+    assert image_size(p) == (50, 100)
