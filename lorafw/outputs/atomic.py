@@ -1,0 +1,40 @@
+"""Atomic file writes: a temporary name in the same folder, fsync, then rename.
+
+A crash, a full disk or Ctrl-C mid-write leaves the previous file (or none) — never half a file
+that a UI would load as a broken LoRA.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from lorafw.errors import OutputError
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if e.errno == errno.ENOSPC:
+            raise OutputError(
+                f"the disk is full: could not write {p} ({len(raw) / 1e6:.1f} MB); free some space — "
+                "files written before this one are intact"
+            ) from None
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise OutputError(f"cannot write {p}: {e.strerror}; choose a writable output.dir") from None
+        raise
+    return p

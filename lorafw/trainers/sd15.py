@@ -1,0 +1,353 @@
+"""The SD1.5-architecture LoRA trainer: one run spec in, LoRA files and a run record out.
+
+Read it top to bottom: the constructor fails fast (checkpoint header, dataset folders, output
+folder) before any weights load; `setup` loads models → caches latents → injects adapters →
+builds the optimizer; `train` is the step loop; `save` writes NAME-NN.safetensors.
+Randomness is derived from (seed, step), never from a running generator, so any step can be
+replayed on its own: the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorafw.config.spec import RunSpec
+from lorafw.config.validate import expand
+from lorafw.data import dataset as dataset_mod
+from lorafw.data.folders import fingerprint, scan
+from lorafw.errors import LorafwError
+from lorafw.models.load import check_arch, inspect_base_model
+from lorafw.outputs.metadata import TrainingFacts, build_metadata
+from lorafw.outputs.record import device_info, now_iso, versions, write_config, write_record
+from lorafw.trainers.common import (
+    RunResult,
+    cast_frozen,
+    diffusion_loss,
+    log,
+    prepare_run_dir,
+    progress_bar,
+    resolve_device,
+    resolve_precision,
+    weight_dtype,
+)
+
+
+class SD15Trainer:
+    arch = "sd15"
+    te_prefixes = ["lora_te"]
+
+    def __init__(self, spec: RunSpec, run_dir: str | Path) -> None:
+        # Fail fast, before any weights are read: wrong checkpoint, unusable dataset, unwritable folder.
+        self.spec, self.run_dir = spec, Path(run_dir)
+        self.model_path = expand(spec.base_model.path)
+        self.model_info = inspect_base_model(self.model_path)  # header only
+        check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
+        folders, self.dataset_warnings = scan(spec.dataset)
+        self.data = dataset_mod.build(folders, spec.dataset)
+        t = spec.train
+        self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size, t.gradient_accumulation_steps)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.train_te = spec.optimizer.text_encoder_lr > 0
+        self.name = spec.output.name or "lora"
+        prepare_run_dir(self.run_dir, spec.output.overwrite)
+        for w in self.dataset_warnings:
+            log.warning(w)
+        self.started_at = time.time()
+        self.session_id = uuid.uuid4().hex[:16]
+        self.lora_files: list[Path] = []
+        self.loss_history: list[float] = []
+        self.epoch_losses: list[float] = []
+        self.global_step = 0
+        self.record: dict[str, Any] = {
+            "status": "created",
+            "arch": self.arch,
+            "plan": {
+                "images": len(self.data.images),
+                "items_per_epoch": self.data.n_items,
+                "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps,
+                "buckets": dataset_mod.bucket_histogram(self.data),
+            },
+        }
+
+    # ---------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """setup → train, with the run record written before and after (also when it fails)."""
+        self.started_at = time.time()
+        self.record.update(status="running", started_at=now_iso(), versions=versions(),
+                           dataset=fingerprint(self.data.folders))
+        write_config(self.run_dir, self.spec)
+        write_record(self.run_dir, self.record)
+        try:
+            self.setup()
+            self.train()
+            self.record["status"] = "finished"
+        except KeyboardInterrupt:
+            self.record["status"] = "interrupted"
+            raise LorafwError(
+                f"interrupted at step {self.global_step} of {self.total_steps}; files saved so far are complete: "
+                + (", ".join(p.name for p in self.lora_files) or "none")
+            ) from None
+        except BaseException as e:
+            self.record["status"] = f"failed: {type(e).__name__}: {e}"
+            raise
+        finally:
+            self.record.update(
+                finished_at=now_iso(),
+                wall_time_s=round(time.time() - self.started_at, 2),
+                steps=self.global_step,
+                epoch_losses=self.epoch_losses,
+                final_loss=self.epoch_losses[-1] if self.epoch_losses else None,
+                lora_files=[p.name for p in self.lora_files],
+            )
+            write_record(self.run_dir, self.record)
+            self._write_losses()
+        return RunResult(self.run_dir, self.spec, list(self.lora_files), list(self.loss_history), list(self.epoch_losses),
+                         self.global_step, time.time() - self.started_at, list(self.dataset_warnings))
+
+    # ---------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._setup_device()
+        self._setup_models()
+        self._setup_data()  # needs the VAE; runs before the adapters exist
+        self._setup_network()  # after the weights are loaded, so adapters wrap the real layers
+        self._setup_optim()
+
+    def _setup_device(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        t = self.spec.train
+        self.device = resolve_device(t.device)
+        self.precision, note = resolve_precision(t, self.device)
+        if note:
+            log.info(note)
+        self.accelerator = Accelerator(
+            mixed_precision=self.precision,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            cpu=self.device.type == "cpu",
+        )
+        set_seed(self.spec.seed)
+        self.record["device"] = device_info(self.device) | {"precision": self.precision}
+        log.info(f"device {self.device}, precision {self.precision}")
+
+    def _setup_models(self) -> None:
+        from lorafw.models.load import load_components
+
+        bm = self.spec.base_model
+        vae = expand(bm.vae) if bm.vae else None
+        c = load_components(self.model_path, vae, expected_arch=self.arch)
+        self.unet, self.vae, self.text_encoders, self.tokenizers = c.unet, c.vae, c.text_encoders, c.tokenizers
+        self.noise_scheduler = c.noise_scheduler
+        self.wdtype = weight_dtype(self.precision)
+        vae_dtype = torch.float32 if self.spec.train.no_half_vae else self.wdtype
+        self.vae.to(self.device)
+        if self.vae.dtype != vae_dtype:
+            self.vae.to(dtype=vae_dtype)
+        for m in (self.unet, *self.text_encoders):
+            m.to(self.device)
+        if self.spec.train.attention == "xformers":
+            try:
+                self.unet.enable_xformers_memory_efficient_attention()
+            except Exception as e:  # xformers missing or unusable on this device
+                raise LorafwError(f"train.attention=xformers: {e}; use train.attention=sdpa") from None
+        log.info(f"loaded {self.model_info.describe()} from {self.model_path.name}")
+
+    def _setup_data(self) -> None:
+        from lorafw.data.latents import LatentCache, default_cache_dir
+
+        ds = self.spec.dataset
+        self.latent_cache = None
+        if ds.cache_latents:
+            disk = (expand(ds.cache_dir) if ds.cache_dir else default_cache_dir()) if ds.cache_latents_to_disk else None
+            cache = LatentCache(self.data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype, disk)
+            with progress_bar(total=len(cache.wanted()), desc="caching latents", unit="img", leave=False) as bar:
+                stats = cache.build(bar.update)
+            self.latent_cache = cache
+            log.info(f"latents: {stats.encoded} encoded, {stats.reused} reused from {disk}" if disk else f"latents: {stats.encoded} encoded")
+            self.vae.to("cpu")  # not needed again: free the device memory
+        log.info(
+            f"{len(self.data.images)} images in {len(self.data.folders)} folder(s), {self.data.n_items} items per epoch, "
+            f"{len(self.data.buckets)} bucket(s): {self.steps_per_epoch} steps/epoch, {self.total_steps} total"
+        )
+
+    def _setup_network(self) -> None:
+        from lorafw.network.adapter import Network
+        from lorafw.network.targets import unet_namer
+
+        for te in self.text_encoders:
+            te.requires_grad_(False)
+        self.network = Network(self.spec.network, self.unet, self.text_encoders, self.te_prefixes, self.train_te,
+                               self._unet_namer(unet_namer))
+        # Frozen base weights in half precision where mixed precision runs; adapters stay fp32.
+        cast_frozen(self.unet, self.wdtype)
+        for te in self.text_encoders:
+            cast_frozen(te, self.wdtype)
+        if self.spec.train.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if self.train_te:
+                for te in self.text_encoders:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.unet.train()
+        for te in self.text_encoders:
+            te.train(self.train_te)
+        log.info(f"{self.spec.network.algo}{' + DoRA' if self.spec.network.dora_wd else ''}: {len(self.network.entries)} "
+                 f"adapted layers, {self.network.n_parameters() / 1e6:.2f}M trainable parameters")
+
+    def _unet_namer(self, unet_namer):  # SD1.5 files name UNet layers the diffusers way
+        return unet_namer(None)
+
+    def _setup_optim(self) -> None:
+        from lorafw.optim.optimizers import build_optimizer, describe
+        from lorafw.optim.schedulers import build_scheduler, warmup_steps
+
+        o = self.spec.optimizer
+        groups = []
+        if o.unet_lr > 0:
+            groups.append({"params": list(self.network.parameters("unet")), "lr": o.unet_lr, "name": "unet"})
+        else:
+            for p in self.network.parameters("unet"):
+                p.requires_grad_(False)
+        if self.train_te:
+            groups.append({"params": list(self.network.parameters("te")), "lr": o.text_encoder_lr, "name": "text_encoder"})
+        self.trainable = [p for g in groups for p in g["params"]]
+        optimizer = build_optimizer(o, groups)
+        self.lr_scheduler = build_scheduler(self.spec.scheduler, optimizer, self.total_steps)
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling, accumulation
+        self.warmup_steps = warmup_steps(self.spec.scheduler, self.total_steps) if self.spec.scheduler.name != "rex" else round(self.total_steps * (self.spec.scheduler.warmup_ratio or 0))
+        self.optimizer_desc = describe(o)
+        log.info(f"optimizer {self.optimizer_desc}, scheduler {self.spec.scheduler.name}")
+
+    # ---------------------------------------------------------------------------------------
+    def train(self) -> None:
+        s, t = self.spec, self.spec.train
+        micro = 0
+        bar = progress_bar(total=self.total_steps, desc="training", unit="step")
+        for epoch in range(1, t.epochs + 1):
+            epoch_start = time.time()
+            bar.set_description(f"epoch {epoch}/{t.epochs}")
+            epoch_losses: list[float] = []
+            accum_loss = 0.0
+            for batch in self.data.epoch_batches(s.seed, epoch, t.batch_size):
+                with self.accelerator.accumulate():
+                    loss = self._loss(batch, micro)
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients and t.max_grad_norm > 0:
+                        self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                accum_loss += loss.item() / t.gradient_accumulation_steps
+                if self.accelerator.sync_gradients:
+                    # lr schedule counts optimizer steps (what the guide's step tables count)
+                    self.lr_scheduler.step()
+                    self.global_step += 1
+                    self.loss_history.append(accum_loss)
+                    epoch_losses.append(accum_loss)
+                    accum_loss = 0.0
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            self.epoch_losses.append(sum(epoch_losses) / max(1, len(epoch_losses)))
+            log.info(f"epoch {epoch}/{t.epochs}: mean loss {self.epoch_losses[-1]:.4f}, step {self.global_step}/"
+                     f"{self.total_steps}, {time.time() - epoch_start:.1f}s")
+            if epoch % s.output.save_every_n_epochs == 0 or epoch == t.epochs:
+                self.save(epoch)
+        bar.close()
+
+    def _loss(self, batch: list[int], micro: int) -> torch.Tensor:
+        """Noise-prediction loss of one batch; its randomness depends only on (seed, micro-step)."""
+        s = self.spec
+        seed = dataset_mod.derive_seed(s.seed, "step", micro)
+        rng = random.Random(seed)
+        flips = [self.data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
+        captions = [self.data.caption(i, rng) for i in batch]
+        latents = self._latents(batch, flips)
+        gen = torch.Generator(device=self.device).manual_seed(seed % (2**63))
+        if s.network.dropout > 0:
+            torch.manual_seed(seed % (2**63))
+        noise = torch.randn(latents.shape, generator=gen, device=self.device)
+        if s.train.noise_offset:
+            noise = noise + s.train.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen, device=self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with self.accelerator.autocast():
+            cond = self._conditioning(captions, batch)
+            pred = self.unet(noisy.to(self.wdtype), timesteps, **cond).sample
+        return diffusion_loss(pred, noise, timesteps, self.noise_scheduler, s.train.min_snr_gamma).mean()
+
+    @torch.no_grad()
+    def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4) -> float:
+        """Mean loss over `images` (default: all) with captions unshuffled and noise and timesteps fixed by
+        `seed`: the same weights always give the same number, so it is comparable across epochs and runs."""
+        images = list(range(len(self.data.images))) if images is None else images
+        modules = [self.unet, *self.text_encoders]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        total, n = 0.0, 0
+        for i in images:
+            z = self._latents([i], [False])
+            caption = [self.data.base_caption(i)]
+            for d in range(draws):
+                gen = torch.Generator(device=self.device).manual_seed(dataset_mod.derive_seed("eval", seed, i, d) % (2**63))
+                noise = torch.randn(z.shape, generator=gen, device=self.device)
+                t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (1,), generator=gen, device=self.device)
+                with self.accelerator.autocast():
+                    cond = self._conditioning(caption, [i])
+                    pred = self.unet(self.noise_scheduler.add_noise(z, noise, t).to(self.wdtype), t, **cond).sample
+                total += diffusion_loss(pred, noise, t, self.noise_scheduler, None).item()
+                n += 1
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+        return total / max(1, n)
+
+    def _latents(self, batch: list[int], flips: list[bool]) -> torch.Tensor:
+        if self.latent_cache is not None:
+            return torch.stack([self.latent_cache.get(i, f) for i, f in zip(batch, flips)]).to(self.device)
+        from lorafw.data.latents import load_pixels
+
+        pixels = torch.stack([load_pixels(self.data.images[i], f) for i, f in zip(batch, flips)])
+        with torch.no_grad():
+            z = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.sample()
+        return (z * self.vae.config.scaling_factor).float()
+
+    def _conditioning(self, captions: list[str], batch: list[int]) -> dict[str, Any]:
+        """UNet keyword arguments for these captions: the (chunked, clip-skipped) text states."""
+        from lorafw.models.text import encode_sd15, tokenize
+
+        t = self.spec.train
+        ids = tokenize(self.tokenizers[0], captions, t.max_token_length)
+        with torch.set_grad_enabled(self.train_te):
+            states = encode_sd15(self.text_encoders[0], ids, t.clip_skip)
+        return {"encoder_hidden_states": states.to(self.wdtype)}
+
+    # ---------------------------------------------------------------------------------------
+    def save(self, epoch: int) -> Path:
+        from lorafw.outputs.lora_file import save_lora
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.spec.output.save_precision]
+        facts = TrainingFacts(
+            arch=self.arch, epoch=epoch, step=self.global_step, total_steps=self.total_steps,
+            batches_per_epoch=self.data.batches_per_epoch(self.spec.train.batch_size), warmup_steps=self.warmup_steps,
+            num_train_images=self.data.n_items, started_at=self.started_at, optimizer=self.optimizer_desc,
+            mixed_precision=self.precision, tag_frequency=self.data.tag_frequency(),
+            dataset_dirs=self.data.dataset_dirs(), bucket_info=self.data.bucket_info(), triggers=self.data.triggers(),
+            session_id=self.session_id,
+        )
+        path = self.run_dir / f"{self.name}-{epoch:02d}.safetensors"
+        save_lora(path, self.network.kohya_state_dict(dtype), build_metadata(self.spec, facts, self.name))
+        self.lora_files.append(path)
+        log.info(f"saved {path}")
+        return path
+
+    def _write_losses(self) -> None:
+        from lorafw.outputs.atomic import atomic_write
+
+        lines = ["step,loss"] + [f"{i + 1},{v:.6f}" for i, v in enumerate(self.loss_history)]
+        atomic_write(self.run_dir / "losses.csv", "\n".join(lines) + "\n")

@@ -1,0 +1,279 @@
+"""End-to-end SD1.5 training on the tiny model: learning, files users' tools read, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import lorafw
+from conftest import make_folder
+from lorafw.errors import DatasetError, ModelError, OutputError
+from lorafw.outputs.lora_file import file_data_sha256
+from lorafw.run import resolve_outputs
+from lorafw.trainers.sd15 import SD15Trainer
+
+
+def trainer_for(spec) -> SD15Trainer:
+    spec = resolve_outputs(spec)
+    return SD15Trainer(spec, spec.output.dir)
+
+
+def metadata(path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_loss_falls_when_overfitting(compose_tiny):
+    spec = compose_tiny("sd15_character", "train.epochs=8", "optimizer=adamw", "optimizer.lr=1e-2",
+                        "optimizer.text_encoder_lr=5e-3", "scheduler=constant", "dataset.shuffle_caption=false")
+    tr = trainer_for(spec)
+    tr.setup()
+    before = tr.fixed_loss()
+    tr.train()
+    after = tr.fixed_loss()
+    assert after < 0.75 * before, (before, after)  # measured: 1.066 → 0.630 (×0.59)
+    assert tr.global_step == 8 * 4 and len(tr.lora_files) == 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model, tiny_dataset):
+    """One short sd15_character run with fp32 files, kept in memory for comparisons."""
+    from conftest import tiny_overrides
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    spec = lorafw.compose("sd15_character", tiny_overrides(tiny_model, tiny_dataset, out)
+                          + ["train.epochs=2", "output.save_precision=fp32", "optimizer.lr=1e-3", "optimizer.text_encoder_lr=1e-3"])
+    tr = trainer_for(spec)
+    result = tr.run()
+    return tr, result
+
+
+def pipeline_from(parts):
+    from diffusers import StableDiffusionPipeline
+
+    from lorafw.models.load import noise_scheduler
+    from lorafw.models.tokenizer import clip_tokenizer
+
+    return StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=clip_tokenizer(),
+                                   unet=parts["unet"], scheduler=noise_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def compare_with_diffusers(tr, lora_file, atol):
+    from peft.tuners.lora import LoraLayer
+
+    from lorafw.models.tiny import build_sd15
+
+    base = build_sd15(0)  # untouched reference; the pipeline gets its own copy to load the LoRA into
+    pipe = pipeline_from(build_sd15(0))
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    pipe.load_lora_weights(str(lora_file), adapter_name="lorafw_test")  # raises if a key is not consumed
+    n_unet = sum(isinstance(m, LoraLayer) for m in pipe.unet.modules())
+    n_te = sum(isinstance(m, LoraLayer) for m in pipe.text_encoder.modules())
+    assert (n_unet, n_te) == (sum(e.part == "unet" for e in tr.network.entries), sum(e.part == "te" for e in tr.network.entries))
+    with safe_open(str(lora_file), "pt") as f:
+        modules = {k.split(".")[0] for k in f.keys()}
+    assert len(modules) == n_unet + n_te  # every module in the file became a LoRA layer
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    ids = torch.randint(0, 49406, (2, 77))
+    tr.unet.eval()
+    tr.text_encoders[0].eval()
+    with torch.no_grad():
+        ours_te = tr.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
+        theirs_te = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        assert (ours_te - base["text_encoder"](ids, output_hidden_states=True).hidden_states[-2]).abs().max() > 1e-4
+        torch.testing.assert_close(theirs_te, ours_te, atol=atol, rtol=atol)
+        ctx = torch.randn(2, 77, 32)
+        ours = tr.unet(x, t, ctx).sample
+        theirs = pipe.unet(x, t, ctx).sample
+        assert (ours - base["unet"](x, t, ctx).sample).abs().max() > 1e-4  # the LoRA does something
+        torch.testing.assert_close(theirs, ours, atol=atol, rtol=atol)
+
+
+def test_file_loaded_by_diffusers_reproduces_the_trained_model(trained):
+    tr, result = trained
+    compare_with_diffusers(tr, result.lora_files[-1], atol=1e-5)
+
+
+def test_default_fp16_file_is_close_to_the_trained_model(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    tr, _ = trained
+    f = tmp_path / "fp16.safetensors"
+    save_file(tr.network.kohya_state_dict(torch.float16), str(f))
+    compare_with_diffusers(tr, f, atol=2e-3)
+
+
+def test_same_result_from_a_diffusers_folder(compose_tiny, tiny_diffusers, tiny_model):
+    a = trainer_for(compose_tiny("sd15_character", "output.save_precision=fp32"))
+    ra = a.run()
+    b = trainer_for(compose_tiny("sd15_character", "output.save_precision=fp32", "output.dir=" + str(a.run_dir) + "_folder",
+                                 model=tiny_diffusers))
+    rb = b.run()
+    fa, fb = load_file(str(ra.lora_files[-1])), load_file(str(rb.lora_files[-1]))
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        torch.testing.assert_close(fa[k], fb[k], atol=1e-4, rtol=1e-3)
+
+
+def test_metadata_holds_the_formats_keys(trained, tiny_model):
+    tr, result = trained
+    f = result.lora_files[-1]
+    m = metadata(f)
+    assert result.lora_files[0].name == "toy-01.safetensors" and f.name == "toy-02.safetensors"
+    expected = {
+        "ss_output_name": "toy",
+        "ss_base_model_version": "sd_v1",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": "16",
+        "ss_network_alpha": "8",
+        "ss_network_args": "None",
+        "ss_clip_skip": "2",
+        "ss_sd_model_name": tiny_model.name,
+        "ss_learning_rate": "0.001",
+        "ss_unet_lr": "0.001",
+        "ss_text_encoder_lr": "0.001",
+        "ss_optimizer": "bitsandbytes.optim.AdamW8bit(weight_decay=0.1,betas=(0.9, 0.99))",
+        "ss_lr_scheduler": "cosine_with_restarts",
+        "ss_num_epochs": "2",
+        "ss_epoch": "2",
+        "ss_steps": "8",
+        "ss_max_train_steps": "8",
+        "ss_num_train_images": "8",
+        "ss_num_batches_per_epoch": "4",
+        "ss_batch_size_per_device": "2",
+        "ss_resolution": "(64, 64)",
+        "ss_min_snr_gamma": "5",
+        "ss_max_token_length": "225",
+        "ss_seed": "42",
+        "ss_shuffle_caption": "True",
+        "ss_keep_tokens": "1",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.resolution": "64x64",
+        "modelspec.title": "toy-02",
+        "modelspec.encoder_layer": "2",
+        "modelspec.sai_model_spec": "1.0.0",
+        "sshs_model_hash": file_data_sha256(f),
+    }
+    assert {k: m.get(k) for k in expected} == expected
+    assert json.loads(m["ss_dataset_dirs"]) == {"2_toy": {"n_repeats": 2, "img_count": 4}}
+    freq = json.loads(m["ss_tag_frequency"])["2_toy"]
+    assert freq["toy"] == 4 and freq["blue circle"] == 1 and freq["circle"] == 1
+    assert json.loads(m["ss_bucket_info"])["buckets"]["0"] == {"resolution": [64, 64], "count": 8}
+    assert abs(float(m["ss_training_started_at"]) - time.time()) < 3600
+    assert time.strptime(m["modelspec.date"], "%Y-%m-%dT%H:%M:%S")
+    assert all(isinstance(v, str) for v in m.values())
+    assert len(m["sshs_legacy_hash"]) == 8
+
+
+def test_run_record_and_resolved_config(trained):
+    tr, result = trained
+    rec = json.loads((result.run_dir / "run.json").read_text())
+    assert rec["status"] == "finished" and rec["steps"] == 8 == result.steps
+    assert rec["versions"]["torch"] == torch.__version__.split("+")[0] or rec["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert {"diffusers", "transformers", "peft", "accelerate", "lorafw"} <= set(rec["versions"])
+    assert rec["device"]["device"] == "cpu" and rec["device"]["precision"] == "no"
+    files = rec["dataset"]["files"]
+    assert len(files) == 8 and all(len(f["sha256"]) == 64 and f["size"] > 0 for f in files)  # 4 images + 4 captions
+    assert rec["final_loss"] == pytest.approx(result.epoch_losses[-1]) and rec["lora_files"] == ["toy-01.safetensors", "toy-02.safetensors"]
+    assert rec["started_at"] and rec["finished_at"] and rec["wall_time_s"] > 0
+    assert lorafw.load_spec(result.run_dir) == result.spec
+    lines = (result.run_dir / "losses.csv").read_text().splitlines()
+    assert lines[0] == "step,loss" and len(lines) == 9
+
+
+def test_same_seed_same_tensors_and_another_seed_differs(compose_tiny, tmp_path):
+    runs = []
+    for i, seed in enumerate((1, 1, 2)):
+        spec = compose_tiny("sd15_character", f"seed={seed}", f"output.dir={tmp_path / str(i)}", "dataset.flip_aug=true")
+        runs.append(load_file(str(trainer_for(spec).run().lora_files[-1])))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0] if k.endswith("lora_up.weight"))
+
+
+def test_text_encoder_lr_zero_freezes_it(compose_tiny):
+    tr = trainer_for(compose_tiny("sd15_character", "optimizer.text_encoder_lr=0"))
+    result = tr.run()
+    sd = load_file(str(result.lora_files[-1]))
+    assert sd and not any(k.startswith("lora_te") for k in sd)
+    assert metadata(result.lora_files[-1])["ss_network_train_unet_only"] == "True"
+
+
+def test_gradient_accumulation_counts_optimizer_steps(compose_tiny, tmp_path):
+    data = tmp_path / "data"
+    make_folder(data, "3_a", [(64, 64)] * 3 + [(192, 64)] * 2, ["a, b"])
+    spec = compose_tiny("sd15_character", "train.gradient_accumulation_steps=2", "train.batch_size=2", "dataset.resolution=128",
+                        "dataset.max_bucket_reso=256", data=data)
+    tr = trainer_for(spec)
+    assert {b: len(v) for b, v in tr.data.buckets.items()} == {(128, 128): 9, (192, 64): 6}
+    result = tr.run()
+    batches = 5 + 3  # per bucket: ceil(9 / 2) + ceil(6 / 2)
+    assert result.steps == math.ceil(batches / 2) == len(result.loss_history)
+
+
+def test_locon_and_dora_train_and_write_their_keys(compose_tiny, tmp_path):
+    for i, net in enumerate(("locon", "dora")):
+        spec = compose_tiny("sd15_character", f"network={net}", "network.conv_dim=2", "network.conv_alpha=1", f"output.dir={tmp_path / net}")
+        sd = load_file(str(trainer_for(spec).run().lora_files[-1]))
+        assert "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight" in sd
+        assert any(k.endswith(".dora_scale") for k in sd) == (net == "dora")
+
+
+def test_python_api(compose_tiny):
+    spec = compose_tiny("sd15_prodigy").override("network.dim=4", "network.alpha=4")
+    result = lorafw.train(spec)
+    assert result.spec.network.dim == 4 and len(result.loss_history) == result.steps == 4
+    assert [p.name for p in result.lora_files] == ["toy-01.safetensors"]
+    assert metadata(result.lora_files[0])["ss_optimizer"].startswith("prodigyopt.Prodigy(")
+
+
+def test_existing_run_folder_is_not_overwritten(trained, compose_tiny):
+    tr, result = trained
+    before = result.lora_files[-1].read_bytes()
+    with pytest.raises(OutputError, match="already holds a run"):
+        trainer_for(compose_tiny("sd15_character", f"output.dir={result.run_dir}"))
+    assert result.lora_files[-1].read_bytes() == before
+
+
+def test_unwritable_output_folder_fails_before_loading(compose_tiny, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot write to the output folder"):
+        trainer_for(compose_tiny("sd15_character", f"output.dir={blocker / 'run'}"))
+
+
+def test_bad_dataset_fails_before_loading(compose_tiny, tmp_path):
+    data = tmp_path / "data"
+    make_folder(data, "kafka", [(64, 64)], ["a"])
+    make_folder(data, "2_ok", [(64, 64)], ["a"])
+    with pytest.raises(DatasetError, match="without a REPEATS_ prefix: kafka"):
+        trainer_for(compose_tiny("sd15_character", data=data))
+
+
+def test_corrupt_checkpoint_fails_before_loading(compose_tiny, tmp_path, tiny_model):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(tiny_model.read_bytes()[:100_000])
+    with pytest.raises(ModelError, match="truncated"):
+        trainer_for(compose_tiny("sd15_character", model=broken))
+
+
+def test_truncated_image_is_named(compose_tiny, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    make_folder(data, "2_a", [(64, 64)], ["a"])
+    jpg = data / "2_a" / "cut.jpg"
+    Image.effect_noise((96, 96), 60).convert("RGB").save(jpg, quality=95)
+    jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])  # header intact, pixels cut off
+    tr = trainer_for(compose_tiny("sd15_character", data=data))
+    with pytest.raises(DatasetError, match=r"cut\.jpg: cannot decode the image .* remove or replace it"):
+        tr.run()
+    assert json.loads((tr.run_dir / "run.json").read_text())["status"].startswith("failed: DatasetError")
