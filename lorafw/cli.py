@@ -1,0 +1,211 @@
+"""`lorafw` command line: Hydra's own main for training, plus a few subcommands.
+
+    lorafw +recipe=sd15_character base_model.path=M dataset.root=D     train (Hydra overrides)
+    lorafw -m +recipe=sd15_character optimizer.lr=1e-4,5e-4             a sweep, one folder per job
+    lorafw +recipe=pdxl --cfg job                                      print the resolved config
+    lorafw check +recipe=... ...                                       validate only (no torch)
+    lorafw rerun RUN_DIR [key=value ...]                               train a saved run's config again
+    lorafw recipes                                                     list the shipped recipes
+    lorafw demo                                                        a demo run on a built-in tiny model
+
+Before Hydra starts, every job of the command line is composed and validated (no torch, no
+weights): a typo or a missing folder is one message listing every problem, not a traceback
+after the models have loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from lorafw.config.compose import check_all, conf_dir, expand_sweep, recipe_names
+from lorafw.errors import LorafwError
+
+log = logging.getLogger("lorafw")
+
+# Hydra flags that take a value, and flags that only print (no training, no pre-check).
+_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
+                "--experimental-rerun", "--shell-completion", "-sc", "--info", "-i"}
+_PRINT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve"}
+
+
+def _fail(e: LorafwError) -> int:
+    print(f"lorafw: {e}", file=sys.stderr)
+    return e.exit_code
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """(overrides, hydra flags, only_prints) from a Hydra command line."""
+    overrides, flags = [], []
+    prints = False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):  # overrides never start with "-" (they are key=v, +key=v, ~key)
+            flag = a.split("=", 1)[0]
+            flags.append(a)
+            prints = prints or flag in _PRINT_FLAGS
+            if flag in _VALUE_FLAGS and "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return overrides, flags, prints
+
+
+def precheck(argv: list[str]) -> None:
+    overrides, flags, prints = split_argv(argv)
+    if prints or any(f.split("=")[0] in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd") for f in flags):
+        return  # printing only, or another primary config: Hydra reports on its own
+    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    for note in check_all(expand_sweep(ours)):
+        print(f"lorafw: note: {note}", file=sys.stderr)
+
+
+def sweep_dir_names(argv: list[str]) -> list[str]:
+    """For `-m`: name each job's folder after the swept keys only (`0_optimizer.lr=0.0001,network.dim=8`),
+    by adding every fixed key to Hydra's override_dirname exclusions."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    overrides, flags, _ = split_argv(argv)
+    if not any(f in ("-m", "--multirun") for f in flags):
+        return []
+    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    fixed = [o.key_or_group for o in OverridesParser.create().parse_overrides(ours) if not o.is_sweep_override()]
+    base = OmegaConf.load(conf_dir() / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+    keys = list(dict.fromkeys([*base, *fixed]))
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
+
+
+def hydra_main(argv: list[str]) -> int:
+    try:
+        precheck(argv)
+        argv = argv + sweep_dir_names(argv)
+    except LorafwError as e:
+        return _fail(e)
+    saved = sys.argv
+    sys.argv = ["lorafw"] + argv
+    try:
+        _hydra_app()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _task(cfg) -> float | None:
+    """One training job (Hydra calls this once per job of a sweep); returns the final loss for sweepers."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from lorafw.config.validate import spec_from_dict
+    from lorafw.run import train
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        spec, notes = spec_from_dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        for n in notes:
+            log.info(f"note: {n}")
+        result = train(spec, run_dir)
+    except LorafwError as e:
+        sys.exit(_fail(e))
+    print_result(result)
+    return result.final_loss
+
+
+def print_result(result) -> None:
+    files = "\n".join(f"  {p}" for p in result.lora_files)
+    best = min(range(len(result.epoch_losses)), key=result.epoch_losses.__getitem__) if result.epoch_losses else None
+    lines = [f"lorafw: {len(result.lora_files)} LoRA file(s) in {result.run_dir}:", files]
+    if best is not None:
+        lines.append(f"lorafw: {result.steps} steps in {result.wall_time_s:.0f}s; lowest epoch loss: epoch {best + 1} "
+                     f"({result.epoch_losses[best]:.4f}); last: {result.epoch_losses[-1]:.4f}")
+    print("\n".join(lines))
+
+
+def _make_hydra_app() -> Callable[[], None]:
+    import hydra
+
+    return hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_task)
+
+
+_hydra_app: Callable[[], None] = lambda: _make_hydra_app()()  # noqa: E731
+
+
+# -- subcommands --------------------------------------------------------------------------------
+def cmd_check(argv: list[str]) -> int:
+    """Validate a command line (every job of a sweep) and print what it would train."""
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+    from lorafw.data.dataset import build
+    from lorafw.data.folders import scan
+
+    overrides, _flags, _ = split_argv(argv)
+    try:
+        jobs = expand_sweep(overrides)
+        for note in check_all(jobs):
+            print(f"note: {note}")
+        for job in jobs:
+            spec, _ = spec_from_dict(compose_dict(None, job))
+            folders, warnings = scan(spec.dataset)
+            data = build(folders, spec.dataset)
+            spe = data.steps_per_epoch(spec.train.batch_size, spec.train.gradient_accumulation_steps)
+            label = " ".join(job)
+            for w in warnings:
+                print(f"warning: {w}")
+            print(f"ok: {label}\n    {len(data.images)} images, {data.n_items} items/epoch, {len(data.buckets)} bucket(s), "
+                  f"{spe} steps/epoch × {spec.train.epochs} epochs = {spe * spec.train.epochs} steps")
+    except LorafwError as e:
+        return _fail(e)
+    return 0
+
+
+def cmd_rerun(argv: list[str]) -> int:
+    """Train a finished run's saved config again (into a new folder unless output.dir is given)."""
+    if not argv or argv[0].startswith("-"):
+        print("usage: lorafw rerun RUN_DIR [key=value ...]", file=sys.stderr)
+        return 2
+    from lorafw.config.compose import load_spec
+    from lorafw.run import train
+
+    try:
+        overrides = argv[1:]
+        if not any(o.startswith("output.dir=") for o in overrides):
+            overrides = ["output.dir=null", "output.overwrite=false"] + overrides
+        spec = load_spec(argv[0], overrides)
+        print_result(train(spec))
+    except LorafwError as e:
+        return _fail(e)
+    return 0
+
+
+def cmd_recipes(argv: list[str]) -> int:
+    for name in recipe_names():
+        text = (conf_dir() / "recipe" / f"{name}.yaml").read_text().splitlines()
+        about = next((ln.lstrip("# ").strip() for ln in text if ln.startswith("#") and "@package" not in ln), "")
+        print(f"{name:16s} {about}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from lorafw.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "check": cmd_check,
+    "rerun": cmd_rerun,
+    "recipes": cmd_recipes,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[args[0]](args[1:])
+    return hydra_main(args)
+

@@ -1,0 +1,109 @@
+"""The `lorafw` command as users run it (subprocesses), and the installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lorafw(*args: str, cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "lorafw", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"lorafw {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_cfg_job_prints_the_resolved_recipe(tmp_path):
+    out = lorafw("+recipe=sd15_character", "network.dim=32", "--cfg", "job", cwd=tmp_path).stdout
+    assert "clip_skip: 2" in out and "max_token_length: 225" in out and "name: adamw8bit" in out
+    assert "dim: 32" in out and "num_cycles: 3" in out
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_config_errors_exit_2_with_the_message_and_create_nothing(tmp_path):
+    p = lorafw("+recipe=sd15_character", "optimizer.lrr=1", "base_model.path=/x", cwd=tmp_path, check=False)
+    assert p.returncode == 2
+    assert "optimizer.lrr: unknown key; did you mean optimizer.lr?" in p.stderr and "Traceback" not in p.stderr
+    p = lorafw("+recipe=sd15_character", f"base_model.path={tmp_path}/none.safetensors", f"dataset.root={tmp_path}/none", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "base_model.path:" in p.stderr and "dataset.root:" in p.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_two_job_sweep_writes_two_runs(tmp_path, tiny_model, tiny_dataset):
+    sweep = tmp_path / "sweep"
+    args = tiny_overrides(tiny_model, tiny_dataset, sweep)
+    p = lorafw("-m", "+recipe=sd15_character", *args, "optimizer.lr=1e-4,5e-4", cwd=tmp_path)
+    runs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    assert [d.name for d in runs] == ["0_optimizer.lr=0.0001", "1_optimizer.lr=0.0005"], p.stdout
+    lrs = []
+    for d in runs:
+        assert (d / "toy-01.safetensors").is_file() and (d / ".hydra" / "config.yaml").is_file()
+        rec = json.loads((d / "run.json").read_text())
+        assert rec["status"] == "finished"
+        lrs.append(float((d / "config.yaml").read_text().split("unet_lr: ")[1].split()[0]))
+    assert lrs == [1e-4, 5e-4]
+    assert (sweep / "multirun.yaml").is_file()
+
+
+def test_single_run_and_rerun_reproduce_the_same_tensors(tmp_path, tiny_model, tiny_dataset):
+    run = tmp_path / "run"
+    p = lorafw("+recipe=sd15_character", *tiny_overrides(tiny_model, tiny_dataset, run), cwd=tmp_path)
+    assert f"1 LoRA file(s) in {run}" in p.stdout
+    assert (run / "lorafw.log").is_file()  # Hydra's job log, beside the LoRA files
+    again = lorafw("rerun", str(run), cwd=tmp_path)
+    reruns = list((tmp_path / "outputs" / "toy").iterdir())
+    assert len(reruns) == 1, again.stdout
+    a, b = load_file(str(run / "toy-01.safetensors")), load_file(str(reruns[0] / "toy-01.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_check_prints_the_plan(tmp_path, tiny_model, tiny_dataset):
+    out = lorafw("check", "+recipe=sd15_character", *tiny_overrides(tiny_model, tiny_dataset, tmp_path / "r"), "train.epochs=10", cwd=tmp_path).stdout
+    assert "4 images, 8 items/epoch, 1 bucket(s), 4 steps/epoch × 10 epochs = 40 steps" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_recipes_are_listed(tmp_path):
+    out = lorafw("recipes", cwd=tmp_path).stdout
+    assert [ln.split()[0] for ln in out.splitlines()] == ["pdxl", "pdxl_dora", "sd15_character", "sd15_prodigy"]
+
+
+def test_help_names_the_common_keys(tmp_path):
+    out = lorafw("--help", cwd=tmp_path).stdout
+    assert "lorafw +recipe=sd15_character" in out and "base_model.path, dataset.root" in out
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_fresh_folder(tmp_path):
+    p = lorafw("demo", "--dir", str(tmp_path / "demo"), "--epochs", "1", cwd=tmp_path)
+    files = list((tmp_path / "demo" / "runs").glob("*/shapes_demo-01.safetensors"))
+    assert len(files) == 1 and str(files[0]) in p.stdout
+    assert (tmp_path / "demo" / "models" / "tiny-sd15.safetensors").is_file()
+    assert len(list((tmp_path / "demo" / "dataset" / "4_shapes").glob("*.txt"))) == 12
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_finds_conf_and_recipes(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    pkg = target / "lorafw"
+    assert (pkg / "conf" / "config.yaml").is_file() and (pkg / "conf" / "recipe" / "pdxl_dora.yaml").is_file()
+    assert (pkg / "models" / "tokenizer_data" / "clip" / "vocab.json").is_file()
+    code = ("import lorafw.config.compose as c; print(c.conf_dir()); "
+            "print(c.compose_dict('sd15_prodigy', ['base_model.path=/m', 'dataset.root=/d'])['optimizer']['name'])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out == [str(pkg / "conf"), "prodigy"]
