@@ -60,7 +60,8 @@ def precheck(argv: list[str]) -> None:
     if prints or any(f.split("=")[0] in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd") for f in flags):
         return  # printing only, or another primary config: Hydra reports on its own
     ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    for note in check_all(expand_sweep(ours)):
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    for note in check_all(expand_sweep(ours), multirun=multirun):
         print(f"lorafw: note: {note}", file=sys.stderr)
 
 

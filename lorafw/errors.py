@@ -33,3 +33,9 @@ class DatasetError(LorafwError):
 
 class OutputError(LorafwError):
     """An output folder that cannot be written, or that already holds a run."""
+
+
+class Interrupted(LorafwError):
+    """Ctrl-C / SIGTERM: the run stopped; what was saved is complete."""
+
+    exit_code = 130

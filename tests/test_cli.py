@@ -67,6 +67,10 @@ def test_single_run_and_rerun_reproduce_the_same_tensors(tmp_path, tiny_model, t
     assert len(reruns) == 1, again.stdout
     a, b = load_file(str(run / "toy-01.safetensors")), load_file(str(reruns[0] / "toy-01.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hydra_cfg = (run / ".hydra" / "config.yaml").read_bytes()
+    p = lorafw("+recipe=sd15_character", *tiny_overrides(tiny_model, tiny_dataset, run), cwd=tmp_path, check=False)
+    assert p.returncode == 2 and f"output.dir: {run} already holds a run" in p.stderr
+    assert (run / ".hydra" / "config.yaml").read_bytes() == hydra_cfg  # nothing of the first run was touched
 
 
 def test_check_prints_the_plan(tmp_path, tiny_model, tiny_dataset):

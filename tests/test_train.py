@@ -118,6 +118,7 @@ def test_same_result_from_a_diffusers_folder(compose_tiny, tiny_diffusers, tiny_
     b = trainer_for(compose_tiny("sd15_character", "output.save_precision=fp32", "output.dir=" + str(a.run_dir) + "_folder",
                                  model=tiny_diffusers))
     rb = b.run()
+    compare_with_diffusers(b, rb.lora_files[-1], atol=1e-5)
     fa, fb = load_file(str(ra.lora_files[-1])), load_file(str(rb.lora_files[-1]))
     assert fa.keys() == fb.keys()
     for k in fa:
@@ -135,7 +136,7 @@ def test_metadata_holds_the_formats_keys(trained, tiny_model):
         "ss_network_module": "networks.lora",
         "ss_network_dim": "16",
         "ss_network_alpha": "8",
-        "ss_network_args": "None",
+        "ss_network_args": "{}",
         "ss_clip_skip": "2",
         "ss_sd_model_name": tiny_model.name,
         "ss_learning_rate": "0.001",
@@ -277,3 +278,25 @@ def test_truncated_image_is_named(compose_tiny, tmp_path):
     with pytest.raises(DatasetError, match=r"cut\.jpg: cannot decode the image .* remove or replace it"):
         tr.run()
     assert json.loads((tr.run_dir / "run.json").read_text())["status"].startswith("failed: DatasetError")
+
+
+def test_ctrl_c_keeps_finished_epochs_and_says_so(compose_tiny, monkeypatch):
+    from lorafw.errors import Interrupted
+
+    tr = trainer_for(compose_tiny("sd15_character", "train.epochs=3"))
+    real_save = tr.save
+
+    def save_then_interrupt(epoch):
+        path = real_save(epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(tr, "save", save_then_interrupt)
+    with pytest.raises(Interrupted) as e:
+        tr.run()
+    assert e.value.exit_code == 130
+    assert "interrupted at step 8 of 12" in str(e.value) and "toy-01.safetensors, toy-02.safetensors" in str(e.value)
+    rec = json.loads((tr.run_dir / "run.json").read_text())
+    assert rec["status"] == "interrupted" and rec["lora_files"] == ["toy-01.safetensors", "toy-02.safetensors"]
+    assert load_file(str(tr.run_dir / "toy-02.safetensors"))  # complete and loadable

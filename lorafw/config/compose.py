@@ -187,15 +187,26 @@ def expand_sweep(overrides: Sequence[str], limit: int = 64) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*axes), limit)]
 
 
-def check_all(overrides: Iterable[list[str]], check_paths: bool = True) -> list[str]:
-    """Validate every job of a (possibly swept) command line; raise one ConfigError for all of them."""
+def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun: bool = False) -> list[str]:
+    """Validate every job of a (possibly swept) command line; raise one ConfigError for all of them.
+
+    Also refuses, before Hydra writes anything, an output folder that already holds a run.
+    """
+    from lorafw.outputs.record import RECORD
+
     problems: list[str] = []
     notes: list[str] = []
     jobs = list(overrides)
     for job in jobs:
         try:
-            _spec, n = spec_from_dict(compose_dict(None, job), check_paths=check_paths)
+            spec, n = spec_from_dict(compose_dict(None, job), check_paths=check_paths)
             notes += [x for x in n if x not in notes]
+            if check_paths and not spec.output.overwrite:
+                out = Path(default_run_dir(spec.output.dir, spec.output.name, spec.dataset.root))
+                marker = out / ("multirun.yaml" if multirun else RECORD)
+                if marker.exists() and f"output.dir: {out} already holds a run" not in problems:
+                    problems.append(f"output.dir: {out} already holds a run; choose another output.dir, "
+                                    "or add output.overwrite=true to write over it")
         except ConfigError as e:
             label = f"[{' '.join(job)}] " if len(jobs) > 1 else ""
             problems += [label + x for x in e.problems if label + x not in problems]

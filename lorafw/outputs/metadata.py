@@ -75,7 +75,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_network_dim": str(spec.network.dim),
         "ss_network_alpha": _num(float(spec.network.alpha)),
         "ss_network_dropout": _num(spec.network.dropout),
-        "ss_network_args": json.dumps(net_args) if net_args else "None",
+        "ss_network_args": json.dumps(net_args),  # JSON even when empty: readers json.loads it
         "ss_learning_rate": _num(o.lr),
         "ss_unet_lr": _num(o.unet_lr),
         "ss_text_encoder_lr": _num(o.text_encoder_lr),

@@ -21,7 +21,7 @@ from lorafw.config.spec import RunSpec
 from lorafw.config.validate import expand
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import fingerprint, scan
-from lorafw.errors import LorafwError
+from lorafw.errors import Interrupted, LorafwError
 from lorafw.models.load import check_arch, inspect_base_model
 from lorafw.outputs.metadata import TrainingFacts, build_metadata
 from lorafw.outputs.record import device_info, now_iso, versions, write_config, write_record
@@ -90,7 +90,7 @@ class SD15Trainer:
             self.record["status"] = "finished"
         except KeyboardInterrupt:
             self.record["status"] = "interrupted"
-            raise LorafwError(
+            raise Interrupted(
                 f"interrupted at step {self.global_step} of {self.total_steps}; files saved so far are complete: "
                 + (", ".join(p.name for p in self.lora_files) or "none")
             ) from None
