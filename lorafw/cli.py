@@ -3,6 +3,8 @@
     lorafw +recipe=sd15_character base_model.path=M dataset.root=D     train (Hydra overrides)
     lorafw -m +recipe=sd15_character optimizer.lr=1e-4,5e-4             a sweep, one folder per job
     lorafw +recipe=pdxl --cfg job                                      print the resolved config
+    lorafw plan +recipe=... dataset.root=D                             steps, buckets, the guide's advice
+    lorafw lint DIR                                                    damaged / uncaptioned / duplicate images
     lorafw check +recipe=... ...                                       validate only (no torch)
     lorafw rerun RUN_DIR [key=value ...]                               train a saved run's config again
     lorafw recipes                                                     list the shipped recipes
@@ -87,6 +89,8 @@ def hydra_main(argv: list[str]) -> int:
         argv = argv + sweep_dir_names(argv)
     except LorafwError as e:
         return _fail(e)
+    if any(a.split("=")[0] in ("--cfg", "-c") for a in argv) and "--resolve" not in argv:
+        argv = argv + ["--resolve"]  # print values (unet_lr: 0.0005), not interpolations (${.lr})
     saved = sys.argv
     sys.argv = ["lorafw"] + argv
     try:
@@ -136,6 +140,64 @@ _hydra_app: Callable[[], None] = lambda: _make_hydra_app()()  # noqa: E731
 
 
 # -- subcommands --------------------------------------------------------------------------------
+def _dataset_spec(argv: list[str]):
+    """Spec for the dataset commands: like a training command line, but no base model is needed,
+    and a bare folder argument means dataset.root=FOLDER."""
+    from pathlib import Path
+
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+
+    overrides, _flags, _ = split_argv(argv)
+    overrides = [f"dataset.root={o}" if "=" not in o and Path(o).expanduser().is_dir() else o for o in overrides]
+    if not any(o.split("=")[0].lstrip("+") == "base_model.path" for o in overrides):
+        overrides.append("base_model.path=-")
+    spec, notes = spec_from_dict(compose_dict(None, overrides), need_model=False)
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("+recipe=")), "")
+    return spec, recipe
+
+
+def cmd_plan(argv: list[str]) -> int:
+    """`lorafw plan [--json] +recipe=... dataset.root=...`: steps, buckets and the guide's advice (no torch, no weights)."""
+    import json
+
+    from lorafw.data.dataset import build
+    from lorafw.data.folders import scan
+    from lorafw.data.plan import make_plan, render
+
+    try:
+        spec, recipe = _dataset_spec(argv)
+        folders, warnings = scan(spec.dataset)
+        plan = make_plan(build(folders, spec.dataset), spec, warnings)
+    except LorafwError as e:
+        return _fail(e)
+    print(json.dumps(plan.to_json(), indent=2) if "--json" in argv else render(plan, recipe))
+    return 0
+
+
+def cmd_lint(argv: list[str]) -> int:
+    """`lorafw lint [--json] [DIR | dataset.root=DIR ...]`: report damaged, uncaptioned, duplicated images."""
+    import json
+
+    from lorafw.data.folders import scan
+    from lorafw.data.lint import lint
+
+    try:
+        spec, _ = _dataset_spec(argv)
+        folders, warnings = scan(spec.dataset)
+    except LorafwError as e:
+        return _fail(e)
+    report = lint(folders, spec.dataset, deep="--fast" not in argv)
+    if "--json" in argv:
+        print(json.dumps(report.to_json() | {"scan_warnings": warnings}, indent=2))
+    else:
+        for w in warnings:
+            print(f"warning: {w}")
+        print("\n".join(report.lines(limit=50)))
+        print(f"lorafw lint: {report.summary()}")
+    return 1 if report.errors else 0
+
+
 def cmd_check(argv: list[str]) -> int:
     """Validate a command line (every job of a sweep) and print what it would train."""
     from lorafw.config.compose import compose_dict
@@ -197,6 +259,8 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "plan": cmd_plan,
+    "lint": cmd_lint,
     "check": cmd_check,
     "rerun": cmd_rerun,
     "recipes": cmd_recipes,
@@ -206,7 +270,11 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[args[0]](args[1:])
-    return hydra_main(args)
+    try:
+        if args and args[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[args[0]](args[1:])
+        return hydra_main(args)
+    except KeyboardInterrupt:  # before training started (imports, checks, loading): nothing was written
+        print("lorafw: interrupted before training started; no LoRA file was written", file=sys.stderr)
+        return 130
 

@@ -29,6 +29,7 @@ def test_cfg_job_prints_the_resolved_recipe(tmp_path):
     out = lorafw("+recipe=sd15_character", "network.dim=32", "--cfg", "job", cwd=tmp_path).stdout
     assert "clip_skip: 2" in out and "max_token_length: 225" in out and "name: adamw8bit" in out
     assert "dim: 32" in out and "num_cycles: 3" in out
+    assert "unet_lr: 0.0005" in out and "text_encoder_lr: 0.0001" in out and "${" not in out
     assert not (tmp_path / "outputs").exists()
 
 
@@ -100,8 +101,18 @@ def test_demo_runs_on_a_fresh_folder(tmp_path):
 
 @pytest.mark.slow
 def test_a_non_editable_install_finds_conf_and_recipes(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # build from a copy: pip writes build/ and *.egg-info beside the sources
+    top_level = {".git", ".venv", "build", "dist", "outputs", "multirun", "lorafw-demo", ".pytest_cache"}
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        here = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        return here | (top_level & set(names) if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, src, symlinks=True, ignore=skip)
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(src)],
                    check=True, capture_output=True, text=True)
     pkg = target / "lorafw"
     assert (pkg / "conf" / "config.yaml").is_file() and (pkg / "conf" / "recipe" / "pdxl_dora.yaml").is_file()
@@ -111,3 +122,33 @@ def test_a_non_editable_install_finds_conf_and_recipes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out == [str(pkg / "conf"), "prodigy"]
+
+
+def test_ctrl_c_during_training_exits_130_keeping_finished_epochs(tmp_path, tiny_model, tiny_dataset):
+    import signal
+
+    run = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    args = [*tiny_overrides(tiny_model, tiny_dataset, run), "train.epochs=500"]
+    p = subprocess.Popen([sys.executable, "-m", "lorafw", "+recipe=sd15_character", *args], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # Hydra logs to stdout
+        if "saved" in line and "toy-02.safetensors" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    assert load_file(str(run / "toy-01.safetensors")) and load_file(str(run / "toy-02.safetensors"))
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_ctrl_c_before_training_is_a_message(monkeypatch, capsys):
+    from lorafw import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "hydra_main", interrupted)
+    assert cli.main(["+recipe=sd15_character"]) == 130
+    assert "interrupted before training started" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from conftest import make_folder, write_image
 from lorafw.config.compose import compose_dict
 from lorafw.config.validate import spec_from_dict
 from lorafw.data import buckets as B
-from lorafw.data.captions import build_caption, read_caption_text, shuffle_tags, split_tags, tag_frequency, with_trigger
+from lorafw.data.captions import build_caption, fixed_and_flexible, read_caption_text, split_tags, tag_frequency, with_trigger
 from lorafw.data.dataset import build, derive_seed
 from lorafw.data.folders import parse_folder_name, scan
 from lorafw.errors import DatasetError
@@ -138,12 +138,13 @@ def test_trigger_goes_first_once():
 
 
 def test_shuffle_keeps_the_first_tokens():
-    tags = [f"t{i}" for i in range(20)]
+    raw = ", ".join(f"t{i}" for i in range(20))
+    tags = split_tags(raw)
     rng = random.Random(0)
     for k in (0, 1, 3):
-        out = shuffle_tags(tags, k, rng)
+        out = split_tags(build_caption(raw, None, k, True, rng))
         assert out[:k] == tags[:k] and sorted(out) == sorted(tags)
-    assert any(shuffle_tags(tags, 1, rng)[1:] != tags[1:] for _ in range(5))
+    assert any(split_tags(build_caption(raw, None, 1, True, rng))[1:] != tags[1:] for _ in range(5))
 
 
 def test_build_caption():
@@ -153,6 +154,31 @@ def test_build_caption():
     assert build_caption("a,b", None, 0, False, None) == "a, b"
     with pytest.raises(ValueError):
         build_caption("a", None, 0, True, None)
+
+
+def test_trigger_takes_the_kept_slot():
+    assert fixed_and_flexible("1girl, smile", "kafka", 1, None) == (["kafka"], ["1girl", "smile"])
+    assert fixed_and_flexible("kafka, 1girl, smile", "kafka", 2, None) == (["kafka", "1girl"], ["smile"])
+
+
+def test_keep_tokens_separator():
+    fixed, flex = fixed_and_flexible("kafka, 1girl ||| smile, jacket, kafka", None, 3, "|||")
+    assert (fixed, flex) == (["kafka", "1girl"], ["smile", "jacket", "kafka"])  # the separator wins over keep_tokens
+    assert fixed_and_flexible("kafka, 1girl ||| smile", "zeta", 0, "|||") == (["zeta", "kafka", "1girl"], ["smile"])
+    assert fixed_and_flexible("no separator here, b", None, 1, "|||") == (["no separator here"], ["b"])
+    rng = random.Random(1)
+    for _ in range(20):
+        assert build_caption("a, b ||| c, d, e", None, 0, True, rng, "|||").startswith("a, b, ")
+
+
+def test_caption_and_tag_dropout():
+    rng = random.Random(0)
+    caps = [build_caption("kafka, a, b, c, d", None, 1, False, rng, None, 0.0, 0.3) for _ in range(1000)]
+    assert 250 < sum(c == "" for c in caps) < 350  # whole captions dropped ~30% of the time
+    caps = [build_caption("kafka, a, b, c, d", None, 1, False, rng, None, 0.5, 0.0) for _ in range(1000)]
+    assert all(c.startswith("kafka") for c in caps)  # kept tags are never dropped
+    lens = [len(split_tags(c)) - 1 for c in caps]
+    assert 1.7 < sum(lens) / len(lens) < 2.3  # each of the 4 others kept with probability 0.5
 
 
 def test_tag_frequency_counts_captions_not_occurrences():
@@ -224,17 +250,65 @@ def test_explicit_folder_list_with_triggers(tmp_path):
     assert data.dataset_dirs() == {"outfit1": {"n_repeats": 5, "img_count": 2}, "outfit2": {"n_repeats": 3, "img_count": 3}}
 
 
-def test_corrupt_image_is_named(tmp_path):
+def test_unreadable_image_is_set_aside_for_lint(tmp_path):
     make_folder(tmp_path, "1_x", [(64, 64)], ["a"])
     (tmp_path / "1_x" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    with pytest.raises(DatasetError, match=r"broken\.png: not a readable image"):
-        scan(ds_spec(tmp_path))
+    folders, _ = scan(ds_spec(tmp_path))
+    assert [p.name for p, _ in folders[0].unreadable] == ["broken.png"] and len(folders[0].images) == 1
+
+
+def test_per_folder_settings_override_the_dataset(tmp_path):
+    a = make_folder(tmp_path, "a", [(64, 64)], ["x, y"])
+    make_folder(tmp_path / "train", "1_b", [(64, 64)], ["z"])
+    spec = ds_spec(tmp_path / "train", "dataset.shuffle_caption=true", "dataset.caption_dropout_rate=0.1",
+                   f"dataset.folders=[{{path: {a}, shuffle_caption: false, caption_tag_dropout_rate: 0.2, "
+                   f"keep_tokens_separator: '|||', is_reg: true, mask_dir: {a}}}]")
+    (_, f) = scan(spec)[0]
+    assert (f.shuffle_caption, f.caption_dropout_rate, f.caption_tag_dropout_rate, f.keep_tokens_separator, f.is_reg) == (False, 0.1, 0.2, "|||", True)
+    assert f.mask_dir == a
 
 
 def test_empty_dataset(tmp_path):
     (tmp_path / "3_empty").mkdir()
-    with pytest.raises(DatasetError, match="no images"):
+    with pytest.raises(DatasetError, match="no readable training images"):
         scan(ds_spec(tmp_path))
+
+
+def test_regularisation_root_and_loss_weights(tmp_path):
+    make_folder(tmp_path / "train", "2_kafka", [(64, 64)] * 3, ["kafka"])
+    make_folder(tmp_path / "reg", "1_woman", [(64, 64)] * 2, ["1girl"])
+    spec = ds_spec(tmp_path / "train", f"dataset.reg_root={tmp_path / 'reg'}", "dataset.prior_loss_weight=0.5")
+    data = build(scan(spec)[0], spec)
+    assert (data.n_train_items, data.n_reg_items, data.n_reg_images) == (6, 6, 2)
+    assert [data.loss_weight(i) for i in range(len(data.images))] == [1.0, 1.0, 1.0, 0.5, 0.5]
+    assert data.dataset_dirs() == {"2_kafka": {"n_repeats": 2, "img_count": 3}}  # metadata lists training folders
+    assert list(data.tag_frequency()) == ["2_kafka"]
+
+
+def test_masks_follow_the_image_geometry(tmp_path):
+    import torch
+    from PIL import Image
+
+    from lorafw.data.latents import load_mask
+
+    folder = tmp_path / "1_a"
+    folder.mkdir()
+    im = Image.new("RGBA", (192, 64), (255, 0, 0, 255))
+    im.paste((0, 0, 0, 0), (0, 0, 64, 64))  # left third transparent
+    im.save(folder / "a.png")
+    spec = ds_spec(tmp_path, "dataset.resolution=128", "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=256")
+    data = build(scan(spec)[0], spec)
+    img = data.images[0]
+    assert img.placement.bucket == (192, 64)
+    m = load_mask(img, False, None, (8, 24))
+    assert m.shape == (1, 8, 24) and m[0, :, :8].max() == 0 and m[0, :, 8:].min() == 1
+    flipped = load_mask(img, True, None, (8, 24))
+    assert torch.equal(flipped, m.flip(-1))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.new("L", (192, 64), 255).save(masks / "a.png")
+    assert load_mask(img, False, masks, (8, 24)).min() == 1  # the mask folder wins over alpha
+    assert load_mask(img, False, tmp_path / "elsewhere", (8, 24)).min() == 1  # no mask found: learn everything
 
 
 def test_dataset_buckets_and_exact_steps(tmp_path):

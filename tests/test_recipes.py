@@ -131,8 +131,8 @@ def test_sd15_recipes_validate_without_notes(recipe):
 
 
 def test_lr_override_moves_unet_lr_but_not_the_recipes_text_encoder_lr():
-    cfg = compose_dict("sd15_character", PATHS + ["optimizer.lr=1e-4"])
-    assert cfg["optimizer"]["unet_lr"] == 1e-4 and cfg["optimizer"]["text_encoder_lr"] == 1e-4
+    cfg = compose_dict("sd15_character", PATHS + ["optimizer.lr=3e-4"])
+    assert cfg["optimizer"]["unet_lr"] == 3e-4 and cfg["optimizer"]["text_encoder_lr"] == 1e-4
     cfg = compose_dict("sd15_prodigy", PATHS + ["optimizer.lr=0.5"])
     assert cfg["optimizer"]["unet_lr"] == 0.5 and cfg["optimizer"]["text_encoder_lr"] == 0.5  # "same lr for both"
 

@@ -208,16 +208,24 @@ def test_text_encoder_lr_zero_freezes_it(compose_tiny):
     assert metadata(result.lora_files[-1])["ss_network_train_unet_only"] == "True"
 
 
-def test_gradient_accumulation_counts_optimizer_steps(compose_tiny, tmp_path):
+def test_gradient_accumulation_steps_within_each_epoch(compose_tiny, tmp_path, monkeypatch):
     data = tmp_path / "data"
     make_folder(data, "3_a", [(64, 64)] * 3 + [(192, 64)] * 2, ["a, b"])
-    spec = compose_tiny("sd15_character", "train.gradient_accumulation_steps=2", "train.batch_size=2", "dataset.resolution=128",
-                        "dataset.max_bucket_reso=256", data=data)
+    spec = compose_tiny("sd15_character", "train.gradient_accumulation_steps=3", "train.batch_size=2", "dataset.resolution=128",
+                        "dataset.max_bucket_reso=256", "train.epochs=2", data=data)
     tr = trainer_for(spec)
     assert {b: len(v) for b, v in tr.data.buckets.items()} == {(128, 128): 9, (192, 64): 6}
-    result = tr.run()
-    batches = 5 + 3  # per bucket: ceil(9 / 2) + ceil(6 / 2)
-    assert result.steps == math.ceil(batches / 2) == len(result.loss_history)
+    batches = 5 + 3  # per bucket: ceil(9 / 2) + ceil(6 / 2) = 8 batches, not a multiple of 3
+    assert tr.steps_per_epoch == math.ceil(batches / 3) == 3 and tr.total_steps == 6
+    tr.setup()
+    steps_at_save, micro_calls = [], []
+    real_loss = tr._loss
+    monkeypatch.setattr(tr, "_loss", lambda b, m: (micro_calls.append(m), real_loss(b, m))[1])
+    monkeypatch.setattr(tr, "save", lambda epoch: steps_at_save.append((epoch, tr.global_step, len(micro_calls))))
+    tr.train()
+    # every epoch ends on an optimizer step: nothing spills into the next epoch or is thrown away
+    assert steps_at_save == [(1, 3, 8), (2, 6, 16)]
+    assert tr.lr_scheduler.last_epoch == tr.total_steps
 
 
 def test_locon_and_dora_train_and_write_their_keys(compose_tiny, tmp_path):
@@ -259,11 +267,16 @@ def test_bad_dataset_fails_before_loading(compose_tiny, tmp_path):
         trainer_for(compose_tiny("sd15_character", data=data))
 
 
-def test_corrupt_checkpoint_fails_before_loading(compose_tiny, tmp_path, tiny_model):
+def test_corrupt_checkpoint_fails_at_validation(compose_tiny, tmp_path, tiny_model):
+    from lorafw.errors import ConfigError
+
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(tiny_model.read_bytes()[:100_000])
-    with pytest.raises(ModelError, match="truncated"):
-        trainer_for(compose_tiny("sd15_character", model=broken))
+    with pytest.raises(ConfigError, match="base_model.path: .*broken.safetensors: truncated: the header promises"):
+        compose_tiny("sd15_character", model=broken)
+    spec = compose_tiny("sd15_character").override("base_model.path=" + str(broken), check_paths=False)
+    with pytest.raises(ModelError, match="truncated"):  # the trainer checks again on its own
+        trainer_for(spec)
 
 
 def test_truncated_image_is_named(compose_tiny, tmp_path):
@@ -274,10 +287,9 @@ def test_truncated_image_is_named(compose_tiny, tmp_path):
     jpg = data / "2_a" / "cut.jpg"
     Image.effect_noise((96, 96), 60).convert("RGB").save(jpg, quality=95)
     jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])  # header intact, pixels cut off
-    tr = trainer_for(compose_tiny("sd15_character", data=data))
-    with pytest.raises(DatasetError, match=r"cut\.jpg: cannot decode the image .* remove or replace it"):
-        tr.run()
-    assert json.loads((tr.run_dir / "run.json").read_text())["status"].startswith("failed: DatasetError")
+    with pytest.raises(DatasetError, match=r"1 image\(s\) cannot be decoded:\n  .*cut\.jpg \(image file is truncated"):
+        trainer_for(compose_tiny("sd15_character", data=data))  # caught by lint, before any weights load
+    assert not (tmp_path / "run").exists()
 
 
 def test_ctrl_c_keeps_finished_epochs_and_says_so(compose_tiny, monkeypatch):
@@ -300,3 +312,80 @@ def test_ctrl_c_keeps_finished_epochs_and_says_so(compose_tiny, monkeypatch):
     rec = json.loads((tr.run_dir / "run.json").read_text())
     assert rec["status"] == "interrupted" and rec["lora_files"] == ["toy-01.safetensors", "toy-02.safetensors"]
     assert load_file(str(tr.run_dir / "toy-02.safetensors"))  # complete and loadable
+
+
+def test_fp16_checkpoint_trains_fp32_adapters(compose_tiny, tmp_path, tiny_parts):
+    from lorafw.models.tiny import save_single_file
+
+    half = save_single_file(tiny_parts, tmp_path / "half.safetensors", dtype=torch.float16)
+    tr = trainer_for(compose_tiny("sd15_character", model=half))
+    tr.run()
+    adapters = {p.dtype for p in tr.trainable}
+    base = {p.dtype for p in tr.unet.parameters() if not p.requires_grad}
+    assert adapters == {torch.float32} and base == {torch.float32}  # CPU: fp32 weights whatever the file holds
+
+
+def test_bf16_mixed_precision_then_fp32_in_one_process(compose_tiny, tmp_path):
+    tr = trainer_for(compose_tiny("sd15_character", "train.mixed_precision=bf16", f"output.dir={tmp_path / 'bf16'}"))
+    result = tr.run()
+    assert tr.precision == "bf16" and {p.dtype for p in tr.trainable} == {torch.float32}
+    assert {p.dtype for p in tr.unet.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert math.isfinite(result.epoch_losses[-1])
+    again = trainer_for(compose_tiny("sd15_character", f"output.dir={tmp_path / 'fp32'}"))
+    again.run()  # accelerate's per-process state is reset: another precision in the same process works
+    assert again.precision == "no"
+
+
+def test_a_second_run_in_one_process_gets_its_own_folder(compose_tiny, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    spec = compose_tiny("sd15_character", "output.dir=null")
+    first, second = lorafw.train(spec), lorafw.train(spec)
+    assert first.run_dir != second.run_dir and first.run_dir.parent == second.run_dir.parent
+
+
+def test_unwritable_cache_folder_fails_before_loading(compose_tiny, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="the latent cache folder"):
+        trainer_for(compose_tiny("sd15_character", "dataset.cache_latents_to_disk=true", f"dataset.cache_dir={blocker / 'c'}"))
+
+
+def test_unreadable_caption_is_named(compose_tiny, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    make_folder(data, "2_a", [(64, 64)], ["a"])
+    real = Path.read_bytes
+
+    def deny(self):
+        if self.suffix == ".txt":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(DatasetError, match=r"000\.txt: cannot read the caption \(Permission denied\)"):
+        trainer_for(compose_tiny("sd15_character", data=data))
+
+
+@pytest.mark.parametrize("net", ["locon", "dora"])
+def test_locon_and_dora_files_load_in_lycoris(compose_tiny, tmp_path, net):
+    """LyCORIS's own loader (its kohya entry point stops on diffusers UNets, so the keys get its prefix)."""
+    import lycoris
+    from lycoris import create_lycoris_from_weights
+
+    from lorafw.models.tiny import build_sd15
+
+    tr = trainer_for(compose_tiny("sd15_character", f"network={net}", "network.conv_dim=2", "network.conv_alpha=1",
+                                  "optimizer.lr=1e-2", "output.save_precision=fp32", "optimizer.text_encoder_lr=0"))
+    result = tr.run()
+    sd = {k.replace("lora_unet_", "lycoris_", 1): v for k, v in load_file(str(result.lora_files[-1])).items()}
+    base = build_sd15(0)["unet"]
+    lycoris.wrapper.LycorisNetwork.LORA_PREFIX = "lycoris"
+    network, _ = create_lycoris_from_weights(1.0, None, base, weights_sd=sd)
+    network.apply_to()
+    assert len(network.loras) == len(tr.network.entries)
+    torch.manual_seed(0)
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 32)
+    tr.unet.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(base(x, t, c).sample, tr.unet(x, t, c).sample, atol=1e-4, rtol=1e-4)

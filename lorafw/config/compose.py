@@ -19,7 +19,6 @@ from lorafw.config.validate import expand, spec_from_dict
 from lorafw.errors import ConfigError
 
 CONFIG_NAME = "config"
-_STARTED = time.strftime("%Y%m%d-%H%M%S")  # one timestamp per process: every default run folder agrees
 
 
 def conf_dir() -> Path:
@@ -47,10 +46,16 @@ def run_name(name: str | None, root: str | None) -> str:
 
 
 def default_run_dir(out_dir: str | None, name: str | None, root: str | None) -> str:
-    """output.dir, or `outputs/<name>/<date-time>` (relative to where lorafw is run)."""
+    """output.dir, or a new `outputs/<name>/<date-time>` (relative to where lorafw is run; `-2`, `-3` …
+    when that folder exists already, so runs started in the same second never share a folder)."""
     if out_dir and out_dir != "???":
         return str(expand(out_dir))
-    return str(Path("outputs") / run_name(name, root) / _STARTED)
+    base = Path("outputs") / run_name(name, root) / time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return str(candidate)
 
 
 OmegaConf.register_new_resolver("lorafw_run_dir", default_run_dir, use_cache=True, replace=True)
@@ -97,6 +102,12 @@ def explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
             return msg.splitlines()[0]
         parent, _, leaf = bad.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
+        if parent == "optimizer.args":  # a free-form mapping: its keys are the optimizer's own arguments
+            from lorafw.optim.catalog import OPTIMIZERS
+
+            name = OmegaConf.select(base, "optimizer.name")
+            allowed = ", ".join(sorted(OPTIMIZERS[name].args)) if name in OPTIMIZERS else "see the optimizer's documentation"
+            return f"{bad}: not set yet; add it with +{bad}=VALUE ({name} takes: {allowed})"
         if isinstance(node, DictConfig):
             keys = [str(k) for k in node.keys()]
             near = suggest(leaf, keys)

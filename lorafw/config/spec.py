@@ -60,30 +60,45 @@ class FolderSpec:
     path: str
     repeats: int | None = None
     trigger: str | None = None
+    is_reg: bool | None = None
     keep_tokens: int | None = None
+    keep_tokens_separator: str | None = None
     caption_extension: str | None = None
     shuffle_caption: bool | None = None
+    caption_dropout_rate: float | None = None
+    caption_tag_dropout_rate: float | None = None
     flip_aug: bool | None = None
+    mask_dir: str | None = None
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     root: str | None
     folders: tuple[FolderSpec, ...]
+    reg_root: str | None
     default_repeats: int | None
     resolution: int
     caption_extension: str
     shuffle_caption: bool
     keep_tokens: int
+    keep_tokens_separator: str | None
+    caption_dropout_rate: float
+    caption_tag_dropout_rate: float
     flip_aug: bool
     enable_bucket: bool
     min_bucket_reso: int
     max_bucket_reso: int
     bucket_reso_steps: int
     bucket_no_upscale: bool
+    prior_loss_weight: float
+    masked_loss: bool
+    mask_dir: str | None
     cache_latents: bool
     cache_latents_to_disk: bool
     cache_dir: str | None
+    cache_text_encoder_outputs: bool
+    skip_bad_images: bool
+    duplicate_hardness: int
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ def expand(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
-def spec_from_dict(data: dict[str, Any], check_paths: bool = True) -> tuple[RunSpec, list[str]]:
+def spec_from_dict(data: dict[str, Any], check_paths: bool = True, need_model: bool = True) -> tuple[RunSpec, list[str]]:
     """Validate `data` into a RunSpec. Returns (spec, notes); raises ConfigError listing every problem.
 
     `notes` are not errors: values that the chosen options do not use (e.g. a recipe's
     `scheduler.num_cycles` after the user switched to `scheduler=constant_with_warmup`).
-    `check_paths=False` skips the file-system checks (for printing or comparing specs).
+    `check_paths=False` skips the file-system checks (for printing or comparing specs);
+    `need_model=False` skips the base-model checks (plan and lint read only the dataset).
     """
     problems: list[str] = []
     data = dict(data)
@@ -39,19 +40,21 @@ def spec_from_dict(data: dict[str, Any], check_paths: bool = True) -> tuple[RunS
     if spec is None:
         raise ConfigError(problems)
     notes: list[str] = []
-    _check_values(spec, problems, notes)
+    _check_values(spec, problems, notes, need_model)
     if check_paths:
-        _check_paths(spec, problems)
+        _check_paths(spec, problems, need_model)
     if problems:
         raise ConfigError(problems)
     return spec, notes
 
 
-def _check_values(s: RunSpec, p: list[str], notes: list[str]) -> None:
+def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
     from lorafw.registry import available_archs
 
+    if not 0 <= s.seed < 2**32:
+        p.append(f"seed: must be in 0 … 4294967295, got {s.seed}")
     archs = available_archs()
-    if s.base_model.arch not in archs:
+    if need_model and s.base_model.arch not in archs:
         p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
 
     n = s.network
@@ -139,6 +142,28 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str]) -> None:
         p.append(f"dataset.caption_extension: must start with '.', e.g. .txt, got {d.caption_extension!r}")
     if d.cache_latents_to_disk and not d.cache_latents:
         p.append("dataset.cache_latents_to_disk: needs dataset.cache_latents=true")
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if not 0.0 <= getattr(d, key) < 1.0:
+            p.append(f"dataset.{key}: must be in [0, 1), got {getattr(d, key):g}")
+    if d.prior_loss_weight < 0:
+        p.append(f"dataset.prior_loss_weight: must be >= 0, got {d.prior_loss_weight:g}")
+    if not 1 <= d.duplicate_hardness <= 100:
+        p.append(f"dataset.duplicate_hardness: must be 1-100 (higher = only closer copies match), got {d.duplicate_hardness}")
+    if d.keep_tokens_separator is not None and not d.keep_tokens_separator.strip():
+        p.append("dataset.keep_tokens_separator: must be a non-empty marker such as '|||', or null")
+    if d.cache_text_encoder_outputs:
+        if s.optimizer.text_encoder_lr > 0:
+            p.append(
+                f"dataset.cache_text_encoder_outputs: the text encoder is trained (optimizer.text_encoder_lr="
+                f"{s.optimizer.text_encoder_lr:g}), so its outputs change every step; set optimizer.text_encoder_lr=0 "
+                "or dataset.cache_text_encoder_outputs=false"
+            )
+        changing = _changing_captions(d)
+        if changing:
+            p.append(
+                f"dataset.cache_text_encoder_outputs: captions change from step to step ({', '.join(changing)}), "
+                "so they cannot be encoded once; turn those off or set dataset.cache_text_encoder_outputs=false"
+            )
     for i, f in enumerate(d.folders):
         key = f"dataset.folders[{i}]"
         if f.repeats is not None and f.repeats < 1:
@@ -149,6 +174,10 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str]) -> None:
             p.append(f"{key}.caption_extension: must start with '.', got {f.caption_extension!r}")
         if f.trigger is not None and (not f.trigger.strip() or "," in f.trigger):
             p.append(f"{key}.trigger: must be one tag without commas, got {f.trigger!r}")
+        for rate in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+            v = getattr(f, rate)
+            if v is not None and not 0.0 <= v < 1.0:
+                p.append(f"{key}.{rate}: must be in [0, 1), got {v:g}")
 
     t = s.train
     for key in ("epochs", "batch_size", "gradient_accumulation_steps", "clip_skip"):
@@ -164,6 +193,8 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str]) -> None:
         p.append(f"train.device: {t.device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
+    if t.full_bf16 and s.base_model.arch == "sd15":
+        p.append("train.full_bf16: not available for SD1.5 yet (it comes with the SDXL trainer); use train.full_bf16=false")
 
     out = s.output
     if out.save_every_n_epochs < 1:
@@ -172,9 +203,40 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str]) -> None:
         p.append(f"output.name: {out.name!r} is not a usable file name (no / \\ : * ? \" < > |)")
 
 
-def _check_paths(s: RunSpec, p: list[str]) -> None:
+def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
+    """What the checkpoint is, from its header alone (milliseconds, no torch): the right architecture,
+    and a clip skip its text encoder has layers for."""
+    from lorafw.errors import ModelError
+    from lorafw.models.load import check_arch, inspect_base_model
+
+    try:
+        info = inspect_base_model(path)
+        check_arch(info, s.base_model.arch, s.base_model.path)
+    except ModelError as e:
+        p.append(f"base_model.path: {e}")
+        return
+    layers = info.text_encoders[0].get("num_hidden_layers") if info.text_encoders else None
+    if layers and s.train.clip_skip > layers:
+        p.append(f"train.clip_skip: {s.train.clip_skip} but the text encoder has {layers} layers; use 1 to {layers} (2 is usual)")
+
+
+def _changing_captions(d: Any) -> list[str]:
+    """The settings (dataset-wide or per folder) that make a caption differ between draws."""
+    out = []
+    for key in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate"):
+        if getattr(d, key):
+            out.append(f"dataset.{key}={getattr(d, key)}")
+        for i, f in enumerate(d.folders):
+            if getattr(f, key):
+                out.append(f"dataset.folders[{i}].{key}={getattr(f, key)}")
+    return out
+
+
+def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
     bm = expand(s.base_model.path)
-    if not bm.exists():
+    if not need_model:
+        pass
+    elif not bm.exists():
         p.append(f"base_model.path: {s.base_model.path} does not exist; point it at a .safetensors file or a diffusers folder")
     elif bm.is_dir():
         if not (bm / "model_index.json").is_file() and not (bm / "unet").is_dir():
@@ -184,7 +246,9 @@ def _check_paths(s: RunSpec, p: list[str]) -> None:
             f"base_model.path: {s.base_model.path} is a pickle checkpoint, which can run code when loaded; "
             "use the .safetensors version of the model"
         )
-    if s.base_model.vae is not None and not expand(s.base_model.vae).exists():
+    if need_model and bm.exists() and not (bm.is_file() and bm.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin")):
+        _check_model(s, bm, p)
+    if need_model and s.base_model.vae is not None and not expand(s.base_model.vae).exists():
         p.append(f"base_model.vae: {s.base_model.vae} does not exist")
     d = s.dataset
     if d.root is not None:
@@ -195,3 +259,9 @@ def _check_paths(s: RunSpec, p: list[str]) -> None:
     for i, f in enumerate(d.folders):
         if not expand(f.path).is_dir():
             p.append(f"dataset.folders[{i}].path: {f.path} is not an existing folder")
+        if f.mask_dir is not None and not expand(f.mask_dir).is_dir():
+            p.append(f"dataset.folders[{i}].mask_dir: {f.mask_dir} is not an existing folder")
+    for key in ("reg_root", "mask_dir"):
+        v = getattr(d, key)
+        if v is not None and not expand(v).is_dir():
+            p.append(f"dataset.{key}: {v} is not an existing folder")

@@ -34,21 +34,37 @@ def with_trigger(tags: list[str], trigger: str | None) -> list[str]:
     return [trigger] + [t for t in tags if t != trigger]
 
 
-def shuffle_tags(tags: list[str], keep_tokens: int, rng: random.Random) -> list[str]:
-    """Shuffle all tags but the first `keep_tokens`, which stay in place."""
-    head, tail = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(tail)
-    return head + tail
+def fixed_and_flexible(raw: str, trigger: str | None, keep_tokens: int, separator: str | None) -> tuple[list[str], list[str]]:
+    """(tags that stay in place, tags that may be shuffled or dropped).
 
-
-def build_caption(raw: str, trigger: str | None, keep_tokens: int, shuffle: bool, rng: random.Random | None) -> str:
-    """The caption the text encoder sees for one draw of an image."""
+    With a separator in the caption ("kafka, 1girl ||| smile, jacket") the tags before it stay;
+    otherwise the first `keep_tokens` tags do. A trigger tag is put first and counts as a kept tag.
+    """
+    if separator and separator in raw:
+        head, tail = raw.split(separator, 1)
+        fixed, flex = split_tags(head), split_tags(tail)
+        if trigger:
+            fixed, flex = with_trigger(fixed, trigger), [t for t in flex if t != trigger]
+        return fixed, flex
     tags = with_trigger(split_tags(raw), trigger)
+    return tags[:keep_tokens], tags[keep_tokens:]
+
+
+def build_caption(raw: str, trigger: str | None = None, keep_tokens: int = 0, shuffle: bool = False,
+                  rng: random.Random | None = None, separator: str | None = None, tag_dropout: float = 0.0,
+                  caption_dropout: float = 0.0) -> str:
+    """The caption the text encoder sees for one draw of an image (kohya's order: whole-caption dropout,
+    then shuffling, then tag dropout; kept tags are never shuffled or dropped)."""
+    if (shuffle or tag_dropout or caption_dropout) and rng is None:
+        raise ValueError("shuffling and dropout need an rng")
+    if caption_dropout and rng.random() < caption_dropout:  # type: ignore[union-attr]
+        return ""
+    fixed, flex = fixed_and_flexible(raw, trigger, keep_tokens, separator)
     if shuffle:
-        if rng is None:
-            raise ValueError("shuffling needs an rng")
-        tags = shuffle_tags(tags, keep_tokens, rng)
-    return join_tags(tags)
+        rng.shuffle(flex)  # type: ignore[union-attr]
+    if tag_dropout:
+        flex = [t for t in flex if rng.random() >= tag_dropout]  # type: ignore[union-attr]
+    return join_tags(fixed + flex)
 
 
 def tag_frequency(captions: Iterable[str]) -> dict[str, int]:

@@ -41,12 +41,18 @@ class Folder:
     path: Path
     name: str  # concept name: the folder name without its REPEATS_ prefix
     repeats: int
+    is_reg: bool
     trigger: str | None
     keep_tokens: int
+    keep_tokens_separator: str | None
     caption_extension: str
     shuffle_caption: bool
+    caption_dropout_rate: float
+    caption_tag_dropout_rate: float
     flip_aug: bool
+    mask_dir: Path | None
     images: tuple[ImageEntry, ...]
+    unreadable: tuple[tuple[Path, str], ...] = ()  # images whose header could not be read, with the reason
 
     @property
     def weight(self) -> int:
@@ -62,13 +68,16 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: not a readable image ({e}); remove it or replace it") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    except OSError as e:
+        raise DatasetError(f"{folder}: cannot list the folder ({e.strerror}); check its permissions") from None
 
 
 def _read_caption(image: Path, ext: str) -> tuple[str, bool]:
@@ -76,95 +85,131 @@ def _read_caption(image: Path, ext: str) -> tuple[str, bool]:
     if not cap.is_file():
         return "", False
     try:
-        return read_caption_text(cap.read_text(encoding="utf-8")), True
+        raw = cap.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{cap}: cannot read the caption ({e.strerror}); check its permissions") from None
+    try:
+        return read_caption_text(raw.decode("utf-8")), True
     except UnicodeDecodeError:
-        try:
-            return read_caption_text(cap.read_text(encoding="latin-1")), True
-        except OSError as e:
-            raise DatasetError(f"{cap}: cannot read the caption ({e})") from None
+        return read_caption_text(raw.decode("latin-1")), True
 
 
-def _folder(path: Path, fs: FolderSpec | None, ds: DatasetSpec, repeats: int, concept: str) -> Folder:
-    ext = (fs.caption_extension if fs and fs.caption_extension else None) or ds.caption_extension
-    entries = []
+def _folder(path: Path, fs: FolderSpec | None, ds: DatasetSpec, repeats: int, concept: str, is_reg: bool) -> Folder:
+    def pick(attr: str, default):  # a folder's own setting, else the dataset-wide one
+        return default if fs is None or getattr(fs, attr) is None else getattr(fs, attr)
+
+    ext = pick("caption_extension", ds.caption_extension)
+    entries, unreadable = [], []
     for img in list_images(path):
+        try:
+            size = image_size(img)
+        except DatasetError as e:
+            unreadable.append((img, str(e).split(": ", 1)[-1]))
+            continue
         caption, has = _read_caption(img, ext)
-        entries.append(ImageEntry(img, image_size(img), caption, has))
-    pick = lambda attr, default: default if fs is None or getattr(fs, attr) is None else getattr(fs, attr)  # noqa: E731
+        entries.append(ImageEntry(img, size, caption, has))
+    mask_dir = pick("mask_dir", ds.mask_dir)
     return Folder(
         path=path,
         name=concept,
         repeats=repeats,
+        is_reg=pick("is_reg", is_reg),
         trigger=pick("trigger", None),
         keep_tokens=pick("keep_tokens", ds.keep_tokens),
+        keep_tokens_separator=pick("keep_tokens_separator", ds.keep_tokens_separator),
         caption_extension=ext,
         shuffle_caption=pick("shuffle_caption", ds.shuffle_caption),
+        caption_dropout_rate=pick("caption_dropout_rate", ds.caption_dropout_rate),
+        caption_tag_dropout_rate=pick("caption_tag_dropout_rate", ds.caption_tag_dropout_rate),
         flip_aug=pick("flip_aug", ds.flip_aug),
+        mask_dir=expand(mask_dir) if mask_dir else None,
         images=tuple(entries),
+        unreadable=tuple(unreadable),
     )
 
 
+def _root_folders(root_key: str, root_value: str, default_repeats: int | None, problems: list[str],
+                  warnings: list[str]) -> list[tuple[Path, int, str]]:
+    """(folder, repeats, concept) for each REPEATS_NAME subfolder of a root (or the root itself when it is one)."""
+    root = expand(root_value)
+    if not root.is_dir():
+        problems.append(f"{root_key}={root_value} is not a folder")
+        return []
+    try:
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        problems.append(f"{root_key}={root_value}: cannot list the folder ({e.strerror}); check its permissions")
+        return []
+    with_images = []
+    for d in subdirs:
+        try:
+            if list_images(d):
+                with_images.append(d)
+        except DatasetError as e:
+            problems.append(str(e))
+    loose = list_images(root)
+    if not with_images and loose:
+        reps, concept = parse_folder_name(root.name)
+        if reps is None and default_repeats is None:
+            problems.append(
+                f"{root_key}={root_value} holds the images itself; lorafw expects subfolders named REPEATS_NAME "
+                f"(move them into e.g. {root / ('10_' + root.name)}), or name this folder REPEATS_NAME, "
+                "or set dataset.default_repeats=N"
+            )
+            return []
+        return [(root, reps or default_repeats or 1, concept)]
+    if loose:
+        warnings.append(f"{len(loose)} image(s) directly in {root} are not used: only its subfolders are read")
+    found, unprefixed = [], []
+    for d in with_images:
+        reps, concept = parse_folder_name(d.name)
+        if reps is None:
+            if default_repeats is None:
+                unprefixed.append(d.name)
+                continue
+            reps = default_repeats
+        if reps < 1:
+            problems.append(f"{d}: the repeats prefix must be at least 1")
+            continue
+        found.append((d, reps, concept))
+    if unprefixed:
+        problems.append(
+            f"folders in {root_key} without a REPEATS_ prefix: {', '.join(unprefixed)}; rename them "
+            f"(e.g. {unprefixed[0]} → 1_{unprefixed[0]}) or set dataset.default_repeats=N"
+        )
+    for d in subdirs:
+        if d not in with_images:
+            warnings.append(f"{d} has no images (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    return found
+
+
 def scan(ds: DatasetSpec) -> tuple[list[Folder], list[str]]:
-    """Every folder of the dataset with its images; (folders, warnings). Raises DatasetError listing all problems."""
+    """Every folder of the dataset with its images; (folders, warnings). Raises DatasetError listing all problems.
+
+    Reads image headers and captions only. Images whose header cannot be read are kept aside in
+    `Folder.unreadable` for lint to report (an error, unless dataset.skip_bad_images=true).
+    """
     problems: list[str] = []
     warnings: list[str] = []
-    found: list[tuple[Path, FolderSpec | None, int, str]] = []
-    if ds.root is not None:
-        root = expand(ds.root)
-        if not root.is_dir():
-            raise DatasetError(f"dataset.root={ds.root} is not a folder")
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        with_images = [d for d in subdirs if list_images(d)]
-        loose = list_images(root)
-        if not with_images and loose:
-            reps, concept = parse_folder_name(root.name)
-            if reps is None and ds.default_repeats is None:
-                problems.append(
-                    f"dataset.root={ds.root} holds the images itself; lorafw expects subfolders named REPEATS_NAME "
-                    f"(move them into e.g. {root / ('10_' + root.name)}), or name this folder REPEATS_NAME, "
-                    "or set dataset.default_repeats=N"
-                )
-            else:
-                found.append((root, None, reps or ds.default_repeats or 1, concept))
-        else:
-            if loose:
-                warnings.append(f"{len(loose)} image(s) directly in {root} are not used: only its subfolders are read")
-            unprefixed = []
-            for d in with_images:
-                reps, concept = parse_folder_name(d.name)
-                if reps is None:
-                    if ds.default_repeats is None:
-                        unprefixed.append(d.name)
-                        continue
-                    reps = ds.default_repeats
-                if reps < 1:
-                    problems.append(f"{d}: repeats prefix must be at least 1")
-                    continue
-                found.append((d, None, reps, concept))
-            if unprefixed:
-                problems.append(
-                    f"folders in dataset.root without a REPEATS_ prefix: {', '.join(unprefixed)}; rename them "
-                    f"(e.g. {unprefixed[0]} → 1_{unprefixed[0]}) or set dataset.default_repeats=N"
-                )
-            for d in subdirs:
-                if d not in with_images:
-                    warnings.append(f"{d} has no images (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    found: list[tuple[Path, FolderSpec | None, int, str, bool]] = []
+    for key, value, is_reg in (("dataset.root", ds.root, False), ("dataset.reg_root", ds.reg_root, True)):
+        if value is not None:
+            found += [(p, None, r, c, is_reg) for p, r, c in _root_folders(key, value, ds.default_repeats, problems, warnings)]
     for i, fs in enumerate(ds.folders):
         p = expand(fs.path)
         if not p.is_dir():
             problems.append(f"dataset.folders[{i}].path: {fs.path} is not a folder")
             continue
         reps, concept = parse_folder_name(p.name)
-        repeats = fs.repeats or reps or ds.default_repeats or 1
-        found.append((p, fs, repeats, concept))
+        found.append((p, fs, fs.repeats or reps or ds.default_repeats or 1, concept, bool(fs.is_reg)))
     folders: list[Folder] = []
-    for path, fs, reps, concept in found:
+    for path, fs, reps, concept, is_reg in found:
         try:
-            f = _folder(path, fs, ds, reps, concept)
+            f = _folder(path, fs, ds, reps, concept, is_reg)
         except DatasetError as e:
             problems.append(str(e))
             continue
-        if not f.images:
+        if not f.images and not f.unreadable:
             problems.append(f"{path} has no images")
             continue
         missing = sum(not e.has_caption for e in f.images)
@@ -180,10 +225,10 @@ def scan(ds: DatasetSpec) -> tuple[list[Folder], list[str]]:
     for p, n in seen.items():
         if n > 1:
             problems.append(f"{p} is listed {n} times (dataset.root and dataset.folders overlap)")
+    if not problems and not any(f.images for f in folders if not f.is_reg):
+        problems.append("the dataset has no readable training images")
     if problems:
         raise DatasetError("the dataset cannot be used:\n  - " + "\n  - ".join(problems))
-    if not folders:
-        raise DatasetError("the dataset has no images")
     return folders, warnings
 
 

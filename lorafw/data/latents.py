@@ -22,6 +22,19 @@ from lorafw.errors import DatasetError
 from lorafw.outputs.atomic import atomic_write
 
 
+def _place(im, img: TrainImage, flip: bool, resample):
+    """Resize, crop and flip a PIL image (or mask) the way the training image is."""
+    from PIL import ImageOps
+
+    rw, rh = img.placement.resized
+    if im.size != (rw, rh):
+        im = im.resize((rw, rh), resample)
+    left, top = img.placement.crop
+    bw, bh = img.placement.bucket
+    im = im.crop((left, top, left + bw, top + bh))
+    return ImageOps.mirror(im) if flip else im
+
+
 def load_pixels(img: TrainImage, flip: bool) -> torch.Tensor:
     """(3, h, w) float tensor in [-1, 1]: EXIF-rotated, RGB (transparency onto white), resized, cropped."""
     from PIL import Image, ImageOps
@@ -30,23 +43,55 @@ def load_pixels(img: TrainImage, flip: bool) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
+            if im.mode in ("RGBA", "LA", "P", "PA"):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
-            im = im.convert("RGB")
-            rw, rh = img.placement.resized
-            if im.size != (rw, rh):
-                im = im.resize((rw, rh), Image.Resampling.LANCZOS)
-            left, top = img.placement.crop
-            bw, bh = img.placement.bucket
-            im = im.crop((left, top, left + bw, top + bh))
-            if flip:
-                im = ImageOps.mirror(im)
+            im = _place(im.convert("RGB"), img, flip, Image.Resampling.LANCZOS)
             arr = np.asarray(im, dtype=np.float32)
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot decode the image ({e}); it is damaged or truncated — remove or replace it") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def mask_source(img: TrainImage, mask_dir: Path | None) -> Path | None:
+    """Where image `img`'s loss mask comes from: mask_dir/<same stem>.* if given, else the image itself (alpha)."""
+    if mask_dir is not None:
+        for ext in (".png", ".webp", ".jpg", ".jpeg", ".bmp"):
+            p = mask_dir / (img.entry.path.stem + ext)
+            if p.is_file():
+                return p
+        return None
+    return img.entry.path
+
+
+def load_mask(img: TrainImage, flip: bool, mask_dir: Path | None, latent_size: tuple[int, int]) -> torch.Tensor:
+    """(1, h/8, w/8) loss weights in [0, 1]: white/opaque = learned, black/transparent = ignored.
+
+    From a mask image of the same name in `mask_dir`, else the image's alpha channel; all ones when
+    neither exists. Resized, cropped and flipped exactly like the image, then averaged to latent size.
+    """
+    from PIL import Image, ImageOps
+
+    src = mask_source(img, mask_dir)
+    h, w = latent_size
+    if src is None:
+        return torch.ones(1, h, w)
+    try:
+        with Image.open(src) as im:
+            im = ImageOps.exif_transpose(im)
+            if mask_dir is None:  # the image's own alpha
+                if im.mode not in ("RGBA", "LA", "P", "PA"):
+                    return torch.ones(1, h, w)
+                m = im.convert("RGBA").getchannel("A")
+            else:
+                m = im.convert("L")
+            m = _place(m, img, flip, Image.Resampling.BILINEAR)
+            arr = np.asarray(m, dtype=np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{src}: cannot decode the mask ({e}); remove or replace it") from None
+    t = torch.from_numpy(arr)[None, None]
+    return torch.nn.functional.interpolate(t, size=(h, w), mode="area")[0]
 
 
 def vae_fingerprint(vae: Any) -> str:
@@ -66,9 +111,10 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(image_digest: str, img: TrainImage, flip: bool, vae_fp: str) -> str:
+def cache_key(image_digest: str, img: TrainImage, flip: bool, vae_fp: str, mask_digest: str = "") -> str:
     p = img.placement
-    return hashlib.sha256(f"{image_digest}|{p.bucket}|{p.resized}|{p.crop}|{int(flip)}|{vae_fp}|v1".encode()).hexdigest()[:32]
+    raw = f"{image_digest}|{p.bucket}|{p.resized}|{p.crop}|{int(flip)}|{vae_fp}|{mask_digest}|v1"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def default_cache_dir() -> Path:
@@ -86,10 +132,12 @@ class LatentCache:
     """Latents of every (image, flip) the training set can draw, keyed as described above."""
 
     def __init__(self, data: TrainData, vae: Any, scaling_factor: float, device: torch.device, dtype: torch.dtype,
-                 disk_dir: Path | None = None, batch_size: int = 8) -> None:
+                 disk_dir: Path | None = None, batch_size: int = 8, masks: bool = False) -> None:
         self.data, self.vae, self.scale = data, vae, scaling_factor
         self.device, self.dtype, self.disk_dir, self.batch_size = device, dtype, disk_dir, batch_size
+        self.with_masks = masks
         self.latents: dict[tuple[int, bool], torch.Tensor] = {}
+        self.masks: dict[tuple[int, bool], torch.Tensor] = {}
         self.stats = CacheStats()
 
     def wanted(self) -> list[tuple[int, bool]]:
@@ -108,10 +156,16 @@ class LatentCache:
             if self.disk_dir is not None:
                 if i not in digests:
                     digests[i] = file_digest(self.data.images[i].entry.path)
-                ck = cache_key(digests[i], self.data.images[i], flip, vae_fp)
+                mask_digest = ""
+                if self.with_masks:
+                    src = mask_source(self.data.images[i], self._mask_dir(i))
+                    mask_digest = "none" if src is None else file_digest(src)
+                ck = cache_key(digests[i], self.data.images[i], flip, vae_fp, mask_digest)
                 hit = self._load_disk(ck)
                 if hit is not None:
-                    self.latents[key] = hit
+                    self.latents[key], mask = hit
+                    if self.with_masks and mask is not None:
+                        self.masks[key] = mask
                     self.stats.reused += 1
                     if progress:
                         progress(1)
@@ -124,8 +178,11 @@ class LatentCache:
                 for (key, ck), z in zip(chunk, lat):
                     z = z.to("cpu", torch.float32).contiguous()
                     self.latents[key] = z
+                    if self.with_masks:
+                        i, flip = key
+                        self.masks[key] = load_mask(self.data.images[i], flip, self._mask_dir(i), tuple(z.shape[-2:]))
                     if self.disk_dir is not None:
-                        self._save_disk(ck, z)
+                        self._save_disk(ck, z, self.masks.get(key))
                 self.stats.encoded += len(chunk)
                 if progress:
                     progress(len(chunk))
@@ -146,21 +203,29 @@ class LatentCache:
         assert self.disk_dir is not None
         return self.disk_dir / ck[:2] / f"{ck}.safetensors"
 
-    def _load_disk(self, ck: str) -> torch.Tensor | None:
+    def _load_disk(self, ck: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         from safetensors.torch import load_file
 
         p = self._path(ck)
         if not p.is_file():
             return None
         try:
-            return load_file(str(p))["latent"]
+            d = load_file(str(p))
+            return d["latent"], d.get("mask")
         except Exception:  # a damaged cache entry is re-encoded, never trusted
             return None
 
-    def _save_disk(self, ck: str, z: torch.Tensor) -> None:
+    def _save_disk(self, ck: str, z: torch.Tensor, mask: torch.Tensor | None) -> None:
         from safetensors.torch import save
 
-        atomic_write(self._path(ck), save({"latent": z}))
+        tensors = {"latent": z} if mask is None else {"latent": z, "mask": mask.contiguous()}
+        atomic_write(self._path(ck), save(tensors))
+
+    def _mask_dir(self, i: int) -> Path | None:
+        return self.data.folders[self.data.images[i].folder].mask_dir
 
     def get(self, i: int, flip: bool) -> torch.Tensor:
         return self.latents[(i, flip)]
+
+    def get_mask(self, i: int, flip: bool) -> torch.Tensor:
+        return self.masks[(i, flip)]

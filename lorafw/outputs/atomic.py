@@ -15,10 +15,10 @@ from lorafw.errors import OutputError
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(raw)
             f.flush()
@@ -34,7 +34,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
                 f"the disk is full: could not write {p} ({len(raw) / 1e6:.1f} MB); free some space — "
                 "files written before this one are intact"
             ) from None
-        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise OutputError(f"cannot write {p}: {e.strerror}; choose a writable output.dir") from None
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR):
+            raise OutputError(f"cannot write {p}: {e.strerror}; check the folder's permissions or choose another location") from None
         raise
     return p

@@ -29,7 +29,8 @@ class TrainingFacts:
     total_steps: int
     batches_per_epoch: int
     warmup_steps: int
-    num_train_images: int  # Σ images × repeats
+    num_train_images: int  # Σ images × repeats over the training folders
+    num_reg_images: int
     started_at: float
     optimizer: str  # e.g. "bitsandbytes.optim.AdamW8bit(weight_decay=0.1,betas=(0.9, 0.99))"
     mixed_precision: str
@@ -90,7 +91,9 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_steps": str(facts.step),
         "ss_num_batches_per_epoch": str(facts.batches_per_epoch),
         "ss_num_train_images": str(facts.num_train_images),
-        "ss_num_reg_images": "0",
+        "ss_num_reg_images": str(facts.num_reg_images),
+        "ss_prior_loss_weight": _num(d.prior_loss_weight),
+        "ss_masked_loss": str(d.masked_loss),
         "ss_batch_size_per_device": str(t.batch_size),
         "ss_total_batch_size": str(t.batch_size * t.gradient_accumulation_steps),
         "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
@@ -114,7 +117,9 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_shuffle_caption": str(d.shuffle_caption),
         "ss_keep_tokens": str(d.keep_tokens),
         "ss_flip_aug": str(d.flip_aug),
-        "ss_caption_dropout_rate": "0.0",
+        "ss_caption_dropout_rate": _num(d.caption_dropout_rate),
+        "ss_caption_tag_dropout_rate": _num(d.caption_tag_dropout_rate),
+        "ss_keep_tokens_separator": d.keep_tokens_separator or "",
         "ss_tag_frequency": json.dumps(facts.tag_frequency, ensure_ascii=False),
         "ss_dataset_dirs": json.dumps(facts.dataset_dirs, ensure_ascii=False),
         "ss_bucket_info": json.dumps(facts.bucket_info),

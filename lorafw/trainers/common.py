@@ -55,8 +55,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(t: TrainSpec, device: torch.device) -> tuple[str, str | None]:
-    """('no' | 'fp16' | 'bf16', a note when the request was changed for this device)."""
+    """('no' | 'fp16' | 'bf16', a note when the request was changed for this device).
+
+    On a CPU, `auto` is fp32 and fp16 (which CPUs cannot scale) runs as fp32; an explicit bf16 is honoured.
+    """
     if device.type != "cuda":
+        if t.mixed_precision == "bf16":
+            return "bf16", None
         note = None if t.mixed_precision in ("auto", "no") else f"train.mixed_precision={t.mixed_precision} runs as fp32 on {device.type}"
         return "no", note
     if t.mixed_precision == "auto":
@@ -71,23 +76,35 @@ def weight_dtype(precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast frozen floating-point parameters only: trainable adapter weights keep their precision."""
-    for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
-
-
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
-                   min_snr_gamma: float | None) -> torch.Tensor:
-    """Per-sample L2 (MSE) loss, min-SNR-γ weighted for ε-prediction (weight = min(SNR, γ) / SNR)."""
-    loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+                   min_snr_gamma: float | None, mask: torch.Tensor | None = None,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample L2 (MSE) loss: masked per latent pixel (kohya's masked_loss: mean over all pixels),
+    weighted per sample (regularisation images: prior_loss_weight), min-SNR-γ weighted for ε-prediction
+    (weight = min(SNR, γ) / SNR)."""
+    loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
+    if mask is not None:
+        loss = loss * mask.to(loss.device, loss.dtype)
+    loss = loss.mean(dim=(1, 2, 3))
+    if weights is not None:
+        loss = loss * weights.to(loss.device, loss.dtype)
     if min_snr_gamma:
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(noise_scheduler, timesteps).to(loss.device)
         loss = loss * torch.clamp(snr, max=min_snr_gamma) / snr
     return loss
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Create `folder` and prove a file can be written there, or fail naming the setting to change."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".lorafw-write-test-{id(folder)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write to {what} {folder}: {e.strerror}; choose a writable folder") from None
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -97,10 +114,4 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"{run_dir} already holds a run (run.json); choose another output.dir, or set output.overwrite=true "
             "to write over it"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".lorafw-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"cannot write to the output folder {run_dir}: {e.strerror}; choose a writable output.dir") from None
+    ensure_writable(run_dir, "the output folder (output.dir)")

@@ -21,14 +21,15 @@ from lorafw.config.spec import RunSpec
 from lorafw.config.validate import expand
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import fingerprint, scan
-from lorafw.errors import Interrupted, LorafwError
+from lorafw.data.lint import lint, without
+from lorafw.errors import DatasetError, Interrupted, LorafwError
 from lorafw.models.load import check_arch, inspect_base_model
 from lorafw.outputs.metadata import TrainingFacts, build_metadata
 from lorafw.outputs.record import device_info, now_iso, versions, write_config, write_record
 from lorafw.trainers.common import (
     RunResult,
-    cast_frozen,
     diffusion_loss,
+    ensure_writable,
     log,
     prepare_run_dir,
     progress_bar,
@@ -49,6 +50,7 @@ class SD15Trainer:
         self.model_info = inspect_base_model(self.model_path)  # header only
         check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
         folders, self.dataset_warnings = scan(spec.dataset)
+        folders = self._lint(folders)
         self.data = dataset_mod.build(folders, spec.dataset)
         t = spec.train
         self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size, t.gradient_accumulation_steps)
@@ -56,6 +58,11 @@ class SD15Trainer:
         self.train_te = spec.optimizer.text_encoder_lr > 0
         self.name = spec.output.name or "lora"
         prepare_run_dir(self.run_dir, spec.output.overwrite)
+        if spec.dataset.cache_latents_to_disk:
+            from lorafw.data.latents import default_cache_dir
+
+            ensure_writable(expand(spec.dataset.cache_dir) if spec.dataset.cache_dir else default_cache_dir(),
+                            "the latent cache folder (dataset.cache_dir)")
         for w in self.dataset_warnings:
             log.warning(w)
         self.started_at = time.time()
@@ -64,6 +71,8 @@ class SD15Trainer:
         self.loss_history: list[float] = []
         self.epoch_losses: list[float] = []
         self.global_step = 0
+        self.latent_cache = None
+        self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
         self.record: dict[str, Any] = {
             "status": "created",
             "arch": self.arch,
@@ -76,12 +85,31 @@ class SD15Trainer:
             },
         }
 
+    def _lint(self, folders: list) -> list:
+        """Decode every image once before training: damaged files stop the run here, not hours in."""
+        report = lint(folders, self.spec.dataset, deep=True)
+        self.lint_report = report
+        self.dataset_warnings += report.lines() if report.warnings else []
+        if report.errors:
+            bad = sorted(report.bad_paths())
+            if not self.spec.dataset.skip_bad_images:
+                listing = "\n  ".join(f"{f.paths[0]} ({f.detail})" for f in report.errors)
+                raise DatasetError(
+                    f"{len(bad)} image(s) cannot be decoded:\n  {listing}\nremove or replace them, or set "
+                    "dataset.skip_bad_images=true to train without them"
+                )
+            self.dataset_warnings.append(f"left out {len(bad)} image(s) that cannot be decoded: {', '.join(map(str, bad))}")
+            folders = without(folders, set(bad))
+            if not any(f.images for f in folders if not f.is_reg):
+                raise DatasetError("no training image can be decoded")
+        return folders
+
     # ---------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         """setup → train, with the run record written before and after (also when it fails)."""
         self.started_at = time.time()
         self.record.update(status="running", started_at=now_iso(), versions=versions(),
-                           dataset=fingerprint(self.data.folders))
+                           dataset=fingerprint(self.data.folders), lint=self.lint_report.to_json())
         write_config(self.run_dir, self.spec)
         write_record(self.run_dir, self.record)
         try:
@@ -121,6 +149,7 @@ class SD15Trainer:
 
     def _setup_device(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
 
         t = self.spec.train
@@ -128,11 +157,11 @@ class SD15Trainer:
         self.precision, note = resolve_precision(t, self.device)
         if note:
             log.info(note)
-        self.accelerator = Accelerator(
-            mixed_precision=self.precision,
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
-            cpu=self.device.type == "cpu",
-        )
+        # accelerate keeps one state per process; a notebook's second run may want another precision
+        AcceleratorState._reset_state()
+        # Accumulation is counted here, per epoch (see train()), not by accelerate: without a prepared
+        # DataLoader accelerate cannot see an epoch end, and leftover batches would spill into the next epoch.
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=self.device.type == "cpu")
         set_seed(self.spec.seed)
         self.record["device"] = device_info(self.device) | {"precision": self.precision}
         log.info(f"device {self.device}, precision {self.precision}")
@@ -150,8 +179,9 @@ class SD15Trainer:
         self.vae.to(self.device)
         if self.vae.dtype != vae_dtype:
             self.vae.to(dtype=vae_dtype)
+        # Checkpoints ship in fp16 or fp32; the frozen weights take the run's dtype (fp32 on CPU).
         for m in (self.unet, *self.text_encoders):
-            m.to(self.device)
+            m.to(self.device, dtype=self.wdtype)
         if self.spec.train.attention == "xformers":
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -166,29 +196,52 @@ class SD15Trainer:
         self.latent_cache = None
         if ds.cache_latents:
             disk = (expand(ds.cache_dir) if ds.cache_dir else default_cache_dir()) if ds.cache_latents_to_disk else None
-            cache = LatentCache(self.data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype, disk)
+            cache = LatentCache(self.data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype, disk,
+                                masks=ds.masked_loss)
             with progress_bar(total=len(cache.wanted()), desc="caching latents", unit="img", leave=False) as bar:
                 stats = cache.build(bar.update)
             self.latent_cache = cache
             log.info(f"latents: {stats.encoded} encoded, {stats.reused} reused from {disk}" if disk else f"latents: {stats.encoded} encoded")
             self.vae.to("cpu")  # not needed again: free the device memory
+        self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
+        if ds.cache_text_encoder_outputs:
+            self._cache_text()
         log.info(
             f"{len(self.data.images)} images in {len(self.data.folders)} folder(s), {self.data.n_items} items per epoch, "
             f"{len(self.data.buckets)} bucket(s): {self.steps_per_epoch} steps/epoch, {self.total_steps} total"
         )
 
+    @torch.no_grad()
+    def _cache_text(self) -> None:
+        """Encode every image's (unchanging) caption once; the frozen text encoders then leave the device."""
+        idx = list(range(len(self.data.images)))
+        cache: dict[int, dict[str, torch.Tensor]] = {}
+        with progress_bar(total=len(idx), desc="caching text", unit="img", leave=False) as bar:
+            for start in range(0, len(idx), 16):
+                chunk = idx[start : start + 16]
+                with self.accelerator.autocast():
+                    cond = self._encode_text([self.data.base_caption(i) for i in chunk])
+                for j, i in enumerate(chunk):
+                    cache[i] = {k: v[j].to("cpu") for k, v in cond.items()}
+                bar.update(len(chunk))
+        self.text_cache = cache
+        for te in self.text_encoders:
+            te.to("cpu")
+        log.info(f"text encoder outputs cached for {len(cache)} images")
+
     def _setup_network(self) -> None:
+        from diffusers.training_utils import cast_training_params
+
         from lorafw.network.adapter import Network
         from lorafw.network.targets import unet_namer
 
-        for te in self.text_encoders:
-            te.requires_grad_(False)
+        # peft creates adapters in their layer's dtype (half under mixed precision); they must train in
+        # fp32, which fp16 loss scaling requires and small updates need.
+        for m in (self.unet, *self.text_encoders):
+            m.requires_grad_(False)
         self.network = Network(self.spec.network, self.unet, self.text_encoders, self.te_prefixes, self.train_te,
                                self._unet_namer(unet_namer))
-        # Frozen base weights in half precision where mixed precision runs; adapters stay fp32.
-        cast_frozen(self.unet, self.wdtype)
-        for te in self.text_encoders:
-            cast_frozen(te, self.wdtype)
+        cast_training_params([self.unet, *self.text_encoders], dtype=torch.float32)
         if self.spec.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -227,32 +280,33 @@ class SD15Trainer:
     # ---------------------------------------------------------------------------------------
     def train(self) -> None:
         s, t = self.spec, self.spec.train
-        micro = 0
+        accum = t.gradient_accumulation_steps
+        micro = 0  # micro-batches so far: with the seed, it fixes every random draw of a step
         bar = progress_bar(total=self.total_steps, desc="training", unit="step")
         for epoch in range(1, t.epochs + 1):
             epoch_start = time.time()
             bar.set_description(f"epoch {epoch}/{t.epochs}")
             epoch_losses: list[float] = []
-            accum_loss = 0.0
-            for batch in self.data.epoch_batches(s.seed, epoch, t.batch_size):
-                with self.accelerator.accumulate():
-                    loss = self._loss(batch, micro)
+            batches = self.data.epoch_batches(s.seed, epoch, t.batch_size)
+            for start in range(0, len(batches), accum):
+                # one optimizer step per `accum` batches; the epoch's last group may be shorter
+                group = batches[start : start + accum]
+                step_loss = 0.0
+                for batch in group:
+                    loss = self._loss(batch, micro) / len(group)
                     self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients and t.max_grad_norm > 0:
-                        self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                micro += 1
-                accum_loss += loss.item() / t.gradient_accumulation_steps
-                if self.accelerator.sync_gradients:
-                    # lr schedule counts optimizer steps (what the guide's step tables count)
-                    self.lr_scheduler.step()
-                    self.global_step += 1
-                    self.loss_history.append(accum_loss)
-                    epoch_losses.append(accum_loss)
-                    accum_loss = 0.0
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    step_loss += loss.item()
+                    micro += 1
+                if t.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
+                self.global_step += 1
+                self.loss_history.append(step_loss)
+                epoch_losses.append(step_loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             self.epoch_losses.append(sum(epoch_losses) / max(1, len(epoch_losses)))
             log.info(f"epoch {epoch}/{t.epochs}: mean loss {self.epoch_losses[-1]:.4f}, step {self.global_step}/"
                      f"{self.total_steps}, {time.time() - epoch_start:.1f}s")
@@ -279,7 +333,17 @@ class SD15Trainer:
         with self.accelerator.autocast():
             cond = self._conditioning(captions, batch)
             pred = self.unet(noisy.to(self.wdtype), timesteps, **cond).sample
-        return diffusion_loss(pred, noise, timesteps, self.noise_scheduler, s.train.min_snr_gamma).mean()
+        mask = self._masks(batch, flips, tuple(latents.shape[-2:])) if s.dataset.masked_loss else None
+        weights = torch.tensor([self.data.loss_weight(i) for i in batch]) if self.data.n_reg_items else None
+        return diffusion_loss(pred, noise, timesteps, self.noise_scheduler, s.train.min_snr_gamma, mask, weights).mean()
+
+    def _masks(self, batch: list[int], flips: list[bool], size: tuple[int, int]) -> torch.Tensor:
+        if self.latent_cache is not None:
+            return torch.stack([self.latent_cache.get_mask(i, f) for i, f in zip(batch, flips)])
+        from lorafw.data.latents import load_mask
+
+        return torch.stack([load_mask(self.data.images[i], f, self.data.folders[self.data.images[i].folder].mask_dir, size)
+                            for i, f in zip(batch, flips)])
 
     @torch.no_grad()
     def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4) -> float:
@@ -318,14 +382,20 @@ class SD15Trainer:
         return (z * self.vae.config.scaling_factor).float()
 
     def _conditioning(self, captions: list[str], batch: list[int]) -> dict[str, Any]:
-        """UNet keyword arguments for these captions: the (chunked, clip-skipped) text states."""
+        """UNet keyword arguments for a batch: its cached text states, or its captions encoded now."""
+        if self.text_cache is not None:
+            cached = [self.text_cache[i] for i in batch]
+            return {k: torch.stack([c[k] for c in cached]).to(self.device, self.wdtype) for k in cached[0]}
+        with torch.set_grad_enabled(self.train_te):
+            return {k: v.to(self.wdtype) for k, v in self._encode_text(captions).items()}
+
+    def _encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """SD1.5: the (chunked, clip-skipped) CLIP-L states as `encoder_hidden_states`."""
         from lorafw.models.text import encode_sd15, tokenize
 
         t = self.spec.train
         ids = tokenize(self.tokenizers[0], captions, t.max_token_length)
-        with torch.set_grad_enabled(self.train_te):
-            states = encode_sd15(self.text_encoders[0], ids, t.clip_skip)
-        return {"encoder_hidden_states": states.to(self.wdtype)}
+        return {"encoder_hidden_states": encode_sd15(self.text_encoders[0], ids, t.clip_skip)}
 
     # ---------------------------------------------------------------------------------------
     def save(self, epoch: int) -> Path:
@@ -335,7 +405,7 @@ class SD15Trainer:
         facts = TrainingFacts(
             arch=self.arch, epoch=epoch, step=self.global_step, total_steps=self.total_steps,
             batches_per_epoch=self.data.batches_per_epoch(self.spec.train.batch_size), warmup_steps=self.warmup_steps,
-            num_train_images=self.data.n_items, started_at=self.started_at, optimizer=self.optimizer_desc,
+            num_train_images=self.data.n_train_items, num_reg_images=self.data.n_reg_images, started_at=self.started_at, optimizer=self.optimizer_desc,
             mixed_precision=self.precision, tag_frequency=self.data.tag_frequency(),
             dataset_dirs=self.data.dataset_dirs(), bucket_info=self.data.bucket_info(), triggers=self.data.triggers(),
             session_id=self.session_id,

@@ -1,0 +1,107 @@
+"""Dataset pipeline figures: `lorafw plan` wall time on 1,000 images, latent cache build rate, loader
+throughput with cached latents against the tiny model's training step rate, and lint speed.
+
+    python benchmarks/dataset.py [--images 1000]
+
+Goal (issue 4): `lorafw plan` under 1.5 s on 1,000 images. Figures only; nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_images(root: Path, n: int) -> Path:
+    """n JPEGs of assorted sizes and aspect ratios with tag captions, in 4 REPEATS_NAME folders."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(0)
+    sizes = [(512, 768), (768, 512), (640, 640), (832, 1216), (1024, 1024), (600, 900)]
+    for i in range(n):
+        folder = root / f"{1 + i % 4}_concept{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = sizes[i % len(sizes)]
+        im = Image.new("RGB", (w, h), (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+        ImageDraw.Draw(im).ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(rng.randrange(256), 90, 200))
+        im.save(folder / f"{i:05d}.jpg", quality=85)
+        (folder / f"{i:05d}.txt").write_text(f"concept{i % 4}, 1girl, solo, tag{i % 17}, tag{i % 5}")
+    return root
+
+
+def time_plan(root: Path) -> float:
+    cmd = [sys.executable, "-m", "lorafw", "plan", "+recipe=sd15_character", f"dataset.root={root}"]
+    subprocess.run(cmd, check=True, capture_output=True)  # warm the file cache
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=1000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lorafw-bench-data-"))
+    t0 = time.perf_counter()
+    root = make_images(work / "data", args.images)
+    print(f"made {args.images} images in {time.perf_counter() - t0:.1f} s")
+    print(f"lorafw plan (wall, {args.images} images)  {time_plan(root):.2f} s   (goal < 1.5 s)")
+
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+    from lorafw.data.dataset import build
+    from lorafw.data.folders import scan
+    from lorafw.data.lint import lint
+
+    spec, _ = spec_from_dict(compose_dict("sd15_character", [f"dataset.root={root}", "base_model.path=-"]), need_model=False)
+    folders, _ = scan(spec.dataset)
+    t0 = time.perf_counter()
+    rep = lint(folders, spec.dataset, deep=True)
+    dt = time.perf_counter() - t0
+    print(f"lint, decoding every image          {args.images / dt:.0f} images/s ({rep.summary()})")
+
+    # Latent cache and loader on the tiny model, at the demo's scale (small images train fast on a CPU).
+    from lorafw.demo import demo_overrides, make_base_model, make_dataset
+    from lorafw.run import resolve_outputs
+    from lorafw.trainers.sd15 import SD15Trainer
+
+    from lorafw.config.compose import compose
+
+    model = make_base_model(work / "tiny.safetensors")
+    data = make_dataset(work / "demo", n_images=48)
+    overrides = [o for o in demo_overrides(model, data, work / "run", 1) if not o.startswith("+recipe")]
+    s = resolve_outputs(compose("sd15_character", overrides))
+    tr = SD15Trainer(s, s.output.dir)
+    tr._setup_device()
+    tr._setup_models()
+    t0 = time.perf_counter()
+    tr._setup_data()
+    cache_s = time.perf_counter() - t0
+    print(f"latent cache build (tiny VAE)        {len(tr.data.images) / cache_s:.0f} images/s")
+    tr._setup_network()
+    tr._setup_optim()
+    batches = tr.data.epoch_batches(s.seed, 1, s.train.batch_size)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(20):
+        for b in batches:
+            rng = random.Random(n)
+            tr._latents(b, [False] * len(b))
+            [tr.data.caption(i, rng) for i in b]
+            n += len(b)
+    loader = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    tr.train()
+    step = tr.global_step / (time.perf_counter() - t0)
+    print(f"loader, cached latents              {loader:.0f} items/s")
+    print(f"training (tiny model, batch {s.train.batch_size})       {step * s.train.batch_size:.0f} items/s ({step:.1f} steps/s)")
+    print(f"loader / training                   {loader / (step * s.train.batch_size):.0f}x (the loader is not the bottleneck when > 1)")
+
+
+if __name__ == "__main__":
+    main()

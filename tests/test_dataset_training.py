@@ -1,0 +1,160 @@
+"""The dataset pipeline inside real runs: latent cache reuse, text caching, masks, regularisation, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import make_folder
+from lorafw.config.compose import compose_dict
+from lorafw.config.validate import spec_from_dict
+from lorafw.data.dataset import build
+from lorafw.data.folders import scan
+from lorafw.data.latents import LatentCache
+from lorafw.errors import ConfigError, DatasetError
+from lorafw.run import resolve_outputs
+from lorafw.trainers.common import diffusion_loss
+from lorafw.trainers.sd15 import SD15Trainer
+
+
+def trainer_for(spec) -> SD15Trainer:
+    spec = resolve_outputs(spec)
+    return SD15Trainer(spec, spec.output.dir)
+
+
+def dataset(root, *extra):
+    spec, _ = spec_from_dict(compose_dict(None, [f"dataset.root={root}", "base_model.path=-", "dataset.resolution=64",
+                                                 "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=128", *extra]),
+                             need_model=False)
+    return build(scan(spec.dataset)[0], spec.dataset)
+
+
+def test_disk_cache_reencodes_only_what_changed(tmp_path, tiny_parts):
+    from lorafw.models.tiny import build_sd15
+
+    folder = make_folder(tmp_path / "data", "1_a", [(64, 64), (80, 80), (96, 96)], ["a"])
+    cache_dir = tmp_path / "cache"
+    vae = tiny_parts["vae"]
+
+    def build_cache(data, v=vae):
+        c = LatentCache(data, v, 0.18215, torch.device("cpu"), torch.float32, cache_dir)
+        c.build()
+        return c
+
+    first = build_cache(dataset(tmp_path / "data"))
+    assert (first.stats.encoded, first.stats.reused) == (3, 0)
+    again = build_cache(dataset(tmp_path / "data"))
+    assert (again.stats.encoded, again.stats.reused) == (0, 3)
+    assert all(torch.equal(first.latents[k], again.latents[k]) for k in first.latents)
+    img = Image.open(folder / "001.png").convert("RGB")
+    img.putpixel((5, 5), (1, 2, 3))
+    img.save(folder / "001.png")  # one image changed
+    changed = build_cache(dataset(tmp_path / "data"))
+    assert (changed.stats.encoded, changed.stats.reused) == (1, 2)
+    flipped = build_cache(dataset(tmp_path / "data", "dataset.flip_aug=true"))
+    assert (flipped.stats.encoded, flipped.stats.reused) == (3, 3)  # the flipped copies are new, the rest reused
+    rebucketed = build_cache(dataset(tmp_path / "data", "dataset.resolution=128", "dataset.max_bucket_reso=256"))
+    assert rebucketed.stats.reused == 0
+    other_vae = build_cache(dataset(tmp_path / "data"), v=build_sd15(seed=1)["vae"])
+    assert (other_vae.stats.encoded, other_vae.stats.reused) == (3, 0)
+
+
+def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny_parts):
+    make_folder(tmp_path / "data", "1_a", [(64, 64)], ["a"])
+    c = LatentCache(dataset(tmp_path / "data"), tiny_parts["vae"], 0.18215, torch.device("cpu"), torch.float32, tmp_path / "cache")
+    c.build()
+    (entry,) = list((tmp_path / "cache").rglob("*.safetensors"))
+    entry.write_bytes(b"garbage")
+    c2 = LatentCache(dataset(tmp_path / "data"), tiny_parts["vae"], 0.18215, torch.device("cpu"), torch.float32, tmp_path / "cache")
+    c2.build()
+    assert c2.stats.encoded == 1 and torch.equal(c2.latents[(0, False)], c.latents[(0, False)])
+
+
+def test_cached_text_encoder_outputs_give_the_same_files(compose_tiny, tmp_path):
+    common = ["optimizer.text_encoder_lr=0", "dataset.shuffle_caption=false", "output.save_precision=fp32"]
+    plain = trainer_for(compose_tiny("sd15_character", *common, f"output.dir={tmp_path / 'a'}"))
+    a = load_file(str(plain.run().lora_files[-1]))
+    cached = trainer_for(compose_tiny("sd15_character", *common, "dataset.cache_text_encoder_outputs=true", f"output.dir={tmp_path / 'b'}"))
+    b = load_file(str(cached.run().lora_files[-1]))
+    assert cached.text_cache is not None and len(cached.text_cache) == 4
+    assert next(cached.text_encoders[0].parameters()).device.type == "cpu"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_text_caching_with_shuffled_captions_is_refused(compose_tiny):
+    with pytest.raises(ConfigError, match="captions change from step to step .*shuffle_caption"):
+        compose_tiny("sd15_character", "optimizer.text_encoder_lr=0", "dataset.cache_text_encoder_outputs=true")
+
+
+def test_masked_loss_weights_pixels():
+    pred, target = torch.ones(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    t = torch.tensor([10, 20])
+    from lorafw.models.load import noise_scheduler
+
+    sched = noise_scheduler()
+    full = diffusion_loss(pred, target, t, sched, None)
+    assert torch.equal(diffusion_loss(pred, target, t, sched, None, mask=torch.ones(2, 1, 8, 8)), full)
+    assert diffusion_loss(pred, target, t, sched, None, mask=torch.zeros(2, 1, 8, 8)).abs().sum() == 0
+    half = torch.zeros(2, 1, 8, 8)
+    half[..., :4] = 1
+    assert torch.allclose(diffusion_loss(pred, target, t, sched, None, mask=half), full / 2)
+    assert torch.allclose(diffusion_loss(pred, target, t, sched, None, weights=torch.tensor([1.0, 0.25])), full * torch.tensor([1.0, 0.25]))
+
+
+def test_masked_training_uses_the_alpha_channel(compose_tiny, tmp_path):
+    folder = tmp_path / "data" / "2_a"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        im = Image.new("RGBA", (64, 64), (200, 30 * i, 30, 255))
+        im.paste((0, 0, 0, 0), (0, 0, 32, 64))
+        im.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a, b")
+    tr = trainer_for(compose_tiny("sd15_character", "dataset.masked_loss=true", data=tmp_path / "data"))
+    result = tr.run()
+    m = tr.latent_cache.get_mask(0, False)
+    assert m.shape == (1, 8, 8) and m[0, :, :4].max() == 0 and m[0, :, 4:].min() == 1
+    with safe_open(str(result.lora_files[-1]), "pt") as f:
+        assert f.metadata()["ss_masked_loss"] == "True"
+
+
+def test_regularisation_images_double_the_items_and_are_counted(compose_tiny, tmp_path):
+    make_folder(tmp_path / "reg", "1_woman", [(64, 64)] * 3, ["1girl, woman"])
+    tr = trainer_for(compose_tiny("sd15_character", f"dataset.reg_root={tmp_path / 'reg'}", "dataset.prior_loss_weight=0.5"))
+    assert (tr.data.n_train_items, tr.data.n_reg_items, tr.steps_per_epoch) == (8, 8, 8)
+    result = tr.run()
+    with safe_open(str(result.lora_files[-1]), "pt") as f:
+        m = f.metadata()
+    assert (m["ss_num_train_images"], m["ss_num_reg_images"], m["ss_prior_loss_weight"], m["ss_steps"]) == ("8", "3", "0.5", "8")
+    assert json.loads(m["ss_dataset_dirs"]) == {"2_toy": {"n_repeats": 2, "img_count": 4}}
+
+
+def make_bad_dataset(root):
+    make_folder(root, "2_a", [(64, 64)] * 3, ["a, b"])
+    bad = root / "2_a" / "cut.jpg"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    return bad
+
+
+def test_damaged_images_stop_the_run_before_loading(compose_tiny, tmp_path):
+    bad = make_bad_dataset(tmp_path / "data")
+    with pytest.raises(DatasetError) as e:
+        trainer_for(compose_tiny("sd15_character", data=tmp_path / "data"))
+    assert str(bad) in str(e.value) and "dataset.skip_bad_images=true" in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_skip_bad_images_trains_without_them(compose_tiny, tmp_path):
+    bad = make_bad_dataset(tmp_path / "data")
+    tr = trainer_for(compose_tiny("sd15_character", "dataset.skip_bad_images=true", data=tmp_path / "data"))
+    assert len(tr.data.images) == 3 and any("left out 1 image(s)" in w and str(bad) in w for w in tr.dataset_warnings)
+    tr.run()
+    rec = json.loads((tr.run_dir / "run.json").read_text())
+    assert any(f["kind"] == "unreadable" and f["paths"] == [str(bad)] for f in rec["lint"]["findings"])
+    assert os.path.getsize(bad) > 0  # never deleted or moved
