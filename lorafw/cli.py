@@ -21,7 +21,7 @@ import logging
 import sys
 from typing import Callable
 
-from lorafw.config.compose import check_all, conf_dir, expand_sweep, recipe_names
+from lorafw.config.compose import check_all, conf_dir, expand_sweep, recipe_names, with_recipe_files
 from lorafw.errors import LorafwError
 
 log = logging.getLogger("lorafw")
@@ -61,7 +61,7 @@ def precheck(argv: list[str]) -> None:
     overrides, flags, prints = split_argv(argv)
     if prints or any(f.split("=")[0] in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd") for f in flags):
         return  # printing only, or another primary config: Hydra reports on its own
-    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra/",))]
     multirun = any(f in ("-m", "--multirun") for f in flags)
     for note in check_all(expand_sweep(ours), multirun=multirun):
         print(f"lorafw: note: {note}", file=sys.stderr)
@@ -84,6 +84,8 @@ def sweep_dir_names(argv: list[str]) -> list[str]:
 
 
 def hydra_main(argv: list[str]) -> int:
+    overrides, flags, _ = split_argv(argv)
+    argv = flags + with_recipe_files(overrides)  # `+recipe=./my_recipe.yaml`
     try:
         precheck(argv)
         argv = argv + sweep_dir_names(argv)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
+from conftest import make_folder, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,3 +153,22 @@ def test_ctrl_c_before_training_is_a_message(monkeypatch, capsys):
     monkeypatch.setattr(cli, "hydra_main", interrupted)
     assert cli.main(["+recipe=sd15_character"]) == 130
     assert "interrupted before training started" in capsys.readouterr().err
+
+
+def test_a_users_own_recipe_file(tmp_path, tiny_model, tiny_dataset):
+    """The guide's multi-concept layout in a YAML file of the user's, extending a shipped recipe."""
+    outfits = []
+    for name, trigger in (("outfit1", "zetadef"), ("outfit2", "zetasummer")):
+        make_folder(tmp_path / "zeta", name, [(64, 64)] * 2, ["1girl, dress"])
+        outfits.append(f"    - {{path: {tmp_path / 'zeta' / name}, repeats: 3, trigger: {trigger}}}")
+    recipe = tmp_path / "zeta.yaml"
+    recipe.write_text("# @package _global_\ndefaults:\n  - sd15_character\n  - override /dataset: concepts\n"
+                      "dataset:\n  resolution: 64\n  min_bucket_reso: 64\n  folders:\n" + "\n".join(outfits) + "\n")
+    plan = json.loads(lorafw("plan", "--json", f"+recipe={recipe}", cwd=tmp_path).stdout)
+    assert (plan["T"], plan["steps_per_epoch"], plan["advice"]["balance"]["repeats"]) == (12, 6, {"outfit1": 1, "outfit2": 1})
+    run = tmp_path / "run"
+    lorafw(f"+recipe={recipe}", f"base_model.path={tiny_model}", "train.epochs=1", f"output.dir={run}", "output.name=zeta", cwd=tmp_path)
+    with safe_open(str(run / "zeta-01.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.trigger_phrase"] == "zetadef, zetasummer"
+    assert json.loads(meta["ss_tag_frequency"])["outfit1"]["zetadef"] == 2

@@ -34,6 +34,42 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
 
 
+_RECIPE_DIRS: dict[Path, Path] = {}
+
+
+def with_recipe_files(overrides: Sequence[str]) -> list[str]:
+    """Let `+recipe=` name a YAML file of the user's (`+recipe=./zeta.yaml`) as well as a shipped recipe.
+
+    The file is linked into a private search-path folder as `recipe/<name>.yaml` (so it can extend a
+    shipped recipe with `defaults: [sd15_character]`), and Hydra is told to look there.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    out, extra = [], []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        path = expand(value) if key.lstrip("+") == "recipe" else None
+        if path is None or path.suffix not in (".yaml", ".yml") or not path.is_file():
+            out.append(o)
+            continue
+        path = path.resolve()
+        if path not in _RECIPE_DIRS:
+            d = Path(tempfile.mkdtemp(prefix="lorafw-recipe-"))
+            atexit.register(shutil.rmtree, d, True)
+            name = path.stem if path.stem not in recipe_names() else f"user_{path.stem}"
+            (d / "recipe").mkdir()
+            (d / "recipe" / f"{name}.yaml").symlink_to(path)
+            _RECIPE_DIRS[path] = d
+        d = _RECIPE_DIRS[path]
+        out.append(f"{key}={next((d / 'recipe').glob('*.yaml')).stem}")
+        extra.append(f"file://{d}")
+    if extra:
+        out.append(f"hydra.searchpath=[{','.join(extra)}]")
+    return out
+
+
 def run_name(name: str | None, root: str | None) -> str:
     """output.name, or else the dataset folder's name (`~/data/kafka` → `kafka`), or `lora`."""
     if name:
@@ -124,7 +160,7 @@ def compose_dict(recipe: str | None = None, overrides: Sequence[str] = ()) -> di
     ovs = list(overrides)
     if recipe:
         ovs = [f"+recipe={recipe}"] + ovs
-    cfg = _compose_cfg(ovs)
+    cfg = _compose_cfg(with_recipe_files(ovs))
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
 
 
