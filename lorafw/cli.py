@@ -28,7 +28,7 @@ log = logging.getLogger("lorafw")
 
 # Hydra flags that take a value, and flags that only print (no training, no pre-check).
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
-                "--experimental-rerun", "--shell-completion", "-sc", "--info", "-i"}
+                "--experimental-rerun", "--shell-completion", "-sc", "--info", "-i", "--cfg", "-c"}
 _PRINT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve"}
 
 
@@ -84,8 +84,10 @@ def sweep_dir_names(argv: list[str]) -> list[str]:
 
 
 def hydra_main(argv: list[str]) -> int:
-    overrides, flags, _ = split_argv(argv)
-    argv = flags + with_recipe_files(overrides)  # `+recipe=./my_recipe.yaml`
+    overrides, _flags, _ = split_argv(argv)
+    rewritten = with_recipe_files(overrides)  # `+recipe=./my_recipe.yaml` → a name Hydra can find, + its search path
+    same_place = dict(zip(overrides, rewritten))
+    argv = [same_place.get(a, a) for a in argv] + rewritten[len(overrides):]  # flags keep their positions
     try:
         precheck(argv)
         argv = argv + sweep_dir_names(argv)

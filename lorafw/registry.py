@@ -7,7 +7,7 @@ other packages add architectures through the `lorafw.trainers` entry-point group
     myarch = "mypkg.trainer:MyTrainer"
 
 A trainer is a class constructed as `Trainer(spec, run_dir)` with a `run() -> RunResult` method
-(see lorafw.trainers.base.Trainer).
+(lorafw.trainers.sd15.SD15Trainer is the reference).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "lorafw.trainers"
 
 BUILTIN: dict[str, str] = {
     "sd15": "lorafw.trainers.sd15:SD15Trainer",
+    "sdxl": "lorafw.trainers.sdxl:SDXLTrainer",
 }
 
 

@@ -95,3 +95,25 @@ def compose_tiny(tiny_model, tiny_dataset, tmp_path):
         return compose(recipe, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_parts():
+    from lorafw.models.tiny import build_sdxl
+
+    return build_sdxl(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_model(tmp_path_factory, tiny_xl_parts) -> Path:
+    """A tiny SDXL-architecture checkpoint in the original single-file layout (as Pony V6 XL ships)."""
+    from lorafw.models.tiny import save_single_file
+
+    return save_single_file(tiny_xl_parts, tmp_path_factory.mktemp("models") / "tiny-sdxl.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_diffusers(tmp_path_factory, tiny_xl_parts) -> Path:
+    from lorafw.models.tiny import save_diffusers_folder
+
+    return save_diffusers_folder(tiny_xl_parts, tmp_path_factory.mktemp("models") / "tiny-sdxl-diffusers")

@@ -27,6 +27,7 @@ def lorafw(*args: str, cwd: Path, check: bool = True, timeout: int = 600) -> sub
 
 
 def test_cfg_job_prints_the_resolved_recipe(tmp_path):
+    assert "unet_lr: 0.0005" in lorafw("--cfg", "job", "+recipe=sd15_character", cwd=tmp_path).stdout  # flag first
     out = lorafw("+recipe=sd15_character", "network.dim=32", "--cfg", "job", cwd=tmp_path).stdout
     assert "clip_skip: 2" in out and "max_token_length: 225" in out and "name: adamw8bit" in out
     assert "dim: 32" in out and "num_cycles: 3" in out
@@ -131,13 +132,19 @@ def test_ctrl_c_during_training_exits_130_keeping_finished_epochs(tmp_path, tiny
     run = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     args = [*tiny_overrides(tiny_model, tiny_dataset, run), "train.epochs=500"]
+    # A shell starts background jobs (CI, nohup) with SIGINT ignored, and Python keeps it ignored; a
+    # terminal's Ctrl-C reaches a process that has the default disposition, so give the child that.
     p = subprocess.Popen([sys.executable, "-m", "lorafw", "+recipe=sd15_character", *args], cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:  # Hydra logs to stdout
-        if "saved" in line and "toy-02.safetensors" in line:
-            break
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in p.stdout:  # Hydra logs to stdout
+            if "saved" in line and "toy-02.safetensors" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
     assert p.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
     assert load_file(str(run / "toy-01.safetensors")) and load_file(str(run / "toy-02.safetensors"))

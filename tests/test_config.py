@@ -48,8 +48,6 @@ def test_config_groups_have_the_required_options():
 def test_every_option_of_every_group_composes_and_validates(group, option):
     extra = ["dataset.folders=[{path: /d/outfit1, repeats: 5, trigger: zetadef}]"] if option == "concepts" else []
     cfg = compose_dict(None, PATHS + [f"{group}={option}"] + extra)
-    if group == "base_model" and option in ("sdxl", "pdxl"):
-        return  # composes; the SDXL trainer is registered by its own issue
     spec, _ = spec_from_dict(cfg, check_paths=False)
     assert isinstance(spec, RunSpec)
 
@@ -195,3 +193,13 @@ def test_typed_converter_collects_every_problem():
 
 def test_conf_dir_is_the_repository_conf_in_a_checkout():
     assert conf_dir() == Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_an_unparsable_override_says_how_to_quote_it():
+    with pytest.raises(ConfigError) as e:
+        expand_sweep(["+recipe=sd15_character", "output.dir=/tmp/a=b"])
+    assert e.value.problems == ["output.dir=/tmp/a=b: cannot be read as key=value; quote a value holding '=', ',', "
+                                "spaces or brackets, e.g. output.dir='...'"]
+    with pytest.raises(ConfigError, match="output.dir=/tmp/a=b: cannot be read"):
+        compose_dict("sd15_character", ["output.dir=/tmp/a=b"])
+    assert compose_dict("sd15_character", ["output.dir='/tmp/a=b'"])["output"]["dir"] == "/tmp/a=b"

@@ -151,8 +151,25 @@ def explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
             hint = f"did you mean {where}{near}? " if near else ""
             return f"{bad}: unknown key; {hint}(valid keys: {', '.join(keys)})"
         return f"{bad}: unknown key ({parent or 'config'} has no such section)"
+    if "mismatched input" in msg or "no viable alternative" in msg or "extraneous input" in msg:
+        bad = unparsable(overrides)
+        if bad:
+            return bad
     lines = [ln for ln in msg.splitlines() if ln.strip() and not ln.startswith(("Config search path", "\tprovider="))]
     return " ".join(ln.strip() for ln in lines).removeprefix("In 'config': ")
+
+
+def unparsable(overrides: Sequence[str]) -> str | None:
+    """The first override Hydra's grammar cannot read, explained; None if all parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in overrides:
+        try:
+            OverridesParser.create().parse_override(o)
+        except Exception:
+            return (f"{o}: cannot be read as key=value; quote a value holding '=', ',', spaces or brackets, "
+                    f"e.g. {o.split('=', 1)[0]}='...'")
+    return None
 
 
 def compose_dict(recipe: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -220,6 +237,9 @@ def expand_sweep(overrides: Sequence[str], limit: int = 64) -> list[list[str]]:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    bad = unparsable(overrides)
+    if bad:
+        raise ConfigError([bad])
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     axes: list[list[str]] = []
     for ov in parsed:

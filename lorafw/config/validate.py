@@ -193,8 +193,6 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
         p.append(f"train.device: {t.device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
-    if t.full_bf16 and s.base_model.arch == "sd15":
-        p.append("train.full_bf16: not available for SD1.5 yet (it comes with the SDXL trainer); use train.full_bf16=false")
 
     out = s.output
     if out.save_every_n_epochs < 1:

@@ -82,6 +82,19 @@ def place(width: int, height: int, bucket: Size) -> Placement:
     return Placement(bucket=bucket, resized=(rw, rh), crop=((rw - bw) // 2, (rh - bh) // 2))
 
 
+def size_conditioning(original: Size, pl: Placement, flip: bool) -> tuple[int, int, int, int, int, int]:
+    """SDXL's `time_ids` for one image: original (h, w), crop top-left (top, left), target (h, w).
+
+    The crop is where the bucket-sized window sits in the resized image; a horizontal flip moves it
+    to the mirrored side, as kohya records it.
+    """
+    w, h = original
+    left, top = pl.crop
+    if flip:
+        left = pl.resized[0] - pl.bucket[0] - left
+    return (h, w, top, left, pl.bucket[1], pl.bucket[0])
+
+
 def assign(width: int, height: int, resolution: int, enable: bool, min_reso: int, max_reso: int, step: int, no_upscale: bool) -> Placement:
     """Bucket and crop for one image under a dataset's bucket settings."""
     if not enable:

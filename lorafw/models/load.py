@@ -17,6 +17,7 @@ from lorafw.models.detect import (
     ARCH_NAMES,
     CLIP_SD15,
     SDXL_TE1,
+    SDXL_TE2,
     ModelInfo,
     _vae_config,
     classify_unet_config,
@@ -98,8 +99,6 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
     info = inspect_base_model(p)
     if expected_arch is not None:
         check_arch(info, expected_arch, str(path))
-    if info.arch != "sd15":
-        raise ModelError(f"{p}: loading {ARCH_NAMES[info.arch]} models is not supported yet")
     if p.is_dir():
         unet, vae, tes = _load_folder(p, info)
     else:
@@ -110,7 +109,7 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
         raise ModelError(f"{p} has no VAE; pass one with base_model.vae=/path/to/vae.safetensors")
     from lorafw.models.tokenizer import clip_tokenizer
 
-    toks = [clip_tokenizer()]
+    toks = [clip_tokenizer()] if info.arch == "sd15" else [clip_tokenizer(), clip_tokenizer("!")]  # bigG pads with "!"
     for m in (unet, vae, *tes):
         m.requires_grad_(False)
         m.eval()
@@ -182,20 +181,30 @@ def _load_single_file(p: Path, info: ModelInfo) -> tuple[Any, Any, list[Any]]:
     te = _clip_text_model(info.text_encoders[0])
     prefix = CLIP_SD15 if info.arch == "sd15" else SDXL_TE1
     te = _fill(te, _clip_state(sd, prefix, te), "text encoder", p)
-    return unet, vae, [te]
+    if info.arch == "sd15":
+        return unet, vae, [te]
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    te2 = _build(CLIPTextModelWithProjection, CLIPTextConfig(**info.text_encoders[1]))
+    te2_state = {k: v for k, v in convert_open_clip_checkpoint(te2, sd, prefix=SDXL_TE2).items() if not k.endswith("position_ids")}
+    te2 = _fill(te2, te2_state, "second text encoder (OpenCLIP bigG)", p)
+    return unet, vae, [te, te2]
 
 
 def _load_folder(p: Path, info: ModelInfo) -> tuple[Any, Any, list[Any]]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     try:
         unet = UNet2DConditionModel.from_pretrained(str(p), subfolder="unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(str(p), subfolder="vae", local_files_only=True) if info.vae else None
-        te = CLIPTextModel.from_pretrained(str(p), subfolder="text_encoder", local_files_only=True)
+        tes = [CLIPTextModel.from_pretrained(str(p), subfolder="text_encoder", local_files_only=True)]
+        if info.arch == "sdxl":
+            tes.append(CLIPTextModelWithProjection.from_pretrained(str(p), subfolder="text_encoder_2", local_files_only=True))
     except (OSError, ValueError) as e:
         raise ModelError(f"{p}: cannot load the diffusers folder ({str(e).splitlines()[0]})") from None
-    return unet, vae, [te]
+    return unet, vae, tes
 
 
 def load_vae(path: str | Path, arch: str) -> Any:

@@ -82,3 +82,22 @@ def encode_sd15(text_encoder: Any, input_ids, clip_skip: int):
     states = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
     states = states.reshape(b, n * w, states.shape[-1])
     return merge_windows(states, n)
+
+
+def encode_sdxl(te1: Any, te2: Any, ids1, ids2):
+    """SDXL's conditioning: (batch, L, 768 + 1280) states and (batch, 1280) pooled embeddings.
+
+    Both encoders' hidden state −2 (CLIP-L's layer 11, bigG's penultimate), no final LayerNorm,
+    windows merged as for SD1.5 and concatenated on the channel axis; the pooled projection is
+    bigG's, from the first window (as kohya and the SDXL pipeline do).
+    """
+    import torch
+
+    b, n, w = ids1.shape
+    h1 = te1(ids1.reshape(b * n, w).to(te1.device), output_hidden_states=True).hidden_states[-2]
+    out2 = te2(ids2.reshape(b * n, w).to(te2.device), output_hidden_states=True)
+    h2 = out2.hidden_states[-2]
+    pooled = out2.text_embeds.reshape(b, n, -1)[:, 0]
+    h1 = merge_windows(h1.reshape(b, n * w, -1), n)
+    h2 = merge_windows(h2.reshape(b, n * w, -1), n)
+    return torch.cat([h1, h2], dim=-1), pooled

@@ -115,18 +115,24 @@ class Network:
             e.module.enable_adapters(enabled)
 
     @torch.no_grad()
-    def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-        """The adapters as a kohya/LyCORIS LoRA file's tensors."""
+    def kohya_state_dict(self, dtype: torch.dtype = torch.float16,
+                         exact: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The adapters as a kohya/LyCORIS LoRA file's tensors. `exact` maps id(parameter) to a more
+        precise copy of it to write instead (full_bf16's fp32 masters)."""
         out: dict[str, torch.Tensor] = {}
+
+        def value(p: torch.Tensor) -> torch.Tensor:
+            return exact.get(id(p), p) if exact else p
+
         for e in self.entries:
             m = e.module
-            down = m.lora_A[ADAPTER].weight
-            up = m.lora_B[ADAPTER].weight
+            down = value(m.lora_A[ADAPTER].weight)
+            up = value(m.lora_B[ADAPTER].weight)
             out[f"{e.file_name}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
             out[f"{e.file_name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
             out[f"{e.file_name}.alpha"] = torch.tensor(float(e.target.alpha), dtype=dtype)
             if self.spec.dora_wd:
-                mag = m.lora_magnitude_vector[ADAPTER].weight.detach()
+                mag = value(m.lora_magnitude_vector[ADAPTER].weight).detach()
                 base = m.get_base_layer().weight
                 shape = (base.shape[0],) + (1,) * (base.ndim - 1)  # LyCORIS: (out, 1) / (out, 1, 1, 1)
                 out[f"{e.file_name}.dora_scale"] = mag.reshape(shape).to("cpu", dtype).contiguous()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,18 @@ class RunResult:
     @property
     def final_loss(self) -> float:
         return self.epoch_losses[-1] if self.epoch_losses else float("nan")
+
+
+@contextlib.contextmanager
+def quiet(logger: str, level: int = logging.ERROR):
+    """Raise one library logger's threshold for a moment (for warnings that do not apply to us)."""
+    lg = logging.getLogger(logger)
+    old = lg.level
+    lg.setLevel(level)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
 
 
 def progress_bar(**kwargs: Any):

@@ -33,6 +33,7 @@ from lorafw.trainers.common import (
     log,
     prepare_run_dir,
     progress_bar,
+    quiet,
     resolve_device,
     resolve_precision,
     weight_dtype,
@@ -178,10 +179,12 @@ class SD15Trainer:
         vae_dtype = torch.float32 if self.spec.train.no_half_vae else self.wdtype
         self.vae.to(self.device)
         if self.vae.dtype != vae_dtype:
-            self.vae.to(dtype=vae_dtype)
+            with quiet("diffusers"):
+                self.vae.to(dtype=vae_dtype)
         # Checkpoints ship in fp16 or fp32; the frozen weights take the run's dtype (fp32 on CPU).
-        for m in (self.unet, *self.text_encoders):
-            m.to(self.device, dtype=self.wdtype)
+        with quiet("diffusers"):  # diffusers warns about casting even when nothing must stay fp32
+            for m in (self.unet, *self.text_encoders):
+                m.to(self.device, dtype=self.wdtype)
         if self.spec.train.attention == "xformers":
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -235,13 +238,15 @@ class SD15Trainer:
         from lorafw.network.adapter import Network
         from lorafw.network.targets import unet_namer
 
-        # peft creates adapters in their layer's dtype (half under mixed precision); they must train in
-        # fp32, which fp16 loss scaling requires and small updates need.
+        # peft creates adapters in their layer's dtype (half under mixed precision); they train in fp32,
+        # which fp16 loss scaling requires and small updates need — or in bf16 with full_bf16, where the
+        # optimizer keeps fp32 master copies (lorafw/optim/bf16.py).
         for m in (self.unet, *self.text_encoders):
             m.requires_grad_(False)
         self.network = Network(self.spec.network, self.unet, self.text_encoders, self.te_prefixes, self.train_te,
                                self._unet_namer(unet_namer))
-        cast_training_params([self.unet, *self.text_encoders], dtype=torch.float32)
+        adapter_dtype = torch.bfloat16 if self.spec.train.full_bf16 else torch.float32
+        cast_training_params([self.unet, *self.text_encoders], dtype=adapter_dtype)
         if self.spec.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -270,6 +275,12 @@ class SD15Trainer:
         if self.train_te:
             groups.append({"params": list(self.network.parameters("te")), "lr": o.text_encoder_lr, "name": "text_encoder"})
         self.trainable = [p for g in groups for p in g["params"]]
+        self.masters = None
+        if self.spec.train.full_bf16:
+            from lorafw.optim.bf16 import MasterWeights
+
+            self.masters = MasterWeights(groups)
+            groups = self.masters.groups
         optimizer = build_optimizer(o, groups)
         self.lr_scheduler = build_scheduler(self.spec.scheduler, optimizer, self.total_steps)
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling, accumulation
@@ -299,7 +310,15 @@ class SD15Trainer:
                     micro += 1
                 if t.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
-                self.optimizer.step()
+                if self.masters is not None:  # full_bf16: step fp32 masters, round back stochastically
+                    self.masters.pull_grads()
+                    self.optimizer.step()
+                    gen = torch.Generator(device=self.device).manual_seed(dataset_mod.derive_seed(s.seed, "round", micro) % (2**63))
+                    self.masters.push(gen)
+                    for p in self.trainable:
+                        p.grad = None
+                else:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
                 self.global_step += 1
@@ -331,7 +350,7 @@ class SD15Trainer:
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self.accelerator.autocast():
-            cond = self._conditioning(captions, batch)
+            cond = self._conditioning(captions, batch, flips)
             pred = self.unet(noisy.to(self.wdtype), timesteps, **cond).sample
         mask = self._masks(batch, flips, tuple(latents.shape[-2:])) if s.dataset.masked_loss else None
         weights = torch.tensor([self.data.loss_weight(i) for i in batch]) if self.data.n_reg_items else None
@@ -363,7 +382,7 @@ class SD15Trainer:
                 noise = torch.randn(z.shape, generator=gen, device=self.device)
                 t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (1,), generator=gen, device=self.device)
                 with self.accelerator.autocast():
-                    cond = self._conditioning(caption, [i])
+                    cond = self._conditioning(caption, [i], [False])
                     pred = self.unet(self.noise_scheduler.add_noise(z, noise, t).to(self.wdtype), t, **cond).sample
                 total += diffusion_loss(pred, noise, t, self.noise_scheduler, None).item()
                 n += 1
@@ -381,13 +400,18 @@ class SD15Trainer:
             z = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.sample()
         return (z * self.vae.config.scaling_factor).float()
 
-    def _conditioning(self, captions: list[str], batch: list[int]) -> dict[str, Any]:
-        """UNet keyword arguments for a batch: its cached text states, or its captions encoded now."""
+    def _conditioning(self, captions: list[str], batch: list[int], flips: list[bool]) -> dict[str, Any]:
+        """UNet keyword arguments for a batch: its cached text states (or its captions encoded now)."""
         if self.text_cache is not None:
             cached = [self.text_cache[i] for i in batch]
-            return {k: torch.stack([c[k] for c in cached]).to(self.device, self.wdtype) for k in cached[0]}
-        with torch.set_grad_enabled(self.train_te):
-            return {k: v.to(self.wdtype) for k, v in self._encode_text(captions).items()}
+            text = {k: torch.stack([c[k] for c in cached]).to(self.device) for k in cached[0]}
+        else:
+            with torch.set_grad_enabled(self.train_te):
+                text = self._encode_text(captions)
+        return self._unet_kwargs({k: v.to(self.wdtype) for k, v in text.items()}, batch, flips)
+
+    def _unet_kwargs(self, text: dict[str, torch.Tensor], batch: list[int], flips: list[bool]) -> dict[str, Any]:
+        return {"encoder_hidden_states": text["encoder_hidden_states"]}
 
     def _encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """SD1.5: the (chunked, clip-skipped) CLIP-L states as `encoder_hidden_states`."""
@@ -411,7 +435,8 @@ class SD15Trainer:
             session_id=self.session_id,
         )
         path = self.run_dir / f"{self.name}-{epoch:02d}.safetensors"
-        save_lora(path, self.network.kohya_state_dict(dtype), build_metadata(self.spec, facts, self.name))
+        exact = {id(p): m for p, m in self.masters.pairs} if self.masters is not None else None
+        save_lora(path, self.network.kohya_state_dict(dtype, exact), build_metadata(self.spec, facts, self.name))
         self.lora_files.append(path)
         log.info(f"saved {path}")
         return path
