@@ -7,6 +7,7 @@
     lorafw lint DIR                                                    damaged / uncaptioned / duplicate images
     lorafw check +recipe=... ...                                       validate only (no torch)
     lorafw rerun RUN_DIR [key=value ...]                               train a saved run's config again
+    lorafw resume RUN_DIR [--force] [key=value ...]                    continue a run from its saved state
     lorafw recipes                                                     list the shipped recipes
     lorafw demo                                                        a demo run on a built-in tiny model
 
@@ -85,6 +86,8 @@ def sweep_dir_names(argv: list[str]) -> list[str]:
 
 def hydra_main(argv: list[str]) -> int:
     overrides, _flags, _ = split_argv(argv)
+    if any(o.startswith("resume=") and o != "resume=null" for o in overrides):
+        return _resume_from_command_line(overrides)
     rewritten = with_recipe_files(overrides)  # `+recipe=./my_recipe.yaml` → a name Hydra can find, + its search path
     same_place = dict(zip(overrides, rewritten))
     argv = [same_place.get(a, a) for a in argv] + rewritten[len(overrides):]  # flags keep their positions
@@ -248,6 +251,40 @@ def cmd_rerun(argv: list[str]) -> int:
     return 0
 
 
+def cmd_resume(argv: list[str]) -> int:
+    """`lorafw resume RUN_DIR [--force] [key=value ...]`: continue a run from its saved state."""
+    import dataclasses
+
+    args = [a for a in argv if a != "--force"]
+    if not args or args[0].startswith("-"):
+        print("usage: lorafw resume RUN_DIR [--force] [key=value ...]", file=sys.stderr)
+        return 2
+    from lorafw.config.compose import load_spec
+    from lorafw.run import train
+
+    try:
+        saved = load_spec(args[0], check_paths=False)
+        spec = saved.override(*args[1:]) if args[1:] else saved
+        print_result(train(dataclasses.replace(spec, resume=args[0]), force="--force" in argv))
+    except LorafwError as e:
+        return _fail(e)
+    return 0
+
+
+def _resume_from_command_line(overrides: list[str]) -> int:
+    """`lorafw +recipe=... resume=RUN_DIR`: the composed config must be the run's own."""
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+    from lorafw.run import train
+
+    try:
+        spec, _ = spec_from_dict(compose_dict(None, with_recipe_files(overrides)))
+        print_result(train(spec))
+    except LorafwError as e:
+        return _fail(e)
+    return 0
+
+
 def cmd_recipes(argv: list[str]) -> int:
     for name in recipe_names():
         text = (conf_dir() / "recipe" / f"{name}.yaml").read_text().splitlines()
@@ -267,6 +304,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "lint": cmd_lint,
     "check": cmd_check,
     "rerun": cmd_rerun,
+    "resume": cmd_resume,
     "recipes": cmd_recipes,
     "demo": cmd_demo,
 }

@@ -39,3 +39,7 @@ class Interrupted(LorafwError):
     """Ctrl-C / SIGTERM: the run stopped; what was saved is complete."""
 
     exit_code = 130
+
+
+class NonFiniteError(LorafwError):
+    """The loss or a gradient became NaN/inf; the last good weights were saved."""

@@ -24,13 +24,45 @@ def resolve_outputs(spec: RunSpec, run_dir: str | Path | None = None) -> RunSpec
     return dataclasses.replace(spec, output=dataclasses.replace(spec.output, name=name, dir=out_dir))
 
 
-def train(spec: RunSpec, run_dir: str | Path | None = None):
-    """Train `spec`; returns a RunResult (run_dir, lora_files, loss_history, epoch_losses, ...)."""
+def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False):
+    """Train `spec`; returns a RunResult (run_dir, lora_files, loss_history, epoch_losses, ...).
+
+    With `spec.resume` set to a run folder, continue that run from its saved state; a config that
+    differs from the run's own is refused (naming the changed keys) unless `force`.
+    """
     _ensure_logging()
+    if spec.resume:
+        spec = resume_spec(spec, force)
+        run_dir = spec.output.dir
     spec = resolve_outputs(spec, run_dir)
     trainer_cls = get_trainer(spec.base_model.arch)
     trainer = trainer_cls(spec, Path(spec.output.dir))
     return trainer.run()
+
+
+def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
+    """`spec` pointed at the run it resumes, after checking it is that run's config."""
+    from lorafw.config.compose import load_spec
+    from lorafw.config.validate import expand
+    from lorafw.errors import ConfigError
+    from lorafw.trainers.common import changed_keys, identity
+
+    from lorafw.outputs.state import STATE
+
+    folder = expand(spec.resume)  # type: ignore[arg-type]
+    if not (folder / STATE).is_file():
+        raise ConfigError([f"resume: {folder} holds no saved training state ({STATE}); it is not a run lorafw can continue"])
+    saved = load_spec(folder, check_paths=False)
+    spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, name=spec.output.name or saved.output.name,
+                                                                dir=str(folder)))
+    changed = changed_keys(identity(saved), identity(spec))
+    if changed and not force:
+        lines = [f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in changed.items()]
+        raise ConfigError(lines, title=f"resume: the config differs from {folder}'s own; to continue with these "
+                                       f"changes anyway run `lorafw resume {folder} --force KEY=VALUE ...`")
+    if changed:
+        log.warning("resuming with changed settings: " + ", ".join(f"{k}={b!r}" for k, (_, b) in changed.items()))
+    return spec
 
 
 def _ensure_logging() -> None:

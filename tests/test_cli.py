@@ -146,8 +146,9 @@ def test_ctrl_c_during_training_exits_130_keeping_finished_epochs(tmp_path, tiny
     finally:
         p.kill()
     assert p.returncode == 130, err
-    assert "interrupted at step" in err and "Traceback" not in err
+    assert "stopped at step" in err and f"continue with: lorafw resume {run}" in err and "Traceback" not in err
     assert load_file(str(run / "toy-01.safetensors")) and load_file(str(run / "toy-02.safetensors"))
+    assert len(list(run.glob("toy-step*.safetensors"))) == 1 and (run / "state.pt").is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 

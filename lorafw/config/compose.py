@@ -254,6 +254,19 @@ def expand_sweep(overrides: Sequence[str], limit: int = 64) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*axes), limit)]
 
 
+def unwritable(folder: Path) -> Path | None:
+    """The existing folder (folder or its nearest existing parent) that stops `folder` being written, or None.
+    Nothing is created: Hydra creates the run folder itself, and must not crash doing it."""
+    import os
+
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return probe
+    return None if os.access(probe, os.W_OK | os.X_OK) else probe
+
+
 def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun: bool = False) -> list[str]:
     """Validate every job of a (possibly swept) command line; raise one ConfigError for all of them.
 
@@ -268,8 +281,12 @@ def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun
         try:
             spec, n = spec_from_dict(compose_dict(None, job), check_paths=check_paths)
             notes += [x for x in n if x not in notes]
+            out = Path(default_run_dir(spec.output.dir, spec.output.name, spec.dataset.root))
+            if check_paths:
+                blocker = unwritable(out)
+                if blocker is not None:
+                    problems.append(f"output.dir: cannot write to {out} ({blocker} is not writable); choose another output.dir")
             if check_paths and not spec.output.overwrite:
-                out = Path(default_run_dir(spec.output.dir, spec.output.name, spec.dataset.root))
                 marker = out / ("multirun.yaml" if multirun else RECORD)
                 if marker.exists() and f"output.dir: {out} already holds a run" not in problems:
                     problems.append(f"output.dir: {out} already holds a run; choose another output.dir, "

@@ -18,6 +18,7 @@ from typing import Any, Literal
 class BaseModelSpec:
     arch: str
     path: str
+    allow_pickle: bool
     vae: str | None = None
 
 
@@ -117,6 +118,7 @@ class TrainSpec:
     loss_type: Literal["l2"]
     noise_offset: float
     max_grad_norm: float
+    on_nonfinite: Literal["stop", "skip"]
     device: str
 
 
@@ -126,12 +128,15 @@ class OutputSpec:
     name: str | None
     save_every_n_epochs: int
     save_precision: Literal["fp16", "bf16", "fp32"]
+    save_state_every_n_epochs: int
+    save_state_every_n_steps: int
     overwrite: bool
 
 
 @dataclass(frozen=True)
 class RunSpec:
     seed: int
+    resume: str | None  # a run folder to continue (lorafw resume RUN_DIR); not part of what the run computes
     base_model: BaseModelSpec
     network: NetworkSpec
     optimizer: OptimizerSpec

@@ -16,6 +16,7 @@ from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError
 from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BAD_NAME = re.compile(r"[\\/:*?\"<>|]")
 
@@ -93,6 +94,11 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     for key in ("unet_lr", "text_encoder_lr"):
         if getattr(o, key) < 0:
             p.append(f"optimizer.{key}: must be >= 0 (0 = do not train that part), got {getattr(o, key):g}")
+    if o.name == "prodigy" and o.unet_lr and o.text_encoder_lr and o.unet_lr != o.text_encoder_lr:
+        p.append(
+            f"optimizer.text_encoder_lr: Prodigy needs the same lr for the UNet and the text encoder (or 0 to "
+            f"freeze one); got unet_lr={o.unet_lr:g}, text_encoder_lr={o.text_encoder_lr:g} — use optimizer.text_encoder_lr=${{.lr}}"
+        )
     if o.unet_lr == 0 and o.text_encoder_lr == 0:
         p.append("optimizer.unet_lr and optimizer.text_encoder_lr: both 0, nothing would be trained")
     if o.weight_decay < 0:
@@ -197,6 +203,9 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     out = s.output
     if out.save_every_n_epochs < 1:
         p.append(f"output.save_every_n_epochs: must be at least 1, got {out.save_every_n_epochs}")
+    for key in ("save_state_every_n_epochs", "save_state_every_n_steps"):
+        if getattr(out, key) < 0:
+            p.append(f"output.{key}: must be >= 0 (0 = never), got {getattr(out, key)}")
     if out.name is not None and (not out.name or _BAD_NAME.search(out.name)):
         p.append(f"output.name: {out.name!r} is not a usable file name (no / \\ : * ? \" < > |)")
 
@@ -239,15 +248,18 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
     elif bm.is_dir():
         if not (bm / "model_index.json").is_file() and not (bm / "unet").is_dir():
             p.append(f"base_model.path: {s.base_model.path} is a folder but not a diffusers model (no model_index.json)")
-    elif bm.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+    elif bm.suffix.lower() in PICKLE_SUFFIXES and not s.base_model.allow_pickle:
         p.append(
             f"base_model.path: {s.base_model.path} is a pickle checkpoint, which can run code when loaded; "
-            "use the .safetensors version of the model"
+            "use the .safetensors version of the model, or set base_model.allow_pickle=true to read its tensors "
+            "only (weights-only unpickling)"
         )
-    if need_model and bm.exists() and not (bm.is_file() and bm.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin")):
-        _check_model(s, bm, p)
+    if need_model and bm.exists() and not (bm.is_file() and bm.suffix.lower() in PICKLE_SUFFIXES):
+        _check_model(s, bm, p)  # (a pickle has no header to read: the trainer checks it once loaded)
     if need_model and s.base_model.vae is not None and not expand(s.base_model.vae).exists():
         p.append(f"base_model.vae: {s.base_model.vae} does not exist")
+    if s.resume is not None and not (expand(s.resume) / "state.pt").is_file():
+        p.append(f"resume: {s.resume} holds no saved training state (state.pt); it is not a run folder lorafw can continue")
     d = s.dataset
     if d.root is not None:
         root = expand(d.root)

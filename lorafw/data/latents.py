@@ -117,6 +117,16 @@ def cache_key(image_digest: str, img: TrainImage, flip: bool, vae_fp: str, mask_
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def latent_bytes(data: TrainData) -> int:
+    """Disk space the latent cache of `data` needs at most (4 channels fp32 at 1/8 size, flips, masks)."""
+    total = 0
+    for i, im in enumerate(data.images):
+        w, h = im.placement.bucket
+        one = 4 * (w // 8) * (h // 8) * 4 + (w // 8) * (h // 8) * 4 + 1024
+        total += one * (2 if data.flip_allowed(i) else 1)
+    return total
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "lorafw" / "latents"

@@ -26,11 +26,22 @@ from lorafw.models.detect import (
 from lorafw.models.header import read_header
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
 def inspect_base_model(path: str | Path) -> ModelInfo:
-    """What the checkpoint at `path` is, from its header or configs alone (no torch, no tensors)."""
+    """What the checkpoint at `path` is, from its header or configs alone (no torch, no tensors).
+
+    A pickle checkpoint has no header: it is read (weights-only) to see its tensors' shapes.
+    """
     p = Path(path)
     if p.is_dir():
         return _inspect_folder(p)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        try:
+            return detect({k: tuple(v.shape) for k, v in _pickle_state(p).items()})
+        except ModelError as e:
+            raise ModelError(f"{p}: {e}") from None
     header = read_header(p)
     try:
         return detect(header.shapes())
@@ -116,9 +127,39 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
     return Components(info.arch, info, unet, vae, tes, toks, noise_scheduler())
 
 
+_PICKLE_CACHE: dict[tuple[str, float], dict[str, Any]] = {}
+
+
+def _pickle_state(path: Path) -> dict[str, Any]:
+    """A .ckpt's tensors by weights-only unpickling: tensors and plain containers only, never code."""
+    import pickle
+
+    import torch
+
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key not in _PICKLE_CACHE:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ModelError(
+                f"{path}: refused: it holds Python objects other than tensors, which weights-only loading will not "
+                f"run ({str(e).splitlines()[0][:160]}); use a .safetensors copy of the model"
+            ) from None
+        except (EOFError, RuntimeError, OSError) as e:
+            raise ModelError(f"{path}: cannot be read as a checkpoint ({str(e).splitlines()[0]}); it may be truncated") from None
+        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(sd, dict):
+            raise ModelError(f"{path}: holds no state dict of tensors")
+        _PICKLE_CACHE.clear()  # one at a time: a checkpoint is gigabytes
+        _PICKLE_CACHE[key] = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return _PICKLE_CACHE[key]
+
+
 def _load_state(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return _pickle_state(path)
     read_header(path)  # a clear error for truncated/corrupt files before safetensors' own
     try:
         return load_file(str(path))

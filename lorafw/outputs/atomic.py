@@ -10,6 +10,7 @@ import errno
 import os
 from pathlib import Path
 
+from lorafw import faults
 from lorafw.errors import OutputError
 
 
@@ -23,12 +24,15 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        faults.kill_if("kill_in_save", name=p.name)  # tests: die with the new file written but not yet in place
         os.replace(tmp, p)
-    except OSError as e:
+    except BaseException as e:  # also Ctrl-C: never leave a half-written temporary behind
         try:
             tmp.unlink()
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         if e.errno == errno.ENOSPC:
             raise OutputError(
                 f"the disk is full: could not write {p} ({len(raw) / 1e6:.1f} MB); free some space — "

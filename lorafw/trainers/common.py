@@ -109,6 +109,43 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
     return loss
 
 
+def identity(spec: RunSpec) -> dict[str, Any]:
+    """What a run computes: the spec without where it writes and whether it resumes."""
+    d = spec.to_dict()
+    d.pop("resume", None)
+    for key in ("dir", "overwrite"):
+        d["output"].pop(key, None)
+    return d
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every value that differs between two spec dicts."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(changed_keys(a, b, key + "."))
+        elif a != b:
+            out[key] = (a, b)
+    return out
+
+
+def check_disk(folder: Path, need: int, what: str) -> None:
+    """Fail before training when the disk holding `folder` has less free space than `need` bytes."""
+    import shutil
+
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise OutputError(
+            f"not enough disk space for {what}: about {need / 1e6:,.0f} MB needed, {free / 1e6:,.0f} MB free on "
+            f"the disk holding {folder}; free some space or choose another folder"
+        )
+
+
 def ensure_writable(folder: Path, what: str) -> None:
     """Create `folder` and prove a file can be written there, or fail naming the setting to change."""
     try:
@@ -120,11 +157,28 @@ def ensure_writable(folder: Path, what: str) -> None:
         raise OutputError(f"cannot write to {what} {folder}: {e.strerror}; choose a writable folder") from None
 
 
+def _holds_results(run_dir: Path) -> bool:
+    """A run folder is worth protecting unless its run failed before writing any LoRA or state."""
+    import json
+
+    try:
+        status = json.loads((run_dir / RECORD).read_text()).get("status", "")
+    except (OSError, ValueError):
+        return True
+    produced = any(run_dir.glob("*.safetensors")) or (run_dir / "state.pt").exists()
+    return produced or not str(status).startswith("failed")
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse one that already holds a run (unless output.overwrite=true)."""
-    if (run_dir / RECORD).exists() and not overwrite:
+    """Create the run folder; refuse one that already holds a run (unless output.overwrite=true or resuming).
+    Temporaries left by a process that was killed mid-write are removed."""
+    if (run_dir / RECORD).exists() and not overwrite and _holds_results(run_dir):
         raise OutputError(
             f"{run_dir} already holds a run (run.json); choose another output.dir, or set output.overwrite=true "
             "to write over it"
         )
     ensure_writable(run_dir, "the output folder (output.dir)")
+    for tmp in run_dir.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)

@@ -9,7 +9,10 @@ replayed on its own: the same seed gives the same files.
 
 from __future__ import annotations
 
+import json
+import math
 import random
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -22,14 +25,18 @@ from lorafw.config.validate import expand
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import fingerprint, scan
 from lorafw.data.lint import lint, without
-from lorafw.errors import DatasetError, Interrupted, LorafwError
+from lorafw import faults
+from lorafw.errors import DatasetError, Interrupted, LorafwError, NonFiniteError
 from lorafw.models.load import check_arch, inspect_base_model
 from lorafw.outputs.metadata import TrainingFacts, build_metadata
-from lorafw.outputs.record import device_info, now_iso, versions, write_config, write_record
+from lorafw.outputs.record import device_info, now_iso, read_record, versions, write_config, write_record
+from lorafw.outputs.state import STATE, load_state, save_state
 from lorafw.trainers.common import (
     RunResult,
+    check_disk,
     diffusion_loss,
     ensure_writable,
+    identity,
     log,
     prepare_run_dir,
     progress_bar,
@@ -38,6 +45,7 @@ from lorafw.trainers.common import (
     resolve_precision,
     weight_dtype,
 )
+from lorafw.trainers.signals import EXIT_CODES, StopRequests
 
 
 class SD15Trainer:
@@ -58,12 +66,14 @@ class SD15Trainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         self.train_te = spec.optimizer.text_encoder_lr > 0
         self.name = spec.output.name or "lora"
-        prepare_run_dir(self.run_dir, spec.output.overwrite)
+        self.resuming = spec.resume is not None
+        prepare_run_dir(self.run_dir, spec.output.overwrite or self.resuming)
         if spec.dataset.cache_latents_to_disk:
-            from lorafw.data.latents import default_cache_dir
+            from lorafw.data.latents import default_cache_dir, latent_bytes
 
-            ensure_writable(expand(spec.dataset.cache_dir) if spec.dataset.cache_dir else default_cache_dir(),
-                            "the latent cache folder (dataset.cache_dir)")
+            cache_dir = expand(spec.dataset.cache_dir) if spec.dataset.cache_dir else default_cache_dir()
+            ensure_writable(cache_dir, "the latent cache folder (dataset.cache_dir)")
+            check_disk(cache_dir, latent_bytes(self.data), "the latent cache (dataset.cache_dir)")
         for w in self.dataset_warnings:
             log.warning(w)
         self.started_at = time.time()
@@ -71,7 +81,13 @@ class SD15Trainer:
         self.lora_files: list[Path] = []
         self.loss_history: list[float] = []
         self.epoch_losses: list[float] = []
-        self.global_step = 0
+        self.epoch_partial: list[float] = []  # this epoch's step losses so far
+        self.global_step = 0  # optimizer steps done
+        self.micro = 0  # micro-batches done: with the seed, it fixes every random draw of a step
+        self.epoch, self.next_group = 1, 0  # where the data stands: epoch, next optimizer step within it
+        self.skipped_steps = 0
+        self.stop = StopRequests()
+        self.masters = None
         self.latent_cache = None
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
         self.record: dict[str, Any] = {
@@ -107,21 +123,30 @@ class SD15Trainer:
 
     # ---------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """setup → train, with the run record written before and after (also when it fails)."""
+        """setup → (restore state) → train, with the run record written before and after (also on failure)."""
         self.started_at = time.time()
-        self.record.update(status="running", started_at=now_iso(), versions=versions(),
-                           dataset=fingerprint(self.data.folders), lint=self.lint_report.to_json())
+        previous = read_record(self.run_dir) if self.resuming else None
+        self.record.update(status="running", started_at=(previous or {}).get("started_at") or now_iso(),
+                           versions=versions(), dataset=fingerprint(self.data.folders), lint=self.lint_report.to_json())
         write_config(self.run_dir, self.spec)
         write_record(self.run_dir, self.record)
         try:
-            self.setup()
-            self.train()
+            with self.stop:
+                self.setup()
+                if self.resuming:
+                    self._restore_state()
+                self.train()
             self.record["status"] = "finished"
-        except KeyboardInterrupt:
+        except Interrupted:
             self.record["status"] = "interrupted"
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once; every file written so far is whole
+            self.record["status"] = "interrupted"
+            state = (self.run_dir / STATE).is_file()
             raise Interrupted(
-                f"interrupted at step {self.global_step} of {self.total_steps}; files saved so far are complete: "
+                f"interrupted at step {self.global_step} of {self.total_steps}; complete files: "
                 + (", ".join(p.name for p in self.lora_files) or "none")
+                + (f"\ncontinue from the last saved state with: lorafw resume {self.run_dir}" if state else "")
             ) from None
         except BaseException as e:
             self.record["status"] = f"failed: {type(e).__name__}: {e}"
@@ -131,6 +156,7 @@ class SD15Trainer:
                 finished_at=now_iso(),
                 wall_time_s=round(time.time() - self.started_at, 2),
                 steps=self.global_step,
+                skipped_steps=self.skipped_steps,
                 epoch_losses=self.epoch_losses,
                 final_loss=self.epoch_losses[-1] if self.epoch_losses else None,
                 lora_files=[p.name for p in self.lora_files],
@@ -275,7 +301,6 @@ class SD15Trainer:
         if self.train_te:
             groups.append({"params": list(self.network.parameters("te")), "lr": o.text_encoder_lr, "name": "text_encoder"})
         self.trainable = [p for g in groups for p in g["params"]]
-        self.masters = None
         if self.spec.train.full_bf16:
             from lorafw.optim.bf16 import MasterWeights
 
@@ -287,51 +312,163 @@ class SD15Trainer:
         self.warmup_steps = warmup_steps(self.spec.scheduler, self.total_steps) if self.spec.scheduler.name != "rex" else round(self.total_steps * (self.spec.scheduler.warmup_ratio or 0))
         self.optimizer_desc = describe(o)
         log.info(f"optimizer {self.optimizer_desc}, scheduler {self.spec.scheduler.name}")
+        self._check_output_space()
+
+    def _check_output_space(self) -> None:
+        """Every LoRA file this run will write, plus the training state, must fit: checked before step 1."""
+        n = self.network.n_parameters()
+        per_file = n * {"fp16": 2, "bf16": 2, "fp32": 4}[self.spec.output.save_precision] + 200_000
+        files = -(-self.spec.train.epochs // self.spec.output.save_every_n_epochs) + 1
+        state = n * 4 * (4 if self.masters is None else 6) * 2  # weights, moments, masters; old + new copy
+        check_disk(self.run_dir, files * per_file + state, "this run's LoRA files and training state (output.dir)")
 
     # ---------------------------------------------------------------------------------------
     def train(self) -> None:
-        s, t = self.spec, self.spec.train
-        accum = t.gradient_accumulation_steps
-        micro = 0  # micro-batches so far: with the seed, it fixes every random draw of a step
-        bar = progress_bar(total=self.total_steps, desc="training", unit="step")
-        for epoch in range(1, t.epochs + 1):
+        """The step loop: for each epoch, one optimizer step per `gradient_accumulation_steps` batches."""
+        s, t, out = self.spec, self.spec.train, self.spec.output
+        bar = progress_bar(total=self.total_steps, initial=self.global_step, desc="training", unit="step")
+        while self.epoch <= t.epochs:
             epoch_start = time.time()
-            bar.set_description(f"epoch {epoch}/{t.epochs}")
-            epoch_losses: list[float] = []
-            batches = self.data.epoch_batches(s.seed, epoch, t.batch_size)
-            for start in range(0, len(batches), accum):
-                # one optimizer step per `accum` batches; the epoch's last group may be shorter
-                group = batches[start : start + accum]
-                step_loss = 0.0
-                for batch in group:
-                    loss = self._loss(batch, micro) / len(group)
-                    self.accelerator.backward(loss)
-                    step_loss += loss.item()
-                    micro += 1
-                if t.max_grad_norm > 0:
-                    self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
-                if self.masters is not None:  # full_bf16: step fp32 masters, round back stochastically
-                    self.masters.pull_grads()
-                    self.optimizer.step()
-                    gen = torch.Generator(device=self.device).manual_seed(dataset_mod.derive_seed(s.seed, "round", micro) % (2**63))
-                    self.masters.push(gen)
-                    for p in self.trainable:
-                        p.grad = None
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
-                self.global_step += 1
-                self.loss_history.append(step_loss)
-                epoch_losses.append(step_loss)
+            bar.set_description(f"epoch {self.epoch}/{t.epochs}")
+            batches = self.data.epoch_batches(s.seed, self.epoch, t.batch_size)
+            groups = [batches[i : i + t.gradient_accumulation_steps] for i in range(0, len(batches), t.gradient_accumulation_steps)]
+            while self.next_group < len(groups):
+                self._optimizer_step(groups[self.next_group])
+                self.next_group += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            self.epoch_losses.append(sum(epoch_losses) / max(1, len(epoch_losses)))
-            log.info(f"epoch {epoch}/{t.epochs}: mean loss {self.epoch_losses[-1]:.4f}, step {self.global_step}/"
+                bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                faults.kill_if("kill_at_step", self.global_step)
+                if self.stop.requested:
+                    self._stop_here()
+                if out.save_state_every_n_steps and self.global_step % out.save_state_every_n_steps == 0:
+                    self.save_state()
+            self.epoch_losses.append(sum(self.epoch_partial) / max(1, len(self.epoch_partial)))
+            self.epoch_partial = []
+            log.info(f"epoch {self.epoch}/{t.epochs}: mean loss {self.epoch_losses[-1]:.4f}, step {self.global_step}/"
                      f"{self.total_steps}, {time.time() - epoch_start:.1f}s")
-            if epoch % s.output.save_every_n_epochs == 0 or epoch == t.epochs:
-                self.save(epoch)
+            done = self.epoch
+            if done % out.save_every_n_epochs == 0 or done == t.epochs:
+                self.save(done)
+            self.epoch, self.next_group = done + 1, 0
+            if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
+                self.save_state()
         bar.close()
+
+    def _optimizer_step(self, group: list[list[int]]) -> None:
+        """One optimizer step over `group` (its batches' gradients accumulated), checked for NaN/inf."""
+        t = self.spec.train
+        first_micro = self.micro
+        step_loss = 0.0
+        for batch in group:
+            loss = self._loss(batch, self.micro) / len(group)
+            if faults.hit("nan_at_step", self.global_step + 1):
+                loss = loss * float("nan")
+            value = loss.item()
+            if not math.isfinite(value):
+                return self._nonfinite("loss", value, first_micro, len(group))
+            self.accelerator.backward(loss)
+            step_loss += value
+            self.micro += 1
+        scaler = self.accelerator.scaler  # fp16: inf gradients are the loss scaler's business (it skips the step)
+        norm = self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        if scaler is None and norm is not None and not math.isfinite(float(norm)):
+            return self._nonfinite("gradient norm", float(norm), first_micro, len(group))
+        if self.masters is not None:  # full_bf16: step fp32 masters, round back stochastically
+            self.masters.pull_grads()
+            self.optimizer.step()
+            seed = dataset_mod.derive_seed(self.spec.seed, "round", self.micro) % (2**63)
+            self.masters.push(torch.Generator(device=self.device).manual_seed(seed))
+            for p in self.trainable:
+                p.grad = None
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
+        self.global_step += 1
+        self.loss_history.append(step_loss)
+        self.epoch_partial.append(step_loss)
+
+    def _nonfinite(self, what: str, value: float, first_micro: int, n: int) -> None:
+        """A NaN/inf loss or gradient: stop with the weights of the last good step saved, or skip the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.trainable:
+            p.grad = None
+        step = self.global_step + 1
+        if self.spec.train.on_nonfinite == "skip":
+            self.micro = first_micro + n  # later steps draw what they would have drawn
+            self.skipped_steps += 1
+            self.lr_scheduler.step()
+            self.global_step += 1
+            self.loss_history.append(float("nan"))
+            log.warning(f"step {step}: the {what} is {value}; step skipped ({self.skipped_steps} so far)")
+            return
+        self.micro = first_micro
+        self.save_state()  # the weights as they were after step {step - 1}: resumable with other settings
+        raise NonFiniteError(
+            f"step {step} (epoch {self.epoch}): the {what} is {value}. The weights are those after step {step - 1}; "
+            f"every epoch saved so far is kept ({', '.join(p.name for p in self.lora_files) or 'none yet'}). "
+            "Usual causes: the VAE overflowing in fp16 (train.no_half_vae=true), a learning rate too high "
+            f"(optimizer.lr={self.spec.optimizer.lr:g}), fp16 where bf16 is needed (train.mixed_precision=bf16). "
+            f"Continue with other settings: lorafw resume {self.run_dir} --force optimizer.lr=...; "
+            "or skip such steps: train.on_nonfinite=skip"
+        )
+
+    def _stop_here(self) -> None:
+        """After the current step, on Ctrl-C/SIGTERM: save state and a usable LoRA, then stop."""
+        signum = self.stop.signum
+        self.save_state()
+        path = self.save(self.epoch, file_name=f"{self.name}-step{self.global_step:06d}.safetensors")
+        err = Interrupted(
+            f"stopped at step {self.global_step} of {self.total_steps} (epoch {self.epoch}) on "
+            f"{signal.Signals(signum).name if signum else 'request'}; saved {path.name} and the training state.\n"
+            f"continue with: lorafw resume {self.run_dir}"
+        )
+        err.exit_code = EXIT_CODES.get(signum, 130)  # type: ignore[arg-type]
+        raise err
+
+    # -- training state (lorafw resume) --------------------------------------------------------
+    def save_state(self) -> None:
+        scaler = self.accelerator.scaler
+        save_state(self.run_dir, {
+            "spec": json.dumps(identity(self.spec), sort_keys=True),
+            "epoch": self.epoch, "next_group": self.next_group, "global_step": self.global_step, "micro": self.micro,
+            "skipped_steps": self.skipped_steps,
+            "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
+            "epoch_partial": torch.tensor(self.epoch_partial, dtype=torch.float64),
+            "epoch_losses": torch.tensor(self.epoch_losses, dtype=torch.float64),
+            "lora_files": [p.name for p in self.lora_files],
+            "params": [p.detach().cpu().clone() for p in self.trainable],
+            "masters": [m.detach().cpu().clone() for _, m in self.masters.pairs] if self.masters is not None else [],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        })
+        self.record["state"] = {"step": self.global_step, "epoch": self.epoch, "saved_at": now_iso()}
+        log.info(f"training state saved at step {self.global_step}")
+
+    @torch.no_grad()
+    def _restore_state(self) -> None:
+        st = load_state(self.run_dir)
+        params = st["params"]
+        if len(params) != len(self.trainable) or any(a.shape != b.shape for a, b in zip(params, self.trainable)):
+            raise LorafwError(f"{self.run_dir / STATE} does not fit this network (different network settings?)")
+        for p, v in zip(self.trainable, params):
+            p.copy_(v)
+        if self.masters is not None:
+            for (_, m), v in zip(self.masters.pairs, st["masters"]):
+                m.copy_(v)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.lr_scheduler.load_state_dict(st["scheduler"])
+        if st["scaler"] is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.next_group = int(st["epoch"]), int(st["next_group"])
+        self.global_step, self.micro, self.skipped_steps = int(st["global_step"]), int(st["micro"]), int(st["skipped_steps"])
+        self.loss_history = st["loss_history"].tolist()
+        self.epoch_partial = st["epoch_partial"].tolist()
+        self.epoch_losses = st["epoch_losses"].tolist()
+        self.lora_files = [self.run_dir / n for n in st["lora_files"]]
+        self.record.setdefault("resumes", []).append({"at_step": self.global_step, "at": now_iso()})
+        log.info(f"resumed at step {self.global_step} of {self.total_steps} (epoch {self.epoch})")
 
     def _loss(self, batch: list[int], micro: int) -> torch.Tensor:
         """Noise-prediction loss of one batch; its randomness depends only on (seed, micro-step)."""
@@ -422,7 +559,7 @@ class SD15Trainer:
         return {"encoder_hidden_states": encode_sd15(self.text_encoders[0], ids, t.clip_skip)}
 
     # ---------------------------------------------------------------------------------------
-    def save(self, epoch: int) -> Path:
+    def save(self, epoch: int, file_name: str | None = None) -> Path:
         from lorafw.outputs.lora_file import save_lora
 
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.spec.output.save_precision]
@@ -434,10 +571,12 @@ class SD15Trainer:
             dataset_dirs=self.data.dataset_dirs(), bucket_info=self.data.bucket_info(), triggers=self.data.triggers(),
             session_id=self.session_id,
         )
-        path = self.run_dir / f"{self.name}-{epoch:02d}.safetensors"
+        path = self.run_dir / (file_name or f"{self.name}-{epoch:02d}.safetensors")
         exact = {id(p): m for p, m in self.masters.pairs} if self.masters is not None else None
         save_lora(path, self.network.kohya_state_dict(dtype, exact), build_metadata(self.spec, facts, self.name))
-        self.lora_files.append(path)
+        faults.kill_if("kill_after_save")
+        if path not in self.lora_files:
+            self.lora_files.append(path)
         log.info(f"saved {path}")
         return path
 
