@@ -8,6 +8,8 @@
     lorafw check +recipe=... ...                                       validate only (no torch)
     lorafw rerun RUN_DIR [key=value ...]                               train a saved run's config again
     lorafw resume RUN_DIR [--force] [key=value ...]                    continue a run from its saved state
+    lorafw grid RUN_DIR [key=value ...]                                epochs × LoRA weights image grid
+    lorafw compare SWEEP_DIR                                           which run of a sweep won
     lorafw recipes                                                     list the shipped recipes
     lorafw demo                                                        a demo run on a built-in tiny model
 
@@ -285,6 +287,44 @@ def _resume_from_command_line(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_grid(argv: list[str]) -> int:
+    """`lorafw grid RUN_DIR|SWEEP_DIR [key=value ...]`: the epoch × weight image grid."""
+    if not argv or argv[0].startswith("-"):
+        print("usage: lorafw grid RUN_DIR [grid.weights=[1,0.8,0.6]] [grid.epochs=[10,9,8]] [sample.steps=20] ...",
+              file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from lorafw.sampling.grid import grid
+
+    try:
+        written = grid(Path(argv[0]).expanduser(), argv[1:])
+    except LorafwError as e:
+        return _fail(e)
+    print("lorafw grid:\n" + "\n".join(f"  {p}" for p in written))
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    """`lorafw compare SWEEP_DIR`: which run of a sweep won (compare.md, compare.csv, compare.png)."""
+    if not argv:
+        print("usage: lorafw compare SWEEP_DIR", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from lorafw.outputs.compare import compare
+
+    folder = Path(argv[0]).expanduser()
+    try:
+        result = compare(folder)
+    except (LorafwError, ValueError) as e:
+        print(f"lorafw: {e}", file=sys.stderr)
+        return 2
+    print((folder / "compare.md").read_text())
+    print(f"lorafw compare: {folder / 'compare.md'}, {folder / 'compare.csv'}, {folder / 'compare.png'}")
+    return 0
+
+
 def cmd_recipes(argv: list[str]) -> int:
     for name in recipe_names():
         text = (conf_dir() / "recipe" / f"{name}.yaml").read_text().splitlines()
@@ -305,6 +345,8 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check": cmd_check,
     "rerun": cmd_rerun,
     "resume": cmd_resume,
+    "grid": cmd_grid,
+    "compare": cmd_compare,
     "recipes": cmd_recipes,
     "demo": cmd_demo,
 }

@@ -3,7 +3,8 @@
 Writes a small synthetic dataset (coloured shapes with booru-style tag captions, several aspect
 ratios, in a `REPEATS_NAME` folder) and a tiny SD1.5-architecture checkpoint as one original-
 layout .safetensors, then trains the sd15_character recipe on them through the ordinary
-command-line path — the same code a real run takes, only smaller numbers.
+command-line path — the same code a real run takes, only smaller numbers — and ends as the guide does,
+with the newest epochs rendered across LoRA weights as one labelled grid.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def demo_overrides(model: Path, data: Path, out: Path, epochs: int) -> list[str]
         f"train.epochs={epochs}",
         "output.name=shapes_demo",
         f"output.dir={out}",
+        "sample.prompts=['shapes_demo, red circle, white background, simple --d 1']",
+        "sample.every_n_epochs=5",
+        "sample.steps=12",
     ]
 
 
@@ -84,4 +88,19 @@ def main(argv: list[str]) -> int:
     print(f"lorafw demo: tiny SD1.5-architecture model {model}\nlorafw demo: dataset {data} (12 images × 4 repeats)")
     from lorafw.cli import hydra_main
 
-    return hydra_main(demo_overrides(model, data, out, args.epochs) + list(args.overrides))
+    rc = hydra_main(demo_overrides(model, data, out, args.epochs) + list(args.overrides))
+    if rc != 0:
+        return rc
+    # The guide's last step, done for you: the newest epochs across LoRA weights, one labelled image.
+    from lorafw.errors import LorafwError
+    from lorafw.sampling.grid import grid
+
+    last = [e for e in range(args.epochs, max(0, args.epochs - 4), -1)]
+    try:
+        written = grid(out, [f"grid.epochs=[{','.join(map(str, last))}]"])
+    except LorafwError as e:
+        print(f"lorafw: {e}")
+        return e.exit_code
+    print("lorafw demo: epoch × weight grid (rows: epochs, columns: LoRA weights 1.0 … 0.5):\n"
+          + "\n".join(f"  {p}" for p in written))
+    return 0

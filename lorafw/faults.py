@@ -1,7 +1,8 @@
 """Fault injection for the test suite: make a run die or misbehave at an exact point.
 
 `LORAFW_FAULT` holds `point:n[,point:n]`, e.g. `kill_in_save:3` (SIGKILL between writing the 3rd file
-and renaming it into place; `kill_in_save:toy-02.safetensors` names the file instead), `kill_at_step:5`
+and renaming it into place; `kill_in_save:toy-02.safetensors` names the file instead, and
+`kill_in_save:state.pt#2` its 2nd write), `kill_at_step:5`
 (SIGKILL right after optimizer step 5), `nan_at_step:4` (the loss of step 4 becomes NaN).
 Unset, this costs one environment lookup per check.
 """
@@ -30,7 +31,12 @@ def hit(point: str, at: int | None = None, name: str | None = None) -> bool:
         return False
     want = plan[point]
     if not want.isdigit():
-        return name == want
+        target, _, nth = want.partition("#")
+        if name != target:
+            return False
+        key = f"{point}:{target}"
+        _counts[key] = _counts.get(key, 0) + 1
+        return _counts[key] == int(nth or 1)
     if at is None:
         _counts[point] = _counts.get(point, 0) + 1
         at = _counts[point]

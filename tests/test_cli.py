@@ -65,9 +65,16 @@ def test_single_run_and_rerun_reproduce_the_same_tensors(tmp_path, tiny_model, t
     p = lorafw("+recipe=sd15_character", *tiny_overrides(tiny_model, tiny_dataset, run), cwd=tmp_path)
     assert f"1 LoRA file(s) in {run}" in p.stdout
     assert (run / "lorafw.log").is_file()  # Hydra's job log, beside the LoRA files
-    again = lorafw("rerun", str(run), cwd=tmp_path)
+    from lorafw.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # rerun writes to a new default folder under ./outputs (in this process: no start-up cost)
+    try:
+        assert main(["rerun", str(run)]) == 0
+    finally:
+        os.chdir(cwd)
     reruns = list((tmp_path / "outputs" / "toy").iterdir())
-    assert len(reruns) == 1, again.stdout
+    assert len(reruns) == 1
     a, b = load_file(str(run / "toy-01.safetensors")), load_file(str(reruns[0] / "toy-01.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     hydra_cfg = (run / ".hydra" / "config.yaml").read_bytes()
@@ -94,9 +101,15 @@ def test_help_names_the_common_keys(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_on_a_fresh_folder(tmp_path):
-    p = lorafw("demo", "--dir", str(tmp_path / "demo"), "--epochs", "1", cwd=tmp_path)
-    files = list((tmp_path / "demo" / "runs").glob("*/shapes_demo-01.safetensors"))
+    p = lorafw("demo", "--dir", str(tmp_path / "demo"), "--epochs", "2", cwd=tmp_path)
+    files = list((tmp_path / "demo" / "runs").glob("*/shapes_demo-02.safetensors"))
     assert len(files) == 1 and str(files[0]) in p.stdout
+    grid = files[0].parent / "grids" / "prompt-00.png"
+    assert grid.is_file() and str(grid) in p.stdout  # the demo ends with the guide's epoch × weight grid
+    from PIL import Image
+
+    layout = json.loads(Image.open(grid).info["lorafw_grid"])
+    assert layout["rows"] == ["shapes_demo-02", "shapes_demo-01"] and layout["columns"] == ["1", "0.9", "0.8", "0.7", "0.6", "0.5"]
     assert (tmp_path / "demo" / "models" / "tiny-sd15.safetensors").is_file()
     assert len(list((tmp_path / "demo" / "dataset" / "4_shapes").glob("*.txt"))) == 12
 

@@ -39,6 +39,14 @@ def lorafw(*args: str, cwd: Path, fault: str | None = None, timeout: int = 300) 
                           env=env(**({"LORAFW_FAULT": fault} if fault else {})), preexec_fn=default_sigint)
 
 
+def resume(run: Path, *extra: str, capsys=None) -> tuple[int, str]:
+    """`lorafw resume` in this process (resuming needs no fresh process; kills and signals do)."""
+    from lorafw.cli import main
+
+    rc = main(["resume", str(run), *extra])
+    return rc, (capsys.readouterr().err if capsys else "")
+
+
 def args_for(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["+recipe=sd15_character", *tiny_overrides(model, data, out), "train.epochs=3",
             "output.save_state_every_n_steps=2", *extra]
@@ -77,8 +85,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tiny_model, t
     assert p.returncode == -signal.SIGKILL
     assert sorted(f.name for f in run.glob("*.safetensors")) == ["toy-01.safetensors"]  # epoch 1 finished and kept
     assert_all_loadable(run)
-    p = lorafw("resume", str(run), cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    assert resume(run)[0] == 0
     assert_same_files(reference, run)
     rec = json.loads((run / "run.json").read_text())
     assert rec["status"] == "finished" and rec["resumes"][0]["at_step"] == 4  # the state saved at step 4
@@ -91,18 +98,17 @@ def test_sigkill_while_saving_an_epoch_then_resume(reference, tiny_model, tiny_d
     assert not (run / "toy-02.safetensors").exists()  # the half-written file never took the real name
     assert tensors(run / "toy-01.safetensors")  # earlier files intact and loadable
     assert list(run.glob(".toy-02.safetensors.tmp-*"))  # what SIGKILL leaves: a temporary, not a broken LoRA
-    p = lorafw("resume", str(run), cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    assert resume(run)[0] == 0
     assert_same_files(reference, run)
     assert_all_loadable(run)  # resuming clears stale temporaries
 
 
 def test_sigkill_while_saving_state_keeps_the_previous_state(reference, tiny_model, tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    p = lorafw(*args_for(tiny_model, tiny_dataset, run), cwd=tmp_path, fault="kill_in_save:5")  # the 5th file write
+    p = lorafw(*args_for(tiny_model, tiny_dataset, run), cwd=tmp_path, fault="kill_in_save:state.pt#2")  # its 2nd write
     assert p.returncode == -signal.SIGKILL
     torch.load(run / "state.pt", weights_only=True)  # the state before the interrupted write is whole
-    assert lorafw("resume", str(run), cwd=tmp_path).returncode == 0
+    assert resume(run)[0] == 0
     assert_same_files(reference, run)
 
 
@@ -124,7 +130,7 @@ def test_ctrl_c_saves_state_and_a_lora_then_resume(reference, tiny_model, tiny_d
     step_files = list(run.glob("toy-step*.safetensors"))
     assert len(step_files) == 1 and tensors(step_files[0])  # a usable LoRA of where it stopped
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    assert lorafw("resume", str(run), cwd=tmp_path).returncode == 0
+    assert resume(run)[0] == 0
     assert_same_files(reference, run)
 
 
@@ -173,7 +179,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_everything(reference, tiny_mod
     assert tensors(run / "toy-01.safetensors")
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["global_step"] == 5  # the weights of the last good step
-    assert lorafw("resume", str(run), cwd=tmp_path).returncode == 0  # (the injected fault is gone)
+    assert resume(run)[0] == 0  # (the injected fault is gone)
     assert_same_files(reference, run)
 
 
@@ -186,25 +192,27 @@ def test_nan_steps_can_be_skipped_and_counted(tiny_model, tiny_dataset, tmp_path
     assert all(torch.isfinite(v).all() for v in tensors(run / "toy-03.safetensors").values())
 
 
-def test_resume_with_a_changed_config_is_refused_unless_forced(reference, tiny_model, tiny_dataset, tmp_path):
+def test_resume_with_a_changed_config_is_refused_unless_forced(reference, tiny_model, tiny_dataset, tmp_path, capsys):
     import shutil
+
+    from lorafw.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     (run / "state.pt").unlink()
-    p = lorafw("resume", str(run), cwd=tmp_path)
-    assert p.returncode == 2 and "holds no saved training state (state.pt)" in p.stderr
+    rc, err = resume(run, capsys=capsys)
+    assert rc == 2 and "holds no saved training state (state.pt)" in err
     cut = tmp_path / "cut"
     lorafw(*args_for(tiny_model, tiny_dataset, cut), cwd=tmp_path, fault="kill_at_step:5")
-    p = lorafw("resume", str(cut), "optimizer.lr=1e-3", "network.dropout=0.1", cwd=tmp_path)
-    assert p.returncode == 2
-    assert "network.dropout: 0.0 in the run, 0.1 now" in p.stderr and "optimizer.lr: 0.0005 in the run, 0.001 now" in p.stderr
-    assert "--force" in p.stderr
-    p = lorafw("resume", str(cut), "--force", "train.epochs=4", cwd=tmp_path)  # train longer than planned
-    assert p.returncode == 0, p.stderr
+    rc, err = resume(cut, "optimizer.lr=1e-3", "network.dropout=0.1", capsys=capsys)
+    assert rc == 2
+    assert "network.dropout: 0.0 in the run, 0.1 now" in err and "optimizer.lr: 0.0005 in the run, 0.001 now" in err
+    assert "--force" in err
+    assert resume(cut, "--force", "train.epochs=4")[0] == 0  # train longer than planned
     assert (cut / "toy-04.safetensors").is_file()
-    p = lorafw(*args_for(tiny_model, tiny_dataset, tmp_path / "other", "seed=7"), f"resume={cut}", cwd=tmp_path)
-    assert p.returncode == 2 and "seed: 42 in the run, 7 now" in p.stderr
+    capsys.readouterr()
+    rc = main([*args_for(tiny_model, tiny_dataset, tmp_path / "other", "seed=7"), f"resume={cut}"])
+    assert rc == 2 and "seed: 42 in the run, 7 now" in capsys.readouterr().err
 
 
 def make_ckpt(tiny_parts, path: Path) -> Path:

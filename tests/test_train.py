@@ -187,8 +187,14 @@ def test_run_record_and_resolved_config(trained):
     assert rec["final_loss"] == pytest.approx(result.epoch_losses[-1]) and rec["lora_files"] == ["toy-01.safetensors", "toy-02.safetensors"]
     assert rec["started_at"] and rec["finished_at"] and rec["wall_time_s"] > 0
     assert lorafw.load_spec(result.run_dir) == result.spec
-    lines = (result.run_dir / "losses.csv").read_text().splitlines()
-    assert lines[0] == "step,loss" and len(lines) == 9
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 9))
+    assert [r["loss"] for r in rows if r["kind"] == "step"] == pytest.approx(result.loss_history)
+    assert [(r["epoch"], r["loss"]) for r in rows if r["kind"] == "epoch"] == [(1, pytest.approx(result.epoch_losses[0])), (2, pytest.approx(result.epoch_losses[1]))]
+    assert (result.run_dir / "metrics.csv").read_text().splitlines()[0].startswith("kind,step,epoch,loss,loss_smoothed,lr_unet")
+    summary = json.loads((result.run_dir / "run_summary.json").read_text())
+    best = min((1, 2), key=lambda e: result.epoch_losses[e - 1])
+    assert summary["best_train_epoch"] == best and summary["epochs"][1]["file"] == "toy-02.safetensors"
 
 
 def test_same_seed_same_tensors_and_another_seed_differs(compose_tiny, tmp_path):

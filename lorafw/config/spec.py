@@ -134,6 +134,56 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class SampleSpec:
+    """Images rendered during training and by `lorafw grid` (kohya's sample_* options)."""
+
+    prompts: tuple[str, ...]  # prompt lines (kohya flags: --n --w --h --d --s --l); or read from prompt_file
+    prompt_file: str | None
+    every_n_epochs: int  # 0 = not during training
+    every_n_steps: int
+    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lms"]
+    steps: int
+    cfg_scale: float
+    seed: int
+    negative: str
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """Held-out images whose loss, with fixed noise and timesteps, is comparable across epochs and runs."""
+
+    root: str | None  # a folder of images with captions (REPEATS_ prefixes are ignored here)
+    split: float  # or hold out this fraction of the training images
+    every_n_epochs: int
+    draws: int  # noise/timestep draws per image
+
+
+@dataclass(frozen=True)
+class EmaSpec:
+    enabled: bool
+    decay: float
+    on_cpu: bool
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    tensorboard: bool
+    every_n_steps: int
+    smoothing: float  # weight of the past in the smoothed loss
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """`lorafw grid`: rows are saved epochs, columns LoRA weights."""
+
+    weights: tuple[float, ...]
+    epochs: tuple[int, ...]  # empty = every saved epoch (newest first)
+    ema: bool  # also rows for the EMA files
+
+
+@dataclass(frozen=True)
 class RunSpec:
     seed: int
     resume: str | None  # a run folder to continue (lorafw resume RUN_DIR); not part of what the run computes
@@ -144,6 +194,11 @@ class RunSpec:
     dataset: DatasetSpec
     train: TrainSpec
     output: OutputSpec
+    sample: SampleSpec
+    validation: ValidationSpec
+    ema: EmaSpec
+    log: LogSpec
+    grid: GridSpec
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples) that `spec_from_dict` reads back to an equal spec."""

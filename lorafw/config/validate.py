@@ -200,6 +200,7 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
 
+    _check_outputs_extras(s, p)
     out = s.output
     if out.save_every_n_epochs < 1:
         p.append(f"output.save_every_n_epochs: must be at least 1, got {out.save_every_n_epochs}")
@@ -239,6 +240,48 @@ def _changing_captions(d: Any) -> list[str]:
     return out
 
 
+def _check_outputs_extras(s: RunSpec, p: list[str]) -> None:
+    """sample / validation / ema / log / grid sections."""
+    sm = s.sample
+    for key in ("every_n_epochs", "every_n_steps"):
+        if getattr(sm, key) < 0:
+            p.append(f"sample.{key}: must be >= 0 (0 = off), got {getattr(sm, key)}")
+    if sm.steps < 1:
+        p.append(f"sample.steps: must be at least 1, got {sm.steps}")
+    if sm.cfg_scale < 0:
+        p.append(f"sample.cfg_scale: must be >= 0, got {sm.cfg_scale:g}")
+    for key in ("width", "height"):
+        v = getattr(sm, key)
+        if v is not None and (v < 64 or v % 8):
+            p.append(f"sample.{key}: must be a multiple of 8 and at least 64, got {v}")
+    if not 0 <= sm.seed < 2**32:
+        p.append(f"sample.seed: must be in 0 … 4294967295, got {sm.seed}")
+    from lorafw.sampling.prompts import parse_line
+
+    for i, line in enumerate(sm.prompts):
+        try:
+            parse_line(line, sm, s.dataset.resolution)
+        except ValueError as e:
+            p.append(f"sample.prompts[{i}]: {e}")
+    v = s.validation
+    if not 0.0 <= v.split < 1.0:
+        p.append(f"validation.split: must be in [0, 1), got {v.split:g}")
+    if v.split and v.root:
+        p.append("validation.root and validation.split: choose one way to hold images out")
+    if v.every_n_epochs < 1 or v.draws < 1:
+        p.append(f"validation.every_n_epochs and validation.draws: must be at least 1, got {v.every_n_epochs}, {v.draws}")
+    if not 0.0 < s.ema.decay < 1.0:
+        p.append(f"ema.decay: must be between 0 and 1 (e.g. 0.999), got {s.ema.decay:g}")
+    if s.log.every_n_steps < 1:
+        p.append(f"log.every_n_steps: must be at least 1, got {s.log.every_n_steps}")
+    if not 0.0 <= s.log.smoothing < 1.0:
+        p.append(f"log.smoothing: must be in [0, 1), got {s.log.smoothing:g}")
+    if not s.grid.weights:
+        p.append("grid.weights: needs at least one weight, e.g. [1.0, 0.8, 0.6]")
+    if any(e < 1 for e in s.grid.epochs):
+        p.append(f"grid.epochs: epochs count from 1, got {list(s.grid.epochs)}")
+
+
 def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
     bm = expand(s.base_model.path)
     if not need_model:
@@ -258,6 +301,17 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
         _check_model(s, bm, p)  # (a pickle has no header to read: the trainer checks it once loaded)
     if need_model and s.base_model.vae is not None and not expand(s.base_model.vae).exists():
         p.append(f"base_model.vae: {s.base_model.vae} does not exist")
+    for key, value in (("sample.prompt_file", s.sample.prompt_file), ("validation.root", s.validation.root)):
+        if value is not None and not expand(value).exists():
+            p.append(f"{key}: {value} does not exist")
+    if s.sample.prompt_file and expand(s.sample.prompt_file).is_file():
+        from lorafw.sampling.prompts import parse_line, prompt_lines
+
+        try:
+            for line in prompt_lines(s.sample):
+                parse_line(line, s.sample, s.dataset.resolution)
+        except (ValueError, OSError) as e:
+            p.append(f"sample.prompt_file: {e}")
     if s.resume is not None and not (expand(s.resume) / "state.pt").is_file():
         p.append(f"resume: {s.resume} holds no saved training state (state.pt); it is not a run folder lorafw can continue")
     d = s.dataset

@@ -29,6 +29,7 @@ from lorafw import faults
 from lorafw.errors import DatasetError, Interrupted, LorafwError, NonFiniteError
 from lorafw.models.load import check_arch, inspect_base_model
 from lorafw.outputs.metadata import TrainingFacts, build_metadata
+from lorafw.outputs.metrics import Metrics
 from lorafw.outputs.record import device_info, now_iso, read_record, versions, write_config, write_record
 from lorafw.outputs.state import STATE, load_state, save_state
 from lorafw.trainers.common import (
@@ -60,6 +61,7 @@ class SD15Trainer:
         check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
         folders, self.dataset_warnings = scan(spec.dataset)
         folders = self._lint(folders)
+        folders, self.val_data = self._hold_out(folders)
         self.data = dataset_mod.build(folders, spec.dataset)
         t = spec.train
         self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size, t.gradient_accumulation_steps)
@@ -88,12 +90,18 @@ class SD15Trainer:
         self.skipped_steps = 0
         self.stop = StopRequests()
         self.masters = None
+        self.ema = None
+        self.metrics = None
+        self.val_losses: dict[int, float] = {}
+        self.samples: list[str] = []
         self.latent_cache = None
+        self.val_cache = None
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
         self.record: dict[str, Any] = {
             "status": "created",
             "arch": self.arch,
             "plan": {
+                "validation_images": len(self.val_data.images) if self.val_data else 0,
                 "images": len(self.data.images),
                 "items_per_epoch": self.data.n_items,
                 "steps_per_epoch": self.steps_per_epoch,
@@ -101,6 +109,27 @@ class SD15Trainer:
                 "buckets": dataset_mod.bucket_histogram(self.data),
             },
         }
+
+    def _hold_out(self, folders: list) -> tuple[list, Any]:
+        """Validation images: a held-out folder, or a fraction of the training images chosen by the seed."""
+        import dataclasses
+
+        v, ds = self.spec.validation, self.spec.dataset
+        if v.root:
+            vspec = dataclasses.replace(ds, root=v.root, folders=(), reg_root=None, default_repeats=1)
+            vfolders, _ = scan(vspec)
+            return folders, dataset_mod.build(vfolders, vspec)
+        if not v.split:
+            return folders, None
+        images = [(fi, e) for fi, f in enumerate(folders) if not f.is_reg for e in f.images]
+        k = max(1, round(len(images) * v.split))
+        if k >= len(images):
+            raise DatasetError(f"validation.split={v.split:g} would hold out all {len(images)} training images")
+        chosen = set(random.Random(dataset_mod.derive_seed(self.spec.seed, "validation")).sample(range(len(images)), k))
+        held = {images[i][1].path for i in chosen}
+        train = [dataclasses.replace(f, images=tuple(e for e in f.images if e.path not in held)) for f in folders]
+        val = [dataclasses.replace(f, images=tuple(e for e in f.images if e.path in held), repeats=1) for f in folders]
+        return [f for f in train if f.images], dataset_mod.build([f for f in val if f.images], ds)
 
     def _lint(self, folders: list) -> list:
         """Decode every image once before training: damaged files stop the run here, not hours in."""
@@ -135,6 +164,7 @@ class SD15Trainer:
                 self.setup()
                 if self.resuming:
                     self._restore_state()
+                self.metrics = Metrics(self.run_dir, self.spec.log, self.global_step if self.resuming else 0)
                 self.train()
             self.record["status"] = "finished"
         except Interrupted:
@@ -162,7 +192,9 @@ class SD15Trainer:
                 lora_files=[p.name for p in self.lora_files],
             )
             write_record(self.run_dir, self.record)
-            self._write_losses()
+            if self.metrics is not None:
+                self.metrics.close()
+            self.write_summary()
         return RunResult(self.run_dir, self.spec, list(self.lora_files), list(self.loss_history), list(self.epoch_losses),
                          self.global_step, time.time() - self.started_at, list(self.dataset_warnings))
 
@@ -231,7 +263,12 @@ class SD15Trainer:
                 stats = cache.build(bar.update)
             self.latent_cache = cache
             log.info(f"latents: {stats.encoded} encoded, {stats.reused} reused from {disk}" if disk else f"latents: {stats.encoded} encoded")
-            self.vae.to("cpu")  # not needed again: free the device memory
+        if self.val_data is not None:  # held-out latents, always in memory: the set is small
+            self.val_cache = LatentCache(self.val_data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype)
+            self.val_cache.build()
+            log.info(f"validation: {len(self.val_data.images)} held-out images")
+        if ds.cache_latents:
+            self.vae.to("cpu")  # not needed again during training: free the device memory
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
         if ds.cache_text_encoder_outputs:
             self._cache_text()
@@ -307,6 +344,11 @@ class SD15Trainer:
             self.masters = MasterWeights(groups)
             groups = self.masters.groups
         optimizer = build_optimizer(o, groups)
+        if self.spec.ema.enabled:
+            from lorafw.optim.ema import EMA
+
+            tracked = [m for _, m in self.masters.pairs] if self.masters is not None else self.trainable
+            self.ema = EMA(tracked, self.spec.ema.decay, "cpu" if self.spec.ema.on_cpu else self.device)
         self.lr_scheduler = build_scheduler(self.spec.scheduler, optimizer, self.total_steps)
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling, accumulation
         self.warmup_steps = warmup_steps(self.spec.scheduler, self.total_steps) if self.spec.scheduler.name != "rex" else round(self.total_steps * (self.spec.scheduler.warmup_ratio or 0))
@@ -342,13 +384,25 @@ class SD15Trainer:
                     self._stop_here()
                 if out.save_state_every_n_steps and self.global_step % out.save_state_every_n_steps == 0:
                     self.save_state()
+                if s.sample.every_n_steps and self.global_step % s.sample.every_n_steps == 0:
+                    self.sample(f"{self.name}-step{self.global_step:06d}")
             self.epoch_losses.append(sum(self.epoch_partial) / max(1, len(self.epoch_partial)))
             self.epoch_partial = []
-            log.info(f"epoch {self.epoch}/{t.epochs}: mean loss {self.epoch_losses[-1]:.4f}, step {self.global_step}/"
-                     f"{self.total_steps}, {time.time() - epoch_start:.1f}s")
             done = self.epoch
+            val = None
+            if self.val_data is not None and (done % s.validation.every_n_epochs == 0 or done == t.epochs):
+                val = self.validation_loss()
+                self.val_losses[done] = val
+            log.info(f"epoch {done}/{t.epochs}: mean loss {self.epoch_losses[-1]:.4f}"
+                     + (f", validation loss {val:.4f}" if val is not None else "")
+                     + f", step {self.global_step}/{self.total_steps}, {time.time() - epoch_start:.1f}s")
+            if self.metrics is not None:
+                self.metrics.epoch(self.global_step, done, self.epoch_losses[-1], val)
             if done % out.save_every_n_epochs == 0 or done == t.epochs:
                 self.save(done)
+            if s.sample.every_n_epochs and (done % s.sample.every_n_epochs == 0 or done == t.epochs):
+                self.sample(f"{self.name}-{done:02d}")
+            self.write_summary()
             self.epoch, self.next_group = done + 1, 0
             if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
                 self.save_state()
@@ -383,10 +437,19 @@ class SD15Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        lrs = self._lrs()
         self.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
         self.global_step += 1
         self.loss_history.append(step_loss)
         self.epoch_partial.append(step_loss)
+        if self.metrics is not None:
+            d = self.optimizer.param_groups[0].get("d")
+            self.metrics.step(self.global_step, self.epoch, step_loss, lrs, float(d) if d is not None else None)
+
+    def _lrs(self) -> dict[str, float]:
+        return {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
 
     def _nonfinite(self, what: str, value: float, first_micro: int, n: int) -> None:
         """A NaN/inf loss or gradient: stop with the weights of the last good step saved, or skip the step."""
@@ -426,6 +489,35 @@ class SD15Trainer:
         err.exit_code = EXIT_CODES.get(signum, 130)  # type: ignore[arg-type]
         raise err
 
+    @torch.no_grad()
+    def sample(self, label: str) -> None:
+        """Render the sample prompts with the weights as they are now: RUN_DIR/samples/LABEL_NN.png."""
+        from lorafw.sampling.prompts import a1111_parameters, fallback_prompt, parse_line, read_prompts
+        from lorafw.sampling.render import Renderer, save_png
+
+        s = self.spec
+        prompts = read_prompts(s.sample, s.dataset.resolution)
+        if not prompts:
+            prompts = [parse_line(fallback_prompt(self.data.triggers(), self.data.tag_frequency()), s.sample, s.dataset.resolution)]
+        if getattr(self, "_renderer", None) is None:
+            self._renderer = Renderer(self.arch, self.unet, self.vae, self.text_encoders, self.tokenizers, self.noise_scheduler,
+                                      s.train.max_token_length, s.train.clip_skip, self.device)
+        modules = [self.unet, *self.text_encoders]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            for i, p in enumerate(prompts):
+                with self.accelerator.autocast():
+                    img = self._renderer.render(p, s.sample.sampler)
+                path = self.run_dir / "samples" / f"{label}_{i:02d}.png"
+                save_png(img, path, a1111_parameters(p, s.sample.sampler, {"Lora": label, "Step": str(self.global_step)}))
+                self.samples.append(str(path.relative_to(self.run_dir)))
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        log.info(f"samples: {len(prompts)} image(s) for {label} in {self.run_dir / 'samples'}")
+
     # -- training state (lorafw resume) --------------------------------------------------------
     def save_state(self) -> None:
         scaler = self.accelerator.scaler
@@ -442,6 +534,8 @@ class SD15Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.lr_scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "val_losses": {str(k): v for k, v in self.val_losses.items()},
         })
         self.record["state"] = {"step": self.global_step, "epoch": self.epoch, "saved_at": now_iso()}
         log.info(f"training state saved at step {self.global_step}")
@@ -467,6 +561,9 @@ class SD15Trainer:
         self.epoch_partial = st["epoch_partial"].tolist()
         self.epoch_losses = st["epoch_losses"].tolist()
         self.lora_files = [self.run_dir / n for n in st["lora_files"]]
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.val_losses = {int(k): float(v) for k, v in (st.get("val_losses") or {}).items()}
         self.record.setdefault("resumes", []).append({"at_step": self.global_step, "at": now_iso()})
         log.info(f"resumed at step {self.global_step} of {self.total_steps} (epoch {self.epoch})")
 
@@ -501,25 +598,31 @@ class SD15Trainer:
         return torch.stack([load_mask(self.data.images[i], f, self.data.folders[self.data.images[i].folder].mask_dir, size)
                             for i, f in zip(batch, flips)])
 
+    def validation_loss(self) -> float:
+        """The held-out images' loss, with noise and timesteps fixed: comparable across epochs and runs."""
+        return self.fixed_loss(seed=0, draws=self.spec.validation.draws, data=self.val_data, cache=self.val_cache)
+
     @torch.no_grad()
-    def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4) -> float:
-        """Mean loss over `images` (default: all) with captions unshuffled and noise and timesteps fixed by
-        `seed`: the same weights always give the same number, so it is comparable across epochs and runs."""
-        images = list(range(len(self.data.images))) if images is None else images
+    def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4, data: Any = None,
+                   cache: Any = None) -> float:
+        """Mean loss over `images` of `data` (default: all training images) with captions unshuffled and noise
+        and timesteps fixed by `seed`: the same weights always give the same number."""
+        data, cache = (data, cache) if data is not None else (self.data, self.latent_cache)
+        images = list(range(len(data.images))) if images is None else images
         modules = [self.unet, *self.text_encoders]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
         total, n = 0.0, 0
         for i in images:
-            z = self._latents([i], [False])
-            caption = [self.data.base_caption(i)]
+            z = self._latents([i], [False], data, cache)
+            caption = [data.base_caption(i)]
             for d in range(draws):
                 gen = torch.Generator(device=self.device).manual_seed(dataset_mod.derive_seed("eval", seed, i, d) % (2**63))
                 noise = torch.randn(z.shape, generator=gen, device=self.device)
                 t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (1,), generator=gen, device=self.device)
                 with self.accelerator.autocast():
-                    cond = self._conditioning(caption, [i], [False])
+                    cond = self._conditioning(caption, [i], [False], data)
                     pred = self.unet(self.noise_scheduler.add_noise(z, noise, t).to(self.wdtype), t, **cond).sample
                 total += diffusion_loss(pred, noise, t, self.noise_scheduler, None).item()
                 n += 1
@@ -527,27 +630,30 @@ class SD15Trainer:
             m.train(mode)
         return total / max(1, n)
 
-    def _latents(self, batch: list[int], flips: list[bool]) -> torch.Tensor:
-        if self.latent_cache is not None:
-            return torch.stack([self.latent_cache.get(i, f) for i, f in zip(batch, flips)]).to(self.device)
+    def _latents(self, batch: list[int], flips: list[bool], data: Any = None, cache: Any = None) -> torch.Tensor:
+        data, cache = (data, cache) if data is not None else (self.data, self.latent_cache)
+        if cache is not None:
+            return torch.stack([cache.get(i, f) for i, f in zip(batch, flips)]).to(self.device)
         from lorafw.data.latents import load_pixels
 
-        pixels = torch.stack([load_pixels(self.data.images[i], f) for i, f in zip(batch, flips)])
+        pixels = torch.stack([load_pixels(data.images[i], f) for i, f in zip(batch, flips)])
         with torch.no_grad():
             z = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.sample()
         return (z * self.vae.config.scaling_factor).float()
 
-    def _conditioning(self, captions: list[str], batch: list[int], flips: list[bool]) -> dict[str, Any]:
-        """UNet keyword arguments for a batch: its cached text states (or its captions encoded now)."""
-        if self.text_cache is not None:
+    def _conditioning(self, captions: list[str], batch: list[int], flips: list[bool], data: Any = None) -> dict[str, Any]:
+        """UNet keyword arguments for a batch of `data` (default: the training set): its cached text states
+        (or its captions encoded now)."""
+        data = data if data is not None else self.data
+        if self.text_cache is not None and data is self.data:
             cached = [self.text_cache[i] for i in batch]
             text = {k: torch.stack([c[k] for c in cached]).to(self.device) for k in cached[0]}
         else:
             with torch.set_grad_enabled(self.train_te):
                 text = self._encode_text(captions)
-        return self._unet_kwargs({k: v.to(self.wdtype) for k, v in text.items()}, batch, flips)
+        return self._unet_kwargs({k: v.to(self.wdtype) for k, v in text.items()}, batch, flips, data)
 
-    def _unet_kwargs(self, text: dict[str, torch.Tensor], batch: list[int], flips: list[bool]) -> dict[str, Any]:
+    def _unet_kwargs(self, text: dict[str, torch.Tensor], batch: list[int], flips: list[bool], data: Any) -> dict[str, Any]:
         return {"encoder_hidden_states": text["encoder_hidden_states"]}
 
     def _encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -577,11 +683,18 @@ class SD15Trainer:
         faults.kill_if("kill_after_save")
         if path not in self.lora_files:
             self.lora_files.append(path)
+        if self.ema is not None and file_name is None:
+            tracked = [p for p, _ in self.masters.pairs] if self.masters is not None else self.trainable
+            shadows = {id(p): sh for p, sh in zip(tracked, self.ema.shadows)}
+            ema_path = path.with_name(f"{path.stem}-ema.safetensors")
+            save_lora(ema_path, self.network.kohya_state_dict(dtype, shadows),
+                      build_metadata(self.spec, facts, self.name) | {"ss_ema_decay": f"{self.spec.ema.decay:g}"})
         log.info(f"saved {path}")
         return path
 
-    def _write_losses(self) -> None:
-        from lorafw.outputs.atomic import atomic_write
+    def write_summary(self) -> None:
+        """run_summary.json: every saved epoch with its losses, and the best epochs (read by grid and compare)."""
+        from lorafw.outputs.summary import write_summary
 
-        lines = ["step,loss"] + [f"{i + 1},{v:.6f}" for i, v in enumerate(self.loss_history)]
-        atomic_write(self.run_dir / "losses.csv", "\n".join(lines) + "\n")
+        write_summary(self.run_dir, self.spec, self.arch, self.epoch_losses, self.val_losses, self.lora_files,
+                      self.record.get("status", ""), self.global_step, time.time() - self.started_at, self.samples)

@@ -35,9 +35,9 @@ class SDXLTrainer(SD15Trainer):
         states, pooled = encode_sdxl(self.text_encoders[0], self.text_encoders[1], ids1, ids2)
         return {"encoder_hidden_states": states, "text_embeds": pooled}
 
-    def _unet_kwargs(self, text: dict[str, torch.Tensor], batch: list[int], flips: list[bool]) -> dict[str, Any]:
+    def _unet_kwargs(self, text: dict[str, torch.Tensor], batch: list[int], flips: list[bool], data: Any) -> dict[str, Any]:
         time_ids = torch.tensor(
-            [size_conditioning(self.data.images[i].entry.size, self.data.images[i].placement, f) for i, f in zip(batch, flips)],
+            [size_conditioning(data.images[i].entry.size, data.images[i].placement, f) for i, f in zip(batch, flips)],
             dtype=text["text_embeds"].dtype, device=text["text_embeds"].device,
         )
         return {

@@ -1,0 +1,187 @@
+"""`lorafw grid RUN_DIR`: the guide's X/Y plot — one prompt across saved epochs (rows) and LoRA weights
+(columns), the same seed in every cell — as one labelled PNG per prompt plus the cell images, in
+RUN_DIR/grids/. The base model loads once; each cell patches its layer weights the way the UIs apply
+a LoRA (lorafw/network/apply.py). On a sweep's folder, each run gets its grids under SWEEP_DIR/grids/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from lorafw.errors import LorafwError
+from lorafw.outputs.summary import find_runs
+
+EPOCH_FILE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{2,})(?P<ema>-ema)?\.safetensors$")
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    path: Path
+    epoch: int
+    ema: bool
+
+
+def epoch_files(run_dir: Path, name: str, epochs: tuple[int, ...], ema: bool) -> list[Row]:
+    """The run's epoch files, newest first (the guide's -10, -09, -08 …), limited to `epochs` if given."""
+    rows = []
+    for p in run_dir.glob(f"{name}-*.safetensors"):
+        m = EPOCH_FILE.match(p.name)
+        if not m or m.group("name") != name or (m.group("ema") and not ema):
+            continue
+        e = int(m.group("epoch"))
+        if epochs and e not in epochs:
+            continue
+        rows.append(Row(p.stem, p, e, bool(m.group("ema"))))
+    return sorted(rows, key=lambda r: (-r.epoch, r.ema))
+
+
+def weight_label(w: float) -> str:
+    """1.0, 0.9, 0.75 — the way the guide writes weights."""
+    return f"{w:.1f}" if round(w, 1) == w else f"{w:g}"
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def compose(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], title: str) -> Image.Image:
+    """Cells in a table: a title line, column labels on top, row labels on the left."""
+    cw, ch = cells[0][0].size
+    size = max(12, min(28, cw // 10))
+    font = _font(size)
+    pad = size // 2
+    left = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in row_labels) + 2 * pad
+    title_lines = _wrap(title, font, left + cw * len(col_labels) - 2 * pad)
+    top = (len(title_lines) + 1) * (size + pad) + pad
+    grid = Image.new("RGB", (left + cw * len(col_labels), top + ch * len(row_labels)), "white")
+    d = ImageDraw.Draw(grid)
+    for i, line in enumerate(title_lines):
+        d.text((pad, pad + i * (size + pad)), line, fill="black", font=font)
+    for c, label in enumerate(col_labels):
+        w = d.textlength(label, font=font)
+        d.text((left + c * cw + (cw - w) / 2, top - size - pad), label, fill="black", font=font)
+    for r, label in enumerate(row_labels):
+        d.text((pad, top + r * ch + (ch - size) / 2), label, fill="black", font=font)
+        for c, cell in enumerate(cells[r]):
+            grid.paste(cell, (left + c * cw, top + r * ch))
+    return grid
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    for w in words:
+        trial = f"{line} {w}".strip()
+        if measure(trial, font=font) > width and line:
+            lines.append(line)
+            line = w
+        else:
+            line = trial
+    return (lines + [line]) if line else lines or [""]
+
+
+def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], out_dir: Path | None = None,
+                 label: str = "") -> list[Path]:
+    """Render every prompt's grid for one run; `models` caches loaded base models across runs."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lorafw.config.compose import load_spec
+    from lorafw.sampling.prompts import SamplePrompt, a1111_parameters, fallback_prompt, parse_line, read_prompts
+    from lorafw.sampling.render import save_png
+
+    spec = load_spec(run_dir, overrides, check_paths=False)
+    name = spec.output.name or "lora"
+    rows = epoch_files(run_dir, name, spec.grid.epochs, spec.grid.ema)
+    if not rows:
+        raise LorafwError(f"{run_dir}: no {name}-NN.safetensors files to put in a grid")
+    prompts: list[SamplePrompt] = read_prompts(spec.sample, spec.dataset.resolution)
+    if not prompts:
+        with safe_open(str(rows[0].path), "pt") as f:
+            meta = f.metadata() or {}
+        triggers = [t.strip() for t in meta.get("modelspec.trigger_phrase", "").split(",") if t.strip()]
+        prompts = [parse_line(fallback_prompt(triggers, json.loads(meta.get("ss_tag_frequency", "{}"))), spec.sample,
+                              spec.dataset.resolution)]
+    renderer, patcher = _prepared(spec, models)
+    out = out_dir or run_dir / "grids"
+    weights = [float(w) for w in spec.grid.weights]
+    written = []
+    for pi, p in enumerate(prompts):
+        cells: list[list[Image.Image]] = []
+        cell_dir = out / f"prompt-{pi:02d}"
+        for row in rows:
+            lora = load_file(str(row.path))
+            cells.append([])
+            for w in weights:
+                patcher.apply(lora, w)
+                img = renderer.render(p, spec.sample.sampler)
+                cells[-1].append(img)
+                extra = {"Lora": row.label, "Lora weight": f"{w:g}"}
+                save_png(img, cell_dir / f"{row.label}_w{w:g}.png", a1111_parameters(p, spec.sample.sampler, extra))
+        patcher.restore()
+        title = (f"[{label}] " if label else "") + f"{p.prompt}  (seed {p.seed}, {p.steps} steps, CFG {p.cfg_scale:g})"
+        grid = compose(cells, [r.label for r in rows], [f"weight {weight_label(w)}" for w in weights], title)
+        path = out / f"prompt-{pi:02d}.png"
+        layout = {"rows": [r.label for r in rows], "columns": [f"{w:g}" for w in weights], "cell": list(cells[0][0].size),
+                  "prompt": p.prompt, "seed": p.seed, "run": label or run_dir.name}
+        save_png(grid, path, a1111_parameters(p, spec.sample.sampler, {"Grid": f"{len(rows)}x{len(weights)}"}),
+                 {"lorafw_grid": json.dumps(layout)})
+        written.append(path)
+    return written
+
+
+def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
+    """The base model (loaded once per checkpoint and VAE) as a Renderer and a WeightPatcher."""
+    import torch
+
+    from lorafw.config.validate import expand
+    from lorafw.models.load import load_components
+    from lorafw.network.apply import WeightPatcher, module_names
+    from lorafw.sampling.render import Renderer
+    from lorafw.trainers.common import resolve_device
+
+    key = f"{spec.base_model.path}|{spec.base_model.vae}"
+    if key not in models:
+        device = resolve_device(spec.train.device)
+        dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        c = load_components(expand(spec.base_model.path), expand(spec.base_model.vae) if spec.base_model.vae else None,
+                            expected_arch=spec.base_model.arch)
+        from lorafw.trainers.common import quiet
+
+        with quiet("diffusers"):
+            for m in (c.unet, *c.text_encoders):
+                m.to(device, dtype=dtype)
+            c.vae.to(device, dtype=torch.float32 if spec.train.no_half_vae else dtype)
+        to_original = None
+        if c.arch == "sdxl":
+            from lorafw.models.ldm_layout import UNetLayout, unet_to_original
+
+            layout = UNetLayout.from_config(dict(c.unet.config))
+            to_original = lambda p: unet_to_original(p, layout)  # noqa: E731
+        renderer = Renderer(c.arch, c.unet, c.vae, c.text_encoders, c.tokenizers, c.noise_scheduler,
+                            spec.train.max_token_length, spec.train.clip_skip, device)
+        models.clear()  # one base model in memory at a time
+        models[key] = (renderer, WeightPatcher(module_names(c.arch, c.unet, c.text_encoders, to_original)))
+    return models[key]
+
+
+def grid(folder: Path, overrides: list[str]) -> list[Path]:
+    """Grids for a run folder, or for every run of a sweep folder (the swept values label each run)."""
+    runs = find_runs(folder)
+    models: dict[str, Any] = {}
+    if len(runs) == 1 and runs[0] == folder:
+        return grid_for_run(folder, overrides, models)
+    written = []
+    for run in runs:
+        written += grid_for_run(run, overrides, models, out_dir=folder / "grids" / run.name, label=run.name)
+    return written
