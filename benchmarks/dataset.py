@@ -81,6 +81,7 @@ def main() -> None:
     tr._setup_models()
     t0 = time.perf_counter()
     tr._setup_data()
+    tr._models_to_device()
     cache_s = time.perf_counter() - t0
     print(f"latent cache build (tiny VAE)        {len(tr.data.images) / cache_s:.0f} images/s")
     tr._setup_network()

@@ -50,6 +50,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tr._setup_data()
+    tr._models_to_device()
     cache_s = time.perf_counter() - t0
     tr._setup_network()
     tr._setup_optim()

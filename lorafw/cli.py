@@ -10,6 +10,8 @@
     lorafw resume RUN_DIR [--force] [key=value ...]                    continue a run from its saved state
     lorafw grid RUN_DIR [key=value ...]                                epochs × LoRA weights image grid
     lorafw compare SWEEP_DIR                                           which run of a sweep won
+    lorafw import FILE.toml [--dataset-config D.toml]                  a kohya / GUI TOML → a lorafw recipe
+    lorafw export RUN_DIR --format kohya                               the sd-scripts TOML pair for a run
     lorafw recipes                                                     list the shipped recipes
     lorafw demo                                                        a demo run on a built-in tiny model
 
@@ -25,7 +27,7 @@ import sys
 from typing import Callable
 
 from lorafw.config.compose import check_all, conf_dir, expand_sweep, recipe_names, with_recipe_files
-from lorafw.errors import LorafwError
+from lorafw.errors import ConfigError, LorafwError
 
 log = logging.getLogger("lorafw")
 
@@ -62,6 +64,9 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
 
 def precheck(argv: list[str]) -> None:
     overrides, flags, prints = split_argv(argv)
+    if any(o.startswith("hparams_search=") and not o.endswith("=null") for o in overrides) and not any(
+            f in ("-m", "--multirun") for f in flags):
+        raise ConfigError(["hparams_search: a search runs many jobs; add -m (lorafw -m hparams_search=optuna ...)"])
     if prints or any(f.split("=")[0] in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd") for f in flags):
         return  # printing only, or another primary config: Hydra reports on its own
     ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra/",))]
@@ -100,6 +105,8 @@ def hydra_main(argv: list[str]) -> int:
         return _fail(e)
     if any(a.split("=")[0] in ("--cfg", "-c") for a in argv) and "--resolve" not in argv:
         argv = argv + ["--resolve"]  # print values (unet_lr: 0.0005), not interpolations (${.lr})
+    overrides, flags, _ = split_argv(argv)
+    argv = flags + overrides  # argparse takes the overrides only as one run of positionals
     saved = sys.argv
     sys.argv = ["lorafw"] + argv
     try:
@@ -126,7 +133,7 @@ def _task(cfg) -> float | None:
     except LorafwError as e:
         sys.exit(_fail(e))
     print_result(result)
-    return result.final_loss
+    return result.objective  # for sweepers (Optuna): the best validation loss, else the best training loss
 
 
 def print_result(result) -> None:
@@ -136,6 +143,9 @@ def print_result(result) -> None:
     if best is not None:
         lines.append(f"lorafw: {result.steps} steps in {result.wall_time_s:.0f}s; lowest epoch loss: epoch {best + 1} "
                      f"({result.epoch_losses[best]:.4f}); last: {result.epoch_losses[-1]:.4f}")
+    if result.val_losses:
+        e, v = min(result.val_losses.items(), key=lambda kv: kv[1])
+        lines.append(f"lorafw: lowest validation loss: epoch {e} ({v:.4f})")
     print("\n".join(lines))
 
 
@@ -167,20 +177,52 @@ def _dataset_spec(argv: list[str]):
 
 
 def cmd_plan(argv: list[str]) -> int:
-    """`lorafw plan [--json] +recipe=... dataset.root=...`: steps, buckets and the guide's advice (no torch, no weights)."""
+    """`lorafw plan [--json] [--vram GB] +recipe=... dataset.root=...`: steps, buckets and the guide's advice; with
+    --vram, the estimated peak GPU memory and the fastest settings that fit GB (no torch, no weights)."""
     import json
 
     from lorafw.data.dataset import build
     from lorafw.data.folders import scan
     from lorafw.data.plan import make_plan, render
 
+    vram, rest = None, []
+    i = 0
+    while i < len(argv):  # `--vram 12` / `--vram=12`: taken out before the rest is read as overrides
+        a = argv[i]
+        if a == "--vram" or a.startswith("--vram="):
+            value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in a else 2
+            try:
+                vram = float(value)
+                if not vram > 0:
+                    raise ValueError
+            except ValueError:
+                print(f"lorafw plan: --vram needs the card's memory in GB, e.g. --vram 12 (got {value!r})", file=sys.stderr)
+                return 2
+            continue
+        rest.append(a)
+        i += 1
+    argv = rest
     try:
         spec, recipe = _dataset_spec(argv)
         folders, warnings = scan(spec.dataset)
-        plan = make_plan(build(folders, spec.dataset), spec, warnings)
+        data = build(folders, spec.dataset)
+        plan = make_plan(data, spec, warnings)
     except LorafwError as e:
         return _fail(e)
-    print(json.dumps(plan.to_json(), indent=2) if "--json" in argv else render(plan, recipe))
+    memory = None
+    if vram is not None:
+        from lorafw.data.vram import buckets_of, render as render_vram, suggest
+
+        try:
+            memory = suggest(spec, vram, buckets_of(data))
+        except ValueError as e:  # an architecture without a memory calibration
+            print(f"lorafw plan: --vram: {e}", file=sys.stderr)
+            return 2
+    if "--json" in argv:
+        print(json.dumps(plan.to_json() | ({"vram": memory.to_json()} if memory else {}), indent=2))
+    else:
+        print(render(plan, recipe) + (f"\n\n{render_vram(memory)}" if memory else ""))
     return 0
 
 
@@ -325,6 +367,59 @@ def cmd_compare(argv: list[str]) -> int:
     return 0
 
 
+def cmd_import(argv: list[str]) -> int:
+    """`lorafw import FILE.toml [--dataset-config FILE.toml] [--out PATH]`: a kohya/GUI TOML → a lorafw recipe."""
+    import argparse
+    from pathlib import Path
+
+    from lorafw.interop.files import import_toml, validated_recipe
+
+    ap = argparse.ArgumentParser(prog="lorafw import", description=cmd_import.__doc__)
+    ap.add_argument("toml")
+    ap.add_argument("--dataset-config", default=None, help="sd-scripts' --dataset_config file")
+    ap.add_argument("--out", default=None, help="where to write the recipe (default: ./NAME.yaml)")
+    args = ap.parse_args(argv)
+    src = Path(args.toml).expanduser()
+    try:
+        imp, kind = import_toml(src, Path(args.dataset_config).expanduser() if args.dataset_config else None)
+        out = Path(args.out).expanduser() if args.out else Path.cwd() / f"{src.stem}.yaml"
+        path, problems = validated_recipe(imp, f"{src} ({kind})", out)
+    except LorafwError as e:
+        return _fail(e)
+    print(f"lorafw import: {src} ({kind}) → {path}")
+    print(f"  {len(imp.values)} settings imported; groups: " + ", ".join(f"{g}={o}" for g, o in sorted(imp.groups.items())))
+    if imp.no_effect:
+        print(f"  no effect in lorafw ({len(imp.no_effect)}): " + ", ".join(imp.no_effect))
+    if imp.unknown:
+        print(f"  NOT understood, not imported ({len(imp.unknown)}): " + ", ".join(imp.unknown))
+    for n in imp.notes:
+        print(f"  note: {n}")
+    for p in problems:
+        print(f"  problem: {p}")
+    print(f"run it: lorafw +recipe={path}" + ("" if "base_model.path" in imp.values else " base_model.path=..."))
+    return 1 if problems else 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    """`lorafw export RUN_DIR --format kohya [--out DIR]`: the sd-scripts TOML pair that repeats a run."""
+    import argparse
+    from pathlib import Path
+
+    from lorafw.interop.files import export_run
+
+    ap = argparse.ArgumentParser(prog="lorafw export", description=cmd_export.__doc__)
+    ap.add_argument("run_dir")
+    ap.add_argument("--format", default="kohya", choices=["kohya"])
+    ap.add_argument("--out", default=None, help="folder for config.toml and dataset.toml (default: RUN_DIR/kohya)")
+    args = ap.parse_args(argv)
+    try:
+        cfg, ds, command = export_run(Path(args.run_dir).expanduser(), Path(args.out).expanduser() if args.out else None)
+    except LorafwError as e:
+        return _fail(e)
+    print(f"lorafw export: {cfg}\n               {ds}\nin sd-scripts: {command}")
+    return 0
+
+
 def cmd_recipes(argv: list[str]) -> int:
     for name in recipe_names():
         text = (conf_dir() / "recipe" / f"{name}.yaml").read_text().splitlines()
@@ -346,14 +441,26 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "rerun": cmd_rerun,
     "resume": cmd_resume,
     "grid": cmd_grid,
+    "import": cmd_import,
+    "export": cmd_export,
     "compare": cmd_compare,
     "recipes": cmd_recipes,
     "demo": cmd_demo,
 }
 
 
+def _prep_commands() -> dict[str, Callable[[list[str]], int]]:
+    """dedupe / autotag / tags (lorafw/prep/): the guide's dataset preparation."""
+    try:
+        from lorafw.prep.cli import SUBCOMMANDS as prep
+    except ImportError:
+        return {}
+    return prep
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    SUBCOMMANDS.update(_prep_commands())
     try:
         if args and args[0] in SUBCOMMANDS:
             return SUBCOMMANDS[args[0]](args[1:])

@@ -4,7 +4,7 @@
 and renaming it into place; `kill_in_save:toy-02.safetensors` names the file instead, and
 `kill_in_save:state.pt#2` its 2nd write), `kill_at_step:5`
 (SIGKILL right after optimizer step 5), `nan_at_step:4` (the loss of step 4 becomes NaN).
-Unset, this costs one environment lookup per check.
+Unset, this costs one environment lookup per check. `LORAFW_TRACE` (see trace()) records events.
 """
 
 from __future__ import annotations
@@ -46,3 +46,15 @@ def hit(point: str, at: int | None = None, name: str | None = None) -> bool:
 def kill_if(point: str, at: int | None = None, name: str | None = None) -> None:
     if hit(point, at, name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def trace(event: str, **data: object) -> None:
+    """With `LORAFW_TRACE=FILE`, append one JSON line per event (which process trained which batch): the
+    data-parallel tests check from it that every item of an epoch is seen once."""
+    path = os.environ.get("LORAFW_TRACE")
+    if not path:
+        return
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\n")

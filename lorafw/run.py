@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 from lorafw.config.compose import default_run_dir, run_name
@@ -35,6 +36,10 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
         spec = resume_spec(spec, force)
         run_dir = spec.output.dir
     spec = resolve_outputs(spec, run_dir)
+    if spec.train.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        from lorafw.launch import launch
+
+        return launch(spec)  # N data-parallel processes through accelerate launch; each trains this spec
     trainer_cls = get_trainer(spec.base_model.arch)
     trainer = trainer_cls(spec, Path(spec.output.dir))
     return trainer.run()

@@ -137,6 +137,15 @@ def test_a_non_editable_install_finds_conf_and_recipes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out == [str(pkg / "conf"), "prodigy"]
+    # every module of the source tree is in the installed copy (a package missing from pyproject fails here)
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (ROOT / "lorafw").rglob("*.py"))
+    installed = sorted(".".join(p.relative_to(target).with_suffix("").parts).removesuffix(".__init__")
+                       for p in pkg.rglob("*.py"))
+    assert installed == modules
+    code = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; print('ok')"
+    assert subprocess.run([sys.executable, "-c", code, *[m for m in modules if not m.endswith("__main__")]], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, check=True).stdout.strip() == "ok"
 
 
 def test_ctrl_c_during_training_exits_130_keeping_finished_epochs(tmp_path, tiny_model, tiny_dataset):

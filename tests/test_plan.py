@@ -53,6 +53,21 @@ def test_multi_bucket_remainders_and_accumulation(tmp_path):
     assert any("gradient accumulation 2" in r and "(8 → 4)" in r for r in p.reasons)
 
 
+def test_data_parallel_processes_divide_the_steps(tmp_path):
+    """Global batch = batch × processes × accumulation; steps = ceil(batches ÷ (processes × accumulation))."""
+    from lorafw.data.plan import render
+
+    make_folder(tmp_path, "3_a", [(64, 64)] * 3 + [(192, 64)] * 2, ["a"])
+    base = ("dataset.resolution=128", "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=256", "train.batch_size=2",
+            "train.epochs=4")
+    for w, a, spe in [(1, 1, 8), (2, 1, 4), (3, 1, 3), (2, 2, 2), (4, 2, 1), (16, 1, 1)]:
+        p = plan_for(tmp_path, *base, f"train.num_processes={w}", f"train.gradient_accumulation_steps={a}")
+        assert (p.batches_per_epoch, p.steps_per_epoch, p.total_steps, p.processes) == (8, spe, 4 * spe, w)
+    p = plan_for(tmp_path, *base, "train.num_processes=2", "train.gradient_accumulation_steps=2")
+    assert any("2 processes × gradient accumulation 2" in r and "global batch 8" in r and "(8 → 2)" in r for r in p.reasons)
+    assert "2 processes: global batch 8" in render(p)
+
+
 def test_advice_follows_the_guides_tables():
     for images, repeats, epochs, batch in SD15_TABLE:
         a = advise({"x": images})

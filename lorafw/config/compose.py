@@ -7,6 +7,7 @@ Hydra's compose API, so notebooks get exactly the spec the command line would ru
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -121,13 +122,17 @@ def explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
     import re
 
     msg = str(err).strip()
-    m = re.search(r"Could not find '([^'/]+)/([^']+)'", msg)
+    m = re.search(r"Could not find '([^']+)/([^'/]+)'", msg)
     if m:
         group, name = m.groups()
         options = re.findall(r"^\t(\S+)$", msg, flags=re.M)
         near = suggest(name, options)
         plus = "+" if group == "recipe" else ""
         hint = f"did you mean {plus}{group}={near}? " if near else ""
+        plugin = {"joblib": "hydra-joblib-launcher", "submitit_slurm": "hydra-submitit-launcher",
+                  "submitit_local": "hydra-submitit-launcher", "optuna": "hydra-optuna-sweeper"}.get(name)
+        if group.startswith("hydra") and plugin:
+            return f"{group}={name} needs a Hydra plugin that is not installed: pip install {plugin} (or: pip install 'lorafw[sweep]')"
         return f"{plus}{group}={name}: no such {group} option; {hint}(available: {', '.join(options)})"
     m = re.search(r"Could not override '([^']+)'", msg)
     if m:
@@ -281,7 +286,14 @@ def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun
         try:
             spec, n = spec_from_dict(compose_dict(None, job), check_paths=check_paths)
             notes += [x for x in n if x not in notes]
+            launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1  # one of `accelerate launch`'s processes
+            if launched and not spec.output.dir:
+                problems.append("output.dir: under accelerate launch every process must write to the same folder; set "
+                                "output.dir=PATH, or let lorafw start the processes itself: train.num_processes=N")
+                continue
             out = Path(default_run_dir(spec.output.dir, spec.output.name, spec.dataset.root))
+            if launched and os.environ.get("RANK", "0") != "0":
+                continue  # the main process checks the folder (and may already have started writing in it)
             if check_paths:
                 blocker = unwritable(out)
                 if blocker is not None:

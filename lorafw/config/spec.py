@@ -100,6 +100,7 @@ class DatasetSpec:
     cache_text_encoder_outputs: bool
     skip_bad_images: bool
     duplicate_hardness: int
+    vae_batch_size: int = 1  # images encoded at once while caching latents
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ class TrainSpec:
     max_grad_norm: float
     on_nonfinite: Literal["stop", "skip"]
     device: str
+    num_processes: int = 1  # data parallel: global batch = batch_size × num_processes × gradient_accumulation_steps
+    compile: bool = False  # regional torch.compile of the UNet's repeated blocks
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
 
 @dataclass(frozen=True)

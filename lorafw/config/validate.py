@@ -153,6 +153,8 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
             p.append(f"dataset.{key}: must be in [0, 1), got {getattr(d, key):g}")
     if d.prior_loss_weight < 0:
         p.append(f"dataset.prior_loss_weight: must be >= 0, got {d.prior_loss_weight:g}")
+    if d.vae_batch_size < 1:
+        p.append(f"dataset.vae_batch_size: must be at least 1 (images the VAE encodes at once), got {d.vae_batch_size}")
     if not 1 <= d.duplicate_hardness <= 100:
         p.append(f"dataset.duplicate_hardness: must be 1-100 (higher = only closer copies match), got {d.duplicate_hardness}")
     if d.keep_tokens_separator is not None and not d.keep_tokens_separator.strip():
@@ -186,7 +188,7 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
                 p.append(f"{key}.{rate}: must be in [0, 1), got {v:g}")
 
     t = s.train
-    for key in ("epochs", "batch_size", "gradient_accumulation_steps", "clip_skip"):
+    for key in ("epochs", "batch_size", "gradient_accumulation_steps", "clip_skip", "num_processes"):
         if getattr(t, key) < 1:
             p.append(f"train.{key}: must be at least 1, got {getattr(t, key)}")
     if t.min_snr_gamma is not None and t.min_snr_gamma <= 0:
@@ -197,6 +199,9 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
         p.append(f"train.max_grad_norm: must be >= 0 (0 = no clipping), got {t.max_grad_norm:g}")
     if not _DEVICE.match(t.device):
         p.append(f"train.device: {t.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if t.num_processes > 1 and t.device.startswith("cuda:"):
+        p.append(f"train.device: {t.device} names one GPU but train.num_processes={t.num_processes} needs one per process; "
+                 "use train.device=auto (choose GPUs with CUDA_VISIBLE_DEVICES)")
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
 

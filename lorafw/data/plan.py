@@ -78,6 +78,7 @@ class Plan:
     batch_size: int
     grad_accum: int
     epochs: int
+    processes: int  # data-parallel processes: each optimizer step takes batch_size × processes × grad_accum items
     guide_steps_per_epoch: float
     guide_total_steps: float
     batches_per_epoch: int
@@ -94,11 +95,11 @@ class Plan:
 
 def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None) -> Plan:
     t = spec.train
-    B, A, E = t.batch_size, t.gradient_accumulation_steps, t.epochs
+    B, A, E, W = t.batch_size, t.gradient_accumulation_steps, t.epochs, t.num_processes
     T, R = data.n_train_items, data.n_reg_items
     counts = {b: len(v) for b, v in data.buckets.items()}
     batches = sum(math.ceil(n / B) for n in counts.values())
-    spe = math.ceil(batches / A)
+    spe = math.ceil(batches / (A * W))
     reasons = []
     if R:
         reasons.append(f"{data.n_reg_images} regularisation image(s) add {R} items per epoch (matched to the {T} "
@@ -108,8 +109,10 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
     if short and extra > 1e-9:
         reasons.append(f"{len(short)} of {len(counts)} bucket(s) end with a short batch (batches never mix "
                        f"buckets): +{extra:g} batches per epoch")
-    if A > 1:
-        reasons.append(f"gradient accumulation {A}: one optimizer step per {A} batches, rounded up ({batches} → {spe})")
+    if A > 1 or W > 1:
+        parts = ([f"{W} processes"] if W > 1 else []) + ([f"gradient accumulation {A}"] if A > 1 else [])
+        reasons.append(f"{' × '.join(parts)}: one optimizer step per {A * W} batches (global batch {B * A * W}), "
+                       f"rounded up ({batches} → {spe})")
     lines = []
     for f in data.folders:
         idx = [i for i, im in enumerate(data.images) if data.folders[im.folder] is f]
@@ -117,7 +120,7 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
         lines.append(FolderLine(f.path.name, len(f.images), f.repeats, items, f.is_reg, len(f.unreadable)))
     train_folders = {f.path.name: len(f.images) for f in data.folders if not f.is_reg}
     return Plan(
-        folders=lines, T=T, reg_items=R, batch_size=B, grad_accum=A, epochs=E,
+        folders=lines, T=T, reg_items=R, batch_size=B, grad_accum=A, epochs=E, processes=W,
         guide_steps_per_epoch=T / B, guide_total_steps=guide_steps(T, E, B),
         batches_per_epoch=batches, steps_per_epoch=spe, total_steps=spe * E, reasons=reasons,
         buckets={f"{w}x{h}": n for (w, h), n in sorted(counts.items(), key=lambda kv: -kv[1])},
@@ -137,7 +140,9 @@ def render(plan: Plan, title: str = "") -> str:
     """The plan as a readable table."""
     p = plan
     out = [f"lorafw plan{': ' + title if title else ''}  (batch {p.batch_size}, {p.epochs} epochs"
-           + (f", accumulation {p.grad_accum}" if p.grad_accum > 1 else "") + ")", ""]
+           + (f", accumulation {p.grad_accum}" if p.grad_accum > 1 else "")
+           + (f", {p.processes} processes: global batch {p.batch_size * p.grad_accum * p.processes}" if p.processes > 1 else "")
+           + ")", ""]
     w = max([len(f.name) for f in p.folders] + [6])
     out.append(f"  {'folder':<{w}}  {'images':>6}  {'repeats':>7}  {'items':>6}")
     for f in p.folders:

@@ -30,7 +30,18 @@ def optimizer_kwargs(spec: OptimizerSpec) -> dict[str, Any]:
 def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> Any:
     """`param_groups`: [{"params": [...], "lr": ...}, ...] (UNet and text-encoder groups with their own lr)."""
     cls = optimizer_class(spec.name)
-    return cls(param_groups, lr=spec.lr, **optimizer_kwargs(spec))
+    kwargs = optimizer_kwargs(spec)
+    if spec.name == "adamw" and not {"foreach", "fused"} & set(kwargs):
+        kwargs["fused"] = fused_ok(param_groups)
+    return cls(param_groups, lr=spec.lr, **kwargs)
+
+
+def fused_ok(param_groups: list[dict[str, Any]]) -> bool:
+    """torch's fused AdamW (one kernel for every tensor; same maths as the default foreach path within float
+    rounding) takes floating-point parameters on one CPU or CUDA device."""
+    params = [p for g in param_groups for p in g["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) \
+        and len({p.device for p in params}) == 1
 
 
 def describe(spec: OptimizerSpec) -> str:

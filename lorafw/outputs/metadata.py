@@ -39,6 +39,7 @@ class TrainingFacts:
     bucket_info: dict[str, Any]
     triggers: list[str] = field(default_factory=list)
     session_id: str = ""
+    processes: int = 1  # data-parallel processes: kohya's total batch counts them
 
 
 def network_module(spec: RunSpec) -> tuple[str, dict[str, str]]:
@@ -95,7 +96,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_prior_loss_weight": _num(d.prior_loss_weight),
         "ss_masked_loss": str(d.masked_loss),
         "ss_batch_size_per_device": str(t.batch_size),
-        "ss_total_batch_size": str(t.batch_size * t.gradient_accumulation_steps),
+        "ss_total_batch_size": str(t.batch_size * facts.processes * t.gradient_accumulation_steps),
         "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
         "ss_gradient_checkpointing": str(t.gradient_checkpointing),
         "ss_mixed_precision": facts.mixed_precision,

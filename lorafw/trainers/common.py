@@ -16,6 +16,9 @@ from lorafw.errors import OutputError
 from lorafw.outputs.record import RECORD
 
 log = logging.getLogger("lorafw")
+# bitsandbytes warns on import, on CPUs with AVX512-BF16, that an optional 4-bit kernel package is missing;
+# lorafw never uses 4-bit layers, so the line only confuses.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -30,10 +33,18 @@ class RunResult:
     steps: int
     wall_time_s: float
     notes: list[str] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)  # epoch → validation loss
 
     @property
     def final_loss(self) -> float:
         return self.epoch_losses[-1] if self.epoch_losses else float("nan")
+
+    @property
+    def objective(self) -> float:
+        """What a sweeper minimises: the best validation loss, or the best epoch's training loss without one."""
+        if self.val_losses:
+            return min(self.val_losses.values())
+        return min(self.epoch_losses) if self.epoch_losses else float("nan")
 
 
 @contextlib.contextmanager
@@ -48,12 +59,13 @@ def quiet(logger: str, level: int = logging.ERROR):
         lg.setLevel(old)
 
 
-def progress_bar(**kwargs: Any):
-    """tqdm in a terminal or a notebook (Colab); silent in logs and CI, where epoch lines say enough."""
+def progress_bar(shown: bool = True, **kwargs: Any):
+    """tqdm in a terminal or a notebook (Colab); silent in logs and CI, where epoch lines say enough, and in
+    every data-parallel process but the main one (`shown=False`)."""
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    return tqdm(disable=not interactive, dynamic_ncols=True, **kwargs)
+    return tqdm(disable=not (interactive and shown), dynamic_ncols=True, **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,3 +194,43 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             tmp.unlink(missing_ok=True)
+
+
+# -- speed ---------------------------------------------------------------------------------------------------
+# The blocks a UNet repeats (SD1.5: 16 transformer blocks, 22 ResNets; SDXL: 70 and 22): compiled one by
+# one, they share compiled code (same class, same shapes), so compiling takes seconds to a minute instead
+# of the many minutes a whole-UNet graph takes, and a graph break stays inside one block.
+REPEATED_BLOCKS = ("BasicTransformerBlock", "ResnetBlock2D")
+
+
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """Regional torch.compile: every repeated block of `model` compiled in place (state-dict keys unchanged,
+    so saving and loading adapters is untouched). Returns how many blocks."""
+    import torch._dynamo
+
+    blocks = [m for m in model.modules() if type(m).__name__ in REPEATED_BLOCKS]
+    # one compiled variant per distinct block shape (SD1.5 has 10 ResNet shapes) and bucket size
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for m in blocks:
+        m.compile(backend=backend)
+    return len(blocks)
+
+
+def place_cache(tensors: list[torch.Tensor], device: torch.device, budget: int = 2 << 30) -> tuple[list[torch.Tensor], str]:
+    """Where cached latents / text states live during training: on the GPU when they fit in `budget` bytes
+    (no copy per step), else in pinned host memory (copied without blocking). On a CPU: where they are."""
+    if device.type != "cuda":
+        return tensors, "host"
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size <= budget:
+        return [t.to(device) for t in tensors], f"on {device} ({size / 2**20:.0f} MiB)"
+    return [t.pin_memory() for t in tensors], f"in pinned host memory ({size / 2**20:.0f} MiB)"
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch to the training device; from host memory through a pinned buffer without blocking on a GPU."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

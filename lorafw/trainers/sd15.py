@@ -44,8 +44,10 @@ from lorafw.trainers.common import (
     quiet,
     resolve_device,
     resolve_precision,
+    to_device,
     weight_dtype,
 )
+from lorafw.trainers.distributed import Comm, World, init_process_group, main_first, shard, spans
 from lorafw.trainers.signals import EXIT_CODES, StopRequests
 
 
@@ -56,6 +58,14 @@ class SD15Trainer:
     def __init__(self, spec: RunSpec, run_dir: str | Path) -> None:
         # Fail fast, before any weights are read: wrong checkpoint, unusable dataset, unwritable folder.
         self.spec, self.run_dir = spec, Path(run_dir)
+        self.world = World.from_env()  # data parallel: this process's rank among `size` (1 without a launcher)
+        self.comm = Comm(self.world)
+        self.main = self.world.is_main  # only the main process writes files and logs
+        if self.world.size > 1 and spec.train.num_processes not in (1, self.world.size):
+            raise LorafwError(f"train.num_processes={spec.train.num_processes} but {self.world.size} processes were "
+                              f"launched; set train.num_processes={self.world.size} or launch that many")
+        if not self.main:
+            log.setLevel("ERROR")
         self.model_path = expand(spec.base_model.path)
         self.model_info = inspect_base_model(self.model_path)  # header only
         check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
@@ -64,12 +74,19 @@ class SD15Trainer:
         folders, self.val_data = self._hold_out(folders)
         self.data = dataset_mod.build(folders, spec.dataset)
         t = spec.train
-        self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size, t.gradient_accumulation_steps)
+        # one optimizer step takes accumulation × processes batches (global batch = B × W × A)
+        self.batches_per_step = t.gradient_accumulation_steps * self.world.size
+        self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size, self.batches_per_step)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.train_te = spec.optimizer.text_encoder_lr > 0
         self.name = spec.output.name or "lora"
         self.resuming = spec.resume is not None
-        prepare_run_dir(self.run_dir, spec.output.overwrite or self.resuming)
+        if self.resuming:
+            self._check_resumable()
+        init_process_group(self.world, cpu=resolve_device(t.device).type == "cpu")
+        if self.main:
+            prepare_run_dir(self.run_dir, spec.output.overwrite or self.resuming)
+        self.comm.barrier()  # the folder exists (or the main process failed, and the launcher stops us all)
         if spec.dataset.cache_latents_to_disk:
             from lorafw.data.latents import default_cache_dir, latent_bytes
 
@@ -89,6 +106,7 @@ class SD15Trainer:
         self.epoch, self.next_group = 1, 0  # where the data stands: epoch, next optimizer step within it
         self.skipped_steps = 0
         self.stop = StopRequests()
+        self.stop_all = False  # some process was asked to stop (all stop after the same step)
         self.masters = None
         self.ema = None
         self.metrics = None
@@ -104,11 +122,22 @@ class SD15Trainer:
                 "validation_images": len(self.val_data.images) if self.val_data else 0,
                 "images": len(self.data.images),
                 "items_per_epoch": self.data.n_items,
+                "processes": self.world.size,
+                "global_batch": t.batch_size * self.batches_per_step,
                 "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps,
                 "buckets": dataset_mod.bucket_histogram(self.data),
             },
         }
+
+    def _check_resumable(self) -> None:
+        """Before anything is written: the saved state must come from as many processes as this run has (the
+        order of the data, batch by batch, depends on it)."""
+        saved = (read_record(self.run_dir) or {}).get("state") or {}
+        by = int(saved["processes"]) if "processes" in saved else int(load_state(self.run_dir).get("processes", 1))
+        if by != self.world.size:
+            raise LorafwError(f"{self.run_dir / STATE} was saved by {by} process(es), this run has {self.world.size}: the "
+                              f"data order depends on it; resume with train.num_processes={by}")
 
     def _hold_out(self, folders: list) -> tuple[list, Any]:
         """Validation images: a held-out folder, or a fraction of the training images chosen by the seed."""
@@ -157,14 +186,16 @@ class SD15Trainer:
         previous = read_record(self.run_dir) if self.resuming else None
         self.record.update(status="running", started_at=(previous or {}).get("started_at") or now_iso(),
                            versions=versions(), dataset=fingerprint(self.data.folders), lint=self.lint_report.to_json())
-        write_config(self.run_dir, self.spec)
-        write_record(self.run_dir, self.record)
+        if self.main:
+            write_config(self.run_dir, self.spec)
+            write_record(self.run_dir, self.record)
         try:
             with self.stop:
                 self.setup()
                 if self.resuming:
                     self._restore_state()
-                self.metrics = Metrics(self.run_dir, self.spec.log, self.global_step if self.resuming else 0)
+                if self.main:
+                    self.metrics = Metrics(self.run_dir, self.spec.log, self.global_step if self.resuming else 0)
                 self.train()
             self.record["status"] = "finished"
         except Interrupted:
@@ -191,18 +222,20 @@ class SD15Trainer:
                 final_loss=self.epoch_losses[-1] if self.epoch_losses else None,
                 lora_files=[p.name for p in self.lora_files],
             )
-            write_record(self.run_dir, self.record)
+            if self.main:
+                write_record(self.run_dir, self.record)
             if self.metrics is not None:
                 self.metrics.close()
             self.write_summary()
         return RunResult(self.run_dir, self.spec, list(self.lora_files), list(self.loss_history), list(self.epoch_losses),
-                         self.global_step, time.time() - self.started_at, list(self.dataset_warnings))
+                         self.global_step, time.time() - self.started_at, list(self.dataset_warnings), dict(self.val_losses))
 
     # ---------------------------------------------------------------------------------------
     def setup(self) -> None:
         self._setup_device()
         self._setup_models()
         self._setup_data()  # needs the VAE; runs before the adapters exist
+        self._models_to_device()
         self._setup_network()  # after the weights are loaded, so adapters wrap the real layers
         self._setup_optim()
 
@@ -213,6 +246,10 @@ class SD15Trainer:
 
         t = self.spec.train
         self.device = resolve_device(t.device)
+        if self.world.size > 1:
+            from accelerate import PartialState
+
+            self.device = PartialState().device  # this process's GPU (cuda:LOCAL_RANK), or the CPU
         self.precision, note = resolve_precision(t, self.device)
         if note:
             log.info(note)
@@ -223,7 +260,8 @@ class SD15Trainer:
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=self.device.type == "cpu")
         set_seed(self.spec.seed)
         self.record["device"] = device_info(self.device) | {"precision": self.precision}
-        log.info(f"device {self.device}, precision {self.precision}")
+        log.info(f"device {self.device}, precision {self.precision}"
+                 + (f", {self.world.size} data-parallel processes" if self.world.size > 1 else ""))
 
     def _setup_models(self) -> None:
         from lorafw.models.load import load_components
@@ -239,16 +277,25 @@ class SD15Trainer:
         if self.vae.dtype != vae_dtype:
             with quiet("diffusers"):
                 self.vae.to(dtype=vae_dtype)
-        # Checkpoints ship in fp16 or fp32; the frozen weights take the run's dtype (fp32 on CPU).
-        with quiet("diffusers"):  # diffusers warns about casting even when nothing must stay fp32
-            for m in (self.unet, *self.text_encoders):
-                m.to(self.device, dtype=self.wdtype)
+        # The UNet and text encoders reach the device after the latents are cached (_to_device): while the
+        # VAE encodes, it has the device to itself.
         if self.spec.train.attention == "xformers":
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
             except Exception as e:  # xformers missing or unusable on this device
                 raise LorafwError(f"train.attention=xformers: {e}; use train.attention=sdpa") from None
         log.info(f"loaded {self.model_info.describe()} from {self.model_path.name}")
+
+    def _models_to_device(self) -> None:
+        """After caching: the UNet, and the text encoders unless their outputs are cached (the VAE stays off the
+        device when latents are cached)."""
+        self._to_device(self.unet, *([] if self.text_cache is not None else self.text_encoders))
+
+    def _to_device(self, *models: torch.nn.Module) -> None:
+        """Frozen weights onto the training device in the run's dtype (checkpoints ship fp16 or fp32; fp32 on CPU)."""
+        with quiet("diffusers"):  # diffusers warns about casting even when nothing must stay fp32
+            for m in models:
+                m.to(self.device, dtype=self.wdtype)
 
     def _setup_data(self) -> None:
         from lorafw.data.latents import LatentCache, default_cache_dir
@@ -258,17 +305,22 @@ class SD15Trainer:
         if ds.cache_latents:
             disk = (expand(ds.cache_dir) if ds.cache_dir else default_cache_dir()) if ds.cache_latents_to_disk else None
             cache = LatentCache(self.data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype, disk,
-                                masks=ds.masked_loss)
-            with progress_bar(total=len(cache.wanted()), desc="caching latents", unit="img", leave=False) as bar:
+                                batch_size=ds.vae_batch_size, masks=ds.masked_loss)
+            # with a disk cache the main process encodes and writes; the others then read its files
+            with main_first(self.comm if disk else Comm(World())), \
+                    progress_bar(self.main, total=len(cache.wanted()), desc="caching latents", unit="img", leave=False) as bar:
                 stats = cache.build(bar.update)
             self.latent_cache = cache
             log.info(f"latents: {stats.encoded} encoded, {stats.reused} reused from {disk}" if disk else f"latents: {stats.encoded} encoded")
         if self.val_data is not None:  # held-out latents, always in memory: the set is small
-            self.val_cache = LatentCache(self.val_data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype)
+            self.val_cache = LatentCache(self.val_data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype,
+                                         batch_size=ds.vae_batch_size)
             self.val_cache.build()
             log.info(f"validation: {len(self.val_data.images)} held-out images")
         if ds.cache_latents:
             self.vae.to("cpu")  # not needed again during training: free the device memory
+            self._place(self.latent_cache.latents, "latents")
+            self._place(self.latent_cache.masks, "masks")
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
         if ds.cache_text_encoder_outputs:
             self._cache_text()
@@ -282,7 +334,8 @@ class SD15Trainer:
         """Encode every image's (unchanging) caption once; the frozen text encoders then leave the device."""
         idx = list(range(len(self.data.images)))
         cache: dict[int, dict[str, torch.Tensor]] = {}
-        with progress_bar(total=len(idx), desc="caching text", unit="img", leave=False) as bar:
+        self._to_device(*self.text_encoders)
+        with progress_bar(self.main, total=len(idx), desc="caching text", unit="img", leave=False) as bar:
             for start in range(0, len(idx), 16):
                 chunk = idx[start : start + 16]
                 with self.accelerator.autocast():
@@ -291,9 +344,25 @@ class SD15Trainer:
                     cache[i] = {k: v[j].to("cpu") for k, v in cond.items()}
                 bar.update(len(chunk))
         self.text_cache = cache
+        flat = {(i, k): v for i, c in cache.items() for k, v in c.items()}
+        self._place(flat, "text states")
+        for (i, k), v in flat.items():
+            cache[i][k] = v
         for te in self.text_encoders:
             te.to("cpu")
         log.info(f"text encoder outputs cached for {len(cache)} images")
+
+    def _place(self, store: dict, what: str) -> None:
+        """Cached tensors onto the GPU when they fit (no host-to-device copy per step), else pinned."""
+        from lorafw.trainers.common import place_cache
+
+        if not store:
+            return
+        keys = list(store)
+        placed, where = place_cache([store[k] for k in keys], self.device)
+        store.update(zip(keys, placed))
+        if where != "host":
+            log.info(f"cached {what} {where}")
 
     def _setup_network(self) -> None:
         from diffusers.training_utils import cast_training_params
@@ -310,6 +379,12 @@ class SD15Trainer:
                                self._unet_namer(unet_namer))
         adapter_dtype = torch.bfloat16 if self.spec.train.full_bf16 else torch.float32
         cast_training_params([self.unet, *self.text_encoders], dtype=adapter_dtype)
+        if self.spec.train.compile:
+            from lorafw.trainers.common import compile_blocks
+
+            n = compile_blocks(self.unet, self.spec.train.compile_backend)
+            log.info(f"torch.compile ({self.spec.train.compile_backend}): {n} UNet blocks; the first steps of each "
+                     "bucket size are slower while they compile")
         if self.spec.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -338,6 +413,7 @@ class SD15Trainer:
         if self.train_te:
             groups.append({"params": list(self.network.parameters("te")), "lr": o.text_encoder_lr, "name": "text_encoder"})
         self.trainable = [p for g in groups for p in g["params"]]
+        self.comm.broadcast(self.trainable)  # every process starts from the main process's initial weights
         if self.spec.train.full_bf16:
             from lorafw.optim.bf16 import MasterWeights
 
@@ -366,21 +442,22 @@ class SD15Trainer:
 
     # ---------------------------------------------------------------------------------------
     def train(self) -> None:
-        """The step loop: for each epoch, one optimizer step per `gradient_accumulation_steps` batches."""
+        """The step loop: for each epoch, one optimizer step per `gradient_accumulation_steps × processes`
+        batches (each data-parallel process trains its share of them)."""
         s, t, out = self.spec, self.spec.train, self.spec.output
-        bar = progress_bar(total=self.total_steps, initial=self.global_step, desc="training", unit="step")
+        bar = progress_bar(self.main, total=self.total_steps, initial=self.global_step, desc="training", unit="step")
         while self.epoch <= t.epochs:
             epoch_start = time.time()
             bar.set_description(f"epoch {self.epoch}/{t.epochs}")
             batches = self.data.epoch_batches(s.seed, self.epoch, t.batch_size)
-            groups = [batches[i : i + t.gradient_accumulation_steps] for i in range(0, len(batches), t.gradient_accumulation_steps)]
+            groups = spans(batches, self.batches_per_step)
             while self.next_group < len(groups):
                 self._optimizer_step(groups[self.next_group])
                 self.next_group += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                 faults.kill_if("kill_at_step", self.global_step)
-                if self.stop.requested:
+                if self.stop_all or (not self.comm.active and self.stop.requested):
                     self._stop_here()
                 if out.save_state_every_n_steps and self.global_step % out.save_state_every_n_steps == 0:
                     self.save_state()
@@ -409,24 +486,37 @@ class SD15Trainer:
         bar.close()
 
     def _optimizer_step(self, group: list[list[int]]) -> None:
-        """One optimizer step over `group` (its batches' gradients accumulated), checked for NaN/inf."""
+        """One optimizer step over `group` (its batches' gradients accumulated, and summed over the
+        data-parallel processes, each taking its share of the batches), checked for NaN/inf.
+
+        The losses stay on the device until the step's one host read (loss and gradient norm together,
+        after the backward passes): the GPU is never stalled between micro-batches, and a NaN/inf is
+        still caught before the optimizer lets it reach the weights."""
         t = self.spec.train
-        first_micro = self.micro
-        step_loss = 0.0
-        for batch in group:
-            loss = self._loss(batch, self.micro) / len(group)
+        first_micro, n = self.micro, len(group)
+        local = torch.zeros((), device=self.device)
+        for j in shard(n, self.world.rank, self.world.size):
+            loss = self._loss(group[j], first_micro + j) / n  # batch j keeps its draws whatever process takes it
+            faults.trace("batch", rank=self.world.rank, epoch=self.epoch, step=self.global_step + 1, micro=first_micro + j,
+                         items=group[j])
             if faults.hit("nan_at_step", self.global_step + 1):
                 loss = loss * float("nan")
-            value = loss.item()
-            if not math.isfinite(value):
-                return self._nonfinite("loss", value, first_micro, len(group))
             self.accelerator.backward(loss)
-            step_loss += value
-            self.micro += 1
+            local += loss.detach().float()
+        self.comm.sum_grads(self.trainable)  # a NaN anywhere reaches every process's gradients
         scaler = self.accelerator.scaler  # fp16: inf gradients are the loss scaler's business (it skips the step)
         norm = self.accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        if scaler is None and norm is not None and not math.isfinite(float(norm)):
-            return self._nonfinite("gradient norm", float(norm), first_micro, len(group))
+        norm_t = norm.detach().float().reshape(()) if isinstance(norm, torch.Tensor) else torch.tensor(
+            float("nan") if norm is None else float(norm))
+        value, norm_value = torch.stack([local, norm_t.to(local.device)]).tolist()  # the step's one host-device sync
+        # one small all-reduce: the step's loss, whether any process saw NaN/inf, whether any was asked to stop
+        step_loss, n_bad, n_stop = self.comm.sum([value, not math.isfinite(value), self.stop.requested])
+        self.stop_all = n_stop > 0
+        self.micro = first_micro + n
+        if n_bad:
+            return self._nonfinite("loss", value if not math.isfinite(value) else float("nan"), first_micro, n)
+        if scaler is None and norm is not None and not math.isfinite(norm_value):
+            return self._nonfinite("gradient norm", norm_value, first_micro, len(group))
         if self.masters is not None:  # full_bf16: step fp32 masters, round back stochastically
             self.masters.pull_grads()
             self.optimizer.step()
@@ -495,6 +585,8 @@ class SD15Trainer:
         from lorafw.sampling.prompts import a1111_parameters, fallback_prompt, parse_line, read_prompts
         from lorafw.sampling.render import Renderer, save_png
 
+        if not self.main:
+            return
         s = self.spec
         prompts = read_prompts(s.sample, s.dataset.resolution)
         if not prompts:
@@ -520,8 +612,11 @@ class SD15Trainer:
 
     # -- training state (lorafw resume) --------------------------------------------------------
     def save_state(self) -> None:
+        if not self.main:  # every process holds the same weights and optimizer state
+            return
         scaler = self.accelerator.scaler
         save_state(self.run_dir, {
+            "processes": self.world.size,
             "spec": json.dumps(identity(self.spec), sort_keys=True),
             "epoch": self.epoch, "next_group": self.next_group, "global_step": self.global_step, "micro": self.micro,
             "skipped_steps": self.skipped_steps,
@@ -537,12 +632,17 @@ class SD15Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "val_losses": {str(k): v for k, v in self.val_losses.items()},
         })
-        self.record["state"] = {"step": self.global_step, "epoch": self.epoch, "saved_at": now_iso()}
+        self.record["state"] = {"step": self.global_step, "epoch": self.epoch, "saved_at": now_iso(), "processes": self.world.size}
+        write_record(self.run_dir, self.record)  # run.json says which state is on disk, even after a hard kill
         log.info(f"training state saved at step {self.global_step}")
 
     @torch.no_grad()
     def _restore_state(self) -> None:
         st = load_state(self.run_dir)
+        saved_by = int(st.get("processes", 1))
+        if saved_by != self.world.size:
+            raise LorafwError(f"{self.run_dir / STATE} was saved by {saved_by} process(es), this run has {self.world.size}: "
+                              f"the data order depends on it; resume with train.num_processes={saved_by}")
         params = st["params"]
         if len(params) != len(self.trainable) or any(a.shape != b.shape for a, b in zip(params, self.trainable)):
             raise LorafwError(f"{self.run_dir / STATE} does not fit this network (different network settings?)")
@@ -592,7 +692,7 @@ class SD15Trainer:
 
     def _masks(self, batch: list[int], flips: list[bool], size: tuple[int, int]) -> torch.Tensor:
         if self.latent_cache is not None:
-            return torch.stack([self.latent_cache.get_mask(i, f) for i, f in zip(batch, flips)])
+            return to_device(torch.stack([self.latent_cache.get_mask(i, f) for i, f in zip(batch, flips)]), self.device)
         from lorafw.data.latents import load_mask
 
         return torch.stack([load_mask(self.data.images[i], f, self.data.folders[self.data.images[i].folder].mask_dir, size)
@@ -614,7 +714,7 @@ class SD15Trainer:
         for m in modules:
             m.eval()
         total, n = 0.0, 0
-        for i in images:
+        for i in [images[k] for k in shard(len(images), self.world.rank, self.world.size)]:
             z = self._latents([i], [False], data, cache)
             caption = [data.base_caption(i)]
             for d in range(draws):
@@ -628,12 +728,13 @@ class SD15Trainer:
                 n += 1
         for m, mode in zip(modules, modes):
             m.train(mode)
+        total, n = self.comm.sum([total, n])
         return total / max(1, n)
 
     def _latents(self, batch: list[int], flips: list[bool], data: Any = None, cache: Any = None) -> torch.Tensor:
         data, cache = (data, cache) if data is not None else (self.data, self.latent_cache)
         if cache is not None:
-            return torch.stack([cache.get(i, f) for i, f in zip(batch, flips)]).to(self.device)
+            return to_device(torch.stack([cache.get(i, f) for i, f in zip(batch, flips)]), self.device)
         from lorafw.data.latents import load_pixels
 
         pixels = torch.stack([load_pixels(data.images[i], f) for i, f in zip(batch, flips)])
@@ -647,7 +748,7 @@ class SD15Trainer:
         data = data if data is not None else self.data
         if self.text_cache is not None and data is self.data:
             cached = [self.text_cache[i] for i in batch]
-            text = {k: torch.stack([c[k] for c in cached]).to(self.device) for k in cached[0]}
+            text = {k: to_device(torch.stack([c[k] for c in cached]), self.device) for k in cached[0]}
         else:
             with torch.set_grad_enabled(self.train_te):
                 text = self._encode_text(captions)
@@ -675,9 +776,13 @@ class SD15Trainer:
             num_train_images=self.data.n_train_items, num_reg_images=self.data.n_reg_images, started_at=self.started_at, optimizer=self.optimizer_desc,
             mixed_precision=self.precision, tag_frequency=self.data.tag_frequency(),
             dataset_dirs=self.data.dataset_dirs(), bucket_info=self.data.bucket_info(), triggers=self.data.triggers(),
-            session_id=self.session_id,
+            session_id=self.session_id, processes=self.world.size,
         )
         path = self.run_dir / (file_name or f"{self.name}-{epoch:02d}.safetensors")
+        if not self.main:  # the main process writes the (identical) weights
+            if path not in self.lora_files:
+                self.lora_files.append(path)
+            return path
         exact = {id(p): m for p, m in self.masters.pairs} if self.masters is not None else None
         save_lora(path, self.network.kohya_state_dict(dtype, exact), build_metadata(self.spec, facts, self.name))
         faults.kill_if("kill_after_save")
@@ -696,5 +801,7 @@ class SD15Trainer:
         """run_summary.json: every saved epoch with its losses, and the best epochs (read by grid and compare)."""
         from lorafw.outputs.summary import write_summary
 
+        if not self.main:
+            return
         write_summary(self.run_dir, self.spec, self.arch, self.epoch_losses, self.val_losses, self.lora_files,
                       self.record.get("status", ""), self.global_step, time.time() - self.started_at, self.samples)

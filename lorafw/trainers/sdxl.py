@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lorafw.data.buckets import size_conditioning
+from lorafw.trainers.common import to_device
 from lorafw.trainers.sd15 import SD15Trainer
 
 
@@ -36,10 +37,9 @@ class SDXLTrainer(SD15Trainer):
         return {"encoder_hidden_states": states, "text_embeds": pooled}
 
     def _unet_kwargs(self, text: dict[str, torch.Tensor], batch: list[int], flips: list[bool], data: Any) -> dict[str, Any]:
-        time_ids = torch.tensor(
+        time_ids = to_device(torch.tensor(
             [size_conditioning(data.images[i].entry.size, data.images[i].placement, f) for i, f in zip(batch, flips)],
-            dtype=text["text_embeds"].dtype, device=text["text_embeds"].device,
-        )
+            dtype=text["text_embeds"].dtype), text["text_embeds"].device)
         return {
             "encoder_hidden_states": text["encoder_hidden_states"],
             "added_cond_kwargs": {"text_embeds": text["text_embeds"], "time_ids": time_ids},

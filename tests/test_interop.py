@@ -1,0 +1,351 @@
+"""Users' TOML files in and out: the GUI trainer's saved TOML, sd-scripts' config + dataset config,
+and `lorafw export` → `lorafw import` giving back the same spec for every shipped recipe."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from lorafw.config.compose import compose, compose_dict, recipe_names
+from lorafw.config.validate import spec_from_dict
+from lorafw.interop.files import export_run, import_toml, validated_recipe
+from lorafw.interop.kohya import kv_list, number
+from lorafw.trainers.common import identity
+
+GUI_SD15 = """
+[[subsets]]
+num_repeats = 3
+keep_tokens = 1
+caption_extension = ".txt"
+shuffle_caption = true
+flip_aug = false
+color_aug = false
+random_crop = false
+is_reg = false
+image_dir = "{data}/3_hsr_kafka"
+
+[noise_args.args]
+noise_offset = 0.0
+
+[sample_args.args]
+sample_sampler = "euler_a"
+sample_every_n_epochs = 1
+
+[logging_args.args]
+log_with = "tensorboard"
+logging_dir = "{out}/logs"
+
+[general_args.args]
+pretrained_model_name_or_path = "{model}"
+mixed_precision = "fp16"
+seed = 23
+clip_skip = 2
+xformers = true
+max_data_loader_n_workers = 1
+persistent_data_loader_workers = true
+max_token_length = 225
+prior_loss_weight = 1.0
+max_train_epochs = 10
+cache_latents = true
+
+[general_args.dataset_args]
+resolution = 768
+batch_size = 2
+
+[network_args.args]
+network_dim = 16
+network_alpha = 8.0
+
+[optimizer_args.args]
+optimizer_type = "AdamW8bit"
+lr_scheduler = "cosine_with_restarts"
+learning_rate = 0.0005
+unet_lr = 0.0005
+text_encoder_lr = 0.0001
+lr_scheduler_num_cycles = 3
+min_snr_gamma = 5.0
+loss_type = "l2"
+max_grad_norm = 1.0
+
+[saving_args.args]
+output_dir = "{out}"
+save_precision = "fp16"
+save_model_as = "safetensors"
+output_name = "hsr_kafka"
+save_every_n_epochs = 1
+
+[bucket_args.dataset_args]
+enable_bucket = true
+min_bucket_reso = 256
+max_bucket_reso = 1024
+bucket_reso_steps = 64
+
+[network_args.args.network_args]
+
+[optimizer_args.args.optimizer_args]
+weight_decay = "0.1"
+betas = "0.9,0.99"
+"""
+
+GUI_PDXL_DORA = """
+[[subsets]]
+num_repeats = 2
+image_dir = "{data}/2_style"
+caption_extension = ".txt"
+is_reg = false
+
+[general_args.args]
+pretrained_model_name_or_path = "/models/ponyDiffusionV6XL.safetensors"
+vae = "/models/sdxl_vae.safetensors"
+sdxl = true
+no_half_vae = true
+full_bf16 = true
+mixed_precision = "bf16"
+gradient_checkpointing = true
+gradient_accumulation_steps = 1
+max_token_length = 225
+sdpa = true
+max_train_epochs = 4
+cache_latents = true
+cache_latents_to_disk = true
+min_timestep = 0
+max_timestep = 1000
+
+[general_args.dataset_args]
+resolution = [1024, 1024]
+batch_size = 2
+
+[network_args.args]
+network_dim = 8
+network_alpha = 4.0
+
+[network_args.args.network_args]
+algo = "locon"
+conv_dim = "4"
+conv_alpha = "2"
+dora_wd = "True"
+
+[optimizer_args.args]
+optimizer_type = "LoraEasyCustomOptimizer.came.CAME"
+lr_scheduler = "rex_annealing_warm_restarts_(RAWR)"
+lr_scheduler_type = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
+learning_rate = 5e-5
+unet_lr = 5e-5
+text_encoder_lr = 1e-6
+warmup_ratio = 0.05
+min_snr_gamma = 8
+scale_weight_norms = 1.0
+
+[optimizer_args.args.optimizer_args]
+weight_decay = "0.04"
+
+[optimizer_args.args.lr_scheduler_args]
+min_lr = 1e-6
+gamma = 1.0
+d = 0.9
+
+[saving_args.args]
+output_dir = "/loras/style"
+output_name = "style_dora"
+save_precision = "bf16"
+
+[bucket_args.dataset_args]
+enable_bucket = true
+max_bucket_reso = 2048
+bucket_reso_steps = 64
+"""
+
+KOHYA_CONFIG = """
+[model_arguments]
+pretrained_model_name_or_path = "{model}"
+v2 = false
+v_parameterization = false
+
+[network_arguments]
+network_module = "networks.lora"
+network_dim = 16
+network_alpha = 16
+network_train_unet_only = false
+
+[optimizer_arguments]
+optimizer_type = "Prodigy"
+optimizer_args = ["decouple=True", "weight_decay=0.01", "betas=0.9,0.999", "d_coef=2", "use_bias_correction=True", "safeguard_warmup=True"]
+learning_rate = 1.0
+unet_lr = 1.0
+text_encoder_lr = 1.0
+lr_scheduler = "constant_with_warmup"
+lr_warmup_steps = 0.05
+
+[training_arguments]
+max_train_epochs = 20
+train_batch_size = 2
+mixed_precision = "bf16"
+save_precision = "fp16"
+clip_skip = 2
+max_token_length = 225
+min_snr_gamma = 5.0
+seed = 42
+cache_latents = true
+xformers = false
+sdpa = true
+huber_c = 0.1
+scale_weight_norms = 1.0
+dataset_config = "dataset.toml"
+
+[saving_arguments]
+output_dir = "{out}"
+output_name = "wendy"
+save_every_n_epochs = 1
+save_model_as = "safetensors"
+"""
+
+KOHYA_DATASET = """
+[general]
+shuffle_caption = true
+keep_tokens = 1
+caption_extension = ".txt"
+
+[[datasets]]
+resolution = "768,768"
+batch_size = 2
+enable_bucket = true
+min_bucket_reso = 256
+max_bucket_reso = 1024
+bucket_reso_steps = 64
+
+  [[datasets.subsets]]
+  image_dir = "{data}/5_wendy"
+  num_repeats = 5
+  class_tokens = "wendy"
+
+  [[datasets.subsets]]
+  image_dir = "{data}/reg"
+  num_repeats = 1
+  is_reg = true
+"""
+
+
+def write(tmp_path: Path, name: str, text: str, **fmt: str) -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).format(**fmt))
+    return p
+
+
+def imported_spec(path: Path, tmp_path: Path, dataset_config: Path | None = None):
+    imp, kind = import_toml(path, dataset_config)
+    recipe, problems = validated_recipe(imp, str(path), tmp_path / f"{path.stem}.yaml")
+    assert problems == []
+    spec, _ = spec_from_dict(compose_dict(str(recipe), []), check_paths=False, need_model=False)
+    return imp, kind, spec, recipe
+
+
+def test_conversions():
+    assert number("0.1") == 0.1 and number("2") == 2 and number("True") is True and number("0.9,0.99") == [0.9, 0.99]
+    assert kv_list(["decouple=True", "betas=0.9,0.999", "d_coef=2"]) == {"decouple": True, "betas": [0.9, 0.999], "d_coef": 2}
+    assert kv_list({"weight_decay": "0.04"}) == {"weight_decay": 0.04}
+
+
+def test_the_gui_trainers_sd15_toml(tmp_path, tiny_model):
+    src = write(tmp_path, "kafka.toml", GUI_SD15, data=str(tmp_path / "data"), out=str(tmp_path / "out"), model=str(tiny_model))
+    imp, kind, s, recipe = imported_spec(src, tmp_path)
+    assert kind == "GUI trainer TOML"
+    assert (s.base_model.arch, s.base_model.path) == ("sd15", str(tiny_model))
+    assert (s.network.algo, s.network.dim, s.network.alpha) == ("lora", 16, 8.0)
+    assert (s.optimizer.name, s.optimizer.lr, s.optimizer.unet_lr, s.optimizer.text_encoder_lr) == ("adamw8bit", 5e-4, 5e-4, 1e-4)
+    assert (s.optimizer.weight_decay, s.optimizer.betas) == (0.1, (0.9, 0.99))  # from the strings "0.1" and "0.9,0.99"
+    assert (s.scheduler.name, s.scheduler.num_cycles) == ("cosine_with_restarts", 3)
+    assert (s.train.clip_skip, s.train.max_token_length, s.train.min_snr_gamma, s.train.epochs, s.train.batch_size) == (2, 225, 5.0, 10, 2)
+    assert (s.train.mixed_precision, s.train.attention, s.seed, s.train.max_grad_norm) == ("fp16", "xformers", 23, 1.0)
+    assert (s.dataset.resolution, s.dataset.min_bucket_reso, s.dataset.max_bucket_reso, s.dataset.bucket_reso_steps) == (768, 256, 1024, 64)
+    assert s.dataset.cache_latents and s.dataset.enable_bucket
+    (f,) = s.dataset.folders
+    assert (f.path, f.repeats, f.keep_tokens, f.shuffle_caption, f.caption_extension) == (str(tmp_path / "data/3_hsr_kafka"), 3, 1, True, ".txt")
+    assert (s.output.name, s.output.save_precision, s.output.save_every_n_epochs, s.sample.sampler) == ("hsr_kafka", "fp16", 1, "euler_a")
+    assert {"log_with", "logging_dir", "save_model_as", "max_data_loader_n_workers"} <= set(imp.no_effect)
+    text = recipe.read_text()
+    assert "#   log_with = 'tensorboard'" in text  # listed, not dropped
+
+
+def test_the_gui_trainers_pdxl_dora_toml(tmp_path):
+    src = write(tmp_path, "style.toml", GUI_PDXL_DORA, data=str(tmp_path / "data"))
+    imp, _, s, recipe = imported_spec(src, tmp_path)
+    assert (s.base_model.arch, s.base_model.vae) == ("sdxl", "/models/sdxl_vae.safetensors")
+    assert (s.network.algo, s.network.dora_wd, s.network.conv_dim, s.network.conv_alpha) == ("locon", True, 4, 2.0)
+    assert (s.optimizer.name, s.optimizer.lr, s.optimizer.text_encoder_lr, s.optimizer.weight_decay) == ("came", 5e-5, 1e-6, 0.04)
+    assert (s.scheduler.name, s.scheduler.warmup_ratio, s.scheduler.min_lr, s.scheduler.d, s.scheduler.gamma) == ("rex", 0.05, 1e-6, 0.9, 1.0)
+    assert (s.train.full_bf16, s.train.no_half_vae, s.train.gradient_checkpointing, s.train.mixed_precision) == (True, True, True, "bf16")
+    assert (s.dataset.resolution, s.dataset.max_bucket_reso, s.dataset.cache_latents_to_disk, s.train.min_snr_gamma) == (1024, 2048, True, 8.0)
+    assert s.output.save_precision == "bf16"
+    assert imp.unknown == {"scale_weight_norms": 1.0}  # not understood: listed by name
+    assert "#   scale_weight_norms = 1.0" in recipe.read_text()
+    assert {"min_timestep", "max_timestep", "sdxl", "sdpa"} <= set(imp.no_effect)
+
+
+def test_an_sd_scripts_config_and_dataset_config(tmp_path, tiny_model):
+    write(tmp_path, "dataset.toml", KOHYA_DATASET, data=str(tmp_path / "data"))
+    src = write(tmp_path, "wendy.toml", KOHYA_CONFIG, out=str(tmp_path / "out"), model=str(tiny_model))
+    imp, kind, s, _ = imported_spec(src, tmp_path)  # the config names its dataset config itself
+    assert kind == "sd-scripts config + dataset config"
+    assert (s.optimizer.name, s.optimizer.lr, s.optimizer.weight_decay, s.optimizer.betas) == ("prodigy", 1.0, 0.01, (0.9, 0.999))
+    assert s.optimizer.args == {"decouple": True, "d_coef": 2, "use_bias_correction": True, "safeguard_warmup": True}
+    assert (s.scheduler.name, s.scheduler.warmup_ratio, s.network.dim, s.network.alpha, s.train.epochs) == ("constant_with_warmup", 0.05, 16, 16.0, 20)
+    assert (s.dataset.resolution, s.dataset.shuffle_caption, s.dataset.keep_tokens) == (768, True, 1)  # "768,768"
+    assert [(f.repeats, bool(f.is_reg)) for f in s.dataset.folders] == [(5, False), (1, True)]
+    assert set(imp.unknown) == {"scale_weight_norms", "subsets[0].class_tokens"} and "huber_c" in imp.no_effect
+    explicit = write(tmp_path, "other.toml", KOHYA_CONFIG.replace('dataset_config = "dataset.toml"', ""), out="o", model=str(tiny_model))
+    imp2, kind2 = import_toml(explicit, tmp_path / "dataset.toml")  # or passed with --dataset-config
+    assert kind2 == kind and imp2.values["dataset.folders"] == imp.values["dataset.folders"]
+
+
+def test_import_command(tmp_path, tiny_model, capsys):
+    from lorafw.cli import main
+
+    src = write(tmp_path, "style.toml", GUI_PDXL_DORA, data=str(tmp_path / "data"))
+    assert main(["import", str(src), "--out", str(tmp_path / "r.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"→ {tmp_path / 'r.yaml'}" in out and "NOT understood, not imported (1): scale_weight_norms" in out
+    assert f"run it: lorafw +recipe={tmp_path / 'r.yaml'}" in out
+    assert main(["import", str(tmp_path / "missing.toml")]) == 2
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, tiny_xl_model, tiny_dataset):
+    from lorafw.outputs.record import write_config
+
+    model = tiny_xl_model if recipe.startswith("pdxl") else tiny_model
+    spec = compose(recipe, [f"base_model.path={model}", f"dataset.root={tiny_dataset}", "output.name=x",
+                            "sample.prompts=['toy, 1girl --d 3']"])
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, spec)
+    (run / "run.json").write_text(json.dumps({"plan": {"total_steps": 200}}))
+    cfg, ds, command = export_run(run)
+    kohya = tomllib.loads(cfg.read_text())
+    assert kohya["model_arguments"]["pretrained_model_name_or_path"] == str(model)
+    assert tomllib.loads(ds.read_text())["datasets"][0]["subsets"] == [{"image_dir": str(tiny_dataset / "2_toy"), "num_repeats": 2}]
+    assert ("sdxl_train_network.py" if recipe.startswith("pdxl") else "train_network.py") in command
+    imp, _ = import_toml(cfg, ds)
+    path, problems = validated_recipe(imp, str(cfg), tmp_path / "back.yaml")
+    assert problems == [] and not imp.unknown
+    back, _ = spec_from_dict(compose_dict(str(path), []), check_paths=False)
+    assert identity(back) == identity(spec)
+
+
+def test_a_data_parallel_run_exports_its_launch_and_comes_back(tmp_path, tiny_model, tiny_dataset):
+    from lorafw.outputs.record import write_config
+
+    spec = compose("sd15_character", [f"base_model.path={tiny_model}", f"dataset.root={tiny_dataset}", "output.name=x",
+                                      "train.num_processes=4"])
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, spec)
+    cfg, ds, command = export_run(run)
+    assert command.startswith("accelerate launch --multi_gpu --num_processes 4 train_network.py")
+    imp, _ = import_toml(cfg, ds)
+    path, problems = validated_recipe(imp, str(cfg), tmp_path / "back.yaml")
+    back, _ = spec_from_dict(compose_dict(str(path), []), check_paths=False)
+    assert problems == [] and back.train.num_processes == 4 and identity(back) == identity(spec)
