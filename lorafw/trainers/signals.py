@@ -3,7 +3,9 @@ a usable LoRA are saved), the second stops at once (atomic writes keep every fin
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -11,6 +13,15 @@ from typing import Any
 from lorafw.trainers.common import log
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def say(message: str) -> None:
+    """A warning written straight to the stderr file descriptor (safe inside a signal handler)."""
+    if log.isEnabledFor(30):  # WARNING: data-parallel workers other than the main one stay quiet
+        try:
+            os.write(sys.stderr.fileno(), f"[lorafw] {message}\n".encode())
+        except (OSError, ValueError):  # stderr closed or replaced by an object without a descriptor
+            pass
 
 
 class StopRequests:
@@ -35,8 +46,10 @@ class StopRequests:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
-            log.warning(f"{signal.Signals(signum).name}: finishing the current step, then saving state and a LoRA "
-                        "(press Ctrl-C again to stop at once)")
+            # Not through logging: the signal may arrive while the main thread is inside a write to stderr, and
+            # a buffered write re-entered from a handler fails ("reentrant call"). One unbuffered write cannot.
+            say(f"{signal.Signals(signum).name}: finishing the current step, then saving state and a LoRA "
+                "(press Ctrl-C again to stop at once)")
             return
         self._restore()
         raise KeyboardInterrupt
