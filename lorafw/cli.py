@@ -3,7 +3,7 @@
     lorafw +recipe=sd15_character base_model.path=M dataset.root=D     train (Hydra overrides)
     lorafw -m +recipe=sd15_character optimizer.lr=1e-4,5e-4             a sweep, one folder per job
     lorafw +recipe=pdxl --cfg job                                      print the resolved config
-    lorafw plan +recipe=... dataset.root=D                             steps, buckets, the guide's advice
+    lorafw plan +recipe=... dataset.root=D [--vram GB]                 steps, buckets, the guide's advice, GPU memory
     lorafw lint DIR                                                    damaged / uncaptioned / duplicate images
     lorafw check +recipe=... ...                                       validate only (no torch)
     lorafw rerun RUN_DIR [key=value ...]                               train a saved run's config again
@@ -14,6 +14,7 @@
     lorafw export RUN_DIR --format kohya                               the sd-scripts TOML pair for a run
     lorafw recipes                                                     list the shipped recipes
     lorafw demo                                                        a demo run on a built-in tiny model
+    lorafw dedupe | autotag | tags ... | undo DIR…                     dataset preparation (lorafw/prep/)
 
 Before Hydra starts, every job of the command line is composed and validated (no torch, no
 weights): a typo or a missing folder is one message listing every problem, not a traceback
