@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,22 @@ def write_image(path: Path, size: tuple[int, int], colour: tuple[int, int, int],
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
     return path
+
+
+def picture(seed: int, size=(256, 256)) -> Any:
+    """A distinct busy picture: random shapes on a random background."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
+    d = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
+        box = (int(x0), int(y0), int(x0 + rng.integers(20, 120)), int(y0 + rng.integers(20, 120)))
+        fill = tuple(int(c) for c in rng.integers(0, 255, 3))
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=fill)
+    return im
 
 
 def make_folder(root: Path, name: str, sizes: list[tuple[int, int]], captions: list[str] | None = None) -> Path:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -17,20 +16,8 @@ from lorafw.config.validate import spec_from_dict
 from lorafw.data.folders import scan
 from lorafw.data.imagehash import dhash, max_distance, near_duplicate_groups
 from lorafw.data.lint import lint
+from conftest import picture
 from lorafw.errors import DatasetError
-
-
-def picture(seed: int, size=(256, 256)) -> Image.Image:
-    """A distinct busy picture: random shapes on a random background."""
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
-    d = ImageDraw.Draw(im)
-    for _ in range(12):
-        x0, y0 = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
-        box = (int(x0), int(y0), int(x0 + rng.integers(20, 120)), int(y0 + rng.integers(20, 120)))
-        fill = tuple(int(c) for c in rng.integers(0, 255, 3))
-        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=fill)
-    return im
 
 
 def save(im: Image.Image, path: Path, caption: str | None = "tag, other tag", **kw) -> Path:

@@ -14,22 +14,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from lorafw.cli import main
 from lorafw.data.imagehash import dhash
+from conftest import picture
 from lorafw.errors import DatasetError
 from lorafw.prep.dedupe import DEFAULT_HARDNESS, Probe, group_probes, keeper, plan_dedupe
 from lorafw.prep.files import image_folders
-
-
-def picture(seed: int, size=(256, 256)) -> Image.Image:
-    """A distinct busy picture: random shapes on a random background."""
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
-    d = ImageDraw.Draw(im)
-    for _ in range(12):
-        x0, y0 = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
-        box = (int(x0), int(y0), int(x0 + rng.integers(20, 120)), int(y0 + rng.integers(20, 120)))
-        fill = tuple(int(c) for c in rng.integers(0, 255, 3))
-        (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=fill)
-    return im
 
 
 def character(pose: int, size=(256, 384)) -> Image.Image:

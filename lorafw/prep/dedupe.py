@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lorafw.data.folders import list_images
-from lorafw.data.imagehash import HASH_SIZE, dhash, distances, max_distance
+from lorafw.data.imagehash import HASH_SIZE, THUMB, dhash, near_duplicate_groups
 from lorafw.errors import DatasetError
 from lorafw.prep.files import ImageFolder, image_folders, progress, sidecars
 from lorafw.prep.journal import ChangeSet, Move, show
@@ -52,21 +52,6 @@ class Probe:
         return self.size[0] * self.size[1]
 
 
-THUMB = 256  # every image is hashed from a square thumbnail of this size
-
-
-def look(image: Any) -> Any:
-    """The image as the hash sees it: grey, box-filtered to THUMB×THUMB — the same steps for every size.
-
-    `dhash` alone reduces by an integer factor that depends on the size, so a 1024 px picture and its
-    682 px copy were hashed from different intermediates and differed by ~20 bits on average; from
-    one thumbnail size they differ by ~2.
-    """
-    from PIL import Image
-
-    return image.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX)
-
-
 def probe(path: Path, caption_ext: str = ".txt") -> Probe:
     """Read one image: its content hash, its size (EXIF orientation applied) and its look hash."""
     from PIL import Image, ImageOps
@@ -81,7 +66,7 @@ def probe(path: Path, caption_ext: str = ".txt") -> Probe:
             if im.format == "JPEG":
                 im.draft("L", (THUMB, THUMB))  # decode at ½–⅛ scale: the hash only sees a thumbnail
             im.load()
-            pr.hash = dhash(look(ImageOps.exif_transpose(im)))
+            pr.hash = dhash(ImageOps.exif_transpose(im))
     except Exception as e:  # PIL raises many types for damaged files
         pr.error = str(e) or type(e).__name__
     pr.has_caption = path.with_suffix(caption_ext).is_file()
@@ -112,25 +97,15 @@ def keeper(members: list[Probe]) -> Probe:
 
 def group_probes(probes: list[Probe], hardness: int) -> list[Group]:
     """Duplicate groups among decoded images (exact copies, and near copies within `hardness`). Pure."""
-    good = [p for p in probes if p.error is None]
-    parent = list(range(len(good)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    first: dict[str, int] = {}
-    for i, p in enumerate(good):
-        parent[find(i)] = find(first.setdefault(p.sha256, i))
-    reps = sorted(set(first.values()))  # one per content: near matching compares looks
-    d = distances(np.stack([good[i].hash for i in reps])) if len(reps) > 1 else np.zeros((len(reps),) * 2)
-    for a, b in np.argwhere(np.triu(d <= max_distance(hardness, BITS), k=1)):
-        parent[find(reps[int(a)])] = find(reps[int(b)])
-    members: dict[int, list[Probe]] = {}
-    for i, p in enumerate(good):
-        members.setdefault(find(i), []).append(p)
+    by_content: dict[str, list[Probe]] = {}
+    for p in probes:
+        if p.error is None:
+            by_content.setdefault(p.sha256, []).append(p)
+    contents = list(by_content.values())  # exact copies together; near matching compares one look per content
+    near = near_duplicate_groups([c[0].hash for c in contents], hardness)
+    merged = {k for g in near for k in g}
+    members = {i: [p for k in g for p in contents[k]] for i, g in enumerate(near)}
+    members |= {len(near) + k: c for k, c in enumerate(contents) if k not in merged}
     groups = []
     for ms in members.values():
         if len(ms) < 2:
