@@ -3,6 +3,8 @@ one host read per step. (How fast they are is measured in benchmarks/step_overhe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,6 +51,18 @@ def test_train_compile_true_compiles_the_blocks_of_a_run(compose_tiny):
     assert all(m._compiled_call_impl is not None for m in tr.unet.modules() if type(m).__name__ in REPEATED_BLOCKS)
     assert tr.global_step == tr.total_steps and all(map(torch.isfinite, torch.tensor(tr.loss_history)))
     assert set(tr.network.kohya_state_dict(torch.float32)) == names  # compiled in place: the file's keys unchanged
+
+
+def test_compile_without_a_compiler_fails_before_loading(compose_tiny, monkeypatch):
+    import shutil
+
+    from lorafw.errors import LorafwError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    spec = resolve_outputs(compose_tiny("sd15_character", "train.compile=true"))
+    with pytest.raises(LorafwError, match=r"needs a C\+\+ compiler.*train.compile=false"):
+        SD15Trainer(spec, spec.output.dir)
+    assert not Path(spec.output.dir, "run.json").exists()  # refused before the run folder was written
 
 
 def test_compile_blocks_counts_the_repeated_blocks(tiny_parts):

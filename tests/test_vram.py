@@ -232,21 +232,16 @@ def test_more_memory_buys_speed(tmp_path):
         assert small.options[0].speed <= big.options[0].speed
 
 
-def test_recipe_estimates(tmp_path, capsys):
-    """The figures the issue asks about (printed; run with -s to see them). pdxl's 12 GB goal is reported, not assumed."""
-    rows = []
+def test_recipe_estimates(tmp_path):
+    """The recipes the issue names: checkpointing lowers each peak, and the pieces add up. (The figures
+    themselves are printed by `lorafw plan --vram` and recorded in benchmarks/RESULTS.md, not here.)"""
     for recipe, res in (("sd15_character", 768), ("pdxl", 1024), ("pdxl_dora", 1024)):
         spec = spec_for(tmp_path, recipe, f"dataset.resolution={res}", "train.batch_size=2")
-        for ckpt in (True, False):
-            e = estimate(with_train(spec, gradient_checkpointing=ckpt), [Bucket(res, res, 1)])
-            rows.append(f"{recipe:15s} {res}² batch 2 checkpointing={'on ' if ckpt else 'off'}: training step "
-                        f"{e.phases['training step'] / GiB:5.2f} GiB allocated, peak with CUDA overhead {e.gib:5.2f} GiB "
-                        f"({e.peak_phase}); activations {e.components['unet_activations'] / GiB:.2f} GiB")
-            assert e.components["unet_weights"] < e.peak
-        e8 = estimate(spec, [Bucket(res, res, 8)])
-        rows.append(f"{recipe:15s} with 8 images in the bucket: latent caching phase {e8.phases.get('latent caching', 0) / GiB:.2f} GiB")
-    with capsys.disabled():
-        print("\n" + "\n".join(rows))
+        on, off = (estimate(with_train(spec, gradient_checkpointing=c), [Bucket(res, res, 1)]) for c in (True, False))
+        assert on.peak < off.peak and on.components["unet_activations"] < off.components["unet_activations"]
+        for e in (on, off):
+            assert e.components["unet_weights"] < e.peak_allocated <= e.peak
+            assert e.phases["training step"] == sum(v for k, v in e.components.items())
 
 
 # -- the command line ------------------------------------------------------------------------------------

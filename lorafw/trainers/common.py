@@ -216,6 +216,22 @@ def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> int:
     return len(blocks)
 
 
+def compile_problem(backend: str, device: torch.device) -> str | None:
+    """Why torch.compile's code generator cannot run here (checked before any weights load), or None.
+    Without it, the first training step would end in a compiler traceback."""
+    import importlib.util
+    import os
+    import shutil
+
+    if backend != "inductor":
+        return None
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "train.compile=true on a GPU needs triton (pip install triton)"
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++", "cl")):
+        return "train.compile=true on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) on PATH"
+    return None
+
+
 def place_cache(tensors: list[torch.Tensor], device: torch.device, budget: int = 2 << 30) -> tuple[list[torch.Tensor], str]:
     """Where cached latents / text states live during training: on the GPU when they fit in `budget` bytes
     (no copy per step), else in pinned host memory (copied without blocking). On a CPU: where they are."""

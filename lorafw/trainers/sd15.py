@@ -69,6 +69,12 @@ class SD15Trainer:
         self.model_path = expand(spec.base_model.path)
         self.model_info = inspect_base_model(self.model_path)  # header only
         check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
+        if spec.train.compile:
+            from lorafw.trainers.common import compile_problem
+
+            problem = compile_problem(spec.train.compile_backend, resolve_device(spec.train.device))
+            if problem:
+                raise LorafwError(f"{problem}; or train it uncompiled: train.compile=false")
         folders, self.dataset_warnings = scan(spec.dataset)
         folders = self._lint(folders)
         folders, self.val_data = self._hold_out(folders)
