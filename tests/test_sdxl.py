@@ -75,20 +75,24 @@ def test_text_encoding_matches_the_sdxl_pipeline(tiny_xl_parts):
     assert long.shape == (1, 227, 64) and torch.allclose(long_pooled, pooled, atol=1e-5)  # pooled from the first window
 
 
-@pytest.mark.parametrize("net,factor", [("lora", 0.97), ("locon", 0.6)])
-def test_loss_falls(tiny_xl_model, tiny_dataset, tmp_path, net, factor):
-    # measured: LoRA 1.074 → 1.020 (the tiny UNet's output is dominated by its ResNets), LoCon 1.074 → 0.374
-    tr = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "r", "pdxl", f"network={net}", "train.epochs=8",
+@pytest.mark.parametrize("net,epochs,factor", [("lora", 16, 0.985), ("locon", 8, 0.6)])
+def test_loss_falls(tiny_xl_model, tiny_dataset, tmp_path, net, epochs, factor):
+    # The tiny UNet's output is dominated by its ResNets, so attention-only LoRA moves the loss little and the
+    # trajectory at lr 1e-2 depends on float rounding. Measured over seeds 0-2 and three CPU kernel paths
+    # (ATEN_CPU_CAPABILITY native/avx2/default): LoRA 16 epochs ×0.924…×0.955 (8 epochs was ×0.954…×0.973, too
+    # close to a threshold); LoCon 8 epochs ×0.35. Untrained weights give ×1.000.
+    tr = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "r", "pdxl", f"network={net}", f"train.epochs={epochs}",
                              "optimizer=adamw", "optimizer.lr=1e-2", "optimizer.text_encoder_lr=5e-3", "scheduler=constant",
                              "train.mixed_precision=no", "train.full_bf16=false", "network.conv_dim=8", "network.conv_alpha=8")
                      if net == "locon" else
-                     xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "r", "pdxl", "train.epochs=8", "optimizer=adamw",
+                     xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "r", "pdxl", f"train.epochs={epochs}", "optimizer=adamw",
                              "optimizer.lr=1e-2", "optimizer.text_encoder_lr=5e-3", "scheduler=constant", "train.mixed_precision=no",
                              "train.full_bf16=false"))
     tr.setup()
     before = tr.fixed_loss()
     tr.train()
-    assert tr.fixed_loss() < factor * before
+    after = tr.fixed_loss()
+    assert after < factor * before, (before, after)
 
 
 @pytest.fixture(scope="module")

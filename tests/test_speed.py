@@ -37,7 +37,11 @@ def test_compiled_blocks_give_the_same_loss_and_gradients(compose_tiny):
         loss, grads = loss_and_grads(tr, batch)
         assert loss == pytest.approx(eager_loss, rel=1e-5)
         for a, b in zip(grads, eager_grads):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+            # The traced backward may sum in another order, and conv-LoRA gradients are sums with cancellation:
+            # an element near zero can differ by a large *relative* amount (CI: 1.9e-6 on a 1.7e-3 element).
+            # So measure the error against each tensor's own scale: float noise is ~1e-6 of it (measured here
+            # at three CPU capabilities), a real tracing bug (a block skipped, a scale lost) is of order 1.
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()) + 1e-12)
 
 
 def test_train_compile_true_compiles_the_blocks_of_a_run(compose_tiny):
@@ -90,7 +94,7 @@ def test_fused_adamw_is_the_default_and_matches_foreach():
             opt.step()
         runs[label] = params
     for a, b in zip(runs["default"], runs["foreach"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # parameters ~1: a few ulps
 
 
 def test_fused_only_where_torch_supports_it():
