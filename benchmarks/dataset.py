@@ -1,5 +1,6 @@
 """Dataset pipeline figures: `lorafw plan` wall time on 1,000 images, latent cache build rate, loader
-throughput with cached latents against the tiny model's training step rate, and lint speed.
+throughput with cached latents against the tiny model's training step rate, lint speed, and how fast
+the latent cache's images are decoded for the VAE with and without loader threads.
 
     python benchmarks/dataset.py [--images 1000]
 
@@ -54,7 +55,6 @@ def main() -> None:
 
     from lorafw.config.compose import compose_dict
     from lorafw.config.validate import spec_from_dict
-    from lorafw.data.dataset import build
     from lorafw.data.folders import scan
     from lorafw.data.lint import lint
 
@@ -102,6 +102,62 @@ def main() -> None:
     print(f"loader, cached latents              {loader:.0f} items/s")
     print(f"training (tiny model, batch {s.train.batch_size})       {step * s.train.batch_size:.0f} items/s ({step:.1f} steps/s)")
     print(f"loader / training                   {loader / (step * s.train.batch_size):.0f}x (the loader is not the bottleneck when > 1)")
+    time_decoding(root, min(args.images, 200))
+
+
+class InstantVAE:
+    """Stands in for a GPU VAE (a few ms per image): what remains of the cache build is the CPU's decoding,
+    the part that keeps a GPU waiting."""
+
+    class _Dist:
+        def __init__(self, x):
+            import torch
+
+            self.mean = self.std = torch.zeros(x.shape[0], 4, x.shape[2] // 8, x.shape[3] // 8)
+
+    class _Out:
+        def __init__(self, x):
+            self.latent_dist = InstantVAE._Dist(x)
+
+    def encode(self, x):
+        return InstantVAE._Out(x)
+
+
+def time_decoding(root: Path, n: int) -> None:
+    """Images/s the latent cache is fed at sd15_character's 768 px with flip_aug: one decode per (image,
+    flip) in the main thread (lorafw before loader threads) against one decode per image on threads."""
+    import torch
+
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+    from lorafw.data.dataset import build
+    from lorafw.data.folders import scan
+    from lorafw.data.latents import LatentCache, load_pixels
+    from lorafw.data.prefetch import resolve_workers
+
+    spec, _ = spec_from_dict(compose_dict("sd15_character", [f"dataset.root={root}", "base_model.path=-", "dataset.flip_aug=true"]),
+                             need_model=False)
+    folders, _ = scan(spec.dataset)
+    data = build(folders, spec.dataset)
+    keys = [(i, f) for i in range(n) for f in (False, True)]
+
+    class DecodePerLatent(LatentCache):  # how the cache was fed before: each (image, flip) decoded on its own
+        def _load(self, unit):
+            i, flips = unit
+            return {flip: load_pixels(self.data.images[i], flip) for flip, _ in flips}
+
+    print(f"cache feed at 768 px, flip_aug, {n} images ({len(keys)} latents), instant stand-in VAE:")
+    before = None
+    for label, cls, workers in (("one decode per latent, main thread", DecodePerLatent, 0),
+                                ("one decode per image, main thread ", LatentCache, 0),
+                                (f"one decode per image, {resolve_workers(None)} thread(s)", LatentCache, resolve_workers(None))):
+        c = cls(data, InstantVAE(), 0.18215, torch.device("cpu"), torch.float32, batch_size=1, workers=workers)
+        c.wanted = lambda keys=keys: keys  # noqa: E731  (the subset)
+        t0 = time.perf_counter()
+        c.build()
+        dt = time.perf_counter() - t0
+        before = before or dt
+        print(f"  {label}   {len(keys) / dt:6.1f} latents/s  ({before / dt:.2f}x)")
 
 
 if __name__ == "__main__":

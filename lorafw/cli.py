@@ -359,7 +359,7 @@ def cmd_compare(argv: list[str]) -> int:
 
     folder = Path(argv[0]).expanduser()
     try:
-        result = compare(folder)
+        compare(folder)
     except (LorafwError, ValueError) as e:
         print(f"lorafw: {e}", file=sys.stderr)
         return 2

@@ -265,7 +265,8 @@ def test_the_gui_trainers_sd15_toml(tmp_path, tiny_model):
     (f,) = s.dataset.folders
     assert (f.path, f.repeats, f.keep_tokens, f.shuffle_caption, f.caption_extension) == (str(tmp_path / "data/3_hsr_kafka"), 3, 1, True, ".txt")
     assert (s.output.name, s.output.save_precision, s.output.save_every_n_epochs, s.sample.sampler) == ("hsr_kafka", "fp16", 1, "euler_a")
-    assert {"log_with", "logging_dir", "save_model_as", "max_data_loader_n_workers"} <= set(imp.no_effect)
+    assert {"log_with", "logging_dir", "save_model_as", "persistent_data_loader_workers"} <= set(imp.no_effect)
+    assert s.dataset.workers == 1  # max_data_loader_n_workers = 1
     text = recipe.read_text()
     assert "#   log_with = 'tensorboard'" in text  # listed, not dropped
 

@@ -11,7 +11,6 @@ from lorafw.config.spec import NetworkSpec
 from lorafw.models.tiny import build_sd15
 from lorafw.network.adapter import ADAPTER, Network, layers_of
 from lorafw.network.targets import (
-    TE_CONTAINERS,
     UNET_ATTN_CONTAINERS,
     UNET_CONV_CONTAINERS,
     Layer,

@@ -4,7 +4,6 @@ Optuna search whose objective is the run's validation loss."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

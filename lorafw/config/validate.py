@@ -155,6 +155,8 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
         p.append(f"dataset.prior_loss_weight: must be >= 0, got {d.prior_loss_weight:g}")
     if d.vae_batch_size < 1:
         p.append(f"dataset.vae_batch_size: must be at least 1 (images the VAE encodes at once), got {d.vae_batch_size}")
+    if d.workers is not None and d.workers < 0:
+        p.append(f"dataset.workers: must be >= 0 (image-loading threads; 0 loads in the main thread, null picks one per core), got {d.workers}")
     if not 1 <= d.duplicate_hardness <= 100:
         p.append(f"dataset.duplicate_hardness: must be 1-100 (higher = only closer copies match), got {d.duplicate_hardness}")
     if d.keep_tokens_separator is not None and not d.keep_tokens_separator.strip():

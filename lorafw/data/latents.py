@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lorafw.data.dataset import TrainData, TrainImage, derive_seed
+from lorafw.data.prefetch import Ahead
 from lorafw.errors import DatasetError
 from lorafw.outputs.atomic import atomic_write
 
@@ -142,10 +143,10 @@ class LatentCache:
     """Latents of every (image, flip) the training set can draw, keyed as described above."""
 
     def __init__(self, data: TrainData, vae: Any, scaling_factor: float, device: torch.device, dtype: torch.dtype,
-                 disk_dir: Path | None = None, batch_size: int = 8, masks: bool = False) -> None:
+                 disk_dir: Path | None = None, batch_size: int = 8, masks: bool = False, workers: int = 0) -> None:
         self.data, self.vae, self.scale = data, vae, scaling_factor
         self.device, self.dtype, self.disk_dir, self.batch_size = device, dtype, disk_dir, batch_size
-        self.with_masks = masks
+        self.with_masks, self.workers = masks, workers
         self.latents: dict[tuple[int, bool], torch.Tensor] = {}
         self.masks: dict[tuple[int, bool], torch.Tensor] = {}
         self.stats = CacheStats()
@@ -159,7 +160,7 @@ class LatentCache:
         """Encode (or load from disk) every latent; `progress(n)` is called as items finish."""
         vae_fp = vae_fingerprint(self.vae) if self.disk_dir is not None else ""
         digests: dict[int, str] = {}
-        todo: dict[tuple[int, int], list[tuple[tuple[int, bool], str]]] = {}
+        todo: dict[tuple[int, int], dict[int, list[tuple[bool, str]]]] = {}  # bucket → image → (flip, key)
         for key in self.wanted():
             i, flip = key
             ck = ""
@@ -180,27 +181,45 @@ class LatentCache:
                     if progress:
                         progress(1)
                     continue
-            todo.setdefault(self.data.images[i].placement.bucket, []).append((key, ck))
-        for group in todo.values():
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start : start + self.batch_size]
-                lat = self._encode([k for k, _ in chunk])
-                for (key, ck), z in zip(chunk, lat):
-                    z = z.to("cpu", torch.float32).contiguous()
-                    self.latents[key] = z
-                    if self.with_masks:
-                        i, flip = key
-                        self.masks[key] = load_mask(self.data.images[i], flip, self._mask_dir(i), tuple(z.shape[-2:]))
-                    if self.disk_dir is not None:
-                        self._save_disk(ck, z, self.masks.get(key))
-                self.stats.encoded += len(chunk)
-                if progress:
-                    progress(len(chunk))
+            todo.setdefault(self.data.images[i].placement.bucket, {}).setdefault(i, []).append((flip, ck))
+        # Each image is decoded once, on loader threads, ahead of the VAE; its flipped latent is encoded from
+        # the mirrored pixels (the same tensor load_pixels(img, True) gives: the mirror comes after the crop).
+        units = [(i, flips) for per_image in todo.values() for i, flips in per_image.items()]
+        with Ahead(self._load, units, self.workers) as pixels:
+            chunk: list[tuple[tuple[int, bool], str, torch.Tensor]] = []
+            for n, ((i, flips), pix) in enumerate(zip(units, pixels)):
+                chunk += [((i, flip), ck, pix[flip]) for flip, ck in flips]
+                last_of_bucket = n + 1 == len(units) or self._bucket(units[n + 1][0]) != self._bucket(i)
+                while len(chunk) >= self.batch_size or (chunk and last_of_bucket):
+                    self._store(chunk[: self.batch_size], progress)
+                    chunk = chunk[self.batch_size :]
         return self.stats
 
+    def _bucket(self, i: int) -> tuple[int, int]:
+        return self.data.images[i].placement.bucket
+
+    def _load(self, unit: tuple[int, list[tuple[bool, str]]]) -> dict[bool, torch.Tensor]:
+        """Pixels of one image for each flip wanted, from one decode."""
+        i, flips = unit
+        base = load_pixels(self.data.images[i], False)
+        return {flip: base.flip(-1) if flip else base for flip, _ in flips}
+
+    def _store(self, chunk: list[tuple[tuple[int, bool], str, torch.Tensor]], progress: Callable[[int], None] | None) -> None:
+        lat = self._encode([key for key, _, _ in chunk], torch.stack([pix for _, _, pix in chunk]))
+        for (key, ck, _), z in zip(chunk, lat):
+            z = z.to("cpu", torch.float32).contiguous()
+            self.latents[key] = z
+            if self.with_masks:
+                i, flip = key
+                self.masks[key] = load_mask(self.data.images[i], flip, self._mask_dir(i), tuple(z.shape[-2:]))
+            if self.disk_dir is not None:
+                self._save_disk(ck, z, self.masks.get(key))
+        self.stats.encoded += len(chunk)
+        if progress:
+            progress(len(chunk))
+
     @torch.no_grad()
-    def _encode(self, keys: list[tuple[int, bool]]) -> list[torch.Tensor]:
-        pixels = torch.stack([load_pixels(self.data.images[i], flip) for i, flip in keys])
+    def _encode(self, keys: list[tuple[int, bool]], pixels: torch.Tensor) -> list[torch.Tensor]:
         dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
         out = []
         for j, (i, flip) in enumerate(keys):

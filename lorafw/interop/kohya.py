@@ -13,7 +13,6 @@ ignores unknown keys) holding what kohya has no key for, so import(export(spec))
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +53,7 @@ DIRECT = {
     "max_bucket_reso": "dataset.max_bucket_reso", "bucket_reso_steps": "dataset.bucket_reso_steps",
     "bucket_no_upscale": "dataset.bucket_no_upscale", "prior_loss_weight": "dataset.prior_loss_weight",
     "masked_loss": "dataset.masked_loss", "cache_latents": "dataset.cache_latents", "vae_batch_size": "dataset.vae_batch_size",
+    "max_data_loader_n_workers": "dataset.workers",
     "cache_latents_to_disk": "dataset.cache_latents_to_disk", "cache_text_encoder_outputs": "dataset.cache_text_encoder_outputs",
     "sample_every_n_epochs": "sample.every_n_epochs", "sample_every_n_steps": "sample.every_n_steps",
     "sample_prompts": "sample.prompt_file",
@@ -61,7 +61,7 @@ DIRECT = {
 # Keys that mean nothing for lorafw (its behaviour is fixed, or the setting is about the other tool).
 NO_EFFECT = {
     "save_model_as": "lorafw always writes .safetensors", "save_toml": "lorafw saves config.yaml and run.json",
-    "max_data_loader_n_workers": "latents are cached; no loader workers", "persistent_data_loader_workers": "see above",
+    "persistent_data_loader_workers": "lorafw's loader threads cost nothing to start",
     "log_with": "lorafw writes TensorBoard and metrics.jsonl", "logging_dir": "see above", "log_prefix": "see above",
     "save_state": "lorafw always saves resumable state", "save_last_n_epochs_state": "state.pt is replaced each time",
     "sdxl": "the architecture comes from base_model", "network_module": "network.algo says it",
@@ -398,7 +398,9 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             "full_bf16": s.train.full_bf16, "no_half_vae": s.train.no_half_vae, "clip_skip": s.train.clip_skip,
             "max_token_length": s.train.max_token_length, "noise_offset": s.train.noise_offset,
             "sdpa": s.train.attention == "sdpa", "xformers": s.train.attention == "xformers",
-            "cache_latents": s.dataset.cache_latents, "vae_batch_size": s.dataset.vae_batch_size, "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
+            "cache_latents": s.dataset.cache_latents, "vae_batch_size": s.dataset.vae_batch_size,
+            **({"max_data_loader_n_workers": s.dataset.workers} if s.dataset.workers is not None else {}),
+            "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
             "cache_text_encoder_outputs": s.dataset.cache_text_encoder_outputs, "prior_loss_weight": s.dataset.prior_loss_weight,
             "masked_loss": s.dataset.masked_loss, "loss_type": "l2",
             **({"min_snr_gamma": s.train.min_snr_gamma} if s.train.min_snr_gamma else {}),

@@ -25,6 +25,7 @@ from lorafw.config.validate import expand
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import fingerprint, scan
 from lorafw.data.lint import lint, without
+from lorafw.data.prefetch import Lookahead, resolve_workers
 from lorafw import faults
 from lorafw.errors import DatasetError, Interrupted, LorafwError, NonFiniteError
 from lorafw.models.load import check_arch, inspect_base_model
@@ -120,6 +121,7 @@ class SD15Trainer:
         self.samples: list[str] = []
         self.latent_cache = None
         self.val_cache = None
+        self.pixels_ahead: Lookahead | None = None  # uncached latents: the epoch's images decoded ahead
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
         self.record: dict[str, Any] = {
             "status": "created",
@@ -308,10 +310,11 @@ class SD15Trainer:
 
         ds = self.spec.dataset
         self.latent_cache = None
+        self.loader_workers = resolve_workers(ds.workers)
         if ds.cache_latents:
             disk = (expand(ds.cache_dir) if ds.cache_dir else default_cache_dir()) if ds.cache_latents_to_disk else None
             cache = LatentCache(self.data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype, disk,
-                                batch_size=ds.vae_batch_size, masks=ds.masked_loss)
+                                batch_size=ds.vae_batch_size, masks=ds.masked_loss, workers=self.loader_workers)
             # with a disk cache the main process encodes and writes; the others then read its files
             with main_first(self.comm if disk else Comm(World())), \
                     progress_bar(self.main, total=len(cache.wanted()), desc="caching latents", unit="img", leave=False) as bar:
@@ -320,7 +323,7 @@ class SD15Trainer:
             log.info(f"latents: {stats.encoded} encoded, {stats.reused} reused from {disk}" if disk else f"latents: {stats.encoded} encoded")
         if self.val_data is not None:  # held-out latents, always in memory: the set is small
             self.val_cache = LatentCache(self.val_data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype,
-                                         batch_size=ds.vae_batch_size)
+                                         batch_size=ds.vae_batch_size, workers=self.loader_workers)
             self.val_cache.build()
             log.info(f"validation: {len(self.val_data.images)} held-out images")
         if ds.cache_latents:
@@ -457,18 +460,24 @@ class SD15Trainer:
             bar.set_description(f"epoch {self.epoch}/{t.epochs}")
             batches = self.data.epoch_batches(s.seed, self.epoch, t.batch_size)
             groups = spans(batches, self.batches_per_step)
-            while self.next_group < len(groups):
-                self._optimizer_step(groups[self.next_group])
-                self.next_group += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-                faults.kill_if("kill_at_step", self.global_step)
-                if self.stop_all or (not self.comm.active and self.stop.requested):
-                    self._stop_here()
-                if out.save_state_every_n_steps and self.global_step % out.save_state_every_n_steps == 0:
-                    self.save_state()
-                if s.sample.every_n_steps and self.global_step % s.sample.every_n_steps == 0:
-                    self.sample(f"{self.name}-step{self.global_step:06d}")
+            self.pixels_ahead = self._pixel_lookahead(groups[self.next_group:]) if self.latent_cache is None else None
+            try:
+                while self.next_group < len(groups):
+                    self._optimizer_step(groups[self.next_group])
+                    self.next_group += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    faults.kill_if("kill_at_step", self.global_step)
+                    if self.stop_all or (not self.comm.active and self.stop.requested):
+                        self._stop_here()
+                    if out.save_state_every_n_steps and self.global_step % out.save_state_every_n_steps == 0:
+                        self.save_state()
+                    if s.sample.every_n_steps and self.global_step % s.sample.every_n_steps == 0:
+                        self.sample(f"{self.name}-step{self.global_step:06d}")
+            finally:
+                if self.pixels_ahead is not None:
+                    self.pixels_ahead.close()
+                    self.pixels_ahead = None
             self.epoch_losses.append(sum(self.epoch_partial) / max(1, len(self.epoch_partial)))
             self.epoch_partial = []
             done = self.epoch
@@ -678,7 +687,7 @@ class SD15Trainer:
         s = self.spec
         seed = dataset_mod.derive_seed(s.seed, "step", micro)
         rng = random.Random(seed)
-        flips = [self.data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
+        flips = self._flips(batch, rng)
         captions = [self.data.caption(i, rng) for i in batch]
         latents = self._latents(batch, flips)
         gen = torch.Generator(device=self.device).manual_seed(seed % (2**63))
@@ -695,6 +704,29 @@ class SD15Trainer:
         mask = self._masks(batch, flips, tuple(latents.shape[-2:])) if s.dataset.masked_loss else None
         weights = torch.tensor([self.data.loss_weight(i) for i in batch]) if self.data.n_reg_items else None
         return diffusion_loss(pred, noise, timesteps, self.noise_scheduler, s.train.min_snr_gamma, mask, weights).mean()
+
+    def _flips(self, batch: list[int], rng: random.Random) -> list[bool]:
+        """The batch's flip draws: the first use of its (seed, micro-step) generator."""
+        return [self.data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
+
+    def _pixel_lookahead(self, groups: list[list[list[int]]]) -> Lookahead:
+        """Without cached latents: this process's batches of `groups` (with their flips, which depend only on
+        the seed and micro-step) decoded on loader threads ahead of the step that encodes them."""
+        keys, micro = [], self.micro
+        for group in groups:
+            for j in shard(len(group), self.world.rank, self.world.size):
+                rng = random.Random(dataset_mod.derive_seed(self.spec.seed, "step", micro + j))
+                keys.append((tuple(group[j]), tuple(self._flips(group[j], rng))))
+            micro += len(group)
+        return Lookahead(self._load_pixels, keys, self.loader_workers)
+
+    def _load_pixels(self, key: tuple[tuple[int, ...], tuple[bool, ...]], data: Any = None) -> torch.Tensor:
+        """A batch's pixels (pinned in host memory when they go to a GPU, so the copy can overlap)."""
+        from lorafw.data.latents import load_pixels
+
+        data = data if data is not None else self.data
+        pixels = torch.stack([load_pixels(data.images[i], f) for i, f in zip(*key)])
+        return pixels.pin_memory() if self.device.type == "cuda" else pixels
 
     def _masks(self, batch: list[int], flips: list[bool], size: tuple[int, int]) -> torch.Tensor:
         if self.latent_cache is not None:
@@ -741,11 +773,12 @@ class SD15Trainer:
         data, cache = (data, cache) if data is not None else (self.data, self.latent_cache)
         if cache is not None:
             return to_device(torch.stack([cache.get(i, f) for i, f in zip(batch, flips)]), self.device)
-        from lorafw.data.latents import load_pixels
-
-        pixels = torch.stack([load_pixels(data.images[i], f) for i, f in zip(batch, flips)])
+        key = (tuple(batch), tuple(flips))
+        pixels = self.pixels_ahead.take(key) if self.pixels_ahead is not None and data is self.data else None
+        if pixels is None:
+            pixels = self._load_pixels(key, data)
         with torch.no_grad():
-            z = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.sample()
+            z = self.vae.encode(pixels.to(self.device, self.vae.dtype, non_blocking=True)).latent_dist.sample()
         return (z * self.vae.config.scaling_factor).float()
 
     def _conditioning(self, captions: list[str], batch: list[int], flips: list[bool], data: Any = None) -> dict[str, Any]:
