@@ -87,11 +87,12 @@ def test_negative_workers_are_refused_naming_the_key(compose_tiny):
         compose_tiny("sd15_character", "dataset.workers=-1")
 
 
-def test_workers_default_to_the_cores_at_most_eight(monkeypatch):
+def test_workers_default_to_the_cores_at_most_eight_beside_an_accelerator(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 32)
-    assert resolve_workers(None) == 8 and resolve_workers(0) == 0 and resolve_workers(3) == 3
+    assert resolve_workers(None, "cuda") == 8 and resolve_workers(0, "cuda") == 0 and resolve_workers(3, "cuda") == 3
+    assert resolve_workers(None, "cpu") == 0 and resolve_workers(2, "cpu") == 2  # on a CPU torch has the cores
     monkeypatch.setattr("os.cpu_count", lambda: None)
-    assert resolve_workers(None) == 1
+    assert resolve_workers(None, "mps") == 1
 
 
 def odd_sized_dataset(root):

@@ -101,7 +101,7 @@ class DatasetSpec:
     skip_bad_images: bool
     duplicate_hardness: int
     vae_batch_size: int = 1  # images encoded at once while caching latents
-    workers: int | None = None  # image-loading threads (None: one per core, at most 8; 0: the main thread)
+    workers: int | None = None  # image-loading threads (None: one per core up to 8 beside a GPU, 0 on CPU)
 
 
 @dataclass(frozen=True)

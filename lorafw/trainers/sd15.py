@@ -310,7 +310,7 @@ class SD15Trainer:
 
         ds = self.spec.dataset
         self.latent_cache = None
-        self.loader_workers = resolve_workers(ds.workers)
+        self.loader_workers = resolve_workers(ds.workers, self.device.type)
         if ds.cache_latents:
             disk = (expand(ds.cache_dir) if ds.cache_dir else default_cache_dir()) if ds.cache_latents_to_disk else None
             cache = LatentCache(self.data, self.vae, self.vae.config.scaling_factor, self.device, self.vae.dtype, disk,
