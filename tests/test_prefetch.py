@@ -32,11 +32,16 @@ def test_results_come_in_order_whatever_the_workers(workers):
 
 def test_no_more_than_depth_items_are_in_flight():
     lock, state = threading.Lock(), {"now": 0, "most": 0}
+    second_started = threading.Event()
 
     def work(x):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
+        if x == 1:
+            second_started.set()
+        if x == 0:  # proves the workers overlap, whatever the machine's load
+            assert second_started.wait(10)
         time.sleep(0.002)
         return x
 
