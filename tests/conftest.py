@@ -69,6 +69,31 @@ def picture(seed: int, size=(256, 256)) -> Any:
     return im
 
 
+def lorafw_main_without_torch(*args: str) -> str:
+    """stdout of `lorafw ARGS` run in a fresh interpreter, after checking it exited 0 without importing torch
+    (the commands that only read configs and folders must start in a fraction of a second)."""
+    import subprocess
+    import sys
+
+    code = f"import sys; from lorafw.cli import main; rc = main({list(args)!r}); print('TORCH', 'torch' in sys.modules, rc)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("TORCH False 0"), out[-500:]
+    return out[: out.rindex("TORCH")]
+
+
+def scanned_dataset(root: Path, *extra: str) -> Any:
+    """TrainData of the folders under `root` at 64 px buckets (64-128), without any model."""
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+    from lorafw.data.dataset import build
+    from lorafw.data.folders import scan
+
+    spec, _ = spec_from_dict(compose_dict(None, [f"dataset.root={root}", "base_model.path=-", "dataset.resolution=64",
+                                                 "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=128", *extra]),
+                             need_model=False)
+    return build(scan(spec.dataset)[0], spec.dataset)
+
+
 def make_folder(root: Path, name: str, sizes: list[tuple[int, int]], captions: list[str] | None = None) -> Path:
     folder = root / name
     for i, size in enumerate(sizes):

@@ -11,11 +11,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import make_folder
-from lorafw.config.compose import compose_dict
-from lorafw.config.validate import spec_from_dict
-from lorafw.data.dataset import build
-from lorafw.data.folders import scan
+from conftest import make_folder, scanned_dataset
 from lorafw.data.latents import LatentCache
 from lorafw.errors import ConfigError, DatasetError
 from lorafw.run import resolve_outputs
@@ -28,11 +24,7 @@ def trainer_for(spec) -> SD15Trainer:
     return SD15Trainer(spec, spec.output.dir)
 
 
-def dataset(root, *extra):
-    spec, _ = spec_from_dict(compose_dict(None, [f"dataset.root={root}", "base_model.path=-", "dataset.resolution=64",
-                                                 "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=128", *extra]),
-                             need_model=False)
-    return build(scan(spec.dataset)[0], spec.dataset)
+dataset = scanned_dataset
 
 
 def test_disk_cache_reencodes_only_what_changed(tmp_path, tiny_parts):

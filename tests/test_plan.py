@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import make_folder
+from conftest import lorafw_main_without_torch, make_folder
 from lorafw.config.compose import compose_dict
 from lorafw.config.validate import spec_from_dict
 from lorafw.data.dataset import build, reg_repeats
@@ -118,9 +116,5 @@ def test_render_and_json(tmp_path):
 
 def test_plan_command_imports_no_torch_and_needs_no_model(tmp_path):
     make_folder(tmp_path, "3_kafka", [(64, 64)] * 4, ["kafka"])
-    code = ("import sys; from lorafw.cli import main; rc = main(['plan', '--json', '+recipe=pdxl', "
-            f"'dataset.root={tmp_path}']); print('TORCH', 'torch' in sys.modules, rc)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().endswith("TORCH False 0")
-    data = json.loads(out[: out.rindex("TORCH")])
+    data = json.loads(lorafw_main_without_torch("plan", "--json", "+recipe=pdxl", f"dataset.root={tmp_path}"))
     assert data["T"] == 12 and data["batch_size"] == 2

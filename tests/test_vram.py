@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import make_folder
+from conftest import lorafw_main_without_torch, make_folder
 from lorafw.config.compose import compose_dict
 from lorafw.config.spec import NetworkSpec, OptimizerSpec
 from lorafw.config.validate import spec_from_dict
@@ -247,17 +246,10 @@ def test_recipe_estimates(tmp_path):
 # -- the command line ------------------------------------------------------------------------------------
 def test_plan_vram_command_imports_no_torch(tmp_path):
     make_folder(tmp_path, "3_kafka", [(64, 64)] * 4, ["kafka"])
-    code = ("import sys; from lorafw.cli import main; rc = main(['plan', '--vram', '12', '+recipe=pdxl', "
-            f"'dataset.root={tmp_path}']); print('TORCH', 'torch' in sys.modules, rc)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().endswith("TORCH False 0")
+    out = lorafw_main_without_torch("plan", "--vram", "12", "+recipe=pdxl", f"dataset.root={tmp_path}")
     assert "GPU memory, estimated" in out and "how: activations:" in out and "not yet checked against a GPU" in out
     assert "budget 12 GiB" in out and ("fastest settings that fit 12 GiB" in out or "nothing fits in 12 GiB" in out)
-    code = ("import sys; from lorafw.cli import main; rc = main(['plan', '--json', '--vram=8', '+recipe=sd15_character', "
-            f"'dataset.root={tmp_path}']); print('TORCH', 'torch' in sys.modules, rc)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().endswith("TORCH False 0")
-    data = json.loads(out[: out.rindex("TORCH")])
+    data = json.loads(lorafw_main_without_torch("plan", "--json", "--vram=8", "+recipe=sd15_character", f"dataset.root={tmp_path}"))
     assert data["T"] == 12 and data["vram"]["budget_gib"] == 8 and "calibration" in data["vram"]
     assert data["vram"]["estimate"]["bucket"] == [768, 768]
 
