@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_folder, picture
+from conftest import make_folder, picture, scanned_dataset as dataset
 from lorafw.data.latents import LatentCache, load_pixels
 from lorafw.data.prefetch import Ahead, Lookahead, resolve_workers
 from lorafw.errors import DatasetError
 from lorafw.run import resolve_outputs
 from lorafw.trainers.sd15 import SD15Trainer
-from test_dataset_training import dataset
 
 
 def slow_square(x: int) -> int:
@@ -159,20 +158,12 @@ def test_uncached_training_is_unchanged_by_loader_threads(compose_tiny, tmp_path
         tr = SD15Trainer(spec, spec.output.dir)
         tr.setup()
         assert tr.latent_cache is None
-        served = []
-        real = Lookahead.take
-
-        def take(self, key, served=served):
-            got = real(self, key)
-            served.append(got is not None)
-            return got
-
-        Lookahead.take = take
-        try:
-            tr.train()
-        finally:
-            Lookahead.take = real
-        assert served and all(served)  # every training batch came from the lookahead, none decoded twice
+        made, make = [], tr._pixel_lookahead
+        tr._pixel_lookahead = lambda groups: made.append(make(groups)) or made[-1]
+        tr.train()
+        batches = sum(len(tr.data.epoch_batches(spec.seed, e, spec.train.batch_size)) for e in (1, 2))
+        assert len(made) == 2 and batches > 0  # one lookahead per epoch
+        assert sum(look.served for look in made) == batches and sum(look.missed for look in made) == 0  # none decoded twice
         runs[workers] = tr
     a, b = runs[0], runs[2]
     assert a.loss_history == b.loss_history

@@ -685,7 +685,7 @@ class SD15Trainer:
     def _loss(self, batch: list[int], micro: int) -> torch.Tensor:
         """Noise-prediction loss of one batch; its randomness depends only on (seed, micro-step)."""
         s = self.spec
-        seed = dataset_mod.derive_seed(s.seed, "step", micro)
+        seed = self._step_seed(micro)
         rng = random.Random(seed)
         flips = self._flips(batch, rng)
         captions = [self.data.caption(i, rng) for i in batch]
@@ -705,6 +705,10 @@ class SD15Trainer:
         weights = torch.tensor([self.data.loss_weight(i) for i in batch]) if self.data.n_reg_items else None
         return diffusion_loss(pred, noise, timesteps, self.noise_scheduler, s.train.min_snr_gamma, mask, weights).mean()
 
+    def _step_seed(self, micro: int) -> int:
+        """Every random draw of micro-step `micro` (flips, captions, noise, timesteps) comes from this seed."""
+        return dataset_mod.derive_seed(self.spec.seed, "step", micro)
+
     def _flips(self, batch: list[int], rng: random.Random) -> list[bool]:
         """The batch's flip draws: the first use of its (seed, micro-step) generator."""
         return [self.data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
@@ -715,8 +719,7 @@ class SD15Trainer:
         keys, micro = [], self.micro
         for group in groups:
             for j in shard(len(group), self.world.rank, self.world.size):
-                rng = random.Random(dataset_mod.derive_seed(self.spec.seed, "step", micro + j))
-                keys.append((tuple(group[j]), tuple(self._flips(group[j], rng))))
+                keys.append((tuple(group[j]), tuple(self._flips(group[j], random.Random(self._step_seed(micro + j))))))
             micro += len(group)
         return Lookahead(self._load_pixels, keys, self.loader_workers)
 
