@@ -48,7 +48,7 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
 def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     """`spec` pointed at the run it resumes, after checking it is that run's config."""
     from lorafw.config.compose import load_spec
-    from lorafw.config.validate import expand
+    from lorafw.paths import expand
     from lorafw.errors import ConfigError
     from lorafw.trainers.common import changed_keys, identity
 

@@ -1,5 +1,5 @@
 """Shared fixtures: tiny SD1.5-architecture models and datasets written to disk the way users have them,
-and specs composed from the real conf/ + recipes/ then shrunk to the tiny model."""
+and specs composed from the real conf/ (recipes in conf/recipe/) then shrunk to the tiny model."""
 
 from __future__ import annotations
 

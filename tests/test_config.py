@@ -180,7 +180,6 @@ def test_typed_converter_collects_every_problem():
         "network.alph: unknown key; did you mean network.alpha? (valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha)",
         "network.algo: 'lorra' is not allowed; choose one of: lora, locon",
         "network.dim: expected an integer, got 1.5 (float)",
-        "network.alpha: missing (every config must set it)",
         "network.dora_wd: expected true or false, got 'yes' (str)",
     ]
     probs = []

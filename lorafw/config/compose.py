@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import suggest
-from lorafw.config.validate import expand, spec_from_dict
+from lorafw.config.validate import spec_from_dict
+from lorafw.paths import expand
 from lorafw.errors import ConfigError
 
 CONFIG_NAME = "config"
@@ -96,6 +97,19 @@ def default_run_dir(out_dir: str | None, name: str | None, root: str | None) -> 
 
 
 OmegaConf.register_new_resolver("lorafw_run_dir", default_run_dir, use_cache=True, replace=True)
+
+
+def _store_schema_defaults() -> None:
+    """Every key's default, from the one schema (config/spec.py), as the node conf/config.yaml starts from."""
+    from hydra.core.config_store import ConfigStore
+
+    from lorafw.config.schema import defaults_tree
+
+    ConfigStore.instance().store(name=SCHEMA_NODE, node=defaults_tree(RunSpec))
+
+
+SCHEMA_NODE = "lorafw_schema_defaults"
+_store_schema_defaults()
 
 
 def _compose_cfg(overrides: Sequence[str]) -> DictConfig:

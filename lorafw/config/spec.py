@@ -1,10 +1,11 @@
-"""The typed run spec: what one training run does, as frozen dataclasses.
+"""The typed run spec: what one training run does, as frozen dataclasses — and the one schema.
 
-Defaults live in conf/ (the YAML groups), not here: every field a config file sets has no
-default in its dataclass, so a spec can only come from a composed config (or a saved one).
-Fields that default to None here are "not set / not applicable" (e.g. a scheduler's
-`min_lr` under cosine), never a value. This module imports no torch: resolving and
-validating a recipe is the first thing a user waits for.
+Every key is declared here once with `key(default, doc, kohya=..., ge=...)` (config/schema.py): its type
+(the annotation), default, range, one-line doc and the kohya/GUI names it answers to. Hydra composes
+on these defaults, conf/ option files and recipes only change them, validation checks types and ranges
+from them (cross-key rules live in config/validate.py), and `lorafw keys` prints them.
+Fields that default to None are "not set / not applicable" (e.g. a scheduler's `min_lr` under cosine).
+This module imports no torch: resolving and validating a recipe is the first thing a user waits for.
 """
 
 from __future__ import annotations
@@ -13,197 +14,227 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lorafw.config.schema import REQUIRED, key
+
 
 @dataclass(frozen=True)
 class BaseModelSpec:
-    arch: str
-    path: str
-    allow_pickle: bool
-    vae: str | None = None
+    arch: str = key("sd15", "the trainer to use (sd15 | sdxl); the checkpoint's own tensors must agree")
+    path: str = key(REQUIRED, "the base checkpoint: a single .safetensors (original layout) or a diffusers folder",
+                    kohya="pretrained_model_name_or_path")
+    allow_pickle: bool = key(False, ".ckpt/.pt files can run code when unpickled; true reads their tensors only")
+    vae: str | None = key(None, "external VAE (single file or diffusers folder); null = the checkpoint's own", kohya="vae")
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    algo: Literal["lora", "locon"]
-    dim: int
-    alpha: float
-    dora_wd: bool
-    dropout: float
-    conv_dim: int | None = None
-    conv_alpha: float | None = None
+    algo: Literal["lora", "locon"] = key("lora", "lora: attention/MLP layers; locon adds the ResNet 3x3 convolutions")
+    dim: int = key(16, "rank of each adapter", kohya="network_dim", ge=1)
+    alpha: float = key(8.0, "the update is scaled by alpha / dim", kohya="network_alpha", gt=0,
+                       why="the update is scaled by alpha / dim")
+    dora_wd: bool = key(False, "DoRA: trainable magnitude per output channel (weight decomposition)")
+    dropout: float = key(0.0, "dropout on the adapter input", kohya="network_dropout", ge=0, lt=1)
+    conv_dim: int | None = key(None, "locon only: rank on the convolutions")
+    conv_alpha: float | None = key(None, "locon only: alpha on the convolutions")
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    name: str
-    lr: float
-    unet_lr: float
-    text_encoder_lr: float
-    weight_decay: float
-    betas: tuple[float, ...]
-    args: dict[str, Any]
+    name: str = key("adamw", "adamw | adamw8bit | prodigy | came (lorafw optimizer=NAME picks one with its defaults)")
+    lr: float = key(1e-4, "learning rate; unet_lr and text_encoder_lr follow it unless set", kohya="learning_rate", gt=0)
+    unet_lr: float = key("${.lr}", "UNet learning rate; 0 = the UNet is not trained", kohya="unet_lr", ge=0,
+                         why="0 = do not train that part")
+    text_encoder_lr: float = key("${.lr}", "text-encoder learning rate; 0 = no text-encoder adapter",
+                                 kohya="text_encoder_lr", ge=0, why="0 = do not train that part")
+    weight_decay: float = key(0.01, "decoupled weight decay", ge=0)
+    betas: tuple[float, ...] = key((0.9, 0.999), "the optimizer's betas (CAME takes three)")
+    args: dict[str, Any] = key({}, "more keyword arguments for the optimizer, e.g. {eps: 1e-8}")
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    name: str
-    warmup_ratio: float | None = None
-    num_cycles: int | None = None
-    min_lr: float | None = None
-    d: float | None = None
-    gamma: float | None = None
+    name: str = key("constant", "constant | constant_with_warmup | cosine_with_restarts | rex")
+    warmup_ratio: float | None = key(None, "fraction of all optimizer steps spent warming up", kohya="warmup_ratio",
+                                     ge=0, lt=1)
+    num_cycles: int | None = key(None, "cosine cycles (restarts) / REX cycles", kohya="lr_scheduler_num_cycles", ge=1)
+    min_lr: float | None = key(None, "REX: the lr it starts from and decays to", ge=0)
+    d: float | None = key(None, "REX: the curve's shape", gt=0, le=1)
+    gamma: float | None = key(None, "REX: each restart multiplies max lr by gamma", gt=0)
 
 
 @dataclass(frozen=True)
 class FolderSpec:
     """One image folder. Unset fields take the dataset-wide value."""
 
-    path: str
-    repeats: int | None = None
-    trigger: str | None = None
-    is_reg: bool | None = None
-    keep_tokens: int | None = None
-    keep_tokens_separator: str | None = None
-    caption_extension: str | None = None
-    shuffle_caption: bool | None = None
-    caption_dropout_rate: float | None = None
-    caption_tag_dropout_rate: float | None = None
-    flip_aug: bool | None = None
-    mask_dir: str | None = None
+    path: str = key(REQUIRED, "the folder of images and captions")
+    repeats: int | None = key(None, "times each image is seen per epoch; null = the folder name's REPEATS_ prefix", ge=1)
+    trigger: str | None = key(None, "a tag put first in every caption of this folder")
+    is_reg: bool | None = key(None, "regularisation images")
+    keep_tokens: int | None = key(None, "as dataset.keep_tokens, for this folder", ge=0)
+    keep_tokens_separator: str | None = key(None, "as dataset.keep_tokens_separator, for this folder")
+    caption_extension: str | None = key(None, "as dataset.caption_extension, for this folder")
+    shuffle_caption: bool | None = key(None, "as dataset.shuffle_caption, for this folder")
+    caption_dropout_rate: float | None = key(None, "as dataset.caption_dropout_rate, for this folder", ge=0, lt=1)
+    caption_tag_dropout_rate: float | None = key(None, "as dataset.caption_tag_dropout_rate, for this folder", ge=0, lt=1)
+    flip_aug: bool | None = key(None, "as dataset.flip_aug, for this folder")
+    mask_dir: str | None = key(None, "as dataset.mask_dir, for this folder")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    root: str | None
-    folders: tuple[FolderSpec, ...]
-    reg_root: str | None
-    default_repeats: int | None
-    resolution: int
-    caption_extension: str
-    shuffle_caption: bool
-    keep_tokens: int
-    keep_tokens_separator: str | None
-    caption_dropout_rate: float
-    caption_tag_dropout_rate: float
-    flip_aug: bool
-    enable_bucket: bool
-    min_bucket_reso: int
-    max_bucket_reso: int
-    bucket_reso_steps: int
-    bucket_no_upscale: bool
-    prior_loss_weight: float
-    masked_loss: bool
-    mask_dir: str | None
-    cache_latents: bool
-    cache_latents_to_disk: bool
-    cache_dir: str | None
-    cache_text_encoder_outputs: bool
-    skip_bad_images: bool
-    duplicate_hardness: int
-    vae_batch_size: int = 1  # images encoded at once while caching latents
-    workers: int | None = None  # image-loading threads (None: one per core up to 8 beside a GPU, 0 on CPU)
+    root: str | None = key(None, "a folder holding REPEATS_NAME folders (e.g. 3_kafka/)", kohya="train_data_dir")
+    folders: tuple[FolderSpec, ...] = key((), "or each folder explicitly: [{path: DIR, repeats: 5, trigger: TAG}]")
+    reg_root: str | None = key(None, "regularisation images, also in REPEATS_NAME folders", kohya="reg_data_dir")
+    default_repeats: int | None = key(None, "repeats for folders without a REPEATS_ prefix; null = that is an error", ge=1)
+    resolution: int = key(512, "training area is resolution x resolution (a multiple of 8)", kohya="resolution")
+    caption_extension: str = key(".txt", "caption files are IMAGE_NAME + this", kohya="caption_extension")
+    shuffle_caption: bool = key(False, "shuffle comma-separated tags each time an image is seen", kohya="shuffle_caption")
+    keep_tokens: int = key(0, "the first N tags stay in place when shuffling", kohya="keep_tokens", ge=0)
+    keep_tokens_separator: str | None = key(None, "e.g. '|||': tags before it stay in place instead of the first keep_tokens",
+                                            kohya="keep_tokens_separator")
+    caption_dropout_rate: float = key(0.0, "chance of training an image with an empty caption", kohya="caption_dropout_rate",
+                                      ge=0, lt=1)
+    caption_tag_dropout_rate: float = key(0.0, "chance of dropping each (not kept) tag", kohya="caption_tag_dropout_rate",
+                                          ge=0, lt=1)
+    flip_aug: bool = key(False, "random horizontal flips", kohya="flip_aug")
+    enable_bucket: bool = key(True, "aspect-ratio buckets: every image keeps its shape", kohya="enable_bucket")
+    min_bucket_reso: int = key(256, "smallest bucket side", kohya="min_bucket_reso", ge=64)
+    max_bucket_reso: int = key(1024, "largest bucket side", kohya="max_bucket_reso")
+    bucket_reso_steps: int = key(64, "bucket sides are multiples of this (a multiple of 8)", kohya="bucket_reso_steps")
+    bucket_no_upscale: bool = key(False, "never enlarge an image to fit a bucket", kohya="bucket_no_upscale")
+    prior_loss_weight: float = key(1.0, "loss weight of regularisation images", kohya="prior_loss_weight", ge=0)
+    masked_loss: bool = key(False, "weight the loss by a mask: the image's alpha, or mask_dir/<same name>.png",
+                            kohya="masked_loss")
+    mask_dir: str | None = key(None, "a folder of masks named like the images")
+    cache_latents: bool = key(True, "encode every image with the VAE once, before training", kohya="cache_latents")
+    cache_latents_to_disk: bool = key(False, "keep those latents on disk and reuse them across runs",
+                                      kohya="cache_latents_to_disk")
+    cache_dir: str | None = key(None, "where; null = ~/.cache/lorafw/latents (dataset folders are never written to)")
+    cache_text_encoder_outputs: bool = key(False, "encode captions once (needs a frozen text encoder, unchanging captions)",
+                                           kohya="cache_text_encoder_outputs")
+    skip_bad_images: bool = key(False, "unreadable images: false = stop before training, true = leave them out")
+    duplicate_hardness: int = key(90, "near-duplicate strictness, like dupeGuru's filter hardness (higher = closer copies)",
+                                  ge=1, le=100)
+    vae_batch_size: int = key(1, "images the VAE encodes at once while caching latents", kohya="vae_batch_size", ge=1,
+                              why="images the VAE encodes at once")
+    workers: int | None = key(None, "image-loading threads; null = one per core (at most 8) beside a GPU, none on a CPU",
+                              kohya="max_data_loader_n_workers", ge=0,
+                              why="image-loading threads; 0 loads in the main thread, null picks one per core")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    epochs: int
-    batch_size: int
-    gradient_accumulation_steps: int
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"]
-    full_bf16: bool
-    no_half_vae: bool
-    gradient_checkpointing: bool
-    attention: Literal["sdpa", "xformers"]
-    clip_skip: int
-    max_token_length: Literal[75, 150, 225]
-    min_snr_gamma: float | None
-    loss_type: Literal["l2"]
-    noise_offset: float
-    max_grad_norm: float
-    on_nonfinite: Literal["stop", "skip"]
-    device: str
-    num_processes: int = 1  # data parallel: global batch = batch_size × num_processes × gradient_accumulation_steps
-    compile: bool = False  # regional torch.compile of the UNet's repeated blocks
-    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    epochs: int = key(10, "one LoRA file per saved epoch", kohya="max_train_epochs", ge=1)
+    batch_size: int = key(1, "images per step (per device)", kohya=("train_batch_size", "batch_size"), ge=1)
+    gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step", kohya="gradient_accumulation_steps", ge=1)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = key(
+        "auto", "auto: bf16 where the GPU has it, else fp16; fp32 on a CPU", kohya="mixed_precision")
+    full_bf16: bool = key(False, "weights and gradients in bf16 (SDXL memory saver)", kohya="full_bf16")
+    no_half_vae: bool = key(False, "keep the VAE in fp32 under fp16/bf16", kohya="no_half_vae")
+    gradient_checkpointing: bool = key(False, "recompute activations in the backward pass: less memory, slower",
+                                       kohya="gradient_checkpointing")
+    attention: Literal["sdpa", "xformers"] = key("sdpa", "sdpa (PyTorch scaled-dot-product) | xformers (when installed)")
+    clip_skip: int = key(1, "2 = the penultimate CLIP layer (NovelAI-family models)", kohya="clip_skip", ge=1)
+    max_token_length: Literal[75, 150, 225] = key(75, "captions longer than 75 tokens are encoded in 75-token chunks",
+                                                 kohya="max_token_length")
+    min_snr_gamma: float | None = key(None, "min-SNR loss weighting, e.g. 5.0; null = off", kohya="min_snr_gamma", gt=0,
+                                      why="or null to turn it off")
+    loss_type: Literal["l2"] = key("l2", "l2 (MSE)")
+    noise_offset: float = key(0.0, "offset noise strength", kohya="noise_offset", ge=0)
+    max_grad_norm: float = key(1.0, "gradient clipping norm; 0 = no clipping", kohya="max_grad_norm", ge=0,
+                               why="0 = no clipping")
+    on_nonfinite: Literal["stop", "skip"] = key("stop", "a NaN/inf loss or gradient: stop (keeping every saved epoch) | skip the step")
+    device: str = key("auto", "auto | cpu | cuda | cuda:N")
+    num_processes: int = key(1, "data-parallel processes (GPUs); >1: lorafw starts them with accelerate launch", ge=1)
+    compile: bool = key(False, "torch.compile the UNet's repeated blocks (faster after the first steps per bucket)",
+                        kohya="torch_compile")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = key(
+        "inductor", "inductor | aot_eager | eager (the latter two check tracing without code generation)",
+        kohya="dynamo_backend")
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    dir: str | None
-    name: str | None
-    save_every_n_epochs: int
-    save_precision: Literal["fp16", "bf16", "fp32"]
-    save_state_every_n_epochs: int
-    save_state_every_n_steps: int
-    overwrite: bool
+    dir: str | None = key(None, "run folder; null = outputs/<name>/<date-time>", kohya="output_dir")
+    name: str | None = key(None, "files are NAME-01.safetensors …; null = the dataset folder's name", kohya="output_name")
+    save_every_n_epochs: int = key(1, "write a LoRA file every N epochs", kohya="save_every_n_epochs", ge=1)
+    save_precision: Literal["fp16", "bf16", "fp32"] = key("fp16", "dtype of the LoRA files on disk", kohya="save_precision")
+    save_state_every_n_epochs: int = key(1, "training state for `lorafw resume` (state.pt, replaced each time); 0 = never",
+                                         ge=0, why="0 = never")
+    save_state_every_n_steps: int = key(0, "also every N optimizer steps within an epoch; 0 = only at epoch ends", ge=0,
+                                        why="0 = never")
+    overwrite: bool = key(False, "allow writing into a run folder that already holds a run")
 
 
 @dataclass(frozen=True)
 class SampleSpec:
     """Images rendered during training and by `lorafw grid` (kohya's sample_* options)."""
 
-    prompts: tuple[str, ...]  # prompt lines (kohya flags: --n --w --h --d --s --l); or read from prompt_file
-    prompt_file: str | None
-    every_n_epochs: int  # 0 = not during training
-    every_n_steps: int
-    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lms"]
-    steps: int
-    cfg_scale: float
-    seed: int
-    negative: str
-    width: int | None
-    height: int | None
+    prompts: tuple[str, ...] = key((), "prompt lines, e.g. 'kafka, 1girl --n lowres --w 768 --h 768 --d 1 --s 28 --l 7'")
+    prompt_file: str | None = key(None, "or a file of such lines (kohya's sample_prompts)", kohya="sample_prompts")
+    every_n_epochs: int = key(0, "render samples every N epochs; 0 = not during training", kohya="sample_every_n_epochs",
+                              ge=0, why="0 = off")
+    every_n_steps: int = key(0, "render samples every N steps; 0 = off", kohya="sample_every_n_steps", ge=0, why="0 = off")
+    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lms"] = key(
+        "euler_a", "the sampler for samples and grids", kohya="sample_sampler")
+    steps: int = key(28, "sampling steps (--s)", ge=1)
+    cfg_scale: float = key(7.0, "classifier-free guidance scale (--l)", ge=0)
+    seed: int = key(42, "the same seed in every image of a prompt (--d)", ge=0, le=2**32 - 1)
+    negative: str = key("lowres, bad anatomy, bad hands, worst quality, low quality, blurry", "negative prompt (--n)")
+    width: int | None = key(None, "--w; null = dataset.resolution")
+    height: int | None = key(None, "--h; null = dataset.resolution")
 
 
 @dataclass(frozen=True)
 class ValidationSpec:
     """Held-out images whose loss, with fixed noise and timesteps, is comparable across epochs and runs."""
 
-    root: str | None  # a folder of images with captions (REPEATS_ prefixes are ignored here)
-    split: float  # or hold out this fraction of the training images
-    every_n_epochs: int
-    draws: int  # noise/timestep draws per image
+    root: str | None = key(None, "a folder of held-out images with captions (REPEATS_ prefixes are ignored)")
+    split: float = key(0.0, "or hold out this fraction of the training images (chosen by the seed)", ge=0, lt=1)
+    every_n_epochs: int = key(1, "validation loss every N epochs", ge=1)
+    draws: int = key(4, "fixed noise/timestep draws per image", ge=1)
 
 
 @dataclass(frozen=True)
 class EmaSpec:
-    enabled: bool
-    decay: float
-    on_cpu: bool
+    enabled: bool = key(False, "also write NAME-NN-ema.safetensors, an exponential moving average of the adapter")
+    decay: float = key(0.999, "the average's decay per step", gt=0, lt=1)
+    on_cpu: bool = key(False, "keep the average in CPU memory")
 
 
 @dataclass(frozen=True)
 class LogSpec:
-    tensorboard: bool
-    every_n_steps: int
-    smoothing: float  # weight of the past in the smoothed loss
+    tensorboard: bool = key(True, "RUN_DIR/tensorboard (tensorboard --logdir RUN_DIR)")
+    every_n_steps: int = key(1, "metrics.jsonl / metrics.csv / TensorBoard every N steps", ge=1)
+    smoothing: float = key(0.9, "weight of the past in the smoothed loss", ge=0, lt=1)
 
 
 @dataclass(frozen=True)
 class GridSpec:
     """`lorafw grid`: rows are saved epochs, columns LoRA weights."""
 
-    weights: tuple[float, ...]
-    epochs: tuple[int, ...]  # empty = every saved epoch (newest first)
-    ema: bool  # also rows for the EMA files
+    weights: tuple[float, ...] = key((1.0, 0.9, 0.8, 0.7, 0.6, 0.5), "the LoRA weights, one column each")
+    epochs: tuple[int, ...] = key((), "the epochs, one row each, e.g. [10, 9, 8, 7]; empty = every saved epoch")
+    ema: bool = key(False, "rows for the EMA files too")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    seed: int
-    resume: str | None  # a run folder to continue (lorafw resume RUN_DIR); not part of what the run computes
-    base_model: BaseModelSpec
-    network: NetworkSpec
-    optimizer: OptimizerSpec
-    scheduler: SchedulerSpec
-    dataset: DatasetSpec
-    train: TrainSpec
-    output: OutputSpec
-    sample: SampleSpec
-    validation: ValidationSpec
-    ema: EmaSpec
-    log: LogSpec
-    grid: GridSpec
+    seed: int = key(42, "fixes noise, timesteps, shuffling and LoRA init: same seed, same files", kohya="seed",
+                    ge=0, le=2**32 - 1)
+    resume: str | None = key(None, "a run folder to continue from its saved state (or: lorafw resume RUN_DIR)")
+    base_model: BaseModelSpec = dataclasses.field(default_factory=BaseModelSpec)
+    network: NetworkSpec = dataclasses.field(default_factory=NetworkSpec)
+    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
+    scheduler: SchedulerSpec = dataclasses.field(default_factory=SchedulerSpec)
+    dataset: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
+    output: OutputSpec = dataclasses.field(default_factory=OutputSpec)
+    sample: SampleSpec = dataclasses.field(default_factory=SampleSpec)
+    validation: ValidationSpec = dataclasses.field(default_factory=ValidationSpec)
+    ema: EmaSpec = dataclasses.field(default_factory=EmaSpec)
+    log: LogSpec = dataclasses.field(default_factory=LogSpec)
+    grid: GridSpec = dataclasses.field(default_factory=GridSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples) that `spec_from_dict` reads back to an equal spec."""

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from lorafw.config.schema import range_problem
+
 MISSING = "???"  # OmegaConf's marker for a mandatory value left unset
 
 
@@ -114,6 +116,16 @@ def convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     raise TypeError(f"unsupported type hint {tp!r} at {key}")  # a bug in the spec, not user input
 
 
+def _has_usable_default(f: dataclasses.Field) -> bool:
+    """A default that stands alone: not the REQUIRED marker, not an interpolation of another key."""
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return True
+    d = f.default
+    if d is dataclasses.MISSING or d == MISSING:
+        return False
+    return not (isinstance(d, str) and d.startswith("${"))
+
+
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -138,10 +150,15 @@ def from_dict(cls: type, data: Any, key: str, problems: list[str]) -> Any:
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            if not _has_usable_default(f):
                 problems.append(f"{prefix}{f.name}: missing (every config must set it)")
             continue
+        before_key = len(problems)
         kwargs[f.name] = convert(hints[f.name], data[f.name], prefix + f.name, problems)
+        if len(problems) == before_key:  # the declared range (config/schema.py), once the type is right
+            bad = range_problem(dict(f.metadata), kwargs[f.name], prefix + f.name)
+            if bad:
+                problems.append(bad)
     if len(problems) != before:
         return None
     return cls(**kwargs)

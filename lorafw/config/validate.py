@@ -14,16 +14,12 @@ from typing import Any
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError
+from lorafw.paths import expand
 from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BAD_NAME = re.compile(r"[\\/:*?\"<>|]")
-
-
-def expand(path: str) -> Path:
-    """User paths may use ~ and $VARS."""
-    return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
 def spec_from_dict(data: dict[str, Any], check_paths: bool = True, need_model: bool = True) -> tuple[RunSpec, list[str]]:
@@ -52,19 +48,11 @@ def spec_from_dict(data: dict[str, Any], check_paths: bool = True, need_model: b
 def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
     from lorafw.registry import available_archs
 
-    if not 0 <= s.seed < 2**32:
-        p.append(f"seed: must be in 0 … 4294967295, got {s.seed}")
     archs = available_archs()
     if need_model and s.base_model.arch not in archs:
         p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
 
     n = s.network
-    if n.dim < 1:
-        p.append(f"network.dim: must be at least 1, got {n.dim}")
-    if n.alpha <= 0:
-        p.append(f"network.alpha: must be > 0, got {n.alpha:g} (the update is scaled by alpha / dim)")
-    if not 0.0 <= n.dropout < 1.0:
-        p.append(f"network.dropout: must be in [0, 1), got {n.dropout:g}")
     if n.algo == "locon":
         if n.conv_dim is None or n.conv_dim < 1:
             p.append(f"network.conv_dim: network.algo=locon needs a rank of at least 1, got {n.conv_dim}")
@@ -89,11 +77,6 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
             )
     if any(not 0.0 <= b < 1.0 for b in o.betas):
         p.append(f"optimizer.betas: each beta must be in [0, 1), got {list(o.betas)}")
-    if o.lr <= 0:
-        p.append(f"optimizer.lr: must be > 0, got {o.lr:g}")
-    for key in ("unet_lr", "text_encoder_lr"):
-        if getattr(o, key) < 0:
-            p.append(f"optimizer.{key}: must be >= 0 (0 = do not train that part), got {getattr(o, key):g}")
     if o.name == "prodigy" and o.unet_lr and o.text_encoder_lr and o.unet_lr != o.text_encoder_lr:
         p.append(
             f"optimizer.text_encoder_lr: Prodigy needs the same lr for the UNet and the text encoder (or 0 to "
@@ -101,8 +84,6 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
         )
     if o.unet_lr == 0 and o.text_encoder_lr == 0:
         p.append("optimizer.unet_lr and optimizer.text_encoder_lr: both 0, nothing would be trained")
-    if o.weight_decay < 0:
-        p.append(f"optimizer.weight_decay: must be >= 0, got {o.weight_decay:g}")
 
     sc = s.scheduler
     used = SCHEDULERS.get(sc.name)
@@ -115,16 +96,6 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
                 p.append(f"scheduler.{key}: scheduler {sc.name} needs it set")
             elif key not in used and value is not None:
                 notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
-    if sc.warmup_ratio is not None and not 0.0 <= sc.warmup_ratio < 1.0:
-        p.append(f"scheduler.warmup_ratio: must be in [0, 1), got {sc.warmup_ratio:g}")
-    if sc.num_cycles is not None and sc.num_cycles < 1:
-        p.append(f"scheduler.num_cycles: must be at least 1, got {sc.num_cycles}")
-    if sc.min_lr is not None and sc.min_lr < 0:
-        p.append(f"scheduler.min_lr: must be >= 0, got {sc.min_lr:g}")
-    if sc.d is not None and not 0.0 < sc.d <= 1.0:
-        p.append(f"scheduler.d: must be in (0, 1], got {sc.d:g}")
-    if sc.gamma is not None and sc.gamma <= 0:
-        p.append(f"scheduler.gamma: must be > 0, got {sc.gamma:g}")
 
     d = s.dataset
     if d.root is None and not d.folders:
@@ -138,27 +109,10 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
             p.append(f"dataset.min_bucket_reso: {d.min_bucket_reso} is above dataset.resolution={d.resolution}")
         if d.max_bucket_reso < d.resolution:
             p.append(f"dataset.max_bucket_reso: {d.max_bucket_reso} is below dataset.resolution={d.resolution}")
-        if d.min_bucket_reso < 64:
-            p.append(f"dataset.min_bucket_reso: must be at least 64, got {d.min_bucket_reso}")
-    if d.keep_tokens < 0:
-        p.append(f"dataset.keep_tokens: must be >= 0, got {d.keep_tokens}")
-    if d.default_repeats is not None and d.default_repeats < 1:
-        p.append(f"dataset.default_repeats: must be at least 1, got {d.default_repeats}")
     if not d.caption_extension.startswith("."):
         p.append(f"dataset.caption_extension: must start with '.', e.g. .txt, got {d.caption_extension!r}")
     if d.cache_latents_to_disk and not d.cache_latents:
         p.append("dataset.cache_latents_to_disk: needs dataset.cache_latents=true")
-    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-        if not 0.0 <= getattr(d, key) < 1.0:
-            p.append(f"dataset.{key}: must be in [0, 1), got {getattr(d, key):g}")
-    if d.prior_loss_weight < 0:
-        p.append(f"dataset.prior_loss_weight: must be >= 0, got {d.prior_loss_weight:g}")
-    if d.vae_batch_size < 1:
-        p.append(f"dataset.vae_batch_size: must be at least 1 (images the VAE encodes at once), got {d.vae_batch_size}")
-    if d.workers is not None and d.workers < 0:
-        p.append(f"dataset.workers: must be >= 0 (image-loading threads; 0 loads in the main thread, null picks one per core), got {d.workers}")
-    if not 1 <= d.duplicate_hardness <= 100:
-        p.append(f"dataset.duplicate_hardness: must be 1-100 (higher = only closer copies match), got {d.duplicate_hardness}")
     if d.keep_tokens_separator is not None and not d.keep_tokens_separator.strip():
         p.append("dataset.keep_tokens_separator: must be a non-empty marker such as '|||', or null")
     if d.cache_text_encoder_outputs:
@@ -176,29 +130,12 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
             )
     for i, f in enumerate(d.folders):
         key = f"dataset.folders[{i}]"
-        if f.repeats is not None and f.repeats < 1:
-            p.append(f"{key}.repeats: must be at least 1, got {f.repeats}")
-        if f.keep_tokens is not None and f.keep_tokens < 0:
-            p.append(f"{key}.keep_tokens: must be >= 0, got {f.keep_tokens}")
         if f.caption_extension is not None and not f.caption_extension.startswith("."):
             p.append(f"{key}.caption_extension: must start with '.', got {f.caption_extension!r}")
         if f.trigger is not None and (not f.trigger.strip() or "," in f.trigger):
             p.append(f"{key}.trigger: must be one tag without commas, got {f.trigger!r}")
-        for rate in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-            v = getattr(f, rate)
-            if v is not None and not 0.0 <= v < 1.0:
-                p.append(f"{key}.{rate}: must be in [0, 1), got {v:g}")
 
     t = s.train
-    for key in ("epochs", "batch_size", "gradient_accumulation_steps", "clip_skip", "num_processes"):
-        if getattr(t, key) < 1:
-            p.append(f"train.{key}: must be at least 1, got {getattr(t, key)}")
-    if t.min_snr_gamma is not None and t.min_snr_gamma <= 0:
-        p.append(f"train.min_snr_gamma: must be > 0 (or null to turn it off), got {t.min_snr_gamma:g}")
-    if t.noise_offset < 0:
-        p.append(f"train.noise_offset: must be >= 0, got {t.noise_offset:g}")
-    if t.max_grad_norm < 0:
-        p.append(f"train.max_grad_norm: must be >= 0 (0 = no clipping), got {t.max_grad_norm:g}")
     if not _DEVICE.match(t.device):
         p.append(f"train.device: {t.device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if t.num_processes > 1 and t.device.startswith("cuda:"):
@@ -209,11 +146,6 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
 
     _check_outputs_extras(s, p)
     out = s.output
-    if out.save_every_n_epochs < 1:
-        p.append(f"output.save_every_n_epochs: must be at least 1, got {out.save_every_n_epochs}")
-    for key in ("save_state_every_n_epochs", "save_state_every_n_steps"):
-        if getattr(out, key) < 0:
-            p.append(f"output.{key}: must be >= 0 (0 = never), got {getattr(out, key)}")
     if out.name is not None and (not out.name or _BAD_NAME.search(out.name)):
         p.append(f"output.name: {out.name!r} is not a usable file name (no / \\ : * ? \" < > |)")
 
@@ -250,19 +182,10 @@ def _changing_captions(d: Any) -> list[str]:
 def _check_outputs_extras(s: RunSpec, p: list[str]) -> None:
     """sample / validation / ema / log / grid sections."""
     sm = s.sample
-    for key in ("every_n_epochs", "every_n_steps"):
-        if getattr(sm, key) < 0:
-            p.append(f"sample.{key}: must be >= 0 (0 = off), got {getattr(sm, key)}")
-    if sm.steps < 1:
-        p.append(f"sample.steps: must be at least 1, got {sm.steps}")
-    if sm.cfg_scale < 0:
-        p.append(f"sample.cfg_scale: must be >= 0, got {sm.cfg_scale:g}")
     for key in ("width", "height"):
         v = getattr(sm, key)
         if v is not None and (v < 64 or v % 8):
             p.append(f"sample.{key}: must be a multiple of 8 and at least 64, got {v}")
-    if not 0 <= sm.seed < 2**32:
-        p.append(f"sample.seed: must be in 0 … 4294967295, got {sm.seed}")
     from lorafw.sampling.prompts import parse_line
 
     for i, line in enumerate(sm.prompts):
@@ -271,18 +194,8 @@ def _check_outputs_extras(s: RunSpec, p: list[str]) -> None:
         except ValueError as e:
             p.append(f"sample.prompts[{i}]: {e}")
     v = s.validation
-    if not 0.0 <= v.split < 1.0:
-        p.append(f"validation.split: must be in [0, 1), got {v.split:g}")
     if v.split and v.root:
         p.append("validation.root and validation.split: choose one way to hold images out")
-    if v.every_n_epochs < 1 or v.draws < 1:
-        p.append(f"validation.every_n_epochs and validation.draws: must be at least 1, got {v.every_n_epochs}, {v.draws}")
-    if not 0.0 < s.ema.decay < 1.0:
-        p.append(f"ema.decay: must be between 0 and 1 (e.g. 0.999), got {s.ema.decay:g}")
-    if s.log.every_n_steps < 1:
-        p.append(f"log.every_n_steps: must be at least 1, got {s.log.every_n_steps}")
-    if not 0.0 <= s.log.smoothing < 1.0:
-        p.append(f"log.smoothing: must be in [0, 1), got {s.log.smoothing:g}")
     if not s.grid.weights:
         p.append("grid.weights: needs at least one weight, e.g. [1.0, 0.8, 0.6]")
     if any(e < 1 for e in s.grid.epochs):

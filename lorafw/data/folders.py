@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafw.config.spec import DatasetSpec, FolderSpec
-from lorafw.config.validate import expand
+from lorafw.paths import expand
 from lorafw.data.captions import read_caption_text
 from lorafw.errors import DatasetError
 

@@ -118,7 +118,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, 
 
     from lorafw.outputs.atomic import atomic_write as atomic_write_text
     from lorafw.config.compose import load_spec
-    from lorafw.config.validate import expand
+    from lorafw.paths import expand
     from lorafw.data.folders import parse_folder_name
 
     spec = load_spec(run_dir, check_paths=False)

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorafw.config.schema import kohya_names
+from lorafw.config.spec import RunSpec
+
 # optimizer_type (any case, class paths too) → lorafw optimizer
 OPTIMIZER_NAMES = {
     "adamw": "adamw", "torch.optim.adamw": "adamw",
@@ -32,32 +35,10 @@ SCHEDULER_NAMES = {
 SAMPLERS = {"euler_a": "euler_a", "k_euler_a": "euler_a", "euler": "euler", "k_euler": "euler", "ddim": "ddim",
             "dpmsolver++": "dpmpp_2m", "dpmpp_2m": "dpmpp_2m", "k_dpm_2": None, "lms": "lms", "k_lms": "lms"}
 
-# kohya key → lorafw key, for values that carry over as they are
-DIRECT = {
-    "pretrained_model_name_or_path": "base_model.path", "vae": "base_model.vae",
-    "output_dir": "output.dir", "output_name": "output.name", "save_every_n_epochs": "output.save_every_n_epochs",
-    "save_precision": "output.save_precision",
-    "seed": "seed", "max_train_epochs": "train.epochs", "train_batch_size": "train.batch_size", "batch_size": "train.batch_size",
-    "gradient_accumulation_steps": "train.gradient_accumulation_steps", "gradient_checkpointing": "train.gradient_checkpointing",
-    "full_bf16": "train.full_bf16", "no_half_vae": "train.no_half_vae", "clip_skip": "train.clip_skip",
-    "max_token_length": "train.max_token_length", "min_snr_gamma": "train.min_snr_gamma", "noise_offset": "train.noise_offset",
-    "max_grad_norm": "train.max_grad_norm", "torch_compile": "train.compile", "dynamo_backend": "train.compile_backend",
-    "network_dim": "network.dim", "network_alpha": "network.alpha", "network_dropout": "network.dropout",
-    "learning_rate": "optimizer.lr", "unet_lr": "optimizer.unet_lr", "text_encoder_lr": "optimizer.text_encoder_lr",
-    "lr_scheduler_num_cycles": "scheduler.num_cycles", "warmup_ratio": "scheduler.warmup_ratio",
-    "train_data_dir": "dataset.root", "reg_data_dir": "dataset.reg_root",
-    "shuffle_caption": "dataset.shuffle_caption", "keep_tokens": "dataset.keep_tokens",
-    "keep_tokens_separator": "dataset.keep_tokens_separator", "caption_extension": "dataset.caption_extension",
-    "caption_dropout_rate": "dataset.caption_dropout_rate", "caption_tag_dropout_rate": "dataset.caption_tag_dropout_rate",
-    "flip_aug": "dataset.flip_aug", "enable_bucket": "dataset.enable_bucket", "min_bucket_reso": "dataset.min_bucket_reso",
-    "max_bucket_reso": "dataset.max_bucket_reso", "bucket_reso_steps": "dataset.bucket_reso_steps",
-    "bucket_no_upscale": "dataset.bucket_no_upscale", "prior_loss_weight": "dataset.prior_loss_weight",
-    "masked_loss": "dataset.masked_loss", "cache_latents": "dataset.cache_latents", "vae_batch_size": "dataset.vae_batch_size",
-    "max_data_loader_n_workers": "dataset.workers",
-    "cache_latents_to_disk": "dataset.cache_latents_to_disk", "cache_text_encoder_outputs": "dataset.cache_text_encoder_outputs",
-    "sample_every_n_epochs": "sample.every_n_epochs", "sample_every_n_steps": "sample.every_n_steps",
-    "sample_prompts": "sample.prompt_file",
-}
+# kohya key → lorafw key, for values that carry over as they are: read from the schema's `kohya=` names
+# (lorafw/config/spec.py); the keys below have values that need translating, done in `to_lorafw`.
+TRANSLATED = {"resolution", "mixed_precision", "sample_sampler"}
+DIRECT = {k: v for k, v in kohya_names(RunSpec).items() if k not in TRANSLATED}
 # Keys that mean nothing for lorafw (its behaviour is fixed, or the setting is about the other tool).
 NO_EFFECT = {
     "save_model_as": "lorafw always writes .safetensors", "save_toml": "lorafw saves config.yaml and run.json",

@@ -144,7 +144,7 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     """The base model (loaded once per checkpoint and VAE) as a Renderer and a WeightPatcher."""
     import torch
 
-    from lorafw.config.validate import expand
+    from lorafw.paths import expand
     from lorafw.models.load import load_components
     from lorafw.network.apply import WeightPatcher, module_names
     from lorafw.sampling.render import Renderer

@@ -63,7 +63,7 @@ def prompt_lines(spec: SampleSpec) -> list[str]:
     """The configured prompt lines: inline ones, then the prompt file's (blank lines and #comments skipped)."""
     lines = list(spec.prompts)
     if spec.prompt_file:
-        from lorafw.config.validate import expand
+        from lorafw.paths import expand
 
         lines += Path(expand(spec.prompt_file)).read_text(encoding="utf-8").splitlines()
     return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

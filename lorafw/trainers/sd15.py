@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lorafw.config.spec import RunSpec
-from lorafw.config.validate import expand
+from lorafw.paths import expand
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import fingerprint, scan
 from lorafw.data.lint import lint, without

@@ -1,0 +1,242 @@
+"""One declaration per key: type, default, range, a one-line doc and the kohya/GUI names it answers to.
+
+A key is a field of a RunSpec dataclass (config/spec.py) declared with `key(...)`:
+
+    dim: int = key(16, "rank of the LoRA matrices", kohya="network_dim", ge=1)
+
+Everything else is read from those declarations, never written again:
+- the defaults Hydra composes on (`defaults_tree`, stored in Hydra's ConfigStore by config/compose.py,
+  so conf/ option files only set what they change);
+- type and range checks with one message per bad key (config/typed.py);
+- `lorafw keys [PREFIX] [--markdown]` and the README's key table (`format_keys`);
+- the importer's kohya-name → lorafw-key map (`kohya_names`).
+
+Why dataclass field metadata rather than pydantic or OmegaConf structured configs: the spec stays a
+plain frozen dataclass (no new dependency, cheap to import, no torch), and our own checker collects every
+problem at once with the nearest-key suggestion, which OmegaConf's first-error-wins validation cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Union
+
+REQUIRED = "???"  # OmegaConf's marker for a mandatory value: the user must pass it (e.g. base_model.path)
+_NO_DEFAULT = object()
+
+
+def key(default: Any = _NO_DEFAULT, doc: str = "", *, kohya: str | tuple[str, ...] = (), ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None, why: str = "") -> Any:
+    """Declare one config key (a dataclass field). `why` is added to a range error, e.g. "(0 = off)".
+
+    A default written as "${.other}" is a Hydra interpolation (it follows another key of the same section).
+    """
+    meta = {"doc": doc, "kohya": (kohya,) if isinstance(kohya, str) else tuple(kohya), "ge": ge, "gt": gt, "le": le,
+            "lt": lt, "why": why}
+    if default is _NO_DEFAULT:
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (dict, list)):
+        frozen = default
+        return dataclasses.field(default_factory=lambda: type(frozen)(frozen), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key as `lorafw keys` shows it."""
+
+    path: str  # dotted, e.g. network.dim; list items as dataset.folders[].path
+    type: Any
+    default: Any
+    doc: str
+    kohya: tuple[str, ...]
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    why: str = ""
+
+    @property
+    def constraint(self) -> str:
+        """`int ≥ 1`, `lora | locon`, `float in [0, 1)`, `str or null`."""
+        tp, optional = _unwrap(self.type)
+        text = type_text(tp)
+        lo = f"[{_num(self.ge)}" if self.ge is not None else (f"({_num(self.gt)}" if self.gt is not None else None)
+        hi = f"{_num(self.le)}]" if self.le is not None else (f"{_num(self.lt)})" if self.lt is not None else None)
+        if lo and hi:
+            text += f" in {lo}, {hi}"
+        elif self.ge is not None:
+            text += f" ≥ {_num(self.ge)}"
+        elif self.gt is not None:
+            text += f" > {_num(self.gt)}"
+        elif self.le is not None:
+            text += f" ≤ {_num(self.le)}"
+        elif self.lt is not None:
+            text += f" < {_num(self.lt)}"
+        return text + (" or null" if optional else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _unwrap(tp: Any) -> tuple[Any, bool]:
+    """(type without None, whether None is allowed)."""
+    if typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Union[tuple(rest)]), True  # type: ignore[return-value]
+    return tp, False
+
+
+def type_text(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list[{type_text(typing.get_args(tp)[0])}]"
+    if origin is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    if tp is Any:
+        return "any"
+    return getattr(tp, "__name__", str(tp))
+
+
+def range_problem(info: dict[str, Any], value: Any, key_name: str) -> str | None:
+    """The message for a number outside its declared range, or None (also None for non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    ge, gt, le, lt = info.get("ge"), info.get("gt"), info.get("le"), info.get("lt")
+    ok = (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le) and (lt is None or value < lt)
+    if ok:
+        return None
+    if (ge is not None or gt is not None) and (le is not None or lt is not None):
+        lo = f"[{_num(ge)}" if ge is not None else f"({_num(gt)}"
+        hi = f"{_num(le)}]" if le is not None else f"{_num(lt)})"
+        need = f"must be in {lo}, {hi}"
+    elif ge is not None:
+        need = f"must be at least {_num(ge)}" if ge >= 1 and float(ge).is_integer() else f"must be >= {_num(ge)}"
+    elif gt is not None:
+        need = f"must be > {_num(gt)}"
+    elif le is not None:
+        need = f"must be <= {_num(le)}"
+    else:
+        need = f"must be < {_num(lt)}"
+    why = f" ({info['why']})" if info.get("why") else ""
+    shown = f"{value:g}" if isinstance(value, float) else value
+    return f"{key_name}: {need}{why}, got {shown}"
+
+
+def _item_type(tp: Any) -> Any:
+    """tuple[Folder, ...] → Folder; anything else → None."""
+    tp, _ = _unwrap(tp)
+    if typing.get_origin(tp) is tuple:
+        inner = typing.get_args(tp)[0]
+        return inner if dataclasses.is_dataclass(inner) else None
+    return None
+
+
+def iter_keys(cls: type, prefix: str = "") -> Iterator[KeyInfo]:
+    """Every key under dataclass `cls`, depth first, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = f"{prefix}{f.name}"
+        inner, _ = _unwrap(tp)
+        if dataclasses.is_dataclass(inner):
+            yield from iter_keys(inner, path + ".")
+            continue
+        m = dict(f.metadata)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)  # type: ignore[misc]
+        yield KeyInfo(path, tp, default, m.get("doc", ""), m.get("kohya", ()), m.get("ge"), m.get("gt"), m.get("le"),
+                      m.get("lt"), m.get("why", ""))
+        item = _item_type(tp)
+        if item is not None:
+            yield from iter_keys(item, path + "[].")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def defaults_tree(cls: type) -> dict[str, Any]:
+    """The nested dict of every default under `cls` (what Hydra composes on before conf/ and recipes)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        inner, _ = _unwrap(hints[f.name])
+        if dataclasses.is_dataclass(inner):
+            out[f.name] = defaults_tree(inner)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = _plain(f.default_factory())  # type: ignore[misc]
+        else:
+            out[f.name] = REQUIRED
+    return out
+
+
+def field_meta(cls: type, name: str) -> dict[str, Any]:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return dict(f.metadata)
+    return {}
+
+
+def kohya_names(cls: type) -> dict[str, str]:
+    """kohya / GUI key → lorafw dotted key, from every declaration's `kohya=` names (list items excluded)."""
+    out: dict[str, str] = {}
+    for k in iter_keys(cls):
+        if "[]" in k.path:
+            continue
+        for name in k.kohya:
+            if name in out and out[name] != k.path:
+                raise ValueError(f"kohya name {name!r} declared for both {out[name]} and {k.path}")  # a schema bug
+            out[name] = k.path
+    return out
+
+
+def _default_text(k: KeyInfo) -> str:
+    d = k.default
+    if isinstance(d, str) and d.startswith("${.") and d.endswith("}"):
+        return "= " + k.path.rsplit(".", 1)[0] + "." + d[3:-1]
+    if d is None:
+        return "null"
+    if isinstance(d, bool):
+        return "true" if d else "false"
+    if isinstance(d, (list, tuple)):
+        return "[" + ", ".join(_default_text(dataclasses.replace(k, default=x)) for x in d) + "]"
+    if isinstance(d, dict):
+        return "{" + ", ".join(f"{a}: {b}" for a, b in d.items()) + "}"
+    if isinstance(d, float):
+        return f"{d:g}"
+    return str(d) if d != "" else "''"
+
+
+def format_keys(cls: type, prefix: str = "", markdown: bool = False) -> str:
+    """`lorafw keys [PREFIX]`: one key per line (or a Markdown table for the README)."""
+    rows = [k for k in iter_keys(cls) if k.path.startswith(prefix)]
+    if markdown:
+        lines = ["| key | default | type | what it does | kohya |", "|---|---|---|---|---|"]
+        for k in rows:
+            kohya = ", ".join(f"`{n}`" for n in k.kohya)
+            doc = k.doc.replace("|", "\\|")
+            lines.append(f"| `{k.path}` | `{_default_text(k)}` | {k.constraint.replace('|', '/')} | {doc} | {kohya} |")
+        return "\n".join(lines)
+    w1 = max((len(k.path) for k in rows), default=0)
+    w2 = min(max((len(_default_text(k)) for k in rows), default=0), 24)
+    w3 = min(max((len(k.constraint) for k in rows), default=0), 34)
+    out = []
+    for k in rows:
+        kohya = f" (kohya: {', '.join(k.kohya)})" if k.kohya else ""
+        out.append(f"{k.path:<{w1}}  {_default_text(k):<{w2}}  {k.constraint:<{w3}}  {k.doc}{kohya}".rstrip())
+    return "\n".join(out)
