@@ -113,7 +113,8 @@ class DatasetSpec:
     cache_text_encoder_outputs: bool = key(False, "encode captions once (needs a frozen text encoder, unchanging captions)",
                                            kohya="cache_text_encoder_outputs")
     skip_bad_images: bool = key(False, "unreadable images: false = stop before training, true = leave them out")
-    duplicate_hardness: int = key(90, "near-duplicate strictness, like dupeGuru's filter hardness (higher = closer copies)",
+    duplicate_hardness: int = key(93, "near-duplicate strictness, like dupeGuru's filter hardness (higher = closer copies; "
+                                      "lint and dedupe)",
                                   ge=1, le=100)
     vae_batch_size: int = key(1, "images the VAE encodes at once while caching latents", kohya="vae_batch_size", ge=1,
                               why="images the VAE encodes at once")
