@@ -369,7 +369,8 @@ class Classifier:
         if name not in SCHEDULERS:
             self.refuse(key, raw, f"not a scheduler lorafw has ({', '.join(SCHEDULERS)})")
             for k in ("lr_scheduler_args", "lr_warmup_steps", "warmup_ratio", "lr_scheduler_num_cycles", "lr_scheduler_power"):
-                args.pop(k, None)
+                if args.get(k) not in (None, "", []):
+                    self.refuse(k, args.pop(k), f"goes with {key} = {raw}, refused above")
             return
         if cls:
             self.none("lr_scheduler", name_raw, f"lr_scheduler_type = {cls} takes its place")
@@ -401,6 +402,7 @@ class Classifier:
             elif warm_steps:
                 self.refuse(str(ratio_key), ratio, "a warmup in steps; lorafw takes it as a ratio of the run's steps "
                                                    "(scheduler.warmup_ratio)")
+                self.imp.values["scheduler.warmup_ratio"] = 0.0  # what a --lenient recipe trains (its header says so)
             else:
                 self.set("scheduler.warmup_ratio", float(ratio or 0), str(ratio_key or "lr_warmup_steps"))
         elif ratio_key and _is_number(ratio) and float(ratio):
@@ -446,8 +448,13 @@ class Classifier:
                                                   f"{', '.join(algos)})")
             return
         if algo not in algos:
-            self.refuse("network_args.algo" if module == "lycoris.kohya" else "network_module", algo,
-                        f"lorafw trains {', '.join(algos)}")
+            if module == "lycoris.kohya":
+                self.refuse("network_args.algo", algo, f"lorafw trains {', '.join(algos)}")
+                self.none("network_module", module, "LyCORIS: network_args.algo names the network")
+            else:
+                self.refuse("network_module", module, f"a {algo} network; lorafw trains {', '.join(algos)}")
+            for k, text in nargs.items():
+                self.refuse(f"network_args.{k}", text, f"goes with the {algo} network, refused above")
             return
         self.set("network.algo", algo, "network_module")
         for k, text in nargs.items():
@@ -499,14 +506,20 @@ class Classifier:
             self.set("sample.prompts", args.pop("sample_prompt_lines"), "sample_prompts")
         te_only = args.pop("network_train_text_encoder_only", False)
         unet_only = args.pop("network_train_unet_only", False)
+        if unet_only is False or str(unet_only).lower() == "false":
+            self.none("network_train_unet_only", unet_only, "off")
+        if te_only is False or str(te_only).lower() == "false":
+            self.none("network_train_text_encoder_only", te_only, "off")
         if unet_only is True or str(unet_only).lower() == "true":
             self.set("optimizer.text_encoder_lr", 0.0, "network_train_unet_only")
-            args.pop("text_encoder_lr", None)
-        elif unet_only is not None and unet_only is not False:
+            if args.get("text_encoder_lr") not in (None, 0, 0.0):
+                self.none("text_encoder_lr", args.pop("text_encoder_lr"), "network_train_unet_only: no text-encoder training")
+        elif unet_only is not None and str(unet_only).lower() != "false":
             self.refuse("network_train_unet_only", unet_only, "not true or false")
         if te_only is True or str(te_only).lower() == "true":
             self.set("optimizer.unet_lr", 0.0, "network_train_text_encoder_only")
-            args.pop("unet_lr", None)
+            if args.get("unet_lr") not in (None, 0, 0.0):
+                self.none("unet_lr", args.pop("unet_lr"), "network_train_text_encoder_only: no UNet training")
         for k in ("xformers", "mem_eff_attn"):
             if args.get(k) is True and k == "xformers":
                 self.set("train.attention", "xformers", "xformers")
