@@ -44,7 +44,7 @@ COMMANDS: dict[str, Command] = {
     "grid": Command("lorafw.commands:cmd_grid", "epoch × LoRA-weight image grid of a run or sweep", "after"),
     "compare": Command("lorafw.commands:cmd_compare", "which run of a sweep won", "after"),
     "export": Command("lorafw.commands:cmd_export", "the sd-scripts TOML pair that repeats a run", "after"),
-    "import": Command("lorafw.commands:cmd_import", "a kohya / GUI TOML → a lorafw recipe", "config"),
+    "import": Command("lorafw.commands:cmd_import", "a kohya / GUI / Colab config (TOML or JSON) → a lorafw recipe", "config"),
     "recipes": Command("lorafw.commands:cmd_recipes", "list the shipped recipes", "config"),
     "keys": Command("lorafw.commands:cmd_keys", "every config key: default, range, doc, kohya name", "config"),
 }

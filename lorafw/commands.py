@@ -234,33 +234,26 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def cmd_import(argv: list[str]) -> int:
-    """A kohya sd-scripts or GUI-trainer TOML → a lorafw recipe (what was not understood is listed)."""
-    from lorafw.interop.files import import_toml, validated_recipe
+    """A kohya sd-scripts / GUI / Colab config → a lorafw recipe. Exit 2, writing nothing, when a setting that
+    changes training cannot be honoured (--lenient writes it anyway, listing what it ignores)."""
+    from lorafw.interop.importer import import_config, report, report_text, write_recipe
 
     ap = Parser("import", cmd_import.__doc__)
-    ap.add_argument("toml", metavar="FILE.toml")
+    ap.add_argument("file", metavar="FILE", help="sd-scripts / GUI trainer TOML, the Colab's training_config.toml, or a kohya_ss GUI .json")
     ap.add_argument("--dataset-config", default=None, metavar="FILE.toml", help="sd-scripts' --dataset_config file")
     ap.add_argument("--out", default=None, metavar="PATH", help="where to write the recipe (default: ./NAME.yaml)")
+    ap.add_argument("--lenient", action="store_true", help="write the recipe even if settings are not honoured (listed in it)")
+    ap.add_argument("--json", action="store_true", help="print one machine-readable report")
     args = ap.parse_args(argv)
-    src = Path(args.toml).expanduser()
+    src = Path(args.file).expanduser()
     try:
-        imp, kind = import_toml(src, Path(args.dataset_config).expanduser() if args.dataset_config else None)
+        imp = import_config(src, Path(args.dataset_config).expanduser() if args.dataset_config else None)
         out = Path(args.out).expanduser() if args.out else Path.cwd() / f"{src.stem}.yaml"
-        path, problems = validated_recipe(imp, f"{src} ({kind})", out)
+        path = write_recipe(imp, f"{src} ({imp.dialect})", out, args.lenient)
     except LorafwError as e:
         return fail(e)
-    print(f"lorafw import: {src} ({kind}) → {path}")
-    print(f"  {len(imp.values)} settings imported; groups: " + ", ".join(f"{g}={o}" for g, o in sorted(imp.groups.items())))
-    if imp.no_effect:
-        print(f"  no effect in lorafw ({len(imp.no_effect)}): " + ", ".join(imp.no_effect))
-    if imp.unknown:
-        print(f"  NOT understood, not imported ({len(imp.unknown)}): " + ", ".join(imp.unknown))
-    for n in imp.notes:
-        print(f"  note: {n}")
-    for p in problems:
-        print(f"  problem: {p}")
-    print(f"run it: lorafw +recipe={path}" + ("" if "base_model.path" in imp.values else " base_model.path=..."))
-    return 1 if problems else 0
+    print(json.dumps(report(imp, path), indent=1, default=str) if args.json else report_text(imp, src, path, args.lenient))
+    return 0 if path else 2
 
 
 def cmd_export(argv: list[str]) -> int:

@@ -19,7 +19,8 @@ from lorafw.config.schema import REQUIRED, key
 
 @dataclass(frozen=True)
 class BaseModelSpec:
-    arch: str = key("sd15", "the trainer to use (sd15 | sdxl); the checkpoint's own tensors must agree")
+    arch: str = key("sd15", "the trainer to use (sd15 | sdxl | auto: read from the checkpoint's own tensors); "
+                    "the checkpoint must agree")
     path: str = key(REQUIRED, "the base checkpoint: a single .safetensors (original layout) or a diffusers folder",
                     kohya="pretrained_model_name_or_path")
     allow_pickle: bool = key(False, ".ckpt/.pt files can run code when unpickled; true reads their tensors only")
