@@ -14,11 +14,14 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from lorafw.config.schema import defaults_tree
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import suggest
 from lorafw.config.validate import spec_from_dict
 from lorafw.paths import expand
 from lorafw.errors import ConfigError
+from lorafw.optim.catalog import OPTIMIZERS
+from lorafw.outputs.record import RECORD
 
 CONFIG_NAME = "config"
 
@@ -103,8 +106,6 @@ def _store_schema_defaults() -> None:
     """Every key's default, from the one schema (config/spec.py), as the node conf/config.yaml starts from."""
     from hydra.core.config_store import ConfigStore
 
-    from lorafw.config.schema import defaults_tree
-
     ConfigStore.instance().store(name=SCHEMA_NODE, node=defaults_tree(RunSpec))
 
 
@@ -158,8 +159,6 @@ def explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
         parent, _, leaf = bad.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
         if parent == "optimizer.args":  # a free-form mapping: its keys are the optimizer's own arguments
-            from lorafw.optim.catalog import OPTIMIZERS
-
             name = OmegaConf.select(base, "optimizer.name")
             allowed = ", ".join(sorted(OPTIMIZERS[name].args)) if name in OPTIMIZERS else "see the optimizer's documentation"
             return f"{bad}: not set yet; add it with +{bad}=VALUE ({name} takes: {allowed})"
@@ -291,8 +290,6 @@ def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun
 
     Also refuses, before Hydra writes anything, an output folder that already holds a run.
     """
-    from lorafw.outputs.record import RECORD
-
     problems: list[str] = []
     notes: list[str] = []
     jobs = list(overrides)

@@ -1,6 +1,6 @@
 """`lorafw plan --vram GB`: peak GPU memory of a resolved run, and the fastest settings that fit. Pure.
 
-The estimate adds, in bytes, what the trainer (lorafw/trainers/sd15.py) keeps on the device:
+The estimate adds, in bytes, what the trainer (lorafw/trainers/) keeps on the device:
 
 - frozen weights in their dtype: the UNet; the text encoder(s) unless their outputs are cached;
   the VAE unless the latents are cached (then it is on the device only while caching);
