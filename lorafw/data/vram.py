@@ -17,6 +17,9 @@ Parameter counts, the adapted layers' shapes and the activation coefficients of 
 SDXL architectures come from lorafw/data/vram_calibration.json, written by benchmarks/vram_calibrate.py
 (which builds the real-size models); nothing here imports torch, except `layer_table`, which reads
 a torch module for that script and for the tests.
+
+Why one module over 400 lines: the estimate (`estimate`) and the search for settings that fit
+(`suggest`) share one memory model; apart, every change to the model would touch both halves.
 """
 
 from __future__ import annotations
