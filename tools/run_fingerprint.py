@@ -1,15 +1,16 @@
 """Fingerprint tiny training runs, to prove a refactor of the trainer changed no result.
 
-    .venv/bin/python tools/run_fingerprint.py WORKDIR > before.json   # on the old code
-    .venv/bin/python tools/run_fingerprint.py WORKDIR > after.json    # on the new code (same WORKDIR)
+    .venv/bin/python tools/run_fingerprint.py WORK_A > before.json   # on the old code
+    .venv/bin/python tools/run_fingerprint.py WORK_B > after.json    # on the new code
     diff before.json after.json
+    .venv/bin/python tools/run_fingerprint.py --show WORK_A > before.json   # again from WORK_A's run folders
 
 Trains a handful of tiny SD1.5 and SDXL runs that between them reach every branch of the step (LoRA, LoCon,
 DoRA; text encoder trained or cached; cached and uncached latents; masks, regularisation images, validation,
 EMA, full_bf16, noise offset, min-SNR, dropout, gradient accumulation) and prints, per run, the sha256 of each
 LoRA file's tensor data, each file's metadata without the per-session keys, and a hash of every tensor and
-number in state.pt. The same WORKDIR must be used for both runs (paths are part of the recorded config).
-Takes a few minutes on 2 CPU cores.
+number in state.pt, with WORKDIR written as "WORK" wherever it appears (paths are part of the recorded
+config), so two work folders compare. Takes several minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -95,12 +96,41 @@ def models(work: Path) -> dict[str, Path]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def fingerprint(out: Path, work: Path) -> dict:
+    """Hashes of a run folder's LoRA files (tensor data; metadata without per-session keys) and state.pt."""
     import torch
     from safetensors import safe_open
 
-    import lorafw
     from lorafw.outputs.lora_file import file_data_sha256
+
+    def norm(text: str) -> str:
+        return text.replace(str(work), "WORK")
+
+    files = {}
+    for f in sorted(out.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as sf:
+            meta = {k: norm(v) for k, v in (sf.metadata() or {}).items() if k not in VOLATILE}
+        files[f.name] = {"data_sha256": file_data_sha256(f),
+                         "metadata_sha256": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()}
+    st = torch.load(io.BytesIO((out / "state.pt").read_bytes()), weights_only=False)
+    st["spec"] = norm(st["spec"])
+    h = hashlib.sha256()
+    tensor_hash(st, h)
+    return {"files": files, "state_sha256": h.hexdigest()}
+
+
+def show(work: Path) -> dict:
+    return {d.name: fingerprint(d, work) for d in sorted((work / "runs").iterdir()) if (d / "state.pt").is_file()}
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--show":
+        print(json.dumps(show(Path(argv[1]).resolve()), indent=1, sort_keys=True))
+        return 0
+
+    import torch
+
+    import lorafw
     from lorafw.run import train
 
     work = Path(argv[0]).resolve()
@@ -121,19 +151,9 @@ def main(argv: list[str]) -> int:
             overrides.append(f"dataset.reg_root={reg}")
         torch.manual_seed(0)
         result = train(lorafw.compose(recipe, overrides + extra))
-        files = {}
-        for f in sorted(out.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as sf:
-                meta = {k: v for k, v in (sf.metadata() or {}).items() if k not in VOLATILE}
-            files[f.name] = {"data_sha256": file_data_sha256(f),
-                             "metadata_sha256": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()}
-        h = hashlib.sha256()
-        tensor_hash(torch.load(io.BytesIO((out / "state.pt").read_bytes()), weights_only=False), h)
-        report[name] = {"files": files, "state_sha256": h.hexdigest(),
-                        "state_file_sha256": hashlib.sha256((out / "state.pt").read_bytes()).hexdigest(),
-                        "loss_history": [float(x) for x in result.loss_history],
-                        "val_losses": {str(k): v for k, v in result.val_losses.items()}}
-        print(f"{name}: {len(files)} files, final loss {result.final_loss:.6f}", file=sys.stderr)
+        report[name] = fingerprint(out, work) | {"loss_history": [float(x) for x in result.loss_history],
+                                                 "val_losses": {str(k): v for k, v in result.val_losses.items()}}
+        print(f"{name}: final loss {result.final_loss:.6f}", file=sys.stderr)
     print(json.dumps(report, indent=1, sort_keys=True))
     return 0
 
