@@ -36,7 +36,7 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {
         "train.gradient_accumulation_steps=2", "optimizer=adamw", "optimizer.lr=1e-2", "train.epochs=2"]),
     "sd15_te_cached": ("sd15", "sd15_character", [
         "optimizer.text_encoder_lr=0", "dataset.cache_text_encoder_outputs=true", "dataset.shuffle_caption=false",
-        "train.min_snr_gamma=0", "optimizer=adamw", "optimizer.lr=1e-2"]),
+        "train.min_snr_gamma=null", "optimizer=adamw", "optimizer.lr=1e-2"]),
     "sdxl_lora_val_ema": ("sdxl", "pdxl", [
         "train.epochs=2", "validation.split=0.25", "ema.enabled=true", "dataset.masked_loss=true",
         "dataset.prior_loss_weight=0.5", "optimizer.lr=1e-3", "optimizer.text_encoder_lr=1e-3"]),
