@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time"}
+VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date"}
 
 RUNS: dict[str, tuple[str, str, list[str]]] = {
     # name: (model, recipe, overrides)
