@@ -9,8 +9,11 @@ Trains a handful of tiny SD1.5 and SDXL runs that between them reach every branc
 DoRA; text encoder trained or cached; cached and uncached latents; masks, regularisation images, validation,
 EMA, full_bf16, noise offset, min-SNR, dropout, gradient accumulation) and prints, per run, the sha256 of each
 LoRA file's tensor data, each file's metadata without the per-session keys, and a hash of every tensor and
-number in state.pt, with WORKDIR written as "WORK" wherever it appears (paths are part of the recorded
-config), so two work folders compare. Takes several minutes on 2 CPU cores.
+number in state.pt. Use the SAME work folder path for both: a run's numbers depend on the dataset's
+absolute path (measured: step-1 loss 0.5306 in /tmp/lorafw-fp, 0.5390 in /tmp/lorafw-fp-after, same code).
+To run the new code at the old path while keeping the old folders, bind-mount a copy over it:
+    unshare -m sh -c "mount --bind /tmp/copy /tmp/lorafw-fp && .venv/bin/python tools/run_fingerprint.py /tmp/lorafw-fp"
+Takes several minutes per run on 2 CPU cores (much longer on a loaded machine).
 """
 
 from __future__ import annotations
