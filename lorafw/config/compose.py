@@ -14,12 +14,14 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from lorafw.config.schema import defaults_tree
 from lorafw.config.spec import RunSpec
 from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.typed import suggest
 from lorafw.config.validate import spec_from_dict
 from lorafw.paths import expand
 from lorafw.errors import ConfigError
+from lorafw.outputs.record import RECORD
 
 CONFIG_NAME = "config"
 
@@ -103,8 +105,6 @@ OmegaConf.register_new_resolver("lorafw_run_dir", default_run_dir, use_cache=Tru
 def _store_schema_defaults() -> None:
     """Every key's default, from the one schema (config/spec.py), as the node conf/config.yaml starts from."""
     from hydra.core.config_store import ConfigStore
-
-    from lorafw.config.schema import defaults_tree
 
     ConfigStore.instance().store(name=SCHEMA_NODE, node=defaults_tree(RunSpec))
 
@@ -270,8 +270,6 @@ def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun
 
     Also refuses, before Hydra writes anything, an output folder that already holds a run.
     """
-    from lorafw.outputs.record import RECORD
-
     problems: list[str] = []
     notes: list[str] = []
     jobs = list(overrides)
