@@ -196,6 +196,11 @@ def read_yaml(path: Path) -> Any:
     raise ConfigError([problem], title="cannot read a config file")
 
 
+def override(spec: RunSpec, *overrides: str, check_paths: bool = True) -> RunSpec:
+    """A new, re-validated spec with `key=value` overrides applied: `lorafw.override(spec, "train.epochs=8")`."""
+    return apply_overrides(spec, list(overrides), check_paths=check_paths)
+
+
 def apply_overrides(spec: RunSpec, overrides: list[str], check_paths: bool = True) -> RunSpec:
     """`key=value` overrides on an existing spec (no group changes: those need compose())."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
