@@ -10,6 +10,7 @@
     lorafw resume RUN_DIR [--force] [key=value ...]                    continue a run from its saved state
     lorafw grid RUN_DIR [key=value ...]                                epochs × LoRA weights image grid
     lorafw compare SWEEP_DIR                                           which run of a sweep won
+    lorafw report RUN_DIR|SWEEP_DIR [--embed]                          the run (or sweep) on one page: report.html
     lorafw import FILE.toml [--dataset-config D.toml]                  a kohya / GUI TOML → a lorafw recipe
     lorafw export RUN_DIR --format kohya                               the sd-scripts TOML pair for a run
     lorafw recipes                                                     list the shipped recipes
@@ -29,6 +30,7 @@ from typing import Callable
 
 from lorafw.config.compose import check_all, conf_dir, expand_sweep, recipe_names, with_recipe_files
 from lorafw.errors import ConfigError, LorafwError
+from lorafw.outputs.report import cmd_report
 
 log = logging.getLogger("lorafw")
 
@@ -445,6 +447,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "import": cmd_import,
     "export": cmd_export,
     "compare": cmd_compare,
+    "report": cmd_report,
     "recipes": cmd_recipes,
     "demo": cmd_demo,
 }

@@ -103,4 +103,15 @@ def main(argv: list[str]) -> int:
         return e.exit_code
     print("lorafw demo: epoch × weight grid (rows: epochs, columns: LoRA weights 1.0 … 0.5):\n"
           + "\n".join(f"  {p}" for p in written))
+    from lorafw.outputs.summary import read_summary
+
+    rec = (read_summary(out) or {}).get("recommended")
+    if rec:
+        print(f"lorafw demo: recommended: {rec['file']} at weight {rec['weight']:g} — {rec['why']}")
+    report = out / "report.html"
+    if not report.is_file():
+        from lorafw.outputs.report import write_report
+
+        report = write_report(out)
+    print(f"lorafw demo: the whole run on one page: {report}")
     return 0
