@@ -114,7 +114,7 @@ def log_grid(run_dir: Path, grids: Sequence[Path], cells: Sequence[Any]) -> None
         for g in grids:
             with Image.open(g) as im:
                 writer.add_image(f"grid/{Path(g).stem}", np.asarray(im.convert("RGB")), step, dataformats="HWC")
-        for c in cells:
+        for c in sorted(cells, key=lambda c: c.epoch):  # steps in order, as TensorBoard draws them
             tag = f"w{c.weight:g}" + ("_ema" if c.label.endswith("-ema") else "")
             for name in ("fidelity", "adherence", "score", "similarity"):
                 v = getattr(c, name)

@@ -78,7 +78,7 @@ class Images:
         if src is None:
             return f'<span class="muted">({escape(Path(path).name)} is missing)</span>'
         c = f' class="{cls}"' if cls else ""
-        return f'<img{c} src="{src}" alt="{escape(alt)}" title="{escape(alt)}" loading="lazy">'
+        return f'<img{c} src="{src}" alt="{escape(alt)}" title="{escape(alt)}">'
 
 
 def table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
