@@ -132,16 +132,50 @@ def test_lorafw_report_command_and_embedding(gridded, tmp_path, capsys):
     assert "not a lorafw run or sweep folder" in capsys.readouterr().err
 
 
-def test_report_disabled_and_import_notes(tiny_model, dataset, tmp_path):
-    from lorafw.outputs.report import parse_import_comments
+def test_the_end_of_run_hook_follows_report_enabled(run, tmp_path):
+    import dataclasses
 
-    r = train_run(tiny_model, dataset, tmp_path / "off", "train.epochs=1", "report.enabled=false", "sample.every_n_epochs=0")
-    assert not (r.run_dir / "report.html").exists() and json.loads((r.run_dir / "run_summary.json").read_text())["recommended"]
+    from lorafw.config.compose import load_spec
+    from lorafw.run import write_report_at_end
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "report.html").unlink()
+    spec = load_spec(copy, check_paths=False)
+    spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, dir=str(copy)))
+    off = dataclasses.replace(spec, report=dataclasses.replace(spec.report, enabled=False))
+    assert write_report_at_end(off) is None and not (copy / "report.html").exists()
+    assert write_report_at_end(spec) == copy / "report.html" and (copy / "report.html").is_file()
+    (copy / "run.json").unlink()  # a run that never started (a bad config): no page, no warning
+    assert write_report_at_end(spec) is None
+
+
+def test_import_notes_are_read_from_the_imported_recipe(tmp_path):
+    from lorafw.outputs.report import import_notes, parse_import_comments
+
     text = ("# @package _global_\n# Imported by `lorafw import` from x.toml (GUI trainer TOML).\n\nnetwork:\n  dim: 8\n\n"
             "# Settings with no effect in lorafw:\n#   logging_dir = './logs'  (lorafw logs into the run folder)\n"
             "# Settings lorafw did not understand (not imported):\n#   fancy_option = True\n# note: lr was rounded\n")
     assert parse_import_comments(text) == {"no_effect": ["logging_dir = './logs'  (lorafw logs into the run folder)"],
                                            "not_imported": ["fancy_option = True"], "notes": ["lr was rounded"]}
+    recipe = tmp_path / "imported.yaml"
+    recipe.write_text(text)
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(f"- +recipe={recipe}\n- network.dim=4\n")
+    notes = import_notes(tmp_path / "run")
+    assert notes["source"] == [str(recipe.resolve())] and notes["not_imported"] == ["fancy_option = True"]
+    # as the CLI runs it: Hydra records the name the file was linked under, in a folder that lives as long as the run
+    link_dir = tmp_path / "lorafw-recipe-x"
+    (link_dir / "recipe").mkdir(parents=True)
+    (link_dir / "recipe" / "imported.yaml").symlink_to(recipe)
+    run = tmp_path / "run2"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- +recipe=imported\n")
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  overrides:\n    hydra:\n    - hydra.searchpath=[file://{link_dir}]\n")
+    assert import_notes(run)["no_effect"] == notes["no_effect"]
+    shutil.rmtree(link_dir)  # the run's process ended: what was found was kept in RUN_DIR/import.json
+    assert import_notes(run) == import_notes(tmp_path / "run") and (run / "import.json").is_file()
+    assert import_notes(tmp_path / "nothing") == {}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +185,7 @@ def sweep(tmp_path_factory, tiny_model, dataset, tagger):
 
     folder = tmp_path_factory.mktemp("sweep")
     for name, lr in (("0_lr_small", "1e-4"), ("1_lr_big", "1e-2")):
-        train_run(tiny_model, dataset, folder / name, "train.epochs=2", f"optimizer.lr={lr}", "sample.every_n_epochs=0")
+        train_run(tiny_model, dataset, folder / name, "train.epochs=1", f"optimizer.lr={lr}", "sample.every_n_epochs=0")
     assert main(["grid", str(folder), "grid.weights=[1.0,0.5]", f"grid.tagger={tagger}", "grid.concept_share=0.6"]) == 0
     return folder
 

@@ -140,24 +140,58 @@ def read_run(run_dir: Path) -> RunData:
     return d
 
 
+IMPORT_NOTES = "import.json"
+
+
 def import_notes(run_dir: Path) -> dict[str, list[str]]:
-    """What `lorafw import` dropped or refused, from the imported recipe the run used (Hydra's overrides.yaml)."""
-    ov = run_dir / ".hydra" / "overrides.yaml"
-    if not ov.is_file():
+    """What `lorafw import` dropped or refused, from the imported recipe the run used (`+recipe=FILE.yaml`).
+
+    Hydra records the recipe by the name the CLI linked it under (config/compose.py with_recipe_files), in a
+    temporary search-path folder that lives as long as the run's process; so the end-of-run report reads the
+    file through that link and keeps what it found in RUN_DIR/import.json for later reports."""
+    saved = run_dir / IMPORT_NOTES
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    recipe = _recipe_file(run_dir)
+    if recipe is None:
         return {}
+    text = recipe.read_text(encoding="utf-8")
+    if "Imported by `lorafw import`" not in text:
+        return {}
+    out = parse_import_comments(text) | {"source": [str(recipe)]}
+    try:
+        from lorafw.outputs.atomic import atomic_write
+
+        atomic_write(saved, json.dumps(out, indent=2) + "\n")
+    except OSError:  # a read-only copy of a run: the page still shows it
+        pass
+    return out
+
+
+def _recipe_file(run_dir: Path) -> Path | None:
+    """The YAML file behind the run's `+recipe=` override, when it was a user's file and can still be found."""
+    hydra = run_dir / ".hydra"
+    if not (hydra / "overrides.yaml").is_file():
+        return None
     from omegaconf import OmegaConf
 
-    out: dict[str, list[str]] = {}
-    for o in OmegaConf.load(ov) or []:
-        m = re.match(r"^\+?recipe=(.+)$", str(o))
-        if not m or not m.group(1).endswith((".yaml", ".yml")):
-            continue
-        p = Path(m.group(1)).expanduser()
-        if not p.is_file() or "Imported by `lorafw import`" not in p.read_text(encoding="utf-8"):
-            continue
-        out = parse_import_comments(p.read_text(encoding="utf-8"))
-        out["source"] = [str(p)]
-    return out
+    names = [m.group(1) for o in (OmegaConf.load(hydra / "overrides.yaml") or [])
+             if (m := re.match(r"^\+?recipe=(.+)$", str(o)))]
+    if not names:
+        return None
+    name = names[-1]
+    direct = Path(name).expanduser()
+    if direct.suffix in (".yaml", ".yml") and direct.is_file():
+        return direct.resolve()
+    dirs: list[str] = []
+    if (hydra / "hydra.yaml").is_file():
+        for o in OmegaConf.select(OmegaConf.load(hydra / "hydra.yaml"), "hydra.overrides.hydra", default=[]) or []:
+            dirs += re.findall(r"file://([^,\]]+)", str(o))
+    for d in dirs:
+        p = Path(d) / "recipe" / f"{name}.yaml"
+        if p.exists():
+            return p.resolve()  # the link → the user's file
+    return None
 
 
 def parse_import_comments(text: str) -> dict[str, list[str]]:
@@ -368,13 +402,13 @@ def timings_html(d: RunData) -> str:
     rows = [["status", escape(str(r.get("status", "?")))], ["started", escape(str(r.get("started_at", "–")))],
             ["finished", escape(str(r.get("finished_at", "–")))],
             ["wall time", f"{wall:.0f} s" if isinstance(wall, (int, float)) else "–"], ["optimizer steps", str(steps or 0)],
-            ["seconds per step", f"{wall / steps:.2f}" if wall and steps else "–"],
+            ["wall time per step (all included)", f"{wall / steps:.2f} s" if wall and steps else "–"],
             ["skipped steps", str(r.get("skipped_steps", 0))],
             ["resumed", escape(", ".join(f"at step {x.get('at_step')} ({x.get('at')})" for x in r.get("resumes", [])) or "no")]]
     dev = r.get("device") or {}
     rows += [[escape(f"device: {k}"), escape(str(v))] for k, v in dev.items()]
     vers = [[escape(k), escape(str(v))] for k, v in (r.get("versions") or {}).items()]
-    return '<div class="charts">' + table(["", ""], rows) + table(["library", "version"], vers) + "</div>"
+    return '<div class="charts">' + table(["run", ""], rows) + table(["library", "version"], vers) + "</div>"
 
 
 def render_run(d: RunData, page_dir: Path | None = None, embed: bool = False, max_samples: int = 48) -> str:

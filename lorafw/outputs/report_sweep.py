@@ -62,8 +62,8 @@ def write_sweep_report(folder: Path, runs: list[Path], embed: bool = False) -> P
     for r in rows:
         pts = [(m["epoch"], m.get("val_loss")) for m in read_metrics(folder / r.run) if m.get("kind") == "epoch"]
         vals.append(Series(label[r.run], pts, colours[r.run], 2.4 if r is best else 1.3, markers=True))
-    charts = (line_chart(curves, "Training loss (smoothed)", "step", "loss", width=700) +
-              line_chart(vals, "Validation loss per epoch", "epoch", "loss", width=700, x_integer=True))
+    charts = (line_chart(curves, "Training loss (smoothed)", "step", "loss", width=600) +
+              line_chart(vals, "Validation loss per epoch", "epoch", "loss", width=600, x_integer=True))
     summary = (f'<div class="rec"><div><div class="big">Winner: {escape(best.run)}</div><p>{escape(sentence or why)}</p>'
                f'<p class="muted">Ranked by: {escape(short or why)}. Swept: {escape(", ".join(differing) or "nothing")}</p>'
                "</div></div>")

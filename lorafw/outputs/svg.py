@@ -59,13 +59,15 @@ def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in points if y is not None and math.isfinite(x) and math.isfinite(y)]
 
 
-def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str, width: int = 640, height: int = 260,
+def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str, width: int = 600, height: int = 260,
                x_integer: bool = False, highlight_x: float | None = None) -> str:
     """A line chart with axes, ticks, a legend and a title; series with no finite point are skipped."""
     drawn = [(s, _finite(s.points)) for s in series]
     drawn = [(s, p) for s, p in drawn if p]
     left, right, top, bottom = 62, 12, 28, 40
-    legend_h = 18 * ((len(drawn) + 2) // 3) if len(drawn) > 1 else 0
+    longest = max((len(s.name[:48]) for s, _ in drawn), default=0)
+    cols = max(1, min(3, int((width - left) // (6.5 * longest + 34)))) if longest else 3
+    legend_h = 18 * ((len(drawn) + cols - 1) // cols) if len(drawn) > 1 else 0
     h_total = height + legend_h
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {h_total}" width="{width}" '
            f'height="{h_total}" role="img" aria-label="{escape(title)}">',
@@ -116,9 +118,9 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
                f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle" class="cx">'
                f'{escape(y_label)}</text>')
     if len(drawn) > 1:
-        col = (width - left) / 3
+        col = (width - left) / cols
         for i, (s, _) in enumerate(drawn):
-            lx, ly = left + (i % 3) * col, height + 4 + 18 * (i // 3)
+            lx, ly = left + (i % cols) * col, height + 4 + 18 * (i // cols)
             out.append(f'<line x1="{lx:.0f}" x2="{lx + 18:.0f}" y1="{ly + 5}" y2="{ly + 5}" stroke="{s.colour}" '
                        f'stroke-width="3"/><text x="{lx + 24:.0f}" y="{ly + 9}" class="cl">{escape(s.name[:48])}</text>')
     out.append("</svg>")
@@ -126,7 +128,7 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, value_label: str = "",
-              highlight: Sequence[bool] | None = None, width: int = 640, threshold: float | None = None,
+              highlight: Sequence[bool] | None = None, width: int = 600, threshold: float | None = None,
               threshold_label: str = "", percent: bool = False) -> str:
     """Horizontal bars, one per label, biggest values as given (callers sort); `highlight` colours some bars,
     `threshold` draws a dashed line (e.g. the concept-tag share)."""
