@@ -215,6 +215,7 @@ def test_report_in_a_real_browser(gridded, sweep, tmp_path):
     from chromium import find_chromium, open_page
 
     if find_chromium() is None:
+        assert not os.environ.get("LORAFW_REQUIRE_BROWSER"), "LORAFW_REQUIRE_BROWSER is set but no chromium is on PATH"
         pytest.skip("needs Chromium (Debian: apt-get install chromium)")
     keep = Path(os.environ.get("LORAFW_SCREENSHOTS", tmp_path))
     for name, page in (("report-run.png", gridded / "report.html"), ("report-sweep.png", sweep / "report.html")):
