@@ -43,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "undo": Command("lorafw.prep.cli:cmd_undo", "revert the last dataset change of dedupe/autotag/tags", "before"),
     "grid": Command("lorafw.commands:cmd_grid", "epoch × LoRA-weight image grid of a run or sweep", "after"),
     "compare": Command("lorafw.commands:cmd_compare", "which run of a sweep won", "after"),
+    "report": Command("lorafw.commands:cmd_report", "the run (or sweep) on one page: report.html", "after"),
     "export": Command("lorafw.commands:cmd_export", "the sd-scripts TOML pair that repeats a run", "after"),
     "import": Command("lorafw.commands:cmd_import", "a kohya / GUI / Colab config (TOML or JSON) → a lorafw recipe", "config"),
     "recipes": Command("lorafw.commands:cmd_recipes", "list the shipped recipes", "config"),

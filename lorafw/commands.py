@@ -309,3 +309,19 @@ def cmd_keys(argv: list[str]) -> int:
         return 2
     print(format_keys(RunSpec, prefix, args.markdown))
     return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    """The run (or the sweep) on one page: RUN_DIR/report.html with curves, scored grids, samples, the dataset."""
+    from lorafw.outputs.report import write_report
+
+    ap = Parser("report", cmd_report.__doc__)
+    ap.add_argument("run_dir", metavar="RUN_DIR|SWEEP_DIR", help="a run folder, or a sweep folder of runs")
+    ap.add_argument("--embed", action="store_true", help="put the images inside the page instead of linking them")
+    args = ap.parse_args(argv)
+    try:
+        path = write_report(Path(args.run_dir).expanduser(), True if args.embed else None)
+    except LorafwError as e:
+        return fail(e)
+    print(f"lorafw report: {path}")
+    return 0

@@ -4,7 +4,8 @@ Writes a small synthetic dataset (coloured shapes with booru-style tag captions,
 ratios, in a `REPEATS_NAME` folder) and a tiny SD1.5-architecture checkpoint as one original-
 layout .safetensors, then trains the sd15_character recipe on them through the ordinary
 command-line path — the same code a real run takes, only smaller numbers — and ends as the guide does,
-with the newest epochs rendered across LoRA weights as one labelled grid.
+with the newest epochs rendered across LoRA weights as one labelled grid; then it prints the recommended
+epoch and weight and the path of report.html.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def demo_overrides(model: Path, data: Path, out: Path, epochs: int) -> list[str]
         f"train.epochs={epochs}",
         "output.name=shapes_demo",
         f"output.dir={out}",
-        "sample.prompts=['shapes_demo, red circle, white background, simple --d 1']",
+        "validation.split=0.17",  # two images held out: the recommendation rests on validation loss
+        "sample.prompts=['shapes_demo, red circle, white background, simple --d 1',"
+        "'shapes_demo, blue square, black background, simple --d 2']",  # two prompts: collapse can be seen
         "sample.every_n_epochs=5",
         "sample.steps=12",
     ]
@@ -104,4 +107,15 @@ def main(argv: list[str]) -> int:
         return e.exit_code
     print("lorafw demo: epoch × weight grid (rows: epochs, columns: LoRA weights 1.0 … 0.5):\n"
           + "\n".join(f"  {p}" for p in written))
+    from lorafw.outputs.summary import read_summary
+
+    rec = (read_summary(out) or {}).get("recommended")
+    if rec:
+        print(f"lorafw demo: recommended: {rec['file']} at weight {rec['weight']:g} — {rec['why']}")
+    report = out / "report.html"
+    if not report.is_file():
+        from lorafw.outputs.report import write_report
+
+        report = write_report(out)
+    print(f"lorafw demo: the whole run on one page: {report}")
     return 0

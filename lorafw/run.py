@@ -44,7 +44,20 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
         return launch(spec)  # N data-parallel processes through accelerate launch; each trains this spec
     trainer_cls = get_trainer(spec.base_model.arch)
     trainer = trainer_cls(spec, Path(spec.output.dir))
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:  # finished, stopped or failed: the page shows what there is (report.enabled)
+        write_report_at_end(spec)
+
+
+def write_report_at_end(spec: RunSpec) -> Path | None:
+    """RUN_DIR/report.html and the summary's recommendation, by the main process of a run that started."""
+    run_dir = Path(spec.output.dir or ".")
+    if not spec.report.enabled or int(os.environ.get("RANK", "0") or 0) != 0 or not (run_dir / "run.json").is_file():
+        return None
+    from lorafw.outputs.report import report_after
+
+    return report_after(run_dir)
 
 
 def resume_spec(spec: RunSpec, force: bool) -> RunSpec:

@@ -112,6 +112,9 @@ def test_demo_runs_on_a_fresh_folder(tmp_path):
     assert layout["rows"] == ["shapes_demo-02", "shapes_demo-01"] and layout["columns"] == ["1", "0.9", "0.8", "0.7", "0.6", "0.5"]
     assert (tmp_path / "demo" / "models" / "tiny-sd15.safetensors").is_file()
     assert len(list((tmp_path / "demo" / "dataset" / "4_shapes").glob("*.txt"))) == 12
+    report = files[0].parent / "report.html"  # and then names the epoch and weight to use, and the page
+    assert report.is_file() and p.stdout.rstrip().endswith(f"lorafw demo: the whole run on one page: {report}")
+    assert "lorafw demo: recommended: shapes_demo-0" in p.stdout and "validation loss" in p.stdout
 
 
 @pytest.mark.slow

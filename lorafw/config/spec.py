@@ -218,6 +218,27 @@ class GridSpec:
     weights: tuple[float, ...] = key((1.0, 0.9, 0.8, 0.7, 0.6, 0.5), "the LoRA weights, one column each")
     epochs: tuple[int, ...] = key((), "the epochs, one row each, e.g. [10, 9, 8, 7]; empty = every saved epoch")
     ema: bool = key(False, "rows for the EMA files too")
+    score: bool = key(True, "score every cell (validation loss, collapse; with grid.tagger also concept fidelity and "
+                            "prompt adherence) and write the recommended epoch and weight into run_summary.json")
+    tagger: str | None = key(None, "a local WD v3 tagger folder (model.onnx + selected_tags.csv, as `autotag` uses); "
+                                   "null = recommend from validation loss alone")
+    concept_share: float = key(0.5, "the concept's defining tags: those in at least this fraction of the training "
+                                    "captions (and not in the prompt)", gt=0, le=1)
+    tag_threshold: float = key(0.35, "the tagger 'sees' a tag at or above this probability (prompt adherence)",
+                               gt=0, lt=1)
+    collapse_similarity: float = key(0.8, "cells of different prompts at least this alike (perceptual hash, 0-1) "
+                                          "mean the LoRA swallowed the prompt", gt=0, le=1)
+    tolerance: float = key(0.05, "cells scoring within this of the best count as equally good; among them weight "
+                                 "1.0 wins, then ~0.8, then the lowest validation loss", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """RUN_DIR/report.html: the whole run on one self-contained page."""
+
+    enabled: bool = key(True, "write report.html at the end of a run and after `lorafw grid`")
+    embed_images: bool = key(False, "put the images inside the page (one file to share) instead of linking them")
+    max_samples: int = key(48, "at most this many sample images on the page (the newest)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -237,6 +258,7 @@ class RunSpec:
     ema: EmaSpec = dataclasses.field(default_factory=EmaSpec)
     log: LogSpec = dataclasses.field(default_factory=LogSpec)
     grid: GridSpec = dataclasses.field(default_factory=GridSpec)
+    report: ReportSpec = dataclasses.field(default_factory=ReportSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples) that `spec_from_dict` reads back to an equal spec."""

@@ -220,6 +220,9 @@ def _check_outputs_extras(s: RunSpec, p: list[str]) -> None:
         p.append("grid.weights: needs at least one weight, e.g. [1.0, 0.8, 0.6]")
     if any(e < 1 for e in s.grid.epochs):
         p.append(f"grid.epochs: epochs count from 1, got {list(s.grid.epochs)}")
+    if s.grid.tagger and not s.grid.score:
+        p.append(f"grid.tagger: {s.grid.tagger} is set but grid.score=false; set grid.score=true to use the tagger, "
+                 "or grid.tagger=null")
 
 
 def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
@@ -241,6 +244,9 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
         _check_model(s, bm, p)  # (a pickle has no header to read: the trainer checks it once loaded)
     if need_model and s.base_model.vae is not None and not expand(s.base_model.vae).exists():
         p.append(f"base_model.vae: {s.base_model.vae} does not exist")
+    if s.grid.tagger is not None and not all((expand(s.grid.tagger) / n).is_file() for n in ("model.onnx", "selected_tags.csv")):
+        p.append(f"grid.tagger: {s.grid.tagger} should be a folder holding a WD v3 tagger's model.onnx and "
+                 "selected_tags.csv (the folder `lorafw autotag --model` takes); lorafw downloads nothing")
     for key, value in (("sample.prompt_file", s.sample.prompt_file), ("validation.root", s.validation.root)):
         if value is not None and not expand(value).exists():
             p.append(f"{key}: {value} does not exist")

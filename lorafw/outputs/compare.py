@@ -1,5 +1,9 @@
 """`lorafw compare SWEEP_DIR`: which run of a sweep won, as a table (Markdown and CSV) and one PNG of
-every run's loss curve, labelled by what was swept."""
+every run's loss curve, labelled by what was swept.
+
+Runs are ranked the way one run's grid cells are (lorafw/sampling/score.py `rank`): each run's recommended
+cell (run_summary.json `recommended`) competes — tagger score within the tolerance, then the weight nearest
+1.0, then the lowest validation loss; without tagger scores, validation (else training) loss alone."""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class RunRow:
     steps: int
     wall_time_s: float
     curve: list[tuple[int, float]]
+    recommended: dict[str, Any] | None = None
 
 
 def collect(folder: Path) -> tuple[list[RunRow], list[str]]:
@@ -59,12 +64,37 @@ def collect(folder: Path) -> tuple[list[RunRow], list[str]]:
         bt, bv = s.get("best_train_epoch"), s.get("best_val_epoch")
         curve = [(m["step"], m["loss_smoothed"]) for m in read_metrics(r) if m["kind"] == "step" and m.get("loss_smoothed") is not None]
         rows.append(RunRow(r.name, {k: configs[r].get(k) for k in differing}, bt, train.get(bt), bv, val.get(bv),
-                           s.get("final_train_loss"), int(rec.get("steps") or 0), float(rec.get("wall_time_s") or 0), curve))
+                           s.get("final_train_loss"), int(rec.get("steps") or 0), float(rec.get("wall_time_s") or 0), curve,
+                           s.get("recommended")))
     return rows, differing
 
 
+SHORT = {"validation loss": "lowest validation loss", "training loss": "lowest training loss (no validation set)",
+         "tagger + validation loss": "best tagger score, then weight nearest 1.0, then validation loss",
+         "tagger": "best tagger score, then weight nearest 1.0"}
+
+
+def ranked(rows: list[RunRow], tolerance: float = 0.05, collapse_similarity: float = 0.8) -> tuple[list[RunRow], str, str]:
+    """Runs best first by their recommended cells, with the short reason and the sentence with the numbers."""
+    from lorafw.sampling.score import basis, cells_from_json, explain, rank
+
+    have = [r for r in rows if r.recommended and r.recommended.get("scores")]
+    if not have:
+        return [], "", ""
+    cells = [c for r in have for c in cells_from_json([r.recommended["scores"] | {"run": r.run}])]
+    order = rank(cells, tolerance)
+    by = {r.run: r for r in have}
+    how = basis(order)
+    rest = [r for r in rows if r not in have]
+    return [by[c.run] for c in order] + rest, SHORT.get(how, how), explain(order, tolerance, collapse_similarity)
+
+
 def winner(rows: list[RunRow]) -> tuple[RunRow, str]:
-    """The lowest validation loss when every run has one; otherwise the lowest best-epoch training loss."""
+    """The run whose recommended cell ranks first (`ranked`); for runs without a recommendation, the lowest
+    validation loss when every run has one, else the lowest best-epoch training loss."""
+    order, short, _ = ranked(rows)
+    if order and len(order) == len(rows):
+        return order[0], short
     if rows and all(r.best_val_loss is not None for r in rows):
         return min(rows, key=lambda r: r.best_val_loss), "lowest validation loss"  # type: ignore[arg-type,return-value]
     scored = [r for r in rows if r.best_train_loss is not None]
@@ -81,14 +111,23 @@ def compare(folder: Path) -> dict[str, Any]:
     """Write compare.md, compare.csv and compare.png into `folder`; return what was found."""
     rows, differing = collect(folder)
     best, why = winner(rows)
-    header = ["run", "overrides", "best epoch (train)", "train loss", "best epoch (val)", "val loss", "final loss", "steps", "wall time (s)"]
+    order, _, sentence = ranked(rows)
+    if len(order) == len(rows):
+        rows = order  # best first
+    header = ["run", "overrides", "recommended", "score", "best epoch (train)", "train loss", "best epoch (val)", "val loss",
+              "final loss", "steps", "wall time (s)"]
     table = []
     for r in rows:
         ov = ", ".join(f"{k}={v}" for k, v in r.overrides.items()) or "(none)"
-        table.append([r.run, ov, _fmt(r.best_train_epoch), _fmt(r.best_train_loss), _fmt(r.best_val_epoch), _fmt(r.best_val_loss),
+        rec = r.recommended or {}
+        score = (rec.get("scores") or {}).get("score")
+        table.append([r.run, ov, f"epoch {rec['epoch']} @ {rec['weight']:g}" if rec else "–", _fmt(score),
+                      _fmt(r.best_train_epoch), _fmt(r.best_train_loss), _fmt(r.best_val_epoch), _fmt(r.best_val_loss),
                       _fmt(r.final_loss), str(r.steps), f"{r.wall_time_s:.0f}"])
-    md = [f"# lorafw compare: {folder}", "", f"Winner: **{best.run}** ({why})", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md = [f"# lorafw compare: {folder}", "", f"Winner: **{best.run}** ({why})", ""]
+    if sentence and best.recommended:
+        md += [f"Use {best.recommended.get('file')} at weight {best.recommended['weight']:g}: {sentence}", ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
     atomic_write(folder / "compare.md", "\n".join(md) + "\n")
     buf = io.StringIO()
@@ -98,7 +137,7 @@ def compare(folder: Path) -> dict[str, Any]:
         w.writerow(row + [str(r is best)])
     atomic_write(folder / "compare.csv", buf.getvalue())
     _plot(rows, best, folder / "compare.png")
-    return {"winner": best.run, "why": why, "differing": differing, "rows": rows}
+    return {"winner": best.run, "why": why, "sentence": sentence, "differing": differing, "rows": rows}
 
 
 def _plot(rows: list[RunRow], best: RunRow, path: Path) -> None:

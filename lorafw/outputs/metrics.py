@@ -1,7 +1,8 @@
 """Training metrics: metrics.jsonl and metrics.csv in the run folder, and TensorBoard scalars.
 
 Per step: loss, smoothed loss, each parameter group's lr, Prodigy's adapted step size d when used.
-Per epoch: mean training loss and validation loss. On resume, lines from after the saved state are
+Per epoch: mean training loss and validation loss. After `lorafw grid`: the grid images and each cell's
+scores (log_grid). On resume, lines from after the saved state are
 dropped and TensorBoard events from those steps purged, so the logs read as one uninterrupted run.
 """
 
@@ -11,7 +12,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lorafw.config.spec import LogSpec
 
@@ -99,6 +100,29 @@ class Metrics:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def log_grid(run_dir: Path, grids: Sequence[Path], cells: Sequence[Any]) -> None:
+    """TensorBoard: each grid image, and per weight the cells' scores by epoch (grid/fidelity/w1 …)."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+    try:
+        step = max((c.epoch for c in cells), default=0)
+        for g in grids:
+            with Image.open(g) as im:
+                writer.add_image(f"grid/{Path(g).stem}", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        for c in sorted(cells, key=lambda c: c.epoch):  # steps in order, as TensorBoard draws them
+            tag = f"w{c.weight:g}" + ("_ema" if c.label.endswith("-ema") else "")
+            for name in ("fidelity", "adherence", "score", "similarity"):
+                v = getattr(c, name)
+                if v is not None:
+                    writer.add_scalar(f"grid/{name}/{tag}", float(v), c.epoch)
+        writer.flush()
+    finally:
+        writer.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """run_summary.json: what a finished (or stopped) run produced and which epoch did best.
 
-Read by `lorafw grid` and `lorafw compare`; written after every epoch, so it is current even when a
-run stops early.
+Read by `lorafw grid`, `lorafw compare` and `lorafw report`; written after every epoch, so it is current
+even when a run stops early. `recommended` is the epoch and weight to use (lorafw/sampling/score.py): from
+the losses at first, from the scored grid once `lorafw grid` has run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,22 @@ def write_summary(run_dir: Path, spec: RunSpec, arch: str, epoch_losses: list[fl
         "files": sorted(files),
         "samples": samples,
     }
+    from lorafw.sampling.score import epoch_cells, recommendation
+
+    # Until a grid is scored: the epoch with the lowest validation (else training) loss, at weight 1.0.
+    summary["recommended"] = recommendation(epoch_cells(epochs), spec.grid.tolerance, spec.grid.collapse_similarity)
     return atomic_write(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def set_recommended(run_dir: Path, recommended: dict[str, Any] | None, scores: str | None = None) -> Path | None:
+    """Replace the summary's `recommended` (after `lorafw grid` scored the cells; `scores` = where scores.json is)."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        return None
+    summary["recommended"] = recommended
+    if scores:
+        summary["grid_scores"] = scores
+    return atomic_write(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -2,6 +2,8 @@
 (columns), the same seed in every cell — as one labelled PNG per prompt plus the cell images, in
 RUN_DIR/grids/. The base model loads once; each cell patches its layer weights the way the UIs apply
 a LoRA (lorafw/network/apply.py). On a sweep's folder, each run gets its grids under SWEEP_DIR/grids/.
+With grid.score (the default) every cell is scored and the run's recommended epoch and weight written
+(lorafw/sampling/score.py); report.html follows (lorafw/outputs/report.py).
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
         triggers = [t.strip() for t in meta.get("modelspec.trigger_phrase", "").split(",") if t.strip()]
         prompts = [parse_line(fallback_prompt(triggers, json.loads(meta.get("ss_tag_frequency", "{}"))), spec.sample,
                               spec.dataset.resolution)]
+    from lorafw.sampling.grid_scores import load_tagger
+
+    tagger = load_tagger(spec)  # before the base model loads: a wrong grid.tagger folder fails at once
     renderer, patcher = _prepared(spec, models)
     out = out_dir or run_dir / "grids"
     weights = [float(w) for w in spec.grid.weights]
@@ -137,6 +142,10 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
         save_png(grid, path, a1111_parameters(p, spec.sample.sampler, {"Grid": f"{len(rows)}x{len(weights)}"}),
                  {"lorafw_grid": json.dumps(layout)})
         written.append(path)
+    if spec.grid.score:
+        from lorafw.sampling.grid_scores import score_run
+
+        score_run(run_dir, out, spec, rows, weights, prompts, tagger, written)
     return written
 
 
@@ -177,11 +186,18 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
 
 def grid(folder: Path, overrides: list[str]) -> list[Path]:
     """Grids for a run folder, or for every run of a sweep folder (the swept values label each run)."""
+    from lorafw.run import _ensure_logging
+
+    _ensure_logging()  # the recommendation and the report's path are logged
     runs = find_runs(folder)
     models: dict[str, Any] = {}
     if len(runs) == 1 and runs[0] == folder:
-        return grid_for_run(folder, overrides, models)
-    written = []
-    for run in runs:
-        written += grid_for_run(run, overrides, models, out_dir=folder / "grids" / run.name, label=run.name)
+        written = grid_for_run(folder, overrides, models)
+    else:
+        written = []
+        for run in runs:
+            written += grid_for_run(run, overrides, models, out_dir=folder / "grids" / run.name, label=run.name)
+    from lorafw.outputs.report import report_after
+
+    report_after(folder, overrides)  # report.html with the scored grid (report.enabled)
     return written

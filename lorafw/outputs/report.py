@@ -1,0 +1,467 @@
+"""`lorafw report RUN_DIR`: the whole run on one page, RUN_DIR/report.html — the recommendation, loss and lr
+curves, validation loss, the scored grids, samples, the dataset, the resolved config, what an import dropped,
+timings and versions. One static file: inline SVG and CSS, no script, no CDN; images are relative links to
+the files beside it, or embedded (report.embed_images). On a sweep's folder it writes every run's page and
+a comparison page (lorafw/outputs/report_sweep.py). Also written at the end of a run and after `lorafw grid`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from lorafw.outputs.svg import CSS as CHART_CSS
+from lorafw.outputs.svg import PALETTE, Series, bar_chart, line_chart
+
+log = logging.getLogger("lorafw")
+REPORT = "report.html"
+
+PAGE_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;background:#f3f4f6;color:#111827}
+header{background:#111827;color:#f9fafb;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}
+header .sub{color:#9ca3af;font-size:13px}nav{background:#1f2937;padding:6px 28px;position:sticky;top:0;z-index:2}
+nav a{color:#d1d5db;margin-right:16px;font-size:13px;text-decoration:none}nav a:hover{color:#fff}
+main{padding:16px 28px;max-width:1400px}section{background:#fff;border-radius:8px;padding:14px 18px;margin:0 0 16px;
+box-shadow:0 1px 2px rgba(0,0,0,.06)}h2{font-size:17px;margin:0 0 10px}h3{font-size:14px;margin:14px 0 6px}
+.rec{border-left:6px solid #16a34a;display:flex;gap:18px;align-items:flex-start}.rec .big{font-size:20px;font-weight:700}
+.rec img{width:160px;border-radius:4px}.muted{color:#6b7280;font-size:13px}.warn{color:#b45309}
+.charts{display:flex;flex-wrap:wrap;gap:12px}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #e5e7eb;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f9fafb}
+table.grid td{text-align:center;padding:4px}table.grid img{display:block;width:148px;height:auto;margin:0 auto}
+table.grid td.best{outline:4px solid #16a34a;outline-offset:-4px;background:#ecfdf5}
+table.grid td.collapsed{background:#fef2f2}.sc{font-size:11px;color:#374151;white-space:nowrap}
+.badge{display:inline-block;background:#16a34a;color:#fff;border-radius:3px;padding:0 5px;font-size:11px}
+.badge.bad{background:#dc2626}.gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;width:150px}
+.gallery img{width:150px;height:auto;border-radius:3px}.gallery figcaption{font-size:11px;color:#6b7280}
+pre{background:#f9fafb;border:1px solid #e5e7eb;padding:10px;overflow:auto;font-size:12px;max-height:520px}
+.heat td.v{font-variant-numeric:tabular-nums}
+"""
+
+
+def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
+    """The HTML document: a header, a link bar and the (anchor, heading, body) sections."""
+    nav = "".join(f'<a href="#{a}">{escape(h)}</a>' for a, h, _ in sections)
+    body = "".join(f'<section id="{a}"><h2>{escape(h)}</h2>{b}</section>' for a, h, b in sections)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width,initial-scale=1"><title>{escape(title)}</title>'
+            f'<style>{PAGE_CSS}{CHART_CSS}</style></head><body><header><h1>{escape(title)}</h1>'
+            f'<div class="sub">{subtitle}</div></header><nav>{nav}</nav><main>{body}</main></body></html>\n')
+
+
+class Images:
+    """Image references from the page's folder: relative links, or data: URIs when embedding."""
+
+    def __init__(self, page_dir: Path, embed: bool) -> None:
+        self.page_dir, self.embed = Path(page_dir), embed
+
+    def src(self, path: Path) -> str | None:
+        path = Path(path)
+        if not path.is_file():
+            return None
+        if self.embed:
+            mime = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
+                path.suffix.lower().lstrip("."), "application/octet-stream")
+            return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        import os
+        from urllib.parse import quote
+
+        return "/".join(quote(p) for p in Path(os.path.relpath(path.resolve(), self.page_dir.resolve())).parts)
+
+    def tag(self, path: Path, alt: str, cls: str = "") -> str:
+        src = self.src(path)
+        if src is None:
+            return f'<span class="muted">({escape(Path(path).name)} is missing)</span>'
+        c = f' class="{cls}"' if cls else ""
+        return f'<img{c} src="{src}" alt="{escape(alt)}" title="{escape(alt)}">'
+
+
+def table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """Cells are HTML already (callers escape text)."""
+    c = f' class="{cls}"' if cls else ""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    return f"<table{c}><tr>{head}</tr>" + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in rows) + "</table>"
+
+
+@dataclass
+class RunData:
+    """Everything a run folder holds that the page shows (read_run)."""
+
+    run_dir: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    config_text: str = ""
+    meta: dict[str, str] = field(default_factory=dict)  # the newest LoRA file's metadata
+    scores: dict[str, Any] | None = None
+    scores_dir: Path | None = None
+    imported: dict[str, list[str]] = field(default_factory=dict)
+    spec: Any = None
+
+
+def read_run(run_dir: Path) -> RunData:
+    from lorafw.outputs.metrics import read_metrics
+    from lorafw.outputs.record import read_record
+    from lorafw.outputs.summary import read_summary
+
+    d = RunData(Path(run_dir))
+    d.record = read_record(run_dir) or {}
+    d.summary = read_summary(run_dir) or {}
+    d.metrics = read_metrics(run_dir)
+    cfg = Path(run_dir) / "config.yaml"
+    d.config_text = cfg.read_text(encoding="utf-8") if cfg.is_file() else ""
+    files = sorted(Path(run_dir).glob("*.safetensors"))
+    if files:
+        newest = max(files, key=lambda p: p.stat().st_mtime)
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(newest), "np") as f:
+                d.meta = f.metadata() or {}
+        except Exception as e:  # a damaged file must not stop the report
+            log.warning(f"report: cannot read {newest.name}'s metadata ({e})")
+    where = d.summary.get("grid_scores")
+    if where:
+        p = Path(where) if Path(where).is_absolute() else Path(run_dir) / where
+        if p.is_file():
+            d.scores, d.scores_dir = json.loads(p.read_text()), p.parent
+    d.imported = import_notes(Path(run_dir))
+    try:
+        from lorafw.config.compose import load_spec
+
+        d.spec = load_spec(run_dir, check_paths=False)
+    except Exception:  # an old or hand-edited config: the page shows the text as it is
+        d.spec = None
+    return d
+
+
+IMPORT_NOTES = "import.json"
+
+
+def import_notes(run_dir: Path) -> dict[str, list[str]]:
+    """What `lorafw import` dropped or refused, from the imported recipe the run used (`+recipe=FILE.yaml`).
+
+    Hydra records the recipe by the name the CLI linked it under (config/compose.py with_recipe_files), in a
+    temporary search-path folder that lives as long as the run's process; so the end-of-run report reads the
+    file through that link and keeps what it found in RUN_DIR/import.json for later reports."""
+    saved = run_dir / IMPORT_NOTES
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    recipe = _recipe_file(run_dir)
+    if recipe is None:
+        return {}
+    text = recipe.read_text(encoding="utf-8")
+    if "Imported by `lorafw import`" not in text:
+        return {}
+    out = parse_import_comments(text) | {"source": [str(recipe)]}
+    try:
+        from lorafw.outputs.atomic import atomic_write
+
+        atomic_write(saved, json.dumps(out, indent=2) + "\n")
+    except OSError:  # a read-only copy of a run: the page still shows it
+        pass
+    return out
+
+
+def _recipe_file(run_dir: Path) -> Path | None:
+    """The YAML file behind the run's `+recipe=` override, when it was a user's file and can still be found."""
+    hydra = run_dir / ".hydra"
+    if not (hydra / "overrides.yaml").is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    names = [m.group(1) for o in (OmegaConf.load(hydra / "overrides.yaml") or [])
+             if (m := re.match(r"^\+?recipe=(.+)$", str(o)))]
+    if not names:
+        return None
+    name = names[-1]
+    direct = Path(name).expanduser()
+    if direct.suffix in (".yaml", ".yml") and direct.is_file():
+        return direct.resolve()
+    dirs: list[str] = []
+    if (hydra / "hydra.yaml").is_file():
+        for o in OmegaConf.select(OmegaConf.load(hydra / "hydra.yaml"), "hydra.overrides.hydra", default=[]) or []:
+            dirs += re.findall(r"file://([^,\]]+)", str(o))
+    for d in dirs:
+        p = Path(d) / "recipe" / f"{name}.yaml"
+        if p.exists():
+            return p.resolve()  # the link → the user's file
+    return None
+
+
+def parse_import_comments(text: str) -> dict[str, list[str]]:
+    """The tail comments `lorafw import` writes (interop/kohya.py recipe_yaml) → {no_effect, not_imported, notes}."""
+    out: dict[str, list[str]] = {"no_effect": [], "not_imported": [], "notes": []}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("# Settings with no effect"):
+            section = "no_effect"
+        elif line.startswith("# Settings lorafw did not understand"):
+            section = "not_imported"
+        elif line.startswith("# note: "):
+            out["notes"].append(line[len("# note: "):])
+        elif line.startswith("#   ") and section:
+            out[section].append(line[4:])
+    return out
+
+
+# -- sections -------------------------------------------------------------------------------------
+def recommendation_html(d: RunData, img: Images) -> str:
+    rec = d.summary.get("recommended")
+    if not rec:
+        return '<p class="muted">No recommendation yet: no epoch has finished with a saved file.</p>'
+    pic = ""
+    if d.scores and d.scores_dir:
+        cell = d.scores_dir / "prompt-00" / f"{rec.get('label')}_w{rec['weight']:g}.png"
+        if cell.is_file():
+            pic = img.tag(cell, f"{rec.get('label')} at weight {rec['weight']:g}")
+    hint = "" if d.scores else ('<p class="muted">Render and score the grid to judge the weights too: <code>lorafw grid '
+                                f'{escape(str(d.run_dir))} grid.tagger=DIR</code></p>')
+    return (f'<div class="rec">{pic}<div><div class="big">Use {escape(str(rec.get("file")))} at weight '
+            f'{rec["weight"]:g}</div><p>{escape(rec.get("why", ""))}</p><p class="muted">Based on: '
+            f'{escape(rec.get("basis", ""))}</p>{hint}</div></div>')
+
+
+def training_html(d: RunData) -> str:
+    steps = [m for m in d.metrics if m.get("kind") == "step"]
+    epochs = [m for m in d.metrics if m.get("kind") == "epoch"]
+    rec_epoch = (d.summary.get("recommended") or {}).get("epoch")
+    charts = [line_chart([Series("loss", [(m["step"], m["loss"]) for m in steps], "#93c5fd", 1, 0.8),
+                          Series("smoothed", [(m["step"], m.get("loss_smoothed")) for m in steps], PALETTE[0], 2.2)],
+                         "Training loss", "step", "loss")]
+    lrs = [Series(name, [(m["step"], m.get(k)) for m in steps], c, 1.8)
+           for name, k, c in (("UNet lr", "lr_unet", PALETTE[2]), ("text encoder lr", "lr_text_encoder", PALETTE[3]))]
+    charts.append(line_chart(lrs, "Learning rate", "step", "lr"))
+    if any(m.get("prodigy_d") is not None for m in steps):
+        charts.append(line_chart([Series("Prodigy d", [(m["step"], m.get("prodigy_d")) for m in steps], PALETTE[4])],
+                                 "Prodigy's adapted step size d", "step", "d"))
+    charts.append(line_chart([Series("training loss (epoch mean)", [(m["epoch"], m.get("loss")) for m in epochs],
+                                     PALETTE[0], 2, markers=True),
+                              Series("validation loss", [(m["epoch"], m.get("val_loss")) for m in epochs], PALETTE[1], 2,
+                                     markers=True)],
+                             "Loss per epoch" + (f" (recommended: epoch {rec_epoch})" if rec_epoch else ""), "epoch", "loss",
+                             x_integer=True, highlight_x=rec_epoch))
+    rows = [[str(e["epoch"]), _f(e.get("train_loss")), _f(e.get("val_loss")), escape(e.get("file") or "–")]
+            for e in d.summary.get("epochs", [])]
+    return f'<div class="charts">{"".join(charts)}</div>' + (table(["epoch", "training loss", "validation loss", "file"], rows)
+                                                            if rows else "")
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def grid_html(d: RunData, img: Images) -> str:
+    if not d.scores or not d.scores_dir:
+        grids = sorted((d.run_dir / "grids").glob("prompt-*.png"))
+        if grids:
+            return "".join(img.tag(g, g.stem) for g in grids)
+        return (f'<p class="muted">No grid yet. <code>lorafw grid {escape(str(d.run_dir))}</code> renders the saved '
+                'epochs across LoRA weights and scores every cell (add <code>grid.tagger=DIR</code>, a local WD tagger, '
+                'for concept fidelity and prompt adherence).</p>')
+    s, gdir = d.scores, d.scores_dir
+    from lorafw.sampling.score import cell_key, cells_from_json
+
+    cells = cells_from_json(s["cells"])
+    rec = s.get("recommended") or {}
+    labels = list(dict.fromkeys(c.label for c in cells))
+    weights = list(dict.fromkeys(c.weight for c in cells))
+    by = {(c.label, c.weight): c for c in cells}
+    out = []
+    settings = s.get("settings", {})
+    if s.get("concept"):
+        out.append(f'<p>Concept tags (in ≥ {settings.get("concept_share", 0):.0%} of the captions): '
+                   f'<b>{escape(", ".join(s["concept"]))}</b></p>')
+    if s.get("unknown"):
+        out.append(f'<p class="muted">Frequent caption tags the tagger does not know: {escape(", ".join(s["unknown"]))}</p>')
+    out += [f'<p class="warn">{escape(n)}</p>' for n in s.get("notes", [])]
+    head = ["epoch \\ weight"] + [f"{w:g}" for w in weights]
+    rows = []
+    for label in labels:
+        row = [escape(label)]
+        for w in weights:
+            c = by.get((label, w))
+            if c is None:
+                row.append("")
+                continue
+            bits = [f"S {c.score:.2f}" if c.score is not None else "", f"F {c.fidelity:.2f}" if c.fidelity is not None else "",
+                    f"A {c.adherence:.0%}" if c.adherence is not None else "",
+                    f"sim {c.similarity:.2f}" if c.similarity is not None else ""]
+            mark = ' <span class="badge">recommended</span>' if (label, w) == (rec.get("label"), rec.get("weight")) else ""
+            mark += ' <span class="badge bad">collapsed</span>' if c.collapsed else ""
+            row.append(" · ".join(b for b in bits if b) + mark)
+        rows.append(row)
+    out.append("<h3>Scores (S: score, F: concept fidelity, A: prompt adherence, sim: similarity across prompts)</h3>"
+               + table(head, rows, "heat"))
+    for pi, p in enumerate(s.get("prompts", [])):
+        out.append(f'<h3>Prompt {pi}: {escape(p["prompt"])}</h3>')
+        trs = ["<tr><th></th>" + "".join(f"<th>weight {w:g}</th>" for w in weights) + "</tr>"]
+        for label in labels:
+            tds = [f"<th>{escape(label)}</th>"]
+            for w in weights:
+                c = by.get((label, w))
+                path = gdir / f"prompt-{pi:02d}" / f"{label}_w{w:g}.png"
+                cls = []
+                if (label, w) == (rec.get("label"), rec.get("weight")):
+                    cls.append("best")
+                if c is not None and c.collapsed:
+                    cls.append("collapsed")
+                probs = s.get("details", {}).get(cell_key(pi, label, w), {})
+                tip = ", ".join(f"{t} {v:.2f}" for t, v in sorted(probs.items(), key=lambda kv: -kv[1]))
+                line = []
+                if c is not None and c.score is not None:
+                    line.append(f"S {c.score:.2f}")
+                if c is not None and c.val_loss is not None:
+                    line.append(f"val {c.val_loss:.4f}")
+                tds.append(f'<td class="{" ".join(cls)}">{img.tag(path, f"{label} weight {w:g}" + (f" — {tip}" if tip else ""))}'
+                           f'<div class="sc">{" · ".join(line)}</div></td>')
+            trs.append("<tr>" + "".join(tds) + "</tr>")
+        out.append('<table class="grid">' + "".join(trs) + "</table>")
+    comps = [gdir / g for g in s.get("grids", []) if (gdir / g).is_file()]
+    if comps and not img.embed:
+        out.append('<p class="muted">Labelled grid images: '
+                   + ", ".join(f'<a href="{img.src(g)}">{escape(g.name)}</a>' for g in comps) + "</p>")
+    return "".join(out)
+
+
+def samples_html(d: RunData, img: Images, limit: int) -> str:
+    samples = list(d.summary.get("samples") or [])
+    if not samples:
+        return '<p class="muted">No samples (sample.every_n_epochs=1 renders sample.prompts each epoch).</p>'
+    shown = samples[-limit:] if limit else []
+    figs = "".join(f'<figure>{img.tag(d.run_dir / s, s)}<figcaption>{escape(Path(s).stem)}</figcaption></figure>'
+                   for s in reversed(shown))
+    more = f'<p class="muted">{len(samples) - len(shown)} older sample(s) not shown (report.max_samples).</p>' \
+        if len(shown) < len(samples) else ""
+    return f'<div class="gallery">{figs}</div>{more}'
+
+
+def dataset_html(d: RunData) -> str:
+    plan = d.record.get("plan") or {}
+    out = []
+    try:
+        dirs = json.loads(d.meta.get("ss_dataset_dirs") or "{}")
+        freq = json.loads(d.meta.get("ss_tag_frequency") or "{}")
+    except ValueError:
+        dirs, freq = {}, {}
+    if dirs:
+        rows = [[escape(k), str(v.get("n_repeats")), str(v.get("img_count")), str((v.get("n_repeats") or 0) * (v.get("img_count") or 0))]
+                for k, v in dirs.items()]
+        out.append(table(["folder", "repeats", "images", "images × repeats"], rows))
+    facts = [("training images", plan.get("images")), ("validation images", plan.get("validation_images")),
+             ("items per epoch", plan.get("items_per_epoch")), ("global batch", plan.get("global_batch")),
+             ("steps per epoch", plan.get("steps_per_epoch")), ("total steps", plan.get("total_steps"))]
+    out.append("<p>" + " · ".join(f"{escape(k)}: <b>{v}</b>" for k, v in facts if v is not None) + "</p>")
+    charts = []
+    buckets = plan.get("buckets") or {}
+    if buckets:
+        items = sorted(buckets.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("x")))
+        charts.append(bar_chart([k for k, _ in items], [float(v) for _, v in items], "Aspect-ratio buckets (images)"))
+    if freq:
+        from lorafw.sampling.score import tag_shares
+
+        shares = tag_shares(freq, {k: int((v or {}).get("img_count") or 0) for k, v in dirs.items()})
+        share_key = d.spec.grid.concept_share if d.spec is not None else 0.5
+        concept = set((d.scores or {}).get("concept") or [])
+        top = list(shares.items())[:30]
+        if top:
+            charts.append(bar_chart([t for t, _ in top], [v for _, v in top], f"Tag frequency (top {len(top)} of {len(shares)})",
+                                    "share of captions", [t in concept for t, _ in top], threshold=share_key,
+                                    threshold_label=f"concept tags ≥ {share_key:.0%}", percent=True))
+    out.append(f'<div class="charts">{"".join(charts)}</div>')
+    findings = (d.record.get("lint") or {}).get("findings") or []
+    if findings:
+        out.append("<h3>Dataset check (lint)</h3>" + table(["level", "kind", "detail", "files"], [
+            [escape(f["level"]), escape(f["kind"]), escape(f.get("detail", "")), escape(", ".join(Path(p).name for p in f["paths"][:4]))]
+            for f in findings[:40]]))
+    return "".join(out)
+
+
+def import_html(d: RunData) -> str:
+    imp = d.imported
+    if not imp:
+        return '<p class="muted">This run was not started from a `lorafw import` recipe; nothing was dropped.</p>'
+    out = [f'<p>Recipe: <code>{escape(imp.get("source", ["?"])[0])}</code></p>']
+    for key, title in (("not_imported", "Refused: not understood, not imported"), ("no_effect", "Dropped: no effect in lorafw"),
+                       ("notes", "Notes")):
+        if imp.get(key):
+            out.append(f"<h3>{title} ({len(imp[key])})</h3><ul>" + "".join(f"<li><code>{escape(x)}</code></li>" for x in imp[key]) + "</ul>")
+    if len(out) == 1:
+        out.append("<p>The import kept every setting.</p>")
+    return "".join(out)
+
+
+def timings_html(d: RunData) -> str:
+    r = d.record
+    wall, steps = r.get("wall_time_s"), r.get("steps")
+    rows = [["status", escape(str(r.get("status", "?")))], ["started", escape(str(r.get("started_at", "–")))],
+            ["finished", escape(str(r.get("finished_at", "–")))],
+            ["wall time", f"{wall:.0f} s" if isinstance(wall, (int, float)) else "–"], ["optimizer steps", str(steps or 0)],
+            ["wall time per step (all included)", f"{wall / steps:.2f} s" if wall and steps else "–"],
+            ["skipped steps", str(r.get("skipped_steps", 0))],
+            ["resumed", escape(", ".join(f"at step {x.get('at_step')} ({x.get('at')})" for x in r.get("resumes", [])) or "no")]]
+    dev = r.get("device") or {}
+    rows += [[escape(f"device: {k}"), escape(str(v))] for k, v in dev.items()]
+    vers = [[escape(k), escape(str(v))] for k, v in (r.get("versions") or {}).items()]
+    return '<div class="charts">' + table(["run", ""], rows) + table(["library", "version"], vers) + "</div>"
+
+
+def render_run(d: RunData, page_dir: Path | None = None, embed: bool = False, max_samples: int = 48) -> str:
+    img = Images(page_dir or d.run_dir, embed)
+    name = d.summary.get("name") or d.run_dir.name
+    sub = escape(f"{d.run_dir} · {d.summary.get('arch') or d.record.get('arch', '?')} · {d.record.get('status', '?')}")
+    sections = [("recommended", "Recommendation", recommendation_html(d, img)), ("training", "Training", training_html(d)),
+                ("grid", "Epoch × weight grid", grid_html(d, img)), ("samples", "Samples", samples_html(d, img, max_samples)),
+                ("dataset", "Dataset", dataset_html(d)), ("import", "Import", import_html(d)),
+                ("config", "Resolved config", f"<pre>{escape(d.config_text or '(no config.yaml)')}</pre>"),
+                ("timings", "Timings and versions", timings_html(d))]
+    return page(f"lorafw report: {name}", sub, sections)
+
+
+def write_run_report(run_dir: Path, embed: bool | None = None) -> Path:
+    from lorafw.outputs.atomic import atomic_write
+
+    d = read_run(Path(run_dir))
+    rs = getattr(d.spec, "report", None)
+    html = render_run(d, d.run_dir, rs.embed_images if embed is None and rs else bool(embed),
+                      rs.max_samples if rs else 48)
+    return atomic_write(d.run_dir / REPORT, html)
+
+
+def write_report(folder: Path, embed: bool | None = None) -> Path:
+    """A run folder's report.html, or for a sweep's folder every run's page and the comparison page."""
+    from lorafw.outputs.summary import find_runs
+
+    folder = Path(folder)
+    runs = find_runs(folder)
+    if len(runs) == 1 and runs[0] == folder:
+        return write_run_report(folder, embed)
+    for r in runs:
+        write_run_report(r, embed)
+    from lorafw.outputs.report_sweep import write_sweep_report
+
+    return write_sweep_report(folder, runs, bool(embed))
+
+
+def report_after(folder: Path, overrides: list[str] | tuple[str, ...] = ()) -> Path | None:
+    """The report at the end of a run or a grid, when report.enabled; a failure is a warning, never an error
+    (the LoRA files are what the run is for)."""
+    try:
+        from lorafw.config.compose import load_spec
+        from lorafw.outputs.summary import find_runs
+
+        first = find_runs(Path(folder))[0]
+        spec = load_spec(first, list(overrides), check_paths=False)
+        if not spec.report.enabled:
+            return None
+        path = write_report(Path(folder), spec.report.embed_images)
+    except Exception as e:  # noqa: BLE001 — reported, and the run's results stand
+        log.warning(f"report: not written ({type(e).__name__}: {e}); try `lorafw report {folder}`")
+        return None
+    log.info(f"report: {path}")
+    return path
