@@ -3,6 +3,9 @@ curves, validation loss, the scored grids, samples, the dataset, the resolved co
 timings and versions. One static file: inline SVG and CSS, no script, no CDN; images are relative links to
 the files beside it, or embedded (report.embed_images). On a sweep's folder it writes every run's page and
 a comparison page (lorafw/outputs/report_sweep.py). Also written at the end of a run and after `lorafw grid`.
+
+Over 400 lines on purpose: one small function per section of the page, in the page's order, all reading the
+same RunData; the chart drawing (svg.py) and the sweep page (report_sweep.py) are apart.
 """
 
 from __future__ import annotations
