@@ -157,18 +157,41 @@ def test_build_caption():
 
 
 def test_trigger_takes_the_kept_slot():
-    assert fixed_and_flexible("1girl, smile", "kafka", 1, None) == (["kafka"], ["1girl", "smile"])
-    assert fixed_and_flexible("kafka, 1girl, smile", "kafka", 2, None) == (["kafka", "1girl"], ["smile"])
+    assert fixed_and_flexible("1girl, smile", "kafka", 1, None) == (["kafka"], ["1girl", "smile"], [])
+    assert fixed_and_flexible("kafka, 1girl, smile", "kafka", 2, None) == (["kafka", "1girl"], ["smile"], [])
+
+
+def test_trigger_is_kept_with_keep_tokens_0():
+    assert fixed_and_flexible("1girl, smile, kafka", "kafka", 0, None) == (["kafka"], ["1girl", "smile"], [])
+    rng = random.Random(0)
+    caps = [build_caption("a, b, c, d, e, f", "kafka", 0, True, rng) for _ in range(30)]
+    assert all(c.startswith("kafka, ") for c in caps) and len(set(caps)) > 1
+    assert fixed_and_flexible("a, b", None, 0, None) == ([], ["a", "b"], [])  # no trigger: nothing kept
 
 
 def test_keep_tokens_separator():
-    fixed, flex = fixed_and_flexible("kafka, 1girl ||| smile, jacket, kafka", None, 3, "|||")
-    assert (fixed, flex) == (["kafka", "1girl"], ["smile", "jacket", "kafka"])  # the separator wins over keep_tokens
-    assert fixed_and_flexible("kafka, 1girl ||| smile", "zeta", 0, "|||") == (["zeta", "kafka", "1girl"], ["smile"])
-    assert fixed_and_flexible("no separator here, b", None, 1, "|||") == (["no separator here"], ["b"])
+    fixed, flex, suffix = fixed_and_flexible("kafka, 1girl ||| smile, jacket, kafka", None, 3, "|||")
+    assert (fixed, flex, suffix) == (["kafka", "1girl"], ["smile", "jacket", "kafka"], [])  # the separator wins
+    assert fixed_and_flexible("kafka, 1girl ||| smile", "zeta", 0, "|||") == (["zeta", "kafka", "1girl"], ["smile"], [])
+    assert fixed_and_flexible("no separator here, b", None, 1, "|||") == (["no separator here"], ["b"], [])
     rng = random.Random(1)
     for _ in range(20):
         assert build_caption("a, b ||| c, d, e", None, 0, True, rng, "|||").startswith("a, b, ")
+
+
+def test_second_separator_is_a_fixed_suffix_as_kohya():
+    raw = "kafka, 1girl ||| smile, jacket ||| masterpiece, best quality"
+    assert fixed_and_flexible(raw, None, 0, "|||") == (["kafka", "1girl"], ["smile", "jacket"], ["masterpiece", "best quality"])
+    rng = random.Random(2)
+    seen = set()
+    for _ in range(40):
+        cap = build_caption(raw, None, 0, True, rng, "|||", tag_dropout=0.3)
+        assert "|||" not in cap
+        tags = split_tags(cap)
+        assert tags[:2] == ["kafka", "1girl"] and tags[-2:] == ["masterpiece", "best quality"]
+        seen.add(cap)
+    assert len(seen) > 1
+    assert fixed_and_flexible("a ||| b ||| c ||| d", "t", 0, "|||") == (["t", "a"], ["b"], ["c", "d"])
 
 
 def test_caption_and_tag_dropout():
