@@ -5,6 +5,7 @@ here from the formulas, not from lorafw's code."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -374,3 +375,64 @@ def test_resolve_auto_explicit_contradiction_and_force():
     with pytest.raises(ConfigError, match="v_pred_like_loss"):
         resolve(Train(v_pred_like_loss=0.1), vz)
     assert resolve(Train(scale_v_pred_loss_like_noise_pred=True), vz).v
+
+
+# -- config rules (config/validate.py) ------------------------------------------------------------------
+def checked(*overrides: str, recipe: str = "pdxl", check_paths: bool = False):
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+
+    return spec_from_dict(compose_dict(recipe, ["base_model.path=/m/x.safetensors", "dataset.root=/d", *overrides]),
+                          check_paths=check_paths)
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["train.adaptive_noise_scale=0.01"], ["train.adaptive_noise_scale", "train.noise_offset"]),
+    (["train.noise_offset_random_strength=true"], ["train.noise_offset_random_strength"]),
+    (["train.ip_noise_gamma_random_strength=true"], ["train.ip_noise_gamma"]),
+    (["train.min_timestep=600", "train.max_timestep=500"], ["train.min_timestep", "600", "500"]),
+    (["train.min_timestep=999", "train.max_timestep=1000"], None),
+    (["train.max_timestep=1000", "train.min_timestep=1000"], ["train.min_timestep"]),
+    (["train.prediction_type=epsilon", "train.scale_v_pred_loss_like_noise_pred=true"], ["scale_v_pred_loss_like_noise_pred"]),
+    (["train.prediction_type=v_prediction", "train.v_pred_like_loss=0.1"], ["train.v_pred_like_loss"]),
+    (["train.zero_terminal_snr=true", "sample.sampler=lms"], ["sample.sampler", "lms"]),
+    (["train.loss_type=huber2"], ["train.loss_type"]),
+    (["train.huber_c=0"], ["train.huber_c"]),
+    (["train.multires_noise_discount=1.5"], ["train.multires_noise_discount"]),
+    (["train.max_timestep=1001"], ["train.max_timestep"]),
+])
+def test_objective_rules(overrides, words):
+    if words is None:
+        checked(*overrides)
+        return
+    with pytest.raises(ConfigError) as e:
+        checked(*overrides)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_notes_for_ztsnr_on_epsilon_and_sdxl_clip_skip():
+    _, notes = checked("train.prediction_type=epsilon", "train.zero_terminal_snr=true", "train.clip_skip=2")
+    assert any("zero_terminal_snr" in n for n in notes) and any("clip_skip=2 is ignored on SDXL" in n for n in notes)
+    _, notes = checked(recipe="sd15_character")
+    assert not any("clip_skip" in n for n in notes)
+
+
+def test_an_epsilon_file_asked_to_train_v_prediction_is_refused_before_training(tiny_xl_model, tiny_xl_vpred_model):
+    from lorafw.models.load import inspect_base_model
+
+    info = inspect_base_model(tiny_xl_vpred_model)
+    assert (info.prediction.prediction, info.prediction.ztsnr) == ("v_prediction", True)
+    assert inspect_base_model(tiny_xl_model).prediction == Declared()
+    eps = Path(tiny_xl_model).with_name("tiny-sdxl-eps-stated.safetensors")
+    if not eps.exists():
+        from conftest import with_marker_tensors
+
+        with_marker_tensors(tiny_xl_model, eps, metadata={"modelspec.prediction_type": "epsilon"})
+    with pytest.raises(ConfigError) as e:
+        checked(f"base_model.path={eps}", "train.prediction_type=v_prediction", "dataset.root=" + str(eps.parent),
+                check_paths=True)
+    msg = str(e.value)
+    assert "train.prediction_type" in msg and str(eps) in msg and "modelspec.prediction_type=epsilon" in msg
+    spec, _ = checked(f"base_model.path={eps}", "train.prediction_type=v_prediction", "train.force_prediction_type=true",
+                      "dataset.root=" + str(eps.parent), check_paths=True)
+    assert spec.train.force_prediction_type
