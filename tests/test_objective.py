@@ -436,3 +436,27 @@ def test_an_epsilon_file_asked_to_train_v_prediction_is_refused_before_training(
     spec, _ = checked(f"base_model.path={eps}", "train.prediction_type=v_prediction", "train.force_prediction_type=true",
                       "dataset.root=" + str(eps.parent), check_paths=True)
     assert spec.train.force_prediction_type
+
+
+# -- samples (sampling/render.py) -----------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["euler_a", "euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras"])
+def test_samplers_follow_the_training_objective(sampler):
+    from lorafw.sampling.render import make_scheduler
+
+    s = make_scheduler(sampler, noise_scheduler("v_prediction", True))
+    assert s.config.prediction_type == "v_prediction" and s.config.rescale_betas_zero_snr
+    assert s.config.timestep_spacing == "trailing"
+    s.set_timesteps(10)
+    assert int(s.timesteps[0]) == 999  # the first step starts from pure noise
+    assert torch.isfinite(torch.as_tensor(s.init_noise_sigma)).all()
+    e = make_scheduler(sampler, noise_scheduler())
+    assert e.config.prediction_type == "epsilon" and not e.config.get("rescale_betas_zero_snr", False)
+
+
+def test_lms_refuses_a_ztsnr_schedule():
+    from lorafw.errors import LorafwError
+    from lorafw.sampling.render import make_scheduler
+
+    with pytest.raises(LorafwError, match="lms"):
+        make_scheduler("lms", noise_scheduler("v_prediction", True))
+    assert make_scheduler("lms", noise_scheduler("v_prediction")).config.prediction_type == "v_prediction"
