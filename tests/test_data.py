@@ -70,6 +70,36 @@ def test_no_upscale_keeps_small_images_small():
     assert pl.bucket == (256, 192) and pl.resized[0] <= 300
 
 
+def kohya_no_upscale(w: int, h: int, reso: int, step: int):
+    """kohya's BucketManager.select_bucket with no_upscale, restated: (bucket, resized size)."""
+    ar, area = w / h, reso * reso
+    rnd = lambda x: int(x + 0.5) // step * step  # noqa: E731
+    if w * h > area:
+        rw = math.sqrt(area * ar)
+        rh = area / rw
+        bw, bh = rnd(rw), rnd(rh)
+        if abs(bw / rnd(bw / ar) - ar) < abs(rnd(bh * ar) / bh - ar):
+            size = (bw, int(bw / ar + 0.5))
+        else:
+            size = (int(bh * ar + 0.5), bh)
+    else:
+        size = (w, h)
+    return (size[0] - size[0] % step, size[1] - size[1] % step), size
+
+
+@pytest.mark.parametrize("w,h", [(300, 200), (513, 777), (4000, 3000), (1024, 1024), (1920, 1080), (700, 90), (640, 64)])
+def test_no_upscale_crops_like_kohya_instead_of_resizing(w, h):
+    bucket, size = kohya_no_upscale(w, h, 512, 64)
+    pl = B.assign(w, h, 512, True, 256, 1024, 64, no_upscale=True)
+    assert (pl.bucket, pl.resized) == (bucket, size)  # the image keeps (or shrinks to) kohya's size ...
+    assert pl.crop == ((size[0] - bucket[0]) // 2, (size[1] - bucket[1]) // 2)  # ... and is centre-cropped
+
+
+def test_no_upscale_enlarges_only_an_image_under_one_step():
+    pl = B.assign(300, 40, 512, True, 256, 1024, 64, no_upscale=True)
+    assert pl.bucket == (256, 64) and pl.resized[1] >= 64
+
+
 def test_disabled_buckets_use_one_square():
     assert B.assign(1920, 1080, 512, False, 256, 1024, 64, False).bucket == (512, 512)
 
