@@ -281,9 +281,9 @@ def test_the_gui_trainers_pdxl_dora_toml(tmp_path):
     assert (s.train.full_bf16, s.train.no_half_vae, s.train.gradient_checkpointing, s.train.mixed_precision) == (True, True, True, "bf16")
     assert (s.dataset.resolution, s.dataset.max_bucket_reso, s.dataset.cache_latents_to_disk, s.train.min_snr_gamma) == (1024, 2048, True, 8.0)
     assert s.output.save_precision == "bf16"
-    assert imp.unknown == {"scale_weight_norms": 1.0}  # not understood: listed by name
-    assert "#   scale_weight_norms = 1.0" in recipe.read_text()
-    assert {"min_timestep", "max_timestep", "sdxl", "sdpa"} <= set(imp.no_effect)
+    assert imp.unknown == {}
+    assert (s.train.scale_weight_norms, s.train.min_timestep, s.train.max_timestep) == (1.0, 0, 1000)
+    assert {"sdxl", "sdpa"} <= set(imp.no_effect)
 
 
 def test_an_sd_scripts_config_and_dataset_config(tmp_path, tiny_model):
@@ -296,7 +296,8 @@ def test_an_sd_scripts_config_and_dataset_config(tmp_path, tiny_model):
     assert (s.scheduler.name, s.scheduler.warmup_ratio, s.network.dim, s.network.alpha, s.train.epochs) == ("constant_with_warmup", 0.05, 16, 16.0, 20)
     assert (s.dataset.resolution, s.dataset.shuffle_caption, s.dataset.keep_tokens) == (768, True, 1)  # "768,768"
     assert [(f.repeats, bool(f.is_reg)) for f in s.dataset.folders] == [(5, False), (1, True)]
-    assert set(imp.unknown) == {"scale_weight_norms", "subsets[0].class_tokens"} and "huber_c" in imp.no_effect
+    assert set(imp.unknown) == {"subsets[0].class_tokens"}
+    assert (s.train.huber_c, s.train.scale_weight_norms, s.train.loss_type) == (0.1, 1.0, "l2")
     explicit = write(tmp_path, "other.toml", KOHYA_CONFIG.replace('dataset_config = "dataset.toml"', ""), out="o", model=str(tiny_model))
     imp2, kind2 = import_toml(explicit, tmp_path / "dataset.toml")  # or passed with --dataset-config
     assert kind2 == kind and imp2.values["dataset.folders"] == imp.values["dataset.folders"]
@@ -308,7 +309,7 @@ def test_import_command(tmp_path, tiny_model, capsys):
     src = write(tmp_path, "style.toml", GUI_PDXL_DORA, data=str(tmp_path / "data"))
     assert main(["import", str(src), "--out", str(tmp_path / "r.yaml")]) == 0
     out = capsys.readouterr().out
-    assert f"→ {tmp_path / 'r.yaml'}" in out and "NOT understood, not imported (1): scale_weight_norms" in out
+    assert f"→ {tmp_path / 'r.yaml'}" in out and "NOT understood" not in out
     assert f"run it: lorafw +recipe={tmp_path / 'r.yaml'}" in out
     assert main(["import", str(tmp_path / "missing.toml")]) == 2
 
@@ -317,7 +318,8 @@ def test_import_command(tmp_path, tiny_model, capsys):
 def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, tiny_xl_model, tiny_dataset):
     from lorafw.outputs.record import write_config
 
-    model = tiny_xl_model if recipe.startswith("pdxl") else tiny_model
+    xl = recipe.startswith(("pdxl", "illustrious", "noobai"))
+    model = tiny_xl_model if xl else tiny_model
     spec = compose(recipe, [f"base_model.path={model}", f"dataset.root={tiny_dataset}", "output.name=x",
                             "sample.prompts=['toy, 1girl --d 3']"])
     run = tmp_path / "run"
@@ -328,7 +330,8 @@ def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, ti
     kohya = tomllib.loads(cfg.read_text())
     assert kohya["model_arguments"]["pretrained_model_name_or_path"] == str(model)
     assert tomllib.loads(ds.read_text())["datasets"][0]["subsets"] == [{"image_dir": str(tiny_dataset / "2_toy"), "num_repeats": 2}]
-    assert ("sdxl_train_network.py" if recipe.startswith("pdxl") else "train_network.py") in command
+    assert ("sdxl_train_network.py" if xl else "train_network.py") in command
+    assert kohya["model_arguments"]["v_parameterization"] == (recipe == "noobai_vpred")
     imp, _ = import_toml(cfg, ds)
     path, problems = validated_recipe(imp, str(cfg), tmp_path / "back.yaml")
     assert problems == [] and not imp.unknown
@@ -350,3 +353,43 @@ def test_a_data_parallel_run_exports_its_launch_and_comes_back(tmp_path, tiny_mo
     path, problems = validated_recipe(imp, str(cfg), tmp_path / "back.yaml")
     back, _ = spec_from_dict(compose_dict(str(path), []), check_paths=False)
     assert problems == [] and back.train.num_processes == 4 and identity(back) == identity(spec)
+
+
+COLAB_VPRED = """
+[model_arguments]
+pretrained_model_name_or_path = "/models/NoobAI-XL-Vpred-v1.0.safetensors"
+v_parameterization = true
+
+[dataset_arguments]
+train_data_dir = "{data}"
+
+[training_arguments]
+max_train_epochs = 10
+zero_terminal_snr = true
+scale_v_pred_loss_like_noise_pred = true
+multires_noise_iterations = 6
+multires_noise_discount = 0.3
+ip_noise_gamma = 0.1
+ip_noise_gamma_random_strength = true
+loss_type = "smooth_l1"
+huber_schedule = "exponential"
+huber_c = 0.2
+huber_scale = 1.5
+debiased_estimation_loss = false
+min_timestep = 100
+max_timestep = 900
+"""
+
+
+def test_the_colabs_v_pred_and_noise_options_are_imported(tmp_path):
+    imp, _, s, _ = imported_spec(write(tmp_path, "vpred.toml", COLAB_VPRED, data=str(tmp_path / "data")), tmp_path)
+    t = s.train
+    assert imp.unknown == {}
+    assert (t.prediction_type, t.zero_terminal_snr, t.scale_v_pred_loss_like_noise_pred) == ("v_prediction", True, True)
+    assert (t.multires_noise_iterations, t.multires_noise_discount, t.ip_noise_gamma, t.ip_noise_gamma_random_strength) == (6, 0.3, 0.1, True)
+    assert (t.loss_type, t.huber_schedule, t.huber_c, t.huber_scale) == ("smooth_l1", "exponential", 0.2, 1.5)
+    assert (t.min_timestep, t.max_timestep, t.debiased_estimation_loss) == (100, 900, False)
+    eps = write(tmp_path, "eps.toml", COLAB_VPRED.replace("v_parameterization = true", "v_parameterization = false")
+                .replace("scale_v_pred_loss_like_noise_pred = true", ""), data=str(tmp_path / "data"))
+    imp, _, s, _ = imported_spec(eps, tmp_path)
+    assert s.train.prediction_type == "auto" and "v_parameterization" in imp.no_effect  # auto reads the checkpoint

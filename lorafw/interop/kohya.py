@@ -47,9 +47,9 @@ NO_EFFECT = {
     "save_state": "lorafw always saves resumable state", "save_last_n_epochs_state": "state.pt is replaced each time",
     "sdxl": "the architecture comes from base_model", "network_module": "network.algo says it",
     "lowram": "", "mem_eff_attn": "", "sdpa": "train.attention=sdpa is the default", "xformers": "train.attention",
-    "lr_warmup_steps": "read as scheduler.warmup_ratio", "loss_type": "L2 is lorafw's loss",
+    "lr_warmup_steps": "read as scheduler.warmup_ratio",
     "network_train_unet_only": "optimizer.text_encoder_lr=0 says it", "network_train_text_encoder_only": "optimizer.unet_lr=0",
-    "name": "", "train_mode": "", "wandb_api_key": "", "huber_c": "", "huber_schedule": "",
+    "name": "", "train_mode": "", "wandb_api_key": "",
 }
 
 
@@ -254,17 +254,15 @@ def to_lorafw(flat: dict[str, Any], subsets: list[dict[str, Any]], dataset: dict
                 v["sample.sampler"] = s
             else:
                 imp.unknown[k] = val
-        elif k == "loss_type":
-            if str(val).lower() not in ("l2", "mse"):
-                imp.unknown[k] = val
-            else:
-                imp.no_effect[k] = val
         elif k in NO_EFFECT:
             imp.no_effect[k] = val
-        elif k in ("v2", "v_parameterization", "scale_v_pred_loss_like_noise_pred") and not truthy(val):
+        elif k == "v_parameterization":
+            if truthy(val):
+                v["train.prediction_type"] = "v_prediction"
+            else:
+                imp.no_effect[k] = val  # false: lorafw's train.prediction_type=auto reads the checkpoint
+        elif k == "v2" and not truthy(val):
             imp.no_effect[k] = val
-        elif (k == "min_timestep" and number(val) == 0) or (k == "max_timestep" and number(val) == 1000):
-            imp.no_effect[k] = val  # the full range: what lorafw samples
         else:
             imp.unknown[k] = val
     if "train.max_token_length" in v and v["train.max_token_length"] is None:
@@ -363,7 +361,8 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     for k, val in s.optimizer.args.items():
         opt_args.append(f"{k}={','.join(f'{x:g}' for x in val) if isinstance(val, (list, tuple)) else val}")
     config: dict[str, Any] = {
-        "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False, "v_parameterization": False,
+        "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False,
+                            "v_parameterization": _v_parameterization(s),
                             **({"vae": s.base_model.vae} if s.base_model.vae else {})},
         "network_arguments": {"network_module": "lycoris.kohya" if net_args else "networks.lora", "network_dim": s.network.dim,
                               "network_alpha": s.network.alpha, "network_dropout": s.network.dropout,
@@ -383,8 +382,9 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             **({"max_data_loader_n_workers": s.dataset.workers} if s.dataset.workers is not None else {}),
             "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
             "cache_text_encoder_outputs": s.dataset.cache_text_encoder_outputs, "prior_loss_weight": s.dataset.prior_loss_weight,
-            "masked_loss": s.dataset.masked_loss, "loss_type": "l2",
+            "masked_loss": s.dataset.masked_loss,
             **({"min_snr_gamma": s.train.min_snr_gamma} if s.train.min_snr_gamma else {}),
+            **objective_args(s),
             **({"torch_compile": True, "dynamo_backend": s.train.compile_backend} if s.train.compile else {}),
         },
         "saving_arguments": {"output_dir": s.output.dir or "", "output_name": s.output.name or "lora", "save_model_as": "safetensors",
@@ -437,6 +437,32 @@ def dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+OBJECTIVE_KEYS = ("zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "debiased_estimation_loss",
+                  "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
+                  "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "min_timestep",
+                  "max_timestep", "loss_type", "huber_schedule", "huber_c", "huber_scale", "scale_weight_norms")
+
+
+def objective_args(s: Any) -> dict[str, Any]:
+    """The objective's train.* settings under sd-scripts' argument names (unset ones left out: TOML has no null)."""
+    return {k: getattr(s.train, k) for k in OBJECTIVE_KEYS if getattr(s.train, k) is not None}
+
+
+def _v_parameterization(s: Any) -> bool:
+    """sd-scripts' v_parameterization: what the run trains, reading the checkpoint when prediction_type=auto."""
+    if s.train.prediction_type != "auto":
+        return s.train.prediction_type == "v_prediction"
+    from lorafw.errors import LorafwError
+    from lorafw.paths import expand
+
+    try:
+        from lorafw.models.load import inspect_base_model
+
+        return inspect_base_model(expand(s.base_model.path)).prediction.prediction == "v_prediction"
+    except (LorafwError, OSError):
+        return False
 
 
 def lorafw_section(spec: Any) -> dict[str, Any]:
