@@ -460,3 +460,33 @@ def test_lms_refuses_a_ztsnr_schedule():
     with pytest.raises(LorafwError, match="lms"):
         make_scheduler("lms", noise_scheduler("v_prediction", True))
     assert make_scheduler("lms", noise_scheduler("v_prediction")).config.prediction_type == "v_prediction"
+
+
+# -- the step glue (objective/step.py) ------------------------------------------------------------------
+def test_objective_draw_target_and_loss_compose_the_parts():
+    from lorafw.objective.prediction import Resolved
+    from lorafw.objective.step import Objective
+
+    class Tr(Train):
+        pass
+
+    opts = dict(noise_offset=0.05, noise_offset_random_strength=False, adaptive_noise_scale=None, multires_noise_iterations=2,
+                multires_noise_discount=0.3, ip_noise_gamma=0.1, ip_noise_gamma_random_strength=False, min_timestep=100,
+                max_timestep=200, loss_type="huber", huber_schedule="snr", huber_c=0.1, huber_scale=1.0,
+                min_snr_gamma=5.0, scale_v_pred_loss_like_noise_pred=True, v_pred_like_loss=None,
+                debiased_estimation_loss=False, scale_weight_norms=None)
+    obj = Objective(Tr(**opts), Resolved("v_prediction", True, "test", "test"))
+    lat = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    d = obj.draw(lat, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    noise = N.sample_noise(lat, N.NoiseOptions.of(Tr(**opts)), g)
+    t = torch.randint(100, 200, (2,), generator=g)
+    noisy = obj.scheduler.add_noise(lat, noise + 0.1 * torch.randn(lat.shape, generator=g), t)
+    assert torch.equal(d.noise, noise) and torch.equal(d.timesteps, t) and torch.allclose(d.noisy, noisy)
+    v = obj.target(lat, d)
+    ac = obj.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(v, ac.sqrt() * noise - (1 - ac).sqrt() * lat, atol=1e-6)
+    pred = torch.zeros_like(lat)
+    want = L.per_sample(pred, v, t, L.LossOptions.of(Tr(**opts)), True, snr_table(), obj.scheduler.alphas_cumprod, T)
+    assert torch.allclose(obj.loss(pred, lat, d), want)
+    assert obj.apply_max_norm(None) is None

@@ -21,6 +21,7 @@ class Pair:
     down: torch.Tensor
     up: torch.Tensor
     alpha: float
+    also: tuple[torch.Tensor, ...] = ()  # copies scaled alike (full_bf16: the bf16 weights of fp32 masters)
 
 
 def update_of(down: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -55,7 +56,7 @@ def scale_weight_norms(pairs: list[Pair], max_norm: float) -> tuple[int, float, 
         if ratio != 1:
             scaled += 1
             root = ratio**0.5
-            p.up.mul_(root)
-            p.down.mul_(root)
+            for x in (p.up, p.down, *p.also):
+                x.mul_(root)
         norms.append(norm * ratio)
     return scaled, sum(norms) / len(norms), max(norms)
