@@ -490,3 +490,30 @@ def test_objective_draw_target_and_loss_compose_the_parts():
     want = L.per_sample(pred, v, t, L.LossOptions.of(Tr(**opts)), True, snr_table(), obj.scheduler.alphas_cumprod, T)
     assert torch.allclose(obj.loss(pred, lat, d), want)
     assert obj.apply_max_norm(None) is None
+
+
+# -- metadata (outputs/metadata.py) ---------------------------------------------------------------------
+def test_metadata_names_every_option_as_kohya():
+    from lorafw.config.compose import compose
+    from lorafw.objective.prediction import Resolved
+    from lorafw.outputs.metadata import TrainingFacts, build_metadata
+
+    spec = compose("pdxl", ["base_model.path=/m/x.safetensors", "dataset.root=/d", "train.multires_noise_iterations=6",
+                            "train.ip_noise_gamma=0.1", "train.min_timestep=10", "train.max_timestep=900",
+                            "train.loss_type=huber", "train.huber_c=0.2", "train.debiased_estimation_loss=true",
+                            "train.zero_terminal_snr=true", "train.noise_offset=0.03", "train.adaptive_noise_scale=0.01",
+                            "train.scale_weight_norms=1.0", "train.prediction_type=v_prediction"], check_paths=False)
+    facts = TrainingFacts(arch="sdxl", epoch=1, step=1, total_steps=1, batches_per_epoch=1, warmup_steps=0,
+                          num_train_images=1, num_reg_images=0, started_at=0.0, optimizer="x", mixed_precision="bf16",
+                          tag_frequency={}, dataset_dirs={}, bucket_info={},
+                          objective=Resolved("v_prediction", True, "train.prediction_type", "train.zero_terminal_snr"))
+    m = build_metadata(spec, facts, "x")
+    want = {"ss_multires_noise_iterations": "6", "ss_multires_noise_discount": "0.3", "ss_ip_noise_gamma": "0.1",
+            "ss_min_timestep": "10", "ss_max_timestep": "900", "ss_loss_type": "huber", "ss_huber_c": "0.2",
+            "ss_huber_schedule": "snr", "ss_debiased_estimation": "True", "ss_zero_terminal_snr": "True",
+            "ss_adaptive_noise_scale": "0.01", "ss_noise_offset": "0.03", "ss_scale_weight_norms": "1",
+            "modelspec.prediction_type": "v", "ss_v_parameterization": "True", "ss_huber_scale": "1",
+            "ss_ip_noise_gamma_random_strength": "False", "ss_noise_offset_random_strength": "False"}
+    assert {k: m.get(k) for k in want} == want
+    eps = build_metadata(spec, TrainingFacts(**{**facts.__dict__, "objective": None}), "x")
+    assert (eps["modelspec.prediction_type"], eps["ss_v_parameterization"], eps["ss_zero_terminal_snr"]) == ("epsilon", "False", "False")
