@@ -89,12 +89,10 @@ class LossOptions:
         return cls(**{k: getattr(train, k) for k in cls.__dataclass_fields__})
 
 
-def per_sample(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, o: LossOptions, v_prediction: bool,
-               snr: torch.Tensor, alphas_cumprod: torch.Tensor, num_train_timesteps: int,
-               mask: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(batch,) losses in kohya's order (module docstring). `snr` is the whole table (indexed by the timesteps
-    here); `alphas_cumprod` is the schedule the noise was added with (rescaled under ZTSNR), for the snr Huber
-    schedule; `mask` weights latent pixels (masked_loss), `weights` samples (prior_loss_weight)."""
+def unweighted(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, o: LossOptions,
+               alphas_cumprod: torch.Tensor, num_train_timesteps: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch,) losses before any weighting: the loss type's element-wise loss (Huber threshold per sample from
+    `alphas_cumprod`, the schedule the noise was added with), × `mask` per latent pixel, mean per sample."""
     pred, target = pred.float(), target.float()
     c = None
     if o.loss_type in ("huber", "smooth_l1"):
@@ -102,9 +100,17 @@ def per_sample(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor
     loss = elementwise(pred, target, o.loss_type, c)
     if mask is not None:
         loss = loss * mask.to(loss.device, loss.dtype)
-    loss = loss.mean(dim=tuple(range(1, loss.ndim)))
+    return loss.mean(dim=tuple(range(1, loss.ndim)))
+
+
+def weighted(loss: torch.Tensor, timesteps: torch.Tensor, o: LossOptions, v_prediction: bool, snr: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weights (regularisation images: prior_loss_weight), then kohya's SNR weights in its order.
+    `snr` is the whole table (schedule.snr_table), indexed by the timesteps here."""
     if weights is not None:
         loss = loss * weights.to(loss.device, loss.dtype)
+    if not (o.min_snr_gamma or o.scale_v_pred_loss_like_noise_pred or o.v_pred_like_loss or o.debiased_estimation_loss):
+        return loss
     s = snr.to(loss.device)[timesteps.to(loss.device).long()]
     if o.min_snr_gamma:
         loss = loss * min_snr_weight(s, o.min_snr_gamma, v_prediction)
@@ -115,3 +121,11 @@ def per_sample(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor
     if o.debiased_estimation_loss:
         loss = loss * debiased_weight(s, v_prediction)
     return loss
+
+
+def per_sample(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, o: LossOptions, v_prediction: bool,
+               snr: torch.Tensor, alphas_cumprod: torch.Tensor, num_train_timesteps: int,
+               mask: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch,) losses in kohya's order (module docstring): `unweighted`, then `weighted`."""
+    loss = unweighted(pred, target, timesteps, o, alphas_cumprod, num_train_timesteps, mask)
+    return weighted(loss, timesteps, o, v_prediction, snr, weights)
