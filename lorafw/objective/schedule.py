@@ -12,6 +12,7 @@ finite at the last timestep, whose rescaled SNR is 0 (ε weights divide by it).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -32,8 +33,10 @@ def noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = 
     )
 
 
-def snr_table(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    """SNR(t) = ᾱ_t / (1 − ᾱ_t) of the original schedule, for t = 0 … T−1 (float32, as kohya's all_snr)."""
+@functools.lru_cache(maxsize=4)
+def snr_table() -> torch.Tensor:
+    """SNR(t) = ᾱ_t / (1 − ᾱ_t) of the original SD schedule, for t = 0 … 999 (float32, as kohya's all_snr).
+    Cached: treat it as read-only."""
     ac = noise_scheduler().alphas_cumprod
     return (torch.sqrt(ac) / torch.sqrt(1.0 - ac)) ** 2
 

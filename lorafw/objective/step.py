@@ -34,7 +34,7 @@ class Objective:
         self.prediction = resolved.prediction
         self.scheduler = noise_scheduler(resolved.prediction, resolved.zero_terminal_snr)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        self.snr = snr_table(self.num_train_timesteps)
+        self.snr = snr_table()
         self.noise = N.NoiseOptions.of(train)
         self.loss_options = L.LossOptions.of(train)
         self.min_timestep, self.max_timestep = train.min_timestep, train.max_timestep
