@@ -1,472 +1,187 @@
-"""`lorafw` command line: Hydra's own main for training, plus a few subcommands.
+"""`lorafw`: the command table, `--help`, `--version`, and one error boundary for every command.
 
-    lorafw +recipe=sd15_character base_model.path=M dataset.root=D     train (Hydra overrides)
-    lorafw -m +recipe=sd15_character optimizer.lr=1e-4,5e-4             a sweep, one folder per job
-    lorafw +recipe=pdxl --cfg job                                      print the resolved config
-    lorafw plan +recipe=... dataset.root=D [--vram GB]                 steps, buckets, the guide's advice, GPU memory
-    lorafw lint DIR                                                    damaged / uncaptioned / duplicate images
-    lorafw check +recipe=... ...                                       validate only (no torch)
-    lorafw rerun RUN_DIR [key=value ...]                               train a saved run's config again
-    lorafw resume RUN_DIR [--force] [key=value ...]                    continue a run from its saved state
-    lorafw grid RUN_DIR [key=value ...]                                epochs × LoRA weights image grid
-    lorafw compare SWEEP_DIR                                           which run of a sweep won
-    lorafw import FILE.toml [--dataset-config D.toml]                  a kohya / GUI TOML → a lorafw recipe
-    lorafw export RUN_DIR --format kohya                               the sd-scripts TOML pair for a run
-    lorafw recipes                                                     list the shipped recipes
-    lorafw demo                                                        a demo run on a built-in tiny model
-    lorafw dedupe | autotag | tags ... | undo DIR…                     dataset preparation (lorafw/prep/)
+    lorafw [train] +recipe=NAME key=value ...     train (Hydra overrides; -m for a sweep; --cfg job to show)
+    lorafw COMMAND [ARGS] [--help]                 any command of COMMANDS below
+    lorafw --help | help COMMAND | --version
 
-Before Hydra starts, every job of the command line is composed and validated (no torch, no
-weights): a typo or a missing folder is one message listing every problem, not a traceback
-after the models have loaded.
+A first word with '=' or starting with '+', '~' or '-' starts a training command line; any other first
+word is a command. Commands are imported only when they run, so `--help` and `--version` load no torch.
+To add a command: write `cmd_x(argv) -> int` (parse argv with lorafw.cliargs.Parser) and add one line below.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
+import os
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
-from lorafw.config.compose import check_all, conf_dir, expand_sweep, recipe_names, with_recipe_files
-from lorafw.errors import ConfigError, LorafwError
-
-log = logging.getLogger("lorafw")
-
-# Hydra flags that take a value, and flags that only print (no training, no pre-check).
-_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
-                "--experimental-rerun", "--shell-completion", "-sc", "--info", "-i", "--cfg", "-c"}
-_PRINT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve"}
-
-
-def _fail(e: LorafwError) -> int:
-    print(f"lorafw: {e}", file=sys.stderr)
-    return e.exit_code
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
-    """(overrides, hydra flags, only_prints) from a Hydra command line."""
-    overrides, flags = [], []
-    prints = False
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("-"):  # overrides never start with "-" (they are key=v, +key=v, ~key)
-            flag = a.split("=", 1)[0]
-            flags.append(a)
-            prints = prints or flag in _PRINT_FLAGS
-            if flag in _VALUE_FLAGS and "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                flags.append(argv[i + 1])
-                i += 1
-        else:
-            overrides.append(a)
-        i += 1
-    return overrides, flags, prints
-
-
-def precheck(argv: list[str]) -> None:
-    overrides, flags, prints = split_argv(argv)
-    if any(o.startswith("hparams_search=") and not o.endswith("=null") for o in overrides) and not any(
-            f in ("-m", "--multirun") for f in flags):
-        raise ConfigError(["hparams_search: a search runs many jobs; add -m (lorafw -m hparams_search=optuna ...)"])
-    if prints or any(f.split("=")[0] in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd") for f in flags):
-        return  # printing only, or another primary config: Hydra reports on its own
-    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra/",))]
-    multirun = any(f in ("-m", "--multirun") for f in flags)
-    for note in check_all(expand_sweep(ours), multirun=multirun):
-        print(f"lorafw: note: {note}", file=sys.stderr)
-
-
-def sweep_dir_names(argv: list[str]) -> list[str]:
-    """For `-m`: name each job's folder after the swept keys only (`0_optimizer.lr=0.0001,network.dim=8`),
-    by adding every fixed key to Hydra's override_dirname exclusions."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    overrides, flags, _ = split_argv(argv)
-    if not any(f in ("-m", "--multirun") for f in flags):
-        return []
-    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    fixed = [o.key_or_group for o in OverridesParser.create().parse_overrides(ours) if not o.is_sweep_override()]
-    base = OmegaConf.load(conf_dir() / "config.yaml").hydra.job.config.override_dirname.exclude_keys
-    keys = list(dict.fromkeys([*base, *fixed]))
-    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
-
-
-def hydra_main(argv: list[str]) -> int:
-    overrides, _flags, _ = split_argv(argv)
-    if any(o.startswith("resume=") and o != "resume=null" for o in overrides):
-        return _resume_from_command_line(overrides)
-    rewritten = with_recipe_files(overrides)  # `+recipe=./my_recipe.yaml` → a name Hydra can find, + its search path
-    same_place = dict(zip(overrides, rewritten))
-    argv = [same_place.get(a, a) for a in argv] + rewritten[len(overrides):]  # flags keep their positions
-    try:
-        precheck(argv)
-        argv = argv + sweep_dir_names(argv)
-    except LorafwError as e:
-        return _fail(e)
-    if any(a.split("=")[0] in ("--cfg", "-c") for a in argv) and "--resolve" not in argv:
-        argv = argv + ["--resolve"]  # print values (unet_lr: 0.0005), not interpolations (${.lr})
-    overrides, flags, _ = split_argv(argv)
-    argv = flags + overrides  # argparse takes the overrides only as one run of positionals
-    saved = sys.argv
-    sys.argv = ["lorafw"] + argv
-    try:
-        _hydra_app()
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def _task(cfg) -> float | None:
-    """One training job (Hydra calls this once per job of a sweep); returns the final loss for sweepers."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    from lorafw.config.validate import spec_from_dict
-    from lorafw.run import train
-
-    run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        spec, notes = spec_from_dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-        for n in notes:
-            log.info(f"note: {n}")
-        result = train(spec, run_dir)
-    except LorafwError as e:
-        sys.exit(_fail(e))
-    print_result(result)
-    return result.objective  # for sweepers (Optuna): the best validation loss, else the best training loss
-
-
-def print_result(result) -> None:
-    files = "\n".join(f"  {p}" for p in result.lora_files)
-    best = min(range(len(result.epoch_losses)), key=result.epoch_losses.__getitem__) if result.epoch_losses else None
-    lines = [f"lorafw: {len(result.lora_files)} LoRA file(s) in {result.run_dir}:", files]
-    if best is not None:
-        lines.append(f"lorafw: {result.steps} steps in {result.wall_time_s:.0f}s; lowest epoch loss: epoch {best + 1} "
-                     f"({result.epoch_losses[best]:.4f}); last: {result.epoch_losses[-1]:.4f}")
-    if result.val_losses:
-        e, v = min(result.val_losses.items(), key=lambda kv: kv[1])
-        lines.append(f"lorafw: lowest validation loss: epoch {e} ({v:.4f})")
-    print("\n".join(lines))
-
-
-def _make_hydra_app() -> Callable[[], None]:
-    import hydra
-
-    return hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_task)
-
-
-_hydra_app: Callable[[], None] = lambda: _make_hydra_app()()  # noqa: E731
-
-
-# -- subcommands --------------------------------------------------------------------------------
-def _dataset_spec(argv: list[str]):
-    """Spec for the dataset commands: like a training command line, but no base model is needed,
-    and a bare folder argument means dataset.root=FOLDER."""
-    from pathlib import Path
-
-    from lorafw.config.compose import compose_dict
-    from lorafw.config.validate import spec_from_dict
-
-    overrides, _flags, _ = split_argv(argv)
-    overrides = [f"dataset.root={o}" if "=" not in o and Path(o).expanduser().is_dir() else o for o in overrides]
-    if not any(o.split("=")[0].lstrip("+") == "base_model.path" for o in overrides):
-        overrides.append("base_model.path=-")
-    spec, notes = spec_from_dict(compose_dict(None, overrides), need_model=False)
-    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("+recipe=")), "")
-    return spec, recipe
-
-
-def cmd_plan(argv: list[str]) -> int:
-    """`lorafw plan [--json] [--vram GB] +recipe=... dataset.root=...`: steps, buckets and the guide's advice; with
-    --vram, the estimated peak GPU memory and the fastest settings that fit GB (no torch, no weights)."""
-    import json
-
-    from lorafw.data.dataset import build
-    from lorafw.data.folders import scan
-    from lorafw.data.plan import make_plan, render
-
-    vram, rest = None, []
-    i = 0
-    while i < len(argv):  # `--vram 12` / `--vram=12`: taken out before the rest is read as overrides
-        a = argv[i]
-        if a == "--vram" or a.startswith("--vram="):
-            value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-            i += 1 if "=" in a else 2
-            try:
-                vram = float(value)
-                if not vram > 0:
-                    raise ValueError
-            except ValueError:
-                print(f"lorafw plan: --vram needs the card's memory in GB, e.g. --vram 12 (got {value!r})", file=sys.stderr)
-                return 2
-            continue
-        rest.append(a)
-        i += 1
-    argv = rest
-    try:
-        spec, recipe = _dataset_spec(argv)
-        folders, warnings = scan(spec.dataset)
-        data = build(folders, spec.dataset)
-        plan = make_plan(data, spec, warnings)
-    except LorafwError as e:
-        return _fail(e)
-    memory = None
-    if vram is not None:
-        from lorafw.data.vram import buckets_of, render as render_vram, suggest
-
-        try:
-            memory = suggest(spec, vram, buckets_of(data))
-        except ValueError as e:  # an architecture without a memory calibration
-            print(f"lorafw plan: --vram: {e}", file=sys.stderr)
-            return 2
-    if "--json" in argv:
-        print(json.dumps(plan.to_json() | ({"vram": memory.to_json()} if memory else {}), indent=2))
-    else:
-        print(render(plan, recipe) + (f"\n\n{render_vram(memory)}" if memory else ""))
-    return 0
-
-
-def cmd_lint(argv: list[str]) -> int:
-    """`lorafw lint [--json] [DIR | dataset.root=DIR ...]`: report damaged, uncaptioned, duplicated images."""
-    import json
-
-    from lorafw.data.folders import scan
-    from lorafw.data.lint import lint
-
-    try:
-        spec, _ = _dataset_spec(argv)
-        folders, warnings = scan(spec.dataset)
-    except LorafwError as e:
-        return _fail(e)
-    report = lint(folders, spec.dataset, deep="--fast" not in argv)
-    if "--json" in argv:
-        print(json.dumps(report.to_json() | {"scan_warnings": warnings}, indent=2))
-    else:
-        for w in warnings:
-            print(f"warning: {w}")
-        print("\n".join(report.lines(limit=50)))
-        print(f"lorafw lint: {report.summary()}")
-    return 1 if report.errors else 0
-
-
-def cmd_check(argv: list[str]) -> int:
-    """Validate a command line (every job of a sweep) and print what it would train."""
-    from lorafw.config.compose import compose_dict
-    from lorafw.config.validate import spec_from_dict
-    from lorafw.data.dataset import build
-    from lorafw.data.folders import scan
-
-    overrides, _flags, _ = split_argv(argv)
-    try:
-        jobs = expand_sweep(overrides)
-        for note in check_all(jobs):
-            print(f"note: {note}")
-        for job in jobs:
-            spec, _ = spec_from_dict(compose_dict(None, job))
-            folders, warnings = scan(spec.dataset)
-            data = build(folders, spec.dataset)
-            spe = data.steps_per_epoch(spec.train.batch_size, spec.train.gradient_accumulation_steps)
-            label = " ".join(job)
-            for w in warnings:
-                print(f"warning: {w}")
-            print(f"ok: {label}\n    {len(data.images)} images, {data.n_items} items/epoch, {len(data.buckets)} bucket(s), "
-                  f"{spe} steps/epoch × {spec.train.epochs} epochs = {spe * spec.train.epochs} steps")
-    except LorafwError as e:
-        return _fail(e)
-    return 0
-
-
-def cmd_rerun(argv: list[str]) -> int:
-    """Train a finished run's saved config again (into a new folder unless output.dir is given)."""
-    if not argv or argv[0].startswith("-"):
-        print("usage: lorafw rerun RUN_DIR [key=value ...]", file=sys.stderr)
-        return 2
-    from lorafw.config.compose import load_spec
-    from lorafw.run import train
-
-    try:
-        overrides = argv[1:]
-        if not any(o.startswith("output.dir=") for o in overrides):
-            overrides = ["output.dir=null", "output.overwrite=false"] + overrides
-        spec = load_spec(argv[0], overrides)
-        print_result(train(spec))
-    except LorafwError as e:
-        return _fail(e)
-    return 0
-
-
-def cmd_resume(argv: list[str]) -> int:
-    """`lorafw resume RUN_DIR [--force] [key=value ...]`: continue a run from its saved state."""
-    import dataclasses
-
-    args = [a for a in argv if a != "--force"]
-    if not args or args[0].startswith("-"):
-        print("usage: lorafw resume RUN_DIR [--force] [key=value ...]", file=sys.stderr)
-        return 2
-    from lorafw.config.compose import load_spec
-    from lorafw.run import train
-
-    try:
-        saved = load_spec(args[0], check_paths=False)
-        spec = saved.override(*args[1:]) if args[1:] else saved
-        print_result(train(dataclasses.replace(spec, resume=args[0]), force="--force" in argv))
-    except LorafwError as e:
-        return _fail(e)
-    return 0
-
-
-def _resume_from_command_line(overrides: list[str]) -> int:
-    """`lorafw +recipe=... resume=RUN_DIR`: the composed config must be the run's own."""
-    from lorafw.config.compose import compose_dict
-    from lorafw.config.validate import spec_from_dict
-    from lorafw.run import train
-
-    try:
-        spec, _ = spec_from_dict(compose_dict(None, with_recipe_files(overrides)))
-        print_result(train(spec))
-    except LorafwError as e:
-        return _fail(e)
-    return 0
-
-
-def cmd_grid(argv: list[str]) -> int:
-    """`lorafw grid RUN_DIR|SWEEP_DIR [key=value ...]`: the epoch × weight image grid."""
-    if not argv or argv[0].startswith("-"):
-        print("usage: lorafw grid RUN_DIR [grid.weights=[1,0.8,0.6]] [grid.epochs=[10,9,8]] [sample.steps=20] ...",
-              file=sys.stderr)
-        return 2
-    from pathlib import Path
-
-    from lorafw.sampling.grid import grid
-
-    try:
-        written = grid(Path(argv[0]).expanduser(), argv[1:])
-    except LorafwError as e:
-        return _fail(e)
-    print("lorafw grid:\n" + "\n".join(f"  {p}" for p in written))
-    return 0
-
-
-def cmd_compare(argv: list[str]) -> int:
-    """`lorafw compare SWEEP_DIR`: which run of a sweep won (compare.md, compare.csv, compare.png)."""
-    if not argv:
-        print("usage: lorafw compare SWEEP_DIR", file=sys.stderr)
-        return 2
-    from pathlib import Path
-
-    from lorafw.outputs.compare import compare
-
-    folder = Path(argv[0]).expanduser()
-    try:
-        compare(folder)
-    except (LorafwError, ValueError) as e:
-        print(f"lorafw: {e}", file=sys.stderr)
-        return 2
-    print((folder / "compare.md").read_text())
-    print(f"lorafw compare: {folder / 'compare.md'}, {folder / 'compare.csv'}, {folder / 'compare.png'}")
-    return 0
-
-
-def cmd_import(argv: list[str]) -> int:
-    """`lorafw import FILE.toml [--dataset-config FILE.toml] [--out PATH]`: a kohya/GUI TOML → a lorafw recipe."""
-    import argparse
-    from pathlib import Path
-
-    from lorafw.interop.files import import_toml, validated_recipe
-
-    ap = argparse.ArgumentParser(prog="lorafw import", description=cmd_import.__doc__)
-    ap.add_argument("toml")
-    ap.add_argument("--dataset-config", default=None, help="sd-scripts' --dataset_config file")
-    ap.add_argument("--out", default=None, help="where to write the recipe (default: ./NAME.yaml)")
-    args = ap.parse_args(argv)
-    src = Path(args.toml).expanduser()
-    try:
-        imp, kind = import_toml(src, Path(args.dataset_config).expanduser() if args.dataset_config else None)
-        out = Path(args.out).expanduser() if args.out else Path.cwd() / f"{src.stem}.yaml"
-        path, problems = validated_recipe(imp, f"{src} ({kind})", out)
-    except LorafwError as e:
-        return _fail(e)
-    print(f"lorafw import: {src} ({kind}) → {path}")
-    print(f"  {len(imp.values)} settings imported; groups: " + ", ".join(f"{g}={o}" for g, o in sorted(imp.groups.items())))
-    if imp.no_effect:
-        print(f"  no effect in lorafw ({len(imp.no_effect)}): " + ", ".join(imp.no_effect))
-    if imp.unknown:
-        print(f"  NOT understood, not imported ({len(imp.unknown)}): " + ", ".join(imp.unknown))
-    for n in imp.notes:
-        print(f"  note: {n}")
-    for p in problems:
-        print(f"  problem: {p}")
-    print(f"run it: lorafw +recipe={path}" + ("" if "base_model.path" in imp.values else " base_model.path=..."))
-    return 1 if problems else 0
-
-
-def cmd_export(argv: list[str]) -> int:
-    """`lorafw export RUN_DIR --format kohya [--out DIR]`: the sd-scripts TOML pair that repeats a run."""
-    import argparse
-    from pathlib import Path
-
-    from lorafw.interop.files import export_run
-
-    ap = argparse.ArgumentParser(prog="lorafw export", description=cmd_export.__doc__)
-    ap.add_argument("run_dir")
-    ap.add_argument("--format", default="kohya", choices=["kohya"])
-    ap.add_argument("--out", default=None, help="folder for config.toml and dataset.toml (default: RUN_DIR/kohya)")
-    args = ap.parse_args(argv)
-    try:
-        cfg, ds, command = export_run(Path(args.run_dir).expanduser(), Path(args.out).expanduser() if args.out else None)
-    except LorafwError as e:
-        return _fail(e)
-    print(f"lorafw export: {cfg}\n               {ds}\nin sd-scripts: {command}")
-    return 0
-
-
-def cmd_recipes(argv: list[str]) -> int:
-    for name in recipe_names():
-        text = (conf_dir() / "recipe" / f"{name}.yaml").read_text().splitlines()
-        about = next((ln.lstrip("# ").strip() for ln in text if ln.startswith("#") and "@package" not in ln), "")
-        print(f"{name:16s} {about}")
-    return 0
-
-
-def cmd_demo(argv: list[str]) -> int:
-    from lorafw.demo import main as demo_main
-
-    return demo_main(argv)
-
-
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "plan": cmd_plan,
-    "lint": cmd_lint,
-    "check": cmd_check,
-    "rerun": cmd_rerun,
-    "resume": cmd_resume,
-    "grid": cmd_grid,
-    "import": cmd_import,
-    "export": cmd_export,
-    "compare": cmd_compare,
-    "recipes": cmd_recipes,
-    "demo": cmd_demo,
+from lorafw.errors import LorafwError, UsageError
+
+
+@dataclass(frozen=True)
+class Command:
+    run: str  # "module:function" taking the argv after the command word and returning an exit code
+    about: str  # one line for `lorafw --help`
+    section: str  # where `lorafw --help` lists it (a key of SECTIONS)
+
+
+SECTIONS = {"train": "Train", "before": "Before training", "after": "After training", "config": "Configs"}
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("lorafw.train_cli:cmd_train", "train (the same as a bare `lorafw +recipe=NAME ...`)", "train"),
+    "check": Command("lorafw.commands:cmd_check", "validate a command line, print steps per epoch (no torch)", "train"),
+    "resume": Command("lorafw.commands:cmd_resume", "continue a run from its saved state", "train"),
+    "rerun": Command("lorafw.commands:cmd_rerun", "train a saved run's config again", "train"),
+    "demo": Command("lorafw.demo:main", "a short run on a built-in tiny model and dataset", "train"),
+    "plan": Command("lorafw.commands:cmd_plan", "steps, buckets, the guide's advice; --vram GB: GPU memory", "before"),
+    "lint": Command("lorafw.commands:cmd_lint", "damaged, uncaptioned, duplicated images", "before"),
+    "dedupe": Command("lorafw.prep.cli:cmd_dedupe", "move exact and near-duplicate images aside", "before"),
+    "autotag": Command("lorafw.prep.cli:cmd_autotag", "caption images with a WD v3 tagger", "before"),
+    "tags": Command("lorafw.prep.cli:cmd_tags", "tag frequencies, trigger tag, prune, replace, renumber", "before"),
+    "undo": Command("lorafw.prep.cli:cmd_undo", "revert the last dataset change of dedupe/autotag/tags", "before"),
+    "grid": Command("lorafw.commands:cmd_grid", "epoch × LoRA-weight image grid of a run or sweep", "after"),
+    "compare": Command("lorafw.commands:cmd_compare", "which run of a sweep won", "after"),
+    "export": Command("lorafw.commands:cmd_export", "the sd-scripts TOML pair that repeats a run", "after"),
+    "import": Command("lorafw.commands:cmd_import", "a kohya / GUI / Colab config (TOML or JSON) → a lorafw recipe", "config"),
+    "recipes": Command("lorafw.commands:cmd_recipes", "list the shipped recipes", "config"),
+    "keys": Command("lorafw.commands:cmd_keys", "every config key: default, range, doc, kohya name", "config"),
 }
 
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "lycoris-lora", "accelerate", "hydra-core", "omegaconf",
+             "safetensors", "bitsandbytes")
 
-def _prep_commands() -> dict[str, Callable[[list[str]], int]]:
-    """dedupe / autotag / tags (lorafw/prep/): the guide's dataset preparation."""
+
+def command(name: str) -> Callable[[list[str]], int]:
+    module, _, func = COMMANDS[name].run.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def is_command_word(arg: str) -> bool:
+    """`plan`, `trian` → a command word; `+recipe=x`, `network.dim=8`, `~key`, `-m` → a training command line."""
+    return "=" not in arg and not arg.startswith(("+", "~", "-"))
+
+
+def help_text() -> str:
+    from lorafw.config.compose import conf_dir
+
+    lines = ["lorafw: declarative LoRA / LoCon / DoRA training for SD1.5 and SDXL (Pony, Illustrious, NoobAI) models.",
+             "",
+             "Train:   lorafw +recipe=sd15_character base_model.path=MODEL.safetensors dataset.root=DATA_DIR",
+             "Sweep:   lorafw -m +recipe=sd15_character optimizer.lr=1e-4,5e-4 network.dim=8,16",
+             "Show:    lorafw +recipe=pdxl --cfg job      (the resolved config, validated; --cfg hydra: Hydra's)",
+             "Own recipe file: lorafw +recipe=./my_recipe.yaml ...",
+             ""]
+    width = max(len(n) for n in COMMANDS)
+    for section, title in SECTIONS.items():
+        lines.append(f"{title}:")
+        lines += [f"  lorafw {n:<{width}}  {c.about}" for n, c in COMMANDS.items() if c.section == section]
+    lines += ["", "Config groups (choose with group=option, e.g. optimizer=prodigy):"]
+    root = conf_dir()
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        shown = f"+{group.name}" if group.name == "recipe" else group.name
+        lines.append(f"  {shown:<15} {', '.join(options)}")
+    lines += ["",
+              "Common keys: base_model.path, dataset.root, dataset.resolution, network.dim, network.alpha,",
+              "optimizer.lr, train.epochs, train.batch_size, output.dir, output.name, seed (all: lorafw keys [PREFIX]).",
+              "",
+              "lorafw COMMAND --help: a command's flags.  lorafw --version: lorafw's and its libraries' versions.",
+              "Hydra's own flags (--multirun, --cfg, --info, ...): lorafw --hydra-help."]
+    return "\n".join(lines)
+
+
+def print_help() -> None:
+    print(help_text())
+
+
+def version_text() -> str:
+    """lorafw's version and the libraries' (from package metadata: nothing is imported, torch included)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    here = Path(__file__).resolve().parent
+    lines = [f"lorafw {v('lorafw')} ({here})", f"python {platform.python_version()}"]
+    width = max(len(n) for n in LIBRARIES)
+    lines += [f"{n:<{width}} {v(n)}" for n in LIBRARIES]
+    return "\n".join(lines)
+
+
+def unknown_command(word: str) -> UsageError:
+    from lorafw.cliargs import nearest
+
+    if word.endswith((".yaml", ".yml")):
+        return UsageError(f"unknown command '{word}'; to train with a recipe file: lorafw +recipe={word} ...")
+    near = nearest(word, [*COMMANDS, "help"], n=3, cutoff=0.5)
+    hint = f"; did you mean {near}?" if near else ""
+    return UsageError(f"unknown command '{word}'{hint} (lorafw --help lists the commands; "
+                      "a training command line starts with +recipe=NAME or key=value)")
+
+
+def dispatch(args: list[str]) -> int:
+    if not args:
+        print_help()
+        return 0
+    first = args[0]
+    if first in ("--help", "-h", "help"):
+        if first == "help" and args[1:]:
+            if args[1] not in COMMANDS:
+                raise unknown_command(args[1])
+            return command(args[1])(["--help"])
+        print_help()
+        return 0
+    if is_command_word(first):
+        if first not in COMMANDS:
+            raise unknown_command(first)
+        return command(first)(args[1:])
+    if "--version" in args:
+        print(version_text())
+        return 0
+    return command("train")(args)
+
+
+def _crash(e: BaseException) -> int:
+    """A bug (not a user error): one line here, the traceback in a file to attach to a report."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
     try:
-        from lorafw.prep.cli import SUBCOMMANDS as prep
-    except ImportError:
-        return {}
-    return prep
+        fd, path = tempfile.mkstemp(prefix="lorafw-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"lorafw {' '.join(sys.argv[1:])}\n\n{version_text()}\n\n{text}")
+        where = f"the traceback is in {path}"
+    except OSError:
+        where = "set LORAFW_TRACEBACK=1 to see the traceback"
+    print(f"lorafw: internal error (a bug in lorafw, not in your input): {type(e).__name__}: {e}\n"
+          f"  {where}; please report it (LORAFW_TRACEBACK=1 prints it here)", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    SUBCOMMANDS.update(_prep_commands())
     try:
-        if args and args[0] in SUBCOMMANDS:
-            return SUBCOMMANDS[args[0]](args[1:])
-        return hydra_main(args)
+        return dispatch(args)
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2); a job's sys.exit
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:  # before training started (imports, checks, loading): nothing was written
         print("lorafw: interrupted before training started; no LoRA file was written", file=sys.stderr)
         return 130
-
+    except LorafwError as e:
+        print(f"lorafw: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # the file system or the machine, not lorafw: full disk, permissions, a vanished file
+        print(f"lorafw: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get("LORAFW_TRACEBACK"):
+            raise
+        return _crash(e)

@@ -9,7 +9,6 @@ with the newest epochs rendered across LoRA weights as one labelled grid.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from pathlib import Path
@@ -74,7 +73,9 @@ def demo_overrides(model: Path, data: Path, out: Path, epochs: int) -> list[str]
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="lorafw demo", description=__doc__.splitlines()[0])
+    from lorafw.cliargs import Parser
+
+    ap = Parser("demo", __doc__.splitlines()[0])
     ap.add_argument("--dir", default="lorafw-demo", help="where the demo's model, dataset and runs go (default: ./lorafw-demo)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides, e.g. network.dim=8")
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
         make_dataset(data)
     out = base / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"lorafw demo: tiny SD1.5-architecture model {model}\nlorafw demo: dataset {data} (12 images × 4 repeats)")
-    from lorafw.cli import hydra_main
+    from lorafw.train_cli import hydra_main
 
     rc = hydra_main(demo_overrides(model, data, out, args.epochs) + list(args.overrides))
     if rc != 0:

@@ -43,3 +43,7 @@ class Interrupted(LorafwError):
 
 class NonFiniteError(LorafwError):
     """The loss or a gradient became NaN/inf; the last good weights were saved."""
+
+
+class UsageError(LorafwError):
+    """A command line lorafw cannot read: an unknown command or flag, a missing argument."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lorafw.config.compose import default_run_dir, run_name
 from lorafw.config.spec import RunSpec
+from lorafw.config.validate import resolve_arch
 from lorafw.registry import get_trainer
 
 log = logging.getLogger("lorafw")
@@ -36,6 +37,7 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
         spec = resume_spec(spec, force)
         run_dir = spec.output.dir
     spec = resolve_outputs(spec, run_dir)
+    spec = resolve_arch(spec)  # base_model.arch=auto: the checkpoint says
     if spec.train.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
         from lorafw.launch import launch
 

@@ -175,12 +175,12 @@ def test_ctrl_c_during_training_exits_130_keeping_finished_epochs(tmp_path, tiny
 
 
 def test_ctrl_c_before_training_is_a_message(monkeypatch, capsys):
-    from lorafw import cli
+    from lorafw import cli, train_cli
 
     def interrupted(argv):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "hydra_main", interrupted)
+    monkeypatch.setattr(train_cli, "hydra_main", interrupted)
     assert cli.main(["+recipe=sd15_character"]) == 130
     assert "interrupted before training started" in capsys.readouterr().err
 

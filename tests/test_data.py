@@ -323,7 +323,17 @@ def test_per_folder_settings_override_the_dataset(tmp_path):
 
 def test_empty_dataset(tmp_path):
     (tmp_path / "3_empty").mkdir()
-    with pytest.raises(DatasetError, match="no readable training images"):
+    with pytest.raises(DatasetError, match=r"no images in .* nor in its folder\(s\) 3_empty/"):
+        scan(ds_spec(tmp_path))
+    (tmp_path / "3_empty").rmdir()
+    with pytest.raises(DatasetError, match=f"{tmp_path} is empty"):
+        scan(ds_spec(tmp_path))
+
+
+def test_a_folder_of_only_unreadable_images_is_named(tmp_path):
+    (tmp_path / "2_x").mkdir()
+    (tmp_path / "2_x" / "a.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=r"2_x: none of its 1 image\(s\) can be read \(e.g. a.png"):
         scan(ds_spec(tmp_path))
 
 

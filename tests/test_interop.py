@@ -12,8 +12,8 @@ import pytest
 
 from lorafw.config.compose import compose, compose_dict, recipe_names
 from lorafw.config.validate import spec_from_dict
-from lorafw.interop.files import export_run, import_toml, validated_recipe
-from lorafw.interop.kohya import kv_list, number
+from lorafw.interop.files import export_run
+from lorafw.interop.importer import import_config, write_recipe
 from lorafw.trainers.common import identity
 
 GUI_SD15 = """
@@ -139,6 +139,7 @@ text_encoder_lr = 1e-6
 warmup_ratio = 0.05
 min_snr_gamma = 8
 scale_weight_norms = 1.0
+color_aug = true
 
 [optimizer_args.args.optimizer_args]
 weight_decay = "0.04"
@@ -235,18 +236,21 @@ def write(tmp_path: Path, name: str, text: str, **fmt: str) -> Path:
     return p
 
 
-def imported_spec(path: Path, tmp_path: Path, dataset_config: Path | None = None):
-    imp, kind = import_toml(path, dataset_config)
-    recipe, problems = validated_recipe(imp, str(path), tmp_path / f"{path.stem}.yaml")
-    assert problems == []
-    spec, _ = spec_from_dict(compose_dict(str(recipe), []), check_paths=False, need_model=False)
-    return imp, kind, spec, recipe
+def imported_spec(path: Path, tmp_path: Path, dataset_config: Path | None = None, lenient: bool = False):
+    imp = import_config(path, dataset_config)
+    recipe = write_recipe(imp, str(path), tmp_path / f"{path.stem}.yaml", lenient)
+    assert recipe is not None, imp.not_honoured
+    spec, _ = spec_from_dict(compose_dict(str(recipe), [] if imp.values.get("dataset.folders") or imp.values.get(
+        "dataset.root") else ["dataset.root=/d"]), check_paths=False, need_model=False)
+    return imp, imp.dialect, spec, recipe
 
 
-def test_conversions():
-    assert number("0.1") == 0.1 and number("2") == 2 and number("True") is True and number("0.9,0.99") == [0.9, 0.99]
-    assert kv_list(["decouple=True", "betas=0.9,0.999", "d_coef=2"]) == {"decouple": True, "betas": [0.9, 0.999], "d_coef": 2}
-    assert kv_list({"weight_decay": "0.04"}) == {"weight_decay": 0.04}
+def not_honoured(imp) -> dict:
+    return {p.key: p.value for p in imp.not_honoured}
+
+
+def no_effect(imp) -> set:
+    return {p.key for p in imp.no_effect}
 
 
 def test_the_gui_trainers_sd15_toml(tmp_path, tiny_model):
@@ -265,7 +269,8 @@ def test_the_gui_trainers_sd15_toml(tmp_path, tiny_model):
     (f,) = s.dataset.folders
     assert (f.path, f.repeats, f.keep_tokens, f.shuffle_caption, f.caption_extension) == (str(tmp_path / "data/3_hsr_kafka"), 3, 1, True, ".txt")
     assert (s.output.name, s.output.save_precision, s.output.save_every_n_epochs, s.sample.sampler) == ("hsr_kafka", "fp16", 1, "euler_a")
-    assert {"log_with", "logging_dir", "save_model_as", "persistent_data_loader_workers"} <= set(imp.no_effect)
+    assert {"log_with", "logging_dir", "save_model_as", "persistent_data_loader_workers"} <= no_effect(imp)
+    assert not imp.not_honoured
     assert s.dataset.workers == 1  # max_data_loader_n_workers = 1
     text = recipe.read_text()
     assert "#   log_with = 'tensorboard'" in text  # listed, not dropped
@@ -273,7 +278,7 @@ def test_the_gui_trainers_sd15_toml(tmp_path, tiny_model):
 
 def test_the_gui_trainers_pdxl_dora_toml(tmp_path):
     src = write(tmp_path, "style.toml", GUI_PDXL_DORA, data=str(tmp_path / "data"))
-    imp, _, s, recipe = imported_spec(src, tmp_path)
+    imp, _, s, recipe = imported_spec(src, tmp_path, lenient=True)
     assert (s.base_model.arch, s.base_model.vae) == ("sdxl", "/models/sdxl_vae.safetensors")
     assert (s.network.algo, s.network.dora_wd, s.network.conv_dim, s.network.conv_alpha) == ("locon", True, 4, 2.0)
     assert (s.optimizer.name, s.optimizer.lr, s.optimizer.text_encoder_lr, s.optimizer.weight_decay) == ("came", 5e-5, 1e-6, 0.04)
@@ -281,35 +286,40 @@ def test_the_gui_trainers_pdxl_dora_toml(tmp_path):
     assert (s.train.full_bf16, s.train.no_half_vae, s.train.gradient_checkpointing, s.train.mixed_precision) == (True, True, True, "bf16")
     assert (s.dataset.resolution, s.dataset.max_bucket_reso, s.dataset.cache_latents_to_disk, s.train.min_snr_gamma) == (1024, 2048, True, 8.0)
     assert s.output.save_precision == "bf16"
-    assert imp.unknown == {}
-    assert (s.train.scale_weight_norms, s.train.min_timestep, s.train.max_timestep) == (1.0, 0, 1000)
-    assert {"sdxl", "sdpa"} <= set(imp.no_effect)
+    assert s.train.scale_weight_norms == 1.0
+    assert not_honoured(imp) == {"color_aug": True}  # changes training, lorafw lacks it: named
+    assert "#   color_aug = true: lorafw has no colour augmentation" in recipe.read_text()  # --lenient says so
+    assert {"min_timestep", "max_timestep", "sdpa"} <= no_effect(imp)
 
 
 def test_an_sd_scripts_config_and_dataset_config(tmp_path, tiny_model):
     write(tmp_path, "dataset.toml", KOHYA_DATASET, data=str(tmp_path / "data"))
     src = write(tmp_path, "wendy.toml", KOHYA_CONFIG, out=str(tmp_path / "out"), model=str(tiny_model))
-    imp, kind, s, _ = imported_spec(src, tmp_path)  # the config names its dataset config itself
-    assert kind == "sd-scripts config + dataset config"
+    imp, kind, s, _ = imported_spec(src, tmp_path, lenient=True)  # the config names its dataset config itself
+    assert kind == "sd-scripts TOML + dataset config"
     assert (s.optimizer.name, s.optimizer.lr, s.optimizer.weight_decay, s.optimizer.betas) == ("prodigy", 1.0, 0.01, (0.9, 0.999))
     assert s.optimizer.args == {"decouple": True, "d_coef": 2, "use_bias_correction": True, "safeguard_warmup": True}
     assert (s.scheduler.name, s.scheduler.warmup_ratio, s.network.dim, s.network.alpha, s.train.epochs) == ("constant_with_warmup", 0.05, 16, 16.0, 20)
     assert (s.dataset.resolution, s.dataset.shuffle_caption, s.dataset.keep_tokens) == (768, True, 1)  # "768,768"
     assert [(f.repeats, bool(f.is_reg)) for f in s.dataset.folders] == [(5, False), (1, True)]
-    assert set(imp.unknown) == {"subsets[0].class_tokens"}
-    assert (s.train.huber_c, s.train.scale_weight_norms, s.train.loss_type) == (0.1, 1.0, "l2")
+    assert set(not_honoured(imp)) == {"subsets[0].class_tokens"} and "huber_c" in no_effect(imp)
+    assert s.train.scale_weight_norms == 1.0
     explicit = write(tmp_path, "other.toml", KOHYA_CONFIG.replace('dataset_config = "dataset.toml"', ""), out="o", model=str(tiny_model))
-    imp2, kind2 = import_toml(explicit, tmp_path / "dataset.toml")  # or passed with --dataset-config
-    assert kind2 == kind and imp2.values["dataset.folders"] == imp.values["dataset.folders"]
+    imp2 = import_config(explicit, tmp_path / "dataset.toml")  # or passed with --dataset-config
+    assert imp2.dialect == kind and imp2.values["dataset.folders"] == imp.values["dataset.folders"]
 
 
 def test_import_command(tmp_path, tiny_model, capsys):
     from lorafw.cli import main
 
     src = write(tmp_path, "style.toml", GUI_PDXL_DORA, data=str(tmp_path / "data"))
-    assert main(["import", str(src), "--out", str(tmp_path / "r.yaml")]) == 0
+    assert main(["import", str(src), "--out", str(tmp_path / "r.yaml")]) == 2  # color_aug: refused
     out = capsys.readouterr().out
-    assert f"→ {tmp_path / 'r.yaml'}" in out and "NOT understood" not in out
+    assert "NOT honoured — nothing written (1):" in out and "color_aug = true: lorafw has no colour augmentation" in out
+    assert not (tmp_path / "r.yaml").exists()
+    assert main(["import", str(src), "--out", str(tmp_path / "r.yaml"), "--lenient"]) == 0
+    out = capsys.readouterr().out
+    assert f"→ {tmp_path / 'r.yaml'}" in out and "IGNORED (--lenient) (1):" in out
     assert f"run it: lorafw +recipe={tmp_path / 'r.yaml'}" in out
     assert main(["import", str(tmp_path / "missing.toml")]) == 2
 
@@ -332,9 +342,9 @@ def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, ti
     assert tomllib.loads(ds.read_text())["datasets"][0]["subsets"] == [{"image_dir": str(tiny_dataset / "2_toy"), "num_repeats": 2}]
     assert ("sdxl_train_network.py" if xl else "train_network.py") in command
     assert kohya["model_arguments"]["v_parameterization"] == (recipe == "noobai_vpred")
-    imp, _ = import_toml(cfg, ds)
-    path, problems = validated_recipe(imp, str(cfg), tmp_path / "back.yaml")
-    assert problems == [] and not imp.unknown
+    imp = import_config(cfg, ds)
+    path = write_recipe(imp, str(cfg), tmp_path / "back.yaml")
+    assert path is not None and not imp.not_honoured
     back, _ = spec_from_dict(compose_dict(str(path), []), check_paths=False)
     assert identity(back) == identity(spec)
 
@@ -349,10 +359,10 @@ def test_a_data_parallel_run_exports_its_launch_and_comes_back(tmp_path, tiny_mo
     write_config(run, spec)
     cfg, ds, command = export_run(run)
     assert command.startswith("accelerate launch --multi_gpu --num_processes 4 train_network.py")
-    imp, _ = import_toml(cfg, ds)
-    path, problems = validated_recipe(imp, str(cfg), tmp_path / "back.yaml")
+    imp = import_config(cfg, ds)
+    path = write_recipe(imp, str(cfg), tmp_path / "back.yaml")
     back, _ = spec_from_dict(compose_dict(str(path), []), check_paths=False)
-    assert problems == [] and back.train.num_processes == 4 and identity(back) == identity(spec)
+    assert not imp.not_honoured and back.train.num_processes == 4 and identity(back) == identity(spec)
 
 
 COLAB_VPRED = """
@@ -378,18 +388,19 @@ huber_scale = 1.5
 debiased_estimation_loss = false
 min_timestep = 100
 max_timestep = 900
+scale_weight_norms = 1.0
 """
 
 
 def test_the_colabs_v_pred_and_noise_options_are_imported(tmp_path):
     imp, _, s, _ = imported_spec(write(tmp_path, "vpred.toml", COLAB_VPRED, data=str(tmp_path / "data")), tmp_path)
     t = s.train
-    assert imp.unknown == {}
+    assert not imp.not_honoured
     assert (t.prediction_type, t.zero_terminal_snr, t.scale_v_pred_loss_like_noise_pred) == ("v_prediction", True, True)
     assert (t.multires_noise_iterations, t.multires_noise_discount, t.ip_noise_gamma, t.ip_noise_gamma_random_strength) == (6, 0.3, 0.1, True)
     assert (t.loss_type, t.huber_schedule, t.huber_c, t.huber_scale) == ("smooth_l1", "exponential", 0.2, 1.5)
-    assert (t.min_timestep, t.max_timestep, t.debiased_estimation_loss) == (100, 900, False)
+    assert (t.min_timestep, t.max_timestep, t.scale_weight_norms) == (100, 900, 1.0)
     eps = write(tmp_path, "eps.toml", COLAB_VPRED.replace("v_parameterization = true", "v_parameterization = false")
                 .replace("scale_v_pred_loss_like_noise_pred = true", ""), data=str(tmp_path / "data"))
     imp, _, s, _ = imported_spec(eps, tmp_path)
-    assert s.train.prediction_type == "auto" and "v_parameterization" in imp.no_effect  # auto reads the checkpoint
+    assert s.train.prediction_type == "auto" and "v_parameterization" in no_effect(imp)  # auto reads the checkpoint

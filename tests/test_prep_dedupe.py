@@ -128,6 +128,27 @@ def test_default_hardness_catches_copies_not_poses():
     assert len(group_probes(probes, 1)) == 1 and len(group_probes(probes, 1)[0].drop) == 7  # 1: everything
 
 
+def test_lint_and_dedupe_share_one_default_hardness(tmp_path, capsys):
+    """lint (a plain folder of images, as dedupe takes it) reports at its default hardness the group dedupe moves."""
+    import json
+
+    from lorafw.config.spec import DatasetSpec
+
+    assert DEFAULT_HARDNESS == DatasetSpec().duplicate_hardness == 93
+    folder = tmp_path / "shots"  # no REPEATS_ prefix: lint takes it like dedupe does
+    folder.mkdir()
+    character(3).save(folder / "a.png")
+    (folder / "copy.jpg").write_bytes(jpeg_bytes(character(3).resize((128, 192), Image.Resampling.BICUBIC), 60))
+    for k in range(4, 10):
+        character(k).save(folder / f"pose{k}.png")
+    assert main(["lint", "--json", str(folder)]) == 0  # near duplicates and missing captions are warnings
+    near = [f["paths"] for f in json.loads(capsys.readouterr().out)["findings"] if f["kind"] == "near_duplicate"]
+    assert [[Path(p).name for p in g] for g in near] == [["a.png", "copy.jpg"]]
+    assert main(["dedupe", "--json", str(folder)]) == 1
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert [(Path(g["keep"]).name, [Path(m).name for m in g["move"]]) for g in groups] == [("a.png", ["copy.jpg"])]
+
+
 def test_keeper_prefers_pixels_then_bytes_then_caption_then_name():
     def p(name, size, nbytes, cap):
         return Probe(Path(name), size=size, nbytes=nbytes, has_caption=cap)

@@ -259,5 +259,5 @@ def test_plan_vram_bad_value(tmp_path, capsys):
 
     make_folder(tmp_path, "3_kafka", [(64, 64)] * 2, ["kafka"])
     assert main(["plan", "--vram", "lots", "+recipe=pdxl", f"dataset.root={tmp_path}"]) == 2
-    assert "--vram needs" in capsys.readouterr().err
+    assert "argument --vram: needs the card's memory in GB" in capsys.readouterr().err
     assert main(["plan", f"dataset.root={tmp_path}", "--vram"]) == 2

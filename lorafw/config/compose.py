@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from lorafw.config.spec import RunSpec
+from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.typed import suggest
 from lorafw.config.validate import spec_from_dict
 from lorafw.paths import expand
@@ -113,14 +114,21 @@ _store_schema_defaults()
 
 
 def _compose_cfg(overrides: Sequence[str]) -> DictConfig:
+    """Hydra's compose, every failure turned into a ConfigError naming the key, option or file."""
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         return _hydra_compose(overrides)
+    except yaml.YAMLError as e:
+        raise ConfigError([yaml_problem(e, recipe_files_shown())], title="cannot read a config file") from None
     except (HydraException, OmegaConfBaseException) as e:
-        error = e
-    raise ConfigError([explain_compose_error(error, overrides)], title="cannot compose the config") from None
+        error: Exception = e
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"a recipe or config file is not UTF-8 text ({e.reason}); save it as UTF-8"],
+                          title="cannot read a config file") from None
+    raise ConfigError([explain_compose_error(error, overrides, _hydra_compose)], title="cannot compose the config") from None
 
 
 def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
@@ -131,64 +139,13 @@ def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
         return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
 
 
-def explain_compose_error(err: Exception, overrides: Sequence[str]) -> str:
-    """Hydra's composition error as one line, with the nearest valid key or option."""
-    import re
-
-    msg = str(err).strip()
-    m = re.search(r"Could not find '([^']+)/([^'/]+)'", msg)
-    if m:
-        group, name = m.groups()
-        options = re.findall(r"^\t(\S+)$", msg, flags=re.M)
-        near = suggest(name, options)
-        plus = "+" if group == "recipe" else ""
-        hint = f"did you mean {plus}{group}={near}? " if near else ""
-        plugin = {"joblib": "hydra-joblib-launcher", "submitit_slurm": "hydra-submitit-launcher",
-                  "submitit_local": "hydra-submitit-launcher", "optuna": "hydra-optuna-sweeper"}.get(name)
-        if group.startswith("hydra") and plugin:
-            return f"{group}={name} needs a Hydra plugin that is not installed: pip install {plugin} (or: pip install 'lorafw[sweep]')"
-        return f"{plus}{group}={name}: no such {group} option; {hint}(available: {', '.join(options)})"
-    m = re.search(r"Could not override '([^']+)'", msg)
-    if m:
-        bad = m.group(1)
-        try:
-            base = _hydra_compose([o for o in overrides if not o.lstrip("+~").startswith(bad + "=")])
-        except Exception:
-            return msg.splitlines()[0]
-        parent, _, leaf = bad.rpartition(".")
-        node = OmegaConf.select(base, parent) if parent else base
-        if parent == "optimizer.args":  # a free-form mapping: its keys are the optimizer's own arguments
-            from lorafw.optim.catalog import OPTIMIZERS
-
-            name = OmegaConf.select(base, "optimizer.name")
-            allowed = ", ".join(sorted(OPTIMIZERS[name].args)) if name in OPTIMIZERS else "see the optimizer's documentation"
-            return f"{bad}: not set yet; add it with +{bad}=VALUE ({name} takes: {allowed})"
-        if isinstance(node, DictConfig):
-            keys = [str(k) for k in node.keys()]
-            near = suggest(leaf, keys)
-            where = f"{parent}." if parent else ""
-            hint = f"did you mean {where}{near}? " if near else ""
-            return f"{bad}: unknown key; {hint}(valid keys: {', '.join(keys)})"
-        return f"{bad}: unknown key ({parent or 'config'} has no such section)"
-    if "mismatched input" in msg or "no viable alternative" in msg or "extraneous input" in msg:
-        bad = unparsable(overrides)
-        if bad:
-            return bad
-    lines = [ln for ln in msg.splitlines() if ln.strip() and not ln.startswith(("Config search path", "\tprovider="))]
-    return " ".join(ln.strip() for ln in lines).removeprefix("In 'config': ")
-
-
-def unparsable(overrides: Sequence[str]) -> str | None:
-    """The first override Hydra's grammar cannot read, explained; None if all parse."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for o in overrides:
-        try:
-            OverridesParser.create().parse_override(o)
-        except Exception:
-            return (f"{o}: cannot be read as key=value; quote a value holding '=', ',', spaces or brackets, "
-                    f"e.g. {o.split('=', 1)[0]}='...'")
-    return None
+def recipe_files_shown() -> dict[str, str]:
+    """The private links to users' recipe files → the files as the user named them (for error messages)."""
+    out = {}
+    for path, d in _RECIPE_DIRS.items():
+        for link in (d / "recipe").glob("*.yaml"):
+            out[str(link)] = str(path)
+    return out
 
 
 def compose_dict(recipe: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -213,14 +170,36 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), check_paths: bool
         p = p / "config.yaml"
     if not p.is_file():
         raise ConfigError([f"{path}: no saved config here (expected a run folder holding config.yaml)"])
-    data = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
-    spec, _ = spec_from_dict(data, check_paths=False)  # type: ignore[arg-type]
+    data = read_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: not a saved lorafw config (a mapping of sections: base_model, network, ...)"],
+                          title="cannot read a config file")
+    spec, _ = spec_from_dict(data, check_paths=False)
     return apply_overrides(spec, list(overrides), check_paths=check_paths)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as plain data (interpolations resolved); its syntax errors as a ConfigError naming file and line."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        problem = yaml_problem(e)
+    except OmegaConfBaseException as e:
+        problem = f"{path}: {str(e).splitlines()[0]}"
+    except UnicodeDecodeError as e:
+        problem = f"{path}: not UTF-8 text ({e.reason})"
+    except OSError as e:
+        problem = f"{path}: cannot read it ({e.strerror})"
+    raise ConfigError([problem], title="cannot read a config file")
 
 
 def apply_overrides(spec: RunSpec, overrides: list[str], check_paths: bool = True) -> RunSpec:
     """`key=value` overrides on an existing spec (no group changes: those need compose())."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     cfg = OmegaConf.create(spec.to_dict())
     OmegaConf.set_struct(cfg, True)
@@ -228,8 +207,8 @@ def apply_overrides(spec: RunSpec, overrides: list[str], check_paths: bool = Tru
     for text in overrides:
         try:
             ov = OverridesParser.create().parse_override(text)
-        except Exception as e:  # Hydra's grammar errors
-            problems.append(f"{text}: cannot parse ({e})")
+        except HydraException:  # Hydra's grammar errors
+            problems.append(override_problem(text))
             continue
         key = ov.key_or_group
         if ov.is_sweep_override() or ov.is_delete() or ov.is_add():

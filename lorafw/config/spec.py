@@ -19,7 +19,8 @@ from lorafw.config.schema import REQUIRED, key
 
 @dataclass(frozen=True)
 class BaseModelSpec:
-    arch: str = key("sd15", "the trainer to use (sd15 | sdxl); the checkpoint's own tensors must agree")
+    arch: str = key("sd15", "the trainer to use (sd15 | sdxl | auto: read from the checkpoint's own tensors); "
+                    "the checkpoint must agree")
     path: str = key(REQUIRED, "the base checkpoint: a single .safetensors (original layout) or a diffusers folder",
                     kohya="pretrained_model_name_or_path")
     allow_pickle: bool = key(False, ".ckpt/.pt files can run code when unpickled; true reads their tensors only")
@@ -113,7 +114,8 @@ class DatasetSpec:
     cache_text_encoder_outputs: bool = key(False, "encode captions once (needs a frozen text encoder, unchanging captions)",
                                            kohya="cache_text_encoder_outputs")
     skip_bad_images: bool = key(False, "unreadable images: false = stop before training, true = leave them out")
-    duplicate_hardness: int = key(90, "near-duplicate strictness, like dupeGuru's filter hardness (higher = closer copies)",
+    duplicate_hardness: int = key(93, "near-duplicate strictness, like dupeGuru's filter hardness (higher = closer copies; "
+                                      "lint and dedupe)",
                                   ge=1, le=100)
     vae_batch_size: int = key(1, "images the VAE encodes at once while caching latents", kohya="vae_batch_size", ge=1,
                               why="images the VAE encodes at once")

@@ -17,6 +17,7 @@ from lorafw.errors import ConfigError
 from lorafw.paths import expand
 from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
 
+AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BAD_NAME = re.compile(r"[\\/:*?\"<>|]")
@@ -42,14 +43,33 @@ def spec_from_dict(data: dict[str, Any], check_paths: bool = True, need_model: b
         _check_paths(spec, problems, need_model)
     if problems:
         raise ConfigError(problems)
+    if check_paths and need_model and spec.base_model.arch == AUTO:
+        spec = resolve_arch(spec)
     return spec, notes
+
+
+def resolve_arch(spec: RunSpec) -> RunSpec:
+    """base_model.arch=auto → the architecture the checkpoint's tensors show (header only, no torch).
+    A spec that names its arch is returned as it is."""
+    import dataclasses
+
+    from lorafw.errors import ModelError
+    from lorafw.models.load import inspect_base_model
+
+    if spec.base_model.arch != AUTO:
+        return spec
+    try:
+        arch = inspect_base_model(expand(spec.base_model.path)).arch
+    except (ModelError, OSError) as e:
+        raise ConfigError([f"base_model.arch: auto needs a readable checkpoint to read the architecture from: {e}"]) from None
+    return dataclasses.replace(spec, base_model=dataclasses.replace(spec.base_model, arch=arch))
 
 
 def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
     from lorafw.registry import available_archs
 
     archs = available_archs()
-    if need_model and s.base_model.arch not in archs:
+    if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
         p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
 
     n = s.network
@@ -197,7 +217,8 @@ def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
 
     try:
         info = inspect_base_model(path)
-        check_arch(info, s.base_model.arch, s.base_model.path)
+        if s.base_model.arch != AUTO:
+            check_arch(info, s.base_model.arch, s.base_model.path)
     except ModelError as e:
         p.append(f"base_model.path: {e}")
         return

@@ -148,6 +148,15 @@ def _root_folders(root_key: str, root_value: str, default_repeats: int | None, p
         except DatasetError as e:
             problems.append(str(e))
     loose = list_images(root)
+    if not with_images and not loose:
+        looked = f"looked for {', '.join(sorted(IMAGE_EXTS))}"
+        if subdirs:
+            problems.append(f"{root_key}={root_value}: no images in {root} nor in its folder(s) "
+                            f"{', '.join(d.name + '/' for d in subdirs)} ({looked}); put the images in a REPEATS_NAME folder")
+        else:
+            problems.append(f"{root_key}={root_value}: {root} is empty ({looked}); it should hold REPEATS_NAME folders "
+                            f"of images, e.g. {root / ('10_' + root.name)}")
+        return []
     if not with_images and loose:
         reps, concept = parse_folder_name(root.name)
         if reps is None and default_repeats is None:
@@ -226,7 +235,13 @@ def scan(ds: DatasetSpec) -> tuple[list[Folder], list[str]]:
         if n > 1:
             problems.append(f"{p} is listed {n} times (dataset.root and dataset.folders overlap)")
     if not problems and not any(f.images for f in folders if not f.is_reg):
-        problems.append("the dataset has no readable training images")
+        train = [f for f in folders if not f.is_reg]
+        if not train:
+            problems.append("the dataset has no training images: every folder given is a regularisation folder (is_reg)")
+        for f in train:  # none has a readable image: say which folder holds what
+            path, why = f.unreadable[0]
+            problems.append(f"{f.path}: none of its {len(f.unreadable)} image(s) can be read "
+                            f"(e.g. {path.name}: {why}); replace them or remove them")
     if problems:
         raise DatasetError("the dataset cannot be used:\n  - " + "\n  - ".join(problems))
     return folders, warnings

@@ -43,7 +43,7 @@ def distances(hashes: np.ndarray) -> np.ndarray:
 
 
 def max_distance(hardness: int, bits: int = HASH_SIZE * HASH_SIZE) -> int:
-    """Bits that may differ at a given hardness: 100 → 0; the default 90 → 10% of the bits."""
+    """Bits that may differ at a given hardness: 100 → 0; 90 → 10% of the bits; the default 93 → 17 of 256."""
     return int((100 - hardness) * bits / 100)
 
 

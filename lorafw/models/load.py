@@ -121,9 +121,10 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
         vae = load_vae(vae_path, info.arch)
     if vae is None:
         raise ModelError(f"{p} has no VAE; pass one with base_model.vae=/path/to/vae.safetensors")
-    from lorafw.models.tokenizer import clip_tokenizer
+    from lorafw.models.tokenizer import check_vocab, model_tokenizers
 
-    toks = [clip_tokenizer()] if info.arch == "sd15" else [clip_tokenizer(), clip_tokenizer("!")]  # bigG pads with "!"
+    toks, sources = model_tokenizers(p, info.arch)  # a diffusers folder's own, else the bundled CLIP tokenizer(s)
+    check_vocab(toks, tes, sources, str(p))
     for m in (unet, vae, *tes):
         m.requires_grad_(False)
         m.eval()

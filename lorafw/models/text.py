@@ -74,8 +74,25 @@ def final_layer_norm(text_encoder: Any):
     return inner.final_layer_norm
 
 
+def check_ids(text_encoder: Any, input_ids) -> None:
+    """Refuse token ids the text encoder has no embedding for (torch would stop with a bare IndexError)."""
+    inner = getattr(text_encoder, "module", text_encoder)  # a DistributedDataParallel wrapper's model
+    embeddings = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is None:
+        return
+    top = int(input_ids.max()) if input_ids.numel() else 0
+    if top >= rows or (input_ids.numel() and int(input_ids.min()) < 0):
+        from lorafw.errors import ModelError
+
+        raise ModelError(f"a caption was tokenized to id {top}, outside the text encoder's vocabulary of {rows} ids: "
+                         "the tokenizer does not belong to this model; use a diffusers folder with the model's own "
+                         "tokenizer/ (lorafw reads it when present)")
+
+
 def encode_sd15(text_encoder: Any, input_ids, clip_skip: int):
     """(batch, n, 77) ids → (batch, 77 or 2 + 75·n, dim): hidden state −clip_skip, then the final LayerNorm."""
+    check_ids(text_encoder, input_ids)
     b, n, w = input_ids.shape
     flat = input_ids.reshape(b * n, w).to(text_encoder.device)
     out = text_encoder(flat, output_hidden_states=True, return_dict=True)
@@ -93,6 +110,8 @@ def encode_sdxl(te1: Any, te2: Any, ids1, ids2):
     """
     import torch
 
+    check_ids(te1, ids1)
+    check_ids(te2, ids2)
     b, n, w = ids1.shape
     h1 = te1(ids1.reshape(b * n, w).to(te1.device), output_hidden_states=True).hidden_states[-2]
     out2 = te2(ids2.reshape(b * n, w).to(te2.device), output_hidden_states=True)

@@ -24,3 +24,60 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     return CLIPTokenizer.from_pretrained(
         str(clip_tokenizer_dir()), model_max_length=77, pad_token=pad_token, local_files_only=True
     )
+
+
+# subfolders of a diffusers folder holding each text encoder's tokenizer, in text-encoder order
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+
+
+def model_tokenizers(path: Path, arch: str) -> tuple[list, list[str]]:
+    """The tokenizers of the model at `path`, and where each came from.
+
+    A diffusers folder's own `tokenizer/` (and `tokenizer_2/` for SDXL) is used when it holds a tokenizer:
+    a model whose vocabulary or merges differ from CLIP's (a re-trained or extended text encoder) must
+    be tokenized with its own files. Otherwise (single files, folders without tokenizer files) the CLIP
+    tokenizer bundled with lorafw, which every SD1.5/SDXL checkpoint was trained with.
+    """
+    from lorafw.errors import ModelError
+
+    n = 1 if arch == "sd15" else 2
+    bundled = [clip_tokenizer(), clip_tokenizer("!")][:n]  # bigG pads with "!"
+    toks, sources = [], []
+    for i in range(n):
+        folder = path / TOKENIZER_FOLDERS[i] if path.is_dir() else None
+        if folder is None or not any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json")):
+            toks.append(bundled[i])
+            sources.append(f"lorafw's bundled CLIP tokenizer{' (pad !)' if i else ''}")
+            continue
+        try:
+            toks.append(_folder_tokenizer(folder))
+        except Exception as e:  # transformers and the tokenizers library raise many types for a damaged file
+            raise ModelError(f"{folder}: cannot load the model's tokenizer ({str(e).splitlines()[0]}); "
+                             "repair or remove that folder (without it lorafw uses the standard CLIP tokenizer)") from None
+        sources.append(str(folder))
+    return toks, sources
+
+
+def _folder_tokenizer(folder: Path):
+    """A diffusers folder's tokenizer: CLIPTokenizer (the slow one, as the bundled tokenizer: the same ids) when it has
+    vocab.json + merges.txt, otherwise whatever its tokenizer.json / tokenizer_config.json names."""
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def check_vocab(tokenizers: list, text_encoders: list, sources: list[str], model: str) -> None:
+    """Refuse a tokenizer that can produce ids the text encoder has no embedding for (an IndexError mid-run)."""
+    from lorafw.errors import ModelError
+
+    for i, (tok, te, src) in enumerate(zip(tokenizers, text_encoders, sources)):
+        rows = te.get_input_embeddings().num_embeddings
+        ids = len(tok)  # the base vocabulary and any added tokens
+        if ids > rows:
+            which = f"text encoder {i + 1}" if len(text_encoders) > 1 else "the text encoder"
+            raise ModelError(
+                f"{model}: {which} embeds {rows} token ids but its tokenizer ({src}) has {ids}: captions would reach "
+                f"ids it cannot look up. Give the model's own tokenizer: a diffusers folder with its "
+                f"{TOKENIZER_FOLDERS[i]}/ (vocab.json + merges.txt) from the model's publisher")

@@ -1,4 +1,4 @@
-"""The dataset-preparation commands, merged into `lorafw`'s subcommands by lorafw/cli.py.
+"""The dataset-preparation commands (listed in lorafw/cli.py's command table).
 
     lorafw dedupe DIR… [--hardness 93] [--to DIR] [--apply]            exact and near duplicates
     lorafw autotag DIR… --model DIR [--threshold 0.25] [--apply]        WD v3 tagger captions
@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
 
 from lorafw.errors import LorafwError
 
@@ -31,7 +30,9 @@ def _fail(e: LorafwError) -> int:
 
 
 def _parser(prog: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"lorafw {prog}", description=description, usage=usage)
+    from lorafw.cliargs import Parser
+
+    return Parser(prog, description, usage)
 
 
 def _change_flags(ap: argparse.ArgumentParser) -> None:
@@ -194,9 +195,16 @@ def cmd_tags(argv: list[str]) -> int:
     from lorafw.prep import rename, tags
 
     if not argv or argv[0] not in TAG_ACTIONS:
-        print("usage: lorafw tags {" + ",".join(TAG_ACTIONS) + "} ...\n"
-              + "\n".join(f"  {k:8s} {v}" for k, v in TAG_ACTIONS.items()), file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        from lorafw.cliargs import nearest
+
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        usage = ("usage: lorafw tags {" + ",".join(TAG_ACTIONS) + "} ... (lorafw tags ACTION --help: its flags)\n"
+                 + "\n".join(f"  {k:8s} {v}" for k, v in TAG_ACTIONS.items()))
+        print(usage, file=sys.stdout if asked else sys.stderr)
+        if argv and not asked:
+            near = nearest(argv[0], list(TAG_ACTIONS))
+            print(f"lorafw tags: unknown action '{argv[0]}'" + (f"; did you mean {near}?" if near else ""), file=sys.stderr)
+        return 0 if asked else 2
     action = argv[0]
     if action == "undo":
         return cmd_undo(argv[1:])
@@ -292,11 +300,3 @@ def cmd_undo(argv: list[str]) -> int:
         return 0
     except LorafwError as e:
         return _fail(e)
-
-
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "dedupe": cmd_dedupe,
-    "autotag": cmd_autotag,
-    "tags": cmd_tags,
-    "undo": cmd_undo,
-}

@@ -7,8 +7,9 @@ with their captions and same-stem files to `ROOT-duplicates/FOLDER/` beside the 
 inside it, where a `REPEATS_NAME` folder would be trained on — journalled, so `lorafw undo` puts
 them back.
 
-Default hardness 93 (17 of 256 bits may differ), tuned on generated pictures (busy shapes, flat
-blurred shapes, a drawn character; 512–1216 px): copies resized to ½, ⅔, ¾ or 2× and re-encoded
+Default hardness 93 (17 of 256 bits may differ; declared once as `dataset.duplicate_hardness`, which
+lint uses too), tuned on generated pictures (busy shapes, flat blurred shapes, a drawn character;
+512–1216 px): copies resized to ½, ⅔, ¾ or 2× and re-encoded
 as JPEG q40–90 differ by at most 14 bits (95% by ≤ 8); harsher ones (¼ size at q30, q15) by up to
 22 (95% by ≤ 13); the same character moved to another pose by at least 34, with only the limbs
 moved by 14–56 (one in twelve under 17); different pictures by 95 or more.
@@ -26,13 +27,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lorafw.config.spec import DatasetSpec
 from lorafw.data.folders import list_images
 from lorafw.data.imagehash import HASH_SIZE, THUMB, dhash, near_duplicate_groups
 from lorafw.errors import DatasetError
 from lorafw.prep.files import ImageFolder, image_folders, progress, sidecars
 from lorafw.prep.journal import ChangeSet, Move, show
 
-DEFAULT_HARDNESS = 93
+DEFAULT_HARDNESS: int = DatasetSpec.duplicate_hardness  # one default for lint and dedupe, declared in config/spec.py
 BITS = HASH_SIZE * HASH_SIZE
 
 

@@ -60,7 +60,9 @@ def image_folders(dirs: Sequence[str | Path]) -> list[ImageFolder]:
         elif list_images(d):
             found = [ImageFolder(d, dataset_root(d))]
         else:
-            problems.append(f"{raw} has no images (looked for {', '.join(sorted(IMAGE_EXTS))}, also one level down)")
+            empty = sorted(p.name + "/" for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            inside = f" nor in {', '.join(empty)}" if empty else ""
+            problems.append(f"{raw} has no images{inside} (looked for {', '.join(sorted(IMAGE_EXTS))})")
             continue
         for f in found:
             out.setdefault(f.path.resolve(), f)

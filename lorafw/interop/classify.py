@@ -1,0 +1,562 @@
+"""kohya arguments (from any dialect) → lorafw keys. Each setting is honoured, has no effect, or is not honoured.
+
+- Honoured: mapped with kohya's meaning, through the schema's `kohya=` names (config/spec.py), the
+  optimizer catalog, the scheduler table and the network fields; a kohya key left out means kohya's
+  default (`KOHYA_DEFAULTS`), which the recipe then states wherever lorafw's own default differs.
+- No effect: logging, UI state, and values that are kohya's "off" for that key (`NEUTRAL`):
+  `min_timestep = 0` has no effect, `min_timestep = 100` does.
+- Not honoured: everything else. One such setting and the import refuses (lorafw/interop/files.py).
+New lorafw keys with a `kohya=` name, optimizer catalog entries and network fields flow in without code here.
+Why one module over 400 lines: the tables below are the classification; splitting them apart would
+scatter one decision over several files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lorafw.config.schema import _unwrap, iter_keys, kohya_names
+from lorafw.config.spec import FolderSpec, NetworkSpec, RunSpec, SchedulerSpec
+from lorafw.interop.argstrings import Problem, literal_args, network_args, network_value
+from lorafw.interop.dialects import Source
+
+TYPES = {k.path: k.type for k in iter_keys(RunSpec)}
+DEFAULTS = {k.path: k.default for k in iter_keys(RunSpec)}
+
+# optimizer_type as users write it (any case; class paths too) → lorafw optimizer. Catalog entries that
+# carry their own `kohya` aliases add to this (see `optimizer_aliases`).
+OPTIMIZER_ALIASES = {
+    "adamw": "adamw", "torch.optim.adamw": "adamw", "adamw8bit": "adamw8bit", "bitsandbytes.optim.adamw8bit": "adamw8bit",
+    "pagedadamw8bit": "paged_adamw8bit", "lion": "lion", "lion8bit": "lion8bit", "pagedlion8bit": "paged_lion8bit",
+    "sgdnesterov": "sgd_nesterov", "sgdnesterov8bit": "sgd_nesterov8bit", "dadaptation": "dadaptation",
+    "dadaptadam": "dadapt_adam", "dadaptlion": "dadapt_lion", "prodigy": "prodigy", "prodigyopt.prodigy": "prodigy",
+    "adafactor": "adafactor", "came": "came", "came_pytorch.came": "came", "loraeasycustomoptimizer.came.came": "came",
+    "adamwschedulefree": "schedulefree_adamw", "radamschedulefree": "schedulefree_radam",
+}
+REX_CLASS = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
+SCHEDULER_CLASSES = {REX_CLASS.lower(): "rex", "rex_annealing_warm_restarts_(rawr)": "rex", "rex": "rex"}
+SAMPLERS = {"euler_a": "euler_a", "k_euler_a": "euler_a", "euler": "euler", "k_euler": "euler", "ddim": "ddim",
+            "dpmsolver++": "dpmpp_2m", "dpmpp_2m": "dpmpp_2m", "dpmpp_2m_karras": "dpmpp_2m_karras", "lms": "lms",
+            "k_lms": "lms"}
+FOLDER_KEYS = {"image_dir": "path", "num_repeats": "repeats", "conditioning_data_dir": "mask_dir"}
+
+# kohya's default for each key with a kohya name, where it differs from lorafw's (None = kohya leaves it unset,
+# which means the same as lorafw's default). A test checks that every schema kohya name is listed.
+KOHYA_DEFAULTS: dict[str, Any] = {
+    "network_dim": 4, "network_alpha": 1.0, "learning_rate": 2e-6, "mixed_precision": "no",
+    "caption_extension": ".caption", "enable_bucket": False, "cache_latents": False, "save_precision": "fp32",
+    "pretrained_model_name_or_path": None, "vae": None, "network_dropout": None, "unet_lr": None, "text_encoder_lr": None,
+    "warmup_ratio": None, "lr_scheduler_num_cycles": None, "train_data_dir": None, "reg_data_dir": None,
+    "resolution": None, "shuffle_caption": None, "keep_tokens": None, "keep_tokens_separator": None,
+    "caption_dropout_rate": None, "caption_tag_dropout_rate": None, "flip_aug": None, "min_bucket_reso": None,
+    "max_bucket_reso": None, "bucket_reso_steps": None, "bucket_no_upscale": None, "prior_loss_weight": None,
+    "masked_loss": None, "cache_latents_to_disk": None, "cache_text_encoder_outputs": None, "vae_batch_size": None,
+    "max_data_loader_n_workers": None, "max_train_epochs": None, "train_batch_size": None, "batch_size": None,
+    "gradient_accumulation_steps": None, "full_bf16": None, "full_fp16": None, "no_half_vae": None,
+    "gradient_checkpointing": None, "clip_skip": None, "max_token_length": None, "min_snr_gamma": None,
+    "noise_offset": None, "max_grad_norm": None, "torch_compile": None, "dynamo_backend": None, "output_dir": None,
+    "output_name": None, "save_every_n_epochs": None, "sample_prompts": None, "sample_every_n_epochs": None,
+    "sample_every_n_steps": None, "sample_sampler": None, "seed": None,
+    # keys the objective / networks / gpu issues add (kohya's "off" defaults)
+    "v_parameterization": None, "zero_terminal_snr": None, "scale_v_pred_loss_like_noise_pred": None,
+    "v_pred_like_loss": None, "min_timestep": None, "max_timestep": None, "multires_noise_iterations": None,
+    "multires_noise_discount": 0.3, "ip_noise_gamma": None, "ip_noise_gamma_random_strength": None,
+    "noise_offset_random_strength": None, "adaptive_noise_scale": None, "loss_type": "l2", "huber_c": 0.1,
+    "huber_schedule": "snr", "huber_scale": 1.0, "debiased_estimation_loss": None, "scale_weight_norms": None,
+    "max_train_steps": None, "lr_warmup_steps": None, "lr_scheduler_power": 1.0, "network_train_unet_only": None,
+    "network_train_text_encoder_only": None, "stop_text_encoder_training": None, "lr_scheduler": "constant",
+    "optimizer_type": "AdamW", "caption_dropout_every_n_epochs": None, "color_aug": None, "random_crop": None,
+}
+
+# always without effect on the trained weights: why
+NO_EFFECT: dict[str, str] = {
+    "save_model_as": "lorafw always writes .safetensors", "save_toml": "lorafw saves config.yaml and run.json",
+    "persistent_data_loader_workers": "lorafw's loader threads cost nothing to start",
+    "log_with": "lorafw writes TensorBoard and metrics.jsonl", "logging_dir": "lorafw logs into the run folder",
+    "log_prefix": "lorafw logs into the run folder", "log_tracker_name": "", "log_tracker_config": "", "log_config": "",
+    "wandb_api_key": "", "wandb_run_name": "", "save_state": "lorafw always saves resumable state",
+    "save_state_on_train_end": "lorafw always saves resumable state",
+    "save_last_n_epochs_state": "state.pt is replaced each time", "save_last_n_steps_state": "",
+    "save_last_n_epochs": "lorafw keeps every saved epoch", "save_last_n_steps": "lorafw keeps every saved epoch",
+    "save_every_n_steps": "lorafw saves per epoch", "lowram": "memory strategy", "highvram": "memory strategy",
+    "mem_eff_attn": "attention kernel (same result)", "sdpa": "train.attention=sdpa is lorafw's default",
+    "sdxl": "the architecture comes from base_model", "training_comment": "a comment in the LoRA's metadata",
+    "metadata_title": "file metadata", "metadata_author": "file metadata", "metadata_description": "file metadata",
+    "metadata_license": "file metadata", "metadata_tags": "file metadata", "console_log_level": "", "console_log_file": "",
+    "huggingface_repo_id": "uploading", "huggingface_token": "", "huggingface_repo_type": "", "async_upload": "",
+    "huggingface_repo_visibility": "", "huggingface_path_in_repo": "", "save_state_to_huggingface": "",
+    "output_config": "", "config_file": "", "skip_cache_check": "", "mem_eff_save": "", "name": "", "train_mode": "",
+    "num_cpu_threads_per_process": "CPU threads", "disable_mmap_load_safetensors": "loading strategy",
+    "cache_info": "caching bookkeeping", "ddp_timeout": "", "ddp_gradient_as_bucket_view": "", "ddp_static_graph": "",
+}
+# no effect only for these values (kohya's "off"); any other value changes training
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "v2": (False,), "v_parameterization": (False,), "zero_terminal_snr": (False,),
+    "scale_v_pred_loss_like_noise_pred": (False,), "v_pred_like_loss": (0, 0.0), "min_timestep": (0,),
+    "max_timestep": (1000,), "multires_noise_iterations": (0,), "ip_noise_gamma": (0, 0.0),
+    "ip_noise_gamma_random_strength": (False,), "noise_offset_random_strength": (False,),
+    "adaptive_noise_scale": (0, 0.0), "debiased_estimation_loss": (False,), "scale_weight_norms": (0, 0.0),
+    "full_fp16": (False,), "fp8_base": (False,), "fp8_base_unet": (False,), "weighted_captions": (False,),
+    "color_aug": (False,), "random_crop": (False,), "face_crop_aug_range": (None, ""), "alpha_mask": (False,),
+    "caption_dropout_every_n_epochs": (0,), "token_warmup_min": (1,), "token_warmup_step": (0, 0.0),
+    "caption_prefix": ("",), "caption_suffix": ("",), "stop_text_encoder_training": (0,),
+    "network_weights": ("",), "dim_from_weights": (False,), "base_weights": ("", []), "resume": ("",),
+    "no_token_padding": (False,), "train_inpainting": (False,), "multires_noise_discount": (0.3,),
+    "huber_c": (0.1,), "huber_schedule": ("snr",), "huber_scale": (1.0,), "loss_type": ("l2",),
+    "max_train_steps": (), "noise_offset": (0, 0.0), "min_snr_gamma": (0, 0.0), "lr_scheduler_power": (1, 1.0),
+    "secondary_separator": ("",), "enable_wildcard": (False,), "caption_separator": (",",),
+    "min_bucket_reso": (), "network_multiplier": (1, 1.0), "validation_split": (0, 0.0), "validation_seed": (),
+    "resize_interpolation": (None, ""), "class_tokens": (None, ""), "lr_decay_steps": (0,),
+    "dynamo_backend": ("no", "NO"), "dynamo_mode": ("default",), "dynamo_use_fullgraph": (False,),
+    "dynamo_use_dynamic": (False,), "fused_backward_pass": (False,), "sample_at_first": (False,),
+}
+# network_args that are off at these values
+NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
+    "preset": ("full",), "use_tucker": ("false",), "use_cp": ("false",), "use_scalar": ("false",),
+    "bypass_mode": ("false",), "rank_dropout_scale": ("false",), "train_norm": ("false",), "dora_wd": ("false",),
+    "rank_dropout": ("0", "0.0"), "module_dropout": ("0", "0.0"), "dropout": ("0", "0.0", "none"),
+    "decompose_both": ("false",), "factor": ("-1",), "loraplus_lr_ratio": ("0", "0.0"),
+    "loraplus_unet_lr_ratio": ("0", "0.0"), "loraplus_text_encoder_lr_ratio": ("0", "0.0"),
+    "train_on_input": ("true",), "constraint": ("0", "0.0"), "rescaled": ("false",), "block_size": ("1",),
+}
+# better reasons than "lorafw has no such setting"
+WHY: dict[str, str] = {
+    "full_fp16": "lorafw has no full_fp16 yet (issue 18); train.mixed_precision=fp16 or train.full_bf16 come closest",
+    "v2": "SD 2.x is not an architecture lorafw trains (SD1.5 and SDXL)",
+    "max_train_steps": "lorafw counts the run in epochs (train.epochs); set max_train_epochs instead",
+    "network_weights": "lorafw starts a LoRA from zero (continuing from a LoRA file is `lorafw resume` of a run)",
+    "weighted_captions": "lorafw reads (tag:1.2) weights as plain text",
+    "color_aug": "lorafw has no colour augmentation", "random_crop": "lorafw has no random crop",
+    "class_tokens": "lorafw needs a caption file per image (kohya captions the others with class_tokens)",
+    "fp8_base": "lorafw keeps the base model in 16/32 bits",
+}
+BUCKET_KEYS = ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale")
+FLUX_KEYS = ("ae", "t5xxl", "clip_l", "discrete_flow_shift", "model_prediction_type", "timestep_sampling",
+             "guidance_scale", "apply_t5_attn_mask", "t5xxl_max_token_length", "split_mode")
+
+
+@dataclass
+class Imported:
+    """What a file said, as lorafw settings, and what was left behind with why."""
+
+    dialect: str = ""
+    groups: dict[str, str] = field(default_factory=dict)  # config group → option (base_model, optimizer)
+    values: dict[str, Any] = field(default_factory=dict)  # dotted lorafw key → value
+    no_effect: list[Problem] = field(default_factory=list)
+    not_honoured: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    imported_from: dict[str, str] = field(default_factory=dict)  # lorafw key → the kohya key it came from
+
+
+def optimizer_aliases() -> dict[str, str]:
+    """kohya optimizer_type (lower case) → a lorafw optimizer the catalog has."""
+    from lorafw.optim.catalog import OPTIMIZERS
+
+    out = {alias: name for alias, name in OPTIMIZER_ALIASES.items() if name in OPTIMIZERS}
+    for name, info in OPTIMIZERS.items():
+        out[name.lower()] = name
+        for alias in getattr(info, "kohya", ()) or ():
+            out[str(alias).lower()] = name
+        path = getattr(info, "cls_path", "").replace(":", ".").lower()
+        if path:
+            out[path] = name
+    return out
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """A kohya value (TOML/JSON, often a string in GUI files) as the lorafw key's type. Raises ValueError."""
+    inner, optional = _unwrap(tp)
+    if value is None or value == "":
+        if optional:
+            return None
+        raise ValueError("empty")
+    origin = typing.get_origin(inner)
+    if origin is Literal:
+        allowed = typing.get_args(inner)
+        for a in allowed:
+            if str(a) == str(value).strip() or (isinstance(a, int) and _is_number(value) and float(value) == a):
+                return a
+        raise ValueError(f"not one of {', '.join(map(str, allowed))}")
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("true", "false", "1", "0"):
+            return str(value).strip().lower() in ("true", "1")
+        raise ValueError("not true or false")
+    if inner is int:
+        f = float(value)
+        if not f.is_integer():
+            raise ValueError("not a whole number")
+        return int(f)
+    if inner is float:
+        return float(value)
+    if origin is tuple:
+        seq = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        item = typing.get_args(inner)[0]
+        return [coerce(x, item) for x in seq]
+    if inner is str:
+        return str(value)
+    return value
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return not isinstance(v, bool)
+    except (TypeError, ValueError):
+        return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _is_number(a) and _is_number(b):
+        return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, bool):
+        return a.strip().lower() == str(b).lower()
+    return a == b or (isinstance(a, str) and isinstance(b, str) and a.strip() == b.strip())
+
+
+class Classifier:
+    """Runs once per import; `imp` collects the result."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.imp = Imported(dialect=src.dialect, no_effect=list(src.no_effect), not_honoured=list(src.problems),
+                            notes=list(src.notes))
+        self.direct = kohya_names(RunSpec)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def set(self, key: str, value: Any, origin: str) -> None:
+        self.imp.values[key] = value
+        self.imp.imported_from[key] = origin
+
+    def refuse(self, key: str, value: Any, why: str) -> None:
+        self.imp.not_honoured.append(Problem(key, value, why))
+
+    def none(self, key: str, value: Any, why: str = "") -> None:
+        self.imp.no_effect.append(Problem(key, value, why))
+
+    def direct_value(self, kohya: str, value: Any) -> None:
+        path = self.direct[kohya]
+        try:
+            self.set(path, coerce(value, TYPES[path]), kohya)
+        except (ValueError, TypeError) as e:
+            self.refuse(kohya, value, f"malformed for {path} ({e})")
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> Imported:
+        args = dict(self.src.args)
+        folders = self.dataset(args)
+        for k in [k for k in FLUX_KEYS if args.get(k) not in (None, "", False)]:
+            self.refuse(k, args.pop(k), "a FLUX.1 setting: FLUX.1 is not an architecture lorafw trains (SD1.5 and SDXL)")
+        self.optimizer(args)
+        self.scheduler(args)
+        self.network(args)
+        self.translated(args)
+        for k, v in args.items():
+            if v is None:
+                continue
+            if k in NEUTRAL and any(_same(v, n) for n in NEUTRAL[k]):
+                self.none(k, v, "kohya's default: off")
+            elif k in BUCKET_KEYS and _same(args.get("enable_bucket", False), False):
+                self.none(k, v, "enable_bucket = false: no buckets")
+            elif k in self.direct:
+                self.direct_value(k, v)
+            elif k in NO_EFFECT:
+                self.none(k, v, NO_EFFECT[k])
+            else:
+                self.refuse(k, v, WHY.get(k, "lorafw has no such setting"))
+        self.kohya_defaults(args)
+        if folders:
+            self.set("dataset.folders", folders, "subsets")
+        self.architecture()
+        return self.imp
+
+    def dataset(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """kohya's fallbacks: subset > [[datasets]] > [general] > config-file arguments > defaults."""
+        doc = self.src.dataset
+        if not doc:
+            return []
+        for k in ("train_data_dir", "reg_data_dir", "in_json"):
+            if args.get(k):
+                self.none(k, args.pop(k), "sd-scripts ignores it when a dataset config is given")
+        general = dict(doc.get("general", {}))
+        datasets = list(doc.get("datasets", []))
+        subsets: list[dict[str, Any]] = []
+        level: dict[str, Any] = {}
+        for i, d in enumerate(datasets):
+            own = {k: v for k, v in d.items() if k != "subsets"}
+            if i == 0:
+                level = own
+            elif own != level:
+                diff = sorted(k for k in set(own) | set(level) if own.get(k) != level.get(k))
+                self.refuse(f"datasets[{i}]", {k: own.get(k) for k in diff},
+                            "several [[datasets]] with different settings; lorafw has one dataset-wide setting each")
+            subsets += list(d.get("subsets", []))
+        merged = {**general, **level}
+        if "batch_size" in merged:
+            args.pop("train_batch_size", None)
+        args.update(merged)  # dataset config values win over the config file's
+        folders = []
+        folder_fields = {f.name: f for f in dataclasses.fields(FolderSpec)}
+        folder_types = typing.get_type_hints(FolderSpec)
+        for i, sub in enumerate(subsets):
+            entry: dict[str, Any] = {}
+            for k, v in sub.items():
+                name = FOLDER_KEYS.get(k, k)
+                if v is None:
+                    continue
+                if name in folder_fields:
+                    try:
+                        entry[name] = coerce(v, folder_types[name])
+                    except (ValueError, TypeError) as e:
+                        self.refuse(f"subsets[{i}].{k}", v, f"malformed ({e})")
+                elif k in NEUTRAL and any(_same(v, n) for n in NEUTRAL[k]):
+                    self.none(f"subsets[{i}].{k}", v, "kohya's default: off")
+                elif k in ("name",):
+                    self.none(f"subsets[{i}].{k}", v, "a label")
+                else:
+                    self.refuse(f"subsets[{i}].{k}", v, WHY.get(k, "lorafw has no such per-folder setting"))
+            entry.setdefault("repeats", 1)  # kohya's num_repeats default
+            folders.append(entry)
+        return folders
+
+    def optimizer(self, args: dict[str, Any]) -> None:
+        from lorafw.optim.catalog import OPTIMIZERS
+
+        raw = args.pop("optimizer_type", None) or "AdamW"
+        if args.pop("use_8bit_adam", False):
+            raw = "AdamW8bit"
+        name = optimizer_aliases().get(str(raw).lower())
+        problems: list[Problem] = []
+        opt_args = literal_args(args.pop("optimizer_args", None), "optimizer_args", problems)
+        self.imp.not_honoured += problems
+        if name is None:
+            self.refuse("optimizer_type", raw, f"not an optimizer lorafw has ({', '.join(OPTIMIZERS)})")
+            return
+        from pathlib import Path
+
+        from lorafw.config.compose import conf_dir
+
+        if (Path(conf_dir()) / "optimizer" / f"{name}.yaml").is_file():
+            self.imp.groups["optimizer"] = name  # its option file holds the library's defaults
+        self.set("optimizer.name", name, "optimizer_type")
+        info = OPTIMIZERS[name]
+        for k, v in opt_args.items():
+            if k == "weight_decay" and _is_number(v):
+                self.set("optimizer.weight_decay", float(v), "optimizer_args.weight_decay")
+            elif k == "betas" and isinstance(v, (list, tuple)) and all(_is_number(b) for b in v):
+                self.set("optimizer.betas", [float(b) for b in v], "optimizer_args.betas")
+            elif k in info.args:
+                self.set(f"optimizer.args.{k}", list(v) if isinstance(v, tuple) else v, f"optimizer_args.{k}")
+            else:
+                self.refuse(f"optimizer_args.{k}", v, f"not an argument lorafw's {name} takes "
+                                                      f"(weight_decay, betas, {', '.join(sorted(info.args))})")
+
+    def scheduler(self, args: dict[str, Any]) -> None:
+        from lorafw.optim.catalog import SCHEDULERS
+
+        name_raw = args.pop("lr_scheduler", None) or "constant"
+        cls = args.pop("lr_scheduler_type", None)
+        key, raw = ("lr_scheduler_type", cls) if cls else ("lr_scheduler", name_raw)
+        name = SCHEDULER_CLASSES.get(str(raw).lower(), str(raw).lower())
+        if cls and name == str(cls).lower():
+            name = None  # a class path lorafw has no copy of
+        if name is not None and name.startswith("adafactor"):
+            name = "adafactor"
+        if name not in SCHEDULERS:
+            self.refuse(key, raw, f"not a scheduler lorafw has ({', '.join(SCHEDULERS)})")
+            for k in ("lr_scheduler_args", "lr_warmup_steps", "warmup_ratio", "lr_scheduler_num_cycles", "lr_scheduler_power"):
+                if args.get(k) not in (None, "", []):
+                    self.refuse(k, args.pop(k), f"goes with {key} = {raw}, refused above")
+            return
+        if cls:
+            self.none("lr_scheduler", name_raw, f"lr_scheduler_type = {cls} takes its place")
+        used = SCHEDULERS[name]
+        self.set("scheduler.name", name, key)
+        fields = {f.name for f in dataclasses.fields(SchedulerSpec)}
+        problems: list[Problem] = []
+        for k, v in literal_args(args.pop("lr_scheduler_args", None), "lr_scheduler_args", problems).items():
+            if k in fields and k != "name" and (k in used or not used):
+                self.set(f"scheduler.{k}", v, f"lr_scheduler_args.{k}")
+            elif name == "rex" and k == "cycle_multiplier" and _same(v, 1):
+                self.none(f"lr_scheduler_args.{k}", v, "1: every cycle as long")
+            else:
+                self.refuse(f"lr_scheduler_args.{k}", v, f"not a setting of lorafw's {name} scheduler")
+        self.imp.not_honoured += problems
+        ratio_key = None
+        if "warmup_ratio" in args:
+            ratio_key, ratio = "warmup_ratio", args.pop("warmup_ratio")
+        elif "lr_warmup_steps" in args:
+            ratio_key, ratio = "lr_warmup_steps", args.pop("lr_warmup_steps")
+        else:
+            ratio = 0
+        if isinstance(ratio, str) and ratio.endswith("%"):
+            ratio = float(ratio[:-1]) / 100
+        warm_steps = _is_number(ratio) and float(ratio) >= 1
+        if "warmup_ratio" in used:
+            if warm_steps and "warmup_steps" in fields:
+                self.set("scheduler.warmup_steps", int(float(ratio)), str(ratio_key))
+            elif warm_steps:
+                self.refuse(str(ratio_key), ratio, "a warmup in steps; lorafw takes it as a ratio of the run's steps "
+                                                   "(scheduler.warmup_ratio)")
+                self.imp.values["scheduler.warmup_ratio"] = 0.0  # what a --lenient recipe trains (its header says so)
+            else:
+                self.set("scheduler.warmup_ratio", float(ratio or 0), str(ratio_key or "lr_warmup_steps"))
+        elif ratio_key and _is_number(ratio) and float(ratio):
+            self.none(str(ratio_key), ratio, f"the {name} scheduler has no warmup (as in sd-scripts)")
+        cycles = args.pop("lr_scheduler_num_cycles", None)
+        if "num_cycles" in used:
+            self.set("scheduler.num_cycles", int(float(cycles or 1)), "lr_scheduler_num_cycles")
+        elif cycles is not None:
+            self.none("lr_scheduler_num_cycles", cycles, f"not used by the {name} scheduler")
+        power = args.pop("lr_scheduler_power", None)
+        if power is not None:
+            if "power" in used:
+                self.set("scheduler.power", float(power), "lr_scheduler_power")
+            elif name != "polynomial":
+                self.none("lr_scheduler_power", power, f"not used by the {name} scheduler")
+            else:
+                self.refuse("lr_scheduler_power", power, "lorafw's polynomial scheduler has no power setting")
+
+    def network(self, args: dict[str, Any]) -> None:
+        module = str(args.pop("network_module", None) or "networks.lora")
+        problems: list[Problem] = []
+        nargs = network_args(args.pop("network_args", None), problems)
+        self.imp.not_honoured += problems
+        algos = typing.get_args(_unwrap(typing.get_type_hints(NetworkSpec)["algo"])[0])
+        fields = typing.get_type_hints(NetworkSpec)
+        if module.endswith(("_flux", "lora_sd3", "lora_hunyuan_image", "lora_anima", "lora_lumina", "oft_flux")):
+            self.refuse("network_module", module, "not an architecture lorafw trains (SD1.5 and SDXL)")
+            return
+        if module == "lycoris.kohya":
+            algo = (nargs.pop("algo", "lora") or "lora").lower().strip("'")
+            if algo in ("lora", "locon"):
+                algo = "locon"
+                nargs.setdefault("conv_dim", str(args.get("network_dim") or 4))  # LyCORIS: conv_dim defaults to dim
+                nargs.setdefault("conv_alpha", str(args.get("network_alpha") or 1))
+        elif module == "networks.lora":
+            algo = "locon" if "conv_dim" in nargs else "lora"
+            if algo == "locon":
+                nargs.setdefault("conv_alpha", "1")  # kohya's networks.lora default
+        elif module in ("networks.loha", "networks.lokr"):
+            algo = module.rsplit(".", 1)[1]
+        else:
+            self.refuse("network_module", module, "a network lorafw does not train (it has "
+                                                  f"{', '.join(algos)})")
+            return
+        if algo not in algos:
+            if module == "lycoris.kohya":
+                self.refuse("network_args.algo", algo, f"lorafw trains {', '.join(algos)}")
+                self.none("network_module", module, "LyCORIS: network_args.algo names the network")
+            else:
+                self.refuse("network_module", module, f"a {algo} network; lorafw trains {', '.join(algos)}")
+            for k, text in nargs.items():
+                self.refuse(f"network_args.{k}", text, f"goes with the {algo} network, refused above")
+            return
+        self.set("network.algo", algo, "network_module")
+        for k, text in nargs.items():
+            target = self.direct.get(k) or (f"network.{k}" if k in fields else None)
+            if target == "network.dropout" and module == "lycoris.kohya":
+                target = None if text.lower() in ("0", "0.0", "none") else target
+            if target:
+                tp = _unwrap(TYPES.get(target, fields.get(k)))[0]
+                try:
+                    self.set(target, network_value(text, tp if tp in (bool, int, float) else str), f"network_args.{k}")
+                except ValueError as e:
+                    self.refuse(f"network_args.{k}", text, f"malformed ({e})")
+            elif k in NETWORK_NEUTRAL and text.strip().lower().strip("'") in NETWORK_NEUTRAL[k]:
+                self.none(f"network_args.{k}", text, "kohya's default: off")
+            else:
+                self.refuse(f"network_args.{k}", text, f"lorafw's {algo} has no such setting")
+
+    def translated(self, args: dict[str, Any]) -> None:
+        """Keys whose values need translating before they are lorafw values."""
+        if "resolution" in args:
+            v = args.pop("resolution")
+            seq = [x for x in (v if isinstance(v, (list, tuple)) else str(v).split(","))]
+            try:
+                sides = [int(float(x)) for x in seq]
+            except ValueError:
+                sides = []
+            if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):
+                self.set("dataset.resolution", sides[0], "resolution")
+            else:
+                self.refuse("resolution", v, "lorafw trains a square area (resolution²; buckets keep each shape)")
+        if "mixed_precision" in args:
+            v = str(args.pop("mixed_precision"))
+            if v in ("no", "fp16", "bf16"):
+                self.set("train.mixed_precision", v, "mixed_precision")
+            else:
+                self.refuse("mixed_precision", v, "not no, fp16 or bf16")
+        if "sample_sampler" in args:
+            v = args.pop("sample_sampler")
+            if str(v).lower() in SAMPLERS:
+                self.set("sample.sampler", SAMPLERS[str(v).lower()], "sample_sampler")
+            else:
+                self.none("sample_sampler", v, "previews only; lorafw renders them with euler_a")
+        if "num_processes" in args:  # accelerate's data-parallel processes (the GUI saves it)
+            try:
+                self.set("train.num_processes", int(float(args.pop("num_processes"))), "num_processes")
+            except (TypeError, ValueError):
+                self.refuse("num_processes", args.get("num_processes"), "not a whole number")
+        if "v_parameterization" in args and _same(args["v_parameterization"], True):
+            self.set("train.prediction_type", "v_prediction", args.pop("v_parameterization") and "v_parameterization")
+        if "sample_prompt_lines" in args:
+            self.set("sample.prompts", args.pop("sample_prompt_lines"), "sample_prompts")
+        te_only = args.pop("network_train_text_encoder_only", False)
+        unet_only = args.pop("network_train_unet_only", False)
+        if unet_only is False or str(unet_only).lower() == "false":
+            self.none("network_train_unet_only", unet_only, "off")
+        if te_only is False or str(te_only).lower() == "false":
+            self.none("network_train_text_encoder_only", te_only, "off")
+        if unet_only is True or str(unet_only).lower() == "true":
+            self.set("optimizer.text_encoder_lr", 0.0, "network_train_unet_only")
+            if args.get("text_encoder_lr") not in (None, 0, 0.0):
+                self.none("text_encoder_lr", args.pop("text_encoder_lr"), "network_train_unet_only: no text-encoder training")
+        elif unet_only is not None and str(unet_only).lower() != "false":
+            self.refuse("network_train_unet_only", unet_only, "not true or false")
+        if te_only is True or str(te_only).lower() == "true":
+            self.set("optimizer.unet_lr", 0.0, "network_train_text_encoder_only")
+            if args.get("unet_lr") not in (None, 0, 0.0):
+                self.none("unet_lr", args.pop("unet_lr"), "network_train_text_encoder_only: no UNet training")
+        for k in ("xformers", "mem_eff_attn"):
+            if args.get(k) is True and k == "xformers":
+                self.set("train.attention", "xformers", "xformers")
+                args.pop(k)
+            elif k in args and not args[k]:
+                self.none(k, args.pop(k), "off")
+        if isinstance(args.get("text_encoder_lr"), (list, tuple)):  # the GUI's [te1, te2] list
+            lrs = args.pop("text_encoder_lr")
+            if len(set(lrs)) == 1:
+                self.set("optimizer.text_encoder_lr", float(lrs[0]), "text_encoder_lr")
+            else:
+                self.refuse("text_encoder_lr", lrs, "one learning rate per text encoder; lorafw has one for both")
+
+    def kohya_defaults(self, args: dict[str, Any]) -> None:
+        """A key the file leaves out means kohya's default: state it where lorafw's differs."""
+        given = set(self.imp.imported_from.values()) | set(args)
+        for kohya, path in self.direct.items():
+            default = KOHYA_DEFAULTS.get(kohya)
+            if default is None or kohya in given or path in self.imp.values:
+                continue
+            if DEFAULTS.get(path) != default:
+                self.set(path, coerce(default, TYPES[path]), f"{kohya} (kohya's default)")
+        if "train.epochs" not in self.imp.values and not any(p.key == "max_train_steps" for p in self.imp.not_honoured):
+            self.refuse("max_train_epochs", None, "not set: sd-scripts then trains max_train_steps = 1600 steps; "
+                                                  "lorafw counts the run in epochs, set max_train_epochs")
+
+    def architecture(self) -> None:
+        src = self.src
+        if src.arch:
+            self.imp.groups["base_model"] = src.arch
+            self.imp.notes.append(f"base_model={src.arch}: {src.arch_why}")
+        else:
+            self.imp.groups["base_model"] = "auto"
+            self.imp.notes.append("base_model=auto: the architecture comes from the checkpoint's own tensors")
+
+
+def classify(src: Source) -> Imported:
+    return Classifier(src).run()

@@ -1,0 +1,317 @@
+"""`lorafw import` in every dialect: each setting honoured, without effect, or named as not honoured.
+
+Fixtures (tests/fixtures/import/) are our own files in each dialect's shape; the Colab's form options are
+restated below as the config its notebook writes for them (`colab_xl`), so every option is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+
+from lorafw.config.compose import compose_dict
+from lorafw.config.schema import kohya_names
+from lorafw.config.spec import NetworkSpec, RunSpec
+from lorafw.config.validate import spec_from_dict
+from lorafw.interop.argstrings import Problem, items_of, literal_args, network_args
+from lorafw.interop.classify import KOHYA_DEFAULTS, NEUTRAL, optimizer_aliases
+from lorafw.interop.dialects import detect, from_gui_json
+from lorafw.interop.importer import import_config, load_source, report, write_recipe
+from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
+
+FIX = Path(__file__).parent / "fixtures" / "import"
+NAMES = kohya_names(RunSpec)
+ALGOS = typing.get_args(typing.get_type_hints(NetworkSpec)["algo"])
+
+
+def lacks(p: Problem) -> bool:
+    """Whether a refused setting is one lorafw truly lacks (never a setting it has, dropped)."""
+    top = p.key.split(".")[0].split("[")[0]
+    if "lorafw refuses it" in p.why or "refused above" in p.why:  # a value outside what lorafw's own validation allows
+        return True
+    if top == "optimizer_type":
+        return str(p.value).lower() not in optimizer_aliases()
+    if top in ("lr_scheduler", "lr_scheduler_type"):
+        return str(p.value).lower() not in SCHEDULERS
+    if p.key == "network_args.algo" or top == "network_module":
+        return p.value not in ALGOS
+    if top in ("optimizer_args", "network_args", "lr_scheduler_args"):
+        return "not an argument" in p.why or "no such setting" in p.why or "not a setting" in p.why
+    return top not in NAMES or "warmup in steps" in p.why
+
+
+def spec_of(imp, tmp_path: Path):
+    recipe = write_recipe(imp, "test", tmp_path / "r.yaml", lenient=True)
+    extra = [] if imp.values.get("dataset.folders") or imp.values.get("dataset.root") else ["dataset.root=/d"]
+    if "base_model.path" not in imp.values:
+        extra.append("base_model.path=/m.safetensors")
+    spec, _ = spec_from_dict(compose_dict(str(recipe), extra), check_paths=False, need_model=False)
+    return spec
+
+
+def accounted(imp, args: dict) -> set[str]:
+    """Source keys that the result neither imported, nor called without effect, nor refused."""
+    seen = {o.split(" ")[0].split(".")[0].split("[")[0] for o in imp.imported_from.values()}
+    seen |= {p.key.split(".")[0].split("[")[0] for p in imp.no_effect + imp.not_honoured}
+    return {k for k, v in args.items() if v not in ([], "", None)} - seen - {"dataset_config"}
+
+
+# -- argument strings -----------------------------------------------------------------------------------
+def test_optimizer_args_are_parsed_as_sd_scripts_parses_them():
+    probs: list[Problem] = []
+    got = literal_args(["betas=[0.9,0.99]", "eps=1e-8", "decouple=True", "d0=None", "name='x'", "b2=0.9,0.99"],
+                       "optimizer_args", probs)
+    assert got == {"betas": [0.9, 0.99], "eps": 1e-8, "decouple": True, "d0": None, "name": "x", "b2": (0.9, 0.99)}
+    assert probs == []
+    bad = literal_args(["betas=[0.9", "mode=fast", "a=b=c", "novalue"], "optimizer_args", probs)
+    assert bad == {} and [p.key for p in probs] == ["optimizer_args.betas", "optimizer_args.mode", "optimizer_args", "optimizer_args"]
+    assert all(isinstance(p.why, str) and p.why for p in probs)
+
+
+def test_the_three_shapes_of_an_argument_list():
+    assert items_of('"weight_decay=0.1" "betas=0.9,0.99"') == ["weight_decay=0.1", "betas=0.9,0.99"]  # the GUI's string
+    assert items_of({"decouple": "true", "betas": "0.9,0.99"}, optimizer=True) == ["decouple=True", "betas=0.9,0.99"]
+    assert items_of({"block_dims": [2, 4], "preset": ""}) == ["block_dims=2,4"]  # GUI trainer: lists joined, empty preset left out
+    probs: list[Problem] = []
+    assert network_args(["conv_dim=4", "algo=lokr", "preset=attn-mlp"], probs) == {"conv_dim": "4", "algo": "lokr", "preset": "attn-mlp"}
+
+
+# -- the Colab ----------------------------------------------------------------------------------------------
+def colab_pair(tmp_path: Path, **edit) -> Path:
+    """The XL Colab's pair in a folder, with `section.key=value` edits (None removes a key)."""
+    import tomllib
+
+    import tomli_w
+
+    folder = tmp_path / "colab"
+    folder.mkdir(exist_ok=True)
+    doc = tomllib.loads((FIX / "colab_xl_training_config.toml").read_text())
+    for dotted, value in edit.items():
+        section, key = dotted.split("__")
+        if value is None:
+            doc[section].pop(key, None)
+        else:
+            doc[section][key] = value
+    (folder / "training_config.toml").write_text(tomli_w.dumps(doc))
+    shutil.copy(FIX / "colab_xl_dataset_config.toml", folder / "dataset_config.toml")
+    return folder / "training_config.toml"
+
+
+def test_the_colab_xl_defaults_carry_every_training_value_or_name_what_lorafw_lacks(tmp_path):
+    imp = import_config(colab_pair(tmp_path))
+    assert imp.dialect == "Colab XL + dataset config" and imp.groups["base_model"] == "sdxl"  # never sd15
+    assert all(lacks(p) for p in imp.not_honoured), imp.not_honoured
+    assert not accounted(imp, load_source(tmp_path / "colab" / "training_config.toml").args)
+    s = spec_of(imp, tmp_path)
+    assert (s.optimizer.name, s.optimizer.weight_decay, s.optimizer.betas) == ("adamw8bit", 0.1, (0.9, 0.99))  # no traceback
+    assert (s.optimizer.unet_lr, s.optimizer.text_encoder_lr, s.network.dim, s.network.alpha) == (3e-4, 6e-5, 8, 4.0)
+    assert (s.scheduler.name, s.scheduler.num_cycles, s.train.min_snr_gamma, s.train.epochs) == ("cosine_with_restarts", 3, 8.0, 10)
+    assert (s.train.batch_size, s.train.max_token_length, s.train.mixed_precision, s.train.no_half_vae) == (4, 225, "fp16", True)
+    assert (s.dataset.resolution, s.dataset.keep_tokens, s.dataset.shuffle_caption, s.dataset.max_bucket_reso) == (1024, 1, True, 4096)
+    assert [(f.path, f.repeats) for f in s.dataset.folders] == [("/content/drive/MyDrive/Loras/kafka/dataset", 2)]
+    assert {"min_timestep", "max_timestep", "lowram", "log_prefix", "save_last_n_epochs"} <= {p.key for p in imp.no_effect}
+
+
+COLAB_OPTIMIZERS = {  # the form's optimizer → what the notebook writes (recommended values on)
+    "AdamW8bit": ("AdamW8bit", ["weight_decay=0.1", "betas=[0.9,0.99]"]),
+    "Prodigy": ("Prodigy", ["decouple=True", "weight_decay=0.01", "betas=[0.9,0.999]", "d_coef=2",
+                            "use_bias_correction=True", "safeguard_warmup=True"]),
+    "DAdaptation": ("DAdaptation", None), "DadaptAdam": ("DadaptAdam", None), "DadaptLion": ("DadaptLion", None),
+    "AdamW": ("AdamW", None), "Lion": ("Lion", None), "SGDNesterov": ("SGDNesterov", None),
+    "SGDNesterov8bit": ("SGDNesterov8bit", None),
+    "AdaFactor": ("AdaFactor", ["scale_parameter=False", "relative_step=False", "warmup_init=False"]),
+    "Came": ("LoraEasyCustomOptimizer.came.CAME", ["weight_decay=0.04"]),
+}
+
+
+@pytest.mark.parametrize("option", sorted(COLAB_OPTIMIZERS))
+def test_each_colab_optimizer(option, tmp_path):
+    kind, args = COLAB_OPTIMIZERS[option]
+    imp = import_config(colab_pair(tmp_path, optimizer_arguments__optimizer_type=kind,
+                                   optimizer_arguments__optimizer_args=args))
+    assert all(lacks(p) for p in imp.not_honoured), imp.not_honoured
+    if not any(p.key.startswith("optimizer") for p in imp.not_honoured):
+        s = spec_of(imp, tmp_path)
+        assert s.optimizer.name == optimizer_aliases()[kind.lower()]
+        if option == "Prodigy":
+            assert s.optimizer.args == {"decouple": True, "d_coef": 2, "use_bias_correction": True, "safeguard_warmup": True}
+
+
+@pytest.mark.parametrize("option", ["constant", "cosine", "cosine_with_restarts", "constant_with_warmup", "linear",
+                                    "polynomial", "rex"])
+def test_each_colab_scheduler(option, tmp_path):
+    edit: dict = {"optimizer_arguments__lr_scheduler": option, "optimizer_arguments__lr_warmup_steps": None,
+                  "optimizer_arguments__lr_scheduler_num_cycles": None}
+    if option == "cosine_with_restarts":
+        edit["optimizer_arguments__lr_scheduler_num_cycles"] = 3
+    if option == "polynomial":
+        edit["optimizer_arguments__lr_scheduler_power"] = 3
+    if option not in ("cosine", "constant", "rex"):
+        edit["optimizer_arguments__lr_warmup_steps"] = 0.05  # a ratio: honoured wherever the scheduler has warmup
+    if option == "rex":  # the notebook: lr_scheduler=cosine + the REX class, steps from its own count
+        edit.update(optimizer_arguments__lr_scheduler="cosine", optimizer_arguments__lr_scheduler_type=
+                    "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts",
+                    optimizer_arguments__lr_scheduler_args=["min_lr=1e-9", "gamma=0.9", "d=0.9",
+                                                            "first_cycle_max_steps=333", "warmup_steps=16"])
+    imp = import_config(colab_pair(tmp_path, **edit))
+    assert all(lacks(p) for p in imp.not_honoured), imp.not_honoured
+    if not imp.not_honoured:
+        s = spec_of(imp, tmp_path)
+        assert s.scheduler.name == option
+        if option == "constant_with_warmup":
+            assert s.scheduler.warmup_ratio == 0.05
+
+
+@pytest.mark.parametrize("option", ["LoRA", "LoCon", "vpred", "xformers", "full bf16", "mixed bf16", "float"])
+def test_other_colab_options(option, tmp_path):
+    edit = {
+        "LoRA": {}, "LoCon": {"network_arguments__network_args": ["conv_dim=16", "conv_alpha=8"]},
+        "vpred": {"training_arguments__v_parameterization": True, "training_arguments__zero_terminal_snr": True,
+                  "training_arguments__scale_v_pred_loss_like_noise_pred": True},
+        "xformers": {"training_arguments__xformers": True, "training_arguments__sdpa": False},
+        "full bf16": {"training_arguments__mixed_precision": "bf16", "training_arguments__full_fp16": False,
+                      "training_arguments__full_bf16": True},
+        "mixed bf16": {"training_arguments__mixed_precision": "bf16", "training_arguments__full_fp16": False},
+        "float": {"training_arguments__mixed_precision": "no", "training_arguments__full_fp16": False},
+    }[option]
+    imp = import_config(colab_pair(tmp_path, **edit))
+    assert all(lacks(p) for p in imp.not_honoured), imp.not_honoured
+    s = spec_of(imp, tmp_path)
+    if option == "LoCon":
+        assert (s.network.algo, s.network.conv_dim, s.network.conv_alpha) == ("locon", 16, 8.0)
+    if option == "xformers":
+        assert s.train.attention == "xformers"
+    if option == "full bf16":
+        assert (s.train.mixed_precision, s.train.full_bf16) == ("bf16", True)
+        assert "full_fp16" not in {p.key for p in imp.not_honoured}
+    if option == "float":
+        assert s.train.mixed_precision == "no"
+    if option == "vpred":  # changes training: carried over, or refused by name — never dropped
+        got = {p.key for p in imp.not_honoured} | {o for o in imp.imported_from.values()}
+        assert {"v_parameterization", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred"} <= got
+
+
+# -- the bmaltais GUI's JSON ------------------------------------------------------------------------------
+def test_a_gui_json_imports_faithfully(tmp_path):
+    imp = import_config(FIX / "gui_sdxl_standard.json")
+    assert imp.dialect == "bmaltais GUI JSON" and imp.groups["base_model"] == "sdxl"
+    assert imp.not_honoured == []
+    assert not accounted(imp, from_gui_json(json.loads((FIX / "gui_sdxl_standard.json").read_text())).args)
+    s = spec_of(imp, tmp_path)
+    assert (s.train.epochs, s.seed, s.train.max_grad_norm, s.train.full_bf16, s.train.attention) == (12, 1234, 0.5, True, "sdpa")
+    assert (s.scheduler.name, s.scheduler.warmup_ratio, s.train.noise_offset) == ("constant_with_warmup", 0.08, 0.0357)
+    assert (s.optimizer.name, s.optimizer.weight_decay, s.optimizer.betas) == ("adamw8bit", 0.1, (0.9, 0.99))
+    assert (s.optimizer.lr, s.optimizer.unet_lr, s.optimizer.text_encoder_lr) == (1e-4, 1e-4, 5e-5)
+    assert (s.dataset.resolution, s.dataset.keep_tokens, s.dataset.bucket_no_upscale, s.train.max_token_length) == (1024, 1, True, 225)
+    assert (s.network.algo, s.network.dim, s.network.alpha, s.output.save_precision) == ("lora", 32, 16.0, "bf16")
+    why = {p.key: p.why for p in imp.no_effect}
+    assert "noise_offset_type" not in why and why["multires_noise_discount"].startswith("noise_offset_type = Original")
+    assert why["conv_dim"] == "not used by LoRA_type = Standard"
+
+
+def test_a_gui_json_lokr_is_refused_naming_only_what_lorafw_lacks(tmp_path, capsys):
+    from lorafw.cli import main
+
+    imp = import_config(FIX / "gui_sd15_lokr_prodigy.json")
+    refused = {p.key: p.value for p in imp.not_honoured}
+    assert all(lacks(p) for p in imp.not_honoured), imp.not_honoured
+    if "lokr" not in ALGOS:
+        assert refused["network_args.algo"] == "lokr"  # LoKr never becomes LoRA
+    assert imp.groups["base_model"] == "sd15" and "optimizer_args.decouple" not in refused
+    out = tmp_path / "r.yaml"
+    assert main(["import", str(FIX / "gui_sd15_lokr_prodigy.json"), "--out", str(out), "--json"]) == (2 if refused else 0)
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep) >= {"recipe", "dialect", "imported", "no_effect", "not_honoured"}
+    assert rep["recipe"] is None and not out.exists() and {r["key"] for r in rep["not_honoured"]} == set(refused)
+
+
+def test_flux_is_refused_by_name(capsys):
+    from lorafw.cli import main
+
+    imp = import_config(FIX / "gui_flux.json")
+    refused = {p.key: p.why for p in imp.not_honoured}
+    assert "FLUX" in refused["flux1_checkbox"] and "not an architecture lorafw trains" in refused["LoRA_type"]
+    assert main(["import", str(FIX / "gui_flux.json")]) == 2
+    assert "LoRA_type = 'Flux1'" in capsys.readouterr().out
+
+
+def test_presets_never_exit_0_with_a_training_setting_dropped(tmp_path):
+    """Every fixture: what the file says is imported, said to have no effect, or refused; nothing else."""
+    for f in sorted(FIX.glob("gui_*.json")):
+        imp = import_config(f)
+        assert not accounted(imp, from_gui_json(json.loads(f.read_text())).args), f
+
+
+# -- sd-scripts TOML ----------------------------------------------------------------------------------------
+def test_a_key_left_out_means_kohyas_default(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[a]\npretrained_model_name_or_path = "/nowhere/x.safetensors"\nmax_train_epochs = 3\n'
+                 'train_data_dir = "/d"\nresolution = "512"\n')
+    imp = import_config(f)
+    assert imp.not_honoured == [] and imp.groups["base_model"] == "auto"  # the checkpoint will say
+    s = spec_of(imp, tmp_path)
+    assert (s.network.dim, s.network.alpha, s.optimizer.lr, s.train.mixed_precision) == (4, 1.0, 2e-6, "no")
+    assert (s.dataset.caption_extension, s.dataset.enable_bucket, s.dataset.cache_latents) == (".caption", False, False)
+    assert s.base_model.arch == "auto"
+
+
+def test_every_schema_kohya_name_has_its_kohya_default():
+    missing = sorted(set(NAMES) - set(KOHYA_DEFAULTS))
+    assert not missing, f"add kohya's default for {missing} to KOHYA_DEFAULTS (None: same as lorafw's)"
+
+
+def test_neutral_values_only_for_kohyas_off_values(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('max_train_epochs = 3\nresolution = 512\nmin_timestep = 0\nmax_timestep = 1000\nv2 = false\n')
+    assert not import_config(f).not_honoured
+    f.write_text('max_train_epochs = 3\nresolution = 512\nmin_timestep = 100\nv2 = true\n')
+    refused = {p.key for p in import_config(f).not_honoured}
+    assert "v2" in refused and ("min_timestep" in refused or "min_timestep" in NAMES)
+    assert NEUTRAL["min_timestep"] == (0,)
+
+
+def test_a_malformed_value_is_named_not_a_traceback(tmp_path, capsys):
+    from lorafw.cli import main
+
+    f = tmp_path / "c.toml"
+    f.write_text('max_train_epochs = 3\nresolution = 512\noptimizer_args = ["betas=[0.9"]\nnetwork_dim = "x"\n')
+    assert main(["import", str(f), "--out", str(tmp_path / "r.yaml")]) == 2
+    out = capsys.readouterr().out
+    assert "optimizer_args.betas = '[0.9'" in out and "network_dim = 'x': malformed" in out
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["import", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_detection_from_content():
+    assert detect({"LoRA_type": "Standard"}, True) == "bmaltais GUI JSON"
+    assert detect({"subsets": [], "general_args": {"args": {}}}, False) == "GUI trainer TOML"
+    assert detect({"network_arguments": {}, "training_arguments": {"lowram": True}, "saving_arguments": {}}, False) == "Colab XL"
+    assert detect({"additional_network_arguments": {}, "dreambooth_arguments": {}}, False) == "Colab"
+    assert detect({"model_arguments": {"pretrained_model_name_or_path": "x"}}, False) == "sd-scripts TOML"
+
+
+# -- base_model=auto ----------------------------------------------------------------------------------------
+def test_auto_arch_comes_from_the_checkpoint(tmp_path, tiny_xl_model, tiny_dataset):
+    from lorafw.config.validate import resolve_arch
+
+    f = tmp_path / "c.toml"
+    f.write_text(f'pretrained_model_name_or_path = "{tiny_xl_model}"\nmax_train_epochs = 1\nresolution = 64\n')
+    assert import_config(f).groups["base_model"] == "sdxl"  # read from its tensors at import time
+    spec, _ = spec_from_dict(compose_dict(None, ["base_model=auto", f"base_model.path={tiny_xl_model}",
+                                                 f"dataset.root={tiny_dataset}"]))
+    assert spec.base_model.arch == "sdxl"
+    unresolved, _ = spec_from_dict(compose_dict(None, ["base_model=auto", f"base_model.path={tiny_xl_model}",
+                                                       f"dataset.root={tiny_dataset}"]), check_paths=False)
+    assert unresolved.base_model.arch == "auto" and resolve_arch(unresolved).base_model.arch == "sdxl"
+
+
+def test_report_shape_on_success(tmp_path):
+    imp = import_config(FIX / "gui_sdxl_standard.json")
+    rep = report(imp, write_recipe(imp, "x", tmp_path / "r.yaml"))
+    assert rep["recipe"] == str(tmp_path / "r.yaml") and rep["not_honoured"] == [] and rep["imported"]["train.epochs"] == 12
+    json.dumps(rep)
