@@ -321,6 +321,33 @@ def test_scale_weight_norms_matches_kohya_for_linear_and_conv():
     assert scale_weight_norms([], 1.0) == (0, 0.0, 0.0)
 
 
+def test_apply_max_norm_over_a_networks_adapters_and_bf16_masters():
+    from types import SimpleNamespace
+
+    from lorafw.network.adapter import ADAPTER
+    from lorafw.objective.maxnorm import apply_max_norm
+
+    def entry(seed):
+        g = torch.Generator().manual_seed(seed)
+        lin = lambda *s: SimpleNamespace(weight=torch.nn.Parameter(torch.randn(*s, generator=g)))  # noqa: E731
+        return SimpleNamespace(module=SimpleNamespace(lora_A={ADAPTER: lin(4, 6)}, lora_B={ADAPTER: lin(5, 4)}),
+                               target=SimpleNamespace(alpha=4.0))
+
+    net = SimpleNamespace(entries=[entry(0), entry(1)])
+    assert apply_max_norm(net, None, None) is None
+    figures = apply_max_norm(net, None, 0.5)
+    assert figures["max_norm/keys_scaled"] == 2 and figures["max_norm/max_key_norm"] == pytest.approx(0.5, rel=1e-5)
+    bf = SimpleNamespace(entries=[entry(2)])
+    bf16 = [bf.entries[0].module.lora_A[ADAPTER].weight, bf.entries[0].module.lora_B[ADAPTER].weight]
+    masters = SimpleNamespace(pairs=[(p, torch.nn.Parameter(p.detach().double())) for p in bf16])
+    before = [p.detach().clone() for p in bf16]
+    apply_max_norm(bf, masters, 0.5)
+    (down, up) = [m for _, m in masters.pairs]
+    assert (up @ down * 4.0 / 4).norm().item() == pytest.approx(0.5, rel=1e-6)  # the masters are measured and scaled
+    ratio = bf16[0].detach() / before[0]
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio)) and ratio.flatten()[0] < 1  # the copies follow
+
+
 # -- prediction type ------------------------------------------------------------------------------------
 UNET = ["model.diffusion_model.input_blocks.0.0.weight"]
 
@@ -460,36 +487,6 @@ def test_lms_refuses_a_ztsnr_schedule():
     with pytest.raises(LorafwError, match="lms"):
         make_scheduler("lms", noise_scheduler("v_prediction", True))
     assert make_scheduler("lms", noise_scheduler("v_prediction")).config.prediction_type == "v_prediction"
-
-
-# -- the step glue (objective/step.py) ------------------------------------------------------------------
-def test_objective_draw_target_and_loss_compose_the_parts():
-    from lorafw.objective.prediction import Resolved
-    from lorafw.objective.step import Objective
-
-    class Tr(Train):
-        pass
-
-    opts = dict(noise_offset=0.05, noise_offset_random_strength=False, adaptive_noise_scale=None, multires_noise_iterations=2,
-                multires_noise_discount=0.3, ip_noise_gamma=0.1, ip_noise_gamma_random_strength=False, min_timestep=100,
-                max_timestep=200, loss_type="huber", huber_schedule="snr", huber_c=0.1, huber_scale=1.0,
-                min_snr_gamma=5.0, scale_v_pred_loss_like_noise_pred=True, v_pred_like_loss=None,
-                debiased_estimation_loss=False, scale_weight_norms=None)
-    obj = Objective(Tr(**opts), Resolved("v_prediction", True, "test", "test"))
-    lat = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    d = obj.draw(lat, torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(1)
-    noise = N.sample_noise(lat, N.NoiseOptions.of(Tr(**opts)), g)
-    t = torch.randint(100, 200, (2,), generator=g)
-    noisy = obj.scheduler.add_noise(lat, noise + 0.1 * torch.randn(lat.shape, generator=g), t)
-    assert torch.equal(d.noise, noise) and torch.equal(d.timesteps, t) and torch.allclose(d.noisy, noisy)
-    v = obj.target(lat, d)
-    ac = obj.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-    assert torch.allclose(v, ac.sqrt() * noise - (1 - ac).sqrt() * lat, atol=1e-6)
-    pred = torch.zeros_like(lat)
-    want = L.per_sample(pred, v, t, L.LossOptions.of(Tr(**opts)), True, snr_table(), obj.scheduler.alphas_cumprod, T)
-    assert torch.allclose(obj.loss(pred, lat, d), want)
-    assert obj.apply_max_norm(None) is None
 
 
 # -- metadata (outputs/metadata.py) ---------------------------------------------------------------------

@@ -8,4 +8,5 @@
   the timestep range.
 - loss.py: l2 / l1 / huber / smooth_l1 with kohya's huber schedules; min-SNR, v-like and debiased weights.
 - maxnorm.py: kohya's scale_weight_norms (max-norm regularisation of the adapters).
+The trainers' step function (lorafw/trainers/step.py) calls these in kohya's order.
 """

@@ -10,6 +10,7 @@ scaling.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -60,3 +61,27 @@ def scale_weight_norms(pairs: list[Pair], max_norm: float) -> tuple[int, float, 
                 x.mul_(root)
         norms.append(norm * ratio)
     return scaled, sum(norms) / len(norms), max(norms)
+
+
+def adapter_pairs(network: Any, masters: Any = None) -> list[Pair]:
+    """Each adapter of a lorafw Network as (down, up, alpha); with full_bf16's fp32 masters, the masters are
+    measured and scaled and the bf16 weights follow (the `also` copies)."""
+    from lorafw.network.adapter import ADAPTER
+
+    master_of = {id(p): m for p, m in masters.pairs} if masters is not None else {}
+    out = []
+    for e in network.entries:
+        down, up = e.module.lora_A[ADAPTER].weight, e.module.lora_B[ADAPTER].weight
+        if id(down) in master_of:
+            out.append(Pair(master_of[id(down)], master_of[id(up)], float(e.target.alpha), (down, up)))
+        else:
+            out.append(Pair(down, up, float(e.target.alpha)))
+    return out
+
+
+def apply_max_norm(network: Any, masters: Any, max_norm: float | None) -> dict[str, float] | None:
+    """train.scale_weight_norms after an optimizer step: kohya's logged figures, or None when off."""
+    if not max_norm:
+        return None
+    keys_scaled, mean, biggest = scale_weight_norms(adapter_pairs(network, masters), max_norm)
+    return {"max_norm/keys_scaled": float(keys_scaled), "norm/avg_key_norm": mean, "max_norm/max_key_norm": biggest}
