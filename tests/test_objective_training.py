@@ -33,7 +33,7 @@ def test_a_v_pred_marked_sdxl_file_trains_as_v_prediction_with_ztsnr(tiny_xl_vpr
                    ["train.batch_size=8", "train.mixed_precision=no", "train.full_bf16=false"])
     assert spec.train.prediction_type == "auto"
     tr = trainer(spec)
-    assert (tr.objective.prediction, tr.objective.resolved.zero_terminal_snr) == ("v_prediction", True)
+    assert (tr.objective.prediction, tr.objective.zero_terminal_snr) == ("v_prediction", True)
     result = tr.run()
     assert tr.noise_scheduler.config.prediction_type == "v_prediction" and tr.noise_scheduler.alphas_cumprod[-1] == 0
     meta = metadata(result.lora_files[-1])
@@ -103,6 +103,7 @@ def baseline(tiny_model, tiny_dataset, tmp_path_factory):
     return trainer(compose("sd15_character", tiny_overrides(tiny_model, tiny_dataset, out) + SHORT)).run()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,key,value", OPTIONS, ids=[o[1] for o in OPTIONS])
 def test_every_option_trains_and_is_recorded_under_kohyas_name(overrides, key, value, tiny_model, tiny_dataset, tmp_path,
                                                                 baseline):
