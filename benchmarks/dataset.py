@@ -68,6 +68,7 @@ def main() -> None:
     # Latent cache and loader on the tiny model, at the demo's scale (small images train fast on a CPU).
     from lorafw.demo import demo_overrides, make_base_model, make_dataset
     from lorafw.run import resolve_outputs
+    from lorafw.trainers import inputs, lifecycle
     from lorafw.trainers.sd15 import SD15Trainer
 
     from lorafw.config.compose import compose
@@ -77,22 +78,22 @@ def main() -> None:
     overrides = [o for o in demo_overrides(model, data, work / "run", 1) if not o.startswith("+recipe")]
     s = resolve_outputs(compose("sd15_character", overrides))
     tr = SD15Trainer(s, s.output.dir)
-    tr._setup_device()
-    tr._setup_models()
+    lifecycle.setup_device(tr)
+    lifecycle.load_models(tr)
     t0 = time.perf_counter()
-    tr._setup_data()
-    tr._models_to_device()
+    lifecycle.build_caches(tr)
+    lifecycle.models_to_device(tr)
     cache_s = time.perf_counter() - t0
     print(f"latent cache build (tiny VAE)        {len(tr.data.images) / cache_s:.0f} images/s")
-    tr._setup_network()
-    tr._setup_optim()
+    lifecycle.inject_network(tr)
+    lifecycle.build_optimizer(tr)
     batches = tr.data.epoch_batches(s.seed, 1, s.train.batch_size)
     t0 = time.perf_counter()
     n = 0
     for _ in range(20):
         for b in batches:
             rng = random.Random(n)
-            tr._latents(b, [False] * len(b))
+            inputs.latents(tr, b, [False] * len(b))
             [tr.data.caption(i, rng) for i in b]
             n += len(b)
     loader = n / (time.perf_counter() - t0)

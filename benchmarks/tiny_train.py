@@ -40,20 +40,21 @@ def main() -> None:
     spec = compose("sd15_character", overrides)
 
     from lorafw.run import resolve_outputs
+    from lorafw.trainers import inputs, lifecycle
     from lorafw.trainers.sd15 import SD15Trainer
 
     spec = resolve_outputs(spec)
     tr = SD15Trainer(spec, spec.output.dir)
     t0 = time.perf_counter()
-    tr._setup_device()
-    tr._setup_models()
+    lifecycle.setup_device(tr)
+    lifecycle.load_models(tr)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr._setup_data()
-    tr._models_to_device()
+    lifecycle.build_caches(tr)
+    lifecycle.models_to_device(tr)
     cache_s = time.perf_counter() - t0
-    tr._setup_network()
-    tr._setup_optim()
+    lifecycle.inject_network(tr)
+    lifecycle.build_optimizer(tr)
     t0 = time.perf_counter()
     tr.train()
     train_s = time.perf_counter() - t0

@@ -5,7 +5,7 @@ From Python (e.g. a Colab notebook):
     import lorafw
     spec = lorafw.compose("sd15_character", ["base_model.path=/models/animefull.safetensors",
                                              "dataset.root=/data/hsr_kafka"])
-    spec = spec.override("train.epochs=8", "network.dim=32")
+    spec = lorafw.override(spec, "train.epochs=8", "network.dim=32")
     result = lorafw.train(spec)
     result.lora_files, result.loss_history
 
@@ -18,7 +18,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["compose", "load_spec", "train", "RunSpec", "__version__"]
+__all__ = ["compose", "load_spec", "override", "train", "RunSpec", "__version__"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import lorafw` stays fast
@@ -26,6 +26,10 @@ def __getattr__(name: str) -> Any:  # lazy: `import lorafw` stays fast
         from lorafw.config import compose as _c
 
         return getattr(_c, name)
+    if name == "override":  # a new, re-validated spec with key=value overrides applied
+        from lorafw.config.compose import override
+
+        return override
     if name == "train":
         from lorafw.run import train
 

@@ -180,7 +180,7 @@ def cmd_rerun(argv: list[str]) -> int:
 
 def cmd_resume(argv: list[str]) -> int:
     """Continue a run from its saved state (state.pt), with the saved config and optional changes."""
-    from lorafw.config.compose import load_spec
+    from lorafw.config.compose import load_spec, override
 
     ap = Parser("resume", cmd_resume.__doc__)
     ap.add_argument("run_dir", metavar="RUN_DIR", help="the run folder to continue")
@@ -189,7 +189,7 @@ def cmd_resume(argv: list[str]) -> int:
     args = ap.parse_intermixed_args(argv)
     try:
         saved = load_spec(args.run_dir, check_paths=False)
-        spec = saved.override(*args.overrides) if args.overrides else saved
+        spec = override(saved, *args.overrides) if args.overrides else saved
         from lorafw.run import train
 
         print_result(train(dataclasses.replace(spec, resume=args.run_dir), force=args.force))

@@ -3,14 +3,19 @@
 `LORAFW_FAULT` holds `point:n[,point:n]`, e.g. `kill_in_save:3` (SIGKILL between writing the 3rd file
 and renaming it into place; `kill_in_save:toy-02.safetensors` names the file instead, and
 `kill_in_save:state.pt#2` its 2nd write), `kill_at_step:5`
-(SIGKILL right after optimizer step 5), `nan_at_step:4` (the loss of step 4 becomes NaN).
-Unset, this costs one environment lookup per check. `LORAFW_TRACE` (see trace()) records events.
+(SIGKILL right after optimizer step 5), `nan_at_step:4` (the loss of step 4 becomes NaN),
+`kill_after_save:1` (SIGKILL after the 1st LoRA file is saved). `LORAFW_TRACE` (see trace()) records events.
+
+A trainer meets faults at one seam, `install(trainer)`, called once when it is built: with neither variable
+set it does nothing, and the step loop holds no fault code at all. Only the atomic file writer checks
+`kill_in_save` itself (one environment lookup per file written).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 _counts: dict[str, int] = {}
 
@@ -58,3 +63,30 @@ def trace(event: str, **data: object) -> None:
 
     with open(path, "a") as f:
         f.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\n")
+
+
+def install(trainer: Any) -> None:
+    """Wrap the trainer's micro-batch loss, optimizer step and save with the planned faults and the trace
+    (instance attributes, so the class and every run without LORAFW_FAULT/LORAFW_TRACE are untouched)."""
+    if not (os.environ.get("LORAFW_FAULT") or os.environ.get("LORAFW_TRACE")):
+        return
+    loss, step, save = trainer._loss, trainer._optimizer_step, trainer.save
+
+    def faulty_loss(batch: list[int], micro: int):
+        value = loss(batch, micro)
+        trace("batch", rank=trainer.world.rank, epoch=trainer.epoch, step=trainer.global_step + 1, micro=micro, items=batch)
+        if hit("nan_at_step", trainer.global_step + 1):
+            value = value * float("nan")
+        return value
+
+    def faulty_step(group: list[list[int]]) -> None:
+        step(group)
+        kill_if("kill_at_step", trainer.global_step)
+
+    def faulty_save(*args: Any, **kwargs: Any):
+        path = save(*args, **kwargs)
+        if trainer.main:
+            kill_if("kill_after_save")
+        return path
+
+    trainer._loss, trainer._optimizer_step, trainer.save = faulty_loss, faulty_step, faulty_save

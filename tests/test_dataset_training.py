@@ -15,7 +15,7 @@ from conftest import make_folder, scanned_dataset
 from lorafw.data.latents import LatentCache
 from lorafw.errors import ConfigError, DatasetError
 from lorafw.run import resolve_outputs
-from lorafw.trainers.common import diffusion_loss
+from lorafw.trainers.step import diffusion_loss
 from lorafw.trainers.sd15 import SD15Trainer
 
 

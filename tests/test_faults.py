@@ -296,3 +296,31 @@ def test_a_read_only_output_folder(tiny_model, tiny_dataset, tmp_path):
         out.chmod(0o755)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "HYDRA_FULL_ERROR" not in p.stderr
     assert f"output.dir: cannot write to {out / 'run'} ({out} is not writable)" in p.stderr
+
+
+def test_faults_attach_at_one_seam_and_only_when_asked(monkeypatch, tmp_path):
+    """faults.install wraps the trainer's loss, step and save only when LORAFW_FAULT/LORAFW_TRACE is set."""
+    from types import SimpleNamespace
+
+    from lorafw import faults
+
+    calls: list[str] = []
+    tr = SimpleNamespace(world=SimpleNamespace(rank=0), epoch=1, global_step=0, main=True,
+                         _loss=lambda batch, micro: torch.tensor(1.0), _optimizer_step=lambda group: calls.append("step"),
+                         save=lambda epoch: calls.append("save"))
+    plain = (tr._loss, tr._optimizer_step, tr.save)
+    monkeypatch.delenv("LORAFW_FAULT", raising=False)
+    monkeypatch.delenv("LORAFW_TRACE", raising=False)
+    faults.install(tr)
+    assert (tr._loss, tr._optimizer_step, tr.save) == plain  # no fault code in a normal run's loop
+    monkeypatch.setenv("LORAFW_FAULT", "nan_at_step:2")
+    monkeypatch.setenv("LORAFW_TRACE", str(tmp_path / "trace.jsonl"))
+    faults.install(tr)
+    assert tr._loss([3, 4], 0).item() == 1.0
+    tr.global_step = 1
+    assert torch.isnan(tr._loss([5], 1))
+    tr._optimizer_step([[5]])
+    tr.save(1)
+    assert calls == ["step", "save"]
+    lines = [json.loads(ln) for ln in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert [(ln["step"], ln["micro"], ln["items"]) for ln in lines] == [(1, 0, [3, 4]), (2, 1, [5])]

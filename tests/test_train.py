@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import lorafw
+from lorafw.config.compose import override
 from conftest import make_folder
 from lorafw.errors import DatasetError, ModelError, OutputError
 from lorafw.outputs.lora_file import file_data_sha256
@@ -243,7 +244,7 @@ def test_locon_and_dora_train_and_write_their_keys(compose_tiny, tmp_path):
 
 
 def test_python_api(compose_tiny):
-    spec = compose_tiny("sd15_prodigy").override("network.dim=4", "network.alpha=4")
+    spec = override(compose_tiny("sd15_prodigy"), "network.dim=4", "network.alpha=4")
     result = lorafw.train(spec)
     assert result.spec.network.dim == 4 and len(result.loss_history) == result.steps == 4
     assert [p.name for p in result.lora_files] == ["toy-01.safetensors"]
@@ -280,7 +281,7 @@ def test_corrupt_checkpoint_fails_at_validation(compose_tiny, tmp_path, tiny_mod
     broken.write_bytes(tiny_model.read_bytes()[:100_000])
     with pytest.raises(ConfigError, match="base_model.path: .*broken.safetensors: truncated: the header promises"):
         compose_tiny("sd15_character", model=broken)
-    spec = compose_tiny("sd15_character").override("base_model.path=" + str(broken), check_paths=False)
+    spec = override(compose_tiny("sd15_character"), "base_model.path=" + str(broken), check_paths=False)
     with pytest.raises(ModelError, match="truncated"):  # the trainer checks again on its own
         trainer_for(spec)
 

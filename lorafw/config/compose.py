@@ -14,12 +14,14 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from lorafw.config.schema import defaults_tree
 from lorafw.config.spec import RunSpec
 from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.typed import suggest
 from lorafw.config.validate import spec_from_dict
 from lorafw.paths import expand
 from lorafw.errors import ConfigError
+from lorafw.outputs.record import RECORD
 
 CONFIG_NAME = "config"
 
@@ -103,8 +105,6 @@ OmegaConf.register_new_resolver("lorafw_run_dir", default_run_dir, use_cache=Tru
 def _store_schema_defaults() -> None:
     """Every key's default, from the one schema (config/spec.py), as the node conf/config.yaml starts from."""
     from hydra.core.config_store import ConfigStore
-
-    from lorafw.config.schema import defaults_tree
 
     ConfigStore.instance().store(name=SCHEMA_NODE, node=defaults_tree(RunSpec))
 
@@ -196,6 +196,11 @@ def read_yaml(path: Path) -> Any:
     raise ConfigError([problem], title="cannot read a config file")
 
 
+def override(spec: RunSpec, *overrides: str, check_paths: bool = True) -> RunSpec:
+    """A new, re-validated spec with `key=value` overrides applied: `lorafw.override(spec, "train.epochs=8")`."""
+    return apply_overrides(spec, list(overrides), check_paths=check_paths)
+
+
 def apply_overrides(spec: RunSpec, overrides: list[str], check_paths: bool = True) -> RunSpec:
     """`key=value` overrides on an existing spec (no group changes: those need compose())."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -270,8 +275,6 @@ def check_all(overrides: Iterable[list[str]], check_paths: bool = True, multirun
 
     Also refuses, before Hydra writes anything, an output folder that already holds a run.
     """
-    from lorafw.outputs.record import RECORD
-
     problems: list[str] = []
     notes: list[str] = []
     jobs = list(overrides)

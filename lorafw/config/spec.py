@@ -281,12 +281,6 @@ class RunSpec:
         """Plain dict (lists for tuples) that `spec_from_dict` reads back to an equal spec."""
         return _plain(dataclasses.asdict(self))
 
-    def override(self, *overrides: str, check_paths: bool = True) -> "RunSpec":
-        """A new, re-validated spec with `key=value` overrides applied (Hydra override syntax)."""
-        from lorafw.config.compose import apply_overrides  # local: keeps this module dependency-free
-
-        return apply_overrides(self, list(overrides), check_paths=check_paths)
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):

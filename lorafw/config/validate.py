@@ -16,6 +16,7 @@ from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError
 from lorafw.paths import expand
 from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
+from lorafw.sampling.prompts import parse_line, prompt_lines
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
@@ -252,8 +253,6 @@ def _check_outputs_extras(s: RunSpec, p: list[str]) -> None:
         v = getattr(sm, key)
         if v is not None and (v < 64 or v % 8):
             p.append(f"sample.{key}: must be a multiple of 8 and at least 64, got {v}")
-    from lorafw.sampling.prompts import parse_line
-
     for i, line in enumerate(sm.prompts):
         try:
             parse_line(line, sm, s.dataset.resolution)
@@ -291,8 +290,6 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
         if value is not None and not expand(value).exists():
             p.append(f"{key}: {value} does not exist")
     if s.sample.prompt_file and expand(s.sample.prompt_file).is_file():
-        from lorafw.sampling.prompts import parse_line, prompt_lines
-
         try:
             for line in prompt_lines(s.sample):
                 parse_line(line, s.sample, s.dataset.resolution)

@@ -1,6 +1,6 @@
 """`lorafw plan --vram GB`: peak GPU memory of a resolved run, and the fastest settings that fit. Pure.
 
-The estimate adds, in bytes, what the trainer (lorafw/trainers/sd15.py) keeps on the device:
+The estimate adds, in bytes, what the trainer (lorafw/trainers/) keeps on the device:
 
 - frozen weights in their dtype: the UNet; the text encoder(s) unless their outputs are cached;
   the VAE unless the latents are cached (then it is on the device only while caching);
@@ -17,6 +17,9 @@ Parameter counts, the adapted layers' shapes and the activation coefficients of 
 SDXL architectures come from lorafw/data/vram_calibration.json, written by benchmarks/vram_calibrate.py
 (which builds the real-size models); nothing here imports torch, except `layer_table`, which reads
 a torch module for that script and for the tests.
+
+Why one module over 400 lines: the estimate (`estimate`) and the search for settings that fit
+(`suggest`) share one memory model; apart, every change to the model would touch both halves.
 """
 
 from __future__ import annotations

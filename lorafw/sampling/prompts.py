@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafw.config.spec import SampleSpec
+from lorafw.paths import expand
 
 _FLAG = re.compile(r"\s--([a-z]+)\b")
 FLAGS = {"n": "negative", "w": "width", "h": "height", "d": "seed", "s": "steps", "l": "cfg_scale"}
@@ -63,8 +64,6 @@ def prompt_lines(spec: SampleSpec) -> list[str]:
     """The configured prompt lines: inline ones, then the prompt file's (blank lines and #comments skipped)."""
     lines = list(spec.prompts)
     if spec.prompt_file:
-        from lorafw.paths import expand
-
         lines += Path(expand(spec.prompt_file)).read_text(encoding="utf-8").splitlines()
     return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 

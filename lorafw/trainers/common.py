@@ -1,4 +1,5 @@
-"""Helpers every trainer shares: device and precision, the noise-prediction loss, run folders."""
+"""Helpers every trainer shares: device and precision, run folders, caches on the device, compiling.
+(The loss is in step.py.)"""
 
 from __future__ import annotations
 
@@ -99,26 +100,6 @@ def resolve_precision(t: TrainSpec, device: torch.device) -> tuple[str, str | No
 def weight_dtype(precision: str) -> torch.dtype:
     """dtype of the frozen base weights: half where the run is mixed-precision (adapters stay fp32)."""
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
-                   min_snr_gamma: float | None, mask: torch.Tensor | None = None,
-                   weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample L2 (MSE) loss: masked per latent pixel (kohya's masked_loss: mean over all pixels),
-    weighted per sample (regularisation images: prior_loss_weight), min-SNR-γ weighted for ε-prediction
-    (weight = min(SNR, γ) / SNR)."""
-    loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
-    if mask is not None:
-        loss = loss * mask.to(loss.device, loss.dtype)
-    loss = loss.mean(dim=(1, 2, 3))
-    if weights is not None:
-        loss = loss * weights.to(loss.device, loss.dtype)
-    if min_snr_gamma:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(noise_scheduler, timesteps).to(loss.device)
-        loss = loss * torch.clamp(snr, max=min_snr_gamma) / snr
-    return loss
 
 
 def identity(spec: RunSpec) -> dict[str, Any]:

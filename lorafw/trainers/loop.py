@@ -1,0 +1,174 @@
+"""The step loop: epochs of optimizer steps, what happens between them (saves, samples, validation, state),
+and the policies around one optimizer step, each in its own function:
+
+- `optimizer_step`: accumulate the micro-batches' gradients (each data-parallel process takes its share),
+  sum them over processes, clip, one host read, then step.
+- `nonfinite`: the NaN/inf policy (stop with the last good weights saved, or skip the step).
+- `step_bf16_masters`: full_bf16 — step the fp32 master copies, round back stochastically.
+- EMA and the learning-rate schedule advance once per optimizer step.
+- `stop_here`: Ctrl-C / SIGTERM — save state and a usable LoRA, then stop.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from lorafw.data import dataset as dataset_mod
+from lorafw.errors import Interrupted, NonFiniteError
+from lorafw.trainers.common import log, progress_bar
+from lorafw.trainers.distributed import shard, spans
+from lorafw.trainers.signals import EXIT_CODES
+
+if TYPE_CHECKING:
+    from lorafw.trainers.trainer import Trainer
+
+
+def train(tr: Trainer) -> None:
+    """For each epoch, one optimizer step per `gradient_accumulation_steps × processes` batches (each
+    data-parallel process trains its share of them); at each epoch's end: validation, save, samples, state."""
+    s, t, out = tr.spec, tr.spec.train, tr.spec.output
+    bar = progress_bar(tr.main, total=tr.total_steps, initial=tr.global_step, desc="training", unit="step")
+    while tr.epoch <= t.epochs:
+        epoch_start = time.time()
+        bar.set_description(f"epoch {tr.epoch}/{t.epochs}")
+        batches = tr.data.epoch_batches(s.seed, tr.epoch, t.batch_size)
+        groups = spans(batches, tr.batches_per_step)
+        tr.pixels_ahead = tr._pixel_lookahead(groups[tr.next_group:]) if tr.latent_cache is None else None
+        try:
+            while tr.next_group < len(groups):
+                tr._optimizer_step(groups[tr.next_group])
+                tr.next_group += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{tr.loss_history[-1]:.4f}", lr=f"{tr.optimizer.param_groups[0]['lr']:.2e}")
+                if tr.stop_all or (not tr.comm.active and tr.stop.requested):
+                    stop_here(tr)
+                if out.save_state_every_n_steps and tr.global_step % out.save_state_every_n_steps == 0:
+                    tr.save_state()
+                if s.sample.every_n_steps and tr.global_step % s.sample.every_n_steps == 0:
+                    tr.sample(f"{tr.name}-step{tr.global_step:06d}")
+        finally:
+            if tr.pixels_ahead is not None:
+                tr.pixels_ahead.close()
+                tr.pixels_ahead = None
+        tr.epoch_losses.append(sum(tr.epoch_partial) / max(1, len(tr.epoch_partial)))
+        tr.epoch_partial = []
+        done = tr.epoch
+        val = None
+        if tr.val_data is not None and (done % s.validation.every_n_epochs == 0 or done == t.epochs):
+            val = tr.validation_loss()
+            tr.val_losses[done] = val
+        log.info(f"epoch {done}/{t.epochs}: mean loss {tr.epoch_losses[-1]:.4f}"
+                 + (f", validation loss {val:.4f}" if val is not None else "")
+                 + f", step {tr.global_step}/{tr.total_steps}, {time.time() - epoch_start:.1f}s")
+        if tr.metrics is not None:
+            tr.metrics.epoch(tr.global_step, done, tr.epoch_losses[-1], val)
+        if done % out.save_every_n_epochs == 0 or done == t.epochs:
+            tr.save(done)
+        if s.sample.every_n_epochs and (done % s.sample.every_n_epochs == 0 or done == t.epochs):
+            tr.sample(f"{tr.name}-{done:02d}")
+        tr.write_summary()
+        tr.epoch, tr.next_group = done + 1, 0
+        if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
+            tr.save_state()
+    bar.close()
+
+
+def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
+    """One optimizer step over `group` (its batches' gradients accumulated, and summed over the
+    data-parallel processes, each taking its share of the batches), checked for NaN/inf.
+
+    The losses stay on the device until the step's one host read (loss and gradient norm together,
+    after the backward passes): the GPU is never stalled between micro-batches, and a NaN/inf is
+    still caught before the optimizer lets it reach the weights."""
+    t = tr.spec.train
+    first_micro, n = tr.micro, len(group)
+    local = torch.zeros((), device=tr.device)
+    for j in shard(n, tr.world.rank, tr.world.size):
+        loss = tr._loss(group[j], first_micro + j) / n  # batch j keeps its draws whatever process takes it
+        tr.accelerator.backward(loss)
+        local += loss.detach().float()
+    tr.comm.sum_grads(tr.trainable)  # a NaN anywhere reaches every process's gradients
+    scaler = tr.accelerator.scaler  # fp16: inf gradients are the loss scaler's business (it skips the step)
+    norm = tr.accelerator.clip_grad_norm_(tr.trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+    norm_t = norm.detach().float().reshape(()) if isinstance(norm, torch.Tensor) else torch.tensor(
+        float("nan") if norm is None else float(norm))
+    value, norm_value = torch.stack([local, norm_t.to(local.device)]).tolist()  # the step's one host-device sync
+    # one small all-reduce: the step's loss, whether any process saw NaN/inf, whether any was asked to stop
+    step_loss, n_bad, n_stop = tr.comm.sum([value, not math.isfinite(value), tr.stop.requested])
+    tr.stop_all = n_stop > 0
+    tr.micro = first_micro + n
+    if n_bad:
+        return nonfinite(tr, "loss", value if not math.isfinite(value) else float("nan"), first_micro, n)
+    if scaler is None and norm is not None and not math.isfinite(norm_value):
+        return nonfinite(tr, "gradient norm", norm_value, first_micro, len(group))
+    if tr.masters is not None:
+        step_bf16_masters(tr)
+    else:
+        tr.optimizer.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    if tr.ema is not None:
+        tr.ema.update()
+    lrs = {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(tr.optimizer.param_groups)}
+    tr.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
+    tr.global_step += 1
+    tr.loss_history.append(step_loss)
+    tr.epoch_partial.append(step_loss)
+    if tr.metrics is not None:
+        d = tr.optimizer.param_groups[0].get("d")
+        tr.metrics.step(tr.global_step, tr.epoch, step_loss, lrs, float(d) if d is not None else None)
+
+
+def step_bf16_masters(tr: Trainer) -> None:
+    """full_bf16: the optimizer steps fp32 master copies; the bf16 weights get them back rounded
+    stochastically (the rounding's randomness is fixed by the seed and micro-step)."""
+    tr.masters.pull_grads()
+    tr.optimizer.step()
+    seed = dataset_mod.derive_seed(tr.spec.seed, "round", tr.micro) % (2**63)
+    tr.masters.push(torch.Generator(device=tr.device).manual_seed(seed))
+    for p in tr.trainable:
+        p.grad = None
+
+
+def nonfinite(tr: Trainer, what: str, value: float, first_micro: int, n: int) -> None:
+    """A NaN/inf loss or gradient: stop with the weights of the last good step saved, or skip the step."""
+    tr.optimizer.zero_grad(set_to_none=True)
+    for p in tr.trainable:
+        p.grad = None
+    step = tr.global_step + 1
+    if tr.spec.train.on_nonfinite == "skip":
+        tr.micro = first_micro + n  # later steps draw what they would have drawn
+        tr.skipped_steps += 1
+        tr.lr_scheduler.step()
+        tr.global_step += 1
+        tr.loss_history.append(float("nan"))
+        log.warning(f"step {step}: the {what} is {value}; step skipped ({tr.skipped_steps} so far)")
+        return
+    tr.micro = first_micro
+    tr.save_state()  # the weights as they were after step {step - 1}: resumable with other settings
+    raise NonFiniteError(
+        f"step {step} (epoch {tr.epoch}): the {what} is {value}. The weights are those after step {step - 1}; "
+        f"every epoch saved so far is kept ({', '.join(p.name for p in tr.lora_files) or 'none yet'}). "
+        "Usual causes: the VAE overflowing in fp16 (train.no_half_vae=true), a learning rate too high "
+        f"(optimizer.lr={tr.spec.optimizer.lr:g}), fp16 where bf16 is needed (train.mixed_precision=bf16). "
+        f"Continue with other settings: lorafw resume {tr.run_dir} --force optimizer.lr=...; "
+        "or skip such steps: train.on_nonfinite=skip"
+    )
+
+
+def stop_here(tr: Trainer) -> None:
+    """After the current step, on Ctrl-C/SIGTERM: save state and a usable LoRA, then stop."""
+    signum = tr.stop.signum
+    tr.save_state()
+    path = tr.save(tr.epoch, file_name=f"{tr.name}-step{tr.global_step:06d}.safetensors")
+    err = Interrupted(
+        f"stopped at step {tr.global_step} of {tr.total_steps} (epoch {tr.epoch}) on "
+        f"{signal.Signals(signum).name if signum else 'request'}; saved {path.name} and the training state.\n"
+        f"continue with: lorafw resume {tr.run_dir}"
+    )
+    err.exit_code = EXIT_CODES.get(signum, 130)  # type: ignore[arg-type]
+    raise err
