@@ -159,3 +159,21 @@ def tiny_xl_diffusers(tmp_path_factory, tiny_xl_parts) -> Path:
     from lorafw.models.tiny import save_diffusers_folder
 
     return save_diffusers_folder(tiny_xl_parts, tmp_path_factory.mktemp("models") / "tiny-sdxl-diffusers")
+
+
+def with_marker_tensors(src: Path, dst: Path, *markers: str, metadata: dict[str, str] | None = None) -> Path:
+    """A copy of a single-file checkpoint with NoobAI's empty marker tensors (`v_pred`, `ztsnr`) and/or metadata."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(src))
+    sd.update({m: torch.zeros(0) for m in markers})
+    save_file(sd, str(dst), metadata=metadata)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_vpred_model(tmp_path_factory, tiny_xl_model) -> Path:
+    """The tiny SDXL checkpoint marked as NoobAI-XL V-Pred marks itself: `v_pred` and `ztsnr` tensors."""
+    return with_marker_tensors(tiny_xl_model, tmp_path_factory.mktemp("models") / "tiny-sdxl-vpred.safetensors",
+                               "v_pred", "ztsnr")

@@ -70,6 +70,36 @@ def test_no_upscale_keeps_small_images_small():
     assert pl.bucket == (256, 192) and pl.resized[0] <= 300
 
 
+def kohya_no_upscale(w: int, h: int, reso: int, step: int):
+    """kohya's BucketManager.select_bucket with no_upscale, restated: (bucket, resized size)."""
+    ar, area = w / h, reso * reso
+    rnd = lambda x: int(x + 0.5) // step * step  # noqa: E731
+    if w * h > area:
+        rw = math.sqrt(area * ar)
+        rh = area / rw
+        bw, bh = rnd(rw), rnd(rh)
+        if abs(bw / rnd(bw / ar) - ar) < abs(rnd(bh * ar) / bh - ar):
+            size = (bw, int(bw / ar + 0.5))
+        else:
+            size = (int(bh * ar + 0.5), bh)
+    else:
+        size = (w, h)
+    return (size[0] - size[0] % step, size[1] - size[1] % step), size
+
+
+@pytest.mark.parametrize("w,h", [(300, 200), (513, 777), (4000, 3000), (1024, 1024), (1920, 1080), (700, 90), (640, 64)])
+def test_no_upscale_crops_like_kohya_instead_of_resizing(w, h):
+    bucket, size = kohya_no_upscale(w, h, 512, 64)
+    pl = B.assign(w, h, 512, True, 256, 1024, 64, no_upscale=True)
+    assert (pl.bucket, pl.resized) == (bucket, size)  # the image keeps (or shrinks to) kohya's size ...
+    assert pl.crop == ((size[0] - bucket[0]) // 2, (size[1] - bucket[1]) // 2)  # ... and is centre-cropped
+
+
+def test_no_upscale_enlarges_only_an_image_under_one_step():
+    pl = B.assign(300, 40, 512, True, 256, 1024, 64, no_upscale=True)
+    assert pl.bucket == (256, 64) and pl.resized[1] >= 64
+
+
 def test_disabled_buckets_use_one_square():
     assert B.assign(1920, 1080, 512, False, 256, 1024, 64, False).bucket == (512, 512)
 
@@ -157,18 +187,41 @@ def test_build_caption():
 
 
 def test_trigger_takes_the_kept_slot():
-    assert fixed_and_flexible("1girl, smile", "kafka", 1, None) == (["kafka"], ["1girl", "smile"])
-    assert fixed_and_flexible("kafka, 1girl, smile", "kafka", 2, None) == (["kafka", "1girl"], ["smile"])
+    assert fixed_and_flexible("1girl, smile", "kafka", 1, None) == (["kafka"], ["1girl", "smile"], [])
+    assert fixed_and_flexible("kafka, 1girl, smile", "kafka", 2, None) == (["kafka", "1girl"], ["smile"], [])
+
+
+def test_trigger_is_kept_with_keep_tokens_0():
+    assert fixed_and_flexible("1girl, smile, kafka", "kafka", 0, None) == (["kafka"], ["1girl", "smile"], [])
+    rng = random.Random(0)
+    caps = [build_caption("a, b, c, d, e, f", "kafka", 0, True, rng) for _ in range(30)]
+    assert all(c.startswith("kafka, ") for c in caps) and len(set(caps)) > 1
+    assert fixed_and_flexible("a, b", None, 0, None) == ([], ["a", "b"], [])  # no trigger: nothing kept
 
 
 def test_keep_tokens_separator():
-    fixed, flex = fixed_and_flexible("kafka, 1girl ||| smile, jacket, kafka", None, 3, "|||")
-    assert (fixed, flex) == (["kafka", "1girl"], ["smile", "jacket", "kafka"])  # the separator wins over keep_tokens
-    assert fixed_and_flexible("kafka, 1girl ||| smile", "zeta", 0, "|||") == (["zeta", "kafka", "1girl"], ["smile"])
-    assert fixed_and_flexible("no separator here, b", None, 1, "|||") == (["no separator here"], ["b"])
+    fixed, flex, suffix = fixed_and_flexible("kafka, 1girl ||| smile, jacket, kafka", None, 3, "|||")
+    assert (fixed, flex, suffix) == (["kafka", "1girl"], ["smile", "jacket", "kafka"], [])  # the separator wins
+    assert fixed_and_flexible("kafka, 1girl ||| smile", "zeta", 0, "|||") == (["zeta", "kafka", "1girl"], ["smile"], [])
+    assert fixed_and_flexible("no separator here, b", None, 1, "|||") == (["no separator here"], ["b"], [])
     rng = random.Random(1)
     for _ in range(20):
         assert build_caption("a, b ||| c, d, e", None, 0, True, rng, "|||").startswith("a, b, ")
+
+
+def test_second_separator_is_a_fixed_suffix_as_kohya():
+    raw = "kafka, 1girl ||| smile, jacket ||| masterpiece, best quality"
+    assert fixed_and_flexible(raw, None, 0, "|||") == (["kafka", "1girl"], ["smile", "jacket"], ["masterpiece", "best quality"])
+    rng = random.Random(2)
+    seen = set()
+    for _ in range(40):
+        cap = build_caption(raw, None, 0, True, rng, "|||", tag_dropout=0.3)
+        assert "|||" not in cap
+        tags = split_tags(cap)
+        assert tags[:2] == ["kafka", "1girl"] and tags[-2:] == ["masterpiece", "best quality"]
+        seen.add(cap)
+    assert len(seen) > 1
+    assert fixed_and_flexible("a ||| b ||| c ||| d", "t", 0, "|||") == (["t", "a"], ["b"], ["c", "d"])
 
 
 def test_caption_and_tag_dropout():

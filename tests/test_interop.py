@@ -139,6 +139,7 @@ text_encoder_lr = 1e-6
 warmup_ratio = 0.05
 min_snr_gamma = 8
 scale_weight_norms = 1.0
+color_aug = true
 
 [optimizer_args.args.optimizer_args]
 weight_decay = "0.04"
@@ -285,8 +286,9 @@ def test_the_gui_trainers_pdxl_dora_toml(tmp_path):
     assert (s.train.full_bf16, s.train.no_half_vae, s.train.gradient_checkpointing, s.train.mixed_precision) == (True, True, True, "bf16")
     assert (s.dataset.resolution, s.dataset.max_bucket_reso, s.dataset.cache_latents_to_disk, s.train.min_snr_gamma) == (1024, 2048, True, 8.0)
     assert s.output.save_precision == "bf16"
-    assert not_honoured(imp) == {"scale_weight_norms": 1.0}  # changes training, lorafw lacks it: named
-    assert "#   scale_weight_norms = 1.0: lorafw has no such setting" in recipe.read_text()  # --lenient says so
+    assert s.train.scale_weight_norms == 1.0
+    assert not_honoured(imp) == {"color_aug": True}  # changes training, lorafw lacks it: named
+    assert "#   color_aug = true: lorafw has no colour augmentation" in recipe.read_text()  # --lenient says so
     assert {"min_timestep", "max_timestep", "sdpa"} <= no_effect(imp)
 
 
@@ -300,7 +302,8 @@ def test_an_sd_scripts_config_and_dataset_config(tmp_path, tiny_model):
     assert (s.scheduler.name, s.scheduler.warmup_ratio, s.network.dim, s.network.alpha, s.train.epochs) == ("constant_with_warmup", 0.05, 16, 16.0, 20)
     assert (s.dataset.resolution, s.dataset.shuffle_caption, s.dataset.keep_tokens) == (768, True, 1)  # "768,768"
     assert [(f.repeats, bool(f.is_reg)) for f in s.dataset.folders] == [(5, False), (1, True)]
-    assert set(not_honoured(imp)) == {"scale_weight_norms", "subsets[0].class_tokens"} and "huber_c" in no_effect(imp)
+    assert set(not_honoured(imp)) == {"subsets[0].class_tokens"} and "huber_c" in no_effect(imp)
+    assert s.train.scale_weight_norms == 1.0
     explicit = write(tmp_path, "other.toml", KOHYA_CONFIG.replace('dataset_config = "dataset.toml"', ""), out="o", model=str(tiny_model))
     imp2 = import_config(explicit, tmp_path / "dataset.toml")  # or passed with --dataset-config
     assert imp2.dialect == kind and imp2.values["dataset.folders"] == imp.values["dataset.folders"]
@@ -310,9 +313,9 @@ def test_import_command(tmp_path, tiny_model, capsys):
     from lorafw.cli import main
 
     src = write(tmp_path, "style.toml", GUI_PDXL_DORA, data=str(tmp_path / "data"))
-    assert main(["import", str(src), "--out", str(tmp_path / "r.yaml")]) == 2  # scale_weight_norms: refused
+    assert main(["import", str(src), "--out", str(tmp_path / "r.yaml")]) == 2  # color_aug: refused
     out = capsys.readouterr().out
-    assert "NOT honoured — nothing written (1):" in out and "scale_weight_norms = 1.0: lorafw has no such setting" in out
+    assert "NOT honoured — nothing written (1):" in out and "color_aug = true: lorafw has no colour augmentation" in out
     assert not (tmp_path / "r.yaml").exists()
     assert main(["import", str(src), "--out", str(tmp_path / "r.yaml"), "--lenient"]) == 0
     out = capsys.readouterr().out
@@ -325,7 +328,8 @@ def test_import_command(tmp_path, tiny_model, capsys):
 def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, tiny_xl_model, tiny_dataset):
     from lorafw.outputs.record import write_config
 
-    model = tiny_xl_model if recipe.startswith("pdxl") else tiny_model
+    xl = recipe.startswith(("pdxl", "illustrious", "noobai"))
+    model = tiny_xl_model if xl else tiny_model
     spec = compose(recipe, [f"base_model.path={model}", f"dataset.root={tiny_dataset}", "output.name=x",
                             "sample.prompts=['toy, 1girl --d 3']"])
     run = tmp_path / "run"
@@ -336,7 +340,8 @@ def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, ti
     kohya = tomllib.loads(cfg.read_text())
     assert kohya["model_arguments"]["pretrained_model_name_or_path"] == str(model)
     assert tomllib.loads(ds.read_text())["datasets"][0]["subsets"] == [{"image_dir": str(tiny_dataset / "2_toy"), "num_repeats": 2}]
-    assert ("sdxl_train_network.py" if recipe.startswith("pdxl") else "train_network.py") in command
+    assert ("sdxl_train_network.py" if xl else "train_network.py") in command
+    assert kohya["model_arguments"]["v_parameterization"] == (recipe == "noobai_vpred")
     imp = import_config(cfg, ds)
     path = write_recipe(imp, str(cfg), tmp_path / "back.yaml")
     assert path is not None and not imp.not_honoured
@@ -358,3 +363,44 @@ def test_a_data_parallel_run_exports_its_launch_and_comes_back(tmp_path, tiny_mo
     path = write_recipe(imp, str(cfg), tmp_path / "back.yaml")
     back, _ = spec_from_dict(compose_dict(str(path), []), check_paths=False)
     assert not imp.not_honoured and back.train.num_processes == 4 and identity(back) == identity(spec)
+
+
+COLAB_VPRED = """
+[model_arguments]
+pretrained_model_name_or_path = "/models/NoobAI-XL-Vpred-v1.0.safetensors"
+v_parameterization = true
+
+[dataset_arguments]
+train_data_dir = "{data}"
+
+[training_arguments]
+max_train_epochs = 10
+zero_terminal_snr = true
+scale_v_pred_loss_like_noise_pred = true
+multires_noise_iterations = 6
+multires_noise_discount = 0.3
+ip_noise_gamma = 0.1
+ip_noise_gamma_random_strength = true
+loss_type = "smooth_l1"
+huber_schedule = "exponential"
+huber_c = 0.2
+huber_scale = 1.5
+debiased_estimation_loss = false
+min_timestep = 100
+max_timestep = 900
+scale_weight_norms = 1.0
+"""
+
+
+def test_the_colabs_v_pred_and_noise_options_are_imported(tmp_path):
+    imp, _, s, _ = imported_spec(write(tmp_path, "vpred.toml", COLAB_VPRED, data=str(tmp_path / "data")), tmp_path)
+    t = s.train
+    assert not imp.not_honoured
+    assert (t.prediction_type, t.zero_terminal_snr, t.scale_v_pred_loss_like_noise_pred) == ("v_prediction", True, True)
+    assert (t.multires_noise_iterations, t.multires_noise_discount, t.ip_noise_gamma, t.ip_noise_gamma_random_strength) == (6, 0.3, 0.1, True)
+    assert (t.loss_type, t.huber_schedule, t.huber_c, t.huber_scale) == ("smooth_l1", "exponential", 0.2, 1.5)
+    assert (t.min_timestep, t.max_timestep, t.scale_weight_norms) == (100, 900, 1.0)
+    eps = write(tmp_path, "eps.toml", COLAB_VPRED.replace("v_parameterization = true", "v_parameterization = false")
+                .replace("scale_v_pred_loss_like_noise_pred = true", ""), data=str(tmp_path / "data"))
+    imp, _, s, _ = imported_spec(eps, tmp_path)
+    assert s.train.prediction_type == "auto" and "v_parameterization" in no_effect(imp)  # auto reads the checkpoint

@@ -118,3 +118,18 @@ def test_plan_command_imports_no_torch_and_needs_no_model(tmp_path):
     make_folder(tmp_path, "3_kafka", [(64, 64)] * 4, ["kafka"])
     data = json.loads(lorafw_main_without_torch("plan", "--json", "+recipe=pdxl", f"dataset.root={tmp_path}"))
     assert data["T"] == 12 and data["batch_size"] == 2
+
+
+def test_plan_prints_the_prediction_type_and_where_it_comes_from(tmp_path, tiny_xl_vpred_model, tiny_xl_model):
+    make_folder(tmp_path / "d", "3_kafka", [(64, 64)] * 4, ["kafka"])
+    data = json.loads(lorafw_main_without_torch("plan", "--json", "+recipe=pdxl", f"dataset.root={tmp_path / 'd'}",
+                                                f"base_model.path={tiny_xl_vpred_model}"))
+    assert data["objective"]["prediction_type"] == "v_prediction" and data["objective"]["zero_terminal_snr"] is True
+    assert "v_pred marker" in data["objective"]["source"]
+    p = plan_for(tmp_path / "d", recipe="pdxl")
+    text = render(p)
+    assert "prediction type   epsilon   from the default" in text and "base_model.path not read" in text
+    p = plan_for(tmp_path / "d", f"base_model.path={tiny_xl_model}", "train.prediction_type=v_prediction", recipe="pdxl")
+    assert p.objective["prediction_type"] == "v_prediction" and p.objective["source"] == "train.prediction_type"
+    p = plan_for(tmp_path / "d", f"base_model.path={tiny_xl_vpred_model}", "train.prediction_type=epsilon", recipe="pdxl")
+    assert "refused" in render(p) and "force_prediction_type" in p.objective["problem"]

@@ -103,7 +103,14 @@ PDXL_DORA = {
     "optimizer.text_encoder_lr": 1e-6,
 }
 
-EXPECTED = {"sd15_character": SD15_CHARACTER, "sd15_prodigy": SD15_PRODIGY, "pdxl": PDXL, "pdxl_dora": PDXL_DORA}
+ILLUSTRIOUS = {**PDXL, "train.prediction_type": "auto", "train.zero_terminal_snr": None,
+               "train.scale_v_pred_loss_like_noise_pred": False}
+
+NOOBAI_VPRED = {**PDXL, "train.prediction_type": "v_prediction", "train.zero_terminal_snr": True,
+                "train.scale_v_pred_loss_like_noise_pred": True}
+
+EXPECTED = {"sd15_character": SD15_CHARACTER, "sd15_prodigy": SD15_PRODIGY, "pdxl": PDXL, "pdxl_dora": PDXL_DORA,
+            "illustrious": ILLUSTRIOUS, "noobai_vpred": NOOBAI_VPRED}
 
 
 def get(d: dict, dotted: str):
@@ -159,3 +166,30 @@ def test_a_network_chosen_on_top_of_a_recipe_takes_effect(recipe, group, algo, d
     if recipe.startswith("sd15"):
         spec, notes = spec_from_dict(cfg, check_paths=False)
         assert spec.network.conv_dim == 16 and notes == []
+
+
+@pytest.mark.parametrize("base,prediction,ztsnr", [("illustrious", "auto", None), ("noobai_eps", "epsilon", None),
+                                                   ("noobai_vpred", "v_prediction", True)])
+def test_illustrious_and_noobai_bases(base, prediction, ztsnr):
+    cfg = compose_dict(None, PATHS + [f"base_model={base}"])
+    assert cfg["base_model"]["arch"] == "sdxl"
+    assert (cfg["train"]["prediction_type"], cfg["train"]["zero_terminal_snr"]) == (prediction, ztsnr)
+    spec, _ = spec_from_dict(cfg, check_paths=False)
+    assert spec.train.prediction_type == prediction
+
+
+@pytest.mark.parametrize("recipe", ["illustrious", "noobai_vpred"])
+def test_new_sdxl_recipes_print_their_objective_with_cfg_job(recipe):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lorafw", f"+recipe={recipe}", *PATHS, "--cfg", "job"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "arch: sdxl" in text and "min_snr_gamma: 5.0" in text
+    if recipe == "noobai_vpred":
+        for line in ("prediction_type: v_prediction", "zero_terminal_snr: true", "scale_v_pred_loss_like_noise_pred: true"):
+            assert line in text, line
+    else:
+        assert "prediction_type: auto" in text

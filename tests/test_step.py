@@ -79,9 +79,10 @@ def test_the_generator_fixes_the_loss_and_gradients_reach_the_unet():
 
 def test_the_stages():
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    plain = sample_noise((2, 4, 3, 3), gen(), torch.device("cpu"))
+    latents = torch.zeros(2, 4, 3, 3)
+    plain = sample_noise(latents, gen())
     assert torch.equal(plain, torch.randn((2, 4, 3, 3), generator=gen()))
-    offset = sample_noise((2, 4, 3, 3), gen(), torch.device("cpu"), 0.5)
+    offset = sample_noise(latents, gen(), StepConfig(noise_offset=0.5))
     shift = offset - plain  # one constant per sample and channel
     assert torch.allclose(shift, shift[..., :1, :1].expand_as(shift)) and shift.abs().sum() > 0
     t = sample_timesteps(1000, noise_scheduler(), gen(), torch.device("cpu"))
@@ -94,8 +95,8 @@ def test_the_stages():
     half[..., :1] = 1
     assert torch.allclose(per_sample_loss(pred, torch.zeros_like(pred), half), torch.full((2,), 1 / 3))
     loss, ts = torch.ones(2), torch.tensor([10, 900])
-    assert torch.equal(apply_loss_weights(loss, ts, noise_scheduler(), None, torch.tensor([1.0, 0.5])), torch.tensor([1.0, 0.5]))
-    snr_weighted = apply_loss_weights(loss, ts, noise_scheduler(), 5.0)
+    assert torch.equal(apply_loss_weights(loss, ts, StepConfig(), torch.tensor([1.0, 0.5])), torch.tensor([1.0, 0.5]))
+    snr_weighted = apply_loss_weights(loss, ts, StepConfig(min_snr_gamma=5.0))
     assert snr_weighted[0] < 1 and snr_weighted[1] == 1  # early timesteps (high SNR) are damped; late ones not
 
 

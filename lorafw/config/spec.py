@@ -141,8 +141,9 @@ class TrainSpec:
                                                  kohya="max_token_length")
     min_snr_gamma: float | None = key(None, "min-SNR loss weighting, e.g. 5.0; null = off", kohya="min_snr_gamma", gt=0,
                                       why="or null to turn it off")
-    loss_type: Literal["l2"] = key("l2", "l2 (MSE)")
-    noise_offset: float = key(0.0, "offset noise strength", kohya="noise_offset", ge=0)
+    loss_type: Literal["l1", "l2", "huber", "smooth_l1"] = key(
+        "l2", "l2 (MSE) | l1 | huber | smooth_l1 (the last two with train.huber_schedule and huber_c)", kohya="loss_type")
+    noise_offset: float = key(0.0, "offset noise strength (about 0.1 when used; 0 = off)", kohya="noise_offset", ge=0)
     max_grad_norm: float = key(1.0, "gradient clipping norm; 0 = no clipping", kohya="max_grad_norm", ge=0,
                                why="0 = no clipping")
     on_nonfinite: Literal["stop", "skip"] = key("stop", "a NaN/inf loss or gradient: stop (keeping every saved epoch) | skip the step")
@@ -153,6 +154,44 @@ class TrainSpec:
     compile_backend: Literal["inductor", "aot_eager", "eager"] = key(
         "inductor", "inductor | aot_eager | eager (the latter two check tracing without code generation)",
         kohya="dynamo_backend")
+    # -- the objective (lorafw/objective/): prediction type, noise, timesteps, loss weighting; kohya's names
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = key(
+        "auto", "auto reads it from the checkpoint (v_pred marker, modelspec metadata, scheduler config), else epsilon")
+    zero_terminal_snr: bool | None = key(None, "rescale the noise schedule to zero terminal SNR; null = as the checkpoint "
+                                         "says (NoobAI v-pred's ztsnr marker), else false", kohya="zero_terminal_snr")
+    force_prediction_type: bool = key(False, "train prediction_type / zero_terminal_snr even where the checkpoint states "
+                                      "otherwise")
+    scale_v_pred_loss_like_noise_pred: bool = key(False, "v-prediction: weight the loss by SNR/(SNR+1), like an ε loss",
+                                                  kohya="scale_v_pred_loss_like_noise_pred")
+    v_pred_like_loss: float | None = key(None, "ε-prediction: add this times a v-like loss term; null = off",
+                                         kohya="v_pred_like_loss", ge=0)
+    debiased_estimation_loss: bool = key(False, "weight the loss by 1/√SNR (ε) or 1/(SNR+1) (v)",
+                                         kohya="debiased_estimation_loss")
+    noise_offset_random_strength: bool = key(False, "offset strength drawn in [0, noise_offset) each step",
+                                             kohya="noise_offset_random_strength")
+    adaptive_noise_scale: float | None = key(None, "add this × |latent channel mean| to the noise offset (needs "
+                                             "noise_offset); null = off", kohya="adaptive_noise_scale")
+    multires_noise_iterations: int | None = key(None, "multires (pyramid) noise layers, 6-10 usual; null or 0 = off",
+                                                kohya="multires_noise_iterations", ge=0)
+    multires_noise_discount: float = key(0.3, "weight of each coarser multires layer (discount^i)",
+                                         kohya="multires_noise_discount", gt=0, le=1)
+    ip_noise_gamma: float | None = key(None, "input perturbation noise strength, about 0.1; null = off",
+                                       kohya="ip_noise_gamma", ge=0)
+    ip_noise_gamma_random_strength: bool = key(False, "perturbation strength drawn in [0, ip_noise_gamma) each step",
+                                               kohya="ip_noise_gamma_random_strength")
+    min_timestep: int | None = key(None, "smallest training timestep (0-999); null = 0", kohya="min_timestep",
+                                   ge=0, le=999, why="timesteps run 0-999")
+    max_timestep: int | None = key(None, "training timesteps stay below this (1-1000); null = 1000",
+                                   kohya="max_timestep", ge=1, le=1000, why="timesteps run 0-999")
+    huber_schedule: Literal["constant", "exponential", "snr"] = key(
+        "snr", "huber/smooth_l1: how the threshold follows the timestep", kohya="huber_schedule")
+    huber_c: float = key(0.1, "huber/smooth_l1: the threshold (its value at the noisiest timestep when scheduled)",
+                         kohya="huber_c", gt=0)
+    huber_scale: float = key(1.0, "huber/smooth_l1: multiplies the constant and exponential thresholds",
+                             kohya="huber_scale", gt=0)
+    scale_weight_norms: float | None = key(None, "max-norm regularisation: scale down adapters whose update norm "
+                                           "exceeds this (1.0 usual); null = off", kohya="scale_weight_norms", gt=0,
+                                           why="or null to turn it off")
 
 
 @dataclass(frozen=True)

@@ -164,11 +164,50 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
                  "use train.device=auto (choose GPUs with CUDA_VISIBLE_DEVICES)")
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
+    _check_objective(s, p, notes)
 
     _check_outputs_extras(s, p)
     out = s.output
     if out.name is not None and (not out.name or _BAD_NAME.search(out.name)):
         p.append(f"output.name: {out.name!r} is not a usable file name (no / \\ : * ? \" < > |)")
+
+
+def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
+    """Noise, timestep and loss options that contradict each other (kohya refuses the same pairs); the
+    checkpoint-dependent rules (prediction type) run in objective/prediction.py once the file is read."""
+    t = s.train
+    if t.adaptive_noise_scale is not None and not t.noise_offset:
+        p.append(f"train.adaptive_noise_scale: {t.adaptive_noise_scale:g} is added to the noise offset, but "
+                 "train.noise_offset is 0; set train.noise_offset (e.g. 0.0357) or train.adaptive_noise_scale=null")
+    if t.noise_offset_random_strength and not t.noise_offset:
+        p.append("train.noise_offset_random_strength: draws the offset in [0, train.noise_offset), but "
+                 "train.noise_offset is 0; set it (e.g. 0.1) or turn random strength off")
+    if t.ip_noise_gamma_random_strength and not t.ip_noise_gamma:
+        p.append("train.ip_noise_gamma_random_strength: draws the strength in [0, train.ip_noise_gamma), but "
+                 "train.ip_noise_gamma is not set; set it (e.g. 0.1) or turn random strength off")
+    lo = 0 if t.min_timestep is None else t.min_timestep
+    hi = 1000 if t.max_timestep is None else t.max_timestep
+    if lo > hi:
+        p.append(f"train.min_timestep: {lo} is above train.max_timestep={hi}; training timesteps are drawn from "
+                 "[min_timestep, max_timestep)")
+    elif lo == hi and hi > 999:
+        p.append(f"train.min_timestep and train.max_timestep: both {hi} would train timestep {hi}, but timesteps run "
+                 "0-999; lower them")
+    if t.prediction_type == "epsilon" and t.scale_v_pred_loss_like_noise_pred:
+        p.append("train.scale_v_pred_loss_like_noise_pred: needs v-prediction, but train.prediction_type=epsilon; "
+                 "turn it off or set train.prediction_type=v_prediction (or auto for a v-prediction checkpoint)")
+    if t.prediction_type == "v_prediction" and t.v_pred_like_loss:
+        p.append("train.v_pred_like_loss: adds a v-like term to an ε loss, but train.prediction_type=v_prediction; "
+                 "set train.v_pred_like_loss=null")
+    if t.prediction_type == "epsilon" and t.zero_terminal_snr:
+        notes.append("train.zero_terminal_snr with train.prediction_type=epsilon: the last timestep's input is pure "
+                     "noise, which an ε model cannot learn from (kohya warns the same); ZTSNR is meant for v-prediction")
+    if t.zero_terminal_snr and s.sample.sampler == "lms":
+        p.append("sample.sampler: lms has no zero-terminal-SNR schedule, so samples of this run would be noise; "
+                 "choose euler_a, euler, ddim or dpmpp_2m")
+    if s.base_model.arch == "sdxl" and t.clip_skip != 1:
+        notes.append(f"train.clip_skip={t.clip_skip} is ignored on SDXL: its encoders' penultimate layers are used by "
+                     "design (kohya ignores it there too); set train.clip_skip=1 to silence this")
 
 
 def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
@@ -184,6 +223,12 @@ def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
     except ModelError as e:
         p.append(f"base_model.path: {e}")
         return
+    from lorafw.objective.prediction import resolve
+
+    try:
+        resolve(s.train, info.prediction, f"base_model.path={s.base_model.path}")
+    except ConfigError as e:
+        p.extend(e.problems)
     layers = info.text_encoders[0].get("num_hidden_layers") if info.text_encoders else None
     if layers and s.train.clip_skip > layers:
         p.append(f"train.clip_skip: {s.train.clip_skip} but the text encoder has {layers} layers; use 1 to {layers} (2 is usual)")

@@ -45,6 +45,14 @@ def round_to_step(x: float, step: int) -> int:
 
 def no_upscale_bucket(width: int, height: int, resolution: int, step: int) -> Size:
     """Bucket for `bucket_no_upscale`: the image itself (shrunk to the area if larger), sides cut to `step`."""
+    return no_upscale_size(width, height, resolution, step)[0]
+
+
+def no_upscale_size(width: int, height: int, resolution: int, step: int) -> tuple[Size, Size]:
+    """(bucket, resized size) under `bucket_no_upscale`, as kohya's BucketManager.select_bucket: an image larger
+    than resolution² is shrunk (keeping its aspect ratio, one side rounded to `step`); a smaller one keeps its
+    size. The bucket is that size cut down to multiples of `step`, so the image is cropped to it, never
+    resized to cover it (an image under one step on a side is the exception: it is enlarged to one step)."""
     max_area = resolution * resolution
     ar = width / height
     if width * height > max_area:
@@ -59,7 +67,7 @@ def no_upscale_bucket(width: int, height: int, resolution: int, step: int) -> Si
         size = (bw, int(bw / ar + 0.5)) if err_w < err_h else (int(bh * ar + 0.5), bh)
     else:
         size = (width, height)
-    return (max(step, size[0] - size[0] % step), max(step, size[1] - size[1] % step))
+    return (max(step, size[0] - size[0] % step), max(step, size[1] - size[1] % step)), size
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,11 @@ def place(width: int, height: int, bucket: Size) -> Placement:
 def size_conditioning(original: Size, pl: Placement, flip: bool) -> tuple[int, int, int, int, int, int]:
     """SDXL's `time_ids` for one image: original (h, w), crop top-left (top, left), target (h, w).
 
-    The crop is where the bucket-sized window sits in the resized image; a horizontal flip moves it
-    to the mirrored side, as kohya records it.
+    The crop is where the bucket-sized window sits in the resized image, SAI's definition (their data pipeline
+    and diffusers' SDXL training script record the same); a horizontal flip moves it to the mirrored side.
+    kohya differs: its get_crop_ltrb records where the image would sit if *fitted inside* the bucket
+    (letterbox offsets), which is 0 on the axis SAI's crop is non-zero. SAI's is used because SDXL was trained
+    on it; at centre crops both are small and SDXL tolerates either.
     """
     w, h = original
     left, top = pl.crop
@@ -100,7 +111,10 @@ def assign(width: int, height: int, resolution: int, enable: bool, min_reso: int
     if not enable:
         return place(width, height, (resolution, resolution))
     if no_upscale:
-        return place(width, height, no_upscale_bucket(width, height, resolution, step))
+        bucket, (rw, rh) = no_upscale_size(width, height, resolution, step)
+        if rw < bucket[0] or rh < bucket[1]:  # under one step on a side: enlarged to cover the bucket
+            return place(width, height, bucket)
+        return Placement(bucket=bucket, resized=(rw, rh), crop=((rw - bucket[0]) // 2, (rh - bucket[1]) // 2))
     return place(width, height, nearest_bucket(width, height, make_buckets(resolution, min_reso, max_reso, step)))
 
 

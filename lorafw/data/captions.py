@@ -34,37 +34,45 @@ def with_trigger(tags: list[str], trigger: str | None) -> list[str]:
     return [trigger] + [t for t in tags if t != trigger]
 
 
-def fixed_and_flexible(raw: str, trigger: str | None, keep_tokens: int, separator: str | None) -> tuple[list[str], list[str]]:
-    """(tags that stay in place, tags that may be shuffled or dropped).
+def fixed_and_flexible(raw: str, trigger: str | None, keep_tokens: int,
+                       separator: str | None) -> tuple[list[str], list[str], list[str]]:
+    """(tags that stay first, tags that may be shuffled or dropped, tags that stay last).
 
-    With a separator in the caption ("kafka, 1girl ||| smile, jacket") the tags before it stay;
-    otherwise the first `keep_tokens` tags do. A trigger tag is put first and counts as a kept tag.
+    With a separator in the caption the tags before it stay first, and a second separator marks a fixed
+    suffix, as kohya does: "kafka, 1girl ||| smile, jacket ||| masterpiece, best quality" keeps
+    "masterpiece, best quality" at the end. Without one the first `keep_tokens` tags stay. A trigger tag
+    is put first and is always kept, also with keep_tokens=0 (it counts as one of the kept tags).
     """
     if separator and separator in raw:
         head, tail = raw.split(separator, 1)
-        fixed, flex = split_tags(head), split_tags(tail)
+        suffix_part = ""
+        if separator in tail:
+            tail, suffix_part = tail.split(separator, 1)
+        fixed, flex, suffix = split_tags(head), split_tags(tail), split_tags(suffix_part.replace(separator, ","))
         if trigger:
-            fixed, flex = with_trigger(fixed, trigger), [t for t in flex if t != trigger]
-        return fixed, flex
+            fixed = with_trigger(fixed, trigger)
+            flex, suffix = [t for t in flex if t != trigger], [t for t in suffix if t != trigger]
+        return fixed, flex, suffix
     tags = with_trigger(split_tags(raw), trigger)
-    return tags[:keep_tokens], tags[keep_tokens:]
+    keep = max(keep_tokens, 1) if trigger else keep_tokens
+    return tags[:keep], tags[keep:], []
 
 
 def build_caption(raw: str, trigger: str | None = None, keep_tokens: int = 0, shuffle: bool = False,
                   rng: random.Random | None = None, separator: str | None = None, tag_dropout: float = 0.0,
                   caption_dropout: float = 0.0) -> str:
     """The caption the text encoder sees for one draw of an image (kohya's order: whole-caption dropout,
-    then shuffling, then tag dropout; kept tags are never shuffled or dropped)."""
+    then shuffling, then tag dropout; kept tags, first or last, are never shuffled or dropped)."""
     if (shuffle or tag_dropout or caption_dropout) and rng is None:
         raise ValueError("shuffling and dropout need an rng")
     if caption_dropout and rng.random() < caption_dropout:  # type: ignore[union-attr]
         return ""
-    fixed, flex = fixed_and_flexible(raw, trigger, keep_tokens, separator)
+    fixed, flex, suffix = fixed_and_flexible(raw, trigger, keep_tokens, separator)
     if shuffle:
         rng.shuffle(flex)  # type: ignore[union-attr]
     if tag_dropout:
         flex = [t for t in flex if rng.random() >= tag_dropout]  # type: ignore[union-attr]
-    return join_tags(fixed + flex)
+    return join_tags(fixed + flex + suffix)
 
 
 def tag_frequency(captions: Iterable[str]) -> dict[str, int]:

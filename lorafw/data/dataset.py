@@ -78,8 +78,8 @@ class TrainData:
     def base_caption(self, i: int) -> str:
         """The caption before any randomness: the file's tags, trigger first (the concept name if no file)."""
         raw, f = self._raw(i)
-        fixed, flex = fixed_and_flexible(raw, f.trigger, f.keep_tokens, f.keep_tokens_separator)
-        return join_tags(fixed + flex)
+        fixed, flex, suffix = fixed_and_flexible(raw, f.trigger, f.keep_tokens, f.keep_tokens_separator)
+        return join_tags(fixed + flex + suffix)
 
     def caption(self, i: int, rng: random.Random) -> str:
         """One draw of image i's caption: shuffled and dropped out as its folder says."""

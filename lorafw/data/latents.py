@@ -37,7 +37,12 @@ def _place(im, img: TrainImage, flip: bool, resample):
 
 
 def load_pixels(img: TrainImage, flip: bool) -> torch.Tensor:
-    """(3, h, w) float tensor in [-1, 1]: EXIF-rotated, RGB (transparency onto white), resized, cropped."""
+    """(3, h, w) float tensor in [-1, 1]: EXIF-rotated, RGB, resized, cropped.
+
+    Transparent pixels are composited onto white, the background booru art and the guide's datasets assume.
+    kohya differs: its convert("RGB") drops the alpha channel and trains whatever colour is stored under the
+    transparency (often black). For transparent images dataset.masked_loss=true leaves those pixels out.
+    """
     from PIL import Image, ImageOps
 
     path = img.entry.path

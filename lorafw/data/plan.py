@@ -88,6 +88,7 @@ class Plan:
     buckets: dict[str, int]  # "w×h" → items per epoch
     advice: Advice
     warnings: list[str] = field(default_factory=list)
+    objective: dict[str, Any] = field(default_factory=dict)  # prediction type, ZTSNR and where each comes from
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,8 +125,34 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
         guide_steps_per_epoch=T / B, guide_total_steps=guide_steps(T, E, B),
         batches_per_epoch=batches, steps_per_epoch=spe, total_steps=spe * E, reasons=reasons,
         buckets={f"{w}x{h}": n for (w, h), n in sorted(counts.items(), key=lambda kv: -kv[1])},
-        advice=advise(train_folders), warnings=list(warnings or []),
+        advice=advise(train_folders), warnings=list(warnings or []), objective=objective_of(spec),
     )
+
+
+def objective_of(spec: RunSpec) -> dict[str, Any]:
+    """What the run will train (ε or v, ZTSNR) and why: the checkpoint's header is read when base_model.path
+    points at one (milliseconds, no torch); a contradiction is reported as `problem`, not raised."""
+    from lorafw.errors import ConfigError, LorafwError
+    from lorafw.objective.prediction import resolve
+    from lorafw.paths import expand
+
+    path, declared, read = spec.base_model.path, None, False
+    if path and path != "???" and expand(path).exists():
+        from lorafw.models.load import inspect_base_model
+
+        try:
+            declared, read = inspect_base_model(expand(path)).prediction, True
+        except LorafwError:
+            pass  # an unreadable model is `lorafw check`'s and the trainer's to report
+    try:
+        r = resolve(spec.train, declared, f"base_model.path={path}")
+    except ConfigError as e:
+        return {"problem": "; ".join(e.problems)}
+    out = {"prediction_type": r.prediction, "source": r.source, "zero_terminal_snr": r.zero_terminal_snr,
+           "ztsnr_source": r.ztsnr_source}
+    if not read and spec.train.prediction_type == "auto":
+        out["source"] += " (base_model.path not read: give it to see what the checkpoint states)"
+    return out
 
 
 def _reps(n: int) -> str:
@@ -167,6 +194,12 @@ def render(plan: Plan, title: str = "") -> str:
         reps = ", ".join(f"{k}: {r}" for k, r in a.balance["repeats"].items())
         out.append(f"    balanced      repeats {reps} → T = {a.balance['T']} → {a.balance['epochs']} epochs, batch 2 → "
                    f"{a.balance['steps']} steps   (row: T ≈ {a.balance['row_T']})")
+    o = p.objective
+    if o.get("problem"):
+        out += ["", f"  prediction type   refused: {o['problem']}"]
+    elif o:
+        out += ["", f"  prediction type   {o['prediction_type']}   from {o['source']}",
+                f"  zero terminal SNR {str(o['zero_terminal_snr']).lower()}   from {o['ztsnr_source']}"]
     for wmsg in p.warnings:
         out.append(f"  warning: {wmsg}")
     return "\n".join(out)

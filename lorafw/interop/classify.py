@@ -502,6 +502,8 @@ class Classifier:
                 self.set("train.num_processes", int(float(args.pop("num_processes"))), "num_processes")
             except (TypeError, ValueError):
                 self.refuse("num_processes", args.get("num_processes"), "not a whole number")
+        if "v_parameterization" in args and _same(args["v_parameterization"], True):
+            self.set("train.prediction_type", "v_prediction", args.pop("v_parameterization") and "v_parameterization")
         if "sample_prompt_lines" in args:
             self.set("sample.prompts", args.pop("sample_prompt_lines"), "sample_prompts")
         te_only = args.pop("network_train_text_encoder_only", False)

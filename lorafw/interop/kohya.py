@@ -21,6 +21,31 @@ DIRECT = {k: v for k, v in kohya_names(RunSpec).items() if k not in TRANSLATED}
 
 
 # -- export ------------------------------------------------------------------------------------------
+OBJECTIVE_KEYS = ("zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "debiased_estimation_loss",
+                  "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
+                  "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "min_timestep",
+                  "max_timestep", "loss_type", "huber_schedule", "huber_c", "huber_scale", "scale_weight_norms")
+
+
+def objective_args(s: Any) -> dict[str, Any]:
+    """The objective's train.* settings under sd-scripts' argument names (unset ones left out: TOML has no null)."""
+    return {k: getattr(s.train, k) for k in OBJECTIVE_KEYS if getattr(s.train, k) is not None}
+
+
+def _v_parameterization(s: Any) -> bool:
+    """sd-scripts' v_parameterization: what the run trains, reading the checkpoint when prediction_type=auto."""
+    if s.train.prediction_type != "auto":
+        return s.train.prediction_type == "v_prediction"
+    from lorafw.errors import LorafwError
+    from lorafw.models.load import inspect_base_model
+    from lorafw.paths import expand
+
+    try:
+        return inspect_base_model(expand(s.base_model.path)).prediction.prediction == "v_prediction"
+    except (LorafwError, OSError):
+        return False
+
+
 def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[tuple[str, int, dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A spec → (config_file dict, dataset_config dict) for sd-scripts, with a [lorafw] section for the rest."""
     s = spec
@@ -34,7 +59,8 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     opt_args = [f"weight_decay={s.optimizer.weight_decay!r}", f"betas={literal(s.optimizer.betas)}"]
     opt_args += [f"{k}={literal(val)}" for k, val in s.optimizer.args.items()]
     config: dict[str, Any] = {
-        "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False, "v_parameterization": False,
+        "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False,
+                            "v_parameterization": _v_parameterization(s),
                             **({"vae": s.base_model.vae} if s.base_model.vae else {})},
         "network_arguments": {"network_module": "lycoris.kohya" if net_args else "networks.lora", "network_dim": s.network.dim,
                               "network_alpha": s.network.alpha, "network_dropout": s.network.dropout,
@@ -54,8 +80,9 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             **({"max_data_loader_n_workers": s.dataset.workers} if s.dataset.workers is not None else {}),
             "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
             "cache_text_encoder_outputs": s.dataset.cache_text_encoder_outputs, "prior_loss_weight": s.dataset.prior_loss_weight,
-            "masked_loss": s.dataset.masked_loss, "loss_type": "l2",
+            "masked_loss": s.dataset.masked_loss,
             **({"min_snr_gamma": s.train.min_snr_gamma} if s.train.min_snr_gamma else {}),
+            **objective_args(s),
             **({"torch_compile": True, "dynamo_backend": s.train.compile_backend} if s.train.compile else {}),
         },
         "saving_arguments": {"output_dir": s.output.dir or "", "output_name": s.output.name or "lora", "save_model_as": "safetensors",

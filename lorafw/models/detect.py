@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorafw.errors import ModelError
+from lorafw.objective.prediction import Declared, from_header
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -39,6 +40,7 @@ class ModelInfo:
     vae: dict[str, Any] | None  # None: the file has no VAE (an external one is needed)
     text_encoders: list[dict[str, Any]] = field(default_factory=list)
     unet_params: int = 0
+    prediction: Declared = field(default_factory=Declared)  # what the file says it predicts (ε / v, ZTSNR)
 
     def describe(self) -> str:
         n_te = len(self.text_encoders)
@@ -88,8 +90,9 @@ def classify(shapes: Shapes) -> str:
     return "sd15"
 
 
-def detect(shapes: Shapes) -> ModelInfo:
-    """Every component's config from a single-file checkpoint's tensor shapes."""
+def detect(shapes: Shapes, metadata: dict[str, str] | None = None) -> ModelInfo:
+    """Every component's config from a single-file checkpoint's tensor shapes; its prediction type from its
+    marker tensors and metadata (objective/prediction.py)."""
     arch = classify(shapes)
     unet = _unet_config(shapes, arch)
     vae = _vae_config(shapes, arch) if any(k.startswith(VAE) for k in shapes) else None
@@ -114,7 +117,8 @@ def detect(shapes: Shapes) -> ModelInfo:
         if extra <= 0 or extra % 6:
             raise ModelError(f"SDXL UNet's size-conditioning width {unet['projection_class_embeddings_input_dim']} does not fit text encoder 2")
         unet["addition_time_embed_dim"] = extra // 6
-    return ModelInfo(arch=arch, unet=unet, vae=vae, text_encoders=tes, unet_params=_count(shapes, UNET))
+    return ModelInfo(arch=arch, unet=unet, vae=vae, text_encoders=tes, unet_params=_count(shapes, UNET),
+                     prediction=from_header(shapes.keys(), metadata or {}))
 
 
 def _shape(shapes: Shapes, key: str) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from lorafw.models.detect import (
     detect,
 )
 from lorafw.models.header import read_header
+from lorafw.objective.prediction import from_scheduler_config
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -44,7 +45,7 @@ def inspect_base_model(path: str | Path) -> ModelInfo:
             raise ModelError(f"{p}: {e}") from None
     header = read_header(p)
     try:
-        return detect(header.shapes())
+        return detect(header.shapes(), header.metadata)
     except ModelError as e:
         raise ModelError(f"{p}: {e}") from None
 
@@ -68,7 +69,9 @@ def _inspect_folder(p: Path) -> ModelInfo:
     tes = [_read_json(p / "text_encoder" / "config.json")]
     if arch == "sdxl":
         tes.append(_read_json(p / "text_encoder_2" / "config.json"))
-    return ModelInfo(arch=arch, unet=unet, vae=vae, text_encoders=tes)
+    sched = p / "scheduler" / "scheduler_config.json"
+    declared = from_scheduler_config(_read_json(sched) if sched.is_file() else None)
+    return ModelInfo(arch=arch, unet=unet, vae=vae, text_encoders=tes, prediction=declared)
 
 
 def check_arch(info: ModelInfo, expected: str, path: str) -> None:
@@ -94,18 +97,18 @@ class Components:
     noise_scheduler: Any
 
 
-def noise_scheduler():
-    """The DDPM schedule every SD1.5/SDXL model was trained with (and kohya trains with)."""
-    from diffusers import DDPMScheduler
+def noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
+    """The DDPM schedule every SD1.5/SDXL model was trained with (and kohya trains with); see
+    objective/schedule.py for the v-prediction and zero-terminal-SNR variants."""
+    from lorafw.objective.schedule import noise_scheduler as make
 
-    return DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False,
-        steps_offset=1,
-    )
+    return make(prediction_type, zero_terminal_snr)
 
 
-def load_components(path: str | Path, vae_path: str | Path | None = None, expected_arch: str | None = None) -> Components:
-    """Build and fill the UNet, VAE and text encoder(s) of the model at `path` (file or diffusers folder)."""
+def load_components(path: str | Path, vae_path: str | Path | None = None, expected_arch: str | None = None,
+                    objective: Any = None) -> Components:
+    """Build and fill the UNet, VAE and text encoder(s) of the model at `path` (file or diffusers folder).
+    The noise schedule follows `objective` (an objective.prediction.Resolved), else what the file declares."""
     p = Path(path)
     info = inspect_base_model(p)
     if expected_arch is not None:
@@ -125,7 +128,13 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
     for m in (unet, vae, *tes):
         m.requires_grad_(False)
         m.eval()
-    return Components(info.arch, info, unet, vae, tes, toks, noise_scheduler())
+    if objective is None:
+        from lorafw.objective.prediction import Resolved
+
+        d = info.prediction
+        objective = Resolved(d.prediction or "epsilon", bool(d.ztsnr), d.source, d.source)
+    sched = noise_scheduler(objective.prediction, objective.zero_terminal_snr)
+    return Components(info.arch, info, unet, vae, tes, toks, sched)
 
 
 _PICKLE_CACHE: dict[tuple[str, float], dict[str, Any]] = {}

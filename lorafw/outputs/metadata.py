@@ -40,6 +40,7 @@ class TrainingFacts:
     triggers: list[str] = field(default_factory=list)
     session_id: str = ""
     processes: int = 1  # data-parallel processes: kohya's total batch counts them
+    objective: Any = None  # objective.prediction.Resolved: the prediction type and ZTSNR trained (None: ε, no ZTSNR)
 
 
 def network_module(spec: RunSpec) -> tuple[str, dict[str, str]]:
@@ -58,9 +59,39 @@ def _num(x: float | int | None) -> str:
     return "None" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
 
 
+MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
+
+
+def objective_metadata(t: Any, v_pred: bool, ztsnr: bool) -> dict[str, str]:
+    """The objective's settings under kohya's ss_* names (train_network.py writes all but the last four, which
+    follow its naming for the options it does not record: the timestep range, the v-like loss options and
+    ss_v_parameterization, which readers such as Civitai's and the UIs' inspectors look for)."""
+    return {
+        "ss_v_parameterization": str(v_pred),
+        "ss_zero_terminal_snr": str(ztsnr),
+        "ss_noise_offset_random_strength": str(t.noise_offset_random_strength),
+        "ss_adaptive_noise_scale": _num(t.adaptive_noise_scale),
+        "ss_multires_noise_iterations": _num(t.multires_noise_iterations),
+        "ss_multires_noise_discount": _num(t.multires_noise_discount),
+        "ss_ip_noise_gamma": _num(t.ip_noise_gamma),
+        "ss_ip_noise_gamma_random_strength": str(t.ip_noise_gamma_random_strength),
+        "ss_huber_schedule": t.huber_schedule,
+        "ss_huber_c": _num(t.huber_c),
+        "ss_huber_scale": _num(t.huber_scale),
+        "ss_debiased_estimation": str(t.debiased_estimation_loss),
+        "ss_scale_weight_norms": _num(t.scale_weight_norms),
+        "ss_min_timestep": _num(t.min_timestep),
+        "ss_max_timestep": _num(t.max_timestep),
+        "ss_scale_v_pred_loss_like_noise_pred": str(t.scale_v_pred_loss_like_noise_pred),
+        "ss_v_pred_like_loss": _num(t.v_pred_like_loss),
+    }
+
+
 def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, str]:
     """Every metadata key as a string."""
     module, net_args = network_module(spec)
+    v_pred = bool(facts.objective is not None and facts.objective.v)
+    ztsnr = bool(facts.objective is not None and facts.objective.zero_terminal_snr)
     d, t, o, sc = spec.dataset, spec.train, spec.optimizer, spec.scheduler
     res = d.resolution
     train_te = o.text_encoder_lr > 0
@@ -130,8 +161,9 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "modelspec.title": f"{name}-{facts.epoch:02d}" if facts.epoch else name,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(facts.started_at)),
         "modelspec.resolution": f"{res}x{res}",
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": MODELSPEC_PREDICTION[v_pred],
     }
+    meta.update(objective_metadata(t, v_pred, ztsnr))
     if facts.triggers:
         meta["modelspec.trigger_phrase"] = ", ".join(facts.triggers)
     if facts.arch == "sd15":

@@ -70,7 +70,10 @@ class Metrics:
         with (self.run_dir / CSV).open("a", newline="") as f:
             csv.DictWriter(f, COLUMNS, extrasaction="ignore").writerow(row)
 
-    def step(self, step: int, epoch: int, loss: float, lrs: dict[str, float], prodigy_d: float | None = None) -> None:
+    def step(self, step: int, epoch: int, loss: float, lrs: dict[str, float], prodigy_d: float | None = None,
+             extra: dict[str, float] | None = None) -> None:
+        """One optimizer step's figures; `extra` are more scalars under their own names (e.g. kohya's
+        max_norm/keys_scaled), in metrics.jsonl and TensorBoard."""
         s = self.spec.smoothing
         if loss == loss:  # not NaN (a skipped step)
             self._avg = s * self._avg + (1 - s) * loss
@@ -78,7 +81,7 @@ class Metrics:
         if step % self.spec.every_n_steps:
             return
         row = {"kind": "step", "step": step, "epoch": epoch, "loss": loss, "loss_smoothed": self.smoothed,
-               "lr_unet": lrs.get("unet"), "lr_text_encoder": lrs.get("text_encoder"), "prodigy_d": prodigy_d}
+               "lr_unet": lrs.get("unet"), "lr_text_encoder": lrs.get("text_encoder"), "prodigy_d": prodigy_d, **(extra or {})}
         self._append(row)
         if self.writer is not None:
             self.writer.add_scalar("loss/step", loss, step)
@@ -88,6 +91,8 @@ class Metrics:
                 self.writer.add_scalar(f"lr/{name}", lr, step)
             if prodigy_d is not None:
                 self.writer.add_scalar("prodigy/d", prodigy_d, step)
+            for name, value in (extra or {}).items():
+                self.writer.add_scalar(name, value, step)
 
     def epoch(self, step: int, epoch: int, loss: float, val_loss: float | None) -> None:
         self._append({"kind": "epoch", "step": step, "epoch": epoch, "loss": loss, "val_loss": val_loss})

@@ -159,12 +159,18 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     from lorafw.sampling.render import Renderer
     from lorafw.trainers.common import resolve_device
 
-    key = f"{spec.base_model.path}|{spec.base_model.vae}"
+    from lorafw.models.load import inspect_base_model
+    from lorafw.objective.prediction import resolve
+
+    # the objective the run trained (ε or v, ZTSNR): its samplers must use the same one
+    objective = resolve(spec.train, inspect_base_model(expand(spec.base_model.path)).prediction,
+                        f"base_model.path={spec.base_model.path}")
+    key = f"{spec.base_model.path}|{spec.base_model.vae}|{objective.prediction}|{objective.zero_terminal_snr}"
     if key not in models:
         device = resolve_device(spec.train.device)
         dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         c = load_components(expand(spec.base_model.path), expand(spec.base_model.vae) if spec.base_model.vae else None,
-                            expected_arch=spec.base_model.arch)
+                            expected_arch=spec.base_model.arch, objective=objective)
         from lorafw.trainers.common import quiet
 
         with quiet("diffusers"):

@@ -25,10 +25,22 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def make_scheduler(sampler: str, noise_scheduler: Any) -> Any:
+    """The sampler on the training schedule: the same prediction type (ε or v) and, under zero terminal SNR,
+    the rescaled betas with "trailing" timestep spacing, so the first step starts from pure noise at t = 999
+    (with "leading" a ZTSNR v-pred model's previews are noise)."""
     import diffusers
 
+    from lorafw.errors import LorafwError
+
     name, extra = SCHEDULERS[sampler]
-    return getattr(diffusers, name).from_config(noise_scheduler.config, **extra)
+    cfg = noise_scheduler.config
+    ztsnr = bool(cfg.get("rescale_betas_zero_snr", False))
+    if ztsnr:
+        if sampler == "lms":
+            raise LorafwError("sample.sampler=lms has no zero-terminal-SNR schedule, so a ZTSNR model's samples would be "
+                              "noise; choose euler_a, euler, ddim or dpmpp_2m")
+        extra = {**extra, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    return getattr(diffusers, name).from_config(cfg, **extra)
 
 
 class Renderer:

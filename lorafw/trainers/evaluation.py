@@ -48,7 +48,8 @@ def fixed_loss(tr: Trainer, images: list[int] | None = None, seed: int = 0, draw
                 gen = torch.Generator(device=tr.device).manual_seed(dataset_mod.derive_seed("eval", seed, i, d) % (2**63))
                 with tr.accelerator.autocast():
                     cond = inputs.conditioning(tr, caption, [i], [False], data)
-                out = diffusion_step(tr.unet, tr.noise_scheduler, z, cond, gen, dtype=tr.wdtype, autocast=tr.accelerator.autocast)
+                out = diffusion_step(tr.unet, tr.noise_scheduler, z, cond, gen, tr.eval_config, dtype=tr.wdtype,
+                                     autocast=tr.accelerator.autocast)
                 total += out.loss.item()
                 n += 1
     total, n = tr.comm.sum([total, n])

@@ -172,7 +172,7 @@ def load_models(tr: Trainer) -> None:
 
     bm = tr.spec.base_model
     vae = expand(bm.vae) if bm.vae else None
-    c = load_components(tr.model_path, vae, expected_arch=tr.arch)
+    c = load_components(tr.model_path, vae, expected_arch=tr.arch, objective=tr.objective)
     tr.unet, tr.vae, tr.text_encoders, tr.tokenizers = c.unet, c.vae, c.text_encoders, c.tokenizers
     tr.noise_scheduler = c.noise_scheduler
     tr.wdtype = weight_dtype(tr.precision)
@@ -188,7 +188,7 @@ def load_models(tr: Trainer) -> None:
             tr.unet.enable_xformers_memory_efficient_attention()
         except Exception as e:  # xformers missing or unusable on this device
             raise LorafwError(f"train.attention=xformers: {e}; use train.attention=sdpa") from None
-    log.info(f"loaded {tr.model_info.describe()} from {tr.model_path.name}")
+    log.info(f"loaded {tr.model_info.describe()} from {tr.model_path.name}; training {tr.objective.describe()}")
 
 
 def to_device(tr: Trainer, *models: torch.nn.Module) -> None:

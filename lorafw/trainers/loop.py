@@ -20,6 +20,7 @@ import torch
 
 from lorafw.data import dataset as dataset_mod
 from lorafw.errors import Interrupted, NonFiniteError
+from lorafw.objective.maxnorm import apply_max_norm
 from lorafw.trainers.common import log, progress_bar
 from lorafw.trainers.distributed import shard, spans
 from lorafw.trainers.signals import EXIT_CODES
@@ -111,6 +112,7 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     else:
         tr.optimizer.step()
     tr.optimizer.zero_grad(set_to_none=True)
+    norms = apply_max_norm(tr.network, tr.masters, tr.spec.train.scale_weight_norms)  # kohya: after the step
     if tr.ema is not None:
         tr.ema.update()
     lrs = {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(tr.optimizer.param_groups)}
@@ -120,7 +122,7 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     tr.epoch_partial.append(step_loss)
     if tr.metrics is not None:
         d = tr.optimizer.param_groups[0].get("d")
-        tr.metrics.step(tr.global_step, tr.epoch, step_loss, lrs, float(d) if d is not None else None)
+        tr.metrics.step(tr.global_step, tr.epoch, step_loss, lrs, float(d) if d is not None else None, norms)
 
 
 def step_bf16_masters(tr: Trainer) -> None:

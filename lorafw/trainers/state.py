@@ -34,7 +34,7 @@ def save(tr: Trainer, epoch: int, file_name: str | None = None) -> Path:
         num_train_images=tr.data.n_train_items, num_reg_images=tr.data.n_reg_images, started_at=tr.started_at,
         optimizer=tr.optimizer_desc, mixed_precision=tr.precision, tag_frequency=tr.data.tag_frequency(),
         dataset_dirs=tr.data.dataset_dirs(), bucket_info=tr.data.bucket_info(), triggers=tr.data.triggers(),
-        session_id=tr.session_id, processes=tr.world.size,
+        session_id=tr.session_id, processes=tr.world.size, objective=tr.objective,
     )
     path = tr.run_dir / (file_name or f"{tr.name}-{epoch:02d}.safetensors")
     if not tr.main:  # the main process writes the (identical) weights

@@ -5,31 +5,63 @@ processes: it takes a batch's latents and UNet conditioning, the UNet and noise 
 generator that fixes its random draws, and returns the loss. SD1.5 and SDXL run the same function;
 they differ only in the conditioning they pass (lorafw/trainers/arch.py).
 
-Each stage is its own small function, so an option that changes one stage (another noise, another
-prediction target, another weighting) changes that function and nothing else:
+Each stage is its own small function, delegating to the formulas in lorafw/objective/ (kohya's options,
+restated and tested there), so an option that changes one stage changes that function and nothing else:
 
-    sample_noise → sample_timesteps → scheduler.add_noise → UNet → target → per_sample_loss → apply_loss_weights
+    sample_noise → sample_timesteps → add_noise (input perturbation) → UNet → target (ε or v)
+    → per_sample_loss (l2 | l1 | huber | smooth_l1, mask) → apply_loss_weights (samples, min-SNR, v-like, debiased)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
 import torch
 
+from lorafw.objective import loss as L
+from lorafw.objective import noise as N
+from lorafw.objective.schedule import snr_table, target as objective_target
+from lorafw.objective.timesteps import sample_timesteps as draw_timesteps
+
 
 @dataclass(frozen=True)
 class StepConfig:
-    """The spec's knobs the step math reads (train.noise_offset, train.min_snr_gamma)."""
+    """What the step math reads: the prediction type the run trains (objective/prediction.py resolves it from
+    the spec and the checkpoint) and the spec's train.* noise, timestep and loss options, under their names."""
 
+    prediction: str = "epsilon"
     noise_offset: float = 0.0
+    noise_offset_random_strength: bool = False
+    adaptive_noise_scale: float | None = None
+    multires_noise_iterations: int | None = None
+    multires_noise_discount: float = 0.3
+    ip_noise_gamma: float | None = None
+    ip_noise_gamma_random_strength: bool = False
+    min_timestep: int | None = None
+    max_timestep: int | None = None
+    loss_type: str = "l2"
+    huber_schedule: str = "snr"
+    huber_c: float = 0.1
+    huber_scale: float = 1.0
     min_snr_gamma: float | None = None
+    scale_v_pred_loss_like_noise_pred: bool = False
+    v_pred_like_loss: float | None = None
+    debiased_estimation_loss: bool = False
 
     @classmethod
-    def from_spec(cls, train: Any) -> "StepConfig":
-        return cls(noise_offset=train.noise_offset, min_snr_gamma=train.min_snr_gamma)
+    def from_spec(cls, train: Any, prediction: str = "epsilon") -> "StepConfig":
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "prediction"]
+        return cls(prediction=prediction, **{k: getattr(train, k) for k in names})
+
+    @property
+    def v(self) -> bool:
+        return self.prediction == "v_prediction"
+
+
+PLAIN = StepConfig()  # validation: plain noise over every timestep, unweighted MSE (comparable across runs)
 
 
 @dataclass
@@ -39,71 +71,72 @@ class StepOutput:
     timesteps: torch.Tensor
 
 
-def sample_noise(shape: torch.Size | tuple[int, ...], gen: torch.Generator, device: torch.device,
-                 noise_offset: float = 0.0) -> torch.Tensor:
-    """Gaussian noise; with `noise_offset`, plus a per-channel constant (kohya's noise_offset: lets the model
-    learn overall brightness)."""
-    noise = torch.randn(shape, generator=gen, device=device)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen, device=device)
-    return noise
+def sample_noise(latents: torch.Tensor, gen: torch.Generator, cfg: StepConfig = PLAIN) -> torch.Tensor:
+    """Gaussian noise; with kohya's noise_offset (random strength, adaptive scale) and multires noise."""
+    return N.sample_noise(latents, N.NoiseOptions.of(cfg), gen)
 
 
-def sample_timesteps(n: int, scheduler: Any, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """One training timestep per sample, uniform over the scheduler's range."""
-    return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
+def sample_timesteps(n: int, scheduler: Any, gen: torch.Generator, device: torch.device,
+                     cfg: StepConfig = PLAIN) -> torch.Tensor:
+    """One training timestep per sample, uniform over [min_timestep, max_timestep) (the whole schedule unset)."""
+    return draw_timesteps(n, cfg.min_timestep, cfg.max_timestep, gen, device, scheduler.config.num_train_timesteps)
 
 
-def target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict: the noise (ε-prediction)."""
-    return noise
+def add_noise(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+              gen: torch.Generator, cfg: StepConfig = PLAIN) -> torch.Tensor:
+    """The UNet's input: the latents noised at their timesteps; under ip_noise_gamma with perturbed noise."""
+    return scheduler.add_noise(latents, N.perturbed(noise, N.NoiseOptions.of(cfg), gen), timesteps)
 
 
-def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample L2 (MSE), masked per latent pixel (kohya's masked_loss: the mean is over all pixels)."""
-    loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
-    if mask is not None:
-        loss = loss * mask.to(loss.device, loss.dtype)
-    return loss.mean(dim=(1, 2, 3))
+def target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+           prediction: str = "epsilon") -> torch.Tensor:
+    """What the UNet is trained to predict: the noise (ε) or the velocity √ᾱ·ε − √(1−ᾱ)·x₀ (v)."""
+    return objective_target(scheduler, prediction, latents, noise, timesteps)
 
 
-def apply_loss_weights(loss: torch.Tensor, timesteps: torch.Tensor, scheduler: Any, min_snr_gamma: float | None,
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                    timesteps: torch.Tensor | None = None, scheduler: Any = None, cfg: StepConfig = PLAIN) -> torch.Tensor:
+    """Per-sample loss of the configured type (kohya's l2 | l1 | huber | smooth_l1), masked per latent pixel
+    (kohya's masked_loss: the mean is over all pixels). Huber thresholds need the timesteps and scheduler."""
+    if timesteps is None:
+        timesteps = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+    ac = scheduler.alphas_cumprod if scheduler is not None else None
+    T = scheduler.config.num_train_timesteps if scheduler is not None else 1000
+    return L.unweighted(pred, target, timesteps, L.LossOptions.of(cfg), ac, T, mask)
+
+
+def apply_loss_weights(loss: torch.Tensor, timesteps: torch.Tensor, cfg: StepConfig = PLAIN,
                        weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample weights (regularisation images: prior_loss_weight), then min-SNR-γ for ε-prediction
-    (weight = min(SNR, γ) / SNR)."""
-    if weights is not None:
-        loss = loss * weights.to(loss.device, loss.dtype)
-    if min_snr_gamma:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(scheduler, timesteps).to(loss.device)
-        loss = loss * torch.clamp(snr, max=min_snr_gamma) / snr
-    return loss
+    """Per-sample weights (regularisation images: prior_loss_weight), then kohya's SNR weights: min-SNR-γ
+    (min(SNR, γ)/SNR for ε, /(SNR+1) for v), scale_v_pred_loss_like_noise_pred, v_pred_like_loss, debiased."""
+    return L.weighted(loss, timesteps, L.LossOptions.of(cfg), cfg.v, snr_table(), weights)
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler: Any,
-                   min_snr_gamma: float | None, mask: torch.Tensor | None = None,
+                   cfg: StepConfig | None = None, mask: torch.Tensor | None = None,
                    weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample loss of a prediction: `per_sample_loss` then `apply_loss_weights`."""
-    return apply_loss_weights(per_sample_loss(pred, target, mask), timesteps, scheduler, min_snr_gamma, weights)
+    """Per-sample loss of a prediction: `per_sample_loss` then `apply_loss_weights` (cfg None: plain MSE)."""
+    cfg = cfg or PLAIN
+    return apply_loss_weights(per_sample_loss(pred, target, mask, timesteps, scheduler, cfg), timesteps, cfg, weights)
 
 
 def diffusion_step(unet: Callable[..., Any], scheduler: Any, latents: torch.Tensor, unet_kwargs: dict[str, Any],
-                   gen: torch.Generator, cfg: StepConfig = StepConfig(), *, mask: torch.Tensor | None = None,
+                   gen: torch.Generator, cfg: StepConfig = PLAIN, *, mask: torch.Tensor | None = None,
                    weights: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> StepOutput:
     """The loss of one batch: noise the latents at random timesteps and score the UNet's prediction.
 
     `latents`: (B, 4, h, w) scaled VAE latents; `unet_kwargs`: the conditioning (encoder_hidden_states, and
-    SDXL's added_cond_kwargs); `gen` draws the noise and timesteps (the same generator state gives the same
-    loss); `mask` (B, 1, h, w) weights latent pixels, `weights` (B,) samples; `dtype` is the UNet's
-    weight dtype and `autocast` the mixed-precision context the forward pass runs in."""
+    SDXL's added_cond_kwargs); `scheduler`: the run's noise schedule (its prediction type and ZTSNR betas);
+    `gen` draws the noise and timesteps (the same generator state gives the same loss); `mask` (B, 1, h, w)
+    weights latent pixels, `weights` (B,) samples; `dtype` is the UNet's weight dtype and `autocast` the
+    mixed-precision context the forward pass runs in."""
     device = latents.device
-    noise = sample_noise(latents.shape, gen, device, cfg.noise_offset)
-    timesteps = sample_timesteps(latents.shape[0], scheduler, gen, device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noise = sample_noise(latents, gen, cfg)
+    timesteps = sample_timesteps(latents.shape[0], scheduler, gen, device, cfg)
+    noisy = add_noise(scheduler, latents, noise, timesteps, gen, cfg)
     with autocast():
         pred = unet(noisy.to(dtype), timesteps, **unet_kwargs).sample
-    loss = per_sample_loss(pred, target(scheduler, latents, noise, timesteps), mask)
-    loss = apply_loss_weights(loss, timesteps, scheduler, cfg.min_snr_gamma, weights)
+    loss = per_sample_loss(pred, target(scheduler, latents, noise, timesteps, cfg.prediction), mask, timesteps, scheduler, cfg)
+    loss = apply_loss_weights(loss, timesteps, cfg, weights)
     return StepOutput(loss=loss.mean(), per_sample=loss, timesteps=timesteps)

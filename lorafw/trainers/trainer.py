@@ -38,6 +38,7 @@ from lorafw.trainers.arch import SD15, Arch
 from lorafw.trainers.common import RunResult, check_disk, ensure_writable, log, prepare_run_dir, resolve_device
 from lorafw.trainers.distributed import Comm, World, init_process_group
 from lorafw.trainers.signals import StopRequests
+from lorafw.objective.prediction import resolve as resolve_objective, warnings_for as objective_warnings
 from lorafw.trainers.step import StepConfig, diffusion_step
 
 
@@ -62,6 +63,8 @@ class Trainer:
         self.model_path = expand(spec.base_model.path)
         self.model_info = inspect_base_model(self.model_path)  # header only
         check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
+        # ε or v, ZTSNR: what the checkpoint declares, checked against the spec (a contradiction stops here)
+        self.objective = resolve_objective(spec.train, self.model_info.prediction, f"base_model.path={spec.base_model.path}")
         if spec.train.compile:
             from lorafw.trainers.common import compile_problem
 
@@ -94,7 +97,10 @@ class Trainer:
             check_disk(cache_dir, latent_bytes(self.data), "the latent cache (dataset.cache_dir)")
         for w in self.dataset_warnings:
             log.warning(w)
-        self.step_config = StepConfig.from_spec(t)
+        for w in objective_warnings(self.objective):
+            log.warning(w)
+        self.step_config = StepConfig.from_spec(t, self.objective.prediction)
+        self.eval_config = StepConfig(prediction=self.objective.prediction)  # validation: plain noise, unweighted MSE
         # where the run stands (saved in state.pt, restored on resume)
         self.started_at = time.time()
         self.session_id = uuid.uuid4().hex[:16]
@@ -133,6 +139,8 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "buckets": dataset_mod.bucket_histogram(self.data),
             },
+            "objective": {"prediction_type": self.objective.prediction, "source": self.objective.source,
+                          "zero_terminal_snr": self.objective.zero_terminal_snr, "ztsnr_source": self.objective.ztsnr_source},
         }
         faults.install(self)  # tests only (LORAFW_FAULT / LORAFW_TRACE); does nothing otherwise
 

@@ -1,0 +1,152 @@
+"""Which target the base model predicts (ε or v), and whether its schedule has zero terminal SNR. No torch.
+
+A NoobAI v-prediction LoRA trained as ε comes out empty (kohya-ss/sd-scripts#1772), so the checkpoint's own
+statement is read wherever it makes one, in this order:
+  1. marker tensors: a `v_pred` key means v-prediction, a `ztsnr` key zero terminal SNR (NoobAI's files;
+     ComfyUI's and Forge's model detection read the same keys);
+  2. safetensors metadata: `modelspec.prediction_type` (`v` / `epsilon`, the SAI model spec kohya writes),
+     else kohya's `ss_v_parameterization` / `ss_zero_terminal_snr`;
+  3. a diffusers folder's scheduler/scheduler_config.json (`prediction_type`, `rescale_betas_zero_snr`).
+Nothing stated means ε-prediction, the SD1.5/SDXL default. An explicit `train.prediction_type` (or
+`train.zero_terminal_snr`) that contradicts the file is refused, naming both, unless
+`train.force_prediction_type=true`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lorafw.errors import ConfigError
+
+Prediction = Literal["epsilon", "v_prediction"]
+SHORT = {"epsilon": "ε (epsilon)", "v_prediction": "v"}
+MODELSPEC = {"epsilon": "epsilon", "v_prediction": "v"}  # modelspec.prediction_type values (kohya's sai_model_spec)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a checkpoint says about itself; None = it does not say."""
+
+    prediction: Prediction | None = None
+    ztsnr: bool | None = None
+    source: str = ""  # e.g. "the v_pred marker tensor"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The objective a run trains: its prediction type, ZTSNR, and where each came from (for plan and logs)."""
+
+    prediction: Prediction
+    zero_terminal_snr: bool
+    source: str
+    ztsnr_source: str
+
+    @property
+    def v(self) -> bool:
+        return self.prediction == "v_prediction"
+
+    def describe(self) -> str:
+        z = "zero terminal SNR" if self.zero_terminal_snr else "no ZTSNR"
+        return f"{self.prediction} ({self.source}); {z} ({self.ztsnr_source})"
+
+
+def _truthy(value: str) -> bool | None:
+    v = value.strip().lower()
+    return True if v in ("true", "1", "yes") else False if v in ("false", "0", "no") else None
+
+
+def from_header(keys: Any, metadata: dict[str, str]) -> Declared:
+    """From a single file's tensor names and metadata (no tensor data is read)."""
+    keys = set(keys)
+    if "v_pred" in keys:
+        z = "ztsnr" in keys
+        return Declared("v_prediction", True if z else None,
+                        "the checkpoint's v_pred marker tensor" + (" and ztsnr marker" if z else ""))
+    ztsnr_marker = True if "ztsnr" in keys else None
+    mp = (metadata.get("modelspec.prediction_type") or "").strip().lower()
+    if mp:
+        kind = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon", "eps": "epsilon"}.get(mp)
+        if kind is None:
+            raise ConfigError([f"base_model.path: the checkpoint's modelspec.prediction_type is {mp!r}, which lorafw "
+                               "does not train (epsilon or v only)"])
+        z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get("ss_zero_terminal_snr", ""))
+        return Declared(kind, z, f"the checkpoint's metadata modelspec.prediction_type={mp}")  # type: ignore[arg-type]
+    vp = _truthy(metadata.get("ss_v_parameterization", ""))
+    z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get("ss_zero_terminal_snr", ""))
+    if vp is not None:
+        return Declared("v_prediction" if vp else "epsilon", z,
+                        f"the checkpoint's metadata ss_v_parameterization={metadata['ss_v_parameterization']}")
+    if z is not None:
+        return Declared(None, z, "the checkpoint's ztsnr marker" if ztsnr_marker else "the checkpoint's metadata ss_zero_terminal_snr")
+    return Declared()
+
+
+def from_scheduler_config(cfg: dict[str, Any] | None) -> Declared:
+    """From a diffusers folder's scheduler/scheduler_config.json (None: the folder has none)."""
+    if not cfg:
+        return Declared()
+    kind = cfg.get("prediction_type")
+    if kind not in (None, "epsilon", "v_prediction"):
+        raise ConfigError([f"base_model.path: the model's scheduler config says prediction_type={kind!r}, which lorafw "
+                           "does not train (epsilon or v_prediction only)"])
+    z = cfg.get("rescale_betas_zero_snr")
+    return Declared(kind, bool(z) if z is not None else None, "the diffusers folder's scheduler_config.json")
+
+
+def resolve(train: Any, declared: Declared | None, model: str = "the base model") -> Resolved:
+    """The objective `train` (a TrainSpec) asks for, checked against what the checkpoint declares.
+
+    Raises ConfigError naming both values when an explicit setting contradicts the file and
+    `train.force_prediction_type` is off, and for options that need (or exclude) v-prediction.
+    """
+    d = declared or Declared()
+    problems: list[str] = []
+    forced = bool(getattr(train, "force_prediction_type", False))
+    want = train.prediction_type
+    if want == "auto":
+        pred: Prediction = d.prediction or "epsilon"
+        source = d.source if d.prediction else "the default: the checkpoint does not state one"
+    else:
+        pred = want
+        source = "train.prediction_type"
+        if d.prediction and d.prediction != want:
+            if forced:
+                source += f", forced over {d.source} ({d.prediction})"
+            else:
+                problems.append(
+                    f"train.prediction_type: {want} asked for, but {model} is a {d.prediction} model ({d.source}); "
+                    f"leave train.prediction_type=auto to train it as the file says, or set "
+                    f"train.force_prediction_type=true to train {want} anyway")
+    zwant = train.zero_terminal_snr
+    if zwant is None:
+        ztsnr = bool(d.ztsnr)
+        zsource = (d.source if d.ztsnr is not None else "the default: the checkpoint does not state it")
+    else:
+        ztsnr, zsource = bool(zwant), "train.zero_terminal_snr"
+        if d.ztsnr is not None and d.ztsnr != zwant:
+            if forced:
+                zsource += f", forced over {d.source}"
+            else:
+                problems.append(
+                    f"train.zero_terminal_snr: {zwant} asked for, but {model} states zero_terminal_snr={d.ztsnr} "
+                    f"({d.source}); leave train.zero_terminal_snr=null to follow the file, or set "
+                    "train.force_prediction_type=true")
+    if train.scale_v_pred_loss_like_noise_pred and pred != "v_prediction":
+        problems.append(f"train.scale_v_pred_loss_like_noise_pred: needs v-prediction, but this run trains {pred} "
+                        f"({source}); turn it off or train a v-prediction model")
+    if train.v_pred_like_loss and pred == "v_prediction":
+        problems.append(f"train.v_pred_like_loss: adds a v-like term to an ε loss, but this run already trains "
+                        f"v-prediction ({source}); set train.v_pred_like_loss=null")
+    if problems:
+        raise ConfigError(problems)
+    return Resolved(pred, ztsnr, source, zsource)
+
+
+def warnings_for(r: Resolved) -> list[str]:
+    """Settings that train, but not as a user would expect (kohya warns about the same)."""
+    out = []
+    if r.zero_terminal_snr and not r.v:
+        out.append("train.zero_terminal_snr with ε-prediction: the last timestep's input is pure noise, which an "
+                   "ε model cannot learn from (kohya warns the same); ZTSNR is meant for v-prediction")
+    return out
