@@ -91,7 +91,8 @@ def test_check_prints_the_plan(tmp_path, tiny_model, tiny_dataset):
 
 def test_recipes_are_listed(tmp_path):
     out = lorafw("recipes", cwd=tmp_path).stdout
-    assert [ln.split()[0] for ln in out.splitlines()] == ["pdxl", "pdxl_dora", "sd15_character", "sd15_prodigy"]
+    assert [ln.split()[0] for ln in out.splitlines()] == ["illustrious", "noobai_vpred", "pdxl", "pdxl_dora", "sd15_character",
+                                                       "sd15_prodigy"]
 
 
 def test_help_names_the_common_keys(tmp_path):
