@@ -105,6 +105,7 @@ class Network:
                          s.dim, s.alpha, conv_dim, conv_alpha)
         if not targets:
             raise RuntimeError(f"no layers to adapt in the {part}")  # a bug: every SD model has them
+        model.requires_grad_(False)  # only the adapters train (as peft's injection did)
         modules = dict(model.named_modules())
         for t in targets:
             file_name = name_of(t.name)
