@@ -8,6 +8,8 @@ Packages (pyproject says why each is a dependency): torch (AdamW, SGD), bitsandb
 AdamW/Lion, Lion, 8-bit SGD; it runs them on CPUs too, unpaged), prodigyopt, came-pytorch, dadaptation
 (Facebook Research's D-Adaptation, what kohya imports), schedulefree (Facebook Research's Schedule-Free),
 transformers (Adafactor).
+bitsandbytes' SGD8bit accepts nesterov and ignores it, so sgd_nesterov8bit (kohya's SGDNesterov8bit) is 8-bit
+momentum SGD, exactly as under kohya.
 """
 
 from __future__ import annotations

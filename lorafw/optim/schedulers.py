@@ -177,8 +177,10 @@ def key_points(spec: SchedulerSpec, total: int, lr: float) -> list[tuple[int, fl
     return curve
 
 
-def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int) -> Any:
-    """A torch LR scheduler for `optimizer`, stepped once per optimizer step for `total` steps."""
+def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr: float | None = None) -> Any:
+    """A torch LR scheduler for `optimizer`, stepped once per optimizer step for `total` steps.
+
+    `initial_lr`: what the adafactor scheduler reports before Adafactor has computed an lr (kohya: the lr)."""
     from torch.optim.lr_scheduler import LambdaLR
 
     if spec.type:
@@ -186,7 +188,7 @@ def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int) -> Any:
     if spec.name == "adafactor":
         from transformers.optimization import AdafactorSchedule
 
-        return AdafactorSchedule(optimizer, optimizer.defaults.get("lr") or 0.0)
+        return AdafactorSchedule(optimizer, initial_lr or optimizer.defaults.get("lr") or 0.0)
     default_lr = optimizer.defaults.get("lr")
     lambdas = [lambda s, base=g["lr"]: factor(spec, s, total, base, default_lr) for g in optimizer.param_groups]
     return LambdaLR(optimizer, lambdas)
