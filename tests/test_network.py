@@ -357,7 +357,7 @@ def test_block_dims_give_kohya_ranks_and_zero_blocks_no_adapter():
 
 def test_param_groups_loraplus_and_block_lr():
     spec = dataclasses.replace(LORA, loraplus_lr_ratio=16.0, loraplus_text_encoder_lr_ratio=4.0,
-                               down_lr_weight="zeros+0.5", mid_lr_weight=[2.0], up_lr_weight=None)
+                               down_lr_weight="zeros+0.5", mid_lr_weight="2", up_lr_weight=None)
     n, _ = net(spec)
     groups = n.param_groups(1e-4, 2e-5)
     by = {g["name"]: g for g in groups}

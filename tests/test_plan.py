@@ -118,3 +118,16 @@ def test_plan_command_imports_no_torch_and_needs_no_model(tmp_path):
     make_folder(tmp_path, "3_kafka", [(64, 64)] * 4, ["kafka"])
     data = json.loads(lorafw_main_without_torch("plan", "--json", "+recipe=pdxl", f"dataset.root={tmp_path}"))
     assert data["T"] == 12 and data["batch_size"] == 2
+
+
+def test_plan_shows_the_lr_curve(tmp_path):
+    make_folder(tmp_path, "10_kafka", [(64, 64)] * 10, ["kafka"])
+    p = plan_for(tmp_path, "dataset.resolution=64", "dataset.min_bucket_reso=64", "scheduler=constant_with_warmup",
+                 "scheduler.warmup_ratio=0.1", "train.batch_size=1", "train.epochs=2", "optimizer.unet_lr=2e-4")
+    assert p.total_steps == 200
+    pts = dict(p.lr_points)
+    assert pts[0] == 0 and pts[20] == pytest.approx(2e-4) and pts[199] == pytest.approx(2e-4)
+    assert "lr curve (optimizer step: UNet lr)  0: 0   20: 0.0002" in render(p)
+    q = plan_for(tmp_path, "dataset.resolution=64", "dataset.min_bucket_reso=64", "optimizer=adafactor",
+                 "optimizer.args.relative_step=true", "optimizer.text_encoder_lr=${.lr}")
+    assert not q.lr_points and "Adafactor computes its own lr" in render(q)

@@ -39,8 +39,8 @@ class NetworkSpec:
     dropout: float = key(0.0, "kohya network_dropout: drops elements of the rank-r activation (lora_down's output) while "
                          "training; loha/lokr/ia3/glora: LyCORIS's dropout on the adapter's output", kohya="network_dropout",
                          ge=0, lt=1)
-    conv_dim: int | None = key(None, "rank on the ResNet/sampler 3x3 convolutions (locon, and loha/lokr/glora/ia3 when set)", ge=1)
-    conv_alpha: float | None = key(None, "alpha on those convolutions", gt=0)
+    conv_dim: int | None = key(None, "rank on the ResNet/sampler 3x3 convolutions (locon, and loha/lokr/glora/ia3 when set)")
+    conv_alpha: float | None = key(None, "alpha on those convolutions")
     rank_dropout: float = key(0.0, "kohya rank_dropout: drops whole ranks per image each step (the rest scaled by 1/(1-p))", ge=0, lt=1)
     module_dropout: float = key(0.0, "kohya module_dropout: chance that a layer's adapter is skipped for a step", ge=0, lt=1)
     factor: int = key(-1, "lokr: split each dimension by this factor (-1 = as square as possible)")
@@ -58,10 +58,10 @@ class NetworkSpec:
     block_alphas: tuple[float, ...] = key((), "UNet alpha per block (with block_dims); empty = alpha")
     conv_block_dims: tuple[int, ...] = key((), "3x3-convolution rank per block; empty = conv_dim")
     conv_block_alphas: tuple[float, ...] = key((), "3x3-convolution alpha per block; empty = conv_alpha")
-    down_lr_weight: Any = key(None, "lr multipliers of the down blocks (12 for SD1.5, 9 for SDXL), or kohya's cosine | sine | "
-                              "linear | reverse_linear | zeros [+BASE]")
-    mid_lr_weight: Any = key(None, "lr multipliers of the mid block(s) (1 for SD1.5, 3 for SDXL)")
-    up_lr_weight: Any = key(None, "lr multipliers of the up blocks, like down_lr_weight")
+    down_lr_weight: str | None = key(None, "lr multipliers of the down blocks, comma-separated (12 for SD1.5, 9 for SDXL), "
+                                     "or kohya's cosine | sine | linear | reverse_linear | zeros [+BASE]")
+    mid_lr_weight: str | None = key(None, "lr multipliers of the mid block(s), comma-separated (1 for SD1.5, 3 for SDXL)")
+    up_lr_weight: str | None = key(None, "lr multipliers of the up blocks, like down_lr_weight")
     block_lr_zero_threshold: float = key(0.0, "block lr weights at or below this become 0 (that block gets no adapter)", ge=0)
 
 

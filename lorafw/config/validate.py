@@ -253,6 +253,10 @@ def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool)
             f"network.conv_dim: set ({n.conv_dim}) but network.algo=lora has no convolution adapters; "
             "use network=locon (or network.algo=locon), or set network.conv_dim=null"
         )
+    elif n.conv_dim is not None and n.conv_dim < 1:
+        p.append(f"network.conv_dim: a rank of at least 1, or null for no convolution adapters; got {n.conv_dim}")
+    elif n.conv_alpha is not None and n.conv_alpha <= 0:
+        p.append(f"network.conv_alpha: must be > 0, got {n.conv_alpha}")
     elif n.conv_dim is not None and n.conv_alpha is None and n.algo != "ia3":
         p.append(f"network.conv_alpha: network.conv_dim={n.conv_dim} needs an alpha too, e.g. network.conv_alpha={n.conv_dim}")
     if n.dora_wd and n.algo not in ("lora", "locon", "loha", "lokr"):

@@ -88,6 +88,8 @@ class Plan:
     buckets: dict[str, int]  # "w×h" → items per epoch
     advice: Advice
     warnings: list[str] = field(default_factory=list)
+    lr_points: list[tuple[int, float]] = field(default_factory=list)  # (optimizer step, UNet lr) at the curve's corners
+    lr_note: str = ""  # why there are no points (the optimizer or a scheduler class decides the lr)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,8 +126,22 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
         guide_steps_per_epoch=T / B, guide_total_steps=guide_steps(T, E, B),
         batches_per_epoch=batches, steps_per_epoch=spe, total_steps=spe * E, reasons=reasons,
         buckets={f"{w}x{h}": n for (w, h), n in sorted(counts.items(), key=lambda kv: -kv[1])},
-        advice=advise(train_folders), warnings=list(warnings or []),
+        advice=advise(train_folders), warnings=list(warnings or []), **_lr_curve(spec, spe * E),
     )
+
+
+def _lr_curve(spec: RunSpec, total: int) -> dict[str, Any]:
+    """The UNet lr at the schedule's corners (optim/schedulers.py's formulas, the ones training runs)."""
+    from lorafw.optim.optimizers import relative_step
+    from lorafw.optim.schedulers import key_points
+
+    o, sc = spec.optimizer, spec.scheduler
+    if relative_step(o) or sc.name == "adafactor":
+        return {"lr_points": [], "lr_note": "Adafactor computes its own lr (relative_step)"}
+    if sc.type:
+        return {"lr_points": [], "lr_note": f"{sc.type} decides the lr"}
+    lr = o.unet_lr or o.text_encoder_lr
+    return {"lr_points": key_points(sc, total, lr), "lr_note": ""}
 
 
 def _reps(n: int) -> str:
@@ -167,6 +183,10 @@ def render(plan: Plan, title: str = "") -> str:
         reps = ", ".join(f"{k}: {r}" for k, r in a.balance["repeats"].items())
         out.append(f"    balanced      repeats {reps} → T = {a.balance['T']} → {a.balance['epochs']} epochs, batch 2 → "
                    f"{a.balance['steps']} steps   (row: T ≈ {a.balance['row_T']})")
+    if p.lr_points:
+        out += ["", "  lr curve (optimizer step: UNet lr)  " + "   ".join(f"{s}: {lr:.3g}" for s, lr in p.lr_points)]
+    elif p.lr_note:
+        out += ["", f"  lr curve: {p.lr_note}"]
     for wmsg in p.warnings:
         out.append(f"  warning: {wmsg}")
     return "\n".join(out)
