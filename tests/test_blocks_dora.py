@@ -111,3 +111,25 @@ def test_ui_weight_interpolates_and_zero_is_the_base():
         torch.testing.assert_close(patched(W, D, 0.5, M, ui), W + 0.5 * (full - W))
         assert torch.equal(patched(W, D, 0.0, M, ui), W)
     torch.testing.assert_close(patched(W, D, 0.7), W + 0.7 * D)  # plain LoRA: every reader adds w·ΔW
+
+
+# -- network settings refused with the key, the value and the fix ----------------------------------------
+@pytest.mark.parametrize("overrides,message", [
+    (["network.algo=lora", "network.factor=4"], "network.factor: a LoKr setting, but network.algo=lora"),
+    (["network=ia3", "network.dora_wd=true"], "network.dora_wd: LyCORIS has no weight-decomposed ia3"),
+    (["network=ia3", "network.rank_dropout=0.1"], "IA3 learns one scale per channel"),
+    (["network=glora", "network.loraplus_lr_ratio=16"], "network.loraplus_lr_ratio: LoRA+ speeds up lora_up"),
+    (["network=loha", "network.conv_alpha=null"], "network.conv_alpha: network.conv_dim=4 needs an alpha too"),
+    (["network.train_on_input=true"], "network.train_on_input: an IA3 setting"),
+    (["network.block_dims=[4,4]"], "network.block_dims: sd15 has 25 blocks"),
+    (["network.down_lr_weight=wave"], "network.down_lr_weight: 'wave' is not a list of numbers"),
+    (["optimizer.stop_text_encoder_training=2.5"], "optimizer.stop_text_encoder_training: 2.5 is neither"),
+])
+def test_network_settings_refused_with_the_fix(overrides, message):
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+
+    with pytest.raises(ConfigError) as e:
+        spec_from_dict(compose_dict("sd15_character", ["base_model.path=/m", "dataset.root=/d", *overrides]),
+                       check_paths=False)
+    assert any(p.startswith(message) or message in p for p in e.value.problems), e.value.problems
