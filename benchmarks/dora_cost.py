@@ -1,6 +1,6 @@
 """DoRA's cost: a DoRA training step against the same network without DoRA, and where the time goes.
 
-    python benchmarks/dora_cost.py                      # mid-size SDXL-structured UNet, CPU, 256 px, batch 2
+    python benchmarks/dora_cost.py --peft               # mid-size SDXL-structured UNet, CPU, 256 px, batch 2
     python benchmarks/dora_cost.py --width 1.0          # the real SDXL widths (random weights; slow on a CPU)
     python benchmarks/dora_cost.py --profile            # also torch.profiler's top operators per variant
 
@@ -86,10 +86,13 @@ def lycoris_network(unet: torch.nn.Module, dora: bool, own: bool):
             m.lora_up.weight.normal_(0, 0.01)  # trained-looking: the update is not zero
         m.apply_to()
         out.append(m)
+    for m in reversed(out):  # left off; `rounds` switches each variant on for its step
+        m.restore()
     return out
 
 
-def peft_network(unet: torch.nn.Module, dora: bool) -> list:
+def peft_network(unet: torch.nn.Module) -> dict[str, list]:
+    """peft LoRA ("l") and DoRA ("d") adapters on the same layers of one model; `use_peft` picks one."""
     from peft import LoraConfig, inject_adapter_in_model
 
     from lorafw.network.adapter import layers_of
@@ -97,20 +100,24 @@ def peft_network(unet: torch.nn.Module, dora: bool) -> list:
 
     targets = select(layers_of(unet, UNET_ATTN_CONTAINERS + UNET_CONV_CONTAINERS), UNET_ATTN_CONTAINERS,
                      UNET_CONV_CONTAINERS, 8, 4.0, 4, 2.0)
-    conv = {t.name: t for t in targets if t.rank != 8}
-    cfg = LoraConfig(r=8, lora_alpha=4.0, target_modules=[t.name for t in targets], use_dora=dora,
-                     rank_pattern={k: 4 for k in conv}, alpha_pattern={k: 2.0 for k in conv})
-    inject_adapter_in_model(cfg, unet, adapter_name="b")
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    conv = [t.name for t in targets if t.rank != 8]
+    for name, dora in (("l", False), ("d", True)):
+        cfg = LoraConfig(r=8, lora_alpha=4.0, target_modules=[t.name for t in targets], use_dora=dora,
+                         rank_pattern={k: 4 for k in conv}, alpha_pattern={k: 2.0 for k in conv})
+        inject_adapter_in_model(cfg, unet, adapter_name=name)
     with torch.no_grad():
         for n, p in unet.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.01)
-    return params
+    return {name: [p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n] for name in ("l", "d")}
 
 
-def params_of(modules) -> list[torch.nn.Parameter]:
-    return [p for m in modules for p in m.parameters()] if modules and isinstance(modules[0], torch.nn.Module) else modules
+def use_peft(unet: torch.nn.Module, name: str) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    for m in unet.modules():
+        if isinstance(m, LoraLayer):
+            m.set_adapter(name)
 
 
 def step(unet, data, params) -> torch.Tensor:
@@ -122,21 +129,27 @@ def step(unet, data, params) -> torch.Tensor:
     return y.detach()
 
 
-def timed(unet, data, params, steps: int, profile: bool, label: str) -> float:
-    step(unet, data, params)  # warm-up (allocations, caches)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step(unet, data, params)
-        times.append(time.perf_counter() - t0)
-    if profile:
-        from torch.profiler import ProfilerActivity, profile as prof
-
-        with prof(activities=[ProfilerActivity.CPU]) as p:
+def rounds(variants: dict, data, steps: int) -> dict[str, float]:
+    """Each round runs every variant once (switching adapters between them), so load changes hit all alike."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(steps + 1):
+        for label, (unet, on, off, params) in variants.items():
+            on()
+            t0 = time.perf_counter()
             step(unet, data, params)
-        print(f"\n--- {label}: top operators (self CPU time) ---")
-        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
-    return statistics.median(times)
+            if r:  # round 0 warms up
+                times[label].append(time.perf_counter() - t0)
+            off()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def profile_top(unet, data, params, label: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        step(unet, data, params)
+    print(f"\n--- {label}: top operators (self CPU time) ---")
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 def main() -> None:
@@ -146,41 +159,53 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--peft", action="store_true", help="also peft's LoRA and DoRA (a second model in memory)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: on a shared machine, multi-threaded small ops wait on each other)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     unet = build(args.width)
     n = sum(p.numel() for p in unet.parameters())
     print(f"UNet: SDXL structure at width {args.width} ({n / 1e6:.0f}M parameters), {args.resolution} px, batch "
-          f"{args.batch}, CPU threads {torch.get_num_threads()}, forward + backward, median of {args.steps}")
+          f"{args.batch}, CPU threads {torch.get_num_threads()}, forward + backward, median of {args.steps} "
+          "interleaved rounds", flush=True)
     data = batch(unet, args.resolution, args.batch)
-    res: dict[str, float] = {}
+    nets = {"locon": lycoris_network(unet, False, True), "dora": lycoris_network(unet, True, True),
+            "dora_lycoris": lycoris_network(unet, True, False)}
+
+    def switch(mods, on):
+        return (lambda: [m.apply_to() for m in mods]) if on else (lambda: [m.restore() for m in reversed(mods)])
+
+    variants = {k: (unet, switch(m, True), switch(m, False), params_of(m)) for k, m in nets.items()}
+    res = rounds(variants, data, args.steps)
     outs = {}
-    for label, dora, own in (("locon", False, True), ("dora", True, True), ("dora_lycoris", True, False)):
-        mods = lycoris_network(unet, dora, own)
-        params = params_of(mods)
-        res[label] = timed(unet, data, params, args.steps, args.profile, label)
-        if dora:
-            y = step(unet, data, params)
-            outs[label] = (y, [p.grad.clone() for p in params])
-        for m in reversed(mods):
-            m.restore()
-        print(f"  {label:<14} {res[label]:7.2f} s/step", flush=True)
+    for label in ("dora", "dora_lycoris"):
+        unet_, on, off, params = variants[label]
+        on()
+        outs[label] = (step(unet, data, params), [p.grad.clone() for p in params])
+        if args.profile:
+            profile_top(unet, data, params, label)
+        off()
     (ya, ga), (yb, gb) = outs["dora"], outs["dora_lycoris"]
     out_diff = ((ya - yb).abs().max() / yb.abs().max()).item()
     grad_diff = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(ga, gb))
-    del unet
-    for label, dora in (("locon_peft", False), ("dora_peft", True)):
+    for k, v in res.items():
+        print(f"  {k:<14} {v:7.2f} s/step")
+    if args.peft:
+        del unet, nets, variants
         fresh = build(args.width)
-        params = peft_network(fresh, dora)
-        res[label] = timed(fresh, data, params, args.steps, args.profile, label)
-        print(f"  {label:<14} {res[label]:7.2f} s/step", flush=True)
-        del fresh
+        pp = peft_network(fresh)
+        pv = {f"{'locon' if k == 'l' else 'dora'}_peft": (fresh, (lambda k=k: use_peft(fresh, k)), (lambda: None), v)
+              for k, v in pp.items()}
+        pres = rounds(pv, data, args.steps)
+        for k, v in pres.items():
+            print(f"  {k:<14} {v:7.2f} s/step")
+        res.update(pres)
     print()
     print(f"dora / locon (lorafw):          {res['dora'] / res['locon']:.2f}x   (goal <= 1.5x)")
     print(f"dora_lycoris / locon:           {res['dora_lycoris'] / res['locon']:.2f}x")
-    print(f"dora_peft / locon_peft:         {res['dora_peft'] / res['locon_peft']:.2f}x   (lorafw before)")
+    if "dora_peft" in res:
+        print(f"dora_peft / locon_peft:         {res['dora_peft'] / res['locon_peft']:.2f}x   (lorafw before)")
     print(f"lorafw dora vs LyCORIS dora:    output max rel. diff {out_diff:.1e}, gradients max rel. diff {grad_diff:.1e}")
 
 

@@ -47,8 +47,8 @@ class KohyaLoCon(LoConModule):
             lx = self.lora_mid(lx)
         return lx
 
-    def _update(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """up(dropouts(down(x))) · scalar, and the scale it takes (kohya's rank-dropout rescale included)."""
+    def _lx_dropped(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """dropouts(down(x)) and the update's scale (kohya's rank-dropout rescale included)."""
         lx = self._lx(x.to(self.lora_down.weight.dtype) if not torch.is_autocast_enabled() else x)
         scale = self.scale
         if self.training and self.p_dropout:
@@ -61,16 +61,28 @@ class KohyaLoCon(LoConModule):
                 mask = mask[:, :, None, None]  # (batch, rank, h, w)
             lx = lx * mask
             scale = scale / (1.0 - self.p_rank)
-        return self.lora_up(lx) * self.scalar.to(lx.dtype), scale
+        return lx, scale
+
+    def _up(self, lx: torch.Tensor, factor: torch.Tensor | float, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """lora_up(lx) · factor (+ bias), the factor (a number or one per output channel) folded into the
+        r-column weight so no extra pass over the layer's output is made."""
+        w = self.lora_up.weight * self.scalar.to(self.lora_up.weight.dtype)
+        if isinstance(factor, torch.Tensor):
+            w = w * factor.reshape(-1, *[1] * (w.dim() - 1)).to(w.dtype)
+        else:
+            w = w * factor
+        if self.isconv:
+            return F.conv2d(lx, w.to(lx.dtype), None if bias is None else bias.to(lx.dtype))
+        return F.linear(lx, w.to(lx.dtype), None if bias is None else bias.to(lx.dtype))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.module_dropout_hit():
             return self.org_forward(x, *args, **kwargs)
         base = self.org_forward(x, *args, **kwargs)
-        up, scale = self._update(x)
+        lx, scale = self._lx_dropped(x)
         if not self.wd:
-            return base + (up * (scale * self.multiplier)).to(base.dtype)
-        return self._dora(base, up, scale)
+            return base + self._up(lx, scale * self.multiplier).to(base.dtype)
+        return self._dora(base, lx, scale)
 
     def module_dropout_hit(self) -> bool:
         return bool(self.training and self.p_module and torch.rand(1) < self.p_module)
@@ -104,15 +116,14 @@ class KohyaLoCon(LoConModule):
             c = self.multiplier * (c - 1) + 1
         return c
 
-    def _dora(self, base: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
-        """y = c ⊙ (W·x + scale·up) + b; the norm uses the undropped weights at the layer's own scale."""
-        shape = (1, -1, 1, 1) if self.isconv else (-1,)
+    def _dora(self, base: torch.Tensor, lx: torch.Tensor, scale: float) -> torch.Tensor:
+        """y = c ⊙ (W·x + scale·up(lx)) + b = c ⊙ base + [up(lx)·scale·c + (1 − c)·b]: the bracket is one small-weight
+        projection with a bias, then one multiply-add over the output. The norm uses the undropped weights at the
+        layer's own scale."""
+        c = self.dora_column_scale(self.scale)
         bias = self._current_bias()
-        c = self.dora_column_scale(self.scale).reshape(shape).to(base.dtype)
-        if bias is None:
-            return (base + (up * scale).to(base.dtype)) * c
-        b = bias.reshape(shape).to(base.dtype)
-        return (base - b + (up * scale).to(base.dtype)) * c + b
+        shift = self._up(lx, c * scale, None if bias is None else (1 - c) * bias.float()).to(base.dtype)
+        return torch.addcmul(shift, base, c.reshape((1, -1, 1, 1) if self.isconv else (-1,)).to(base.dtype))
 
 
 LYCORIS = {"loha": LohaModule, "lokr": LokrModule, "ia3": IA3Module, "glora": GLoRAModule}
