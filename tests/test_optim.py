@@ -113,7 +113,7 @@ def test_adafactor_relative_step_is_kohyas():
                                   check_paths=False)
     assert fixed.scheduler.name == "cosine" and fixed.optimizer.args["relative_step"] is False
     with pytest.raises(ConfigError, match="adafactor scheduler reads Adafactor's own lr"):
-        spec_from_dict(compose_dict("sd15_character", PATHS + ["scheduler=adafactor"]), check_paths=False)
+        spec_from_dict(compose_dict("sd15_character", PATHS + ["scheduler.name=adafactor"]), check_paths=False)
 
 
 @pytest.mark.parametrize("name", ["schedulefree_adamw", "schedulefree_radam"])

@@ -348,8 +348,8 @@ def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
         return
     if sc.args:
         p.append("scheduler.args: keyword arguments for scheduler.type, which is not set")
-    info = SCHEDULERS.get(sc.name)
-    if info is None:
+    used = SCHEDULERS.get(sc.name)
+    if used is None:
         p.append(f"scheduler.name: unknown scheduler {sc.name!r}; choose one of: {', '.join(SCHEDULERS)}, "
                  "or give any scheduler class as scheduler.type")
         return
@@ -358,7 +358,7 @@ def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
         value = getattr(sc, key)
         if sc.name == "rex" and key in ("min_lr", "d", "gamma", "num_cycles") and value is None:
             p.append(f"scheduler.{key}: scheduler rex needs it set")
-        elif key not in info.uses and value is not None:
+        elif key not in used and value is not None:
             notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
     if sc.name == "piecewise_constant" and not sc.step_rules:
         p.append("scheduler.step_rules: piecewise_constant needs its rules, e.g. '1:100,0.1:200,0.01'")

@@ -96,25 +96,19 @@ def is_class_path(name: str) -> bool:
     return "." in name and name not in OPTIMIZERS
 
 
-@dataclass(frozen=True)
-class SchedulerInfo:
-    uses: frozenset[str]  # the `scheduler.*` keys it reads (besides name and args)
-    warmup: bool  # whether it has a warmup phase (scheduler.warmup_ratio / warmup_steps)
-
-
 _W = frozenset({"warmup_ratio", "warmup_steps"})
-# Scheduler name → what it reads. The formulas are lorafw/optim/schedulers.py's (tested against
-# diffusers' and transformers' implementations); `adafactor` is transformers' AdafactorSchedule.
-SCHEDULERS: dict[str, SchedulerInfo] = {
-    "constant": SchedulerInfo(frozenset(), False),
-    "constant_with_warmup": SchedulerInfo(_W, True),
-    "linear": SchedulerInfo(_W, True),
-    "cosine": SchedulerInfo(_W, True),
-    "cosine_with_restarts": SchedulerInfo(_W | {"num_cycles"}, True),
-    "polynomial": SchedulerInfo(_W | {"power", "min_lr"}, True),
-    "piecewise_constant": SchedulerInfo(frozenset({"step_rules"}), False),
-    "cosine_with_min_lr": SchedulerInfo(_W | {"num_cycles", "min_lr_ratio"}, True),
-    "warmup_stable_decay": SchedulerInfo(_W | {"decay_ratio", "num_cycles", "min_lr_ratio"}, True),
-    "rex": SchedulerInfo(_W | {"num_cycles", "min_lr", "d", "gamma"}, True),
-    "adafactor": SchedulerInfo(frozenset(), False),
+# Scheduler name → the `scheduler.*` keys it reads (besides name). The formulas are lorafw/optim/schedulers.py's
+# (tested against diffusers' and transformers' implementations); `adafactor` is transformers' AdafactorSchedule.
+SCHEDULERS: dict[str, frozenset[str]] = {
+    "constant": frozenset(),
+    "constant_with_warmup": _W,
+    "linear": _W,
+    "cosine": _W,
+    "cosine_with_restarts": _W | {"num_cycles"},
+    "polynomial": _W | {"power", "min_lr"},
+    "piecewise_constant": frozenset({"step_rules"}),
+    "cosine_with_min_lr": _W | {"num_cycles", "min_lr_ratio"},
+    "warmup_stable_decay": _W | {"decay_ratio", "num_cycles", "min_lr_ratio"},
+    "rex": _W | {"num_cycles", "min_lr", "d", "gamma"},
+    "adafactor": frozenset(),
 }
