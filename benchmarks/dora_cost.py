@@ -120,6 +120,10 @@ def use_peft(unet: torch.nn.Module, name: str) -> None:
             m.set_adapter(name)
 
 
+def params_of(modules) -> list[torch.nn.Parameter]:
+    return [p for m in modules for p in m.parameters()]
+
+
 def step(unet, data, params) -> torch.Tensor:
     x, t, ctx, added = data
     for p in params:

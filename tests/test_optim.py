@@ -348,3 +348,14 @@ def test_scheduler_type_builds_any_class():
         ours_lrs(SchedulerSpec("constant", type="nope.Sched"), 2)
     with pytest.raises(ConfigError, match="does not take"):
         ours_lrs(SchedulerSpec("constant", type="StepLR", args={"bogus": 1}), 2)
+
+
+def test_text_encoder_stop_step():
+    from lorafw.optim.optimizers import text_encoder_stop_step
+
+    spec = both_groups("adamw")
+    assert text_encoder_stop_step(spec.optimizer, 200) is None
+    assert text_encoder_stop_step(dataclasses.replace(spec.optimizer, stop_text_encoder_training=50.0), 200) == 50
+    assert text_encoder_stop_step(dataclasses.replace(spec.optimizer, stop_text_encoder_training=0.25), 200) == 50
+    off = dataclasses.replace(spec.optimizer, stop_text_encoder_training=0.25, text_encoder_lr=0.0)
+    assert text_encoder_stop_step(off, 200) is None

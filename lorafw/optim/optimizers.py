@@ -144,3 +144,12 @@ def evaluation_weights(optimizer: Any) -> Iterator[None]:
     finally:
         if was_training:
             inner.train()
+
+
+def text_encoder_stop_step(spec: OptimizerSpec, total_steps: int) -> int | None:
+    """The optimizer step from which the text encoder(s) no longer train (kohya's stop_text_encoder_training:
+    a step count, or here also a fraction of all steps); None = they train throughout."""
+    v = spec.stop_text_encoder_training
+    if v is None or not spec.text_encoder_lr:
+        return None
+    return int(v) if v >= 1 else int(v * total_steps)
