@@ -331,6 +331,9 @@ def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:
         p.append(f"optimizer.betas: each beta must be in [0, 1), got {list(o.betas)}")
     if o.unet_lr == 0 and o.text_encoder_lr == 0:
         p.append("optimizer.unet_lr and optimizer.text_encoder_lr: both 0, nothing would be trained")
+    if info is not None and info.schedule_free and s.train.full_bf16:
+        p.append(f"train.full_bf16: {o.name} keeps two points of the weights and switches between them, which "
+                 "full_bf16's fp32 master copies do not follow; use train.full_bf16=false or another optimizer")
     st = o.stop_text_encoder_training
     if st is not None and st >= 1 and st != int(st):
         p.append(f"optimizer.stop_text_encoder_training: {st} is neither a step count (a whole number) nor a fraction (< 1)")
