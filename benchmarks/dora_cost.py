@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--peft", action="store_true", help="also peft's LoRA and DoRA (a second model in memory)")
+    ap.add_argument("--peft", action="store_true", help="also peft's LoRA and DoRA, in the same rounds (a second model in memory)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: on a shared machine, multi-threaded small ops wait on each other)")
     args = ap.parse_args()
@@ -181,6 +181,11 @@ def main() -> None:
         return (lambda: [m.apply_to() for m in mods]) if on else (lambda: [m.restore() for m in reversed(mods)])
 
     variants = {k: (unet, switch(m, True), switch(m, False), params_of(m)) for k, m in nets.items()}
+    if args.peft:  # a second copy of the model, so peft's variants run in the same rounds
+        fresh = build(args.width)
+        pp = peft_network(fresh)
+        for k, v in pp.items():
+            variants[f"{'locon' if k == 'l' else 'dora'}_peft"] = (fresh, (lambda k=k: use_peft(fresh, k)), (lambda: None), v)
     res = rounds(variants, data, args.steps)
     outs = {}
     for label in ("dora", "dora_lycoris"):
@@ -195,16 +200,6 @@ def main() -> None:
     grad_diff = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(ga, gb))
     for k, v in res.items():
         print(f"  {k:<14} {v:7.2f} s/step")
-    if args.peft:
-        del unet, nets, variants
-        fresh = build(args.width)
-        pp = peft_network(fresh)
-        pv = {f"{'locon' if k == 'l' else 'dora'}_peft": (fresh, (lambda k=k: use_peft(fresh, k)), (lambda: None), v)
-              for k, v in pp.items()}
-        pres = rounds(pv, data, args.steps)
-        for k, v in pres.items():
-            print(f"  {k:<14} {v:7.2f} s/step")
-        res.update(pres)
     print()
     print(f"dora / locon (lorafw):          {res['dora'] / res['locon']:.2f}x   (goal <= 1.5x)")
     print(f"dora_lycoris / locon:           {res['dora_lycoris'] / res['locon']:.2f}x")
