@@ -82,7 +82,7 @@ def _weights(value: Any, n: int, key: str) -> list[float] | None:
     """A user's lr-weight value as n floats: a list (cut or padded with 1.0 as kohya does) or a preset."""
     if value is None or (isinstance(value, (list, tuple)) and not value) or value == "":
         return None
-    if isinstance(value, str) and "," not in value:
+    if isinstance(value, str) and "," not in value and not _is_number(value):
         try:
             return preset(value.strip(), n)
         except ValueError as e:
@@ -93,6 +93,14 @@ def _weights(value: Any, n: int, key: str) -> list[float] | None:
     except (TypeError, ValueError):
         raise ConfigError([f"network.{key}: expected numbers, got {value!r}"]) from None
     return (out + [1.0] * n)[:n]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def lr_weights(arch: str, down: Any, mid: Any, up: Any, zero_threshold: float) -> list[float] | None:

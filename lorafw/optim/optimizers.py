@@ -138,12 +138,19 @@ def evaluation_weights(optimizer: Any) -> Iterator[None]:
         return
     inner = _inner(optimizer)
     was_training = any(g.get("train_mode") for g in inner.param_groups)
+    params = [p for g in inner.param_groups for p in g["params"]]
+    import torch
+
+    kept = [p.detach().clone() for p in params] if was_training else []  # eval()/train() round trips inexactly
     inner.eval()
     try:
         yield
     finally:
         if was_training:
             inner.train()
+            with torch.no_grad():
+                for p, v in zip(params, kept):
+                    p.copy_(v)  # training continues from exactly where it was
 
 
 def text_encoder_stop_step(spec: OptimizerSpec, total_steps: int) -> int | None:

@@ -186,9 +186,7 @@ def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr:
     if spec.type:
         return _custom(spec, optimizer)
     if spec.name == "adafactor":
-        from transformers.optimization import AdafactorSchedule
-
-        return AdafactorSchedule(optimizer, initial_lr or optimizer.defaults.get("lr") or 0.0)
+        return _adafactor_schedule(optimizer, initial_lr or optimizer.defaults.get("lr") or 0.0)
     default_lr = optimizer.defaults.get("lr")
     lambdas = [lambda s, base=g["lr"]: factor(spec, s, total, base, default_lr) for g in optimizer.param_groups]
     return LambdaLR(optimizer, lambdas)
@@ -212,3 +210,20 @@ def _custom(spec: SchedulerSpec, optimizer: Any) -> Any:
         return cls(optimizer, **dict(spec.args))
     except TypeError as e:
         raise ConfigError([f"scheduler.args: {path} does not take {dict(spec.args)}: {e}"]) from None
+
+
+def _adafactor_schedule(optimizer: Any, initial_lr: float) -> Any:
+    """transformers' AdafactorSchedule, reading the lr Adafactor computed from its state rather than only while
+    gradients exist (the trainer steps the schedule after zero_grad, and logs what it reports)."""
+    from transformers.optimization import AdafactorSchedule
+
+    class State(AdafactorSchedule):
+        def get_lr(self) -> list[float]:
+            opt = self.optimizer
+            out = []
+            for group, base in zip(opt.param_groups, self.base_lrs):
+                st = opt.state.get(group["params"][0], {})
+                out.append(opt._get_lr(group, st) if "step" in st else base)
+            return out
+
+    return State(optimizer, initial_lr)
