@@ -22,6 +22,11 @@ from lorafw.config.typed import from_dict
 from lorafw.config.validate import spec_from_dict
 from lorafw.errors import ConfigError
 
+NETWORK_KEYS = ("(valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha, rank_dropout, module_dropout, "
+                "factor, decompose_both, full_matrix, use_tucker, use_scalar, train_on_input, loraplus_lr_ratio, "
+                "loraplus_unet_lr_ratio, loraplus_text_encoder_lr_ratio, block_dims, block_alphas, conv_block_dims, "
+                "conv_block_alphas, down_lr_weight, mid_lr_weight, up_lr_weight, block_lr_zero_threshold)")
+
 PATHS = ["base_model.path=/m.safetensors", "dataset.root=/d"]
 
 
@@ -62,7 +67,10 @@ def test_unknown_key_forced_in_is_still_caught_with_a_suggestion():
     probs = problems_of(PATHS + ["+network.dimm=8"])
     assert probs == [
         "network.dimm: unknown key; did you mean network.dim? "
-        "(valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha)"
+        "(valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha, rank_dropout, module_dropout, factor, "
+        "decompose_both, full_matrix, use_tucker, use_scalar, train_on_input, loraplus_lr_ratio, loraplus_unet_lr_ratio, "
+        "loraplus_text_encoder_lr_ratio, block_dims, block_alphas, conv_block_dims, conv_block_alphas, down_lr_weight, "
+        "mid_lr_weight, up_lr_weight, block_lr_zero_threshold)"
     ]
 
 
@@ -80,7 +88,9 @@ def test_unknown_option_and_recipe_suggest_the_nearest():
     [
         ("optimizer.lr=-1", "optimizer.lr: must be > 0, got -1"),
         ("network.dim=0", "network.dim: must be at least 1, got 0"),
-        ("optimizer.name=adam", "optimizer.name: unknown optimizer 'adam'; choose one of: adamw, adamw8bit, prodigy, came"),
+        ("optimizer.name=adam", "optimizer.name: unknown optimizer 'adam'; choose one of: adamw, adamw8bit, paged_adamw8bit, "
+         "lion, lion8bit, paged_lion8bit, sgd_nesterov, sgd_nesterov8bit, dadaptation, dadapt_adam, dadapt_lion, prodigy, "
+         "adafactor, came, schedulefree_adamw, schedulefree_radam, or give any optimizer class as module.Class"),
         ("train.mixed_precision=fp8", "train.mixed_precision: 'fp8' is not allowed; choose one of: auto, no, fp16, bf16"),
         ("train.max_token_length=100", "train.max_token_length: 100 is not allowed; choose one of: 75, 150, 225"),
         ("network.dim=abc", "network.dim: expected an integer, got 'abc' (str)"),
@@ -177,8 +187,8 @@ def test_typed_converter_collects_every_problem():
     probs: list[str] = []
     assert from_dict(NetworkSpec, {"algo": "lorra", "dim": 1.5, "dora_wd": "yes", "dropout": 0, "alph": 3}, "network", probs) is None
     assert probs == [
-        "network.alph: unknown key; did you mean network.alpha? (valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha)",
-        "network.algo: 'lorra' is not allowed; choose one of: lora, locon",
+        "network.alph: unknown key; did you mean network.alpha? " + NETWORK_KEYS,
+        "network.algo: 'lorra' is not allowed; choose one of: lora, locon, loha, lokr, ia3, glora",
         "network.dim: expected an integer, got 1.5 (float)",
         "network.dora_wd: expected true or false, got 'yes' (str)",
     ]

@@ -1,15 +1,20 @@
-"""Adapter targets, kohya/LyCORIS key names, and the file round trip."""
+"""Adapter targets, kohya/LyCORIS key names, every algorithm's file read whole by LyCORIS's own loader,
+kohya's dropouts, the DoRA fast path against LyCORIS's own forward, and the file round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lorafw.config.spec import NetworkSpec
-from lorafw.models.tiny import build_sd15
-from lorafw.network.adapter import ADAPTER, Network, layers_of
+from lorafw.models.tiny import build_sd15, build_sdxl
+from lorafw.network.adapter import Network, layers_of
+from lorafw.network.apply import WeightPatcher, module_names, rebuild
+from lorafw.network.modules import KohyaLoCon
 from lorafw.network.targets import (
     UNET_ATTN_CONTAINERS,
     UNET_CONV_CONTAINERS,
@@ -20,9 +25,20 @@ from lorafw.network.targets import (
     unet_namer,
 )
 
-LORA = NetworkSpec("lora", 4, 2.0, False, 0.0)
-LOCON = NetworkSpec("locon", 4, 2.0, False, 0.0, conv_dim=2, conv_alpha=1.0)
-DORA = NetworkSpec("locon", 4, 2.0, True, 0.0, conv_dim=2, conv_alpha=1.0)
+BASE = NetworkSpec()
+LORA = dataclasses.replace(BASE, dim=4, alpha=2.0)
+LOCON = dataclasses.replace(LORA, algo="locon", conv_dim=2, conv_alpha=1.0)
+DORA = dataclasses.replace(LOCON, dora_wd=True)
+ALGOS = {
+    "lora": LORA,
+    "locon": LOCON,
+    "dora": DORA,
+    "loha": dataclasses.replace(LOCON, algo="loha"),
+    "lokr": dataclasses.replace(LOCON, algo="lokr", factor=4),
+    "lokr_both": dataclasses.replace(LOCON, algo="lokr", factor=4, dim=2, decompose_both=True),
+    "ia3": dataclasses.replace(BASE, algo="ia3"),
+    "glora": dataclasses.replace(LORA, algo="glora"),
+}
 
 # What A1111/Forge's LoRA loader matches for SD1.5 text-encoder keys (FORMATS.md).
 A1111_TE = re.compile(r"lora_te_text_model_encoder_layers_(\d+)_(.+)")
@@ -54,9 +70,37 @@ def test_names():
     assert unet_namer(lambda p: "input_blocks.1.1." + p)("x") == "lora_unet_input_blocks_1_1_x"
 
 
-def net(spec: NetworkSpec, train_te: bool = True) -> tuple[Network, dict]:
-    parts = build_sd15(0)
-    return Network(spec, parts["unet"], [parts["text_encoder"]], ["lora_te"], train_te, unet_namer(None)), parts
+def net(spec: NetworkSpec, train_te: bool = True, arch: str = "sd15", **kw) -> tuple[Network, dict]:
+    if arch == "sd15":
+        parts = build_sd15(0)
+        return Network(spec, parts["unet"], [parts["text_encoder"]], ["lora_te"], train_te, unet_namer(None), **kw), parts
+    from lorafw.models.ldm_layout import UNetLayout, unet_to_original
+
+    parts = build_sdxl(0)
+    layout = UNetLayout.from_config(dict(parts["unet"].config))
+    namer = unet_namer(lambda p: unet_to_original(p, layout))
+    return Network(spec, parts["unet"], [parts["text_encoder"], parts["text_encoder_2"]], ["lora_te1", "lora_te2"],
+                   train_te, namer, **kw), parts
+
+
+def names_of(arch: str, parts: dict) -> dict[str, torch.nn.Module]:
+    if arch == "sd15":
+        return module_names("sd15", parts["unet"], [parts["text_encoder"]])
+    from lorafw.models.ldm_layout import UNetLayout, unet_to_original
+
+    layout = UNetLayout.from_config(dict(parts["unet"].config))
+    return module_names("sdxl", parts["unet"], [parts["text_encoder"], parts["text_encoder_2"]],
+                        lambda p: unet_to_original(p, layout))
+
+
+def perturb(n: Network, seed: int = 1, std: float = 0.05) -> None:
+    """Trained-looking weights: every parameter moved off its initial value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for e in n.entries:
+            for name, p in e.module.named_parameters():
+                noise = torch.randn(p.shape, generator=g) * std
+                p.mul_(1 + noise) if name == "dora_scale" else p.add_(noise)  # magnitudes move relative to themselves
 
 
 def test_lora_targets_on_sd15():
@@ -72,12 +116,15 @@ def test_lora_targets_on_sd15():
         assert e.file_name.startswith("lora_unet_") and e.path in modules
         assert e.file_name == "lora_unet_" + e.path.replace(".", "_")
     assert sum(p.numel() for p in parts["unet"].parameters() if p.requires_grad) == sum(p.numel() for p in n.parameters("unet"))
+    assert all(isinstance(e.module, KohyaLoCon) for e in n.entries)
 
 
-def test_no_text_encoder_adapters_when_it_is_frozen():
+def test_no_text_encoder_adapters_when_it_is_frozen_and_no_unet_ones_when_that_is():
     n, _ = net(LORA, train_te=False)
     assert n.entries and all(e.part == "unet" for e in n.entries)
     assert not any(k.startswith("lora_te") for k in n.kohya_state_dict())
+    n, _ = net(LORA, train_unet=False)
+    assert n.entries and all(e.part == "te" for e in n.entries)
 
 
 def test_kohya_state_dict_layout():
@@ -105,13 +152,92 @@ def test_locon_conv_layers_and_dora_scale_shapes():
     assert sd["lora_te_text_model_encoder_layers_0_self_attn_q_proj.dora_scale"].shape == (32, 1)
 
 
-@pytest.mark.parametrize("spec", [LORA, LOCON, DORA], ids=["lora", "locon", "dora"])
+KEYS = {  # the tensors each algorithm's file holds per layer (LyCORIS's names; ComfyUI and A1111 read the same)
+    "lora": {"lora_down.weight", "lora_up.weight", "alpha"},
+    "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    "ia3": {"weight", "on_input"},
+    "glora": {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"},
+}
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_each_file_is_taken_whole_by_lycoris_loader(algo, arch):
+    """LyCORIS's own loader (get_module + make_module per layer) rebuilds every layer of the file: each tensor
+    is one it reads, the rebuilt module holds the same values, and the model it makes is ours."""
+    spec = ALGOS[algo]
+    n, parts = net(spec, arch=arch)
+    perturb(n)
+    sd = n.kohya_state_dict(torch.float32)
+    if algo in KEYS:
+        assert {k.split(".", 1)[1] for k in sd if k.startswith(n.entries[0].file_name + ".")} == KEYS[algo]
+    modules = names_of(arch, parts)
+    n.set_enabled(False)  # the loader patches the plain layers
+    x = {e.file_name: None for e in n.entries}
+    for name in x:
+        rebuilt = rebuild(sd, name, modules[name])
+        theirs = {k: v for k, v in rebuilt.state_dict().items()}
+        mine = {k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith(name + ".")}
+        assert set(mine) == set(theirs), (name, set(mine) ^ set(theirs))  # every tensor read, none made up
+        full_matrix = getattr(rebuilt, "use_w1", False) and getattr(rebuilt, "use_w2", False)
+        for k, v in mine.items():
+            if k == "alpha" and full_matrix:
+                # LoKr full-matrix layers: LyCORIS writes alpha = dim and reads it back as 1; both mean scale 1
+                assert rebuilt.scale == 1.0
+                continue
+            assert torch.equal(theirs[k].float(), v), (name, k)
+    # the model LyCORIS's modules make is the one we trained
+    n.set_enabled(True)
+    x_in, t = torch.randn(1, 4, 8, 8), torch.tensor([10])
+    ctx = torch.randn(1, 77, 32 if arch == "sd15" else 64)
+    kw = {} if arch == "sd15" else {"added_cond_kwargs": {"text_embeds": torch.randn(1, 32),
+                                                          "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}}
+    parts["unet"].eval()
+    with torch.no_grad():
+        ours = parts["unet"](x_in, t, ctx, **kw).sample
+        n.set_enabled(False)
+        base = parts["unet"](x_in, t, ctx, **kw).sample
+        applied = []
+        for name in x:
+            if name.startswith("lora_unet"):
+                m = rebuild(sd, name, modules[name])
+                m.apply_to()
+                applied.append(m)
+        theirs = parts["unet"](x_in, t, ctx, **kw).sample
+        for m in reversed(applied):
+            m.restore()
+    assert (ours - base).abs().max() > 1e-3
+    torch.testing.assert_close(theirs, ours, atol=5e-4, rtol=1e-3)  # fp32 rounding through 30 layers
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_grid_patch_equals_the_training_forward(algo):
+    """W + ΔW as the UIs merge it (exact DoRA) gives the model the adapters run, for every algorithm."""
+    n, parts = net(ALGOS[algo])
+    perturb(n)
+    sd = n.kohya_state_dict(torch.float32)
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 77, 32)
+    parts["unet"].eval()
+    with torch.no_grad():
+        ours = parts["unet"](x, t, c).sample
+        n.set_enabled(False)
+        base = parts["unet"](x, t, c).sample
+        patcher = WeightPatcher(module_names("sd15", parts["unet"], [parts["text_encoder"]]), "exact")
+        assert patcher.apply(sd, 1.0) == len(n.entries)
+        patched = parts["unet"](x, t, c).sample
+        patcher.restore()
+        assert torch.equal(parts["unet"](x, t, c).sample, base)  # restored bit for bit
+        if algo == "ia3":
+            comfy = WeightPatcher(module_names("sd15", parts["unet"], [parts["text_encoder"]]), "comfyui")
+            assert comfy.apply(sd, 1.0) == 0  # ComfyUI ignores IA3 files: the grid shows the base model
+    torch.testing.assert_close(patched, ours, atol=5e-4, rtol=1e-3)  # fp32 rounding through 30 layers
+
+
+@pytest.mark.parametrize("spec", [LORA, LOCON, DORA, ALGOS["loha"], ALGOS["lokr"], ALGOS["ia3"], ALGOS["glora"]],
+                         ids=["lora", "locon", "dora", "loha", "lokr", "ia3", "glora"])
 def test_file_round_trip_restores_the_adapted_outputs(spec):
     n, parts = net(spec)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for e in n.entries:
-            e.module.lora_B[ADAPTER].weight.normal_(0, 0.05)
+    perturb(n)
     sd = n.kohya_state_dict(torch.float32)
     m, parts2 = net(spec)
     m.load_kohya_state_dict(sd)
@@ -120,3 +246,128 @@ def test_file_round_trip_restores_the_adapted_outputs(spec):
         assert torch.allclose(parts["unet"](x, t, c).sample, parts2["unet"](x, t, c).sample, atol=1e-6)
     with pytest.raises(KeyError):
         m.load_kohya_state_dict({k: v for k, v in sd.items() if "proj_in" not in k})
+
+
+def test_set_enabled_gives_the_base_model_bit_for_bit():
+    n, parts = net(DORA)
+    perturb(n)
+    base = build_sd15(0)["unet"].eval()
+    parts["unet"].eval()
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        n.set_enabled(False)
+        assert torch.equal(parts["unet"](x, t, c).sample, base(x, t, c).sample)
+        n.set_enabled(True)
+        assert not torch.equal(parts["unet"](x, t, c).sample, base(x, t, c).sample)
+
+
+# -- kohya's dropouts, on one layer -------------------------------------------------------------------
+def one(layer: torch.nn.Module, **kw) -> KohyaLoCon:
+    torch.manual_seed(0)
+    m = KohyaLoCon("x", layer, 4, 2.0, **kw)
+    with torch.no_grad():
+        m.lora_up.weight.normal_()
+    m.apply_to()
+    return m.train()
+
+
+def test_network_dropout_drops_the_rank_activation():
+    layer = torch.nn.Linear(16, 8)
+    m = one(layer, dropout=0.5)
+    x = torch.randn(3, 5, 16)
+    torch.manual_seed(7)
+    got = layer(x)
+    torch.manual_seed(7)
+    lx = F.dropout(F.linear(x, m.lora_down.weight), p=0.5)  # kohya: dropout on lora_down's output
+    want = F.linear(x, layer.weight, layer.bias) + F.linear(lx, m.lora_up.weight) * m.scale
+    torch.testing.assert_close(got, want)
+    m.eval()
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias) + F.linear(F.linear(x, m.lora_down.weight), m.lora_up.weight) * m.scale)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_rank_dropout_masks_ranks_per_sample_and_rescales(conv):
+    layer = torch.nn.Conv2d(6, 8, 3, padding=1) if conv else torch.nn.Linear(16, 8)
+    m = one(layer, rank_dropout=0.25)
+    x = torch.randn(3, 6, 5, 5) if conv else torch.randn(3, 7, 16)
+    torch.manual_seed(3)
+    got = layer(x)
+    torch.manual_seed(3)
+    mask = (torch.rand((3, 4)) > 0.25).float()
+    lx = m.lora_down(x)
+    lx = lx * (mask[:, :, None, None] if conv else mask[:, None, :])
+    base = F.conv2d(x, layer.weight, layer.bias, padding=1) if conv else F.linear(x, layer.weight, layer.bias)
+    want = base + m.lora_up(lx) * (m.scale / 0.75)
+    torch.testing.assert_close(got, want)
+
+
+def test_module_dropout_skips_the_adapter():
+    layer = torch.nn.Linear(16, 8)
+    m = one(layer, module_dropout=0.999999)
+    x = torch.randn(2, 16)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    m.eval()
+    assert not torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+# -- DoRA: the fast path is LyCORIS's DoRA ------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["linear", "conv", "linear_nobias"])
+def test_dora_fast_path_equals_lycoris_merged_weight_forward(kind):
+    from lycoris.modules.locon import LoConModule
+
+    def make_layer():
+        torch.manual_seed(0)
+        if kind == "conv":
+            return torch.nn.Conv2d(6, 8, 3, padding=1)
+        return torch.nn.Linear(16, 8, bias=kind == "linear")
+
+    a_layer, b_layer = make_layer(), make_layer()
+    torch.manual_seed(1)
+    ours = KohyaLoCon("x", a_layer, 4, 2.0, weight_decompose=True)
+    torch.manual_seed(1)
+    theirs = LoConModule("x", b_layer, 1.0, 4, 2.0, weight_decompose=True, bypass_mode=False)
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.shape == ours.dora_scale.shape else 0.0))
+            q.copy_(p)
+    ours.apply_to()
+    theirs.apply_to()
+    x = torch.randn(2, 6, 5, 5) if kind == "conv" else torch.randn(2, 3, 16)
+    ya, yb = a_layer(x), b_layer(x)
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    (ya.square().sum()).backward()
+    (yb.square().sum()).backward()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+# -- block-wise ranks and lr weights ------------------------------------------------------------------
+def test_block_dims_give_kohya_ranks_and_zero_blocks_no_adapter():
+    dims = [4] * 25
+    dims[1] = 0  # down block 0's first ResNet/attention (kohya index 1): no adapter
+    dims[12] = 2  # the mid block
+    spec = dataclasses.replace(LORA, block_dims=tuple(dims), block_alphas=tuple([1.0] * 25))
+    n, _ = net(spec, train_te=False)
+    by_name = {e.file_name: e for e in n.entries}
+    assert not any(k.startswith("lora_unet_down_blocks_0_attentions_0_") for k in by_name)
+    mid = [e for e in n.entries if e.file_name.startswith("lora_unet_mid_block_")]
+    assert mid and all(e.target.rank == 2 and e.target.alpha == 1.0 for e in mid)
+    assert all(e.target.rank == 4 for e in n.entries if e.block not in (1, 12))
+
+
+def test_param_groups_loraplus_and_block_lr():
+    spec = dataclasses.replace(LORA, loraplus_lr_ratio=16.0, loraplus_text_encoder_lr_ratio=4.0,
+                               down_lr_weight="zeros+0.5", mid_lr_weight="2", up_lr_weight=None)
+    n, _ = net(spec)
+    groups = n.param_groups(1e-4, 2e-5)
+    by = {g["name"]: g for g in groups}
+    assert by["text_encoder"]["lr"] == pytest.approx(2e-5) and by["text_encoder_plus"]["lr"] == pytest.approx(8e-5)
+    assert by["unet_block12"]["lr"] == pytest.approx(2e-4) and by["unet_block12_plus"]["lr"] == pytest.approx(3.2e-3)
+    assert by["unet_block01"]["lr"] == pytest.approx(5e-5)
+    up = [g for g in groups if g["name"].startswith("unet_block") and int(g["name"][10:12]) >= 13 and "plus" not in g["name"]]
+    assert up and all(g["lr"] == pytest.approx(1e-4) for g in up)  # up blocks keep 1.0
+    pname = {id(p): k for e in n.entries for k, p in e.module.named_parameters()}
+    for g in groups:
+        assert all(("lora_up" in pname[id(p)]) == g["name"].endswith("_plus") for p in g["params"]), g["name"]
+    params = [p for g in groups for p in g["params"]]
+    assert len(params) == len({id(p) for p in params}) == len(list(n.parameters("")))

@@ -133,3 +133,16 @@ def test_plan_prints_the_prediction_type_and_where_it_comes_from(tmp_path, tiny_
     assert p.objective["prediction_type"] == "v_prediction" and p.objective["source"] == "train.prediction_type"
     p = plan_for(tmp_path / "d", f"base_model.path={tiny_xl_vpred_model}", "train.prediction_type=epsilon", recipe="pdxl")
     assert "refused" in render(p) and "force_prediction_type" in p.objective["problem"]
+
+
+def test_plan_shows_the_lr_curve(tmp_path):
+    make_folder(tmp_path, "10_kafka", [(64, 64)] * 10, ["kafka"])
+    p = plan_for(tmp_path, "dataset.resolution=64", "dataset.min_bucket_reso=64", "scheduler=constant_with_warmup",
+                 "scheduler.warmup_ratio=0.1", "train.batch_size=1", "train.epochs=2", "optimizer.unet_lr=2e-4")
+    assert p.total_steps == 200
+    pts = dict(p.lr_points)
+    assert pts[0] == 0 and pts[20] == pytest.approx(2e-4) and pts[199] == pytest.approx(2e-4)
+    assert "lr curve (optimizer step: UNet lr)  0: 0   20: 0.0002" in render(p)
+    q = plan_for(tmp_path, "dataset.resolution=64", "dataset.min_bucket_reso=64", "optimizer=adafactor",
+                 "optimizer.args.relative_step=true", "optimizer.text_encoder_lr=${.lr}")
+    assert not q.lr_points and "Adafactor computes its own lr" in render(q)

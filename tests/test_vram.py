@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LORA = NetworkSpec("lora", 4, 2, False, 0.0)
 LOCON = NetworkSpec("locon", 4, 2, False, 0.0, 2, 1)
 DORA = NetworkSpec("locon", 4, 2, True, 0.0, 2, 1)
+LOHA = NetworkSpec("loha", 4, 2, False, 0.0, 2, 1)
+IA3 = NetworkSpec("ia3", 4, 2, False, 0.0)
+GLORA = NetworkSpec("glora", 4, 2, False, 0.0)
 
 
 def spec_for(tmp_path: Path, recipe: str, *extra: str):
@@ -37,7 +40,7 @@ def with_data(spec, **kw):
     return dataclasses.replace(spec, dataset=dataclasses.replace(spec.dataset, **kw))
 
 
-# -- the layer tables: the formula against peft's real injection -------------------------------------
+# -- the layer tables: the formula against the real injection -------------------------------------
 def _tiny(arch: str):
     from lorafw.models.tiny import build_sd15, build_sdxl
 
@@ -47,10 +50,10 @@ def _tiny(arch: str):
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
-@pytest.mark.parametrize("net", [LORA, LOCON, DORA], ids=["lora", "locon", "locon+dora"])
+@pytest.mark.parametrize("net", [LORA, LOCON, DORA, LOHA, IA3, GLORA], ids=["lora", "locon", "locon+dora", "loha", "ia3", "glora"])
 @pytest.mark.parametrize("train_te", [True, False])
 def test_adapter_count_is_exact_against_real_injection(arch, net, train_te):
-    """The table made from the (unadapted) modules predicts every tensor peft creates, shape by shape."""
+    """The table made from the (unadapted) modules predicts every tensor LyCORIS creates, shape by shape."""
     from lorafw.network.adapter import Network
     from lorafw.network.targets import TE_CONTAINERS
 

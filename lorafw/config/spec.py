@@ -29,19 +29,47 @@ class BaseModelSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    algo: Literal["lora", "locon"] = key("lora", "lora: attention/MLP layers; locon adds the ResNet 3x3 convolutions")
+    algo: Literal["lora", "locon", "loha", "lokr", "ia3", "glora"] = key(
+        "lora", "lora: attention/MLP layers; locon adds the ResNet 3x3 convolutions; loha | lokr | ia3 | glora: LyCORIS's "
+        "algorithms on the same layers (and the convolutions when conv_dim is set)")
     dim: int = key(16, "rank of each adapter", kohya="network_dim", ge=1)
     alpha: float = key(8.0, "the update is scaled by alpha / dim", kohya="network_alpha", gt=0,
                        why="the update is scaled by alpha / dim")
     dora_wd: bool = key(False, "DoRA: trainable magnitude per output channel (weight decomposition)")
-    dropout: float = key(0.0, "dropout on the adapter input", kohya="network_dropout", ge=0, lt=1)
-    conv_dim: int | None = key(None, "locon only: rank on the convolutions")
-    conv_alpha: float | None = key(None, "locon only: alpha on the convolutions")
+    dropout: float = key(0.0, "kohya network_dropout: drops elements of the rank-r activation (lora_down's output) while "
+                         "training; loha/lokr/ia3/glora: LyCORIS's dropout on the adapter's output", kohya="network_dropout",
+                         ge=0, lt=1)
+    conv_dim: int | None = key(None, "rank on the ResNet/sampler 3x3 convolutions (locon, and loha/lokr/glora/ia3 when set)")
+    conv_alpha: float | None = key(None, "alpha on those convolutions")
+    rank_dropout: float = key(0.0, "kohya rank_dropout: drops whole ranks per image each step (the rest scaled by 1/(1-p))", ge=0, lt=1)
+    module_dropout: float = key(0.0, "kohya module_dropout: chance that a layer's adapter is skipped for a step", ge=0, lt=1)
+    factor: int = key(-1, "lokr: split each dimension by this factor (-1 = as square as possible)")
+    decompose_both: bool = key(False, "lokr: low-rank both Kronecker factors, not only the larger")
+    full_matrix: bool = key(False, "lokr: the larger Kronecker factor as a full matrix (ignores dim)")
+    use_tucker: bool = key(False, "locon/loha/lokr: Tucker decomposition of k x k convolutions (an extra mid tensor)")
+    use_scalar: bool = key(False, "LyCORIS: a trainable scalar per layer, so both factors start non-zero")
+    train_on_input: bool = key(False, "ia3: scale each layer's input channels instead of its output")
+    loraplus_lr_ratio: float | None = key(None, "LoRA+: lora_up learns this many times faster than lora_down (16 in the "
+                                          "paper); null = off", gt=0)
+    loraplus_unet_lr_ratio: float | None = key(None, "LoRA+ ratio for the UNet; null = loraplus_lr_ratio", gt=0)
+    loraplus_text_encoder_lr_ratio: float | None = key(None, "LoRA+ ratio for the text encoder(s); null = loraplus_lr_ratio", gt=0)
+    block_dims: tuple[int, ...] = key((), "UNet rank per block in kohya's order (25 values for SD1.5, 23 for SDXL; 0 = no "
+                                      "adapter there); empty = dim everywhere")
+    block_alphas: tuple[float, ...] = key((), "UNet alpha per block (with block_dims); empty = alpha")
+    conv_block_dims: tuple[int, ...] = key((), "3x3-convolution rank per block; empty = conv_dim")
+    conv_block_alphas: tuple[float, ...] = key((), "3x3-convolution alpha per block; empty = conv_alpha")
+    down_lr_weight: str | None = key(None, "lr multipliers of the down blocks, comma-separated (12 for SD1.5, 9 for SDXL), "
+                                     "or kohya's cosine | sine | linear | reverse_linear | zeros [+BASE]")
+    mid_lr_weight: str | None = key(None, "lr multipliers of the mid block(s), comma-separated (1 for SD1.5, 3 for SDXL)")
+    up_lr_weight: str | None = key(None, "lr multipliers of the up blocks, like down_lr_weight")
+    block_lr_zero_threshold: float = key(0.0, "block lr weights at or below this become 0 (that block gets no adapter)", ge=0)
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    name: str = key("adamw", "adamw | adamw8bit | prodigy | came (lorafw optimizer=NAME picks one with its defaults)")
+    name: str = key("adamw", "adamw | adamw8bit | paged_adamw8bit | lion | lion8bit | paged_lion8bit | sgd_nesterov | "
+                    "sgd_nesterov8bit | dadaptation | dadapt_adam | dadapt_lion | prodigy | adafactor | came | "
+                    "schedulefree_adamw | schedulefree_radam, or any module.Class (optimizer=NAME picks one with its defaults)")
     lr: float = key(1e-4, "learning rate; unet_lr and text_encoder_lr follow it unless set", kohya="learning_rate", gt=0)
     unet_lr: float = key("${.lr}", "UNet learning rate; 0 = the UNet is not trained", kohya="unet_lr", ge=0,
                          why="0 = do not train that part")
@@ -50,17 +78,30 @@ class OptimizerSpec:
     weight_decay: float = key(0.01, "decoupled weight decay", ge=0)
     betas: tuple[float, ...] = key((0.9, 0.999), "the optimizer's betas (CAME takes three)")
     args: dict[str, Any] = key({}, "more keyword arguments for the optimizer, e.g. {eps: 1e-8}")
+    stop_text_encoder_training: float | None = key(
+        None, "stop training the text encoder(s) after this many optimizer steps (>= 1), or this fraction of all steps "
+        "(< 1); null = train it throughout", gt=0)
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    name: str = key("constant", "constant | constant_with_warmup | cosine_with_restarts | rex")
+    name: str = key("constant", "constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial | "
+                    "piecewise_constant | cosine_with_min_lr | warmup_stable_decay | rex | adafactor")
     warmup_ratio: float | None = key(None, "fraction of all optimizer steps spent warming up", kohya="warmup_ratio",
                                      ge=0, lt=1)
     num_cycles: int | None = key(None, "cosine cycles (restarts) / REX cycles", kohya="lr_scheduler_num_cycles", ge=1)
-    min_lr: float | None = key(None, "REX: the lr it starts from and decays to", ge=0)
+    min_lr: float | None = key(None, "REX: the lr it starts from and decays to; polynomial: the lr it ends at (null = 1e-7)",
+                               ge=0)
     d: float | None = key(None, "REX: the curve's shape", gt=0, le=1)
     gamma: float | None = key(None, "REX: each restart multiplies max lr by gamma", gt=0)
+    warmup_steps: int | None = key(None, "or the warmup as a number of optimizer steps (not with warmup_ratio)", ge=0)
+    power: float | None = key(None, "polynomial: the decay's power; null = 1.0 (linear)", gt=0)
+    min_lr_ratio: float | None = key(None, "cosine_with_min_lr / warmup_stable_decay: the lr it decays to, as a fraction of "
+                                     "the lr; null = 0", ge=0, le=1)
+    decay_ratio: float | None = key(None, "warmup_stable_decay: fraction of all steps spent decaying at the end", gt=0, le=1)
+    step_rules: str | None = key(None, "piecewise_constant: 'MULT:STEP,...,LAST', e.g. '1:100,0.1:200,0.01' (diffusers)")
+    type: str | None = key(None, "any scheduler class as module.Class (kohya's lr_scheduler_type), built with args")
+    args: dict[str, Any] = key({}, "keyword arguments for scheduler.type (kohya's lr_scheduler_args)")
 
 
 @dataclass(frozen=True)
@@ -269,6 +310,9 @@ class GridSpec:
                                           "mean the LoRA swallowed the prompt", gt=0, le=1)
     tolerance: float = key(0.05, "cells scoring within this of the best count as equally good; among them weight "
                                  "1.0 wins, then ~0.8, then the lowest validation loss", ge=0, lt=1)
+    ui: Literal["comfyui", "a1111", "exact"] = key(
+        "comfyui", "whose DoRA maths the grid renders with: comfyui (also Forge) | a1111 | exact (LyCORIS/peft, the training "
+        "forward); LoRA/LoCon/LoHa/LoKr look the same in every UI")
 
 
 @dataclass(frozen=True)

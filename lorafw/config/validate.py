@@ -15,7 +15,7 @@ from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError
 from lorafw.paths import expand
-from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
+from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS, is_class_path
 from lorafw.sampling.prompts import parse_line, prompt_lines
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
@@ -40,6 +40,8 @@ def spec_from_dict(data: dict[str, Any], check_paths: bool = True, need_model: b
         raise ConfigError(problems)
     notes: list[str] = []
     _check_values(spec, problems, notes, need_model)
+    if not problems:
+        spec = _effective(spec, notes)
     if check_paths:
         _check_paths(spec, problems, need_model)
     if problems:
@@ -73,50 +75,9 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
         p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
 
-    n = s.network
-    if n.algo == "locon":
-        if n.conv_dim is None or n.conv_dim < 1:
-            p.append(f"network.conv_dim: network.algo=locon needs a rank of at least 1, got {n.conv_dim}")
-        if n.conv_alpha is None or n.conv_alpha <= 0:
-            p.append(f"network.conv_alpha: network.algo=locon needs a value > 0, got {n.conv_alpha}")
-    elif n.conv_dim is not None or n.conv_alpha is not None:
-        p.append(
-            f"network.conv_dim: set ({n.conv_dim}) but network.algo=lora has no convolution adapters; "
-            "use network=locon (or network.algo=locon), or set network.conv_dim=null"
-        )
-
-    o = s.optimizer
-    info = OPTIMIZERS.get(o.name)
-    if info is None:
-        p.append(f"optimizer.name: unknown optimizer {o.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    else:
-        if len(o.betas) != info.n_betas:
-            p.append(f"optimizer.betas: {o.name} takes {info.n_betas} betas, got {list(o.betas)}")
-        for unknown in sorted(set(o.args) - info.args):
-            p.append(
-                f"optimizer.args.{unknown}: not an argument of {o.name}; allowed: {', '.join(sorted(info.args))}"
-            )
-    if any(not 0.0 <= b < 1.0 for b in o.betas):
-        p.append(f"optimizer.betas: each beta must be in [0, 1), got {list(o.betas)}")
-    if o.name == "prodigy" and o.unet_lr and o.text_encoder_lr and o.unet_lr != o.text_encoder_lr:
-        p.append(
-            f"optimizer.text_encoder_lr: Prodigy needs the same lr for the UNet and the text encoder (or 0 to "
-            f"freeze one); got unet_lr={o.unet_lr:g}, text_encoder_lr={o.text_encoder_lr:g} — use optimizer.text_encoder_lr=${{.lr}}"
-        )
-    if o.unet_lr == 0 and o.text_encoder_lr == 0:
-        p.append("optimizer.unet_lr and optimizer.text_encoder_lr: both 0, nothing would be trained")
-
-    sc = s.scheduler
-    used = SCHEDULERS.get(sc.name)
-    if used is None:
-        p.append(f"scheduler.name: unknown scheduler {sc.name!r}; choose one of: {', '.join(SCHEDULERS)}")
-    else:
-        for key in ("warmup_ratio", "num_cycles", "min_lr", "d", "gamma"):
-            value = getattr(sc, key)
-            if key in used and value is None:
-                p.append(f"scheduler.{key}: scheduler {sc.name} needs it set")
-            elif key not in used and value is not None:
-                notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
+    _check_network(s, p, notes, need_model)
+    _check_optimizer(s, p, notes)
+    _check_scheduler(s, p, notes)
 
     d = s.dataset
     if d.root is None and not d.folders:
@@ -318,3 +279,161 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
         v = getattr(d, key)
         if v is not None and not expand(v).is_dir():
             p.append(f"dataset.{key}: {v} is not an existing folder")
+
+
+RANKED = ("lora", "locon", "loha", "lokr", "glora")  # algorithms with a rank (ia3 learns one vector per layer)
+
+
+def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool) -> None:
+    from lorafw.network import blocks
+
+    n = s.network
+    if n.algo == "locon":
+        if n.conv_dim is None or n.conv_dim < 1:
+            p.append(f"network.conv_dim: network.algo=locon needs a rank of at least 1, got {n.conv_dim}")
+        if n.conv_alpha is None or n.conv_alpha <= 0:
+            p.append(f"network.conv_alpha: network.algo=locon needs a value > 0, got {n.conv_alpha}")
+    elif n.algo == "lora" and (n.conv_dim is not None or n.conv_alpha is not None):
+        p.append(
+            f"network.conv_dim: set ({n.conv_dim}) but network.algo=lora has no convolution adapters; "
+            "use network=locon (or network.algo=locon), or set network.conv_dim=null"
+        )
+    elif n.conv_dim is not None and n.conv_dim < 1:
+        p.append(f"network.conv_dim: a rank of at least 1, or null for no convolution adapters; got {n.conv_dim}")
+    elif n.conv_alpha is not None and n.conv_alpha <= 0:
+        p.append(f"network.conv_alpha: must be > 0, got {n.conv_alpha}")
+    elif n.conv_dim is not None and n.conv_alpha is None and n.algo != "ia3":
+        p.append(f"network.conv_alpha: network.conv_dim={n.conv_dim} needs an alpha too, e.g. network.conv_alpha={n.conv_dim}")
+    if n.dora_wd and n.algo not in ("lora", "locon", "loha", "lokr"):
+        p.append(f"network.dora_wd: LyCORIS has no weight-decomposed {n.algo}; DoRA works with lora, locon, loha and lokr")
+    lokr_only = [k for k in ("decompose_both", "full_matrix") if getattr(n, k)] + (["factor"] if n.factor != -1 else [])
+    if lokr_only and n.algo != "lokr":
+        p.append(f"network.{lokr_only[0]}: a LoKr setting, but network.algo={n.algo}; use network=lokr or remove it")
+    if n.factor == 0 or n.factor < -1:
+        p.append(f"network.factor: -1 (as square as possible) or a positive factor, got {n.factor}")
+    if n.train_on_input and n.algo != "ia3":
+        p.append(f"network.train_on_input: an IA3 setting, but network.algo={n.algo}; use network=ia3 or remove it")
+    if n.use_tucker and n.algo not in ("locon", "loha", "lokr"):
+        p.append(f"network.use_tucker: decomposes k x k convolutions, which only locon, loha and lokr adapt; got {n.algo}")
+    if n.use_scalar and n.algo not in ("lora", "locon", "loha", "lokr"):
+        p.append(f"network.use_scalar: LyCORIS has it for lora, locon, loha and lokr, not {n.algo}")
+    if (n.rank_dropout or n.dropout) and n.algo == "ia3":
+        p.append("network.dropout / network.rank_dropout: IA3 learns one scale per channel, it has no rank to drop; "
+                 "use network.module_dropout")
+    plus = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio") if getattr(n, k)]
+    if plus and n.algo not in ("lora", "locon"):
+        p.append(f"network.{plus[0]}: LoRA+ speeds up lora_up, which only lora and locon have (network.algo={n.algo})")
+    if n.algo == "ia3" and (n.block_dims or n.conv_block_dims):
+        p.append("network.block_dims: IA3 has no rank to set per block")
+    if need_model and s.base_model.arch in ("sd15", "sdxl"):
+        p.extend(blocks.check(s.base_model.arch, n))
+    if n.algo == "ia3":
+        notes.append("network.algo=ia3: ComfyUI's LoRA loader ignores IA3 files (A1111/Forge and LyCORIS read them)")
+
+
+def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:
+    import importlib.util
+
+    o, n = s.optimizer, s.network
+    info = OPTIMIZERS.get(o.name)
+    if info is None:
+        if not is_class_path(o.name):
+            p.append(f"optimizer.name: unknown optimizer {o.name!r}; choose one of: {', '.join(OPTIMIZERS)}, "
+                     "or give any optimizer class as module.Class")
+        elif importlib.util.find_spec(o.name.split(".")[0]) is None:
+            p.append(f"optimizer.name: {o.name}: the module {o.name.split('.')[0]!r} is not installed; install the package "
+                     f"that provides it, or choose one of: {', '.join(OPTIMIZERS)}")
+    else:
+        if info.n_betas == 0:
+            if o.betas and tuple(o.betas) != (0.9, 0.999):
+                notes.append(f"optimizer.betas={list(o.betas)} is not used by {o.name}")
+        elif len(o.betas) != info.n_betas:
+            p.append(f"optimizer.betas: {o.name} takes {info.n_betas} betas, got {list(o.betas)}")
+        for unknown in sorted(set(o.args) - set(info.args) - set(info.fixed)):
+            p.append(
+                f"optimizer.args.{unknown}: not an argument of {o.name}; allowed: {', '.join(sorted(info.args))}"
+            )
+        for k in sorted(set(o.args) & set(info.fixed)):
+            if o.args[k] != info.fixed[k]:
+                p.append(f"optimizer.args.{k}: {o.name} always uses {k}={info.fixed[k]}")
+        if info.adaptive:
+            lrs = {x for x in (o.unet_lr, o.text_encoder_lr) if x}
+            if len(lrs) > 1:
+                p.append(
+                    f"optimizer.text_encoder_lr: {o.name} needs the same lr for the UNet and the text encoder (or 0 to "
+                    f"freeze one); got unet_lr={o.unet_lr:g}, text_encoder_lr={o.text_encoder_lr:g} — use "
+                    "optimizer.text_encoder_lr=${.lr}"
+                )
+            spread = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+                                  "down_lr_weight", "mid_lr_weight", "up_lr_weight") if getattr(n, k) not in (None, (), "")]
+            if spread:
+                p.append(f"network.{spread[0]}: gives parameter groups different lrs, which {o.name} refuses (it adapts "
+                         "one step size for all); use another optimizer or remove it")
+            if max(lrs or {1.0}) <= 0.1:
+                notes.append(f"optimizer.lr={o.lr:g}: {o.name} scales its own step size, so the lr is a multiplier "
+                             "near 1.0 (kohya warns below 0.1)")
+    if any(not 0.0 <= b < 1.0 for b in o.betas):
+        p.append(f"optimizer.betas: each beta must be in [0, 1), got {list(o.betas)}")
+    if o.unet_lr == 0 and o.text_encoder_lr == 0:
+        p.append("optimizer.unet_lr and optimizer.text_encoder_lr: both 0, nothing would be trained")
+    if info is not None and info.schedule_free and s.train.full_bf16:
+        p.append(f"train.full_bf16: {o.name} keeps two points of the weights and switches between them, which "
+                 "full_bf16's fp32 master copies do not follow; use train.full_bf16=false or another optimizer")
+    st = o.stop_text_encoder_training
+    if st is not None and st >= 1 and st != int(st):
+        p.append(f"optimizer.stop_text_encoder_training: {st} is neither a step count (a whole number) nor a fraction (< 1)")
+    if st is not None and o.text_encoder_lr == 0:
+        notes.append("optimizer.stop_text_encoder_training is not used: the text encoder is not trained")
+
+
+def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
+    from lorafw.optim import schedulers
+
+    sc = s.scheduler
+    if sc.type:
+        if not sc.type.replace(".", "").replace("_", "").isalnum():
+            p.append(f"scheduler.type: {sc.type!r} is not a class name (module.Class or a torch.optim.lr_scheduler class)")
+        return
+    if sc.args:
+        p.append("scheduler.args: keyword arguments for scheduler.type, which is not set")
+    used = SCHEDULERS.get(sc.name)
+    if used is None:
+        p.append(f"scheduler.name: unknown scheduler {sc.name!r}; choose one of: {', '.join(SCHEDULERS)}, "
+                 "or give any scheduler class as scheduler.type")
+        return
+    for key in ("warmup_ratio", "num_cycles", "min_lr", "d", "gamma", "warmup_steps", "power", "min_lr_ratio",
+                "decay_ratio", "step_rules"):
+        value = getattr(sc, key)
+        if sc.name == "rex" and key in ("min_lr", "d", "gamma", "num_cycles") and value is None:
+            p.append(f"scheduler.{key}: scheduler rex needs it set")
+        elif key not in used and value is not None:
+            notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
+    if sc.name == "piecewise_constant" and not sc.step_rules:
+        p.append("scheduler.step_rules: piecewise_constant needs its rules, e.g. '1:100,0.1:200,0.01'")
+    p.extend(schedulers.check(sc, s.optimizer.lr))
+    if sc.name == "adafactor" and s.optimizer.name != "adafactor":
+        p.append(f"scheduler.name: the adafactor scheduler reads Adafactor's own lr; optimizer.name={s.optimizer.name} "
+                 "has none; choose another scheduler")
+
+
+def _effective(s: RunSpec, notes: list[str]) -> RunSpec:
+    """kohya's substitutions, made visible: Adafactor with relative_step runs the `adafactor` scheduler, and a
+    schedule-free optimizer a constant lr (it schedules itself)."""
+    import dataclasses
+
+    from lorafw.optim.optimizers import relative_step
+
+    o, sc = s.optimizer, s.scheduler
+    plain = dataclasses.replace(sc, name="constant", warmup_ratio=None, warmup_steps=None, num_cycles=None, min_lr=None,
+                                d=None, gamma=None, power=None, min_lr_ratio=None, decay_ratio=None, step_rules=None,
+                                type=None, args={})
+    if relative_step(o) and sc.name != "adafactor":
+        notes.append(f"scheduler.name={sc.name} is replaced by adafactor: Adafactor with relative_step=true computes its "
+                     "own lr (kohya does the same); set optimizer.args.relative_step=false to use a schedule")
+        return dataclasses.replace(s, scheduler=dataclasses.replace(plain, name="adafactor"))
+    info = OPTIMIZERS.get(o.name)
+    if info is not None and info.schedule_free and (sc.name != "constant" or sc.type):
+        notes.append(f"scheduler.name={sc.name} is replaced by constant: {o.name} needs no lr schedule (kohya does the "
+                     "same); its warmup is optimizer.args.warmup_steps")
+        return dataclasses.replace(s, scheduler=plain)
+    return s

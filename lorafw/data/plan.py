@@ -89,6 +89,8 @@ class Plan:
     advice: Advice
     warnings: list[str] = field(default_factory=list)
     objective: dict[str, Any] = field(default_factory=dict)  # prediction type, ZTSNR and where each comes from
+    lr_points: list[tuple[int, float]] = field(default_factory=list)  # (optimizer step, UNet lr) at the curve's corners
+    lr_note: str = ""  # why there are no points (the optimizer or a scheduler class decides the lr)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +128,7 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
         batches_per_epoch=batches, steps_per_epoch=spe, total_steps=spe * E, reasons=reasons,
         buckets={f"{w}x{h}": n for (w, h), n in sorted(counts.items(), key=lambda kv: -kv[1])},
         advice=advise(train_folders), warnings=list(warnings or []), objective=objective_of(spec),
+        **_lr_curve(spec, spe * E),
     )
 
 
@@ -153,6 +156,18 @@ def objective_of(spec: RunSpec) -> dict[str, Any]:
     if not read and spec.train.prediction_type == "auto":
         out["source"] += " (base_model.path not read: give it to see what the checkpoint states)"
     return out
+def _lr_curve(spec: RunSpec, total: int) -> dict[str, Any]:
+    """The UNet lr at the schedule's corners (optim/schedulers.py's formulas, the ones training runs)."""
+    from lorafw.optim.optimizers import relative_step
+    from lorafw.optim.schedulers import key_points
+
+    o, sc = spec.optimizer, spec.scheduler
+    if relative_step(o) or sc.name == "adafactor":
+        return {"lr_points": [], "lr_note": "Adafactor computes its own lr (relative_step)"}
+    if sc.type:
+        return {"lr_points": [], "lr_note": f"{sc.type} decides the lr"}
+    lr = o.unet_lr or o.text_encoder_lr
+    return {"lr_points": key_points(sc, total, lr), "lr_note": ""}
 
 
 def _reps(n: int) -> str:
@@ -200,6 +215,10 @@ def render(plan: Plan, title: str = "") -> str:
     elif o:
         out += ["", f"  prediction type   {o['prediction_type']}   from {o['source']}",
                 f"  zero terminal SNR {str(o['zero_terminal_snr']).lower()}   from {o['ztsnr_source']}"]
+    if p.lr_points:
+        out += ["", "  lr curve (optimizer step: UNet lr)  " + "   ".join(f"{s}: {lr:.3g}" for s, lr in p.lr_points)]
+    elif p.lr_note:
+        out += ["", f"  lr curve: {p.lr_note}"]
     for wmsg in p.warnings:
         out.append(f"  warning: {wmsg}")
     return "\n".join(out)

@@ -85,21 +85,42 @@ def targets(rows: Iterable[list[Any]], net: NetworkSpec, part: str) -> list[tupl
     rows = list(rows)
     layers = [Layer(str(i), r[1], r[0]) for i, r in enumerate(rows)]
     if part == "unet":
-        chosen = select(layers, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, net.dim, net.alpha, net.conv_dim, net.conv_alpha)
+        conv_dim = net.conv_dim if net.algo != "lora" else None
+        chosen = select(layers, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, net.dim, net.alpha, conv_dim,
+                        net.conv_alpha if net.conv_alpha is not None else net.alpha)
     else:
         chosen = select(layers, TE_CONTAINERS, (), net.dim, net.alpha, None, None)
     return [(rows[int(t.name)], t) for t in chosen]
 
 
-def layer_tensors(row: list[Any], rank: int, dora: bool) -> list[tuple[tuple[int, ...], str]]:
-    """peft's trainable tensors for one adapted layer: lora_A, lora_B (and DoRA's magnitude)."""
+def layer_tensors(row: list[Any], rank: int, dora: bool, algo: str = "lora", on_input: bool = False
+                  ) -> list[tuple[tuple[int, ...], str]]:
+    """The trainable tensors of one adapted layer, as LyCORIS creates them (lorafw/network/modules.py).
+
+    lora/locon: lora_down, lora_up (and DoRA's magnitude); loha: two down/up pairs, convolutions flattened;
+    ia3: one scale per output (or input) channel; glora: a1/a2/b1/b2. LoKr's Kronecker factors depend on
+    LyCORIS's factorisation and are counted as LoRA's shapes, which is more than they take."""
     _, kind, fan_in, fan_out, k = row[:5]
-    if kind == "linear":
+    conv = kind != "linear"
+    if algo == "ia3":
+        n = fan_in if on_input else fan_out
+        return [((1, n, 1, 1) if conv else (n,), "lora_A")]
+    if algo == "loha":
+        flat = fan_in * (k * k if conv else 1)
+        out = [((fan_out, rank), "lora_B"), ((rank, flat), "lora_A")] * 2
+    elif algo == "glora":
+        if conv:
+            out = [((rank, fan_in, 1, 1), "lora_A"), ((fan_in, rank, 1, 1), "lora_B"), ((rank, fan_in, k, k), "lora_A"),
+                   ((fan_out, rank, 1, 1), "lora_B")]
+        else:
+            out = [((rank, fan_in), "lora_A"), ((fan_in, rank), "lora_B"), ((rank, fan_in), "lora_A"),
+                   ((fan_out, rank), "lora_B")]
+    elif not conv:
         out = [((rank, fan_in), "lora_A"), ((fan_out, rank), "lora_B")]
-    else:  # peft: lora_A has the layer's kernel, lora_B is 1×1
+    else:  # lora_down has the layer's kernel, lora_up is 1×1
         out = [((rank, fan_in, k, k), "lora_A"), ((fan_out, rank, 1, 1), "lora_B")]
-    if dora:  # peft keeps a convolution's magnitude as (1, out, 1, 1)
-        out.append(((fan_out,) if kind == "linear" else (1, fan_out, 1, 1), "magnitude"))
+    if dora:  # LyCORIS keeps the magnitude as (out, 1) / (out, 1, 1, 1)
+        out.append(((fan_out, 1, 1, 1) if conv else (fan_out, 1), "magnitude"))
     return out
 
 
@@ -110,7 +131,8 @@ def adapter_tensors(table: dict[str, list[list[Any]]], net: NetworkSpec, train_t
     parts = (["unet"] if train_unet else []) + ([p for p in table if p != "unet"] if train_te else [])
     for part in parts:
         for row, t in targets(table[part], net, "unet" if part == "unet" else "te"):
-            out += [AdapterTensor(shape, row[5], role) for shape, role in layer_tensors(row, t.rank, net.dora_wd)]
+            out += [AdapterTensor(shape, row[5], role)
+                    for shape, role in layer_tensors(row, t.rank, net.dora_wd, net.algo, net.train_on_input)]
     return out
 
 

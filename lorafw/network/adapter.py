@@ -1,19 +1,25 @@
-"""Inject LoRA / LoCon / DoRA adapters with peft, and read/write them in the kohya/LyCORIS format.
+"""Put a network's adapters on the UNet and text encoder(s), and read/write them in the kohya/LyCORIS format.
 
-peft does the adapting (the same engine diffusers loads LoRAs with); this module only decides
-where (network/targets.py) and translates peft's tensors to the file layout every UI reads:
-`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha`, and for DoRA `<name>.dora_scale`.
+Each adapted layer gets a LyCORIS module (network/modules.py) made for `network.algo`, registered as a
+child of the layer (`<layer>.lycoris`) so it moves, casts and switches train/eval with the model, and
+applied with LyCORIS's `apply_to` (the layer's forward runs the adapter). Where: network/targets.py (kohya's
+layer choice) and network/blocks.py (kohya's per-block ranks). The file holds, under the name every UI
+expects (`lora_unet_…`, `lora_te_text_model_…`), each module's own LyCORIS state dict: `lora_down/lora_up/
+alpha[/dora_scale]` for LoRA/LoCon/DoRA, `hada_*` for LoHa, `lokr_*` for LoKr, `weight/on_input` for IA3,
+`a1/a2/b1/b2` for GLoRA — so LyCORIS's own loader and the UIs' take every tensor as written.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 
 from lorafw.config.spec import NetworkSpec
+from lorafw.network import blocks
+from lorafw.network.modules import make
 from lorafw.network.targets import (
     TE_CONTAINERS,
     UNET_ATTN_CONTAINERS,
@@ -25,7 +31,8 @@ from lorafw.network.targets import (
     te_module_path,
 )
 
-ADAPTER = "lorafw"
+log = logging.getLogger("lorafw")
+CHILD = "lycoris"  # the adapter's attribute name on its layer
 
 
 def layers_of(model: torch.nn.Module, containers: tuple[str, ...]) -> list[Layer]:
@@ -37,7 +44,7 @@ def layers_of(model: torch.nn.Module, containers: tuple[str, ...]) -> list[Layer
         if kind_name not in containers:
             continue
         for sub, m in container.named_modules():
-            if not sub:
+            if not sub or f".{CHILD}." in f".{sub}.":
                 continue
             full = f"{cname}.{sub}" if cname else sub
             if full in seen:
@@ -55,109 +62,141 @@ def layers_of(model: torch.nn.Module, containers: tuple[str, ...]) -> list[Layer
 
 @dataclass
 class Adapted:
-    """One adapted layer: its peft module and its name in the LoRA file."""
+    """One adapted layer: its LyCORIS module and its name in the LoRA file."""
 
     file_name: str
     path: str
     part: str  # "unet", "te", "te1", "te2"
     target: Target
     module: Any
+    block: int = -1  # kohya's UNet block index (network/blocks.py); -1 for text encoders
 
 
 class Network:
-    """The adapters of one run, on the UNet and (if trained) the text encoder(s)."""
+    """The adapters of one run, on the UNet (unless `train_unet` is false) and (if trained) the text encoder(s)."""
 
     def __init__(self, spec: NetworkSpec, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],
-                 te_prefixes: list[str], train_text_encoder: bool, unet_name: Callable[[str], str]) -> None:
+                 te_prefixes: list[str], train_text_encoder: bool, unet_name: Callable[[str], str], *,
+                 arch: str | None = None, train_unet: bool = True) -> None:
         self.spec = spec
+        self.arch = arch or ("sdxl" if len(te_prefixes) > 1 else "sd15")
+        self.plan = blocks.plan(self.arch, spec)
         self.entries: list[Adapted] = []
-        self._inject("unet", unet, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, unet_name)
+        self.enabled = True
+        if spec.algo == "ia3":
+            log.warning("network.algo=ia3: ComfyUI's LoRA loader ignores IA3 files; A1111/Forge and LyCORIS read them")
+        if train_unet:
+            self._inject("unet", unet, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, unet_name)
         if train_text_encoder:
             for te, prefix in zip(text_encoders, te_prefixes):
-                self._inject(prefix.removeprefix("lora_"), te, TE_CONTAINERS, (), lambda p, pre=prefix: kohya_name(pre, te_module_path(p)))
+                self._inject(prefix.removeprefix("lora_"), te, TE_CONTAINERS, (),
+                             lambda p, pre=prefix: kohya_name(pre, te_module_path(p)))
+        if not self.entries:
+            raise RuntimeError("no layers to adapt")  # validation refuses runs that train nothing
 
     def _inject(self, part: str, model: torch.nn.Module, containers: tuple[str, ...], conv_containers: tuple[str, ...],
                 name_of: Callable[[str], str]) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
-
         s = self.spec
+        conv_dim = s.conv_dim if s.algo != "lora" else None
+        conv_alpha = (s.conv_alpha if s.conv_alpha is not None else s.alpha) if conv_dim is not None else None
+        if part == "unet" and self.plan.conv_dims is not None:
+            conv_dim, conv_alpha = conv_dim or 1, conv_alpha or s.alpha  # conv layers chosen; ranks come per block
         targets = select(layers_of(model, containers + conv_containers), containers, conv_containers,
-                         s.dim, s.alpha, s.conv_dim, s.conv_alpha)
+                         s.dim, s.alpha, conv_dim, conv_alpha)
         if not targets:
             raise RuntimeError(f"no layers to adapt in the {part}")  # a bug: every SD model has them
-        special = {re.escape(t.name): t for t in targets if t.rank != s.dim or t.alpha != s.alpha}
-        config = LoraConfig(
-            r=s.dim,
-            lora_alpha=s.alpha,
-            target_modules=[t.name for t in targets],
-            rank_pattern={k: t.rank for k, t in special.items()},
-            alpha_pattern={k: t.alpha for k, t in special.items()},
-            lora_dropout=s.dropout,
-            use_dora=s.dora_wd,
-            init_lora_weights=True,
-        )
-        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        model.requires_grad_(False)  # only the adapters train (as peft's injection did)
         modules = dict(model.named_modules())
         for t in targets:
-            self.entries.append(Adapted(name_of(t.name), t.name, part, t, modules[t.name]))
+            file_name = name_of(t.name)
+            block = blocks.block_index(file_name, self.arch) if part == "unet" else -1
+            if part == "unet":
+                rank, alpha = self.plan.rank_alpha(block, t.kind == "conv", (t.rank, t.alpha))
+                if not rank:
+                    continue  # kohya: rank 0 (or a block lr weight of 0) = no adapter there
+                t = Target(t.name, t.kind, rank, alpha)  # type: ignore[arg-type]
+            layer = modules[t.name]
+            adapter = make(s.algo, file_name, layer, t.rank, t.alpha, s).to(layer.weight.device)
+            layer.add_module(CHILD, adapter)
+            adapter.apply_to()
+            self.entries.append(Adapted(file_name, t.name, part, t, adapter, block))
 
+    # -- parameters ---------------------------------------------------------------------------------
     def parameters(self, part_prefix: str) -> Iterator[torch.nn.Parameter]:
-        """Trainable adapter parameters of the UNet ("unet") or text encoders ("te")."""
+        """Trainable adapter parameters of the UNet ("unet") or text encoders ("te"); "" = all."""
         for e in self.entries:
             if e.part.startswith(part_prefix):
-                yield from (p for p in _adapter_params(e.module))
+                yield from e.module.parameters()
 
     def n_parameters(self) -> int:
-        return sum(p.numel() for e in self.entries for p in _adapter_params(e.module))
+        return sum(p.numel() for e in self.entries for p in e.module.parameters())
+
+    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups as kohya forms them: per UNet block when block lr weights are set, and with LoRA+ a
+        second group per part for lora_up at lr × ratio. Parts with lr 0 are left out (and frozen)."""
+        s = self.spec
+        groups: dict[tuple[str, int, bool], dict[str, Any]] = {}
+        for e in self.entries:
+            unet = e.part == "unet"
+            base = unet_lr if unet else text_encoder_lr
+            ratio = (s.loraplus_unet_lr_ratio if unet else s.loraplus_text_encoder_lr_ratio) or s.loraplus_lr_ratio
+            block = e.block if unet and self.plan.lr_weight is not None else -1
+            lr = base * (self.plan.lr_multiplier(block) if unet else 1.0)
+            for pname, p in e.module.named_parameters():
+                plus = ratio is not None and "lora_up" in pname
+                g_lr = lr * ratio if plus else lr
+                if g_lr == 0:
+                    p.requires_grad_(False)
+                    continue
+                key = ("unet" if unet else "text_encoder", block, plus)
+                if key not in groups:
+                    name = key[0] + (f"_block{block:02d}" if block >= 0 else "") + ("_plus" if plus else "")
+                    groups[key] = {"params": [], "lr": g_lr, "name": name}
+                groups[key]["params"].append(p)
+        order = sorted(groups, key=lambda k: (k[0] != "unet", k[1], k[2]))
+        return [groups[k] for k in order]
 
     def set_enabled(self, enabled: bool) -> None:
+        """Adapters on or off (off: every layer runs its own forward, the base model bit for bit)."""
+        if enabled == self.enabled:
+            return
         for e in self.entries:
-            e.module.enable_adapters(enabled)
+            e.module.apply_to() if enabled else e.module.restore()
+        self.enabled = enabled
 
+    # -- files --------------------------------------------------------------------------------------
     @torch.no_grad()
     def kohya_state_dict(self, dtype: torch.dtype = torch.float16,
                          exact: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The adapters as a kohya/LyCORIS LoRA file's tensors. `exact` maps id(parameter) to a more
-        precise copy of it to write instead (full_bf16's fp32 masters)."""
+        """The adapters as a kohya/LyCORIS file's tensors. `exact` maps id(parameter) to a more precise copy of
+        it to write instead (full_bf16's fp32 masters, or the EMA's shadows)."""
         out: dict[str, torch.Tensor] = {}
-
-        def value(p: torch.Tensor) -> torch.Tensor:
-            return exact.get(id(p), p) if exact else p
-
         for e in self.entries:
-            m = e.module
-            down = value(m.lora_A[ADAPTER].weight)
-            up = value(m.lora_B[ADAPTER].weight)
-            out[f"{e.file_name}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
-            out[f"{e.file_name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
-            out[f"{e.file_name}.alpha"] = torch.tensor(float(e.target.alpha), dtype=dtype)
-            if self.spec.dora_wd:
-                mag = value(m.lora_magnitude_vector[ADAPTER].weight).detach()
-                base = m.get_base_layer().weight
-                shape = (base.shape[0],) + (1,) * (base.ndim - 1)  # LyCORIS: (out, 1) / (out, 1, 1, 1)
-                out[f"{e.file_name}.dora_scale"] = mag.reshape(shape).to("cpu", dtype).contiguous()
+            swapped = []
+            if exact:
+                for p in e.module.parameters():
+                    if id(p) in exact:
+                        swapped.append((p, p.data))
+                        p.data = exact[id(p)].to(p.device)
+            try:
+                for k, v in e.module.state_dict().items():
+                    out[f"{e.file_name}.{k}"] = v.detach().to("cpu", dtype).contiguous()
+            finally:
+                for p, data in swapped:
+                    p.data = data
         return out
 
     @torch.no_grad()
     def load_kohya_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Put a kohya-format state dict (as written by `kohya_state_dict`) back into the adapters."""
-        missing = []
+        """Put a file's tensors (as written by `kohya_state_dict`) back into the adapters."""
+        missing: list[str] = []
         for e in self.entries:
-            m = e.module
-            try:
-                m.lora_A[ADAPTER].weight.copy_(sd[f"{e.file_name}.lora_down.weight"])
-                m.lora_B[ADAPTER].weight.copy_(sd[f"{e.file_name}.lora_up.weight"])
-                if self.spec.dora_wd:
-                    mag = m.lora_magnitude_vector[ADAPTER].weight
-                    mag.copy_(sd[f"{e.file_name}.dora_scale"].reshape(mag.shape))
-            except KeyError as err:
-                missing.append(str(err))
+            prefix = f"{e.file_name}."
+            own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            want = set(e.module.state_dict())
+            if want - set(own):
+                missing += [prefix + k for k in sorted(want - set(own))]
+                continue
+            e.module.load_state_dict({k: own[k] for k in want}, strict=False)
         if missing:
             raise KeyError(f"{len(missing)} adapter tensors missing, e.g. {missing[:3]}")
-
-
-def _adapter_params(module: Any) -> Iterator[torch.nn.Parameter]:
-    yield module.lora_A[ADAPTER].weight
-    yield module.lora_B[ADAPTER].weight
-    if hasattr(module, "lora_magnitude_vector") and ADAPTER in module.lora_magnitude_vector:
-        yield module.lora_magnitude_vector[ADAPTER].weight

@@ -1,9 +1,10 @@
 """Apply a LoRA file to a model at a weight the way the UIs do: patch the weights, W + w·(W_full − W).
 
 A1111/Forge and ComfyUI merge a LoRA into the layer weights rather than running adapters: for LoRA and
-LoCon W_full = W + ΔW (ΔW = up·down·alpha/rank), for DoRA W_full = m·(W + ΔW)/‖W + ΔW‖ per output
-channel (m = dora_scale), and a weight w ≠ 1 interpolates, W + w·(W_full − W). `lorafw grid` renders
-with this, so its images are what users will see; at w = 0 the model is the base model, bit for bit.
+LoCon W_full = W + ΔW (ΔW = up·down·alpha/rank; LoHa/LoKr/GLoRA/IA3 ΔW from LyCORIS's own rebuild), for DoRA
+W_full = the decomposed weight as the chosen UI computes it (network/dora.py), and a weight w ≠ 1
+interpolates, W + w·(W_full − W). `lorafw grid` renders with this, so its images are what users will see;
+at w = 0 the model is the base model, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,26 +13,65 @@ from typing import Callable
 
 import torch
 
+from lorafw.network.dora import UI, patched
 from lorafw.network.targets import kohya_name, te_module_path
 
 
-def delta_weight(down: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
+def delta_weight(down: torch.Tensor, up: torch.Tensor, alpha: float, mid: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW of one kohya-format layer: (out, in) for Linear, (out, in, k, k) for convolutions."""
     rank = down.shape[0]
     scale = alpha / rank
+    if mid is not None:  # LoCon with Tucker: lora_down 1×1, lora_mid k×k, lora_up 1×1
+        from lycoris.functional.general import rebuild_tucker
+
+        return rebuild_tucker(mid, up.flatten(1), down.flatten(1)) * scale
     if down.ndim == 2:
         return (up @ down) * scale
     return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * scale
 
 
 def full_weight(w: torch.Tensor, down: torch.Tensor, up: torch.Tensor, alpha: float,
-                dora_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The layer's weight with the LoRA at weight 1 (fp32)."""
-    merged = w.float() + delta_weight(down.float(), up.float(), alpha)
-    if dora_scale is None:
-        return merged
-    norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(merged.shape[0], *[1] * (merged.ndim - 1))
-    return merged * (dora_scale.float().reshape(norm.shape) / (norm + torch.finfo(torch.float32).eps))
+                dora_scale: torch.Tensor | None = None, ui: UI = "exact") -> torch.Tensor:
+    """The layer's weight with the LoRA at weight 1 (fp32), DoRA the way `ui` computes it."""
+    return patched(w, delta_weight(down.float(), up.float(), alpha), 1.0, dora_scale, ui)
+
+
+def layer_delta(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module) -> torch.Tensor | None:
+    """ΔW (fp32, the layer's weight shape) of one layer of a LoRA/LyCORIS file; None when the reader ignores it."""
+    w = layer.weight
+    get = lambda k: lora.get(f"{name}.{k}")  # noqa: E731
+    if get("lora_down.weight") is not None:
+        down, up, mid = get("lora_down.weight"), get("lora_up.weight"), get("lora_mid.weight")
+        alpha = float(get("alpha")) if get("alpha") is not None else float(down.shape[0])
+        return delta_weight(down.float().to(w.device), up.float().to(w.device), alpha,
+                            None if mid is None else mid.float().to(w.device)).reshape(w.shape)
+    module = rebuild(lora, name, layer).to(w.device).float()
+    if type(module).__name__ in ("LohaModule", "LokrModule"):
+        # their forward's ΔW (alpha/dim once, as ComfyUI and A1111 compute it); LyCORIS 4.1's get_diff_weight
+        # applies alpha/dim a second time
+        diff = module.get_weight(module.shape) * module.scalar
+    else:
+        diff = module.get_diff_weight(1.0, w.shape, w.device)[0]
+    return diff.float().reshape(w.shape)
+
+
+def rebuild(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module) -> torch.nn.Module:
+    """LyCORIS's own loader for one layer (lycoris.modules.get_module + make_module). IA3 is built directly:
+    LyCORIS 4.1's generic path passes IA3's `on_input` flag to a constructor that takes only the weight."""
+    from lycoris.modules import IA3Module, get_module, make_module
+
+    cls, params = get_module(lora, name)
+    if cls is None:
+        raise KeyError(f"{name}: no LoRA or LyCORIS tensors this reader knows")
+    if cls is IA3Module:
+        weight, on_input = params
+        module = IA3Module(name, layer, 1, train_on_input=bool(on_input))
+        module.weight.data.copy_(weight)
+        return module
+    module = make_module(cls, params, name, layer)
+    if module is None:
+        raise KeyError(f"{name}: {cls.__name__} cannot be rebuilt from the file")
+    return module
 
 
 def module_names(arch: str, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],
@@ -53,10 +93,13 @@ def module_names(arch: str, unet: torch.nn.Module, text_encoders: list[torch.nn.
 
 
 class WeightPatcher:
-    """Puts a LoRA file into a model at a weight, and takes it out again (the originals are kept)."""
+    """Puts a LoRA file into a model at a weight, and takes it out again (the originals are kept).
 
-    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+    `ui` picks whose DoRA maths to use (network/dora.py) and whether IA3 files count: ComfyUI ignores them."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], ui: UI = "exact") -> None:
         self.modules = modules
+        self.ui = ui
         self.originals: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -69,14 +112,16 @@ class WeightPatcher:
             raise KeyError(f"{len(unknown)} LoRA layers do not exist in this model, e.g. {unknown[:3]}")
         if weight == 0:
             return 0
+        if self.ui == "comfyui" and any(k.endswith(".on_input") for k in lora):
+            return 0  # ComfyUI's loader has no IA3: it renders the base model
         for n in names:
             m = self.modules[n]
             w = m.weight
+            delta = layer_delta(lora, n, m)
+            dora = lora.get(f"{n}.dora_scale")
             self.originals[n] = w.detach().clone()
-            alpha = float(lora[f"{n}.alpha"]) if f"{n}.alpha" in lora else float(lora[f"{n}.lora_down.weight"].shape[0])
-            full = full_weight(w, lora[f"{n}.lora_down.weight"].to(w.device), lora[f"{n}.lora_up.weight"].to(w.device), alpha,
-                               lora[f"{n}.dora_scale"].to(w.device) if f"{n}.dora_scale" in lora else None)
-            w.copy_((w.float() + weight * (full - w.float())).to(w.dtype))
+            new = patched(w, delta, weight, None if dora is None else dora.to(w.device), self.ui)
+            w.copy_(new.to(w.dtype))
         return len(names)
 
     @torch.no_grad()

@@ -1,8 +1,16 @@
-"""Learning-rate schedules. REX is written out (no library has it); the others are diffusers'.
+"""Learning-rate schedules as pure functions of the optimizer step, and the torch scheduler that applies them.
 
-Every schedule is driven per optimizer step with total = the run's optimizer steps, and the
-warmup is a ratio of that total. REX follows the GUI trainer's RexAnnealingWarmRestarts:
-warmup from min_lr to the group's lr, then
+One formula per schedule, used both by training (a LambdaLR over these functions) and by `lorafw plan`
+(`key_points`), so the curve a user is shown is the one the run follows. Each formula is the one kohya
+sd-scripts runs: transformers' `get_scheduler` types (constant, constant_with_warmup, linear, cosine,
+cosine_with_restarts, polynomial, cosine_with_min_lr, warmup_stable_decay — kohya passes num_cycles / 2 to
+the last two), diffusers' piecewise_constant, and REX; tests compare every one against the library's own.
+`adafactor` is transformers' AdafactorSchedule: Adafactor with relative_step computes its own lr.
+`scheduler.type` (kohya's lr_scheduler_type) builds any scheduler class with `scheduler.args` instead.
+
+Every schedule is driven per optimizer step with total = the run's optimizer steps. The warmup is
+`warmup_steps`, or int(warmup_ratio × total) as kohya computes it from a ratio. REX follows the GUI
+trainer's RexAnnealingWarmRestarts: warmup from min_lr to the group's lr, then
     lr = min_lr + (max_lr − min_lr) · (1 − p) / ((1 − d) + d · (1 − p)),  p = (s − w) / (L − w),
 cycles of L = total // num_cycles steps each with its own warmup (round(total · ratio) // num_cycles),
 max_lr × gamma per restart, and a group whose lr is not above min_lr decays to 0 instead.
@@ -10,21 +18,29 @@ max_lr × gamma per restart, and a group whose lr is not above min_lr decays to 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lorafw.config.spec import SchedulerSpec
+from lorafw.errors import ConfigError
+
+POLY_LR_END = 1e-7  # transformers' default lr_end for polynomial
 
 
 def warmup_steps(spec: SchedulerSpec, total: int) -> int:
-    """Warmup length in optimizer steps, as kohya computes it from a ratio (floor)."""
+    """Warmup length in optimizer steps: warmup_steps, or a ratio floored as kohya does."""
+    if spec.warmup_steps is not None:
+        return min(int(spec.warmup_steps), total)
+    if spec.name == "rex":
+        return round(total * (spec.warmup_ratio or 0.0))
     return int((spec.warmup_ratio or 0.0) * total)
 
 
 def rex_lr(step: int, max_lr: float, min_lr: float, total: int, warmup_ratio: float, d: float = 0.9,
-           gamma: float = 1.0, num_cycles: int = 1) -> float:
+           gamma: float = 1.0, num_cycles: int = 1, warmup: int | None = None) -> float:
     """The REX learning rate at optimizer step `step` (0-based) for a group whose lr is `max_lr`."""
     cycle_len = max(1, total // max(1, num_cycles))
-    warm = round(total * warmup_ratio) // max(1, num_cycles)
+    warm = (round(total * warmup_ratio) if warmup is None else warmup) // max(1, num_cycles)
     if warm >= cycle_len:
         warm = cycle_len - 1
     floor = min_lr if min_lr < max_lr else 0.0
@@ -39,24 +55,175 @@ def rex_lr(step: int, max_lr: float, min_lr: float, total: int, warmup_ratio: fl
     return floor + span * (1 - p) / ((1 - d) + d * (1 - p))
 
 
-def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int) -> Any:
-    """A torch LR scheduler for `optimizer`, stepped once per optimizer step for `total` steps."""
+def parse_step_rules(rules: str) -> tuple[dict[int, float], float]:
+    """diffusers' piecewise_constant rules 'MULT:STEP,...,LAST' → ({step: multiplier before it}, last multiplier)."""
+    parts = [p.strip() for p in rules.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("empty; write e.g. '1:100,0.1:200,0.01'")
+    out: dict[int, float] = {}
+    try:
+        for part in parts[:-1]:
+            mult, step = part.split(":")
+            out[int(step)] = float(mult)
+        last = float(parts[-1])
+    except ValueError:
+        raise ValueError(f"{rules!r} is not 'MULT:STEP,...,LAST', e.g. '1:100,0.1:200,0.01'") from None
+    return out, last
+
+
+def factor(spec: SchedulerSpec, step: int, total: int, base_lr: float, default_lr: float | None = None) -> float:
+    """The multiplier of a group's lr (`base_lr`) at optimizer step `step`, as the run applies it.
+
+    `default_lr` is the optimizer's own lr (polynomial decays relative to it, as transformers does)."""
+    name = spec.name
+    w = warmup_steps(spec, total)
+    if name == "constant" or name == "adafactor":
+        return 1.0
+    if name == "rex":
+        lr = rex_lr(step, base_lr, spec.min_lr or 0.0, total, spec.warmup_ratio or 0.0, spec.d or 0.9, spec.gamma or 1.0,
+                    spec.num_cycles or 1, warmup=w)
+        return lr / base_lr if base_lr else 0.0
+    if name == "piecewise_constant":
+        rules, last = parse_step_rules(spec.step_rules or "")
+        for s in sorted(rules):
+            if step < s:
+                return rules[s]
+        return last
+    if name == "warmup_stable_decay":
+        decay = int((spec.decay_ratio or 0.0) * total)
+        stable = total - w - decay
+        ratio = spec.min_lr_ratio or 0.0
+        cycles = (spec.num_cycles or 1) / 2
+        if step < w:
+            return max(0.0, (step / max(1, w)) * (1 - ratio) + ratio)
+        if step < w + stable:
+            return 1.0
+        if step < w + stable + decay:
+            p = (step - w - stable) / max(1, decay)
+            return max(0.0, 0.5 * (1 + math.cos(math.pi * cycles * 2 * p)) * (1 - ratio) + ratio)
+        return ratio
+    if step < w:
+        return step / max(1, w)
+    if name == "constant_with_warmup":
+        return 1.0
+    p = (step - w) / max(1, total - w)
+    if name == "linear":
+        return max(0.0, (total - step) / max(1, total - w))
+    if name == "cosine":
+        return max(0.0, 0.5 * (1 + math.cos(math.pi * p)))
+    if name == "cosine_with_restarts":
+        if p >= 1.0:
+            return 0.0
+        return max(0.0, 0.5 * (1 + math.cos(math.pi * ((float(spec.num_cycles or 1) * p) % 1.0))))
+    if name == "cosine_with_min_lr":
+        ratio = spec.min_lr_ratio or 0.0
+        f = 0.5 * (1 + math.cos(math.pi * (spec.num_cycles or 1) / 2 * 2 * p))
+        return max(0.0, f * (1 - ratio) + ratio)
+    if name == "polynomial":
+        lr_init = default_lr if default_lr is not None else base_lr
+        lr_end = POLY_LR_END if spec.min_lr is None else spec.min_lr
+        if step > total:
+            return lr_end / lr_init
+        remaining = 1 - (step - w) / (total - w) if total > w else 0.0
+        return ((lr_init - lr_end) * remaining ** (spec.power or 1.0) + lr_end) / lr_init
+    raise ValueError(f"unknown scheduler {name!r}")  # validation refuses it first
+
+
+def check(spec: SchedulerSpec, lr: float | None) -> list[str]:
+    """Problems only the formulas know about (config validation calls this)."""
+    p = []
+    if spec.warmup_ratio is not None and spec.warmup_steps is not None:
+        p.append(f"scheduler.warmup_steps: set ({spec.warmup_steps}) together with scheduler.warmup_ratio="
+                 f"{spec.warmup_ratio}; give the warmup one way, e.g. scheduler.warmup_ratio=null")
+    if spec.name == "piecewise_constant":
+        try:
+            parse_step_rules(spec.step_rules or "")
+        except ValueError as e:
+            p.append(f"scheduler.step_rules: {e}")
+    if spec.name == "polynomial" and lr is not None:
+        end = POLY_LR_END if spec.min_lr is None else spec.min_lr
+        if end >= lr:
+            p.append(f"scheduler.min_lr: polynomial decays from the lr ({lr:g}) to min_lr ({end:g}), so it must be "
+                     "smaller than the lr")
+    if spec.name == "warmup_stable_decay" and spec.decay_ratio is None:
+        p.append("scheduler.decay_ratio: warmup_stable_decay needs the fraction of steps spent decaying, e.g. 0.2")
+    return p
+
+
+def key_points(spec: SchedulerSpec, total: int, lr: float) -> list[tuple[int, float]]:
+    """The lr curve's corners for `lorafw plan`: (optimizer step, lr) at the start, the warmup's end, each
+    restart or rule change, the decay's start, the middle and the last step, plus the lowest point.
+    `adafactor` and `scheduler.type` return [] (the optimizer or the class decides the lr)."""
+    if total < 1 or spec.type or spec.name == "adafactor":
+        return []
+    w = warmup_steps(spec, total)
+    steps = {0, total - 1, min(w, total - 1), total // 2}
+    if spec.name in ("cosine_with_restarts", "rex") and (spec.num_cycles or 1) > 1:
+        n = spec.num_cycles or 1
+        length = (total - w) / n if spec.name == "cosine_with_restarts" else total // n
+        starts = [w + round(i * length) if spec.name == "cosine_with_restarts" else i * int(length) for i in range(1, n)]
+        for s in starts:
+            steps |= {s - 1, s}
+    if spec.name == "piecewise_constant":
+        for s in parse_step_rules(spec.step_rules or "")[0]:
+            steps |= {s - 1, s}
+    if spec.name == "warmup_stable_decay":
+        steps.add(total - int((spec.decay_ratio or 0.0) * total))
+    pts = sorted(s for s in steps if 0 <= s < total)
+    curve = [(s, lr * factor(spec, s, total, lr, lr)) for s in pts]
+    low = min(range(total), key=lambda s: factor(spec, s, total, lr, lr)) if total <= 100_000 else None
+    if low is not None and low not in pts:
+        curve = sorted(curve + [(low, lr * factor(spec, low, total, lr, lr))])
+    return curve
+
+
+def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr: float | None = None) -> Any:
+    """A torch LR scheduler for `optimizer`, stepped once per optimizer step for `total` steps.
+
+    `initial_lr`: what the adafactor scheduler reports before Adafactor has computed an lr (kohya: the lr)."""
     from torch.optim.lr_scheduler import LambdaLR
 
-    if spec.name == "rex":
-        lambdas = []
-        for group in optimizer.param_groups:
-            base = group["lr"]
-            lambdas.append(
-                lambda s, base=base: rex_lr(
-                    s, base, spec.min_lr or 0.0, total, spec.warmup_ratio or 0.0, spec.d or 0.9, spec.gamma or 1.0,
-                    spec.num_cycles or 1,
-                ) / base
-            )
-        return LambdaLR(optimizer, lambdas)
-    from diffusers.optimization import get_scheduler
+    if spec.type:
+        return _custom(spec, optimizer)
+    if spec.name == "adafactor":
+        return _adafactor_schedule(optimizer, initial_lr or optimizer.defaults.get("lr") or 0.0)
+    default_lr = optimizer.defaults.get("lr")
+    lambdas = [lambda s, base=g["lr"]: factor(spec, s, total, base, default_lr) for g in optimizer.param_groups]
+    return LambdaLR(optimizer, lambdas)
 
-    kwargs: dict[str, Any] = {"num_warmup_steps": warmup_steps(spec, total), "num_training_steps": total}
-    if spec.name == "cosine_with_restarts":
-        kwargs["num_cycles"] = spec.num_cycles or 1
-    return get_scheduler(spec.name, optimizer, **kwargs)
+
+def _custom(spec: SchedulerSpec, optimizer: Any) -> Any:
+    """kohya's lr_scheduler_type: a class from torch.optim.lr_scheduler (bare name) or module.Class."""
+    import importlib
+
+    import torch
+
+    path = spec.type or ""
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else torch.optim.lr_scheduler
+        cls = getattr(module, cls_name)
+    except (ImportError, AttributeError):
+        raise ConfigError([f"scheduler.type: cannot import {path!r}; give module.Class of an installed package, or a "
+                           "class of torch.optim.lr_scheduler such as CosineAnnealingLR"]) from None
+    try:
+        return cls(optimizer, **dict(spec.args))
+    except TypeError as e:
+        raise ConfigError([f"scheduler.args: {path} does not take {dict(spec.args)}: {e}"]) from None
+
+
+def _adafactor_schedule(optimizer: Any, initial_lr: float) -> Any:
+    """transformers' AdafactorSchedule, reading the lr Adafactor computed from its state rather than only while
+    gradients exist (the trainer steps the schedule after zero_grad, and logs what it reports)."""
+    from transformers.optimization import AdafactorSchedule
+
+    class State(AdafactorSchedule):
+        def get_lr(self) -> list[float]:
+            opt = self.optimizer
+            out = []
+            for group, base in zip(opt.param_groups, self.base_lrs):
+                st = opt.state.get(group["params"][0], {})
+                out.append(opt._get_lr(group, st) if "step" in st else base)
+            return out
+
+    return State(optimizer, initial_lr)

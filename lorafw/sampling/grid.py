@@ -186,7 +186,7 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
         renderer = Renderer(c.arch, c.unet, c.vae, c.text_encoders, c.tokenizers, c.noise_scheduler,
                             spec.train.max_token_length, spec.train.clip_skip, device)
         models.clear()  # one base model in memory at a time
-        models[key] = (renderer, WeightPatcher(module_names(c.arch, c.unet, c.text_encoders, to_original)))
+        models[key] = (renderer, WeightPatcher(module_names(c.arch, c.unet, c.text_encoders, to_original), spec.grid.ui))
     return models[key]
 
 

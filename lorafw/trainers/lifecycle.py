@@ -245,13 +245,13 @@ def inject_network(tr: Trainer) -> None:
     from lorafw.network.adapter import Network
     from lorafw.network.targets import unet_namer
 
-    # peft creates adapters in their layer's dtype (half under mixed precision); they train in fp32,
-    # which fp16 loss scaling requires and small updates need — or in bf16 with full_bf16, where the
-    # optimizer keeps fp32 master copies (lorafw/optim/bf16.py).
+    # The adapters (LyCORIS modules, lorafw/network/) train in fp32, which fp16 loss scaling requires and small
+    # updates need — or in bf16 with full_bf16, where the optimizer keeps fp32 master copies (lorafw/optim/bf16.py).
     for m in (tr.unet, *tr.text_encoders):
         m.requires_grad_(False)
     tr.network = Network(tr.spec.network, tr.unet, tr.text_encoders, list(tr.architecture.te_prefixes), tr.train_te,
-                         tr.architecture.unet_namer(tr.unet, unet_namer))
+                         tr.architecture.unet_namer(tr.unet, unet_namer), arch=tr.arch,
+                         train_unet=tr.spec.optimizer.unet_lr > 0)
     adapter_dtype = torch.bfloat16 if tr.spec.train.full_bf16 else torch.float32
     cast_training_params([tr.unet, *tr.text_encoders], dtype=adapter_dtype)
     if tr.spec.train.compile:
@@ -274,18 +274,13 @@ def inject_network(tr: Trainer) -> None:
 
 def build_optimizer(tr: Trainer) -> None:
     """Parameter groups (UNet, text encoders), full_bf16 master copies, EMA, optimizer, LR schedule."""
-    from lorafw.optim.optimizers import build_optimizer as build, describe
+    from lorafw.optim.optimizers import build_optimizer as build, describe, text_encoder_stop_step
     from lorafw.optim.schedulers import build_scheduler, warmup_steps
 
     o = tr.spec.optimizer
-    groups = []
-    if o.unet_lr > 0:
-        groups.append({"params": list(tr.network.parameters("unet")), "lr": o.unet_lr, "name": "unet"})
-    else:
-        for p in tr.network.parameters("unet"):
-            p.requires_grad_(False)
-    if tr.train_te:
-        groups.append({"params": list(tr.network.parameters("te")), "lr": o.text_encoder_lr, "name": "text_encoder"})
+    # UNet and text-encoder groups; per UNet block with block lr weights, and lora_up apart with LoRA+ (kohya's)
+    groups = tr.network.param_groups(o.unet_lr, o.text_encoder_lr if tr.train_te else 0.0)
+    tr.te_stop_step = text_encoder_stop_step(o, tr.total_steps) if tr.train_te else None
     tr.trainable = [p for g in groups for p in g["params"]]
     tr.comm.broadcast(tr.trainable)  # every process starts from the main process's initial weights
     if tr.spec.train.full_bf16:
@@ -299,7 +294,7 @@ def build_optimizer(tr: Trainer) -> None:
 
         tracked = [m for _, m in tr.masters.pairs] if tr.masters is not None else tr.trainable
         tr.ema = EMA(tracked, tr.spec.ema.decay, "cpu" if tr.spec.ema.on_cpu else tr.device)
-    tr.lr_scheduler = build_scheduler(tr.spec.scheduler, optimizer, tr.total_steps)
+    tr.lr_scheduler = build_scheduler(tr.spec.scheduler, optimizer, tr.total_steps, initial_lr=o.lr)
     tr.optimizer = tr.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling, accumulation
     sch = tr.spec.scheduler
     tr.warmup_steps = (warmup_steps(sch, tr.total_steps) if sch.name != "rex"

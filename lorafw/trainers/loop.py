@@ -87,6 +87,8 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     after the backward passes): the GPU is never stalled between micro-batches, and a NaN/inf is
     still caught before the optimizer lets it reach the weights."""
     t = tr.spec.train
+    if tr.te_stop_step is not None and tr.global_step >= tr.te_stop_step and tr.train_te:
+        stop_text_encoder(tr)
     first_micro, n = tr.micro, len(group)
     local = torch.zeros((), device=tr.device)
     for j in shard(n, tr.world.rank, tr.world.size):
@@ -123,6 +125,18 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     if tr.metrics is not None:
         d = tr.optimizer.param_groups[0].get("d")
         tr.metrics.step(tr.global_step, tr.epoch, step_loss, lrs, float(d) if d is not None else None, norms)
+
+
+def stop_text_encoder(tr: Trainer) -> None:
+    """optimizer.stop_text_encoder_training reached: the text encoders' adapters keep their weights and train no
+    more (no gradients, so no optimizer updates or weight decay; the encoders run without dropout)."""
+    for p in tr.network.parameters("te"):
+        p.requires_grad_(False)
+        p.grad = None
+    for te in tr.text_encoders:
+        te.eval()
+    tr.train_te = False
+    log.info(f"step {tr.global_step}: text encoder training stopped (optimizer.stop_text_encoder_training)")
 
 
 def step_bf16_masters(tr: Trainer) -> None:

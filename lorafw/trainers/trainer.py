@@ -32,6 +32,7 @@ from lorafw.data.folders import scan
 from lorafw.data.prefetch import Lookahead
 from lorafw.errors import LorafwError
 from lorafw.models.load import check_arch, inspect_base_model
+from lorafw.optim.optimizers import evaluation_weights
 from lorafw.paths import expand
 from lorafw.trainers import evaluation, inputs, lifecycle, loop, state
 from lorafw.trainers.arch import SD15, Arch
@@ -120,6 +121,7 @@ class Trainer:
         # made by setup
         self.masters = None  # full_bf16: fp32 master copies of the bf16 adapter weights
         self.ema = None
+        self.te_stop_step: int | None = None  # optimizer.stop_text_encoder_training, in optimizer steps
         self.metrics = None
         self.renderer = None  # sample images, made on first use
         self.latent_cache = None
@@ -166,8 +168,9 @@ class Trainer:
         captions = [self.data.caption(i, rng) for i in batch]
         latents = inputs.latents(self, batch, flips)
         gen = torch.Generator(device=self.device).manual_seed(seed % (2**63))  # noise and timesteps
-        if self.spec.network.dropout > 0:
-            torch.manual_seed(seed % (2**63))  # adapter dropout
+        n = self.spec.network
+        if n.dropout or n.rank_dropout or n.module_dropout:
+            torch.manual_seed(seed % (2**63))  # adapter dropouts
         with self.accelerator.autocast():
             cond = inputs.conditioning(self, captions, batch, flips)
         mask = inputs.masks(self, batch, flips, tuple(latents.shape[-2:])) if self.spec.dataset.masked_loss else None
@@ -182,19 +185,25 @@ class Trainer:
         lifecycle.to_device(self, *models)
 
     # -- evaluation ------------------------------------------------------------------------------------------
+    # A schedule-free optimizer is evaluated, sampled and saved at its averaged ("eval") weights and steps
+    # from its "train" weights; evaluation_weights switches around each of these (a no-op otherwise).
     def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4, data: Any = None,
                    cache: Any = None) -> float:
-        return evaluation.fixed_loss(self, images, seed, draws, data, cache)
+        with evaluation_weights(getattr(self, "optimizer", None)):
+            return evaluation.fixed_loss(self, images, seed, draws, data, cache)
 
     def validation_loss(self) -> float:
-        return evaluation.validation_loss(self)
+        with evaluation_weights(getattr(self, "optimizer", None)):
+            return evaluation.validation_loss(self)
 
     def sample(self, label: str) -> None:
-        evaluation.sample(self, label)
+        with evaluation_weights(getattr(self, "optimizer", None)):
+            evaluation.sample(self, label)
 
     # -- files -----------------------------------------------------------------------------------------------
     def save(self, epoch: int, file_name: str | None = None) -> Path:
-        return state.save(self, epoch, file_name)
+        with evaluation_weights(getattr(self, "optimizer", None)):
+            return state.save(self, epoch, file_name)
 
     def save_state(self) -> None:
         state.save_state(self)

@@ -1,0 +1,212 @@
+"""DoRA's cost: a DoRA training step against the same network without DoRA, and where the time goes.
+
+    python benchmarks/dora_cost.py --peft               # mid-size SDXL-structured UNet, CPU, 256 px, batch 2
+    python benchmarks/dora_cost.py --width 1.0          # the real SDXL widths (random weights; slow on a CPU)
+    python benchmarks/dora_cost.py --profile            # also torch.profiler's top operators per variant
+
+One UNet with SDXL's structure (3 levels, transformer depths 1/2/10, linear projections) at `--width` of
+SDXL's channels, seeded random weights, the pdxl_dora network on it (LoCon: dim 8 / alpha 4 on the
+transformer blocks' Linear and 1×1 layers, conv dim 4 / alpha 2 on the ResNet and sampler 3×3 convolutions).
+Each variant times forward + backward of the UNet (the training step's compute; the optimizer's share is
+the same with or without DoRA) on a fixed batch, median of `--steps` after one warm-up:
+  locon           lorafw's LoCon (LyCORIS parameters, kohya's forward beside the frozen layer)
+  dora            lorafw's DoRA (the same, scaled by m / ‖W + ΔW‖ from small matrices; network/modules.py)
+  dora_lycoris    LyCORIS's own DoRA forward (builds W + ΔW, its norm and a full-size weight gradient per layer)
+  locon_peft, dora_peft   peft's LoRA / DoRA on the same layers (lorafw's engine before LyCORIS)
+and checks that `dora` and `dora_lycoris` give the same output and gradients (results unchanged).
+Figures only: nothing here asserts. The machine may be shared: run it twice and say so with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def unet_config(width: float) -> dict:
+    ch = [max(32, int(round(c * width / 32)) * 32) for c in (320, 640, 1280)]
+    return {
+        "sample_size": 32, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": ch,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [c // 64 for c in ch],
+        "cross_attention_dim": int(2048 * width) // 64 * 64, "use_linear_projection": True,
+        "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 256 * 6 + int(1280 * width) // 64 * 64, "norm_num_groups": 32,
+    }
+
+
+def build(width: float) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**unet_config(width))
+    unet.requires_grad_(False)
+    return unet.train()
+
+
+def batch(unet: torch.nn.Module, res: int, n: int) -> tuple:
+    cfg = unet.config
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, res // 8, res // 8, generator=g)
+    ctx = torch.randn(n, 77, cfg.cross_attention_dim, generator=g)
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(n, pooled, generator=g),
+             "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * n, dtype=torch.float32)}
+    return x, torch.tensor([500] * n), ctx, added
+
+
+def lycoris_network(unet: torch.nn.Module, dora: bool, own: bool):
+    """lorafw's adapters (own=True) or LyCORIS's LoConModule (own=False) on the pdxl_dora layers."""
+    from lycoris.modules.locon import LoConModule
+
+    from lorafw.network.adapter import layers_of
+    from lorafw.network.modules import KohyaLoCon
+    from lorafw.network.targets import UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, select
+
+    targets = select(layers_of(unet, UNET_ATTN_CONTAINERS + UNET_CONV_CONTAINERS), UNET_ATTN_CONTAINERS,
+                     UNET_CONV_CONTAINERS, 8, 4.0, 4, 2.0)
+    modules = dict(unet.named_modules())
+    out = []
+    torch.manual_seed(2)
+    for t in targets:
+        layer = modules[t.name]
+        if own:
+            m = KohyaLoCon(t.name, layer, t.rank, t.alpha, weight_decompose=dora)
+        else:
+            m = LoConModule(t.name, layer, 1.0, t.rank, t.alpha, weight_decompose=dora, bypass_mode=False)
+        with torch.no_grad():
+            m.lora_up.weight.normal_(0, 0.01)  # trained-looking: the update is not zero
+        m.apply_to()
+        out.append(m)
+    for m in reversed(out):  # left off; `rounds` switches each variant on for its step
+        m.restore()
+    return out
+
+
+def peft_network(unet: torch.nn.Module) -> dict[str, list]:
+    """peft LoRA ("l") and DoRA ("d") adapters on the same layers of one model; `use_peft` picks one."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from lorafw.network.adapter import layers_of
+    from lorafw.network.targets import UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, select
+
+    targets = select(layers_of(unet, UNET_ATTN_CONTAINERS + UNET_CONV_CONTAINERS), UNET_ATTN_CONTAINERS,
+                     UNET_CONV_CONTAINERS, 8, 4.0, 4, 2.0)
+    conv = [t.name for t in targets if t.rank != 8]
+    for name, dora in (("l", False), ("d", True)):
+        cfg = LoraConfig(r=8, lora_alpha=4.0, target_modules=[t.name for t in targets], use_dora=dora,
+                         rank_pattern={k: 4 for k in conv}, alpha_pattern={k: 2.0 for k in conv})
+        inject_adapter_in_model(cfg, unet, adapter_name=name)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    return {name: [p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n] for name in ("l", "d")}
+
+
+def use_peft(unet: torch.nn.Module, name: str) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    for m in unet.modules():
+        if isinstance(m, LoraLayer):
+            m.set_adapter(name)
+
+
+def params_of(modules) -> list[torch.nn.Parameter]:
+    return [p for m in modules for p in m.parameters()]
+
+
+def step(unet, data, params) -> torch.Tensor:
+    x, t, ctx, added = data
+    for p in params:
+        p.grad = None
+    y = unet(x, t, ctx, added_cond_kwargs=added).sample
+    y.float().square().mean().backward()
+    return y.detach()
+
+
+def rounds(variants: dict, data, steps: int) -> dict[str, float]:
+    """Each round runs every variant once (switching adapters between them), so load changes hit all alike."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(steps + 1):
+        for label, (unet, on, off, params) in variants.items():
+            on()
+            t0 = time.perf_counter()
+            step(unet, data, params)
+            if r:  # round 0 warms up
+                times[label].append(time.perf_counter() - t0)
+            off()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def profile_top(unet, data, params, label: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        step(unet, data, params)
+    print(f"\n--- {label}: top operators (self CPU time) ---")
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--width", type=float, default=0.5, help="fraction of SDXL's channels (default 0.5)")
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--peft", action="store_true", help="also peft's LoRA and DoRA, in the same rounds (a second model in memory)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: on a shared machine, multi-threaded small ops wait on each other)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    unet = build(args.width)
+    n = sum(p.numel() for p in unet.parameters())
+    print(f"UNet: SDXL structure at width {args.width} ({n / 1e6:.0f}M parameters), {args.resolution} px, batch "
+          f"{args.batch}, CPU threads {torch.get_num_threads()}, forward + backward, median of {args.steps} "
+          "interleaved rounds", flush=True)
+    data = batch(unet, args.resolution, args.batch)
+    nets = {"locon": lycoris_network(unet, False, True), "dora": lycoris_network(unet, True, True),
+            "dora_lycoris": lycoris_network(unet, True, False)}
+
+    def switch(mods, on):
+        return (lambda: [m.apply_to() for m in mods]) if on else (lambda: [m.restore() for m in reversed(mods)])
+
+    variants = {k: (unet, switch(m, True), switch(m, False), params_of(m)) for k, m in nets.items()}
+    if args.peft:  # a second copy of the model, so peft's variants run in the same rounds
+        fresh = build(args.width)
+        pp = peft_network(fresh)
+        for k, v in pp.items():
+            variants[f"{'locon' if k == 'l' else 'dora'}_peft"] = (fresh, (lambda k=k: use_peft(fresh, k)), (lambda: None), v)
+    res = rounds(variants, data, args.steps)
+    outs = {}
+    for label in ("dora", "dora_lycoris"):
+        unet_, on, off, params = variants[label]
+        on()
+        outs[label] = (step(unet, data, params), [p.grad.clone() for p in params])
+        if args.profile:
+            profile_top(unet, data, params, label)
+        off()
+    (ya, ga), (yb, gb) = outs["dora"], outs["dora_lycoris"]
+    out_diff = ((ya - yb).abs().max() / yb.abs().max()).item()
+    grad_diff = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(ga, gb))
+    for k, v in res.items():
+        print(f"  {k:<14} {v:7.2f} s/step")
+    print()
+    print(f"dora / locon (lorafw):          {res['dora'] / res['locon']:.2f}x   (goal <= 1.5x)")
+    print(f"dora_lycoris / locon:           {res['dora_lycoris'] / res['locon']:.2f}x")
+    if "dora_peft" in res:
+        print(f"dora_peft / locon_peft:         {res['dora_peft'] / res['locon_peft']:.2f}x   (lorafw before)")
+    print(f"lorafw dora vs LyCORIS dora:    output max rel. diff {out_diff:.1e}, gradients max rel. diff {grad_diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
