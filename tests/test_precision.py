@@ -1,0 +1,176 @@
+"""The precision choice (lorafw/precision.py): a table of every (device, request, full_*) case, its invariants,
+the CPU/GPU probes on fixed inputs, and the runtime (autocast, loss scaler) on this CPU."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from lorafw.precision import Amp, Hardware, attention_choice, choose, cpu_flags
+
+T4 = Hardware("cuda", "Tesla T4", (7, 5), bf16_native=False)
+V100 = Hardware("cuda", "Tesla V100", (7, 0), bf16_native=False)
+A100 = Hardware("cuda", "NVIDIA A100", (8, 0), bf16_native=True)
+H100 = Hardware("cuda", "NVIDIA H100", (9, 0), bf16_native=True)
+CPU_BF16 = Hardware("cpu", "CPU", None, True, frozenset({"avx2", "avx512f", "avx512_bf16"}))
+CPU_AMX = Hardware("cpu", "CPU", None, True, frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16"}))
+CPU_PLAIN = Hardware("cpu", "CPU", None, False, frozenset({"avx2"}))
+MPS = Hardware("mps", "mps")
+ALL = [T4, V100, A100, H100, CPU_BF16, CPU_AMX, CPU_PLAIN, MPS]
+
+# (hardware, mixed_precision) → (precision, grad scaler)
+TABLE = {
+    (T4, "auto"): ("fp16", True), (T4, "no"): ("no", False), (T4, "fp16"): ("fp16", True), (T4, "bf16"): ("fp16", True),
+    (V100, "auto"): ("fp16", True), (V100, "bf16"): ("fp16", True),
+    (A100, "auto"): ("bf16", False), (A100, "bf16"): ("bf16", False), (A100, "fp16"): ("fp16", True), (A100, "no"): ("no", False),
+    (H100, "auto"): ("bf16", False), (H100, "fp16"): ("fp16", True),
+    (CPU_BF16, "auto"): ("bf16", False), (CPU_AMX, "auto"): ("bf16", False), (CPU_PLAIN, "auto"): ("no", False),
+    (CPU_PLAIN, "bf16"): ("bf16", False), (CPU_PLAIN, "fp16"): ("fp16", True), (CPU_BF16, "no"): ("no", False),
+    (CPU_BF16, "fp16"): ("fp16", True),
+    (MPS, "auto"): ("no", False), (MPS, "fp16"): ("fp16", True), (MPS, "bf16"): ("bf16", False),
+}
+
+
+@pytest.mark.parametrize("hw,asked", list(TABLE), ids=[f"{h.name}-{a}" for h, a in TABLE])
+def test_table(hw, asked):
+    c = choose(asked, False, False, hw)
+    assert (c.precision, c.grad_scaler) == TABLE[(hw, asked)]
+    assert c.reason
+
+
+@pytest.mark.parametrize("hw,asked,fbf,ffp", list(itertools.product(ALL, ["auto", "no", "fp16", "bf16"], [False, True],
+                                                                        [False, True])))
+def test_invariants(hw, asked, fbf, ffp):
+    """Over every combination: bf16 only where native unless asked on a CPU/other device; a scaler exactly with fp16;
+    full_* kept only with their precision, and every drop explained."""
+    c = choose(asked, fbf, ffp, hw)
+    if c.precision == "bf16" and hw.kind == "cuda":
+        assert hw.bf16_native
+    if asked == "auto" and c.precision == "bf16":
+        assert hw.bf16_native
+    assert c.grad_scaler == (c.precision == "fp16")
+    assert c.full_bf16 == (fbf and c.precision == "bf16")
+    assert c.full_fp16 == (ffp and c.precision == "fp16")
+    assert not (c.full_bf16 and c.full_fp16)
+    if fbf and not c.full_bf16:
+        assert any("full_bf16 turned off" in n for n in c.notes)
+    if ffp and not c.full_fp16:
+        assert any("full_fp16 turned off" in n for n in c.notes)
+    assert c.masters == (c.full_bf16 or c.full_fp16)
+    assert c.adapter_dtype_name == ("bf16" if c.full_bf16 else "fp16" if c.full_fp16 else "fp32")
+
+
+def test_bf16_fallback_on_t4_turns_full_bf16_off_and_says_why():
+    c = choose("bf16", True, False, T4)
+    assert (c.precision, c.full_bf16, c.grad_scaler) == ("fp16", False, True)
+    text = " ".join(c.notes)
+    assert "Tesla T4" in text and "compute capability 7.5" in text and "no native bf16" in text
+    assert "full_bf16 turned off" in text and "full_fp16" in text  # names the fp16 counterpart
+
+
+def test_auto_on_t4_says_why_fp16():
+    c = choose("auto", False, False, T4)
+    assert "no native bf16" in c.reason and "7.5" in c.reason and not c.notes
+
+
+def test_auto_on_bf16_cpu_names_the_flag():
+    assert "avx512_bf16" in choose("auto", False, False, CPU_BF16).reason
+    assert "amx_bf16" in choose("auto", False, False, CPU_AMX).reason
+    assert "fp32" in choose("auto", False, False, CPU_PLAIN).reason
+
+
+def test_full_fp16_kept_with_fp16_everywhere():
+    for hw in ALL:
+        c = choose("fp16", False, True, hw)
+        assert c.full_fp16 and c.grad_scaler and c.masters
+
+
+def test_emulated_bf16_on_cpu_is_warned():
+    assert any("emulated" in n for n in choose("bf16", False, False, CPU_PLAIN).notes)
+    assert not choose("bf16", False, False, CPU_BF16).notes
+
+
+def test_unknown_request_is_refused():
+    with pytest.raises(ValueError, match="mixed_precision"):
+        choose("fp8", False, False, A100)
+
+
+def test_cpu_flags_from_cpuinfo():
+    info = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16 foo\n"
+    assert cpu_flags(info) == {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+    assert cpu_flags("flags : sse sse2\n") == frozenset()
+    arm = "Features\t: fp asimd bf16\n"
+    assert cpu_flags(arm) == frozenset()
+
+
+ATTN = [
+    (H100, "bf16", "flash"), (A100, "fp16", "flash"), (A100, "no", "memory-efficient"), (T4, "fp16", "memory-efficient"),
+    (Hardware("cuda", "old", (3, 7)), "no", "math"), (CPU_BF16, "bf16", "CPU flash"),
+]
+
+
+@pytest.mark.parametrize("hw,prec,kernel", ATTN)
+def test_attention_choice(hw, prec, kernel):
+    name, why = attention_choice("sdpa", hw, prec, xformers=False)
+    assert kernel in name and why
+
+
+def test_attention_xformers_missing_names_the_fix():
+    name, why = attention_choice("xformers", T4, "fp16", xformers=False)
+    assert name == "unavailable" and "train.attention=sdpa" in why
+    assert attention_choice("xformers", T4, "fp16", xformers=True)[0] == "xformers"
+
+
+def test_amp_runtime_on_cpu():
+    """fp16 on a CPU really computes in fp16 under lorafw's autocast and scales the loss (accelerate's CPU path
+    would silently train fp32)."""
+    import torch
+
+    lin = torch.nn.Linear(4, 4)
+    for asked, dtype, scaled in [("fp16", torch.float16, True), ("bf16", torch.bfloat16, False), ("no", torch.float32, False)]:
+        amp = Amp(choose(asked, False, False, CPU_PLAIN), "cpu")
+        with amp.autocast():
+            assert lin(torch.randn(2, 4)).dtype == dtype
+        assert (amp.scaler is not None) == scaled
+
+
+# -- the schema: train.full_fp16 ------------------------------------------------------------------------------
+PATHS = ["base_model.path=/m.safetensors", "dataset.root=/d"]
+
+
+def _spec(*overrides: str):
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+
+    return spec_from_dict(compose_dict("sd15_character", PATHS + list(overrides)), check_paths=False)[0]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["train.full_fp16=true"], "train.full_fp16: needs train.mixed_precision=fp16, got auto"),
+    (["train.full_fp16=true", "train.mixed_precision=bf16", "train.full_bf16=true"],
+     "train.full_fp16: needs train.mixed_precision=fp16, got bf16; full_bf16 and full_fp16 exclude each other"),
+])
+def test_full_fp16_needs_fp16(overrides, expected):
+    from lorafw.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _spec(*overrides)
+    assert expected in e.value.problems
+
+
+def test_full_fp16_with_fp16_is_valid_and_reaches_kohya_names_and_metadata():
+    from lorafw.interop.kohya import DIRECT
+
+    s = _spec("train.mixed_precision=fp16", "train.full_fp16=true")
+    assert s.train.full_fp16 and DIRECT["full_fp16"] == "train.full_fp16"
+
+
+def test_vram_plan_counts_full_fp16_masters():
+    from lorafw.data.vram import estimate
+
+    plain = estimate(_spec("train.mixed_precision=fp16"))
+    full = estimate(_spec("train.mixed_precision=fp16", "train.full_fp16=true"))
+    n = plain.components["adapters"] // 4
+    assert full.components["adapters"] == n * 2 and full.components["fp32_masters"] == n * 4
+    assert full.dtypes["adapters"] == "fp16"
