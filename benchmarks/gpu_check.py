@@ -206,7 +206,7 @@ def measure_arch(arch: str, configs: list[Config], args: argparse.Namespace, dea
     sdxl = arch == "sdxl"
     from lorafw.precision import choose, probe
 
-    choice = choose("auto", False, False, probe(device))
+    choice = choose("no" if args.rehearse else "auto", False, False, probe(device))  # rehearsal: fp32, cheapest on a CPU
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[choice.precision]
     text_shape = (227, parts["unet"].config.cross_attention_dim)
     bare = so.bare_trainer(parts.pop("unet"), batch, (res // 8, res // 8), text_shape, device, dtype,
