@@ -174,3 +174,27 @@ def test_vram_plan_counts_full_fp16_masters():
     n = plain.components["adapters"] // 4
     assert full.components["adapters"] == n * 2 and full.components["fp32_masters"] == n * 4
     assert full.dtypes["adapters"] == "fp16"
+
+
+def test_fp16_masters_let_small_updates_land():
+    """full_fp16: an update of 1e-5 next to 1.0 rounds away in fp16 (its spacing there is ~1e-3), but the fp32
+    master accumulates it and the fp16 weight follows once the sum crosses a representable step."""
+    import torch
+
+    from lorafw.optim.bf16 import MasterWeights
+
+    p = torch.nn.Parameter(torch.ones(8, dtype=torch.float16))
+    mw = MasterWeights([{"params": [p], "lr": 1e-5}])
+    opt = torch.optim.SGD(mw.groups, lr=1e-5)
+    direct = torch.ones(8, dtype=torch.float16)
+    for _ in range(200):
+        p.grad = torch.full_like(p, -1.0)
+        mw.pull_grads()
+        assert mw.pairs[0][1].grad.dtype == torch.float32
+        opt.step()
+        mw.push()
+        direct += torch.tensor(1e-5, dtype=torch.float16)  # what stepping the fp16 weight directly does (kohya)
+    master = mw.pairs[0][1]
+    assert torch.allclose(master, torch.full_like(master, 1.002), atol=1e-6)
+    assert torch.equal(direct, torch.ones(8, dtype=torch.float16))  # every update rounded away
+    assert p.dtype == torch.float16 and torch.equal(p, master.to(torch.float16)) and float(p[0]) > 1.0
