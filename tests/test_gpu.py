@@ -19,6 +19,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                    reason="needs a CUDA GPU (benchmarks/gpu_check.py runs these on one)")]
 
 
+@pytest.fixture(autouse=True)
+def _guarded(monkeypatch):
+    """Every run here checks that each tensor reaches the device of the module consuming it (lorafw/placement.py)."""
+    monkeypatch.setenv("LORAFW_CHECK_DEVICES", "1")
+
+
 def _bf16() -> bool:
     from lorafw.precision import cuda_bf16_native
 

@@ -4,6 +4,7 @@ the CPU/GPU probes on fixed inputs, and the runtime (autocast, loss scaler) on t
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -198,3 +199,57 @@ def test_fp16_masters_let_small_updates_land():
     assert torch.allclose(master, torch.full_like(master, 1.002), atol=1e-6)
     assert torch.equal(direct, torch.ones(8, dtype=torch.float16))  # every update rounded away
     assert p.dtype == torch.float16 and torch.equal(p, master.to(torch.float16)) and float(p[0]) > 1.0
+
+
+# -- runs on this CPU --------------------------------------------------------------------------------------------
+def _record(result) -> dict:
+    import json
+
+    return json.loads((result.run_dir / "run.json").read_text())
+
+
+@pytest.mark.parametrize("extra", [[], ["train.full_fp16=true"]], ids=["fp16", "full_fp16"])
+def test_fp16_trains_on_a_cpu(compose_tiny, extra):
+    """Done-when of issue 18: an fp16 (+ full_fp16) tiny run trains on a CPU, in real fp16 with a loss scaler."""
+    import lorafw
+    from lorafw.outputs.state import load_state
+
+    result = lorafw.train(compose_tiny("sd15_character", "train.mixed_precision=fp16", "train.epochs=2", *extra))
+    assert len(result.lora_files) == 2 and all(math.isfinite(x) for x in result.loss_history)
+    dev = _record(result)["device"]
+    assert (dev["precision"], dev["grad_scaler"], dev["adapters"]) == ("fp16", True, "fp16" if extra else "fp32")
+    state = load_state(result.run_dir)
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+    assert bool(state["masters"]) == bool(extra)  # full_fp16: the fp32 masters are what resumes
+
+
+def test_full_fp16_resumes(compose_tiny):
+    import dataclasses
+
+    import lorafw
+
+    spec = compose_tiny("sd15_character", "train.mixed_precision=fp16", "train.full_fp16=true", "train.epochs=2")
+    first = lorafw.train(dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=1)))
+    again = lorafw.train(dataclasses.replace(spec, resume=str(first.run_dir)), force=True)
+    assert again.steps == 2 * first.steps and all(math.isfinite(x) for x in again.loss_history)
+
+
+def test_auto_on_this_cpu_is_recorded_with_its_reason(compose_tiny):
+    import lorafw
+    from lorafw.precision import choose, probe
+
+    result = lorafw.train(compose_tiny("sd15_character"))
+    dev = _record(result)["device"]
+    want = choose("auto", False, False, probe("cpu"))
+    assert dev["precision"] == want.precision and dev["precision_reason"] == want.reason
+
+
+def test_fp16_nonfinite_names_the_fixes(compose_tiny, monkeypatch):
+    import lorafw
+    from lorafw.errors import NonFiniteError
+
+    monkeypatch.setenv("LORAFW_FAULT", "nan_at_step:2")
+    with pytest.raises(NonFiniteError) as e:
+        lorafw.train(compose_tiny("sd15_character", "train.mixed_precision=fp16"))
+    msg = str(e.value)
+    assert "train.no_half_vae=true" in msg and "train.mixed_precision=bf16" in msg and "optimizer.lr=" in msg
