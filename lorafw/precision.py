@@ -200,8 +200,22 @@ def probe(device: Any) -> Hardware:
 
 
 # -- the runtime: autocast and loss scaling ------------------------------------------------------------------
+MAX_SKIPPED_IN_A_ROW = 20  # overflowing steps the loss scaler may skip in a row before the run stops
+
+
+def fp16_fixes(lr: float) -> str:
+    """The usual fixes of an fp16 run whose loss or gradients overflow."""
+    return ("Usual fixes: keep the VAE in fp32 (train.no_half_vae=true), a lower learning rate "
+            f"(optimizer.lr={lr:g} now), or bf16 on a GPU that has it (train.mixed_precision=bf16; compute capability "
+            "8.0 or newer) or fp32 (train.mixed_precision=no)")
+
+
 class Amp:
-    """Autocast and the loss scaler of a PrecisionChoice on one device (torch.amp, on CUDA and on a CPU)."""
+    """Autocast and the loss scaler of a PrecisionChoice on one device (torch.amp, on CUDA and on a CPU).
+
+    With fp16, `backward` scales the loss, `unscale` divides the gradients back (before clipping), and `step`
+    lets the scaler skip a step whose gradients overflowed (lowering the scale); `skipped_in_a_row` counts
+    those, and `overflowing()` says when the scale collapsed instead of settling (then the run stops)."""
 
     def __init__(self, choice: PrecisionChoice, device: Any) -> None:
         import torch
@@ -210,6 +224,8 @@ class Amp:
         self.device_type = torch.device(device).type
         self.dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice.precision]
         self.scaler = torch.amp.GradScaler(self.device_type) if choice.grad_scaler else None
+        self.skipped_in_a_row = 0
+        self.skipped = 0
 
     def autocast(self):
         import torch
@@ -217,3 +233,34 @@ class Amp:
         if self.choice.precision == "no":
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: Any) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: Any) -> None:
+        """The optimizer's gradients divided by the loss scale (call once per step, before clipping)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: Any) -> bool:
+        """Step the optimizer; False when the loss scaler skipped it (overflowing gradients)."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        stepped = self.scaler.get_scale() >= before
+        self.skipped_in_a_row = 0 if stepped else self.skipped_in_a_row + 1
+        self.skipped += 0 if stepped else 1
+        return stepped
+
+    def overflowing(self) -> bool:
+        return self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state and self.scaler is not None:
+            self.scaler.load_state_dict(state)

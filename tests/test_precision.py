@@ -253,3 +253,39 @@ def test_fp16_nonfinite_names_the_fixes(compose_tiny, monkeypatch):
         lorafw.train(compose_tiny("sd15_character", "train.mixed_precision=fp16"))
     msg = str(e.value)
     assert "train.no_half_vae=true" in msg and "train.mixed_precision=bf16" in msg and "optimizer.lr=" in msg
+
+
+def test_amp_scaler_skips_overflowing_steps_and_counts_them():
+    import torch
+
+    amp = Amp(choose("fp16", False, False, CPU_PLAIN), "cpu")
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    amp.backward((p * 2).sum())
+    amp.unscale(opt)
+    assert torch.allclose(p.grad, torch.full((3,), 2.0))  # unscaled before clipping
+    assert amp.step(opt) and amp.skipped_in_a_row == 0
+    for i in range(3):
+        opt.zero_grad()
+        amp.backward((p * float("inf")).sum())
+        amp.unscale(opt)
+        assert not amp.step(opt)
+    assert amp.skipped_in_a_row == 3 and amp.skipped == 3 and torch.isfinite(p).all()
+    assert not amp.overflowing()
+    amp.skipped_in_a_row = 20
+    assert amp.overflowing()
+    st = amp.state_dict()
+    other = Amp(choose("fp16", False, False, CPU_PLAIN), "cpu")
+    other.load_state_dict(st)
+    assert other.scaler.get_scale() == amp.scaler.get_scale() < 65536.0
+
+
+def test_amp_without_scaler_steps_plainly():
+    import torch
+
+    amp = Amp(choose("bf16", False, False, CPU_BF16), "cpu")
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    amp.backward(p.sum())
+    amp.unscale(opt)
+    assert amp.step(opt) and torch.equal(p.detach(), torch.zeros(2)) and amp.state_dict() is None
