@@ -84,8 +84,13 @@ def guarded(modules: dict[str, torch.nn.Module]) -> Iterator[None]:
 
 
 def checks_wanted() -> bool:
-    """LORAFW_CHECK_DEVICES=1: runs install `guard` on their model parts (tests, GPU smoke tests, bug hunts)."""
+    """LORAFW_CHECK_DEVICES=1 (or =meta): runs install `guard` on their model parts (tests, GPU smoke tests)."""
     return os.environ.get("LORAFW_CHECK_DEVICES", "") not in ("", "0")
+
+
+def new_parking() -> "Parking":
+    """A run's parking: CPU memory; on `meta` with LORAFW_CHECK_DEVICES=meta (the CPU-only placement tests)."""
+    return MetaParking() if os.environ.get("LORAFW_CHECK_DEVICES", "") == "meta" else Parking()
 
 
 class Parking:
