@@ -289,3 +289,21 @@ def test_amp_without_scaler_steps_plainly():
     amp.backward(p.sum())
     amp.unscale(opt)
     assert amp.step(opt) and torch.equal(p.detach(), torch.zeros(2)) and amp.state_dict() is None
+
+
+def test_cpu_flags_override(monkeypatch):
+    from lorafw.precision import probe
+
+    monkeypatch.setenv("LORAFW_CPU_FLAGS", "avx2,avx512_bf16 bogus")
+    assert cpu_flags() == {"avx2", "avx512_bf16"} and probe("cpu").bf16_native
+    monkeypatch.setenv("LORAFW_CPU_FLAGS", "")
+    assert cpu_flags() == frozenset() and not probe("cpu").bf16_native
+
+
+def test_auto_picks_bf16_on_a_bf16_cpu(compose_tiny, monkeypatch):
+    """The issue's measurement: bf16 autocast is the faster choice on an avx512_bf16 CPU, so `auto` takes it."""
+    import lorafw
+
+    monkeypatch.setenv("LORAFW_CPU_FLAGS", "avx512f avx512_bf16")
+    dev = _record(lorafw.train(compose_tiny("sd15_character")))["device"]
+    assert dev["precision"] == "bf16" and "avx512_bf16" in dev["precision_reason"]
