@@ -260,6 +260,11 @@ class Amp:
         self.skipped += 0 if stepped else 1
         return stepped
 
+    def abandon(self) -> None:
+        """The step is not taken (a NaN loss): the scaler forgets this step's unscaling, as after a step."""
+        if self.scaler is not None:
+            self.scaler.update()
+
     def overflowing(self) -> bool:
         return self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW
 

@@ -307,3 +307,14 @@ def test_auto_picks_bf16_on_a_bf16_cpu(compose_tiny, monkeypatch):
     monkeypatch.setenv("LORAFW_CPU_FLAGS", "avx512f avx512_bf16")
     dev = _record(lorafw.train(compose_tiny("sd15_character")))["device"]
     assert dev["precision"] == "bf16" and "avx512_bf16" in dev["precision_reason"]
+
+
+def test_fp16_skips_a_nan_step_and_goes_on(compose_tiny, monkeypatch):
+    """train.on_nonfinite=skip under fp16: the loss scaler forgets the abandoned step, so the next one steps."""
+    import lorafw
+
+    monkeypatch.setenv("LORAFW_FAULT", "nan_at_step:2")
+    result = lorafw.train(compose_tiny("sd15_character", "train.mixed_precision=fp16", "train.full_fp16=true",
+                                       "train.on_nonfinite=skip"))
+    assert math.isnan(result.loss_history[1]) and all(math.isfinite(x) for i, x in enumerate(result.loss_history) if i != 1)
+    assert _record(result)["skipped_steps"] == 1

@@ -156,6 +156,7 @@ def overflowing(tr: Trainer) -> None:
 
 def nonfinite(tr: Trainer, what: str, value: float, first_micro: int, n: int) -> None:
     """A NaN/inf loss or gradient: stop with the weights of the last good step saved, or skip the step."""
+    tr.amp.abandon()
     tr.optimizer.zero_grad(set_to_none=True)
     for p in tr.trainable:
         p.grad = None
