@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("lorafw.demo:main", "a short run on a built-in tiny model and dataset", "train"),
     "plan": Command("lorafw.commands:cmd_plan", "steps, buckets, the guide's advice; --vram GB: GPU memory", "before"),
     "lint": Command("lorafw.commands:cmd_lint", "damaged, uncaptioned, duplicated images", "before"),
+    "doctor": Command("lorafw.doctor:cmd_doctor", "GPU, versions, what auto picks here, whether a recipe fits this card", "before"),
     "dedupe": Command("lorafw.prep.cli:cmd_dedupe", "move exact and near-duplicate images aside", "before"),
     "autotag": Command("lorafw.prep.cli:cmd_autotag", "caption images with a WD v3 tagger", "before"),
     "tags": Command("lorafw.prep.cli:cmd_tags", "tag frequencies, trigger tag, prune, replace, renumber", "before"),

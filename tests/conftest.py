@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `train.mixed_precision=auto` picks bf16 on CPUs with avx512_bf16/AMX (lorafw/precision.py): the suite takes
+# every CPU as a plain one, so runs use the same precision (fp32) and give the same numbers on any CI machine.
+os.environ.setdefault("LORAFW_CPU_FLAGS", "")
 warnings.filterwarnings("ignore", category=FutureWarning)
 logging.getLogger("transformers").setLevel(logging.ERROR)
 

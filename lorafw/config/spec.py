@@ -171,7 +171,8 @@ class TrainSpec:
     batch_size: int = key(1, "images per step (per device)", kohya=("train_batch_size", "batch_size"), ge=1)
     gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step", kohya="gradient_accumulation_steps", ge=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = key(
-        "auto", "auto: bf16 where the GPU has it, else fp16; fp32 on a CPU", kohya="mixed_precision")
+        "auto", "auto: bf16 where native (GPU compute capability >= 8.0, CPU with avx512_bf16/AMX), else fp16 on a GPU, fp32 on a CPU",
+        kohya="mixed_precision")
     full_bf16: bool = key(False, "weights and gradients in bf16 (SDXL memory saver)", kohya="full_bf16")
     no_half_vae: bool = key(False, "keep the VAE in fp32 under fp16/bf16", kohya="no_half_vae")
     gradient_checkpointing: bool = key(False, "recompute activations in the backward pass: less memory, slower",
@@ -233,6 +234,8 @@ class TrainSpec:
     scale_weight_norms: float | None = key(None, "max-norm regularisation: scale down adapters whose update norm "
                                            "exceeds this (1.0 usual); null = off", kohya="scale_weight_norms", gt=0,
                                            why="or null to turn it off")
+    full_fp16: bool = key(False, "adapters and their gradients in fp16 too (kohya's full_fp16); the optimizer steps fp32 "
+                          "master copies, with loss scaling", kohya="full_fp16")
 
 
 @dataclass(frozen=True)

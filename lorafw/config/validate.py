@@ -126,6 +126,9 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
     _check_objective(s, p, notes)
+    if t.full_fp16 and t.mixed_precision != "fp16":
+        p.append(f"train.full_fp16: needs train.mixed_precision=fp16, got {t.mixed_precision}"
+                 + ("; full_bf16 and full_fp16 exclude each other" if t.full_bf16 else ""))
 
     _check_outputs_extras(s, p)
     out = s.output

@@ -240,7 +240,7 @@ def buckets_of(data: Any) -> list[Bucket]:
 
 LABELS = {
     "unet_weights": "UNet weights", "text_encoder_weights": "text encoder weights", "vae_weights": "VAE weights",
-    "adapters": "adapters", "adapter_gradients": "adapter gradients", "fp32_masters": "fp32 master weights (full_bf16)",
+    "adapters": "adapters", "adapter_gradients": "adapter gradients", "fp32_masters": "fp32 master weights (full_bf16/full_fp16)",
     "optimizer_state": "optimizer state", "ema": "EMA copy", "unet_activations": "UNet activations",
     "text_encoder_activations": "text encoder activations",
 }
@@ -295,7 +295,8 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     wbytes = 2 if half else 4
     vae_half = half and not t.no_half_vae
     vae_bytes = 2 if vae_half else 4
-    abytes = 2 if t.full_bf16 else 4
+    masters = t.full_bf16 or t.full_fp16  # half adapters stepped through fp32 master copies
+    abytes = 2 if masters else 4
     train_te = o.text_encoder_lr > 0
     train_unet = o.unet_lr > 0
     params = cal["params"]
@@ -314,7 +315,7 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     n = sum(math.prod(a.shape) * a.count for a in tensors)
     c["adapters"] = n * abytes
     c["adapter_gradients"] = n * abytes
-    if t.full_bf16:
+    if masters:
         c["fp32_masters"] = n * 4
     c["optimizer_state"] = sum(optimizer_state_bytes(a.shape, o, zero_init=a.role == "lora_B") * a.count for a in tensors)
     if spec.ema.enabled and not spec.ema.on_cpu:
@@ -334,8 +335,9 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
         tokens = 77 * max(1, t.max_token_length // 75)
         c["text_encoder_activations"] = int(_per_image(te_fit, B, tokens) * scale)
 
+    adtype = "bf16" if t.full_bf16 else "fp16" if t.full_fp16 else "fp32"
     dtypes = {"unet_weights": wdtype, "text_encoder_weights": wdtype, "vae_weights": "fp32" if vae_bytes == 4 else wdtype,
-              "adapters": "bf16" if t.full_bf16 else "fp32", "adapter_gradients": "bf16" if t.full_bf16 else "fp32",
+              "adapters": adtype, "adapter_gradients": adtype,
               "optimizer_state": o.name}
     resident = sum(v for k, v in c.items() if not k.endswith("activations"))
     phases = {"training step": resident + c["unet_activations"] + c.get("text_encoder_activations", 0)}
@@ -343,7 +345,7 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     if not d.cache_latents:  # the VAE encodes the batch at the start of each step, before the UNet runs
         phases["training step"] = max(phases["training step"], resident + int(_per_image(vae_fit, B, px * 64)))
     # the step: fp32 gradients of the masters (full_bf16) and about one parameter-sized temporary
-    phases["optimizer step"] = resident + (n * 4 if t.full_bf16 else 0) + n * 4
+    phases["optimizer step"] = resident + (n * 4 if masters else 0) + n * 4
     k = 0
     if d.cache_latents:
         k = min(d.vae_batch_size, max(b.images for b in buckets if b.latent_pixels == px))

@@ -73,7 +73,7 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             "seed": s.seed, "max_train_epochs": s.train.epochs, "train_batch_size": s.train.batch_size,
             "gradient_accumulation_steps": s.train.gradient_accumulation_steps,
             "gradient_checkpointing": s.train.gradient_checkpointing, "mixed_precision": "bf16" if s.train.mixed_precision == "bf16" else "fp16",
-            "full_bf16": s.train.full_bf16, "no_half_vae": s.train.no_half_vae, "clip_skip": s.train.clip_skip,
+            "full_bf16": s.train.full_bf16, "full_fp16": s.train.full_fp16, "no_half_vae": s.train.no_half_vae, "clip_skip": s.train.clip_skip,
             "max_token_length": s.train.max_token_length, "noise_offset": s.train.noise_offset,
             "sdpa": s.train.attention == "sdpa", "xformers": s.train.attention == "xformers",
             "cache_latents": s.dataset.cache_latents, "vae_batch_size": s.dataset.vae_batch_size,

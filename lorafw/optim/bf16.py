@@ -1,10 +1,14 @@
-"""`train.full_bf16`: adapters, their gradients and the frozen model in bf16, updates that still land.
+"""`train.full_bf16` / `train.full_fp16`: adapters, their gradients and the frozen model in half precision,
+updates that still land.
 
 bf16 keeps 8 bits of mantissa: next to a weight of 1.0 the smallest step is 2⁻⁷ ≈ 0.008, so an
 optimizer update of 1e-4 … 1e-6 written straight into a bf16 weight rounds to nothing. The optimizer
 therefore steps fp32 master copies of the adapter weights (a few MB for a LoRA) and each bf16 weight
 is written back with stochastic rounding: rounded up or down with probabilities that make it right on
 average, so small updates move the bf16 weights in expectation even between two master updates.
+fp16 (10 mantissa bits, but 5 exponent bits) is written back rounded to nearest: its precision is enough
+for the forward pass, and the loss scaler, which unscales the gradients into the fp32 masters, skips a
+step whose scaled gradients overflowed.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator | None = N
 
 
 class MasterWeights:
-    """fp32 masters for bf16 parameters: build the optimizer on `groups`, call `pull_grads` before and
-    `push` after each optimizer step."""
+    """fp32 masters for bf16/fp16 parameters: build the optimizer on `groups`, call `pull_grads` before
+    clipping and stepping, and `push` after each optimizer step."""
 
     def __init__(self, param_groups: list[dict[str, Any]]) -> None:
         self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter]] = []
@@ -46,5 +50,6 @@ class MasterWeights:
 
     @torch.no_grad()
     def push(self, generator: torch.Generator | None = None) -> None:
+        """Masters → the half-precision weights: bf16 stochastically rounded, fp16 (and fp32) rounded to nearest."""
         for p, m in self.pairs:
-            p.copy_(stochastic_round_bf16(m, generator))
+            p.copy_(stochastic_round_bf16(m, generator) if p.dtype == torch.bfloat16 else m)

@@ -168,7 +168,10 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     key = f"{spec.base_model.path}|{spec.base_model.vae}|{objective.prediction}|{objective.zero_terminal_snr}"
     if key not in models:
         device = resolve_device(spec.train.device)
-        dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        from lorafw.precision import cuda_bf16_native
+
+        # fp32 on a CPU; on a GPU bf16 only where native (is_bf16_supported() alone counts slow emulation: T4)
+        dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if cuda_bf16_native(device.index or 0) else torch.float16)
         c = load_components(expand(spec.base_model.path), expand(spec.base_model.vae) if spec.base_model.vae else None,
                             expected_arch=spec.base_model.arch, objective=objective)
         from lorafw.trainers.common import quiet

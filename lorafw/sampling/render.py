@@ -44,12 +44,18 @@ def make_scheduler(sampler: str, noise_scheduler: Any) -> Any:
 
 
 class Renderer:
+    """Renders on `device`. Parts that a trainer parked off the device (the VAE after caching latents, the text
+    encoders after caching their outputs) are borrowed onto it for each image through `parking`
+    (lorafw.placement.Parking): the pipeline then computes every step where the UNet is."""
+
     def __init__(self, arch: str, unet: Any, vae: Any, text_encoders: list[Any], tokenizers: list[Any],
-                 noise_scheduler: Any, max_token_length: int, clip_skip: int, device: torch.device) -> None:
+                 noise_scheduler: Any, max_token_length: int, clip_skip: int, device: torch.device,
+                 parking: Any = None) -> None:
         self.arch, self.unet, self.vae = arch, unet, vae
         self.text_encoders, self.tokenizers = text_encoders, tokenizers
         self.noise_scheduler, self.max_token_length, self.clip_skip = noise_scheduler, max_token_length, clip_skip
         self.device = device
+        self.parking = parking
         self._pipes: dict[str, Any] = {}
 
     def _pipe(self, sampler: str) -> Any:
@@ -84,6 +90,14 @@ class Renderer:
 
     @torch.no_grad()
     def render(self, p: SamplePrompt, sampler: str = "euler_a") -> Image.Image:
+        import contextlib
+
+        borrowed = (self.parking.borrow(self.device, self.vae, *self.text_encoders) if self.parking is not None
+                    else contextlib.nullcontext())
+        with borrowed:
+            return self._render(p, sampler)
+
+    def _render(self, p: SamplePrompt, sampler: str) -> Image.Image:
         pipe = self._pipe(sampler)
         dtype = next(self.unet.parameters()).dtype
         cond, uncond = self._encode([p.prompt]), self._encode([p.negative])

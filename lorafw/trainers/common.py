@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lorafw.config.spec import RunSpec, TrainSpec
+from lorafw.config.spec import RunSpec
 from lorafw.errors import OutputError
 from lorafw.outputs.record import RECORD
 
@@ -78,23 +78,6 @@ def resolve_device(name: str) -> torch.device:
 
         raise ConfigError([f"train.device: {name} was asked for but no CUDA GPU is available; use train.device=auto or cpu"])
     return dev
-
-
-def resolve_precision(t: TrainSpec, device: torch.device) -> tuple[str, str | None]:
-    """('no' | 'fp16' | 'bf16', a note when the request was changed for this device).
-
-    On a CPU, `auto` is fp32 and fp16 (which CPUs cannot scale) runs as fp32; an explicit bf16 is honoured.
-    """
-    if device.type != "cuda":
-        if t.mixed_precision == "bf16":
-            return "bf16", None
-        note = None if t.mixed_precision in ("auto", "no") else f"train.mixed_precision={t.mixed_precision} runs as fp32 on {device.type}"
-        return "no", note
-    if t.mixed_precision == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), None
-    if t.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "fp16", "this GPU has no bf16: training in fp16 instead"
-    return t.mixed_precision, None
 
 
 def weight_dtype(precision: str) -> torch.dtype:

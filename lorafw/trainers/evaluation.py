@@ -46,10 +46,10 @@ def fixed_loss(tr: Trainer, images: list[int] | None = None, seed: int = 0, draw
             caption = [data.base_caption(i)]
             for d in range(draws):
                 gen = torch.Generator(device=tr.device).manual_seed(dataset_mod.derive_seed("eval", seed, i, d) % (2**63))
-                with tr.accelerator.autocast():
+                with tr.amp.autocast():
                     cond = inputs.conditioning(tr, caption, [i], [False], data)
                 out = diffusion_step(tr.unet, tr.noise_scheduler, z, cond, gen, tr.eval_config, dtype=tr.wdtype,
-                                     autocast=tr.accelerator.autocast)
+                                     autocast=tr.amp.autocast)
                 total += out.loss.item()
                 n += 1
     total, n = tr.comm.sum([total, n])
@@ -75,10 +75,10 @@ def sample(tr: Trainer, label: str) -> None:
         prompts = [parse_line(fallback_prompt(tr.data.triggers(), tr.data.tag_frequency()), s.sample, s.dataset.resolution)]
     if tr.renderer is None:
         tr.renderer = Renderer(tr.arch, tr.unet, tr.vae, tr.text_encoders, tr.tokenizers, tr.noise_scheduler,
-                               s.train.max_token_length, s.train.clip_skip, tr.device)
+                               s.train.max_token_length, s.train.clip_skip, tr.device, parking=tr.parking)
     with eval_mode([tr.unet, *tr.text_encoders]):
         for i, p in enumerate(prompts):
-            with tr.accelerator.autocast():
+            with tr.amp.autocast():
                 img = tr.renderer.render(p, s.sample.sampler)
             path = tr.run_dir / "samples" / f"{label}_{i:02d}.png"
             save_png(img, path, a1111_parameters(p, s.sample.sampler, {"Lora": label, "Step": str(tr.global_step)}))

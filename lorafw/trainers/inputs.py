@@ -60,8 +60,9 @@ def conditioning(tr: Trainer, captions: list[str], batch: list[int], flipped: li
     """UNet keyword arguments for a batch of `data` (default: the training set): its cached text states (or its
     captions encoded now), shaped by the architecture."""
     data = data if data is not None else tr.data
-    if tr.text_cache is not None and data is tr.data:
-        cached = [tr.text_cache[i] for i in batch]
+    cache = tr.text_cache if data is tr.data else tr.val_text_cache if data is tr.val_data else None
+    if cache is not None:
+        cached = [cache[i] for i in batch]
         text = {k: to_device(torch.stack([c[k] for c in cached]), tr.device) for k in cached[0]}
     else:
         with torch.set_grad_enabled(tr.train_te):
@@ -95,26 +96,34 @@ def load_pixels(tr: Trainer, key: tuple[tuple[int, ...], tuple[bool, ...]], data
 
 @torch.no_grad()
 def cache_text(tr: Trainer) -> None:
-    """Encode every image's (unchanging) caption once; the frozen text encoders then leave the device."""
-    idx = list(range(len(tr.data.images)))
-    cache: dict[int, dict[str, torch.Tensor]] = {}
+    """Encode every image's (unchanging) caption once, the held-out images' too (validation needs them after
+    the encoders are gone); the frozen text encoders are then parked off the device."""
     tr._to_device(*tr.text_encoders)
-    with progress_bar(tr.main, total=len(idx), desc="caching text", unit="img", leave=False) as bar:
+    tr.text_cache = encode_captions(tr, tr.data, "text states")
+    if tr.val_data is not None:
+        tr.val_text_cache = encode_captions(tr, tr.val_data, "held-out text states")
+    tr.parking.park(*tr.text_encoders)
+    log.info(f"text encoder outputs cached for {len(tr.text_cache)} images"
+             + (f" and {len(tr.val_text_cache)} held-out ones" if tr.val_text_cache else ""))
+
+
+def encode_captions(tr: Trainer, data: Any, what: str) -> dict[int, dict[str, torch.Tensor]]:
+    """{image: its base caption's text states}, placed like the latents (on the GPU when they fit)."""
+    idx = list(range(len(data.images)))
+    cache: dict[int, dict[str, torch.Tensor]] = {}
+    with progress_bar(tr.main, total=len(idx), desc=f"caching {what}", unit="img", leave=False) as bar:
         for start in range(0, len(idx), 16):
             chunk = idx[start : start + 16]
-            with tr.accelerator.autocast():
-                cond = encode_text(tr, [tr.data.base_caption(i) for i in chunk])
+            with tr.amp.autocast():
+                cond = encode_text(tr, [data.base_caption(i) for i in chunk])
             for j, i in enumerate(chunk):
                 cache[i] = {k: v[j].to("cpu") for k, v in cond.items()}
             bar.update(len(chunk))
-    tr.text_cache = cache
     flat = {(i, k): v for i, c in cache.items() for k, v in c.items()}
-    place(tr, flat, "text states")
+    place(tr, flat, what)
     for (i, k), v in flat.items():
         cache[i][k] = v
-    for te in tr.text_encoders:
-        te.to("cpu")
-    log.info(f"text encoder outputs cached for {len(cache)} images")
+    return cache
 
 
 def place(tr: Trainer, store: dict, what: str) -> None:

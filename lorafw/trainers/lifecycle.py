@@ -25,7 +25,7 @@ from lorafw.outputs.state import STATE
 from lorafw.paths import expand
 from lorafw.trainers import inputs
 from lorafw.trainers.common import (
-    RunResult, check_disk, log, progress_bar, quiet, resolve_device, resolve_precision, weight_dtype,
+    RunResult, check_disk, log, progress_bar, quiet, resolve_device, weight_dtype,
 )
 from lorafw.trainers.distributed import Comm, World, main_first
 
@@ -143,9 +143,12 @@ def setup(tr: Trainer) -> None:
 
 
 def setup_device(tr: Trainer) -> None:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    """The device, the precision chosen for it (lorafw.precision.choose: what `lorafw doctor` reports), its
+    autocast and loss scaler (tr.amp), and where frozen parts wait when the device does not need them."""
     from accelerate.utils import set_seed
+
+    from lorafw.placement import new_parking
+    from lorafw.precision import Amp, choose, probe
 
     t = tr.spec.train
     tr.device = resolve_device(t.device)
@@ -153,17 +156,17 @@ def setup_device(tr: Trainer) -> None:
         from accelerate import PartialState
 
         tr.device = PartialState().device  # this process's GPU (cuda:LOCAL_RANK), or the CPU
-    tr.precision, note = resolve_precision(t, tr.device)
-    if note:
-        log.info(note)
-    # accelerate keeps one state per process; a notebook's second run may want another precision
-    AcceleratorState._reset_state()
-    # Accumulation is counted here, per epoch (see loop.train), not by accelerate: without a prepared
-    # DataLoader accelerate cannot see an epoch end, and leftover batches would spill into the next epoch.
-    tr.accelerator = Accelerator(mixed_precision=tr.precision, cpu=tr.device.type == "cpu")
+    tr.choice = choose(t.mixed_precision, t.full_bf16, t.full_fp16, probe(tr.device))
+    for note in tr.choice.notes:  # a fallback (e.g. bf16 on a T4: fp16, full_bf16 off) and why
+        log.warning(note)
+    tr.precision = tr.choice.precision
+    tr.amp = Amp(tr.choice, tr.device)
+    tr.parking = new_parking()
     set_seed(tr.spec.seed)
-    tr.record["device"] = device_info(tr.device) | {"precision": tr.precision}
-    log.info(f"device {tr.device}, precision {tr.precision}"
+    tr.record["device"] = device_info(tr.device) | {
+        "precision": tr.precision, "precision_reason": tr.choice.reason, "precision_notes": list(tr.choice.notes),
+        "grad_scaler": tr.choice.grad_scaler, "adapters": tr.choice.adapter_dtype_name}
+    log.info(f"device {tr.device}, precision {tr.precision} ({tr.choice.reason})"
              + (f", {tr.world.size} data-parallel processes" if tr.world.size > 1 else ""))
 
 
@@ -199,9 +202,14 @@ def to_device(tr: Trainer, *models: torch.nn.Module) -> None:
 
 
 def models_to_device(tr: Trainer) -> None:
-    """After caching: the UNet, and the text encoders unless their outputs are cached (the VAE stays off the
-    device when latents are cached)."""
+    """After caching: the UNet, and the text encoders unless their outputs are cached (the VAE and cached text
+    encoders stay parked). With LORAFW_CHECK_DEVICES, every model part checks that its inputs are on its
+    own device (lorafw/placement.py)."""
+    from lorafw.placement import checks_wanted, guard
+
     to_device(tr, tr.unet, *([] if tr.text_cache is not None else tr.text_encoders))
+    if checks_wanted():
+        guard({"unet": tr.unet, "vae": tr.vae, **{f"text_encoder_{i + 1}": te for i, te in enumerate(tr.text_encoders)}})
 
 
 def build_caches(tr: Trainer) -> None:
@@ -227,10 +235,10 @@ def build_caches(tr: Trainer) -> None:
         tr.val_cache.build()
         log.info(f"validation: {len(tr.val_data.images)} held-out images")
     if ds.cache_latents:
-        tr.vae.to("cpu")  # not needed again during training: free the device memory
+        tr.parking.park(tr.vae)  # not needed again during training (samples borrow it): free the device memory
         inputs.place(tr, tr.latent_cache.latents, "latents")
         inputs.place(tr, tr.latent_cache.masks, "masks")
-    tr.text_cache = None
+    tr.text_cache = tr.val_text_cache = None
     if ds.cache_text_encoder_outputs:
         inputs.cache_text(tr)
     log.info(
@@ -246,13 +254,14 @@ def inject_network(tr: Trainer) -> None:
     from lorafw.network.targets import unet_namer
 
     # The adapters (LyCORIS modules, lorafw/network/) train in fp32, which fp16 loss scaling requires and small
-    # updates need — or in bf16 with full_bf16, where the optimizer keeps fp32 master copies (lorafw/optim/bf16.py).
+    # updates need — or in bf16/fp16 with full_bf16/full_fp16, where the optimizer keeps fp32 master copies
+    # (lorafw/optim/bf16.py).
     for m in (tr.unet, *tr.text_encoders):
         m.requires_grad_(False)
     tr.network = Network(tr.spec.network, tr.unet, tr.text_encoders, list(tr.architecture.te_prefixes), tr.train_te,
                          tr.architecture.unet_namer(tr.unet, unet_namer), arch=tr.arch,
                          train_unet=tr.spec.optimizer.unet_lr > 0)
-    adapter_dtype = torch.bfloat16 if tr.spec.train.full_bf16 else torch.float32
+    adapter_dtype = torch.bfloat16 if tr.choice.full_bf16 else torch.float16 if tr.choice.full_fp16 else torch.float32
     cast_training_params([tr.unet, *tr.text_encoders], dtype=adapter_dtype)
     if tr.spec.train.compile:
         from lorafw.trainers.common import compile_blocks
@@ -273,7 +282,7 @@ def inject_network(tr: Trainer) -> None:
 
 
 def build_optimizer(tr: Trainer) -> None:
-    """Parameter groups (UNet, text encoders), full_bf16 master copies, EMA, optimizer, LR schedule."""
+    """Parameter groups (UNet, text encoders), full_bf16/full_fp16 master copies, EMA, optimizer, LR schedule."""
     from lorafw.optim.optimizers import build_optimizer as build, describe, text_encoder_stop_step
     from lorafw.optim.schedulers import build_scheduler, warmup_steps
 
@@ -283,7 +292,7 @@ def build_optimizer(tr: Trainer) -> None:
     tr.te_stop_step = text_encoder_stop_step(o, tr.total_steps) if tr.train_te else None
     tr.trainable = [p for g in groups for p in g["params"]]
     tr.comm.broadcast(tr.trainable)  # every process starts from the main process's initial weights
-    if tr.spec.train.full_bf16:
+    if tr.choice.masters:
         from lorafw.optim.bf16 import MasterWeights
 
         tr.masters = MasterWeights(groups)
@@ -295,7 +304,7 @@ def build_optimizer(tr: Trainer) -> None:
         tracked = [m for _, m in tr.masters.pairs] if tr.masters is not None else tr.trainable
         tr.ema = EMA(tracked, tr.spec.ema.decay, "cpu" if tr.spec.ema.on_cpu else tr.device)
     tr.lr_scheduler = build_scheduler(tr.spec.scheduler, optimizer, tr.total_steps, initial_lr=o.lr)
-    tr.optimizer = tr.accelerator.prepare_optimizer(optimizer)  # fp16 loss scaling, accumulation
+    tr.optimizer = optimizer  # loss scaling: tr.amp (loop.optimizer_step); accumulation: loop.train
     sch = tr.spec.scheduler
     tr.warmup_steps = (warmup_steps(sch, tr.total_steps) if sch.name != "rex"
                        else round(tr.total_steps * (sch.warmup_ratio or 0)))

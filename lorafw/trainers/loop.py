@@ -4,7 +4,9 @@ and the policies around one optimizer step, each in its own function:
 - `optimizer_step`: accumulate the micro-batches' gradients (each data-parallel process takes its share),
   sum them over processes, clip, one host read, then step.
 - `nonfinite`: the NaN/inf policy (stop with the last good weights saved, or skip the step).
-- `step_bf16_masters`: full_bf16 — step the fp32 master copies, round back stochastically.
+- `step_masters`: full_bf16/full_fp16 — step the fp32 master copies, write them back to the half weights.
+- fp16: the loss scaler (tr.amp) scales the loss, unscales the gradients before clipping, and skips a step
+  whose gradients overflowed; `overflowing` stops a run whose scale keeps collapsing, naming the fixes.
 - EMA and the learning-rate schedule advance once per optimizer step.
 - `stop_here`: Ctrl-C / SIGTERM — save state and a usable LoRA, then stop.
 """
@@ -21,6 +23,7 @@ import torch
 from lorafw.data import dataset as dataset_mod
 from lorafw.errors import Interrupted, NonFiniteError
 from lorafw.objective.maxnorm import apply_max_norm
+from lorafw.precision import MAX_SKIPPED_IN_A_ROW, fp16_fixes
 from lorafw.trainers.common import log, progress_bar
 from lorafw.trainers.distributed import shard, spans
 from lorafw.trainers.signals import EXIT_CODES
@@ -93,11 +96,15 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     local = torch.zeros((), device=tr.device)
     for j in shard(n, tr.world.rank, tr.world.size):
         loss = tr._loss(group[j], first_micro + j) / n  # batch j keeps its draws whatever process takes it
-        tr.accelerator.backward(loss)
+        tr.amp.backward(loss)  # fp16: the loss scaled
         local += loss.detach().float()
     tr.comm.sum_grads(tr.trainable)  # a NaN anywhere reaches every process's gradients
-    scaler = tr.accelerator.scaler  # fp16: inf gradients are the loss scaler's business (it skips the step)
-    norm = tr.accelerator.clip_grad_norm_(tr.trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+    if tr.masters is not None:  # full_bf16/full_fp16: the gradients into the fp32 masters, which are clipped and stepped
+        tr.masters.pull_grads()
+    stepped_params = [m for _, m in tr.masters.pairs] if tr.masters is not None else tr.trainable
+    tr.amp.unscale(tr.optimizer)  # fp16: back to true gradients before clipping (inf ones make the scaler skip)
+    scaler = tr.amp.scaler  # fp16: inf gradients are the loss scaler's business (it skips the step)
+    norm = torch.nn.utils.clip_grad_norm_(stepped_params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
     norm_t = norm.detach().float().reshape(()) if isinstance(norm, torch.Tensor) else torch.tensor(
         float("nan") if norm is None else float(norm))
     value, norm_value = torch.stack([local, norm_t.to(local.device)]).tolist()  # the step's one host-device sync
@@ -109,11 +116,10 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
         return nonfinite(tr, "loss", value if not math.isfinite(value) else float("nan"), first_micro, n)
     if scaler is None and norm is not None and not math.isfinite(norm_value):
         return nonfinite(tr, "gradient norm", norm_value, first_micro, len(group))
-    if tr.masters is not None:
-        step_bf16_masters(tr)
-    else:
-        tr.optimizer.step()
+    stepped = step_masters(tr) if tr.masters is not None else tr.amp.step(tr.optimizer)
     tr.optimizer.zero_grad(set_to_none=True)
+    if not stepped and tr.amp.overflowing():
+        return overflowing(tr)
     norms = apply_max_norm(tr.network, tr.masters, tr.spec.train.scale_weight_norms)  # kohya: after the step
     if tr.ema is not None:
         tr.ema.update()
@@ -139,19 +145,34 @@ def stop_text_encoder(tr: Trainer) -> None:
     log.info(f"step {tr.global_step}: text encoder training stopped (optimizer.stop_text_encoder_training)")
 
 
-def step_bf16_masters(tr: Trainer) -> None:
-    """full_bf16: the optimizer steps fp32 master copies; the bf16 weights get them back rounded
-    stochastically (the rounding's randomness is fixed by the seed and micro-step)."""
-    tr.masters.pull_grads()
-    tr.optimizer.step()
-    seed = dataset_mod.derive_seed(tr.spec.seed, "round", tr.micro) % (2**63)
-    tr.masters.push(torch.Generator(device=tr.device).manual_seed(seed))
+def step_masters(tr: Trainer) -> bool:
+    """full_bf16/full_fp16: the optimizer steps the fp32 master copies (their gradients pulled and clipped in
+    optimizer_step); the half weights get them back: bf16 rounded stochastically (the rounding's randomness
+    fixed by the seed and micro-step), fp16 to nearest. False when the loss scaler skipped the step."""
+    stepped = tr.amp.step(tr.optimizer)
+    if stepped:
+        seed = dataset_mod.derive_seed(tr.spec.seed, "round", tr.micro) % (2**63)
+        tr.masters.push(torch.Generator(device=tr.device).manual_seed(seed))
     for p in tr.trainable:
         p.grad = None
+    return stepped
+
+
+def overflowing(tr: Trainer) -> None:
+    """fp16: the loss scaler skipped MAX_SKIPPED_IN_A_ROW steps in a row (every gradient overflows): stop,
+    with the weights of the last good step saved, naming the fixes."""
+    tr.skipped_steps += tr.amp.skipped_in_a_row
+    tr.save_state()
+    raise NonFiniteError(
+        f"step {tr.global_step + 1} (epoch {tr.epoch}): fp16 gradients overflowed in {MAX_SKIPPED_IN_A_ROW} steps in a "
+        f"row (loss scale now {tr.amp.scaler.get_scale():g}); the weights are those of the last good step. "
+        f"{fp16_fixes(tr.spec.optimizer.lr)}. Continue with other settings: lorafw resume {tr.run_dir} --force ..."
+    )
 
 
 def nonfinite(tr: Trainer, what: str, value: float, first_micro: int, n: int) -> None:
     """A NaN/inf loss or gradient: stop with the weights of the last good step saved, or skip the step."""
+    tr.amp.abandon()
     tr.optimizer.zero_grad(set_to_none=True)
     for p in tr.trainable:
         p.grad = None
@@ -166,11 +187,13 @@ def nonfinite(tr: Trainer, what: str, value: float, first_micro: int, n: int) ->
         return
     tr.micro = first_micro
     tr.save_state()  # the weights as they were after step {step - 1}: resumable with other settings
+    causes = (fp16_fixes(tr.spec.optimizer.lr) + ". " if tr.precision == "fp16" else
+              "Usual causes: the VAE overflowing in fp16 (train.no_half_vae=true), a learning rate too high "
+              f"(optimizer.lr={tr.spec.optimizer.lr:g}), fp16 where bf16 is needed (train.mixed_precision=bf16). ")
     raise NonFiniteError(
         f"step {step} (epoch {tr.epoch}): the {what} is {value}. The weights are those after step {step - 1}; "
         f"every epoch saved so far is kept ({', '.join(p.name for p in tr.lora_files) or 'none yet'}). "
-        "Usual causes: the VAE overflowing in fp16 (train.no_half_vae=true), a learning rate too high "
-        f"(optimizer.lr={tr.spec.optimizer.lr:g}), fp16 where bf16 is needed (train.mixed_precision=bf16). "
+        + causes +
         f"Continue with other settings: lorafw resume {tr.run_dir} --force optimizer.lr=...; "
         "or skip such steps: train.on_nonfinite=skip"
     )

@@ -70,7 +70,6 @@ def save_state(tr: Trainer) -> None:
     micro-step): enough to continue as if never stopped. run.json then names the saved step."""
     if not tr.main:  # every process holds the same weights and optimizer state
         return
-    scaler = tr.accelerator.scaler
     write_state(tr.run_dir, {
         "processes": tr.world.size,
         "spec": json.dumps(identity(tr.spec), sort_keys=True),
@@ -84,7 +83,7 @@ def save_state(tr: Trainer) -> None:
         "masters": [m.detach().cpu().clone() for _, m in tr.masters.pairs] if tr.masters is not None else [],
         "optimizer": tr.optimizer.state_dict(),
         "scheduler": tr.lr_scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scaler": tr.amp.state_dict(),
         "ema": tr.ema.state_dict() if tr.ema is not None else None,
         "val_losses": {str(k): v for k, v in tr.val_losses.items()},
     })
@@ -111,8 +110,7 @@ def restore_state(tr: Trainer) -> None:
             m.copy_(v)
     tr.optimizer.load_state_dict(st["optimizer"])
     tr.lr_scheduler.load_state_dict(st["scheduler"])
-    if st["scaler"] is not None and tr.accelerator.scaler is not None:
-        tr.accelerator.scaler.load_state_dict(st["scaler"])
+    tr.amp.load_state_dict(st["scaler"])
     tr.epoch, tr.next_group = int(st["epoch"]), int(st["next_group"])
     tr.global_step, tr.micro, tr.skipped_steps = int(st["global_step"]), int(st["micro"]), int(st["skipped_steps"])
     tr.loss_history = st["loss_history"].tolist()

@@ -119,7 +119,7 @@ class Trainer:
         self.stop = StopRequests()
         self.stop_all = False  # some process was asked to stop (all stop after the same step)
         # made by setup
-        self.masters = None  # full_bf16: fp32 master copies of the bf16 adapter weights
+        self.masters = None  # full_bf16/full_fp16: fp32 master copies of the half-precision adapter weights
         self.ema = None
         self.te_stop_step: int | None = None  # optimizer.stop_text_encoder_training, in optimizer steps
         self.metrics = None
@@ -128,6 +128,7 @@ class Trainer:
         self.val_cache = None
         self.pixels_ahead: Lookahead | None = None  # uncached latents: the epoch's images decoded ahead
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
+        self.val_text_cache: dict[int, dict[str, torch.Tensor]] | None = None  # held-out captions, encoded with them
         self.record: dict[str, Any] = {
             "status": "created",
             "arch": self.arch,
@@ -171,12 +172,12 @@ class Trainer:
         n = self.spec.network
         if n.dropout or n.rank_dropout or n.module_dropout:
             torch.manual_seed(seed % (2**63))  # adapter dropouts
-        with self.accelerator.autocast():
+        with self.amp.autocast():
             cond = inputs.conditioning(self, captions, batch, flips)
         mask = inputs.masks(self, batch, flips, tuple(latents.shape[-2:])) if self.spec.dataset.masked_loss else None
         weights = torch.tensor([self.data.loss_weight(i) for i in batch]) if self.data.n_reg_items else None
         return diffusion_step(self.unet, self.noise_scheduler, latents, cond, gen, self.step_config, mask=mask,
-                              weights=weights, dtype=self.wdtype, autocast=self.accelerator.autocast).loss
+                              weights=weights, dtype=self.wdtype, autocast=self.amp.autocast).loss
 
     def _pixel_lookahead(self, groups: list[list[list[int]]]) -> Lookahead:
         return inputs.pixel_lookahead(self, groups)
