@@ -60,12 +60,13 @@ def test_each_optimizer_trains_and_resumes_bit_identical(compose_tiny, tmp_path,
     assert "toy-01.safetensors" in a and "toy-01.safetensors" in b
     x, y = a["toy-01.safetensors"], b["toy-01.safetensors"]
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
-    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in x.items() if "lora_up" in k), "nothing trained"
+    if name != "schedulefree_radam":  # RAdam's rectification makes no update in its first steps (4 here)
+        assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in x.items() if "lora_up" in k), "nothing trained"
 
 
 @pytest.mark.parametrize("sched", sorted(set(SCHEDULERS) - {"adafactor"}))
 def test_each_scheduler_trains_a_tiny_run(compose_tiny, tmp_path, sched):
-    extra = {"piecewise_constant": ["scheduler.step_rules=1:2,0.5"], "warmup_stable_decay": ["scheduler.decay_ratio=0.5"],
+    extra = {"piecewise_constant": ["scheduler.step_rules='1:2,0.5'"], "warmup_stable_decay": ["scheduler.decay_ratio=0.5"],
              "rex": ["scheduler.min_lr=1e-6", "scheduler.d=0.9", "scheduler.gamma=1.0", "scheduler.num_cycles=1"],
              "cosine_with_restarts": ["scheduler.num_cycles=2"]}.get(sched, [])
     tr = trainer_for(compose_tiny("sd15_character", f"scheduler.name={sched}", "scheduler.num_cycles=null",
