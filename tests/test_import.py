@@ -213,7 +213,7 @@ def test_a_gui_json_imports_faithfully(tmp_path):
     assert why["conv_dim"] == "not used by LoRA_type = Standard"
 
 
-def test_a_gui_json_lokr_is_refused_naming_only_what_lorafw_lacks(tmp_path, capsys):
+def test_a_gui_json_lokr_imports_with_every_lycoris_argument(tmp_path, capsys):
     from lorafw.cli import main
 
     imp = import_config(FIX / "gui_sd15_lokr_prodigy.json")
@@ -221,12 +221,20 @@ def test_a_gui_json_lokr_is_refused_naming_only_what_lorafw_lacks(tmp_path, caps
     assert all(lacks(p) for p in imp.not_honoured), imp.not_honoured
     if "lokr" not in ALGOS:
         assert refused["network_args.algo"] == "lokr"  # LoKr never becomes LoRA
+    else:
+        v = imp.values
+        assert (v["network.algo"], v["network.conv_dim"], v["network.rank_dropout"], v["network.module_dropout"]) == ("lokr", 64, 0.1, 0.1)
+        assert v["train.multires_noise_iterations"] == 8 and v["train.multires_noise_discount"] == 0.2
+        assert v["optimizer.args.d_coef"] == 2 and v["optimizer.args.safeguard_warmup"] is True
     assert imp.groups["base_model"] == "sd15" and "optimizer_args.decouple" not in refused
     out = tmp_path / "r.yaml"
     assert main(["import", str(FIX / "gui_sd15_lokr_prodigy.json"), "--out", str(out), "--json"]) == (2 if refused else 0)
     rep = json.loads(capsys.readouterr().out)
     assert set(rep) >= {"recipe", "dialect", "imported", "no_effect", "not_honoured"}
-    assert rep["recipe"] is None and not out.exists() and {r["key"] for r in rep["not_honoured"]} == set(refused)
+    assert {r["key"] for r in rep["not_honoured"]} == set(refused)
+    assert (rep["recipe"] is None and not out.exists()) if refused else (rep["recipe"] == str(out) and out.is_file())
+    if not refused:
+        assert spec_of(imp, tmp_path).network.algo == "lokr"
 
 
 def test_flux_is_refused_by_name(capsys):
@@ -315,3 +323,69 @@ def test_report_shape_on_success(tmp_path):
     rep = report(imp, write_recipe(imp, "x", tmp_path / "r.yaml"))
     assert rep["recipe"] == str(tmp_path / "r.yaml") and rep["not_honoured"] == [] and rep["imported"]["train.epochs"] == 12
     json.dumps(rep)
+
+
+# -- settings the objective / networks / gpu issues added ---------------------------------------------------
+def _toml(tmp_path: Path, body: str):
+    f = tmp_path / "c.toml"
+    f.write_text('[a]\npretrained_model_name_or_path = "/nowhere/x.safetensors"\nmax_train_epochs = 3\n'
+                 'train_data_dir = "/d"\nresolution = "512"\n' + body)
+    return import_config(f)
+
+
+def test_a_scheduler_class_becomes_scheduler_type_with_its_args(tmp_path):
+    imp = _toml(tmp_path, 'lr_scheduler = "cosine"\nlr_scheduler_type = "CosineAnnealingLR"\n'
+                          'lr_scheduler_args = ["T_max=1000", "eta_min=0e-0"]\nlr_scheduler_num_cycles = 4\n')
+    assert imp.not_honoured == []
+    v = imp.values
+    assert v["scheduler.type"] == "CosineAnnealingLR" and v["scheduler.args.T_max"] == 1000 and v["scheduler.args.eta_min"] == 0.0
+    assert "scheduler.num_cycles" not in v and "scheduler.name" not in v  # sd-scripts passes only lr_scheduler_args
+    assert {"lr_scheduler", "lr_scheduler_num_cycles"} <= {p.key for p in imp.no_effect}
+    spec = spec_of(imp, tmp_path)
+    assert spec.scheduler.type == "CosineAnnealingLR" and dict(spec.scheduler.args) == {"T_max": 1000, "eta_min": 0.0}
+    # a warmup with a scheduler class: sd-scripts itself stops ("does not require num_warmup_steps")
+    warm = _toml(tmp_path, 'lr_scheduler_type = "torch.optim.lr_scheduler.StepLR"\nlr_scheduler_args = ["step_size=10"]\n'
+                           'lr_warmup_steps = 50\n')
+    assert [p.key for p in warm.not_honoured] == ["lr_warmup_steps"] and all(lacks(p) for p in warm.not_honoured)
+
+
+def test_an_optimizer_class_path_becomes_optimizer_name(tmp_path):
+    imp = _toml(tmp_path, 'optimizer_type = "torch.optim.NAdam"\noptimizer_args = ["momentum_decay=0.004", "eps=1e-8"]\n')
+    assert imp.not_honoured == []
+    assert imp.values["optimizer.name"] == "torch.optim.NAdam"
+    assert imp.values["optimizer.args.momentum_decay"] == 0.004 and imp.values["optimizer.args.eps"] == 1e-8
+    assert spec_of(imp, tmp_path).optimizer.name == "torch.optim.NAdam"
+    missing = _toml(tmp_path, 'optimizer_type = "no_such_package_xyz.Ranger"\n')  # lorafw could not build it here
+    assert [p.key for p in missing.not_honoured] == ["optimizer_type"] and "not installed" in missing.not_honoured[0].why
+    bad = _toml(tmp_path, 'optimizer_type = "NoSuchOptimizer"\n')
+    assert [p.key for p in bad.not_honoured] == ["optimizer_type"] and lacks(bad.not_honoured[0])
+
+
+def test_new_objective_and_precision_keys_are_honoured(tmp_path):
+    imp = _toml(tmp_path, 'v_parameterization = true\nzero_terminal_snr = true\nmin_timestep = 100\nmax_timestep = 900\n'
+                          'ip_noise_gamma = 0.05\nloss_type = "huber"\nhuber_c = 0.2\ndebiased_estimation_loss = true\n'
+                          'scale_weight_norms = 1.0\nfull_fp16 = true\nmixed_precision = "fp16"\n'
+                          'multires_noise_iterations = 6\nmultires_noise_discount = 0.3\n')
+    assert imp.not_honoured == [], imp.not_honoured
+    v = imp.values
+    assert (v["train.prediction_type"], v["train.zero_terminal_snr"], v["train.min_timestep"], v["train.max_timestep"]) == (
+        "v_prediction", True, 100, 900)
+    assert (v["train.ip_noise_gamma"], v["train.loss_type"], v["train.huber_c"], v["train.full_fp16"]) == (0.05, "huber", 0.2, True)
+    assert v["train.debiased_estimation_loss"] is True and v["train.scale_weight_norms"] == 1.0
+    assert v["train.multires_noise_iterations"] == 6
+
+
+def test_lycoris_use_cp_is_use_tucker_and_stop_te_has_no_effect_in_lora_training(tmp_path):
+    imp = _toml(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_dim = 8\nnetwork_alpha = 4\n'
+                          'network_args = ["algo=lokr", "use_cp=True", "factor=8"]\nstop_text_encoder_training = 200\n')
+    assert imp.not_honoured == [], imp.not_honoured
+    assert imp.values["network.use_tucker"] is True and imp.values["network.factor"] == 8
+    assert imp.imported_from["network.use_tucker"] == "network_args.use_tucker"
+    # sd-scripts reads stop_text_encoder_training only in train_db.py; a LoRA run never stops the text encoder
+    assert "stop_text_encoder_training" in {p.key for p in imp.no_effect}
+    assert "optimizer.stop_text_encoder_training" not in imp.values
+
+
+def test_a_refusal_naming_two_keys_lands_on_the_setting_that_caused_it(tmp_path):
+    imp = _toml(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]\nnetwork_dropout = 0.3\n')
+    assert [p.key for p in imp.not_honoured] == ["network_dropout"] and "IA3" in imp.not_honoured[0].why

@@ -90,6 +90,8 @@ NO_EFFECT: dict[str, str] = {
     "huggingface_repo_visibility": "", "huggingface_path_in_repo": "", "save_state_to_huggingface": "",
     "output_config": "", "config_file": "", "skip_cache_check": "", "mem_eff_save": "", "name": "", "train_mode": "",
     "num_cpu_threads_per_process": "CPU threads", "disable_mmap_load_safetensors": "loading strategy",
+    "stop_text_encoder_training": "LoRA training (train_network.py) never reads it, only sd-scripts' train_db.py "
+                                  "does; lorafw's optimizer.stop_text_encoder_training does what it says",
     "cache_info": "caching bookkeeping", "ddp_timeout": "", "ddp_gradient_as_bucket_view": "", "ddp_static_graph": "",
 }
 # no effect only for these values (kohya's "off"); any other value changes training
@@ -124,7 +126,6 @@ NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
 }
 # better reasons than "lorafw has no such setting"
 WHY: dict[str, str] = {
-    "full_fp16": "lorafw has no full_fp16 yet (issue 18); train.mixed_precision=fp16 or train.full_bf16 come closest",
     "v2": "SD 2.x is not an architecture lorafw trains (SD1.5 and SDXL)",
     "max_train_steps": "lorafw counts the run in epochs (train.epochs); set max_train_epochs instead",
     "network_weights": "lorafw starts a LoRA from zero (continuing from a LoRA file is `lorafw resume` of a run)",
@@ -200,6 +201,12 @@ def coerce(value: Any, tp: Any) -> Any:
     if inner is str:
         return str(value)
     return value
+
+
+def _class_path(v: Any) -> bool:
+    """`module.Class`: dotted, each part an identifier, the last one a class name."""
+    parts = str(v).split(".")
+    return len(parts) > 1 and all(p.isidentifier() for p in parts) and parts[-1][:1].isupper()
 
 
 def _is_number(v: Any) -> bool:
@@ -333,8 +340,14 @@ class Classifier:
         problems: list[Problem] = []
         opt_args = literal_args(args.pop("optimizer_args", None), "optimizer_args", problems)
         self.imp.not_honoured += problems
+        if name is None and _class_path(raw):  # kohya's "any optimizer": module.Class, built with optimizer_args
+            self.set("optimizer.name", str(raw), "optimizer_type")
+            for k, v in opt_args.items():
+                self.set(f"optimizer.args.{k}", list(v) if isinstance(v, tuple) else v, f"optimizer_args.{k}")
+            return
         if name is None:
-            self.refuse("optimizer_type", raw, f"not an optimizer lorafw has ({', '.join(OPTIMIZERS)})")
+            self.refuse("optimizer_type", raw, f"not an optimizer lorafw has ({', '.join(OPTIMIZERS)}), "
+                                               "nor a module.Class")
             return
         from pathlib import Path
 
@@ -363,7 +376,8 @@ class Classifier:
         key, raw = ("lr_scheduler_type", cls) if cls else ("lr_scheduler", name_raw)
         name = SCHEDULER_CLASSES.get(str(raw).lower(), str(raw).lower())
         if cls and name == str(cls).lower():
-            name = None  # a class path lorafw has no copy of
+            self.custom_scheduler(args, str(cls), name_raw)  # kohya builds the class itself
+            return
         if name is not None and name.startswith("adafactor"):
             name = "adafactor"
         if name not in SCHEDULERS:
@@ -421,6 +435,26 @@ class Classifier:
             else:
                 self.refuse("lr_scheduler_power", power, "lorafw's polynomial scheduler has no power setting")
 
+    def custom_scheduler(self, args: dict[str, Any], cls: str, name_raw: Any) -> None:
+        """kohya's lr_scheduler_type: the class (bare = torch.optim.lr_scheduler) built with lr_scheduler_args
+        only; sd-scripts (get_scheduler_fix) ignores num_cycles and power and stops on a warmup."""
+        self.set("scheduler.type", cls, "lr_scheduler_type")
+        self.none("lr_scheduler", name_raw, f"lr_scheduler_type = {cls} takes its place")
+        problems: list[Problem] = []
+        for k, v in literal_args(args.pop("lr_scheduler_args", None), "lr_scheduler_args", problems).items():
+            self.set(f"scheduler.args.{k}", list(v) if isinstance(v, tuple) else v, f"lr_scheduler_args.{k}")
+        self.imp.not_honoured += problems
+        for k in ("lr_scheduler_num_cycles", "lr_scheduler_power"):
+            if args.get(k) not in (None, ""):
+                self.none(k, args.pop(k), f"sd-scripts passes only lr_scheduler_args to {cls}")
+        for k in ("lr_warmup_steps", "warmup_ratio"):
+            v = args.pop(k, None)
+            if _is_number(v) and float(v):
+                self.refuse(k, v, f"sd-scripts stops with 'does not require num_warmup_steps' for {cls}; "
+                                  "give the class its own warmup in lr_scheduler_args")
+            elif v is not None:
+                self.none(k, v, "no warmup")
+
     def network(self, args: dict[str, Any]) -> None:
         module = str(args.pop("network_module", None) or "networks.lora")
         problems: list[Problem] = []
@@ -457,6 +491,10 @@ class Classifier:
                 self.refuse(f"network_args.{k}", text, f"goes with the {algo} network, refused above")
             return
         self.set("network.algo", algo, "network_module")
+        if "use_cp" in nargs:  # LyCORIS: use_tucker = use_cp or use_tucker (use_cp is the older name)
+            cp = nargs.pop("use_cp")
+            if cp.strip().lower() == "true" or "use_tucker" not in nargs:
+                nargs["use_tucker"] = cp
         for k, text in nargs.items():
             target = self.direct.get(k) or (f"network.{k}" if k in fields else None)
             if target == "network.dropout" and module == "lycoris.kohya":

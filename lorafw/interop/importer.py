@@ -130,8 +130,8 @@ def _validate(imp: Imported) -> None:
             except ConfigError as e:
                 moved = False
                 for prob in e.problems:
-                    key = prob.split(":", 1)[0].split("[", 1)[0].strip()
-                    for k in [k for k in imp.values if k == key or k.startswith(key + ".")]:
+                    keys = [k.split("[", 1)[0].strip() for k in prob.split(":", 1)[0].split(" / ")]
+                    for k in [k for k in imp.values if any(k == key or k.startswith(key + ".") for key in keys)]:
                         value = imp.values.pop(k)
                         origin = imp.imported_from.pop(k, k)
                         imp.not_honoured.append(Problem(origin, value, f"lorafw refuses it as {prob}"))
