@@ -404,3 +404,35 @@ def test_the_colabs_v_pred_and_noise_options_are_imported(tmp_path):
                 .replace("scale_v_pred_loss_like_noise_pred = true", ""), data=str(tmp_path / "data"))
     imp, _, s, _ = imported_spec(eps, tmp_path)
     assert s.train.prediction_type == "auto" and "v_parameterization" in no_effect(imp)  # auto reads the checkpoint
+
+
+@pytest.mark.parametrize("extra", [["network=lokr", "network.factor=4", "network.use_tucker=true"], ["network=loha"],
+                                   ["network=ia3"], ["network=glora"], ["network.loraplus_lr_ratio=16", "network.block_dims=[4,8]"],
+                                   ["scheduler.type=CosineAnnealingLR", "+scheduler.args.T_max=100"],
+                                   ["scheduler.name=linear", "scheduler.warmup_steps=30", "scheduler.warmup_ratio=null"],
+                                   ["train.full_fp16=true", "train.mixed_precision=fp16"]])
+def test_the_kohya_half_of_an_export_alone_trains_the_same(extra, tmp_path):
+    """Without the [lorafw] section (sd-scripts ignores it), the exported arguments import back to every
+    setting that changes training; what the chosen options do not read may differ."""
+    import dataclasses
+
+    import tomli_w
+
+    from lorafw.interop.kohya import export_kohya
+
+    spec, _ = spec_from_dict(compose_dict("conf/recipe/sd15_character.yaml", ["base_model.path=/m.safetensors",
+                                                                            "dataset.root=/d", "output.name=x"] + extra),
+                             check_paths=False, need_model=False)
+    cfg, ds = export_kohya(spec, 200, [("/d/2_x", 2, {})])
+    cfg.pop("lorafw")
+    (tmp_path / "c.toml").write_text(tomli_w.dumps(cfg))
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(ds))
+    imp = import_config(tmp_path / "c.toml", tmp_path / "d.toml")
+    assert imp.not_honoured == []
+    back, _ = spec_from_dict(compose_dict(str(write_recipe(imp, "x", tmp_path / "r.yaml")), []), check_paths=False,
+                             need_model=False)
+    assert back.network == spec.network and back.train.full_fp16 == spec.train.full_fp16
+    assert (back.scheduler.type, dict(back.scheduler.args)) == (spec.scheduler.type, dict(spec.scheduler.args))
+    if not spec.scheduler.type:
+        assert (back.scheduler.name, back.scheduler.warmup_steps) == (spec.scheduler.name, spec.scheduler.warmup_steps)
+    assert dataclasses.replace(back.optimizer, stop_text_encoder_training=None) == spec.optimizer

@@ -502,7 +502,9 @@ class Classifier:
             if target:
                 tp = _unwrap(TYPES.get(target, fields.get(k)))[0]
                 try:
-                    self.set(target, network_value(text, tp if tp in (bool, int, float) else str), f"network_args.{k}")
+                    value = coerce(text, tp) if typing.get_origin(tp) is tuple else network_value(
+                        text, tp if tp in (bool, int, float) else str)  # block_dims=2,4,… is a list
+                    self.set(target, value, f"network_args.{k}")
                 except ValueError as e:
                     self.refuse(f"network_args.{k}", text, f"malformed ({e})")
             elif k in NETWORK_NEUTRAL and text.strip().lower().strip("'") in NETWORK_NEUTRAL[k]:

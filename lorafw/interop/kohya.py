@@ -49,20 +49,14 @@ def _v_parameterization(s: Any) -> bool:
 def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[tuple[str, int, dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A spec → (config_file dict, dataset_config dict) for sd-scripts, with a [lorafw] section for the rest."""
     s = spec
-    net_args = []
-    if s.network.algo == "locon" or s.network.dora_wd:
-        net_args.append(f"algo={s.network.algo}")
-        if s.network.conv_dim is not None:
-            net_args += [f"conv_dim={s.network.conv_dim}", f"conv_alpha={s.network.conv_alpha:g}"]
-        if s.network.dora_wd:
-            net_args.append("dora_wd=True")
+    net_args = network_args_of(s.network)
     opt_args = [f"weight_decay={s.optimizer.weight_decay!r}", f"betas={literal(s.optimizer.betas)}"]
     opt_args += [f"{k}={literal(val)}" for k, val in s.optimizer.args.items()]
     config: dict[str, Any] = {
         "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False,
                             "v_parameterization": _v_parameterization(s),
                             **({"vae": s.base_model.vae} if s.base_model.vae else {})},
-        "network_arguments": {"network_module": "lycoris.kohya" if net_args else "networks.lora", "network_dim": s.network.dim,
+        "network_arguments": {"network_module": "lycoris.kohya" if _lycoris(s.network) else "networks.lora", "network_dim": s.network.dim,
                               "network_alpha": s.network.alpha, "network_dropout": s.network.dropout,
                               **({"network_args": net_args} if net_args else {}),
                               **({"network_train_unet_only": True} if s.optimizer.text_encoder_lr == 0 else {})},
@@ -90,7 +84,10 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     }
     sched = s.scheduler
     o = config["optimizer_arguments"]
-    if sched.name == "rex":
+    if sched.type:  # kohya builds the class with lr_scheduler_args only
+        o["lr_scheduler_type"] = sched.type
+        o["lr_scheduler_args"] = [f"{k}={literal(v)}" for k, v in sched.args.items()]
+    elif sched.name == "rex":
         o["lr_scheduler_type"] = REX_CLASS
         rex_args = [f"min_lr={sched.min_lr:g}", f"gamma={sched.gamma:g}", f"d={sched.d:g}"]
         if total_steps:
@@ -103,7 +100,11 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
         if sched.num_cycles is not None:
             o["lr_scheduler_num_cycles"] = sched.num_cycles
         if sched.warmup_ratio:
-            o["lr_warmup_steps"] = sched.warmup_ratio
+            o["lr_warmup_steps"] = sched.warmup_ratio  # sd-scripts reads a value below 1 as a ratio
+        elif sched.warmup_steps:
+            o["lr_warmup_steps"] = sched.warmup_steps
+        if sched.power is not None:
+            o["lr_scheduler_power"] = sched.power
     if s.sample.prompt_file:
         config["sample_prompt_arguments"] = {"sample_prompts": s.sample.prompt_file, "sample_sampler": s.sample.sampler,
                                              "sample_every_n_epochs": s.sample.every_n_epochs}
@@ -124,6 +125,34 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     dataset_config = {"general": general, "datasets": [ds]}
     config["lorafw"] = lorafw_section(s)
     return config, dataset_config
+
+
+def _lycoris(n: Any) -> bool:
+    """kohya's networks.lora trains plain LoRA (LoCon with conv_dim); everything else is LyCORIS."""
+    return n.algo not in ("lora",) or n.dora_wd
+
+
+def network_args_of(n: Any) -> list[str]:
+    """network_args that rebuild `n`: algo for LyCORIS, then every network field that differs from its default
+    (LyCORIS and kohya's networks.lora read them under the same names; the importer maps them one to one)."""
+    import dataclasses
+
+    from lorafw.config.spec import NetworkSpec
+
+    defaults = NetworkSpec()
+    out = [f"algo={n.algo}"] if _lycoris(n) else []
+    for f in dataclasses.fields(NetworkSpec):
+        if f.name in ("algo", "dim", "alpha", "dropout"):
+            continue
+        v = getattr(n, f.name)
+        if v == getattr(defaults, f.name) or v is None:
+            continue
+        if f.name == "conv_alpha" and n.conv_dim is None:
+            continue
+        text = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else (
+            f"{v:g}" if isinstance(v, float) else str(v))
+        out.append(f"{f.name}={text}")
+    return out
 
 
 def literal(value: Any) -> str:
