@@ -392,8 +392,14 @@ class Classifier:
         self.set("scheduler.name", name, key)
         fields = {f.name for f in dataclasses.fields(SchedulerSpec)}
         problems: list[Problem] = []
+        rex_warmup = None  # the REX class's warmup_steps: per cycle
         for k, v in literal_args(args.pop("lr_scheduler_args", None), "lr_scheduler_args", problems).items():
-            if k in fields and k != "name" and (k in used or not used):
+            if name == "rex" and k == "warmup_steps" and _is_number(v) and float(v).is_integer() and v >= 0:
+                rex_warmup = int(v)
+            elif name == "rex" and k == "first_cycle_max_steps" and _is_number(v):
+                self.none(f"lr_scheduler_args.{k}", v, "lorafw makes each cycle all steps // num_cycles, the Colab's "
+                                                        "own rule for this value")
+            elif k in fields and k != "name" and (k in used or not used):
                 self.set(f"scheduler.{k}", v, f"lr_scheduler_args.{k}")
             elif name == "rex" and k == "cycle_multiplier" and _same(v, 1):
                 self.none(f"lr_scheduler_args.{k}", v, "1: every cycle as long")
@@ -410,7 +416,10 @@ class Classifier:
         if isinstance(ratio, str) and ratio.endswith("%"):
             ratio = float(ratio[:-1]) / 100
         warm_steps = _is_number(ratio) and float(ratio) >= 1
-        if "warmup_ratio" in used:
+        if rex_warmup is not None and not (_is_number(ratio) and float(ratio)):
+            if ratio_key:
+                self.none(str(ratio_key), ratio, "0: lr_scheduler_args.warmup_steps gives REX its warmup")
+        elif "warmup_ratio" in used:
             if warm_steps and "warmup_steps" in fields:
                 self.set("scheduler.warmup_steps", int(float(ratio)), str(ratio_key))
             elif warm_steps:
@@ -424,6 +433,8 @@ class Classifier:
         cycles = args.pop("lr_scheduler_num_cycles", None)
         if "num_cycles" in used:
             self.set("scheduler.num_cycles", int(float(cycles or 1)), "lr_scheduler_num_cycles")
+        if rex_warmup is not None:  # lorafw's REX warmup_steps is the run's, split over the cycles
+            self.set("scheduler.warmup_steps", rex_warmup * int(float(cycles or 1)), "lr_scheduler_args.warmup_steps")
         elif cycles is not None:
             self.none("lr_scheduler_num_cycles", cycles, f"not used by the {name} scheduler")
         power = args.pop("lr_scheduler_power", None)
