@@ -395,6 +395,16 @@ def test_lycoris_use_cp_is_use_tucker_and_stop_te_has_no_effect_in_lora_training
     assert "optimizer.stop_text_encoder_training" not in imp.values
 
 
-def test_a_refusal_naming_two_keys_lands_on_the_setting_that_caused_it(tmp_path):
-    imp = _toml(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]\nnetwork_dropout = 0.3\n')
-    assert [p.key for p in imp.not_honoured] == ["network_dropout"] and "IA3" in imp.not_honoured[0].why
+def test_ia3_dropout_has_no_effect_as_in_lycoris(tmp_path):
+    """LyCORIS' IA3Module.forward applies module_dropout only: network_dropout and rank_dropout do nothing."""
+    imp = _toml(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3", "rank_dropout=0.2", '
+                          '"module_dropout=0.1"]\nnetwork_dropout = 0.3\n')
+    assert imp.not_honoured == [], imp.not_honoured
+    assert {"network_dropout", "network_args.rank_dropout"} <= {p.key for p in imp.no_effect}
+    s = spec_of(imp, tmp_path)
+    assert (s.network.algo, s.network.dropout, s.network.rank_dropout, s.network.module_dropout) == ("ia3", 0.0, 0.0, 0.1)
+
+
+def test_a_value_lorafw_validation_refuses_lands_on_the_setting_that_caused_it(tmp_path):
+    imp = _toml(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "train_on_input=true"]\n')
+    assert [p.key for p in imp.not_honoured] == ["network_args.train_on_input"] and "IA3" in imp.not_honoured[0].why

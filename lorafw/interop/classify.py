@@ -275,6 +275,11 @@ class Classifier:
                 self.none(k, v, NO_EFFECT[k])
             else:
                 self.refuse(k, v, WHY.get(k, "lorafw has no such setting"))
+        if self.imp.values.get("network.algo") == "ia3":
+            for key in ("network.dropout", "network.rank_dropout"):  # LyCORIS' IA3Module.forward never reads them
+                if key in self.imp.values:
+                    value, origin = self.imp.values.pop(key), self.imp.imported_from.pop(key)
+                    self.none(origin, value, "LyCORIS' IA3 applies only module_dropout; it ignores this")
         self.kohya_defaults(args)
         if folders:
             self.set("dataset.folders", folders, "subsets")
