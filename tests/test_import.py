@@ -41,7 +41,7 @@ def lacks(p: Problem) -> bool:
         return p.value not in ALGOS
     if top in ("optimizer_args", "network_args", "lr_scheduler_args"):
         return "not an argument" in p.why or "no such setting" in p.why or "not a setting" in p.why
-    return top not in NAMES or "warmup in steps" in p.why
+    return top not in NAMES or "warmup in steps" in p.why or "square area" in p.why
 
 
 def spec_of(imp, tmp_path: Path):

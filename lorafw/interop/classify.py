@@ -572,6 +572,8 @@ class Classifier:
             self.set("optimizer.text_encoder_lr", 0.0, "network_train_unet_only")
             if args.get("text_encoder_lr") not in (None, 0, 0.0):
                 self.none("text_encoder_lr", args.pop("text_encoder_lr"), "network_train_unet_only: no text-encoder training")
+            elif args.get("text_encoder_lr") is not None:
+                self.none("text_encoder_lr", args.pop("text_encoder_lr"), "0: the same as network_train_unet_only")
         elif unet_only is not None and str(unet_only).lower() != "false":
             self.refuse("network_train_unet_only", unet_only, "not true or false")
         if te_only is True or str(te_only).lower() == "true":
