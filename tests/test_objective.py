@@ -324,21 +324,21 @@ def test_scale_weight_norms_matches_kohya_for_linear_and_conv():
 def test_apply_max_norm_over_a_networks_adapters_and_bf16_masters():
     from types import SimpleNamespace
 
-    from lorafw.network.adapter import ADAPTER
     from lorafw.objective.maxnorm import apply_max_norm
 
     def entry(seed):
         g = torch.Generator().manual_seed(seed)
         lin = lambda *s: SimpleNamespace(weight=torch.nn.Parameter(torch.randn(*s, generator=g)))  # noqa: E731
-        return SimpleNamespace(module=SimpleNamespace(lora_A={ADAPTER: lin(4, 6)}, lora_B={ADAPTER: lin(5, 4)}),
+        return SimpleNamespace(module=SimpleNamespace(lora_down=lin(4, 6), lora_up=lin(5, 4)),
                                target=SimpleNamespace(alpha=4.0))
 
-    net = SimpleNamespace(entries=[entry(0), entry(1)])
+    loha = SimpleNamespace(module=SimpleNamespace(hada_w1_a=None), target=SimpleNamespace(alpha=4.0))  # not a pair: left
+    net = SimpleNamespace(entries=[entry(0), entry(1), loha])
     assert apply_max_norm(net, None, None) is None
     figures = apply_max_norm(net, None, 0.5)
     assert figures["max_norm/keys_scaled"] == 2 and figures["max_norm/max_key_norm"] == pytest.approx(0.5, rel=1e-5)
     bf = SimpleNamespace(entries=[entry(2)])
-    bf16 = [bf.entries[0].module.lora_A[ADAPTER].weight, bf.entries[0].module.lora_B[ADAPTER].weight]
+    bf16 = [bf.entries[0].module.lora_down.weight, bf.entries[0].module.lora_up.weight]
     masters = SimpleNamespace(pairs=[(p, torch.nn.Parameter(p.detach().double())) for p in bf16])
     before = [p.detach().clone() for p in bf16]
     apply_max_norm(bf, masters, 0.5)

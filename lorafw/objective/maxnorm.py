@@ -64,14 +64,16 @@ def scale_weight_norms(pairs: list[Pair], max_norm: float) -> tuple[int, float, 
 
 
 def adapter_pairs(network: Any, masters: Any = None) -> list[Pair]:
-    """Each adapter of a lorafw Network as (down, up, alpha); with full_bf16's fp32 masters, the masters are
-    measured and scaled and the bf16 weights follow (the `also` copies)."""
-    from lorafw.network.adapter import ADAPTER
-
+    """Each LoRA/LoCon adapter of a lorafw Network as (down, up, alpha); with full_bf16's fp32 masters, the masters
+    are measured and scaled and the bf16 weights follow (the `also` copies). Like kohya's, it covers lora_down/
+    lora_up pairs only: LoHa, LoKr, IA3, GLoRA and Tucker (lora_mid) adapters are left as they are."""
     master_of = {id(p): m for p, m in masters.pairs} if masters is not None else {}
     out = []
     for e in network.entries:
-        down, up = e.module.lora_A[ADAPTER].weight, e.module.lora_B[ADAPTER].weight
+        m = e.module
+        if not (hasattr(m, "lora_down") and hasattr(m, "lora_up")) or getattr(m, "lora_mid", None) is not None:
+            continue
+        down, up = m.lora_down.weight, m.lora_up.weight
         if id(down) in master_of:
             out.append(Pair(master_of[id(down)], master_of[id(up)], float(e.target.alpha), (down, up)))
         else:
