@@ -395,4 +395,7 @@ def test_locon_and_dora_files_load_in_lycoris(compose_tiny, tmp_path, net):
     x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 32)
     tr.unet.eval()
     with torch.no_grad():
-        torch.testing.assert_close(base(x, t, c).sample, tr.unet(x, t, c).sample, atol=1e-4, rtol=1e-4)
+        theirs, ours = base(x, t, c).sample, tr.unet(x, t, c).sample
+    # at the output's scale: the two forwards order their float sums differently (measured up to 1.2e-4 of
+    # an output ~1 on some CPUs); a lost or mis-scaled adapter differs by orders more
+    torch.testing.assert_close(theirs, ours, atol=1e-3 * float(ours.abs().max()), rtol=1e-3)
