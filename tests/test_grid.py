@@ -130,10 +130,16 @@ def test_patched_weights_match_the_trained_adapters(compose_tiny, net, tmp_path)
         base_out = c.unet(x, t, ctx).sample
         assert patcher.apply(lora, 1.0) == len(tr.network.entries)
         tr.unet.eval()
-        torch.testing.assert_close(c.unet(x, t, ctx).sample, tr.unet(x, t, ctx).sample, atol=1e-4, rtol=1e-4)
+        # at the output's scale: patched weights and the training forward (DoRA's cached norms) sum floats in another
+        # order (measured up to 2e-4 on an output ~1); the adapters' own effect is checked to be far above that
+        trained = tr.unet(x, t, ctx).sample
+        tol = 1e-3 * float(trained.abs().max())
+        assert float((trained - base_out).abs().max()) > 10 * tol, "the adapters changed nothing measurable"
+        torch.testing.assert_close(c.unet(x, t, ctx).sample, trained, atol=tol, rtol=1e-3)
         te = c.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
         tr.text_encoders[0].eval()
-        torch.testing.assert_close(te, tr.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2], atol=1e-4, rtol=1e-4)
+        te_trained = tr.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
+        torch.testing.assert_close(te, te_trained, atol=1e-3 * float(te_trained.abs().max()), rtol=1e-3)
         name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
         full = patcher.modules[name].weight.clone()
         patcher.apply(lora, 0.5)
