@@ -28,28 +28,14 @@ from lorafw.objective.timesteps import sample_timesteps as draw_timesteps
 
 
 @dataclass(frozen=True)
-class StepConfig:
+class StepConfig(N.NoiseOptions, L.LossOptions):
     """What the step math reads: the prediction type the run trains (objective/prediction.py resolves it from
-    the spec and the checkpoint) and the spec's train.* noise, timestep and loss options, under their names."""
+    the spec and the checkpoint), the noise and loss options (declared once, in objective/noise.py and
+    objective/loss.py) and the timestep range — the spec's train.* keys, under their names."""
 
     prediction: str = "epsilon"
-    noise_offset: float = 0.0
-    noise_offset_random_strength: bool = False
-    adaptive_noise_scale: float | None = None
-    multires_noise_iterations: int | None = None
-    multires_noise_discount: float = 0.3
-    ip_noise_gamma: float | None = None
-    ip_noise_gamma_random_strength: bool = False
     min_timestep: int | None = None
     max_timestep: int | None = None
-    loss_type: str = "l2"
-    huber_schedule: str = "snr"
-    huber_c: float = 0.1
-    huber_scale: float = 1.0
-    min_snr_gamma: float | None = None
-    scale_v_pred_loss_like_noise_pred: bool = False
-    v_pred_like_loss: float | None = None
-    debiased_estimation_loss: bool = False
 
     @classmethod
     def from_spec(cls, train: Any, prediction: str = "epsilon") -> "StepConfig":
