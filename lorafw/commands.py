@@ -47,7 +47,8 @@ def _dirs_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return dirs, [a for a in items if a not in dirs]
 
 
-def _positive_gb(text: str) -> float:
+def positive_gb(text: str) -> float:
+    """--vram GB: a card's memory, a positive number (plan and doctor)."""
     import argparse
 
     try:
@@ -68,7 +69,7 @@ def cmd_plan(argv: list[str]) -> int:
 
     ap = Parser("plan", cmd_plan.__doc__, usage="lorafw plan [--json] [--vram GB] [DATASET_DIR] +recipe=NAME [key=value ...]")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
-    ap.add_argument("--vram", type=_positive_gb, metavar="GB", help="the GPU's memory: estimate the peak and suggest settings")
+    ap.add_argument("--vram", type=positive_gb, metavar="GB", help="the GPU's memory: estimate the peak and suggest settings")
     add_overrides(ap, "the plan (a bare folder means dataset.root=FOLDER)")
     args = ap.parse_intermixed_args(argv)
     dirs, overrides = _dirs_and_overrides(args.overrides)

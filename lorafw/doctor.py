@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +167,7 @@ def gather(overrides: list[str], vram: float | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     import torch
 
-    from lorafw.config.spec import OutputSpec, TrainSpec
+    from lorafw.config.spec import TrainSpec
     from lorafw.precision import attention_choice, choose, cpu_flags, probe
 
     problems: list[str] = []
@@ -258,28 +257,17 @@ def _fit(spec, budget: float, choice, overrides: list[str], has_data: bool) -> d
             "suggestions": sug["suggestions"] if not sug["fits"] else []}
 
 
-def _gb(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"needs the card's memory in GB, e.g. --vram 16 (got {text!r})")
-    return value
-
-
 def cmd_doctor(argv: list[str]) -> int:
     """What this machine will do with a run: devices and memory, versions, what `auto` picks for precision and
     attention here and why, bitsandbytes' library, free disk, and whether a recipe fits this card (exit 1 when it
     found a problem)."""
     from lorafw.cliargs import Parser, add_overrides
+    from lorafw.commands import positive_gb
 
     ap = Parser("doctor", cmd_doctor.__doc__,
                 usage="lorafw doctor [--json] [--vram GB] [+recipe=NAME] [base_model.path=...] [dataset.root=...] [key=value ...]")
     ap.add_argument("--json", action="store_true", help="print the facts as JSON")
-    ap.add_argument("--vram", type=_gb, metavar="GB", help="check the fit against this much memory instead of this card's")
+    ap.add_argument("--vram", type=positive_gb, metavar="GB", help="check the fit against this much memory instead of this card's")
     add_overrides(ap, "the run to check (a bare folder means dataset.root=FOLDER)")
     args = ap.parse_intermixed_args(argv)
     facts = gather(args.overrides, args.vram)  # a LorafwError is printed by lorafw's error boundary (exit 2)
