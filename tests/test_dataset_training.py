@@ -79,6 +79,18 @@ def test_cached_text_encoder_outputs_give_the_same_files(compose_tiny, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_same_data_in_another_folder_gives_the_same_files(compose_tiny, tiny_dataset, tmp_path):
+    """Nothing random may depend on where the dataset lives (the latent sample was once seeded by the path)."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "deeper" / "toy"
+    shutil.copytree(tiny_dataset, moved)
+    common = ["output.save_precision=fp32"]
+    a = load_file(str(trainer_for(compose_tiny("sd15_character", *common, f"output.dir={tmp_path / 'a'}")).run().lora_files[-1]))
+    b = load_file(str(trainer_for(compose_tiny("sd15_character", *common, f"output.dir={tmp_path / 'b'}", data=moved)).run().lora_files[-1]))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_text_caching_with_shuffled_captions_is_refused(compose_tiny):
     with pytest.raises(ConfigError, match="captions change from step to step .*shuffle_caption"):
         compose_tiny("sd15_character", "optimizer.text_encoder_lr=0", "dataset.cache_text_encoder_outputs=true")
