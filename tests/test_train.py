@@ -124,6 +124,9 @@ def test_same_result_from_a_diffusers_folder(compose_tiny, tiny_diffusers, tiny_
     assert fa.keys() == fb.keys()
     for k in fa:
         torch.testing.assert_close(fa[k], fb[k], atol=1e-4, rtol=1e-3)
+    mb = metadata(rb.lora_files[-1])  # kohya's values for a folder base: it cannot hash one
+    assert (mb["ss_sd_model_hash"], mb["ss_new_sd_model_hash"], mb["ss_sd_model_name"]) == (
+        "IsADirectory", "IsADirectory", tiny_diffusers.name)
 
 
 def test_metadata_holds_the_formats_keys(trained, tiny_model):
