@@ -80,7 +80,8 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             **({"torch_compile": True, "dynamo_backend": s.train.compile_backend} if s.train.compile else {}),
         },
         "saving_arguments": {"output_dir": s.output.dir or "", "output_name": s.output.name or "lora", "save_model_as": "safetensors",
-                             "save_precision": s.output.save_precision, "save_every_n_epochs": s.output.save_every_n_epochs},
+                             "save_precision": s.output.save_precision, "save_every_n_epochs": s.output.save_every_n_epochs,
+                             **({"training_comment": s.output.comment} if s.output.comment is not None else {})},
     }
     sched = s.scheduler
     o = config["optimizer_arguments"]
