@@ -436,3 +436,24 @@ def test_the_kohya_half_of_an_export_alone_trains_the_same(extra, tmp_path):
     if not spec.scheduler.type:
         assert (back.scheduler.name, back.scheduler.warmup_steps) == (spec.scheduler.name, spec.scheduler.warmup_steps)
     assert dataclasses.replace(back.optimizer, stop_text_encoder_training=None) == spec.optimizer
+
+
+@pytest.mark.parametrize("asked,resolved,kohya", [("no", None, "no"), ("fp16", None, "fp16"), ("bf16", None, "bf16"),
+                                                  ("no", "bf16", "no"), ("auto", "bf16", "bf16"), ("auto", "no", "no"),
+                                                  ("auto", None, "fp16")])
+def test_export_writes_the_precision_the_run_trains_in(asked, resolved, kohya, tmp_path, tiny_model, tiny_dataset):
+    """fp32 (train.mixed_precision=no) was exported as kohya's fp16: the sd-scripts run trained in another precision.
+    `auto` has no kohya value: the precision run.json says the run resolved it to, else fp16."""
+    from lorafw.outputs.record import write_config
+
+    spec = compose(None, [f"base_model.path={tiny_model}", f"dataset.root={tiny_dataset}", f"train.mixed_precision={asked}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, spec)
+    if resolved:
+        (run / "run.json").write_text(json.dumps({"device": {"precision": resolved}}))
+    cfg, ds, _ = export_run(run)
+    assert tomllib.loads(cfg.read_text())["training_arguments"]["mixed_precision"] == kohya
+    back, _ = spec_from_dict(compose_dict(str(write_recipe(import_config(cfg, ds), str(cfg), tmp_path / "b.yaml")), []),
+                             check_paths=False)
+    assert back.train.mixed_precision == asked  # the [lorafw] section keeps what was asked for
