@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--clip-skip", type=int, default=2)
+    ap.add_argument("--bf16-clip-skip", type=int, default=None,
+                    help="bf16 at this clip_skip on both sides from the start (default: --clip-skip, and 1 if kohya crashes)")
     ap.add_argument("--device", default="auto", help="lorafw's train.device (kohya: accelerate's choice)")
     ap.add_argument("--threads", type=int, default=None, help="OMP/MKL threads for both trainers (default: torch's)")
     ap.add_argument("--kohya-save-state", action="store_true", help="kohya also saves its training state each epoch, as lorafw does")
@@ -363,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     plans: dict[str, Plan] = {}
     for prec in precisions:
-        plan = prepare(run, prec, run.clip_skip, model, data, runs_dir / f"{prec}-clip{run.clip_skip}", kohya_cli)
+        clip = args.bf16_clip_skip if prec == "bf16" and args.bf16_clip_skip else run.clip_skip
+        plan = prepare(run, prec, clip, model, data, runs_dir / f"{prec}-clip{clip}", kohya_cli)
         bad = [r[0] for r in plan.rows if not r[3] and r[0] not in EXPECTED_DIFFERENCES]
         if bad:
             notes.append(f"{prec}: the exported kohya settings differ from lorafw's in: {', '.join(bad)} (an exporter bug)")
