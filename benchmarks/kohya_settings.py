@@ -94,8 +94,8 @@ ROWS: list[tuple[str, str, Callable[[dict], Any], Callable[[Any], Any] | None]] 
     ("betas", "optimizer.betas", _opt_arg("betas"), lambda v: list(v)),
     ("lr scheduler", "scheduler.name", _get("lr_scheduler"), None),
     ("max grad norm", "train.max_grad_norm", _get("max_grad_norm"), None),
-    ("clip_skip", "train.clip_skip", _get("clip_skip"), None),
-    ("max token length", "train.max_token_length", _get("max_token_length"), None),
+    ("clip_skip", "train.clip_skip", _get("clip_skip"), lambda v: v if v != 1 else None),  # sd-scripts: unset = 1
+    ("max token length", "train.max_token_length", _get("max_token_length"), lambda v: v if v != 75 else None),  # unset = 75
     ("cache latents", "dataset.cache_latents", _get("cache_latents"), None),
     ("cache latents to disk", "dataset.cache_latents_to_disk", _get("cache_latents_to_disk"), None),
     ("cache text-encoder outputs", "dataset.cache_text_encoder_outputs", _get("cache_text_encoder_outputs"), None),
@@ -179,13 +179,13 @@ def render_rows(rows: list[tuple[str, Any, Any, bool]], expected_differences: se
     lines = ["| setting | lorafw | kohya sd-scripts | |", "|---|---|---|---|"]
     for label, ours, theirs, same in rows:
         mark = "" if same else ("≠ (by design)" if label in expected_differences else "≠")
-        lines.append(f"| {label} | {_fmt(ours)} | {_fmt(theirs)} | {mark} |")
+        lines.append(f"| {label} | {_fmt(ours)} | {_fmt(theirs, 'unset')} | {mark} |")
     return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, none: str = "null") -> str:
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return "–" if v is None else str(v)
+    return none if v is None else str(v)

@@ -54,8 +54,16 @@ import kohya_settings as ks  # noqa: E402
 import steplog  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorafw"
-CRASH_BF16 = "mixed dtype (CPU)"
 EXPECTED_DIFFERENCES = {"training state saved each epoch"}  # lorafw's default; --kohya-save-state makes them equal
+
+
+def bf16_clip_skip_crash(log_text: str) -> str | None:
+    """The line of kohya's bf16 + clip_skip crash in its output, if that is how it failed: a dtype error raised from
+    strategy_sd's final_layer_norm ("mixed dtype (CPU): expect parameter to have scalar type of Float" on a CPU)."""
+    lines = log_text.replace("\r", "\n").splitlines()
+    at_norm = any("final_layer_norm" in ln for ln in lines)
+    err = next((ln.strip() for ln in reversed(lines) if ln.startswith("RuntimeError") and ("dtype" in ln or "scalar type" in ln)), None)
+    return err if at_norm and err else None
 
 
 # -- the model and the data (built once, in a child process: ~7 GB while building) -----------------------------
@@ -373,11 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(1, args.repeats + 1):
             for trainer in ("kohya", "lorafw"):
                 res = train_one(trainer, plan, rep, runs_dir, kpy, kenv, lenv, tokenizers, args, run)
-                if (trainer == "kohya" and res.child.rc and prec == "bf16" and plan.clip_skip > 1
-                        and CRASH_BF16 in res.log.read_text(errors="replace")):
-                    notes.append(f"kohya's bf16 with clip_skip {plan.clip_skip} crashed on this device ({CRASH_BF16}: expect "
-                                 f"parameter to have scalar type of Float, at strategy_sd's final_layer_norm; log {res.log}); "
-                                 "bf16 was run at clip_skip 1 by both trainers")
+                crash = (bf16_clip_skip_crash(res.log.read_text(errors="replace"))
+                         if trainer == "kohya" and res.child.rc and prec == "bf16" and plan.clip_skip > 1 else None)
+                if crash:
+                    notes.append(f"kohya's bf16 with clip_skip {plan.clip_skip} crashed on this device at strategy_sd's "
+                                 f"final_layer_norm ({crash}; {res.log}): bf16 was run at clip_skip 1 by both trainers")
+                    print(f"vs_kohya: kohya's bf16 crashed at clip_skip {plan.clip_skip} ({crash}); both at clip_skip 1", flush=True)
                     plan = prepare(run, prec, 1, model, data, runs_dir / f"{prec}-clip1", kohya_cli)
                     res = train_one(trainer, plan, rep, runs_dir, kpy, kenv, lenv, tokenizers, args, run)
                 results.append(res)

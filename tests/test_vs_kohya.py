@@ -132,6 +132,11 @@ def test_the_export_gives_kohya_the_same_run(precision):
     assert by["data loader workers"] == (0, 0) and by["text encoder trained"] == (True, True)
     rows = ks.settings_rows(spec.to_dict(), ks.kohya_arguments(cfg, ds, {"save_state": True}))
     assert all(r[3] for r in rows)  # --kohya-save-state: nothing differs
+    spec, cfg, ds = _exported(precision, clip_skip=1)  # the fallback for kohya's bf16 crash
+    rows = ks.settings_rows(spec.to_dict(), ks.kohya_arguments(cfg, ds, {"save_state": True}))
+    by = {r[0]: r[1:] for r in rows}
+    assert by["clip_skip"] == (1, None, True) and by["max token length"] == (75, None, True)  # sd-scripts' unset
+    assert "| clip_skip | 1 | unset |  |" in ks.render_rows(rows)
 
 
 def test_a_wrong_export_shows_as_a_differing_row():
@@ -288,3 +293,15 @@ def test_a_child_over_its_time_is_stopped(tmp_path):
                      dict(os.environ), tmp_path / "slow.log", 1.0)
     assert c.rc != 0 and time.perf_counter() - t0 < 30
     assert "started" in (tmp_path / "slow.log").read_text()
+
+
+def test_kohyas_bf16_clip_skip_crash_is_recognised():
+    vs = _load("vs_kohya")
+    log = ("steps:   0%|          | 0/8 [00:00<?, ?it/s]\rTraceback (most recent call last):\n"
+           '  File "/sd/library/strategy_sd.py", line 78, in encode_tokens\n'
+           "    encoder_hidden_states = text_encoder.text_model.final_layer_norm(encoder_hidden_states)\n"
+           '  File "/v/torch/nn/functional.py", line 2987, in layer_norm\n'
+           "RuntimeError: mixed dtype (CPU): expect parameter to have scalar type of Float\nsteps:   0%|\n")
+    assert vs.bf16_clip_skip_crash(log) == "RuntimeError: mixed dtype (CPU): expect parameter to have scalar type of Float"
+    assert vs.bf16_clip_skip_crash(log.replace("final_layer_norm", "conv_in")) is None  # another failure: not this one
+    assert vs.bf16_clip_skip_crash("RuntimeError: CUDA out of memory\n... final_layer_norm ...") is None
