@@ -305,3 +305,29 @@ def test_kohyas_bf16_clip_skip_crash_is_recognised():
     assert vs.bf16_clip_skip_crash(log) == "RuntimeError: mixed dtype (CPU): expect parameter to have scalar type of Float"
     assert vs.bf16_clip_skip_crash(log.replace("final_layer_norm", "conv_in")) is None  # another failure: not this one
     assert vs.bf16_clip_skip_crash("RuntimeError: CUDA out of memory\n... final_layer_norm ...") is None
+
+
+def test_the_printout_gives_each_run_the_means_and_the_ratios(tmp_path):
+    vs = _load("vs_kohya")
+    rep = _load("vs_kohya_report")
+
+    def result(trainer, n, step, save, rss, rc=0):
+        times = {i: 100.0 + step * i + (save if i > 4 else 0) for i in range(1, 9)}
+        figs = None if rc else steplog.StepFigures(times, 4, end=times[8] + save)
+        return vs.Result(trainer, "fp32", n, 2, vs.Child(rc, rss, 60.0, 1.5), tmp_path, tmp_path / "x.log", figs,
+                         {"unet_layers": 192, "te_layers": 72, "parameters": 9_437_184})
+
+    results = [result("kohya", 1, 4.0, 0.2, 7 * 2**30), result("lorafw", 1, 3.6, 0.4, 6 * 2**30),
+               result("kohya", 2, 4.2, 0.2, 7.5 * 2**30), result("lorafw", 2, 3.8, 0.4, 6 * 2**30),
+               result("lorafw", 3, 0, 0, 2**30, rc=1)]
+    s = rep.summary(results, "fp32")
+    assert s["kohya"]["steady"] == pytest.approx([4.0, 4.2]) and s["lorafw"]["steady"] == pytest.approx([3.6, 3.8])
+    assert s["ratio_steady"] == pytest.approx(3.7 / 4.1)
+    assert s["ratio_with_save"] == pytest.approx((3.6 * 7 + 0.8 + 3.8 * 7 + 0.8) / (4 * 7 + 0.4 + 4.2 * 7 + 0.4))
+    assert s["kohya"]["peak_rss_max"] == 7.5 * 2**30  # the failed lorafw run's figures are left out
+    plan = vs.Plan("fp32", 2, tmp_path, {}, tmp_path / "c.toml", tmp_path / "d.toml", [("clip_skip", 2, 2, True)])
+    text = rep.report(results, {"fp32": plan}, ["a note"], ["header"], set())
+    assert "| fp32 (clip_skip 2) | 4.00, 4.20 | 3.60, 3.80 | **0.90** |" in text
+    assert "| fp32 | 2 | 3 | lorafw | failed: exit 1 |" not in text and "failed: rc 1" in text
+    assert "192/72, 9.44M" in text and "- a note" in text and text.startswith("header")
+    assert rep.summary([], "bf16")["ratio_steady"] is None
