@@ -21,7 +21,8 @@ Stages, in this order, each skipped (and said so) when the time left (`--budget`
   (e) lorafw against kohya sd-scripts (benchmarks/vs_kohya.py, fp32 and bf16, one pair each) when an sd-scripts
       checkout is on the machine (--sd-scripts PATH, $SD_SCRIPTS, or sd-scripts/ in or beside the repository)
       and an interpreter with its requirements (--kohya-python, $KOHYA_PYTHON; without one vs_kohya.py makes its
-      venv from the registry, which the lent machine cannot reach); skipped, saying why, otherwise.
+      venv from the registry, which the lent machine cannot reach); skipped, saying why, otherwise. It runs last
+      and needs ~240 s of the budget: e.g. `--budget 560 --no-compile`, or `--no-smoke --archs sd15 --no-pdxl`.
 Then it writes DIR/gpu_check.json and DIR/gpu_check.md, and appends the same rows to benchmarks/RESULTS.md
 (`--results`). Figures only: nothing asserts a speed. The issue's targets (benchmarks/RESULTS.md, "GPU
 targets"): SDXL 1024² b2 LoRA ≥ 45% MFU on an H100 (≈ 13 steps/s without checkpointing); ≤ 1.05× the bare
