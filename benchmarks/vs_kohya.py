@@ -37,7 +37,6 @@ import datetime
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
