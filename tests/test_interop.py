@@ -479,3 +479,19 @@ def test_clip_skip_and_token_length_are_exported_as_sd_scripts_takes_them(clip_s
     back, _ = spec_from_dict(compose_dict(str(write_recipe(import_config(tmp_path / "c.toml", tmp_path / "d.toml"), "x",
                                                            tmp_path / "r.yaml")), []), check_paths=False, need_model=False)
     assert (back.train.clip_skip, back.train.max_token_length) == (clip_skip, tokens)
+
+
+@pytest.mark.parametrize("interp, honoured", [("lanczos", True), ("area", False), ("bicubic", False)])
+def test_resize_interpolation_lanczos_is_what_lorafw_does(interp, honoured, tmp_path):
+    """lorafw resizes with PIL's Lanczos: kohya's resize_interpolation="lanczos" imports silently, others are named,
+    and the exporter writes it so an exported sd-scripts run resizes as lorafw did (its default shrinks with area)."""
+    from lorafw.interop.kohya import export_kohya
+
+    text = KOHYA_CONFIG.replace("[training_arguments]\n", f'[training_arguments]\nresize_interpolation = "{interp}"\n')
+    text = text.replace('dataset_config = "dataset.toml"', "")
+    src = write(tmp_path, "c.toml", text, model="/m.safetensors", out="o")
+    imp = import_config(src, None)
+    assert ("resize_interpolation" in not_honoured(imp)) is (not honoured)
+    spec = compose(None, ["base_model.path=/m.safetensors", "dataset.root=/d"], check_paths=False)
+    cfg, _ = export_kohya(spec, 10, [("/d/1_x", 1, {})])
+    assert cfg["training_arguments"]["resize_interpolation"] == "lanczos"

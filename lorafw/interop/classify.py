@@ -112,7 +112,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "max_train_steps": (), "noise_offset": (0, 0.0), "min_snr_gamma": (0, 0.0), "lr_scheduler_power": (1, 1.0),
     "secondary_separator": ("",), "enable_wildcard": (False,), "caption_separator": (",",),
     "min_bucket_reso": (), "network_multiplier": (1, 1.0), "validation_split": (0, 0.0), "validation_seed": (),
-    "resize_interpolation": (None, ""), "class_tokens": (None, ""), "lr_decay_steps": (0,),
+    "resize_interpolation": (None, "", "lanczos"), "class_tokens": (None, ""), "lr_decay_steps": (0,),
     "dynamo_backend": ("no", "NO"), "dynamo_mode": ("default",), "dynamo_use_fullgraph": (False,),
     "dynamo_use_dynamic": (False,), "fused_backward_pass": (False,), "sample_at_first": (False,),
 }

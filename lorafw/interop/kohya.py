@@ -11,6 +11,7 @@ from typing import Any
 
 from lorafw.config.schema import kohya_names
 from lorafw.config.spec import RunSpec
+from lorafw.data.buckets import RESIZE_INTERPOLATION
 
 OPTIMIZER_EXPORT = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "came": "came_pytorch.CAME"}
 REX_CLASS = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
@@ -91,6 +92,7 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             **kohya_text_window(s.train.clip_skip, s.train.max_token_length), "noise_offset": s.train.noise_offset,
             "sdpa": s.train.attention == "sdpa", "xformers": s.train.attention == "xformers",
             "cache_latents": s.dataset.cache_latents, "vae_batch_size": s.dataset.vae_batch_size,
+            "resize_interpolation": RESIZE_INTERPOLATION,
             **({"max_data_loader_n_workers": s.dataset.workers} if s.dataset.workers is not None else {}),
             "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
             "cache_text_encoder_outputs": s.dataset.cache_text_encoder_outputs, "prior_loss_weight": s.dataset.prior_loss_weight,

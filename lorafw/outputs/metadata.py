@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from lorafw.config.spec import RunSpec
+from lorafw.data.buckets import RESIZE_INTERPOLATION
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
 MODELSPEC_VERSION = "1.0.1"  # kohya's sai_model_spec.py BASE_METADATA
 MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
-# lorafw resizes every image with PIL's Lanczos filter, which is kohya's resize_interpolation="lanczos"
-# (kohya's default, None, uses cv2's INTER_AREA when shrinking)
-RESIZE_INTERPOLATION = "lanczos"
 # kohya options lorafw has no equivalent of (it always trains as kohya does with them off): what kohya writes then
 KOHYA_OFF = {
     "ss_lowram": "False",  # a loading strategy
