@@ -24,7 +24,7 @@ def delta_weight(down: torch.Tensor, up: torch.Tensor, alpha: float, mid: torch.
     if mid is not None:  # LoCon with Tucker: lora_down 1×1, lora_mid k×k, lora_up 1×1
         from lycoris.functional.general import rebuild_tucker
 
-        return rebuild_tucker(mid, up.flatten(1), down.flatten(1)) * scale
+        return rebuild_tucker(mid, up.flatten(1).t(), down.flatten(1)) * scale  # (rank, out), as LyCORIS passes it
     if down.ndim == 2:
         return (up @ down) * scale
     return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * scale
