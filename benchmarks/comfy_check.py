@@ -248,12 +248,14 @@ def stub_layer(weight: Any) -> Any:
     return m
 
 
-def ulps(now: Any, want: Any, dtype: Any) -> float:
-    """max |now − want| in units of the storage dtype's spacing at |want| (ComfyUI rounds each patched weight
-    to the dtype it stores, stochastically: < 1 when the two agree up to that rounding)."""
+def ulps(now: Any, want: Any, base: Any, dtype: Any) -> float:
+    """max |now − want| in units of the storage dtype's spacing at max(|want|, |base|): the rounding step of
+    the patched weight, and of W + ΔW where the two nearly cancel (ComfyUI stores each patched weight in its
+    dtype, fp16 stochastically rounded: < 1 when the two agree up to that rounding; a few in fp32, where only
+    the order of operations differs)."""
     import torch
 
-    w = want.to(dtype).abs()
+    w = torch.maximum(want.abs(), base.abs()).to(dtype)
     step = (torch.nextafter(w, torch.tensor(float("inf"), dtype=dtype)) - w).float()
     return ((now - want).abs() / step).max().item()
 
@@ -302,7 +304,7 @@ def check_file(comfy: Any, model: Any, clip: Any, path: Path) -> dict[str, Any]:
                 want = patched(base, delta, 1.0, None if dora is None else dora.float(), "comfyui")
                 changed += not torch.equal(base, now)
                 nonzero += not torch.equal(base, want)
-                err = ulps(now, want, stored)
+                err = ulps(now, want, base, stored)
                 if err > worst[part][0]:
                     worst[part] = (err, name)
     finally:

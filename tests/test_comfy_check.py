@@ -70,13 +70,19 @@ def test_materialise_writes_a_bare_repos_tree_outside_any_work_tree(check, tmp_p
 
 def test_ulps_tells_storage_rounding_from_a_real_difference(check):
     torch.manual_seed(0)
-    want = torch.randn(64, 64) * 0.05
+    base = torch.randn(64, 64) * 0.05
+    want = base + torch.randn(64, 64) * 1e-3
+    want[0, 0] = base[0, 0] = 0.0  # an unchanged zero
+    want[1, 1] = 1e-12  # W + ΔW nearly cancelling: measured at |W|'s spacing, not at 1e-12's
     rounded = want.to(torch.float16).float()  # what a fp16-stored patched weight holds
-    assert check.ulps(rounded, want, torch.float16) <= 0.5 + 1e-6
-    assert check.ulps(want, want, torch.float32) == 0
+    assert check.ulps(rounded, want, base, torch.float16) <= 0.5 + 1e-6
+    assert check.ulps(want, want, base, torch.float32) == 0
+    near = want.clone()
+    near[1, 1] = 3e-12
+    assert check.ulps(near, want, base, torch.float32) < 1
     off = want.clone()
     off[3, 4] += 1e-3  # a real difference in one element
-    assert check.ulps(off.to(torch.float16).float(), want, torch.float16) > 10
+    assert check.ulps(off.to(torch.float16).float(), want, base, torch.float16) > 10
 
 
 def test_the_script_refuses_a_folder_that_is_not_comfyui(tmp_path):
