@@ -42,6 +42,22 @@ def test_every_algo_and_key_changing_option_is_checked_and_valid(check, tmp_path
     assert any(n.algo == "lokr" and n.dim < 10000 for n in nets.values())  # low-rank factors, not only full matrices
 
 
+def test_lokr_with_tucker_convolutions_notes_what_comfyui_does_with_them(tmp_path):
+    from lorafw.config.compose import compose_dict
+    from lorafw.config.validate import spec_from_dict
+
+    def notes(*overrides: str) -> list[str]:
+        data = compose_dict("conf/recipe/sd15_character.yaml", ["base_model.path=/m.safetensors", "dataset.root=/d", *overrides])
+        return [n for n in spec_from_dict(data, check_paths=False)[1] if "ComfyUI" in n]
+
+    assert any("#11245" in n for n in notes("network=lokr", "network.conv_dim=4", "network.conv_alpha=2", "network.use_tucker=true"))
+    assert notes("network=lokr", "network.conv_dim=4", "network.conv_alpha=2") == []
+    assert notes("network=lokr", "network.use_tucker=true") == []  # conv_dim 10000: full matrices, no Tucker core
+    assert notes("network=lokr", "network.conv_dim=4", "network.conv_alpha=2", "network.use_tucker=true",
+                 "network.full_matrix=true") == []
+    assert notes("network=loha", "network.use_tucker=true") == []  # ComfyUI applies LoHa's Tucker cores
+
+
 def _git(*args: str, cwd: Path | None = None) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
