@@ -61,6 +61,7 @@ def main() -> None:
     save_s = 0.0
     t0 = time.perf_counter()
     tr.save(args.epochs)
+    tr.writer.wait()  # written by a background thread: timed until it is on disk
     save_s = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

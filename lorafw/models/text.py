@@ -9,7 +9,8 @@ as kohya sd-scripts trains. With 75 the caption is one ordinary 77-token window.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 CHUNK = 75  # tokens per piece, without BOS/EOS
 WINDOW = CHUNK + 2
@@ -90,13 +91,36 @@ def check_ids(text_encoder: Any, input_ids) -> None:
                          "tokenizer/ (lorafw reads it when present)")
 
 
+@contextlib.contextmanager
+def layers_up_to(text_encoder: Any, hidden_state: int) -> Iterator[int]:
+    """Run only the encoder layers that hidden state `hidden_state` (−1 the last, −2 the penultimate, …) needs;
+    yields the index that state then has (−1 when layers were left out). The layers after it cannot change it
+    (each layer reads only the one before), so the state is bit for bit what the whole encoder gives; leaving them
+    out saves their forward (their backward never runs: nothing downstream reads them)."""
+    from lorafw import speed
+
+    inner = getattr(text_encoder, "module", text_encoder)  # a DistributedDataParallel wrapper's model
+    inner = getattr(inner, "text_model", inner)  # transformers 4 has the level, 5 does not
+    layers = getattr(getattr(inner, "encoder", None), "layers", None)
+    drop = -1 - hidden_state
+    if drop <= 0 or layers is None or drop >= len(layers) or not speed.on("te_layers"):
+        yield hidden_state
+        return
+    inner.encoder.layers = layers[: len(layers) - drop]
+    try:
+        yield -1
+    finally:
+        inner.encoder.layers = layers
+
+
 def encode_sd15(text_encoder: Any, input_ids, clip_skip: int):
     """(batch, n, 77) ids → (batch, 77 or 2 + 75·n, dim): hidden state −clip_skip, then the final LayerNorm."""
     check_ids(text_encoder, input_ids)
     b, n, w = input_ids.shape
     flat = input_ids.reshape(b * n, w).to(text_encoder.device)
-    out = text_encoder(flat, output_hidden_states=True, return_dict=True)
-    states = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
+    with layers_up_to(text_encoder, -clip_skip) as index:
+        out = text_encoder(flat, output_hidden_states=True, return_dict=True)
+    states = final_layer_norm(text_encoder)(out.hidden_states[index])
     states = states.reshape(b, n * w, states.shape[-1])
     return merge_windows(states, n)
 
@@ -113,7 +137,8 @@ def encode_sdxl(te1: Any, te2: Any, ids1, ids2):
     check_ids(te1, ids1)
     check_ids(te2, ids2)
     b, n, w = ids1.shape
-    h1 = te1(ids1.reshape(b * n, w).to(te1.device), output_hidden_states=True).hidden_states[-2]
+    with layers_up_to(te1, -2) as index:
+        h1 = te1(ids1.reshape(b * n, w).to(te1.device), output_hidden_states=True).hidden_states[index]
     out2 = te2(ids2.reshape(b * n, w).to(te2.device), output_hidden_states=True)
     h2 = out2.hidden_states[-2]
     pooled = out2.text_embeds.reshape(b, n, -1)[:, 0]

@@ -180,7 +180,8 @@ class Network:
                         p.data = exact[id(p)].to(p.device)
             try:
                 for k, v in e.module.state_dict().items():
-                    out[f"{e.file_name}.{k}"] = v.detach().to("cpu", dtype).contiguous()
+                    # a copy even where the dtype and device match: a background writer reads it during later steps
+                    out[f"{e.file_name}.{k}"] = v.detach().to("cpu", dtype, copy=True).contiguous()
             finally:
                 for p, data in swapped:
                     p.data = data

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from lycoris.modules import GLoRAModule, IA3Module, LokrModule, LohaModule
 from lycoris.modules.locon import LoConModule
 
+from lorafw import speed
+
 
 class KohyaLoCon(LoConModule):
     """LyCORIS LoRA/LoCon/DoRA parameters, kohya's forward (see the module docstring)."""
@@ -39,6 +41,7 @@ class KohyaLoCon(LoConModule):
         self.p_dropout, self.p_rank, self.p_module = dropout, rank_dropout, module_dropout
         self._w_sq: torch.Tensor | None = None  # ‖W_i‖², per output channel
         self._w_key: tuple[int, int, torch.device, torch.dtype] | None = None
+        self._unit_key: tuple[int, int, torch.device] | None = None  # the scalar buffer last seen to be 1
 
     # -- the rank-r path --------------------------------------------------------------------------
     def _lx(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,9 @@ class KohyaLoCon(LoConModule):
     def _up(self, lx: torch.Tensor, factor: torch.Tensor | float, bias: torch.Tensor | None = None) -> torch.Tensor:
         """lora_up(lx) · factor (+ bias), the factor (a number or one per output channel) folded into the
         r-column weight so no extra pass over the layer's output is made."""
-        w = self.lora_up.weight * self.scalar.to(self.lora_up.weight.dtype)
+        w = self.lora_up.weight
+        if torch.compiler.is_compiling() or not (speed.on("adapter_unit_scalar") and self._unit_scalar()):
+            w = w * self.scalar.to(w.dtype)
         if isinstance(factor, torch.Tensor):
             w = w * factor.reshape(-1, *[1] * (w.dim() - 1)).to(w.dtype)
         else:
@@ -74,6 +79,19 @@ class KohyaLoCon(LoConModule):
         if self.isconv:
             return F.conv2d(lx, w.to(lx.dtype), None if bias is None else bias.to(lx.dtype))
         return F.linear(lx, w.to(lx.dtype), None if bias is None else bias.to(lx.dtype))
+
+    def _unit_scalar(self) -> bool:
+        """True when `scalar` is LyCORIS's constant 1 (no use_scalar): multiplying by it changes no bit, so it is
+        skipped. Checked again (one host read) only when the buffer is replaced, moved or written in place."""
+        s = self.scalar
+        if isinstance(s, torch.nn.Parameter):
+            return False
+        key = (s.data_ptr(), s._version, s.device)
+        if key != self._unit_key:
+            if s.numel() != 1 or float(s) != 1.0:
+                return False
+            self._unit_key = key
+        return True
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.module_dropout_hit():

@@ -7,7 +7,6 @@ every random draw derives from (seed, step), so a resumed run redraws exactly wh
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,7 @@ FORMAT = 1
 def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
     import torch
 
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buf)
-    return atomic_write(Path(run_dir) / STATE, buf.getvalue())
+    return atomic_write(Path(run_dir) / STATE, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:

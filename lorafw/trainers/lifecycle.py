@@ -115,7 +115,12 @@ def run(tr: Trainer) -> RunResult:
 
 
 def cleanup(tr: Trainer) -> None:
-    """After a run, however it ended: the run record's final figures, the metrics closed, the summary."""
+    """After a run, however it ended: the writes in flight finished, the run record's final figures, the metrics
+    closed, the summary."""
+    try:
+        tr.writer.wait()  # a finished run waited in train(); here the run failed or was interrupted mid-write
+    except Exception as e:  # noqa: BLE001 - the run is already ending with its own error
+        log.error(f"a file could not be written: {e}")
     tr.record.update(
         finished_at=now_iso(),
         wall_time_s=round(time.time() - tr.started_at, 2),
@@ -130,6 +135,7 @@ def cleanup(tr: Trainer) -> None:
     if tr.metrics is not None:
         tr.metrics.close()
     tr.write_summary()
+    tr.writer.close()
 
 
 # -- setup -------------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ def train(tr: Trainer) -> None:
         tr.epoch, tr.next_group = done + 1, 0
         if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
             tr.save_state()
+    tr.writer.wait()  # the last epoch's files are on disk when train() returns
     bar.close()
 
 
@@ -131,6 +132,7 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     if tr.metrics is not None:
         d = tr.optimizer.param_groups[0].get("d")
         tr.metrics.step(tr.global_step, tr.epoch, step_loss, lrs, float(d) if d is not None else None, norms)
+    tr.writer.wait()  # files handed to the writer before this step (an epoch's LoRA, state.pt) are on disk now
 
 
 def stop_text_encoder(tr: Trainer) -> None:
@@ -163,6 +165,7 @@ def overflowing(tr: Trainer) -> None:
     with the weights of the last good step saved, naming the fixes."""
     tr.skipped_steps += tr.amp.skipped_in_a_row
     tr.save_state()
+    tr.writer.wait()
     raise NonFiniteError(
         f"step {tr.global_step + 1} (epoch {tr.epoch}): fp16 gradients overflowed in {MAX_SKIPPED_IN_A_ROW} steps in a "
         f"row (loss scale now {tr.amp.scaler.get_scale():g}); the weights are those of the last good step. "
@@ -187,6 +190,7 @@ def nonfinite(tr: Trainer, what: str, value: float, first_micro: int, n: int) ->
         return
     tr.micro = first_micro
     tr.save_state()  # the weights as they were after step {step - 1}: resumable with other settings
+    tr.writer.wait()
     causes = (fp16_fixes(tr.spec.optimizer.lr) + ". " if tr.precision == "fp16" else
               "Usual causes: the VAE overflowing in fp16 (train.no_half_vae=true), a learning rate too high "
               f"(optimizer.lr={tr.spec.optimizer.lr:g}), fp16 where bf16 is needed (train.mixed_precision=bf16). ")
@@ -204,6 +208,7 @@ def stop_here(tr: Trainer) -> None:
     signum = tr.stop.signum
     tr.save_state()
     path = tr.save(tr.epoch, file_name=f"{tr.name}-step{tr.global_step:06d}.safetensors")
+    tr.writer.wait()  # both on disk before the run stops
     err = Interrupted(
         f"stopped at step {tr.global_step} of {tr.total_steps} (epoch {tr.epoch}) on "
         f"{signal.Signals(signum).name if signum else 'request'}; saved {path.name} and the training state.\n"

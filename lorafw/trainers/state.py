@@ -4,6 +4,7 @@ data-parallel process holds the same weights."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -26,8 +27,6 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 
 def save(tr: Trainer, epoch: int, file_name: str | None = None) -> Path:
     """Write the LoRA (and, with EMA, its -ema twin) as kohya-format safetensors with kohya's metadata."""
-    from lorafw.outputs.lora_file import save_lora
-
     dtype = SAVE_DTYPES[tr.spec.output.save_precision]
     facts = TrainingFacts(
         arch=tr.arch, epoch=epoch, step=tr.global_step, total_steps=tr.total_steps,
@@ -45,17 +44,18 @@ def save(tr: Trainer, epoch: int, file_name: str | None = None) -> Path:
         if path not in tr.lora_files:
             tr.lora_files.append(path)
         return path
+    # The tensors are copies and the metadata is built now (at the step boundary); tr.writer writes them, in the
+    # background unless async_save is off (lorafw/outputs/background.py).
     exact = {id(p): m for p, m in tr.masters.pairs} if tr.masters is not None else None  # full_bf16: the fp32 masters
-    save_lora(path, tr.network.kohya_state_dict(dtype, exact), build_metadata(tr.spec, facts, tr.name))
+    files = [(path, tr.network.kohya_state_dict(dtype, exact), build_metadata(tr.spec, facts, tr.name))]
     if path not in tr.lora_files:
         tr.lora_files.append(path)
     if tr.ema is not None and file_name is None:
         tracked = [p for p, _ in tr.masters.pairs] if tr.masters is not None else tr.trainable
         shadows = {id(p): sh for p, sh in zip(tracked, tr.ema.shadows)}
-        ema_path = path.with_name(f"{path.stem}-ema.safetensors")
-        save_lora(ema_path, tr.network.kohya_state_dict(dtype, shadows),
-                  build_metadata(tr.spec, facts, tr.name) | {"ss_ema_decay": f"{tr.spec.ema.decay:g}"})
-    log.info(f"saved {path}")
+        files.append((path.with_name(f"{path.stem}-ema.safetensors"), tr.network.kohya_state_dict(dtype, shadows),
+                      build_metadata(tr.spec, facts, tr.name) | {"ss_ema_decay": f"{tr.spec.ema.decay:g}"}))
+    tr.writer.submit(write_loras, files)
     return path
 
 
@@ -68,6 +68,14 @@ def base_model_hashes(tr: Trainer) -> dict[str, str]:
         vae = tr.spec.base_model.vae
         return base_model_keys(tr.model_path, expand(vae) if vae else None)
     return tr.model_hashes.result()
+
+
+def write_loras(files: list[tuple[Path, dict[str, torch.Tensor], dict[str, str]]]) -> None:
+    from lorafw.outputs.lora_file import save_lora
+
+    for path, tensors, metadata in files:
+        save_lora(path, tensors, metadata)
+    log.info(f"saved {files[0][0]}")
 
 
 def check_resumable(run_dir: Path, processes: int) -> None:
@@ -85,7 +93,16 @@ def save_state(tr: Trainer) -> None:
     micro-step): enough to continue as if never stopped. run.json then names the saved step."""
     if not tr.main:  # every process holds the same weights and optimizer state
         return
-    write_state(tr.run_dir, {
+    # Copies of everything the next step changes (the optimizer's moments are updated in place): deepcopy keeps
+    # each tensor's storage, offset and sharing, so the file is byte for byte what the live objects would give.
+    live = {
+        "optimizer": tr.optimizer.state_dict(),
+        "scheduler": tr.lr_scheduler.state_dict(),
+        "scaler": tr.amp.state_dict(),
+        "ema": tr.ema.state_dict() if tr.ema is not None else None,
+    }
+    copied = copy.deepcopy(live) if tr.writer.background else live
+    snapshot = {
         "processes": tr.world.size,
         "spec": json.dumps(identity(tr.spec), sort_keys=True),
         "epoch": tr.epoch, "next_group": tr.next_group, "global_step": tr.global_step, "micro": tr.micro,
@@ -96,15 +113,21 @@ def save_state(tr: Trainer) -> None:
         "lora_files": [p.name for p in tr.lora_files],
         "params": [p.detach().cpu().clone() for p in tr.trainable],
         "masters": [m.detach().cpu().clone() for _, m in tr.masters.pairs] if tr.masters is not None else [],
-        "optimizer": tr.optimizer.state_dict(),
-        "scheduler": tr.lr_scheduler.state_dict(),
-        "scaler": tr.amp.state_dict(),
-        "ema": tr.ema.state_dict() if tr.ema is not None else None,
+        "optimizer": copied["optimizer"],
+        "scheduler": copied["scheduler"],
+        "scaler": copied["scaler"],
+        "ema": copied["ema"],
         "val_losses": {str(k): v for k, v in tr.val_losses.items()},
-    })
+    }
     tr.record["state"] = {"step": tr.global_step, "epoch": tr.epoch, "saved_at": now_iso(), "processes": tr.world.size}
-    write_record(tr.run_dir, tr.record)  # run.json says which state is on disk, even after a hard kill
-    log.info(f"training state saved at step {tr.global_step}")
+    tr.writer.submit(write_state_and_record, tr.run_dir, snapshot, json.loads(json.dumps(tr.record, default=str)),
+                     tr.global_step)
+
+
+def write_state_and_record(run_dir: Path, snapshot: dict, record: dict, step: int) -> None:
+    write_state(run_dir, snapshot)
+    write_record(run_dir, record)  # run.json says which state is on disk, even after a hard kill
+    log.info(f"training state saved at step {step}")
 
 
 @torch.no_grad()
@@ -145,5 +168,6 @@ def write_summary(tr: Trainer) -> None:
 
     if not tr.main:
         return
-    write(tr.run_dir, tr.spec, tr.arch, tr.epoch_losses, tr.val_losses, tr.lora_files,
-          tr.record.get("status", ""), tr.global_step, time.time() - tr.started_at, tr.samples)
+    # after the LoRA files handed to the writer before it (it looks for the -ema files on disk)
+    tr.writer.submit(write, tr.run_dir, tr.spec, tr.arch, list(tr.epoch_losses), dict(tr.val_losses), list(tr.lora_files),
+                     tr.record.get("status", ""), tr.global_step, time.time() - tr.started_at, list(tr.samples))

@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from lorafw import faults
+from lorafw import faults, speed
 from lorafw.config.spec import RunSpec
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import scan
 from lorafw.data.prefetch import Lookahead
 from lorafw.errors import LorafwError
+from lorafw.outputs.background import Writer
 from lorafw.models.load import check_arch, inspect_base_model
 from lorafw.optim.optimizers import evaluation_weights
 from lorafw.paths import expand
@@ -115,6 +116,8 @@ class Trainer:
         self.skipped_steps = 0
         self.val_losses: dict[int, float] = {}
         self.samples: list[str] = []
+        # LoRA files, state.pt, run.json and the summary written by a background thread (lorafw/outputs/background.py)
+        self.writer = Writer(background=speed.on("async_save"))
         # signals: Ctrl-C / SIGTERM end the run after the current step (loop.stop_here)
         self.stop = StopRequests()
         self.stop_all = False  # some process was asked to stop (all stop after the same step)

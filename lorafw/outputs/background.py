@@ -1,0 +1,63 @@
+"""Files written while training goes on: one background thread writes them in the order they were handed over.
+
+An epoch's LoRA file and state.pt take from a fraction of a second to seconds to serialize, hash and fsync; on
+the training thread that time is added to the step after the epoch. Here the trainer takes copies of what it
+writes at the step boundary (they cannot change under the writer) and hands a job over; the writer thread
+serializes and writes them (each file still atomically: lorafw/outputs/atomic.py) while the next step runs.
+
+`wait()` blocks until every job handed over is on disk and raises the first error a job met (a full disk, a
+read-only folder: the same OutputError, one step later). The trainer waits at the end of each optimizer step,
+before a stop (Ctrl-C, NaN) and at the run's end, so a file is never more than one step behind and a run never
+exits with a write in flight. With `background=False` (lorafw.speed's async_save off) every job runs at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class Writer:
+    def __init__(self, background: bool = True) -> None:
+        self.background = background
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run `job(*args, **kwargs)` on the writer thread after the jobs before it (or now, in the foreground)."""
+        if not self.background:
+            job(*args, **kwargs)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafw-writer")
+        with self._lock:
+            self._pending.append(self._pool.submit(job, *args, **kwargs))
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(not f.done() for f in self._pending)
+
+    def wait(self) -> None:
+        """Block until every job handed over has finished; raise the first error one of them met."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        error: BaseException | None = None
+        for f in pending:
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the later jobs finished too
+                error = error or e
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Wait, then stop the thread (the writer can be used again: a new thread starts on the next job)."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
