@@ -21,7 +21,8 @@ from lorafw.trainers.sd15 import SD15Trainer
 from lorafw.trainers.sdxl import SDXLTrainer
 
 # metadata that differs between any two runs (tools/run_fingerprint.py leaves out the same keys)
-VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date"}
+VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date",
+            "sshs_legacy_hash"}  # kohya's legacy hash reads the header too, so it follows the volatile keys
 COMMON = ["train.epochs=2", "output.save_precision=fp32", "output.save_state_every_n_steps=1", "optimizer=adamw",
           "optimizer.lr=1e-2", "optimizer.text_encoder_lr=1e-2", "ema.enabled=true", "ema.decay=0.9",
           "dataset.shuffle_caption=false", "train.mixed_precision=no", "train.full_bf16=false"]

@@ -25,7 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
-VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date"}
+VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date",
+            "sshs_legacy_hash"}  # kohya's legacy hash reads the header too, so it follows the volatile keys
 
 RUNS: dict[str, tuple[str, str, list[str]]] = {
     # name: (model, recipe, overrides)
