@@ -18,6 +18,11 @@ Stages, in this order, each skipped (and said so) when the time left (`--budget`
       without checkpointing: lorafw's step time ÷ the bare loop's;
   (d) the pdxl recipe as shipped (text encoders trained, full_bf16, checkpointing, CAME) at 1024², batch 2:
       its peak memory over the whole run (caching included) against the 10 GB target and plan --vram.
+  (e) lorafw against kohya sd-scripts (benchmarks/vs_kohya.py, fp32 and bf16, one pair each) when an sd-scripts
+      checkout is on the machine (--sd-scripts PATH, $SD_SCRIPTS, or sd-scripts/ in or beside the repository)
+      and an interpreter with its requirements (--kohya-python, $KOHYA_PYTHON; without one vs_kohya.py makes its
+      venv from the registry, which the lent machine cannot reach); skipped, saying why, otherwise. It runs last
+      and needs ~240 s of the budget: e.g. `--budget 560 --no-compile`, or `--no-smoke --archs sd15 --no-pdxl`.
 Then it writes DIR/gpu_check.json and DIR/gpu_check.md, and appends the same rows to benchmarks/RESULTS.md
 (`--results`). Figures only: nothing asserts a speed. The issue's targets (benchmarks/RESULTS.md, "GPU
 targets"): SDXL 1024² b2 LoRA ≥ 45% MFU on an H100 (≈ 13 steps/s without checkpointing); ≤ 1.05× the bare
@@ -97,6 +102,8 @@ class Plan:
     pdxl: bool = True
     budget_s: float = 450.0
     rehearse: bool = False
+    kohya: Path | None = None  # an sd-scripts checkout for stage (e)
+    kohya_skip: str = ""  # why stage (e) does not run
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -110,7 +117,23 @@ def make_plan(args: argparse.Namespace) -> Plan:
         configs.append(Config(arch, res, 2, True, False, 25 if arch == "sd15" else 40))
         if not args.no_compile:
             configs.append(Config(arch, res, 2, False, True, 60 if arch == "sd15" else 110))
-    return Plan(not args.no_smoke, configs, "sdxl" in args.archs and not args.no_pdxl, args.budget, args.rehearse)
+    given = getattr(args, "sd_scripts", None)
+    kohya = find_sd_scripts(given)
+    skip = ("not rehearsed: sd-scripts builds the full-size SD1.5 from its fixed config" if args.rehearse and kohya
+            else "" if kohya else f"--sd-scripts {given} holds no train_network.py" if given
+            else "no sd-scripts checkout (--sd-scripts PATH, $SD_SCRIPTS, or sd-scripts/ in or beside the repository)")
+    return Plan(not args.no_smoke, configs, "sdxl" in args.archs and not args.no_pdxl, args.budget, args.rehearse,
+                kohya, skip)
+
+
+def find_sd_scripts(given: Path | None) -> Path | None:
+    """The sd-scripts checkout for stage (e): the one given, else $SD_SCRIPTS, else sd-scripts/ in or beside the
+    repository (or in shared/); one holding train_network.py."""
+    if given:
+        return Path(given).expanduser() if (Path(given).expanduser() / "train_network.py").is_file() else None
+    cands = [Path(os.environ["SD_SCRIPTS"])] if os.environ.get("SD_SCRIPTS") else []
+    cands += [ROOT / "sd-scripts", ROOT / "shared" / "sd-scripts", ROOT.parent / "sd-scripts"]
+    return next((c for c in cands if (c / "train_network.py").is_file()), None)
 
 
 def missing_packages() -> list[str]:
@@ -140,6 +163,12 @@ def describe(plan: Plan, wheels: Path | None) -> str:
         n += 1
     if plan.pdxl:
         lines.append(f"  {n}. the pdxl recipe as shipped at 1024² b2: peak memory (target ≤ 10 GB) vs plan --vram (~60 s)")
+        n += 1
+    if plan.kohya_skip:
+        lines.append(f"  -. lorafw vs kohya sd-scripts: skipped, {plan.kohya_skip}")
+    else:
+        lines.append(f"  {n}. lorafw vs kohya sd-scripts at {plan.kohya} (benchmarks/vs_kohya.py, fp32 + bf16, SD1.5 256² b2): "
+                     f"s/step of each, ratio, peak RSS (~{KOHYA_ESTIMATE_S} s)")
     lines.append("  then: gpu_check.json + gpu_check.md in --out, rows appended to --results")
     return "\n".join(lines)
 
@@ -302,6 +331,35 @@ def measure_pdxl(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "target": "≤ 10 GB", "steps": result.steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+KOHYA_ESTIMATE_S = 240  # on a GPU: the model built once (~40 s) and 4 short trainings; with a kohya crash, one more
+
+
+def run_vs_kohya(args: argparse.Namespace, sd_scripts: Path, out: Path, limit: float) -> dict[str, Any]:
+    """Stage (e): benchmarks/vs_kohya.py in its own process; its summary rows (or why there are none)."""
+    kpy = args.kohya_python or os.environ.get("KOHYA_PYTHON")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "vs_kohya.py"), "--sd-scripts", str(sd_scripts), "--precision", "both",
+           "--repeats", "1", "--device", "cuda", "--json", str(out / "vs_kohya.json"), "--timeout", str(int(limit / 3))]
+    cmd += ["--kohya-python", kpy] if kpy else []
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
+        text, rc = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        text, rc = f"timed out after {limit:.0f} s\n{e.stdout or ''}", 124
+    print(text[-6000:], flush=True)
+    row: dict[str, Any] = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "sd_scripts": str(sd_scripts)}
+    if (out / "vs_kohya.json").is_file():
+        data = json.loads((out / "vs_kohya.json").read_text())
+        row["rows"] = [{"precision": s["precision"], "clip_skip": s["clip_skip"], "kohya_s_per_step": s["kohya"]["steady_mean"],
+                        "lorafw_s_per_step": s["lorafw"]["steady_mean"], "ratio_steady": s["ratio_steady"],
+                        "ratio_with_save": s["ratio_with_save"], "peak_rss_kohya": s["kohya"]["peak_rss_max"],
+                        "peak_rss_lorafw": s["lorafw"]["peak_rss_max"]} for s in data["summary"]]
+        row["notes"] = data["notes"]
+    else:
+        row["error"] = next((ln for ln in reversed(text.splitlines()) if ln.strip()), f"exit {rc}")[:500]
+    return row
+
+
 # -- results -----------------------------------------------------------------------------------------------------
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
@@ -331,6 +389,23 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{p['plan_on_card_gib']} GiB on the card.")
         else:
             lines.append(f"pdxl recipe: {p.get('skipped') or p.get('error')}")
+        lines.append("")
+    k = report.get("vs_kohya")
+    if k:
+        if k.get("rows"):
+            lines += [f"lorafw vs kohya sd-scripts ({k['sd_scripts']}; benchmarks/vs_kohya.py, SD1.5 256² b2, LoRA 16/8 on UNet "
+                      "and text encoder, 2 epochs of 4 steps):", "",
+                      "| precision | kohya s/step | lorafw s/step | lorafw ÷ kohya steady | with save | peak host RSS GiB kohya / lorafw |",
+                      "|---|---|---|---|---|---|"]
+            for r in k["rows"]:
+                def f(v: Any, d: int = 3) -> str:
+                    return f"{v:.{d}f}" if isinstance(v, (int, float)) else "–"
+                rss = f"{f((r['peak_rss_kohya'] or 0) / 2**30, 2)} / {f((r['peak_rss_lorafw'] or 0) / 2**30, 2)}"
+                lines.append(f"| {r['precision']} (clip_skip {r['clip_skip']}) | {f(r['kohya_s_per_step'])} | "
+                             f"{f(r['lorafw_s_per_step'])} | {f(r['ratio_steady'], 2)} | {f(r['ratio_with_save'], 2)} | {rss} |")
+            lines += [f"- {n}" for n in k.get("notes", [])]
+        else:
+            lines.append(f"lorafw vs kohya sd-scripts: {k.get('skipped') or k.get('error')}")
         lines.append("")
     return "\n".join(lines)
 
@@ -365,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rehearse", action="store_true", help="run the stages' code on the CPU with the tiny models (for CI)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense peak, when its name is not in the table")
+    ap.add_argument("--sd-scripts", type=Path, default=None, help="an sd-scripts checkout for stage (e) (default: $SD_SCRIPTS, "
+                    "sd-scripts/ in or beside the repository)")
+    ap.add_argument("--kohya-python", default=None, help="an interpreter with sd-scripts' requirements (default: $KOHYA_PYTHON, "
+                    "else vs_kohya.py's venv)")
     args = ap.parse_args(argv)
     plan = make_plan(args)
     print(describe(plan, args.wheels), flush=True)
@@ -403,6 +482,16 @@ def main(argv: list[str] | None = None) -> int:
                 report["pdxl"] = measure_pdxl(args, work)
             except Exception as e:
                 report["pdxl"] = {"config": "pdxl recipe", "error": f"{type(e).__name__}: {e}"[:500]}
+    if plan.kohya_skip:
+        report["vs_kohya"] = {"skipped": plan.kohya_skip}
+        print(f"gpu_check: lorafw vs kohya sd-scripts skipped: {plan.kohya_skip}", flush=True)
+    elif deadline - time.perf_counter() < KOHYA_ESTIMATE_S:
+        report["vs_kohya"] = {"skipped": f"time budget ({deadline - time.perf_counter():.0f} s left, ~{KOHYA_ESTIMATE_S} s needed)"}
+    else:
+        try:
+            report["vs_kohya"] = run_vs_kohya(args, plan.kohya, out, deadline - time.perf_counter())
+        except Exception as e:
+            report["vs_kohya"] = {"error": f"{type(e).__name__}: {e}"[:500]}
     report["seconds"] = round(time.perf_counter() - start, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)

@@ -21,6 +21,13 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_hash_cache(tmp_path_factory) -> None:
+    """The base models' hash cache (lorafw/outputs/model_hash.py) in the session's temporary folder, not ~/.cache
+    (the CLI's subprocesses inherit it)."""
+    os.environ.setdefault("LORAFW_HASH_CACHE", str(tmp_path_factory.mktemp("hash-cache") / "model_hashes.json"))
+
+
 @pytest.fixture(scope="session")
 def tiny_parts():
     from lorafw.models.tiny import build_sd15

@@ -136,6 +136,7 @@ def test_regularisation_images_double_the_items_and_are_counted(compose_tiny, tm
         m = f.metadata()
     assert (m["ss_num_train_images"], m["ss_num_reg_images"], m["ss_prior_loss_weight"], m["ss_steps"]) == ("8", "3", "0.5", "8")
     assert json.loads(m["ss_dataset_dirs"]) == {"2_toy": {"n_repeats": 2, "img_count": 4}}
+    assert json.loads(m["ss_reg_dataset_dirs"]) == {"1_woman": {"n_repeats": 1, "img_count": 3}}
 
 
 def make_bad_dataset(root):

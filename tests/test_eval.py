@@ -41,6 +41,9 @@ def test_validation_split_is_held_out_and_repeatable(compose_tiny, six_images):
     summary = json.loads((result.run_dir / "run_summary.json").read_text())
     assert [e["val_loss"] is not None for e in summary["epochs"]] == [True, True]
     assert summary["best_val_epoch"] in (1, 2) and summary["epochs"][1]["val_loss"] == pytest.approx(first)
+    with safe_open(str(result.lora_files[-1]), "pt") as f:  # kohya's validation keys
+        m = f.metadata()
+    assert (m["ss_num_validation_images"], m["ss_validation_split"], m["ss_validate_every_n_epochs"]) == ("2", "0.34", "1")
     again = trainer_for(compose_tiny("sd15_character", "validation.split=0.34", "output.dir=" + str(result.run_dir) + "-b",
                                      data=six_images))
     assert {i.entry.path for i in again.val_data.images} == {i.entry.path for i in tr.val_data.images}  # chosen by the seed

@@ -72,6 +72,40 @@ def test_markdown_rows():
     assert "16 passed" in md and "pdxl recipe, 1024² b2 (as shipped): peak 9.1 GiB" in md
 
 
+def test_the_kohya_stage_runs_only_with_an_sd_scripts_checkout(tmp_path, monkeypatch, capsys):
+    gc = _module()
+    monkeypatch.delenv("SD_SCRIPTS", raising=False)
+    monkeypatch.setattr(gc, "ROOT", tmp_path / "repo")  # no sd-scripts/ in or beside it
+    assert gc.main(["--dry-run", "--no-smoke", "--archs", "sd15"]) == 0
+    assert "lorafw vs kohya sd-scripts: skipped, no sd-scripts checkout" in capsys.readouterr().out
+    sd = tmp_path / "sd-scripts"
+    sd.mkdir()
+    (sd / "train_network.py").write_text("")
+    assert gc.main(["--dry-run", "--no-smoke", "--archs", "sd15", "--sd-scripts", str(sd)]) == 0
+    assert f"lorafw vs kohya sd-scripts at {sd} (benchmarks/vs_kohya.py" in capsys.readouterr().out
+    monkeypatch.setenv("SD_SCRIPTS", str(sd))
+    assert gc.find_sd_scripts(None) == sd and gc.find_sd_scripts(tmp_path) is None
+    assert gc.main(["--dry-run", "--rehearse"]) == 0
+    assert "skipped, not rehearsed" in capsys.readouterr().out
+
+
+def test_the_kohya_stage_reports_vs_kohyas_error_and_its_table(tmp_path):
+    gc = _module()
+    sd = tmp_path / "sd-scripts"
+    sd.mkdir()
+    (sd / "train_network.py").write_text("")  # no requirements.txt: vs_kohya.py refuses it at once
+    args = gc.argparse.Namespace(kohya_python=None)
+    row = gc.run_vs_kohya(args, sd, tmp_path, 120)
+    assert row["rc"] == 2 and "is not an sd-scripts checkout" in row["error"]
+    report = {"date": "2026-11-29", "seconds": 1.0, "environment": {"device": "GPU", "torch": "2"},
+              "vs_kohya": {"sd_scripts": str(sd), "notes": ["bf16 at clip_skip 1"], "rows": [
+                  {"precision": "fp32", "clip_skip": 2, "kohya_s_per_step": 0.2, "lorafw_s_per_step": 0.18, "ratio_steady": 0.9,
+                   "ratio_with_save": 0.95, "peak_rss_kohya": 7 * 2**30, "peak_rss_lorafw": 6 * 2**30}]}}
+    md = gc.markdown(report)
+    assert "| fp32 (clip_skip 2) | 0.200 | 0.180 | 0.90 | 0.95 | 7.00 / 6.00 |" in md and "- bf16 at clip_skip 1" in md
+    assert "lorafw vs kohya sd-scripts: no checkout" in gc.markdown({**report, "vs_kohya": {"skipped": "no checkout"}})
+
+
 def test_peak_table_prefers_the_longer_name():
     gc = _module()
     assert gc.peak_tflops("NVIDIA H100 PCIe", None) == 756.0

@@ -436,3 +436,62 @@ def test_the_kohya_half_of_an_export_alone_trains_the_same(extra, tmp_path):
     if not spec.scheduler.type:
         assert (back.scheduler.name, back.scheduler.warmup_steps) == (spec.scheduler.name, spec.scheduler.warmup_steps)
     assert dataclasses.replace(back.optimizer, stop_text_encoder_training=None) == spec.optimizer
+
+
+@pytest.mark.parametrize("asked,resolved,kohya", [("no", None, "no"), ("fp16", None, "fp16"), ("bf16", None, "bf16"),
+                                                  ("no", "bf16", "no"), ("auto", "bf16", "bf16"), ("auto", "no", "no"),
+                                                  ("auto", None, "fp16")])
+def test_export_writes_the_precision_the_run_trains_in(asked, resolved, kohya, tmp_path, tiny_model, tiny_dataset):
+    """fp32 (train.mixed_precision=no) was exported as kohya's fp16: the sd-scripts run trained in another precision.
+    `auto` has no kohya value: the precision run.json says the run resolved it to, else fp16."""
+    from lorafw.outputs.record import write_config
+
+    spec = compose(None, [f"base_model.path={tiny_model}", f"dataset.root={tiny_dataset}", f"train.mixed_precision={asked}"])
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, spec)
+    if resolved:
+        (run / "run.json").write_text(json.dumps({"device": {"precision": resolved}}))
+    cfg, ds, _ = export_run(run)
+    assert tomllib.loads(cfg.read_text())["training_arguments"]["mixed_precision"] == kohya
+    back, _ = spec_from_dict(compose_dict(str(write_recipe(import_config(cfg, ds), str(cfg), tmp_path / "b.yaml")), []),
+                             check_paths=False)
+    assert back.train.mixed_precision == asked  # the [lorafw] section keeps what was asked for
+
+
+@pytest.mark.parametrize("clip_skip,tokens", [(1, 75), (2, 75), (1, 225), (2, 150)])
+def test_clip_skip_and_token_length_are_exported_as_sd_scripts_takes_them(clip_skip, tokens, tmp_path):
+    """lorafw's 1 and 75 are sd-scripts' defaults, left unset: an explicit clip_skip = 1 runs another code path in
+    sd-scripts (which crashes in bf16 on a CPU), and its --max_token_length accepts only 150 and 225."""
+    import tomli_w
+
+    from lorafw.interop.kohya import export_kohya
+
+    spec = compose(None, ["base_model.path=/m.safetensors", "dataset.root=/d", f"train.clip_skip={clip_skip}",
+                          f"train.max_token_length={tokens}"], check_paths=False)
+    cfg, ds = export_kohya(spec, 10, [("/d/1_x", 1, {})])
+    t = cfg["training_arguments"]
+    assert t.get("clip_skip") == (clip_skip if clip_skip > 1 else None)
+    assert t.get("max_token_length") == (tokens if tokens != 75 else None)
+    cfg.pop("lorafw")  # the kohya half alone imports back to the same values
+    (tmp_path / "c.toml").write_text(tomli_w.dumps(cfg))
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(ds))
+    back, _ = spec_from_dict(compose_dict(str(write_recipe(import_config(tmp_path / "c.toml", tmp_path / "d.toml"), "x",
+                                                           tmp_path / "r.yaml")), []), check_paths=False, need_model=False)
+    assert (back.train.clip_skip, back.train.max_token_length) == (clip_skip, tokens)
+
+
+@pytest.mark.parametrize("interp, honoured", [("lanczos", True), ("area", False), ("bicubic", False)])
+def test_resize_interpolation_lanczos_is_what_lorafw_does(interp, honoured, tmp_path):
+    """lorafw resizes with PIL's Lanczos: kohya's resize_interpolation="lanczos" imports silently, others are named,
+    and the exporter writes it so an exported sd-scripts run resizes as lorafw did (its default shrinks with area)."""
+    from lorafw.interop.kohya import export_kohya
+
+    text = KOHYA_CONFIG.replace("[training_arguments]\n", f'[training_arguments]\nresize_interpolation = "{interp}"\n')
+    text = text.replace('dataset_config = "dataset.toml"', "")
+    src = write(tmp_path, "c.toml", text, model="/m.safetensors", out="o")
+    imp = import_config(src, None)
+    assert ("resize_interpolation" in not_honoured(imp)) is (not honoured)
+    spec = compose(None, ["base_model.path=/m.safetensors", "dataset.root=/d"], check_paths=False)
+    cfg, _ = export_kohya(spec, 10, [("/d/1_x", 1, {})])
+    assert cfg["training_arguments"]["resize_interpolation"] == "lanczos"

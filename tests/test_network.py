@@ -36,6 +36,9 @@ ALGOS = {
     "loha": dataclasses.replace(LOCON, algo="loha"),
     "lokr": dataclasses.replace(LOCON, algo="lokr", factor=4),
     "lokr_both": dataclasses.replace(LOCON, algo="lokr", factor=4, dim=2, decompose_both=True),
+    "locon_tucker": dataclasses.replace(LOCON, use_tucker=True),  # lora_mid on the k×k convolutions
+    "loha_tucker": dataclasses.replace(LOCON, algo="loha", use_tucker=True),
+    "lokr_tucker": dataclasses.replace(LOCON, algo="lokr", factor=4, use_tucker=True),  # lokr_t2 on the convolutions
     "ia3": dataclasses.replace(BASE, algo="ia3"),
     "glora": dataclasses.replace(LORA, algo="glora"),
 }

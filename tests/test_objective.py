@@ -508,8 +508,8 @@ def test_metadata_names_every_option_as_kohya():
     want = {"ss_multires_noise_iterations": "6", "ss_multires_noise_discount": "0.3", "ss_ip_noise_gamma": "0.1",
             "ss_min_timestep": "10", "ss_max_timestep": "900", "ss_loss_type": "huber", "ss_huber_c": "0.2",
             "ss_huber_schedule": "snr", "ss_debiased_estimation": "True", "ss_zero_terminal_snr": "True",
-            "ss_adaptive_noise_scale": "0.01", "ss_noise_offset": "0.03", "ss_scale_weight_norms": "1",
-            "modelspec.prediction_type": "v", "ss_v_parameterization": "True", "ss_huber_scale": "1",
+            "ss_adaptive_noise_scale": "0.01", "ss_noise_offset": "0.03", "ss_scale_weight_norms": "1.0",
+            "modelspec.prediction_type": "v", "ss_v_parameterization": "True", "ss_huber_scale": "1.0",
             "ss_ip_noise_gamma_random_strength": "False", "ss_noise_offset_random_strength": "False"}
     assert {k: m.get(k) for k in want} == want
     eps = build_metadata(spec, TrainingFacts(**{**facts.__dict__, "objective": None}), "x")

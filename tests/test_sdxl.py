@@ -150,6 +150,11 @@ def test_key_names_and_metadata_say_sdxl(xl_trained):
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert meta["ss_optimizer"].startswith("came_pytorch.CAME(") and meta["ss_lr_scheduler"] == "rex"
+    from test_metadata import missing_kohya_keys
+
+    # every key kohya writes; modelspec.encoder_layer only with clip_skip, which lorafw ignores on SDXL
+    assert missing_kohya_keys(meta) == {"modelspec.encoder_layer"} and meta["ss_clip_skip"] == "None"
+    assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
 
 
 @pytest.mark.parametrize("net", ["locon", "dora"])

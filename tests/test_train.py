@@ -124,6 +124,9 @@ def test_same_result_from_a_diffusers_folder(compose_tiny, tiny_diffusers, tiny_
     assert fa.keys() == fb.keys()
     for k in fa:
         torch.testing.assert_close(fa[k], fb[k], atol=1e-4, rtol=1e-3)
+    mb = metadata(rb.lora_files[-1])  # kohya's values for a folder base: it cannot hash one
+    assert (mb["ss_sd_model_hash"], mb["ss_new_sd_model_hash"], mb["ss_sd_model_name"]) == (
+        "IsADirectory", "IsADirectory", tiny_diffusers.name)
 
 
 def test_metadata_holds_the_formats_keys(trained, tiny_model):
@@ -136,7 +139,7 @@ def test_metadata_holds_the_formats_keys(trained, tiny_model):
         "ss_base_model_version": "sd_v1",
         "ss_network_module": "networks.lora",
         "ss_network_dim": "16",
-        "ss_network_alpha": "8",
+        "ss_network_alpha": "8.0",
         "ss_network_args": "{}",
         "ss_clip_skip": "2",
         "ss_sd_model_name": tiny_model.name,
@@ -153,7 +156,7 @@ def test_metadata_holds_the_formats_keys(trained, tiny_model):
         "ss_num_batches_per_epoch": "4",
         "ss_batch_size_per_device": "2",
         "ss_resolution": "(64, 64)",
-        "ss_min_snr_gamma": "5",
+        "ss_min_snr_gamma": "5.0",
         "ss_max_token_length": "225",
         "ss_seed": "42",
         "ss_shuffle_caption": "True",
@@ -162,7 +165,7 @@ def test_metadata_holds_the_formats_keys(trained, tiny_model):
         "modelspec.resolution": "64x64",
         "modelspec.title": "toy-02",
         "modelspec.encoder_layer": "2",
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": "1.0.1",
         "sshs_model_hash": file_data_sha256(f),
     }
     assert {k: m.get(k) for k in expected} == expected
@@ -174,6 +177,26 @@ def test_metadata_holds_the_formats_keys(trained, tiny_model):
     assert time.strptime(m["modelspec.date"], "%Y-%m-%dT%H:%M:%S")
     assert all(isinstance(v, str) for v in m.values())
     assert len(m["sshs_legacy_hash"]) == 8
+
+
+def test_the_file_has_every_key_kohya_writes(trained, tiny_model):
+    """The key list (tests/fixtures/kohya_metadata_keys.txt) names the sd-scripts commit and functions it comes from."""
+    import hashlib
+
+    from test_metadata import missing_kohya_keys
+
+    _, result = trained
+    m = metadata(result.lora_files[-1])
+    assert missing_kohya_keys(m) == set()
+    data = tiny_model.read_bytes()  # the base model's hashes, as A1111 and Civitai compute them
+    assert m["ss_sd_model_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert m["ss_new_sd_model_hash"] == hashlib.sha256(data).hexdigest()
+    assert metadata(result.lora_files[0])["ss_new_sd_model_hash"] == m["ss_new_sd_model_hash"]
+    assert json.loads(m["ss_reg_dataset_dirs"]) == {} and m["ss_training_comment"] == "None"
+    assert (m["ss_num_validation_images"], m["ss_validate_every_n_epochs"]) == ("0", "None")
+    assert 0 <= int(m["ss_session_id"]) < 2**32
+    (ds,) = json.loads(m["ss_datasets"])
+    assert [(s["image_dir"], s["num_repeats"], s["img_count"]) for s in ds["subsets"]] == [("2_toy", 2, 4)]
 
 
 def test_run_record_and_resolved_config(trained):

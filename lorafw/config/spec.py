@@ -249,6 +249,8 @@ class OutputSpec:
     save_state_every_n_steps: int = key(0, "also every N optimizer steps within an epoch; 0 = only at epoch ends", ge=0,
                                         why="0 = never")
     overwrite: bool = key(False, "allow writing into a run folder that already holds a run")
+    comment: str | None = key(None, "a comment stored in every LoRA file's metadata (ss_training_comment)",
+                              kohya="training_comment")
 
 
 @dataclass(frozen=True)

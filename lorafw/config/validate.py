@@ -332,6 +332,13 @@ def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool)
         p.extend(blocks.check(s.base_model.arch, n))
     if n.algo == "ia3":
         notes.append("network.algo=ia3: ComfyUI's LoRA loader ignores IA3 files (A1111/Forge and LyCORIS read them)")
+    # LyCORIS writes a Tucker core (lokr_t2) where conv_dim < half a 3x3 layer's larger Kronecker factor; SD1.5/SDXL
+    # convolutions have at most 2560 channels, so never from conv_dim 1280 on (conf/network/lokr.yaml's 10000)
+    if n.algo == "lokr" and n.use_tucker and n.conv_dim is not None and n.conv_dim < 1280 and not n.full_matrix:
+        notes.append("network.use_tucker with lokr: ComfyUI fails on LoKr's Tucker-factored 3x3 convolutions (those with "
+                     "conv_dim below half their larger Kronecker factor): it logs 'ERROR lokr ... view size is not "
+                     "compatible' and leaves them unpatched (ComfyUI issue #11245; benchmarks/comfy_check.py). For files "
+                     "used in ComfyUI, set network.use_tucker=false")
 
 
 def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Hashable, Sequence, TypeVar
 
 Size = tuple[int, int]  # (width, height)
+# Every training image is resized with PIL's filter of this name, which is kohya's resize_interpolation="lanczos"
+# (kohya's default, None, shrinks with cv2's INTER_AREA). The exporter and the metadata write it by this name.
+RESIZE_INTERPOLATION = "lanczos"
 T = TypeVar("T", bound=Hashable)
 
 

@@ -100,8 +100,9 @@ class TrainData:
             out[f.path.name] = tag_frequency(caps)
         return out
 
-    def dataset_dirs(self) -> dict[str, dict[str, int]]:
-        return {f.path.name: {"n_repeats": f.repeats, "img_count": len(f.images)} for f in self.folders if not f.is_reg}
+    def dataset_dirs(self, reg: bool = False) -> dict[str, dict[str, int]]:
+        """kohya's ss_dataset_dirs (training folders) or, with reg, ss_reg_dataset_dirs."""
+        return {f.path.name: {"n_repeats": f.repeats, "img_count": len(f.images)} for f in self.folders if f.is_reg == reg}
 
     def bucket_info(self) -> dict[str, Any]:
         sizes = sorted(self.buckets)

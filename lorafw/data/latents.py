@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from lorafw.data.buckets import RESIZE_INTERPOLATION
 from lorafw.data.dataset import TrainData, TrainImage, derive_seed
 from lorafw.data.prefetch import Ahead
 from lorafw.errors import DatasetError
@@ -53,7 +54,7 @@ def load_pixels(img: TrainImage, flip: bool) -> torch.Tensor:
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
-            im = _place(im.convert("RGB"), img, flip, Image.Resampling.LANCZOS)
+            im = _place(im.convert("RGB"), img, flip, Image.Resampling[RESIZE_INTERPOLATION.upper()])
             arr = np.asarray(im, dtype=np.float32)
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot decode the image ({e}); it is damaged or truncated — remove or replace it") from None

@@ -69,6 +69,7 @@ KOHYA_DEFAULTS: dict[str, Any] = {
     "max_train_steps": None, "lr_warmup_steps": None, "lr_scheduler_power": 1.0, "network_train_unet_only": None,
     "network_train_text_encoder_only": None, "stop_text_encoder_training": None, "lr_scheduler": "constant",
     "optimizer_type": "AdamW", "caption_dropout_every_n_epochs": None, "color_aug": None, "random_crop": None,
+    "training_comment": None,
 }
 
 # always without effect on the trained weights: why
@@ -83,7 +84,7 @@ NO_EFFECT: dict[str, str] = {
     "save_last_n_epochs": "lorafw keeps every saved epoch", "save_last_n_steps": "lorafw keeps every saved epoch",
     "save_every_n_steps": "lorafw saves per epoch", "lowram": "memory strategy", "highvram": "memory strategy",
     "mem_eff_attn": "attention kernel (same result)", "sdpa": "train.attention=sdpa is lorafw's default",
-    "sdxl": "the architecture comes from base_model", "training_comment": "a comment in the LoRA's metadata",
+    "sdxl": "the architecture comes from base_model",
     "metadata_title": "file metadata", "metadata_author": "file metadata", "metadata_description": "file metadata",
     "metadata_license": "file metadata", "metadata_tags": "file metadata", "console_log_level": "", "console_log_file": "",
     "huggingface_repo_id": "uploading", "huggingface_token": "", "huggingface_repo_type": "", "async_upload": "",
@@ -111,7 +112,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "max_train_steps": (), "noise_offset": (0, 0.0), "min_snr_gamma": (0, 0.0), "lr_scheduler_power": (1, 1.0),
     "secondary_separator": ("",), "enable_wildcard": (False,), "caption_separator": (",",),
     "min_bucket_reso": (), "network_multiplier": (1, 1.0), "validation_split": (0, 0.0), "validation_seed": (),
-    "resize_interpolation": (None, ""), "class_tokens": (None, ""), "lr_decay_steps": (0,),
+    "resize_interpolation": (None, "", "lanczos"), "class_tokens": (None, ""), "lr_decay_steps": (0,),
     "dynamo_backend": ("no", "NO"), "dynamo_mode": ("default",), "dynamo_use_fullgraph": (False,),
     "dynamo_use_dynamic": (False,), "fused_backward_pass": (False,), "sample_at_first": (False,),
 }

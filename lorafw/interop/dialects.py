@@ -131,7 +131,6 @@ def from_gui_trainer(doc: dict[str, Any]) -> Source:
 # -- the bmaltais kohya_ss GUI ------------------------------------------------------------------------
 # JSON keys that only steer the GUI (or the machine), never sd-scripts' training: why each has no effect.
 GUI_ONLY = {
-    "training_comment": "a comment written into the LoRA's metadata",
     "num_cpu_threads_per_process": "CPU threads of accelerate", "gpu_ids": "which GPUs", "main_process_port": "",
     "num_machines": "", "multi_gpu": "", "extra_accelerate_launch_args": "",
     "model_list": "the GUI's model picker", "save_as_bool": "GUI state", "save_model_as": "lorafw writes .safetensors",

@@ -33,7 +33,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, 
                                     "flip_aug": f.flip_aug, "caption_extension": f.caption_extension}.items() if v is not None}
         reps, _ = parse_folder_name(expand(f.path).name)
         dirs.append((str(expand(f.path)), f.repeats or reps or spec.dataset.default_repeats or 1, extra))
-    config, dataset = export_kohya(spec, total, dirs)
+    config, dataset = export_kohya(spec, total, dirs, (record.get("device") or {}).get("precision"))
     out = out_dir or run_dir / "kohya"
     cfg_path, ds_path = out / "config.toml", out / "dataset.toml"
     header = "# Written by `lorafw export`; sd-scripts ignores the [lorafw] section, `lorafw import` reads it back exactly.\n"

@@ -11,6 +11,7 @@ from typing import Any
 
 from lorafw.config.schema import kohya_names
 from lorafw.config.spec import RunSpec
+from lorafw.data.buckets import RESIZE_INTERPOLATION
 
 OPTIMIZER_EXPORT = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "came": "came_pytorch.CAME"}
 REX_CLASS = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
@@ -46,8 +47,28 @@ def _v_parameterization(s: Any) -> bool:
         return False
 
 
-def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[tuple[str, int, dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A spec → (config_file dict, dataset_config dict) for sd-scripts, with a [lorafw] section for the rest."""
+def kohya_mixed_precision(asked: str, resolved: str | None = None) -> str:
+    """sd-scripts' mixed_precision (no | fp16 | bf16) for lorafw's train.mixed_precision. `auto` has no kohya
+    equivalent: the precision the run resolved it to (run.json's device.precision) when known, else fp16
+    (the usual GPU setting in kohya configs)."""
+    if asked in ("no", "fp16", "bf16"):
+        return asked
+    return resolved if resolved in ("no", "fp16", "bf16") else "fp16"
+
+
+def kohya_text_window(clip_skip: int, max_token_length: int) -> dict[str, int]:
+    """clip_skip and max_token_length as sd-scripts takes them: left out at lorafw's 1 and 75, which are sd-scripts'
+    defaults (unset). An explicit clip_skip = 1 is not the same code in sd-scripts: strategy_sd.encode_tokens then
+    takes hidden_states[-1] and calls final_layer_norm itself, outside autocast, which crashes in bf16 on a CPU
+    ("mixed dtype (CPU)"); and its --max_token_length accepts only 150 and 225."""
+    return {**({"clip_skip": clip_skip} if clip_skip > 1 else {}),
+            **({"max_token_length": max_token_length} if max_token_length != 75 else {})}
+
+
+def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[tuple[str, int, dict[str, Any]]] | None = None,
+                 precision: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A spec → (config_file dict, dataset_config dict) for sd-scripts, with a [lorafw] section for the rest.
+    `precision`: what the run resolved train.mixed_precision=auto to, when it ran."""
     s = spec
     net_args = network_args_of(s.network)
     opt_args = [f"weight_decay={s.optimizer.weight_decay!r}", f"betas={literal(s.optimizer.betas)}"]
@@ -66,11 +87,12 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
         "training_arguments": {
             "seed": s.seed, "max_train_epochs": s.train.epochs, "train_batch_size": s.train.batch_size,
             "gradient_accumulation_steps": s.train.gradient_accumulation_steps,
-            "gradient_checkpointing": s.train.gradient_checkpointing, "mixed_precision": "bf16" if s.train.mixed_precision == "bf16" else "fp16",
-            "full_bf16": s.train.full_bf16, "full_fp16": s.train.full_fp16, "no_half_vae": s.train.no_half_vae, "clip_skip": s.train.clip_skip,
-            "max_token_length": s.train.max_token_length, "noise_offset": s.train.noise_offset,
+            "gradient_checkpointing": s.train.gradient_checkpointing, "mixed_precision": kohya_mixed_precision(s.train.mixed_precision, precision),
+            "full_bf16": s.train.full_bf16, "full_fp16": s.train.full_fp16, "no_half_vae": s.train.no_half_vae,
+            **kohya_text_window(s.train.clip_skip, s.train.max_token_length), "noise_offset": s.train.noise_offset,
             "sdpa": s.train.attention == "sdpa", "xformers": s.train.attention == "xformers",
             "cache_latents": s.dataset.cache_latents, "vae_batch_size": s.dataset.vae_batch_size,
+            "resize_interpolation": RESIZE_INTERPOLATION,
             **({"max_data_loader_n_workers": s.dataset.workers} if s.dataset.workers is not None else {}),
             "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
             "cache_text_encoder_outputs": s.dataset.cache_text_encoder_outputs, "prior_loss_weight": s.dataset.prior_loss_weight,
@@ -80,7 +102,8 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
             **({"torch_compile": True, "dynamo_backend": s.train.compile_backend} if s.train.compile else {}),
         },
         "saving_arguments": {"output_dir": s.output.dir or "", "output_name": s.output.name or "lora", "save_model_as": "safetensors",
-                             "save_precision": s.output.save_precision, "save_every_n_epochs": s.output.save_every_n_epochs},
+                             "save_precision": s.output.save_precision, "save_every_n_epochs": s.output.save_every_n_epochs,
+                             **({"training_comment": s.output.comment} if s.output.comment is not None else {})},
     }
     sched = s.scheduler
     o = config["optimizer_arguments"]

@@ -24,7 +24,7 @@ def delta_weight(down: torch.Tensor, up: torch.Tensor, alpha: float, mid: torch.
     if mid is not None:  # LoCon with Tucker: lora_down 1×1, lora_mid k×k, lora_up 1×1
         from lycoris.functional.general import rebuild_tucker
 
-        return rebuild_tucker(mid, up.flatten(1), down.flatten(1)) * scale
+        return rebuild_tucker(mid, up.flatten(1).t(), down.flatten(1)) * scale  # (rank, out), as LyCORIS passes it
     if down.ndim == 2:
         return (up @ down) * scale
     return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * scale
@@ -58,7 +58,7 @@ def layer_delta(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module
 def rebuild(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module) -> torch.nn.Module:
     """LyCORIS's own loader for one layer (lycoris.modules.get_module + make_module). IA3 is built directly:
     LyCORIS 4.1's generic path passes IA3's `on_input` flag to a constructor that takes only the weight."""
-    from lycoris.modules import IA3Module, get_module, make_module
+    from lycoris.modules import IA3Module, LokrModule, get_module, make_module
 
     cls, params = get_module(lora, name)
     if cls is None:
@@ -68,10 +68,36 @@ def rebuild(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module) ->
         module = IA3Module(name, layer, 1, train_on_input=bool(on_input))
         module.weight.data.copy_(weight)
         return module
+    if cls is LokrModule and lora.get(f"{name}.lokr_t2") is not None:
+        return _tucker_lokr(lora, name, layer)
     module = make_module(cls, params, name, layer)
     if module is None:
         raise KeyError(f"{name}: {cls.__name__} cannot be rebuilt from the file")
     return module
+
+
+def _tucker_lokr(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module) -> torch.nn.Module:
+    """A LoKr layer with a Tucker core (k×k convolutions, `lokr_t2`). LyCORIS 4.1's make_module_from_state_dict
+    reads the rank and w2's shape as if lokr_w2_a were (out, rank), but with lokr_t2 it is (rank, out) (as LyCORIS
+    writes it): it builds a full-matrix module and fails. Here the rank is lokr_t2's, and the factor the one that
+    gives the file's shapes."""
+    from lycoris.modules import LokrModule
+
+    own = {k[len(name) + 1:]: v for k, v in lora.items() if k.startswith(name + ".")}
+    shapes = {k: tuple(v.shape) for k, v in own.items() if k.startswith("lokr_")}
+    candidates = dict.fromkeys([-1, *(d for sh in shapes.values() for d in sh[:2])])
+    for factor in candidates:
+        module = LokrModule(name, layer, 1, own["lokr_t2"].shape[0], float(own.get("alpha", own["lokr_t2"].shape[0])),
+                            use_tucker=True, decompose_both="lokr_w1_a" in own, factor=factor,
+                            weight_decompose="dora_scale" in own)
+        mine = module.state_dict()
+        if all(k in mine and tuple(mine[k].shape) == sh for k, sh in shapes.items()):
+            with torch.no_grad():
+                for k, v in own.items():
+                    if k.startswith("lokr_") or k == "dora_scale":
+                        getattr(module, k).copy_(v)
+            return module
+    raise KeyError(f"{name}: no LoKr factorisation of {tuple(layer.weight.shape)} gives the file's shapes {shapes}")
 
 
 def module_names(arch: str, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],

@@ -1,7 +1,13 @@
-"""The LoRA file's metadata: kohya `ss_*` keys and `modelspec.*` keys (FORMATS.md). Pure.
+"""The LoRA file's metadata: every key kohya sd-scripts' train_network.py writes, in its formats, plus lorafw's
+own (FORMATS.md). Pure: the caller supplies what the run knew (`TrainingFacts`), including the base model's
+hashes (outputs/model_hash.py).
 
-A1111/Forge show `ss_output_name` as the alias and `ss_tag_frequency` in the training-tags
-panel; Civitai reads `ss_base_model_version`; everyone reads values as strings.
+A1111/Forge show `ss_output_name` as the alias and `ss_tag_frequency` in the training-tags panel; Civitai reads
+`ss_base_model_version` and matches the base model by `ss_new_sd_model_hash`; everyone reads values as strings.
+kohya builds a dict of Python values and writes `str()` of each, so formats follow its argument types: floats
+as Python prints them ("8.0", "0.0001", "None" when unset), booleans "True"/"False", ints plain, and
+`json.dumps` (ASCII-escaped) where kohya json-encodes. tests/fixtures/kohya_metadata_keys.txt lists kohya's keys
+(with the sd-scripts commit they were read from); lorafw writes all of them, and some of its own.
 """
 
 from __future__ import annotations
@@ -9,14 +15,29 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lorafw.config.spec import RunSpec
+from lorafw.data.buckets import RESIZE_INTERPOLATION
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
 MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+MODELSPEC_VERSION = "1.0.1"  # kohya's sai_model_spec.py BASE_METADATA
+MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
+# kohya options lorafw has no equivalent of (it always trains as kohya does with them off): what kohya writes then
+KOHYA_OFF = {
+    "ss_lowram": "False",  # a loading strategy
+    "ss_fp8_base": "False", "ss_fp8_base_unet": "False",  # lorafw keeps the base model in 16/32 bits
+    "ss_color_aug": "False", "ss_random_crop": "False", "ss_face_crop_aug_range": "None",
+    "ss_caption_dropout_every_n_epochs": "0",
+    "ss_max_validation_steps": "None",  # lorafw validates every held-out image
+    "ss_validate_every_n_steps": "None",  # lorafw validates per epoch (validation.every_n_epochs)
+    "ss_validation_seed": "None",  # kohya's None: the training seed chooses the held-out images, as in lorafw
+    "ss_sd_scripts_commit_hash": "(unknown)",  # kohya's value outside a git checkout; lorafw's version is in
+}                                              # modelspec.implementation_version
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,11 @@ class TrainingFacts:
     session_id: str = ""
     processes: int = 1  # data-parallel processes: kohya's total batch counts them
     objective: Any = None  # objective.prediction.Resolved: the prediction type and ZTSNR trained (None: ε, no ZTSNR)
+    reg_dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
+    subsets: list[dict[str, Any]] = field(default_factory=list)  # kohya_subsets(folders): ss_datasets' subsets
+    num_validation_images: int = 0  # held-out images (0: no validation)
+    model_hashes: dict[str, str] = field(default_factory=dict)  # model_hash.base_model_keys
+    saved_at: float | None = None  # when the file is written (None: now)
 
 
 def network_module(spec: RunSpec) -> tuple[str, dict[str, str]]:
@@ -55,11 +81,39 @@ def network_module(spec: RunSpec) -> tuple[str, dict[str, str]]:
     return "lycoris.kohya", args
 
 
-def _num(x: float | int | None) -> str:
-    return "None" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+def _float(x: float | int | None) -> str:
+    """str() of a value kohya's argparse reads as float: "8.0", "0.0001", "None"."""
+    return "None" if x is None else str(float(x))
 
 
-MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
+def _int(x: int | None) -> str:
+    return "None" if x is None else str(int(x))
+
+
+def kohya_subsets(folders: list[Any]) -> list[dict[str, Any]]:
+    """Each image folder (data.folders.Folder) as a subset in kohya's `ss_datasets` (train_network.py's
+    subset_metadata for a DreamBooth-style dataset), with kohya's values for what lorafw has no setting for."""
+    return [{
+        "img_count": len(f.images), "num_repeats": f.repeats, "color_aug": False, "flip_aug": bool(f.flip_aug),
+        "random_crop": False, "shuffle_caption": bool(f.shuffle_caption), "keep_tokens": f.keep_tokens,
+        "keep_tokens_separator": f.keep_tokens_separator or "", "secondary_separator": None, "enable_wildcard": False,
+        "caption_prefix": None, "caption_suffix": None, "resize_interpolation": RESIZE_INTERPOLATION,
+        "image_dir": Path(f.path).name, "class_tokens": None, "is_reg": bool(f.is_reg),
+    } for f in folders]
+
+
+def _datasets(spec: RunSpec, facts: TrainingFacts) -> str:
+    """kohya's `ss_datasets` (written when sd-scripts reads a dataset config, as `lorafw export` sets it up):
+    one dataset with every folder as a subset."""
+    d = spec.dataset
+    return json.dumps([{
+        "is_dreambooth": True, "batch_size_per_device": spec.train.batch_size,
+        "num_train_images": facts.num_train_images, "num_reg_images": facts.num_reg_images,
+        "resolution": [d.resolution, d.resolution], "enable_bucket": d.enable_bucket,
+        "min_bucket_reso": d.min_bucket_reso, "max_bucket_reso": d.max_bucket_reso,
+        "tag_frequency": facts.tag_frequency, "bucket_info": facts.bucket_info,
+        "resize_interpolation": RESIZE_INTERPOLATION, "subsets": facts.subsets,
+    }])
 
 
 def objective_metadata(t: Any, v_pred: bool, ztsnr: bool) -> dict[str, str]:
@@ -70,21 +124,60 @@ def objective_metadata(t: Any, v_pred: bool, ztsnr: bool) -> dict[str, str]:
         "ss_v_parameterization": str(v_pred),
         "ss_zero_terminal_snr": str(ztsnr),
         "ss_noise_offset_random_strength": str(t.noise_offset_random_strength),
-        "ss_adaptive_noise_scale": _num(t.adaptive_noise_scale),
-        "ss_multires_noise_iterations": _num(t.multires_noise_iterations),
-        "ss_multires_noise_discount": _num(t.multires_noise_discount),
-        "ss_ip_noise_gamma": _num(t.ip_noise_gamma),
+        "ss_adaptive_noise_scale": _float(t.adaptive_noise_scale),
+        "ss_multires_noise_iterations": _int(t.multires_noise_iterations),
+        "ss_multires_noise_discount": _float(t.multires_noise_discount),
+        "ss_ip_noise_gamma": _float(t.ip_noise_gamma),
         "ss_ip_noise_gamma_random_strength": str(t.ip_noise_gamma_random_strength),
         "ss_huber_schedule": t.huber_schedule,
-        "ss_huber_c": _num(t.huber_c),
-        "ss_huber_scale": _num(t.huber_scale),
+        "ss_huber_c": _float(t.huber_c),
+        "ss_huber_scale": _float(t.huber_scale),
         "ss_debiased_estimation": str(t.debiased_estimation_loss),
-        "ss_scale_weight_norms": _num(t.scale_weight_norms),
-        "ss_min_timestep": _num(t.min_timestep),
-        "ss_max_timestep": _num(t.max_timestep),
+        "ss_scale_weight_norms": _float(t.scale_weight_norms),
+        "ss_min_timestep": _int(t.min_timestep),
+        "ss_max_timestep": _int(t.max_timestep),
         "ss_scale_v_pred_loss_like_noise_pred": str(t.scale_v_pred_loss_like_noise_pred),
-        "ss_v_pred_like_loss": _num(t.v_pred_like_loss),
+        "ss_v_pred_like_loss": _float(t.v_pred_like_loss),
     }
+
+
+def validation_metadata(spec: RunSpec, held_out: int) -> dict[str, str]:
+    """kohya's validation keys: `validation.split` is its validation_split; lorafw validates every
+    `validation.every_n_epochs` epochs (kohya's None: every epoch, or never without held-out images)."""
+    v = spec.validation
+    return {
+        "ss_num_validation_images": str(held_out),
+        "ss_validation_split": _float(v.split),
+        "ss_validate_every_n_epochs": str(v.every_n_epochs) if held_out else "None",
+    }
+
+
+def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, saved_at: float) -> dict[str, str]:
+    """The `modelspec.*` keys kohya writes by default (sai_model_spec.build_metadata via get_sai_model_spec;
+    the author/description/license/tags/usage_hint/thumbnail keys only when their --metadata_* are given)."""
+    import lorafw
+
+    t, res = spec.train, spec.dataset.resolution
+    meta = {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": MODELSPEC_ARCH[facts.arch],
+        "modelspec.implementation": MODELSPEC_IMPL[facts.arch],
+        # kohya's title is output_name; lorafw's names the epoch, so UIs that list titles tell the files apart
+        "modelspec.title": f"{name}-{facts.epoch:02d}" if facts.epoch else name,
+        "modelspec.date": datetime.fromtimestamp(int(saved_at)).isoformat(),
+        "modelspec.resolution": f"{res}x{res}",
+        "modelspec.prediction_type": MODELSPEC_PREDICTION[v_pred],
+        "modelspec.implementation_version": f"lorafw/{lorafw.__version__}",  # kohya: sd-scripts/<commit>
+    }
+    if t.min_timestep is not None or t.max_timestep is not None:
+        lo = t.min_timestep if t.min_timestep is not None else 0
+        hi = t.max_timestep if t.max_timestep is not None else 1000
+        meta["modelspec.timestep_range"] = f"{lo},{hi}"
+    if facts.triggers:
+        meta["modelspec.trigger_phrase"] = ", ".join(facts.triggers)
+    if facts.arch == "sd15":  # kohya: whenever clip_skip is set; lorafw ignores clip_skip on SDXL
+        meta["modelspec.encoder_layer"] = str(t.clip_skip)
+    return meta
 
 
 def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, str]:
@@ -95,23 +188,26 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
     d, t, o, sc = spec.dataset, spec.train, spec.optimizer, spec.scheduler
     res = d.resolution
     train_te = o.text_encoder_lr > 0
+    saved_at = facts.saved_at if facts.saved_at is not None else time.time()
     meta: dict[str, Any] = {
         "ss_output_name": name,
         "ss_session_id": facts.session_id,
-        "ss_training_started_at": f"{facts.started_at:.3f}",
-        "ss_training_finished_at": f"{time.time():.3f}",
+        "ss_training_started_at": str(facts.started_at),
+        "ss_training_finished_at": str(saved_at),
+        "ss_training_comment": str(spec.output.comment),
         "ss_base_model_version": BASE_MODEL_VERSION[facts.arch],
         "ss_v2": "False",
         "ss_sd_model_name": Path(spec.base_model.path).name,
+        **facts.model_hashes,
         "ss_vae_name": Path(spec.base_model.vae).name if spec.base_model.vae else "None",
         "ss_network_module": module,
         "ss_network_dim": str(spec.network.dim),
-        "ss_network_alpha": _num(float(spec.network.alpha)),
-        "ss_network_dropout": _num(spec.network.dropout),
+        "ss_network_alpha": _float(spec.network.alpha),
+        "ss_network_dropout": _float(spec.network.dropout),
         "ss_network_args": json.dumps(net_args),  # JSON even when empty: readers json.loads it
-        "ss_learning_rate": _num(o.lr),
-        "ss_unet_lr": _num(o.unet_lr),
-        "ss_text_encoder_lr": _num(o.text_encoder_lr),
+        "ss_learning_rate": _float(o.lr),
+        "ss_unet_lr": _float(o.unet_lr),
+        "ss_text_encoder_lr": _float(o.text_encoder_lr),
         "ss_network_train_unet_only": str(not train_te),
         "ss_network_train_text_encoder_only": str(o.unet_lr == 0),
         "ss_optimizer": facts.optimizer,
@@ -124,7 +220,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_num_batches_per_epoch": str(facts.batches_per_epoch),
         "ss_num_train_images": str(facts.num_train_images),
         "ss_num_reg_images": str(facts.num_reg_images),
-        "ss_prior_loss_weight": _num(d.prior_loss_weight),
+        "ss_prior_loss_weight": _float(d.prior_loss_weight),
         "ss_masked_loss": str(d.masked_loss),
         "ss_batch_size_per_device": str(t.batch_size),
         "ss_total_batch_size": str(t.batch_size * facts.processes * t.gradient_accumulation_steps),
@@ -133,14 +229,15 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_mixed_precision": facts.mixed_precision,
         "ss_full_fp16": str(t.full_fp16),
         "ss_full_bf16": str(t.full_bf16),
-        "ss_max_grad_norm": _num(t.max_grad_norm),
+        "ss_max_grad_norm": _float(t.max_grad_norm),
         "ss_clip_skip": str(t.clip_skip) if facts.arch == "sd15" else "None",
         "ss_max_token_length": str(t.max_token_length),
-        "ss_min_snr_gamma": _num(t.min_snr_gamma),
-        "ss_noise_offset": _num(t.noise_offset),
+        "ss_min_snr_gamma": _float(t.min_snr_gamma),
+        "ss_noise_offset": _float(t.noise_offset),
         "ss_loss_type": t.loss_type,
         "ss_seed": str(spec.seed),
         "ss_resolution": f"({res}, {res})",
+        "ss_resize_interpolation": RESIZE_INTERPOLATION,
         "ss_enable_bucket": str(d.enable_bucket),
         "ss_min_bucket_reso": str(d.min_bucket_reso),
         "ss_max_bucket_reso": str(d.max_bucket_reso),
@@ -149,23 +246,19 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_shuffle_caption": str(d.shuffle_caption),
         "ss_keep_tokens": str(d.keep_tokens),
         "ss_flip_aug": str(d.flip_aug),
-        "ss_caption_dropout_rate": _num(d.caption_dropout_rate),
-        "ss_caption_tag_dropout_rate": _num(d.caption_tag_dropout_rate),
+        "ss_caption_dropout_rate": _float(d.caption_dropout_rate),
+        "ss_caption_tag_dropout_rate": _float(d.caption_tag_dropout_rate),
         "ss_keep_tokens_separator": d.keep_tokens_separator or "",
-        "ss_tag_frequency": json.dumps(facts.tag_frequency, ensure_ascii=False),
-        "ss_dataset_dirs": json.dumps(facts.dataset_dirs, ensure_ascii=False),
+        # kohya writes these three for train_data_dir/reg_data_dir runs ...
+        "ss_tag_frequency": json.dumps(facts.tag_frequency),
+        "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
+        "ss_reg_dataset_dirs": json.dumps(facts.reg_dataset_dirs),
         "ss_bucket_info": json.dumps(facts.bucket_info),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": MODELSPEC_ARCH[facts.arch],
-        "modelspec.implementation": MODELSPEC_IMPL[facts.arch],
-        "modelspec.title": f"{name}-{facts.epoch:02d}" if facts.epoch else name,
-        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(facts.started_at)),
-        "modelspec.resolution": f"{res}x{res}",
-        "modelspec.prediction_type": MODELSPEC_PREDICTION[v_pred],
+        # ... and this one instead for dataset-config runs: lorafw writes both, so every reader finds its key
+        "ss_datasets": _datasets(spec, facts),
+        **KOHYA_OFF,
+        **validation_metadata(spec, facts.num_validation_images),
+        **objective_metadata(t, v_pred, ztsnr),
+        **modelspec(spec, facts, name, v_pred, saved_at),
     }
-    meta.update(objective_metadata(t, v_pred, ztsnr))
-    if facts.triggers:
-        meta["modelspec.trigger_phrase"] = ", ".join(facts.triggers)
-    if facts.arch == "sd15":
-        meta["modelspec.encoder_layer"] = str(t.clip_skip)
     return {k: str(v) for k, v in meta.items()}

@@ -86,10 +86,10 @@ def weight_dtype(precision: str) -> torch.dtype:
 
 
 def identity(spec: RunSpec) -> dict[str, Any]:
-    """What a run computes: the spec without where it writes and whether it resumes."""
+    """What a run computes: the spec without where it writes, whether it resumes, and the files' comment."""
     d = spec.to_dict()
     d.pop("resume", None)
-    for key in ("dir", "overwrite"):
+    for key in ("dir", "overwrite", "comment"):
         d["output"].pop(key, None)
     return d
 

@@ -198,6 +198,10 @@ def load_models(tr: Trainer) -> None:
         except Exception as e:  # xformers missing or unusable on this device
             raise LorafwError(f"train.attention=xformers: {e}; use train.attention=sdpa") from None
     log.info(f"loaded {tr.model_info.describe()} from {tr.model_path.name}; training {tr.objective.describe()}")
+    if tr.main:  # the LoRA files' ss_sd_model_hash / ss_new_sd_model_hash; the file is in the page cache now
+        from lorafw.outputs.model_hash import in_background
+
+        tr.model_hashes = in_background(tr.model_path, vae)
 
 
 def to_device(tr: Trainer, *models: torch.nn.Module) -> None:

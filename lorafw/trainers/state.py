@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorafw.errors import LorafwError
-from lorafw.outputs.metadata import TrainingFacts, build_metadata
+from lorafw.outputs.metadata import TrainingFacts, build_metadata, kohya_subsets
 from lorafw.outputs.record import now_iso, read_record, write_record
 from lorafw.outputs.state import STATE, load_state, save_state as write_state
+from lorafw.paths import expand
 from lorafw.trainers.common import identity, log
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ def save(tr: Trainer, epoch: int, file_name: str | None = None) -> Path:
         optimizer=tr.optimizer_desc, mixed_precision=tr.precision, tag_frequency=tr.data.tag_frequency(),
         dataset_dirs=tr.data.dataset_dirs(), bucket_info=tr.data.bucket_info(), triggers=tr.data.triggers(),
         session_id=tr.session_id, processes=tr.world.size, objective=tr.objective,
+        reg_dataset_dirs=tr.data.dataset_dirs(reg=True), subsets=kohya_subsets(tr.data.folders),
+        num_validation_images=len(tr.val_data.images) if tr.val_data is not None else 0,
+        model_hashes=base_model_hashes(tr) if tr.main else {},
     )
     path = tr.run_dir / (file_name or f"{tr.name}-{epoch:02d}.safetensors")
     if not tr.main:  # the main process writes the (identical) weights
@@ -53,6 +57,17 @@ def save(tr: Trainer, epoch: int, file_name: str | None = None) -> Path:
                       build_metadata(tr.spec, facts, tr.name) | {"ss_ema_decay": f"{tr.spec.ema.decay:g}"}))
     tr.writer.submit(write_loras, files)
     return path
+
+
+def base_model_hashes(tr: Trainer) -> dict[str, str]:
+    """kohya's ss_sd_model_hash / ss_new_sd_model_hash (and the VAE's): hashed once per file (cached across runs)
+    in a thread `lifecycle.load_models` starts; without it (no setup), here."""
+    from lorafw.outputs.model_hash import base_model_keys
+
+    if tr.model_hashes is None:
+        vae = tr.spec.base_model.vae
+        return base_model_keys(tr.model_path, expand(vae) if vae else None)
+    return tr.model_hashes.result()
 
 
 def write_loras(files: list[tuple[Path, dict[str, torch.Tensor], dict[str, str]]]) -> None:

@@ -105,7 +105,7 @@ class Trainer:
         self.eval_config = StepConfig(prediction=self.objective.prediction)  # validation: plain noise, unweighted MSE
         # where the run stands (saved in state.pt, restored on resume)
         self.started_at = time.time()
-        self.session_id = uuid.uuid4().hex[:16]
+        self.session_id = str(uuid.uuid4().int % 2**32)  # kohya's ss_session_id: a random integer below 2**32
         self.lora_files: list[Path] = []
         self.loss_history: list[float] = []
         self.epoch_losses: list[float] = []
@@ -128,6 +128,7 @@ class Trainer:
         self.metrics = None
         self.renderer = None  # sample images, made on first use
         self.latent_cache = None
+        self.model_hashes = None  # the base model's kohya hashes, computed in a thread (lifecycle.load_models)
         self.val_cache = None
         self.pixels_ahead: Lookahead | None = None  # uncached latents: the epoch's images decoded ahead
         self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
