@@ -31,6 +31,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# --against runs this script on another lorafw tree (e.g. a `git archive` of an older commit)
+sys.path.insert(0, os.environ.get("STEP_PROFILE_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
@@ -105,6 +107,11 @@ def overrides(model: Path, data: Path, out: Path, args: argparse.Namespace) -> l
     ]
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 # -- phase timing ------------------------------------------------------------------------------------------
 class Phases:
     """Wall seconds per named phase, per optimizer step (and per epoch end)."""
@@ -114,6 +121,7 @@ class Phases:
         self.current: dict[str, float] = defaultdict(float)
         self.epoch_end: list[dict[str, float]] = []
         self.step_ends: list[float] = []
+        self.cpu_ends: list[float] = []  # the process's CPU seconds (user + system, every thread) at each step end
         self.loop_start = 0.0
         self.loop_end = 0.0
 
@@ -188,6 +196,7 @@ def instrument(tr: Any, ph: Phases) -> None:
         ph.current["total"] = t1 - t0
         ph.steps.append(dict(ph.current))
         ph.step_ends.append(t1)
+        ph.cpu_ends.append(cpu_seconds())
 
     tr._optimizer_step = step
     ends: dict[str, float] = defaultdict(float)
@@ -233,6 +242,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             tr.train()
     finally:
         ph.loop_end = time.perf_counter()
+        cpu_end = cpu_seconds()
         tr.metrics.close()
         if prof is not None:
             prof.stop()
@@ -242,10 +252,13 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     steady = [b - a for i, (a, b) in enumerate(zip(ph.step_ends, ph.step_ends[1:]), 1)
               if i % tr.steps_per_epoch != 0]  # intervals that contain no epoch end
     with_saves = (ph.loop_end - ph.step_ends[0]) / (n - 1)
+    cpu_steady = [b - a for i, (a, b) in enumerate(zip(ph.cpu_ends, ph.cpu_ends[1:]), 1) if i % tr.steps_per_epoch != 0]
+    cpu_with_saves = (cpu_end - ph.cpu_ends[0]) / (n - 1)
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     return {"steps": ph.steps[1:], "steady": steady, "with_saves": with_saves, "epoch_end": ph.epoch_end[0],
+            "cpu_steady": cpu_steady, "cpu_with_saves": cpu_with_saves,
             "epochs": args.epochs, "threads": torch.get_num_threads()}
 
 
@@ -264,8 +277,11 @@ def report(res: dict[str, Any], label: str = "") -> None:
     print(f"  {'other (noise, loss, host read…)':32s} {total - accounted:9.1f}")
     print(f"epoch-end writes, over {res['epochs']} epochs (ms): "
           + ", ".join(f"{k} {1000 * v:.0f}" for k, v in res["epoch_end"].items()))
+    print("each step after the first (s): " + " ".join(f"{s['total']:.2f}" for s in steps))
     print(f"s/step: steady {statistics.median(res['steady']):.3f} (median of {len(res['steady'])}), "
           f"with saves {res['with_saves']:.3f}; {res['threads']} threads; load average {os.getloadavg()[0]:.2f}")
+    print(f"CPU s/step (user + system, all threads): steady {statistics.median(res['cpu_steady']):.3f}, "
+          f"with saves {res['cpu_with_saves']:.3f}")
 
 
 # -- A/B ---------------------------------------------------------------------------------------------------
@@ -278,27 +294,41 @@ def levers() -> list[str]:
 def ab(args: argparse.Namespace) -> None:
     """Each lever off (all others on) against all on, in fresh subprocesses, alternating."""
     names = args.levers or levers()
-    variants = {"all on": "", **{f"{n} off": n for n in names}, "all off": ",".join(names)}
+    variants = {"all on": "", **{f"{n} off": n for n in names}}
+    if len(names) > 1:
+        variants["all off"] = ",".join(names)
+    if args.against:
+        variants = {"all on": "", f"{args.against}": None}
     times: dict[str, list[tuple[float, float]]] = defaultdict(list)
     base = [sys.executable, __file__, "--json", "--precision", args.precision, "--clip-skip", str(args.clip_skip),
-            "--epochs", str(args.epochs), "--work", args.work, *sum((["--set", s] for s in args.set), [])]
+            "--epochs", str(args.epochs), "--work", args.work, *sum((["--set", s] for s in args.set), []),
+            *(["--threads", str(args.threads)] if args.threads else [])]
     loads = []
     for r in range(args.rounds):
         for label, off in variants.items():
-            env = {**os.environ, "LORAFW_SPEED_OFF": off}
+            env = {**os.environ, "LORAFW_SPEED_OFF": off or ""}
+            if off is None:  # another tree, without lorafw.speed
+                env = {**os.environ, "STEP_PROFILE_TREE": args.against, "PYTHONPATH": args.against}
+                env.pop("LORAFW_SPEED_OFF", None)
             p = subprocess.run(base, env=env, capture_output=True, text=True)
             if p.returncode:
                 sys.exit(p.stderr[-3000:])
             res = json.loads(p.stdout.strip().splitlines()[-1])
-            times[label].append((statistics.median(res["steady"]), res["with_saves"]))
+            times[label].append((statistics.median(res["steady"]), res["with_saves"],
+                                 statistics.median(res["cpu_steady"]), res["cpu_with_saves"]))
             loads.append(os.getloadavg()[0])
-            print(f"round {r + 1} {label:28s} steady {times[label][-1][0]:.3f}  with saves {times[label][-1][1]:.3f}"
-                  f"  (load {loads[-1]:.1f})", flush=True)
-    ref = statistics.mean(t[1] for t in times["all on"])
-    print(f"\n{args.precision}, clip_skip {args.clip_skip}; load average {min(loads):.1f}–{max(loads):.1f}")
+            t = times[label][-1]
+            print(f"round {r + 1} {label:28s} wall s/step: steady {t[0]:.3f} with saves {t[1]:.3f}; "
+                  f"CPU s/step: steady {t[2]:.3f} with saves {t[3]:.3f}  (load {loads[-1]:.1f})", flush=True)
+    print(f"\n{args.precision}, clip_skip {args.clip_skip}, {args.threads or torch.get_num_threads()} threads; "
+          f"load average {min(loads):.1f}–{max(loads):.1f}; means over {args.rounds} rounds, min in brackets")
+    ref = statistics.mean(t[1] for t in times["all on"]), statistics.mean(t[3] for t in times["all on"])
     for label, ts in times.items():
-        s, w = statistics.mean(t[0] for t in ts), statistics.mean(t[1] for t in ts)
-        print(f"  {label:28s} steady {s:.3f} s/step, with saves {w:.3f} ({w / ref:.3f}× all on)")
+        m = [statistics.mean(t[i] for t in ts) for i in range(4)]
+        lo = [min(t[i] for t in ts) for i in range(4)]
+        print(f"  {label:28s} wall: steady {m[0]:.3f} ({lo[0]:.3f}), with saves {m[1]:.3f} ({lo[1]:.3f}) = "
+              f"{m[1] / ref[0]:.3f}× all on | CPU: steady {m[2]:.3f} ({lo[2]:.3f}), with saves {m[3]:.3f} "
+              f"({lo[3]:.3f}) = {m[3] / ref[1]:.3f}× all on")
 
 
 def main() -> None:
@@ -313,9 +343,13 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true", help="each speed lever off vs all on, in alternating subprocesses")
     ap.add_argument("--levers", nargs="*", help="--ab: only these levers")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--against", metavar="DIR", help="--ab: this tree (all levers on) against the lorafw tree in DIR")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.ab:
         return ab(args)
     import logging

@@ -20,6 +20,8 @@ LEVERS: dict[str, str] = {
     "te_layers": "a text encoder runs only up to the layer its output is read from (clip_skip 2, SDXL's CLIP-L: "
                  "the last layer is skipped, its output being unused)",
     "adapter_unit_scalar": "adapters do not multiply lora_up by LyCORIS's scalar when it is the constant 1 (no use_scalar)",
+    "heap_reuse": "training on a CPU keeps freed memory for the next step (glibc malloc: no mmap, no trimming) instead of "
+                  "page-faulting the same activations back in every step (lorafw/heap.py)",
 }
 
 

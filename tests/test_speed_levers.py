@@ -5,7 +5,9 @@ pass for a harmless one. How fast they are: benchmarks/step_profile.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,18 @@ class Probe:
 
         monkeypatch.setattr(lora_file, "save_lora", save_lora)
         monkeypatch.setattr(state, "write_state", write_state)
+        from lorafw.trainers import loop
+
+        real_reuse = loop.reuse_freed_memory
+        self.heap_reuse: list[bool] = []
+
+        @contextlib.contextmanager
+        def reuse(enabled: bool = True):
+            with real_reuse(enabled) as active:
+                self.heap_reuse.append(active)
+                yield active
+
+        monkeypatch.setattr(loop, "reuse_freed_memory", reuse)
         real_run = background.Writer.submit
 
         def submit(writer: background.Writer, job: Any, *a: Any, **k: Any) -> None:
@@ -140,6 +154,7 @@ def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl
     assert any(n.startswith("lorafw-writer") for n in probe_on.writer_threads), probe_on.writer_threads
     assert probe_on.last_te_layer_calls == 0
     assert probe_on.unit_scalar_skips > 0
+    assert probe_on.heap_reuse == [sys.platform.startswith("linux")]  # glibc's malloc (musl: a no-op, not tested here)
     assert {"toy-01.safetensors", "toy-02-ema.safetensors", "state.pt"} <= set(on)
     for lever in speed.LEVERS:
         off, probe_off = train(compose_run(arch, tmp_path / f"off-{lever}", model, tiny_dataset), cls, monkeypatch,
@@ -152,6 +167,8 @@ def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl
             assert probe_off.last_te_layer_calls > 0
         if lever == "adapter_unit_scalar":
             assert probe_off.unit_scalar_skips == 0
+        if lever == "heap_reuse":
+            assert probe_off.heap_reuse == [False]
 
 
 class LateWriter(background.Writer):

@@ -13,9 +13,10 @@ exits with a write in flight. With `background=False` (lorafw.speed's async_save
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 class Writer:
@@ -23,12 +24,31 @@ class Writer:
         self.background = background
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._held: list[tuple[Callable[..., Any], tuple, dict]] | None = None
         self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Jobs submitted in the block start when it ends: the copies of an epoch's end (LoRA, state) are all taken
+        before the thread starts serializing, rather than competing with it for the interpreter."""
+        if not self.background or self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            jobs, self._held = self._held, None
+            for job, args, kwargs in jobs:
+                self.submit(job, *args, **kwargs)
 
     def submit(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run `job(*args, **kwargs)` on the writer thread after the jobs before it (or now, in the foreground)."""
         if not self.background:
             job(*args, **kwargs)
+            return
+        if self._held is not None:
+            self._held.append((job, args, kwargs))
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafw-writer")

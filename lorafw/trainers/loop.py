@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lorafw import speed
 from lorafw.data import dataset as dataset_mod
 from lorafw.errors import Interrupted, NonFiniteError
+from lorafw.heap import reuse_freed_memory
 from lorafw.objective.maxnorm import apply_max_norm
 from lorafw.precision import MAX_SKIPPED_IN_A_ROW, fp16_fixes
 from lorafw.trainers.common import log, progress_bar
@@ -34,7 +36,13 @@ if TYPE_CHECKING:
 
 def train(tr: Trainer) -> None:
     """For each epoch, one optimizer step per `gradient_accumulation_steps × processes` batches (each
-    data-parallel process trains its share of them); at each epoch's end: validation, save, samples, state."""
+    data-parallel process trains its share of them); at each epoch's end: validation, save, samples, state.
+    On a CPU, memory freed during training is kept for the next step (lorafw/heap.py)."""
+    with reuse_freed_memory(tr.device.type == "cpu" and speed.on("heap_reuse")):
+        epochs(tr)
+
+
+def epochs(tr: Trainer) -> None:
     s, t, out = tr.spec, tr.spec.train, tr.spec.output
     bar = progress_bar(tr.main, total=tr.total_steps, initial=tr.global_step, desc="training", unit="step")
     while tr.epoch <= t.epochs:
@@ -71,14 +79,15 @@ def train(tr: Trainer) -> None:
                  + f", step {tr.global_step}/{tr.total_steps}, {time.time() - epoch_start:.1f}s")
         if tr.metrics is not None:
             tr.metrics.epoch(tr.global_step, done, tr.epoch_losses[-1], val)
-        if done % out.save_every_n_epochs == 0 or done == t.epochs:
-            tr.save(done)
-        if s.sample.every_n_epochs and (done % s.sample.every_n_epochs == 0 or done == t.epochs):
-            tr.sample(f"{tr.name}-{done:02d}")
-        tr.write_summary()
-        tr.epoch, tr.next_group = done + 1, 0
-        if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
-            tr.save_state()
+        with tr.writer.held():  # every copy taken before the writer thread starts on them
+            if done % out.save_every_n_epochs == 0 or done == t.epochs:
+                tr.save(done)
+            if s.sample.every_n_epochs and (done % s.sample.every_n_epochs == 0 or done == t.epochs):
+                tr.sample(f"{tr.name}-{done:02d}")
+            tr.write_summary()
+            tr.epoch, tr.next_group = done + 1, 0
+            if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
+                tr.save_state()
     tr.writer.wait()  # the last epoch's files are on disk when train() returns
     bar.close()
 
