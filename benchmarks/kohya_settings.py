@@ -11,6 +11,8 @@ import ast
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lorafw.interop.kohya import dotted
+
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # --precision → lorafw's train.mixed_precision (= kohya's mixed_precision)
 
 
@@ -132,16 +134,6 @@ def kohya_arguments(config: dict, dataset: dict, cli: dict[str, Any] | None = No
     out.update({k: v for k, v in first.items() if k != "subsets"})
     out.update((first.get("subsets") or [{}])[0])
     out.update(cli or {})
-    return out
-
-
-def dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(dotted(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
