@@ -36,7 +36,11 @@ def _from_env() -> frozenset[str]:
     return frozenset(names)
 
 
-_off: frozenset[str] = _from_env()
+# te_layers is off until the next person finds why, with it on, the trained text encoder's hidden_states[-2]
+# differs after a run from the saved file's (tests/test_grid.py::test_patched_weights_match_the_trained_adapters
+# fails; the files themselves are identical)
+DEFAULT_OFF = frozenset({"te_layers"})
+_off: frozenset[str] = _from_env() | DEFAULT_OFF
 
 
 def on(name: str) -> bool:
