@@ -75,7 +75,7 @@ OPTIONS = [
     (V, "ss_v_parameterization", "True"),
     (V + ["train.zero_terminal_snr=true"], "ss_zero_terminal_snr", "True"),
     (V + ["train.scale_v_pred_loss_like_noise_pred=true"], "ss_scale_v_pred_loss_like_noise_pred", "True"),
-    (V + ["train.min_snr_gamma=1.0"], "ss_min_snr_gamma", "1"),
+    (V + ["train.min_snr_gamma=1.0"], "ss_min_snr_gamma", "1.0"),
     (["train.v_pred_like_loss=0.5"], "ss_v_pred_like_loss", "0.5"),
     (["train.debiased_estimation_loss=true"], "ss_debiased_estimation", "True"),
     (OFFSET, "ss_noise_offset", "0.05"),
@@ -90,7 +90,7 @@ OPTIONS = [
     (["train.loss_type=l1"], "ss_loss_type", "l1"),
     (["train.loss_type=huber", "train.huber_schedule=exponential"], "ss_huber_schedule", "exponential"),
     (["train.loss_type=smooth_l1", "train.huber_c=0.3"], "ss_huber_c", "0.3"),
-    (["train.loss_type=huber", "train.huber_schedule=constant", "train.huber_scale=3"], "ss_huber_scale", "3"),
+    (["train.loss_type=huber", "train.huber_schedule=constant", "train.huber_scale=3"], "ss_huber_scale", "3.0"),
     (["train.scale_weight_norms=0.0001"], "ss_scale_weight_norms", "0.0001"),
 ]
 SHORT = ["train.batch_size=8", "optimizer.lr=1e-2", "optimizer.text_encoder_lr=0", "output.save_precision=fp32"]
