@@ -15,9 +15,23 @@ never exits with a write in flight. With `background=False` (lorafw.speed's asyn
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
+
+
+WRITER_NICE = 10
+
+
+def yield_to_training() -> None:
+    """The writer thread at a lower scheduling priority (Linux: per thread) than the training threads: where they
+    keep every core busy (a CPU run) it takes the gaps, instead of delaying a thread that the others then wait
+    for at their next barrier; when the step waits for it, it gets the CPU anyway."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+    except (AttributeError, OSError):  # Windows; or not allowed: the default priority
+        pass
 
 
 class Writer:
@@ -52,7 +66,7 @@ class Writer:
             self._held.append((job, args, kwargs))
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafw-writer")
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafw-writer", initializer=yield_to_training)
         with self._lock:
             self._pending.append(self._pool.submit(job, *args, **kwargs))
 
