@@ -254,11 +254,17 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     with_saves = (ph.loop_end - ph.step_ends[0]) / (n - 1)
     cpu_steady = [b - a for i, (a, b) in enumerate(zip(ph.cpu_ends, ph.cpu_ends[1:]), 1) if i % tr.steps_per_epoch != 0]
     cpu_with_saves = (cpu_end - ph.cpu_ends[0]) / (n - 1)
+    # what an epoch's end costs the loop: the interval holding it (the end's own work and the next step, which the
+    # background writer shares the CPU with) less a steady step; and the wait for the last epoch's files
+    ends = [b - a for i, (a, b) in enumerate(zip(ph.step_ends, ph.step_ends[1:]), 1) if i % tr.steps_per_epoch == 0]
+    epoch_end_excess = [e - statistics.median(steady) for e in ends]
+    final_writes = ph.loop_end - ph.step_ends[-1]
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     return {"steps": ph.steps[1:], "steady": steady, "with_saves": with_saves, "epoch_end": ph.epoch_end[0],
-            "cpu_steady": cpu_steady, "cpu_with_saves": cpu_with_saves,
+            "cpu_steady": cpu_steady, "cpu_with_saves": cpu_with_saves, "epoch_end_excess": epoch_end_excess,
+            "final_writes": final_writes,
             "epochs": args.epochs, "threads": torch.get_num_threads()}
 
 
@@ -278,6 +284,9 @@ def report(res: dict[str, Any], label: str = "") -> None:
     print(f"epoch-end writes, over {res['epochs']} epochs (ms): "
           + ", ".join(f"{k} {1000 * v:.0f}" for k, v in res["epoch_end"].items()))
     print("each step after the first (s): " + " ".join(f"{s['total']:.2f}" for s in steps))
+    print("an epoch end between two steps, over a steady step (s): "
+          + " ".join(f"{e:+.3f}" for e in res["epoch_end_excess"])
+          + f"; after the last step, until its files are written: {res['final_writes']:.3f} s")
     print(f"s/step: steady {statistics.median(res['steady']):.3f} (median of {len(res['steady'])}), "
           f"with saves {res['with_saves']:.3f}; {res['threads']} threads; load average {os.getloadavg()[0]:.2f}")
     print(f"CPU s/step (user + system, all threads): steady {statistics.median(res['cpu_steady']):.3f}, "
@@ -315,20 +324,22 @@ def ab(args: argparse.Namespace) -> None:
                 sys.exit(p.stderr[-3000:])
             res = json.loads(p.stdout.strip().splitlines()[-1])
             times[label].append((statistics.median(res["steady"]), res["with_saves"],
-                                 statistics.median(res["cpu_steady"]), res["cpu_with_saves"]))
+                                 statistics.median(res["cpu_steady"]), res["cpu_with_saves"],
+                                 statistics.mean(res["epoch_end_excess"]), res["final_writes"]))
             loads.append(os.getloadavg()[0])
             t = times[label][-1]
             print(f"round {r + 1} {label:28s} wall s/step: steady {t[0]:.3f} with saves {t[1]:.3f}; "
-                  f"CPU s/step: steady {t[2]:.3f} with saves {t[3]:.3f}  (load {loads[-1]:.1f})", flush=True)
+                  f"CPU s/step: steady {t[2]:.3f} with saves {t[3]:.3f}; epoch end {t[4]:+.3f} s, last files "
+                  f"{t[5]:.3f} s  (load {loads[-1]:.1f})", flush=True)
     print(f"\n{args.precision}, clip_skip {args.clip_skip}, {args.threads or torch.get_num_threads()} threads; "
           f"load average {min(loads):.1f}–{max(loads):.1f}; means over {args.rounds} rounds, min in brackets")
     ref = statistics.mean(t[1] for t in times["all on"]), statistics.mean(t[3] for t in times["all on"])
     for label, ts in times.items():
-        m = [statistics.mean(t[i] for t in ts) for i in range(4)]
+        m = [statistics.mean(t[i] for t in ts) for i in range(6)]
         lo = [min(t[i] for t in ts) for i in range(4)]
         print(f"  {label:28s} wall: steady {m[0]:.3f} ({lo[0]:.3f}), with saves {m[1]:.3f} ({lo[1]:.3f}) = "
               f"{m[1] / ref[0]:.3f}× all on | CPU: steady {m[2]:.3f} ({lo[2]:.3f}), with saves {m[3]:.3f} "
-              f"({lo[3]:.3f}) = {m[3] / ref[1]:.3f}× all on")
+              f"({lo[3]:.3f}) = {m[3] / ref[1]:.3f}× all on | epoch end {m[4]:+.3f} s, last files {m[5]:.3f} s")
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ import os
 from typing import Iterator
 
 LEVERS: dict[str, str] = {
-    "async_save": "epoch-end LoRA files, state.pt and the run record are written by a background thread from "
-                  "copies taken at the step boundary (waited for before the next step ends, a stop, and the run's end)",
+    "async_save": "epoch-end LoRA files, state.pt, the run record and summary are written by a background thread "
+                  "while the next step's forward and backward passes run (that step waits for it before its update; "
+                  "so do a stop and the run's end)",
     "te_layers": "a text encoder runs only up to the layer its output is read from (clip_skip 2, SDXL's CLIP-L: "
                  "the last layer is skipped, its output being unused)",
     "adapter_unit_scalar": "adapters do not multiply lora_up by LyCORIS's scalar when it is the constant 1 (no use_scalar)",
@@ -36,11 +37,7 @@ def _from_env() -> frozenset[str]:
     return frozenset(names)
 
 
-# te_layers is off until the next person finds why, with it on, the trained text encoder's hidden_states[-2]
-# differs after a run from the saved file's (tests/test_grid.py::test_patched_weights_match_the_trained_adapters
-# fails; the files themselves are identical)
-DEFAULT_OFF = frozenset({"te_layers"})
-_off: frozenset[str] = _from_env() | DEFAULT_OFF
+_off: frozenset[str] = _from_env()
 
 
 def on(name: str) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from lorafw import speed
@@ -22,9 +23,11 @@ from lorafw.run import resolve_outputs
 from lorafw.trainers.sd15 import SD15Trainer
 from lorafw.trainers.sdxl import SDXLTrainer
 
-# metadata that differs between any two runs (tools/run_fingerprint.py leaves out the same keys)
+# metadata that differs between any two runs (tools/run_fingerprint.py leaves out the same keys), and kohya's
+# sshs_legacy_hash: 64 KiB at 1 MiB into the file written with the ss_* keys, so it moves with the length of the
+# times among them (the tensor bytes are checked through file_data_sha256)
 VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date",
-            "sshs_legacy_hash"}  # kohya's legacy hash reads the header too, so it follows the volatile keys
+            "sshs_legacy_hash"}
 COMMON = ["train.epochs=2", "output.save_precision=fp32", "output.save_state_every_n_steps=1", "optimizer=adamw",
           "optimizer.lr=1e-2", "optimizer.text_encoder_lr=1e-2", "ema.enabled=true", "ema.decay=0.9",
           "dataset.shuffle_caption=false", "train.mixed_precision=no", "train.full_bf16=false"]
@@ -121,6 +124,13 @@ def train(spec: Any, cls: type, monkeypatch: pytest.MonkeyPatch, off: tuple[str,
 
         tr.setup = setup
         tr.run()
+        te = tr.text_encoders[0]
+        te.eval()
+        calls = probe.last_te_layer_calls  # the run's calls, not this one's
+        with torch.no_grad():  # the trained encoder afterwards, whole (sampling, the grid and tests use it so)
+            probe.te_states = te(torch.arange(77)[None] % 1000, output_hidden_states=True).hidden_states
+        assert len(probe.te_states) == len(te.encoder.layers) + 1
+        probe.last_te_layer_calls = calls
     monkeypatch.undo()
     return outputs(Path(spec.output.dir)), probe
 
@@ -128,6 +138,10 @@ def train(spec: Any, cls: type, monkeypatch: pytest.MonkeyPatch, off: tuple[str,
 RUNS = {
     # SD1.5: clip_skip 2 (the last CLIP-L layer unused), text encoder trained, EMA twins, state every step
     "sd15": ("sd15_character", SD15Trainer, []),
+    # adapter dropouts draw random numbers in the text encoder's last layer too: te_layers must stand down there
+    # (skipping those draws would shift the UNet adapters' masks)
+    "sd15_dropout": ("sd15_character", SD15Trainer, ["network.dropout=0.1", "network.rank_dropout=0.1",
+                                                     "network.module_dropout=0.1"]),
     # SDXL: CLIP-L's last layer unused (hidden state -2), bigG whole (its pooled output is read)
     "sdxl": ("pdxl", SDXLTrainer, ["dataset.cache_latents_to_disk=false", "train.gradient_checkpointing=false",
                                    "train.max_token_length=75"]),
@@ -147,12 +161,12 @@ def compose_run(arch: str, out: Path, model: Path, data: Path) -> Any:
 @pytest.mark.parametrize("arch", sorted(RUNS))
 def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl_model, tiny_dataset, tmp_path,
                                                        monkeypatch):
-    model = tiny_model if arch == "sd15" else tiny_xl_model
+    model = tiny_xl_model if arch == "sdxl" else tiny_model
     cls = RUNS[arch][1]
     on, probe_on = train(compose_run(arch, tmp_path / "on", model, tiny_dataset), cls, monkeypatch)
-    # the levers were engaged in the run compared
+    # the levers were engaged in the run compared (te_layers only where the skipped layer draws no random numbers)
     assert any(n.startswith("lorafw-writer") for n in probe_on.writer_threads), probe_on.writer_threads
-    assert (probe_on.last_te_layer_calls == 0) is speed.on("te_layers")  # off by default for now (speed.py)
+    assert (probe_on.last_te_layer_calls > 0) == (arch == "sd15_dropout")
     assert probe_on.unit_scalar_skips > 0
     assert probe_on.heap_reuse == [sys.platform.startswith("linux")]  # glibc's malloc (musl: a no-op, not tested here)
     assert {"toy-01.safetensors", "toy-02-ema.safetensors", "state.pt"} <= set(on)
@@ -161,9 +175,12 @@ def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl
                                (lever,))
         assert off == on, f"{arch}: speed lever {lever} changed the files"
         assert probe_off.writes == probe_on.writes, f"{arch}: speed lever {lever} changed a file written during the run"
+        assert all(torch.equal(a, b) for a, b in zip(probe_off.te_states, probe_on.te_states, strict=True)), \
+            f"{arch}: speed lever {lever} changed the trained text encoder left in memory"
         if lever == "async_save":
             assert not any(n.startswith("lorafw-writer") for n in probe_off.writer_threads)
         if lever == "te_layers":
+            assert probe_off.last_te_layer_calls == probe_on.last_te_layer_calls or arch != "sd15_dropout"
             assert probe_off.last_te_layer_calls > 0
         if lever == "adapter_unit_scalar":
             assert probe_off.unit_scalar_skips == 0
@@ -172,9 +189,9 @@ def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl
 
 
 class LateWriter(background.Writer):
-    """The latest a background write may happen: each job runs only when the trainer waits for it (after the next
-    optimizer step has changed the weights and moments). A write that read live tensors instead of copies would
-    write the next step's values."""
+    """The latest a background write may happen: each job runs only when the trainer waits for it. The optimizer
+    state is written from the live tensors, so a wait placed after the next update (or a LoRA tensor that is not a
+    copy) would write the next step's values."""
 
     def __init__(self, background: bool = True) -> None:
         super().__init__(background)
@@ -189,7 +206,7 @@ class LateWriter(background.Writer):
             job(*args, **kwargs)
 
 
-def test_background_writes_use_copies_taken_at_the_step_boundary(compose_tiny, tmp_path, monkeypatch):
+def test_background_writes_hold_the_values_of_the_step_they_were_handed_over_at(compose_tiny, tmp_path, monkeypatch):
     from lorafw.trainers import trainer as trainer_mod
 
     spec = lambda out: compose_tiny("sd15_character", *COMMON, f"output.dir={out}")  # noqa: E731

@@ -25,8 +25,10 @@ import shutil
 import sys
 from pathlib import Path
 
+# per-session keys, and kohya's sshs_legacy_hash: 64 KiB at 1 MiB into the file written with the ss_* keys, so it
+# moves with the length of the times among them (data_sha256 covers the tensor bytes)
 VOLATILE = {"ss_session_id", "ss_training_started_at", "ss_training_finished_at", "ss_training_time", "modelspec.date",
-            "sshs_legacy_hash"}  # kohya's legacy hash reads the header too, so it follows the volatile keys
+            "sshs_legacy_hash"}
 
 RUNS: dict[str, tuple[str, str, list[str]]] = {
     # name: (model, recipe, overrides)

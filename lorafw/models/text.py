@@ -91,21 +91,57 @@ def check_ids(text_encoder: Any, input_ids) -> None:
                          "tokenizer/ (lorafw reads it when present)")
 
 
+RANDOM_ATTRS = ("p_dropout", "p_rank", "p_module", "dropout", "rank_dropout", "module_dropout")
+
+
+def draws_random_numbers(module: Any) -> bool:
+    """Whether running `module` in its current mode draws from torch's random generator: a dropout layer, or an
+    adapter with (kohya's or LyCORIS's) dropout, rank or module dropout, in training mode."""
+    import torch
+
+    for m in module.modules():
+        if not m.training:
+            continue
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if any(isinstance(v := getattr(m, a, None), (int, float)) and not isinstance(v, bool) and v > 0
+               for a in RANDOM_ATTRS):
+            return True
+    return False
+
+
+def install_output_hooks(model: Any) -> None:
+    """transformers 5 collects hidden states through forward hooks it installs on the encoder layers at the first
+    call that asks for them, and never again: installed while layers are left out, the model would return too few
+    hidden states for the rest of its life (a later full forward's hidden_states[-2] is then the wrong layer). So
+    they are installed on the whole encoder first. transformers 4 collects them in the encoder's loop: nothing to do."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    if getattr(model, "_can_record_outputs", None):
+        maybe_install_capturing_hooks(model)
+
+
 @contextlib.contextmanager
 def layers_up_to(text_encoder: Any, hidden_state: int) -> Iterator[int]:
     """Run only the encoder layers that hidden state `hidden_state` (−1 the last, −2 the penultimate, …) needs;
     yields the index that state then has (−1 when layers were left out). The layers after it cannot change it
     (each layer reads only the one before), so the state is bit for bit what the whole encoder gives; leaving them
-    out saves their forward (their backward never runs: nothing downstream reads them)."""
+    out saves their forward (their backward never runs: nothing downstream reads them). Not when those layers draw
+    random numbers (adapter dropouts while training): every later draw of the step (the UNet's adapters') would
+    shift, so they run as before."""
     from lorafw import speed
 
     inner = getattr(text_encoder, "module", text_encoder)  # a DistributedDataParallel wrapper's model
     inner = getattr(inner, "text_model", inner)  # transformers 4 has the level, 5 does not
     layers = getattr(getattr(inner, "encoder", None), "layers", None)
     drop = -1 - hidden_state
-    if drop <= 0 or layers is None or drop >= len(layers) or not speed.on("te_layers"):
+    if (drop <= 0 or layers is None or drop >= len(layers) or not speed.on("te_layers")
+            or any(draws_random_numbers(layer) for layer in layers[len(layers) - drop:])):
         yield hidden_state
         return
+    install_output_hooks(getattr(text_encoder, "module", text_encoder))
     inner.encoder.layers = layers[: len(layers) - drop]
     try:
         yield -1

@@ -1,22 +1,37 @@
 """Files written while training goes on: one background thread writes them in the order they were handed over.
 
 An epoch's LoRA file and state.pt take from a fraction of a second to seconds to serialize, hash and fsync; on
-the training thread that time is added to the step after the epoch. Here the trainer takes copies of what it
-writes at the step boundary (they cannot change under the writer) and hands a job over; the writer thread
-serializes and writes them (each file still atomically: lorafw/outputs/atomic.py) while the next step runs.
+the training thread that time is added to the step after the epoch. Here the trainer hands a job over and the
+writer thread serializes and writes (each file still atomically: lorafw/outputs/atomic.py) while the next step's
+forward and backward passes run. The LoRA tensors are copies; the optimizer state and weights are read live,
+which is safe because the next step waits for the writer before it changes them (lorafw/trainers/loop.py).
 
 `wait()` blocks until every job handed over is on disk and raises the first error a job met (a full disk, a
-read-only folder: the same OutputError, one step later). The trainer waits at the end of each optimizer step,
-before a stop (Ctrl-C, NaN) and at the run's end, so a file is never more than one step behind and a run never
-exits with a write in flight. With `background=False` (lorafw.speed's async_save off) every job runs at once.
+read-only folder: the same OutputError, one step later). The trainer waits in each optimizer step before the
+update, before a stop (Ctrl-C, NaN) and at the run's end, so a file is never more than one step behind and a run
+never exits with a write in flight. With `background=False` (lorafw.speed's async_save off) every job runs at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
+
+
+WRITER_NICE = 10
+
+
+def yield_to_training() -> None:
+    """The writer thread at a lower scheduling priority (Linux: per thread) than the training threads: where they
+    keep every core busy (a CPU run) it takes the gaps, instead of delaying a thread that the others then wait
+    for at their next barrier; when the step waits for it, it gets the CPU anyway."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+    except (AttributeError, OSError):  # Windows; or not allowed: the default priority
+        pass
 
 
 class Writer:
@@ -51,7 +66,7 @@ class Writer:
             self._held.append((job, args, kwargs))
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafw-writer")
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafw-writer", initializer=yield_to_training)
         with self._lock:
             self._pending.append(self._pool.submit(job, *args, **kwargs))
 

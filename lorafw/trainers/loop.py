@@ -79,7 +79,7 @@ def epochs(tr: Trainer) -> None:
                  + f", step {tr.global_step}/{tr.total_steps}, {time.time() - epoch_start:.1f}s")
         if tr.metrics is not None:
             tr.metrics.epoch(tr.global_step, done, tr.epoch_losses[-1], val)
-        with tr.writer.held():  # every copy taken before the writer thread starts on them
+        with tr.writer.held():  # the writer thread starts once the epoch's end is done
             if done % out.save_every_n_epochs == 0 or done == t.epochs:
                 tr.save(done)
             if s.sample.every_n_epochs and (done % s.sample.every_n_epochs == 0 or done == t.epochs):
@@ -108,6 +108,9 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
         loss = tr._loss(group[j], first_micro + j) / n  # batch j keeps its draws whatever process takes it
         tr.amp.backward(loss)  # fp16: the loss scaled
         local += loss.detach().float()
+    # Files handed to the writer before this step (an epoch's LoRA, state.pt) are written while its forward and
+    # backward passes run, from the live optimizer state and weights: nothing changes them until here.
+    tr.writer.wait()
     tr.comm.sum_grads(tr.trainable)  # a NaN anywhere reaches every process's gradients
     if tr.masters is not None:  # full_bf16/full_fp16: the gradients into the fp32 masters, which are clipped and stepped
         tr.masters.pull_grads()
@@ -141,7 +144,6 @@ def optimizer_step(tr: Trainer, group: list[list[int]]) -> None:
     if tr.metrics is not None:
         d = tr.optimizer.param_groups[0].get("d")
         tr.metrics.step(tr.global_step, tr.epoch, step_loss, lrs, float(d) if d is not None else None, norms)
-    tr.writer.wait()  # files handed to the writer before this step (an epoch's LoRA, state.pt) are on disk now
 
 
 def stop_text_encoder(tr: Trainer) -> None:

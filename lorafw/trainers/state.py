@@ -4,7 +4,6 @@ data-parallel process holds the same weights."""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -93,15 +92,8 @@ def save_state(tr: Trainer) -> None:
     micro-step): enough to continue as if never stopped. run.json then names the saved step."""
     if not tr.main:  # every process holds the same weights and optimizer state
         return
-    # Copies of everything the next step changes (the optimizer's moments are updated in place): deepcopy keeps
-    # each tensor's storage, offset and sharing, so the file is byte for byte what the live objects would give.
-    live = {
-        "optimizer": tr.optimizer.state_dict(),
-        "scheduler": tr.lr_scheduler.state_dict(),
-        "scaler": tr.amp.state_dict(),
-        "ema": tr.ema.state_dict() if tr.ema is not None else None,
-    }
-    copied = copy.deepcopy(live) if tr.writer.background else live
+    # The optimizer's and EMA's tensors are the live ones: the writer thread serializes them while the next step's
+    # forward and backward passes run, and that step waits for it before it changes any (loop.optimizer_step).
     snapshot = {
         "processes": tr.world.size,
         "spec": json.dumps(identity(tr.spec), sort_keys=True),
@@ -113,10 +105,10 @@ def save_state(tr: Trainer) -> None:
         "lora_files": [p.name for p in tr.lora_files],
         "params": [p.detach().cpu().clone() for p in tr.trainable],
         "masters": [m.detach().cpu().clone() for _, m in tr.masters.pairs] if tr.masters is not None else [],
-        "optimizer": copied["optimizer"],
-        "scheduler": copied["scheduler"],
-        "scaler": copied["scaler"],
-        "ema": copied["ema"],
+        "optimizer": tr.optimizer.state_dict(),
+        "scheduler": tr.lr_scheduler.state_dict(),
+        "scaler": tr.amp.state_dict(),
+        "ema": tr.ema.state_dict() if tr.ema is not None else None,
         "val_losses": {str(k): v for k, v in tr.val_losses.items()},
     }
     tr.record["state"] = {"step": tr.global_step, "epoch": tr.epoch, "saved_at": now_iso(), "processes": tr.world.size}
