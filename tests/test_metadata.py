@@ -239,6 +239,21 @@ def test_numbers_and_booleans_are_formatted_as_kohya_does():
     assert m["ss_sd_scripts_commit_hash"] == "(unknown)" and m["ss_resize_interpolation"] == "lanczos"
 
 
+def test_network_args_are_the_exported_ones_with_kohyas_dropout():
+    """train_network.py: net_kwargs from --network_args, then "dropout" = --network_dropout added before the
+    metadata is written; ss_network_dropout is None when not given."""
+    m = metadata_for()
+    assert (m["ss_network_module"], m["ss_network_args"], m["ss_network_dropout"]) == ("networks.lora", "{}", "None")
+    m = metadata_for("network=dora", "network.conv_dim=4", "network.conv_alpha=2", "network.dropout=0.1",
+                     "network.rank_dropout=0.05")
+    args = json.loads(m["ss_network_args"])
+    assert m["ss_network_module"] == "lycoris.kohya" and m["ss_network_dropout"] == "0.1"
+    assert args == {"algo": "locon", "conv_dim": "4", "conv_alpha": "2", "dora_wd": "True", "rank_dropout": "0.05",
+                    "dropout": 0.1}, args
+    m = metadata_for("network.block_dims=[" + ",".join(["4"] * 25) + "]")
+    assert json.loads(m["ss_network_args"]) == {"block_dims": ",".join(["4"] * 25), "dropout": None}
+
+
 def test_json_values_are_kohyas_json_dumps():
     m = metadata_for()
     # json.dumps with its defaults: ASCII-escaped, ", " and ": " separators

@@ -77,7 +77,7 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
         "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False,
                             "v_parameterization": _v_parameterization(s),
                             **({"vae": s.base_model.vae} if s.base_model.vae else {})},
-        "network_arguments": {"network_module": "lycoris.kohya" if _lycoris(s.network) else "networks.lora", "network_dim": s.network.dim,
+        "network_arguments": {"network_module": "lycoris.kohya" if is_lycoris(s.network) else "networks.lora", "network_dim": s.network.dim,
                               "network_alpha": s.network.alpha, "network_dropout": s.network.dropout,
                               **({"network_args": net_args} if net_args else {}),
                               **({"network_train_unet_only": True} if s.optimizer.text_encoder_lr == 0 else {})},
@@ -150,7 +150,7 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     return config, dataset_config
 
 
-def _lycoris(n: Any) -> bool:
+def is_lycoris(n: Any) -> bool:
     """kohya's networks.lora trains plain LoRA (LoCon with conv_dim); everything else is LyCORIS."""
     return n.algo not in ("lora",) or n.dora_wd
 
@@ -163,7 +163,7 @@ def network_args_of(n: Any) -> list[str]:
     from lorafw.config.spec import NetworkSpec
 
     defaults = NetworkSpec()
-    out = [f"algo={n.algo}"] if _lycoris(n) else []
+    out = [f"algo={n.algo}"] if is_lycoris(n) else []
     for f in dataclasses.fields(NetworkSpec):
         if f.name in ("algo", "dim", "alpha", "dropout"):
             continue

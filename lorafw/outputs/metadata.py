@@ -69,16 +69,16 @@ class TrainingFacts:
     saved_at: float | None = None  # when the file is written (None: now)
 
 
-def network_module(spec: RunSpec) -> tuple[str, dict[str, str]]:
+def network_module(spec: RunSpec) -> tuple[str, dict[str, Any]]:
+    """kohya's ss_network_module and the net_kwargs of ss_network_args: the network_args `lorafw export` writes
+    (which rebuild the network), plus the "dropout" train_network.py adds to them before writing the metadata."""
+    from lorafw.interop.kohya import is_lycoris, network_args_of
+
     n = spec.network
-    if n.algo == "lora" and not n.dora_wd:
-        return "networks.lora", {}
-    args = {"algo": n.algo}
-    if n.conv_dim is not None:
-        args.update(conv_dim=str(n.conv_dim), conv_alpha=f"{n.conv_alpha:g}")
-    if n.dora_wd:
-        args["dora_wd"] = "True"
-    return "lycoris.kohya", args
+    args: dict[str, Any] = dict(a.split("=", 1) for a in network_args_of(n))
+    if args:
+        args["dropout"] = n.dropout or None
+    return ("lycoris.kohya" if is_lycoris(n) else "networks.lora"), args
 
 
 def _float(x: float | int | None) -> str:
@@ -203,7 +203,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_network_module": module,
         "ss_network_dim": str(spec.network.dim),
         "ss_network_alpha": _float(spec.network.alpha),
-        "ss_network_dropout": _float(spec.network.dropout),
+        "ss_network_dropout": _float(spec.network.dropout or None),  # kohya's None when off
         "ss_network_args": json.dumps(net_args),  # JSON even when empty: readers json.loads it
         "ss_learning_rate": _float(o.lr),
         "ss_unet_lr": _float(o.unet_lr),
