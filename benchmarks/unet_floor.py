@@ -1,0 +1,108 @@
+"""The floor under both trainers' step: a bare SD1.5 UNet's forward + backward, kohya's against diffusers'.
+
+    python benchmarks/unet_floor.py --sd-scripts PATH                 # bf16 autocast, then fp32
+    python benchmarks/unet_floor.py --sd-scripts PATH --precision bf16 --rounds 3
+
+Both UNets at full size (320/640/1280/1280, cross-attention 768, SDPA attention), random weights, frozen and held
+in the compute dtype as both trainers hold a LoRA run's base; batch 2 at 32×32 latents (256 px) and 77 context
+tokens whose gradient is taken (the text encoder is trained in vs_kohya.py's run). kohya's is sd-scripts'
+library/original_unet.py, run from the checkout given in its own interpreter (vs_kohya.py's venv); diffusers' is the
+one lorafw trains. Each side runs in a fresh process, alternating; the figure is the median of the steps after the
+first. What a trainer's step costs above this floor is its adapters, text encoder, optimizer, data and
+bookkeeping: issue 20's account of where lorafw's and kohya's time goes. Figures only: nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CHILD = r"""
+import json, sys, time, torch
+side, dtype_name, steps, sd_scripts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+torch.manual_seed(0)
+if side == "kohya":
+    sys.path.insert(0, sd_scripts)
+    from library.original_unet import UNet2DConditionModel
+    unet = UNet2DConditionModel(sample_size=64, attention_head_dim=8, cross_attention_dim=768,
+                                use_linear_projection=False, upcast_attention=False)
+    unet.set_use_sdpa(True)
+else:
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                                block_out_channels=[320, 640, 1280, 1280],
+                                down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+                                cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+bf16 = dtype_name == "bf16"
+unet = unet.to(torch.bfloat16 if bf16 else torch.float32).requires_grad_(False)
+x, t = torch.randn(2, 4, 32, 32), torch.tensor([500, 600])
+ctx = torch.randn(2, 77, 768, requires_grad=True)
+times = []
+for _ in range(steps):
+    ctx.grad = None
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = unet(x, t, ctx)
+        out = out.sample if hasattr(out, "sample") else out
+    out.float().pow(2).mean().backward()
+    times.append(time.perf_counter() - t0)
+print("FLOOR " + json.dumps({"times": times, "threads": torch.get_num_threads(), "torch": torch.__version__}))
+"""
+
+
+def run(py: Path, env: dict[str, str], side: str, precision: str, steps: int, sd_scripts: Path) -> dict:
+    out = subprocess.run([str(py), "-c", CHILD, side, precision, str(steps), str(sd_scripts)], env=env,
+                         capture_output=True, text=True, timeout=1800)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("FLOOR ")), None)
+    if out.returncode or line is None:
+        raise SystemExit(f"{side} {precision} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(line[6:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import vs_kohya
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sd-scripts", type=Path, required=True, help="an sd-scripts checkout (library/original_unet.py)")
+    ap.add_argument("--kohya-venv", default=str(Path("~/.cache/lorafw/kohya-venv")))
+    ap.add_argument("--kohya-python", default=None)
+    ap.add_argument("--kohya-torch", default=vs_kohya.kohya_env.TORCH_PIN)
+    ap.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
+    ap.add_argument("--rounds", type=int, default=2, help="kohya, diffusers pairs per precision, alternating")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--work", type=Path, default=Path("~/.cache/lorafw/vs_kohya"))
+    args = ap.parse_args(argv)
+    if not (args.sd_scripts / "library" / "original_unet.py").is_file():
+        raise SystemExit(f"{args.sd_scripts} is not an sd-scripts checkout (no library/original_unet.py)")
+    notes: list[str] = []
+    kpy, kenv = vs_kohya.kohya_environment(args, args.work.expanduser(), notes)
+    lenv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    rows = []
+    for precision in (["bf16", "fp32"] if args.precision == "both" else [args.precision]):
+        got: dict[str, list[float]] = {"kohya": [], "diffusers": []}
+        for _ in range(args.rounds):
+            for side, py, env in (("kohya", kpy, kenv), ("diffusers", Path(sys.executable), lenv)):
+                r = run(py, env, side, precision, args.steps, args.sd_scripts)
+                got[side].append(statistics.median(r["times"][1:]))
+                print(f"{precision} {side}: " + " ".join(f"{v:.3f}" for v in r["times"]) + f" s ({r['threads']} threads)",
+                      flush=True)
+        rows.append((precision, got))
+    print("\n| precision | kohya original_unet s (runs) | diffusers UNet s (runs) | diffusers ÷ kohya |\n|---|---|---|---|")
+    for precision, got in rows:
+        k, d = statistics.mean(got["kohya"]), statistics.mean(got["diffusers"])
+        print(f"| {precision} | {', '.join(f'{v:.3f}' for v in got['kohya'])} | "
+              f"{', '.join(f'{v:.3f}' for v in got['diffusers'])} | {d / k:.3f} |")
+    print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
