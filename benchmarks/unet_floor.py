@@ -36,11 +36,7 @@ if side == "kohya":
     unet.set_use_sdpa(True)
 else:
     from diffusers import UNet2DConditionModel
-    unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                                block_out_channels=[320, 640, 1280, 1280],
-                                down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-                                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-                                cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    unet = UNet2DConditionModel(**json.loads(sys.argv[5]))
 bf16 = dtype_name == "bf16"
 unet = unet.to(torch.bfloat16 if bf16 else torch.float32).requires_grad_(False)
 x, t = torch.randn(2, 4, 32, 32), torch.tensor([500, 600])
@@ -59,7 +55,9 @@ print("FLOOR " + json.dumps({"times": times, "threads": torch.get_num_threads(),
 
 
 def run(py: Path, env: dict[str, str], side: str, precision: str, steps: int, sd_scripts: Path) -> dict:
-    out = subprocess.run([str(py), "-c", CHILD, side, precision, str(steps), str(sd_scripts)], env=env,
+    from step_profile import SD15_UNET  # the diffusers config lorafw's step profile trains
+
+    out = subprocess.run([str(py), "-c", CHILD, side, precision, str(steps), str(sd_scripts), json.dumps(SD15_UNET)], env=env,
                          capture_output=True, text=True, timeout=1800)
     line = next((x for x in out.stdout.splitlines() if x.startswith("FLOOR ")), None)
     if out.returncode or line is None:
