@@ -133,15 +133,15 @@ def layers_up_to(text_encoder: Any, hidden_state: int) -> Iterator[int]:
     shift, so they run as before."""
     from lorafw import speed
 
-    inner = getattr(text_encoder, "module", text_encoder)  # a DistributedDataParallel wrapper's model
-    inner = getattr(inner, "text_model", inner)  # transformers 4 has the level, 5 does not
+    model = getattr(text_encoder, "module", text_encoder)  # a DistributedDataParallel wrapper's model
+    inner = getattr(model, "text_model", model)  # transformers 4 has the level, 5 does not
     layers = getattr(getattr(inner, "encoder", None), "layers", None)
     drop = -1 - hidden_state
     if (drop <= 0 or layers is None or drop >= len(layers) or not speed.on("te_layers")
             or any(draws_random_numbers(layer) for layer in layers[len(layers) - drop:])):
         yield hidden_state
         return
-    install_output_hooks(getattr(text_encoder, "module", text_encoder))
+    install_output_hooks(model)
     inner.encoder.layers = layers[: len(layers) - drop]
     try:
         yield -1

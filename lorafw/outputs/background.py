@@ -70,11 +70,6 @@ class Writer:
         with self._lock:
             self._pending.append(self._pool.submit(job, *args, **kwargs))
 
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return any(not f.done() for f in self._pending)
-
     def wait(self) -> None:
         """Block until every job handed over has finished; raise the first error one of them met."""
         with self._lock:
