@@ -175,7 +175,7 @@ def produce(name: str, overrides: list[str], base: Path, data: Path, out: Path) 
 
     from lorafw.config.compose import compose
     from lorafw.run import resolve_outputs
-    from lorafw.trainers.sd15 import SD15Trainer
+    from lorafw.trainers.trainer import prepare
 
     spec = resolve_outputs(compose("sd15_character", [
         f"base_model.path={base}", f"dataset.root={data}", "dataset.resolution=64", "dataset.min_bucket_reso=64",
@@ -185,7 +185,7 @@ def produce(name: str, overrides: list[str], base: Path, data: Path, out: Path) 
         f"optimizer.text_encoder_lr={LR}", "optimizer.weight_decay=0", "output.save_state_every_n_epochs=0", "output.overwrite=true",
         f"output.dir={out / name}", f"output.name={name}", *overrides]))
     t0 = time.perf_counter()
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     path = Path(tr.run().lora_files[-1])
     seconds = time.perf_counter() - t0
     del tr

@@ -68,8 +68,8 @@ def main() -> None:
     # Latent cache and loader on the tiny model, at the demo's scale (small images train fast on a CPU).
     from lorafw.demo import demo_overrides, make_base_model, make_dataset
     from lorafw.run import resolve_outputs
-    from lorafw.trainers import inputs, lifecycle
-    from lorafw.trainers.sd15 import SD15Trainer
+    from lorafw.trainers import batch as batch_mod
+    from lorafw.trainers.trainer import prepare
 
     from lorafw.config.compose import compose
 
@@ -77,29 +77,26 @@ def main() -> None:
     data = make_dataset(work / "demo", n_images=48)
     overrides = [o for o in demo_overrides(model, data, work / "run", 1) if not o.startswith("+recipe")]
     s = resolve_outputs(compose("sd15_character", overrides))
-    tr = SD15Trainer(s, s.output.dir)
-    lifecycle.setup_device(tr)
-    lifecycle.load_models(tr)
+    tr = prepare(s, s.output.dir)
+    tr.setup_models()
     t0 = time.perf_counter()
-    lifecycle.build_caches(tr)
-    lifecycle.models_to_device(tr)
+    tr.setup_caches()
     cache_s = time.perf_counter() - t0
     print(f"latent cache build (tiny VAE)        {len(tr.data.images) / cache_s:.0f} images/s")
-    lifecycle.inject_network(tr)
-    lifecycle.build_optimizer(tr)
+    tr.setup_training()
     batches = tr.data.epoch_batches(s.seed, 1, s.train.batch_size)
     t0 = time.perf_counter()
     n = 0
     for _ in range(20):
         for b in batches:
             rng = random.Random(n)
-            inputs.latents(tr, b, [False] * len(b))
+            batch_mod.latents(tr.dev, tr.models, tr.data, tr.caches.latents, b, [False] * len(b))
             [tr.data.caption(i, rng) for i in b]
             n += len(b)
     loader = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     tr.train()
-    step = tr.global_step / (time.perf_counter() - t0)
+    step = tr.state.global_step / (time.perf_counter() - t0)
     print(f"loader, cached latents              {loader:.0f} items/s")
     print(f"training (tiny model, batch {s.train.batch_size})       {step * s.train.batch_size:.0f} items/s ({step:.1f} steps/s)")
     print(f"loader / training                   {loader / (step * s.train.batch_size):.0f}x (the loader is not the bottleneck when > 1)")

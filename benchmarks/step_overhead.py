@@ -228,9 +228,8 @@ def lorafw_trainer(model: Path, data: Path, out: Path, size: str, resolution: in
                    device: str, extra: list[str]):
     from lorafw.config.compose import compose
     from lorafw.run import resolve_outputs
-    from lorafw.trainers.sd15 import SD15Trainer
-    from lorafw.trainers.sdxl import SDXLTrainer
-
+    from lorafw.trainers.trainer import prepare
+    
     recipe = "pdxl" if size == "sdxl" else "sd15_character"
     overrides = [
         f"base_model.path={model}", f"dataset.root={data}", f"dataset.resolution={resolution}",
@@ -258,7 +257,7 @@ def time_lorafw(tr: Any, warmup: int) -> list[float]:
 
     def timed(group: list[list[int]]) -> None:
         inner(group)
-        sync(tr.device)
+        sync(tr.dev.device)
         ends.append(time.perf_counter())
 
     tr._optimizer_step = timed
@@ -341,7 +340,7 @@ def main() -> None:
           + f", {dtype}, torch {torch.__version__}"
           + (", gradient checkpointing" if args.gradient_checkpointing else "") + (", lorafw compiled" if args.compile else ""))
     print(f"trainable parameters: bare {sum(p.numel() for p in bare.params) / 1e6:.2f}M, "  # type: ignore[attr-defined]
-          f"lorafw {tr.network.n_parameters() / 1e6:.2f}M")
+          f"lorafw {tr.state.network.n_parameters() / 1e6:.2f}M")
     print(f"peak memory: bare {bare_mem.describe()}; lorafw {lf_mem.describe()}")
     print(f"seconds per step: bare {floor:.4f}, lorafw {ours:.4f}")
     if device.type == "cuda":

@@ -144,29 +144,38 @@ class Phases:
         setattr(obj, attr, timed)
 
 
+class Timed:
+    """The trainer's architecture with some of its calls replaced by timed ones (the shared one is untouched)."""
+
+    def __init__(self, arch: Any, **calls: Any) -> None:
+        self._arch, self._calls = arch, calls
+
+    def __getattr__(self, name: str) -> Any:
+        return self._calls.get(name) or getattr(self._arch, name)
+
+
 def instrument(tr: Any, ph: Phases) -> None:
     """Wrap the functions one step calls (after setup: the optimizer and metrics exist)."""
     from lorafw.models import text
-    from lorafw.trainers import inputs
 
     ph.wrap(text, "tokenize", "tokenize")
-    inner_encode = inputs.encode_text
+    inner_encode = tr.arch.encode_text
 
-    def encode(tr_: Any, captions: list[str]) -> dict[str, torch.Tensor]:
+    def encode(models: Any, captions: list[str], train: Any) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
-        out = inner_encode(tr_, captions)
+        out = inner_encode(models, captions, train)
         ph.current["te_forward (incl. tokenize)"] += time.perf_counter() - t0
         for v in out.values():  # the UNet's backward ends when the text states' gradient arrives
             if v.requires_grad:
                 v.register_hook(lambda g: ph.current.__setitem__("_unet_bw_end", time.perf_counter()) or g)
         return out
 
-    inputs.encode_text = encode
+    tr.arch = Timed(tr.arch, encode_text=encode)
     unet_t0: list[float] = []
-    tr.unet.register_forward_pre_hook(lambda m, a: unet_t0.append(time.perf_counter()))
-    tr.unet.register_forward_hook(lambda m, a, o: ph.current.__setitem__(
+    tr.models.denoiser.register_forward_pre_hook(lambda m, a: unet_t0.append(time.perf_counter()))
+    tr.models.denoiser.register_forward_hook(lambda m, a, o: ph.current.__setitem__(
         "unet_forward", ph.current["unet_forward"] + time.perf_counter() - unet_t0.pop()))
-    amp_backward = tr.amp.backward
+    amp_backward = tr.dev.amp.backward
 
     def backward(loss: Any) -> None:
         t0 = time.perf_counter()
@@ -180,10 +189,10 @@ def instrument(tr: Any, ph: Phases) -> None:
             ph.current["unet_backward"] += mid - t0
             ph.current["te_backward"] += t1 - mid
 
-    tr.amp.backward = backward
+    tr.dev.amp.backward = backward
     ph.wrap(torch.nn.utils, "clip_grad_norm_", "clip_grad_norm")
-    ph.wrap(tr.optimizer, "step", "optimizer_step")
-    ph.wrap(tr.optimizer, "zero_grad", "zero_grad")
+    ph.wrap(tr.state.optimizer, "step", "optimizer_step")
+    ph.wrap(tr.state.optimizer, "zero_grad", "zero_grad")
     if tr.metrics is not None:
         ph.wrap(tr.metrics, "step", "metrics_step")
     inner_step = tr._optimizer_step
@@ -210,14 +219,14 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     import lorafw
     from lorafw.outputs.metrics import Metrics
     from lorafw.run import resolve_outputs
-    from lorafw.trainers.sd15 import SD15Trainer
+    from lorafw.trainers.trainer import prepare
 
     work = Path(args.work)
     model = full_sd15(work / "sd15-full-random.safetensors")
     data = images(work / "data", 8, 256)
     out = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     spec = resolve_outputs(lorafw.compose("sd15_character", overrides(model, data, out, args) + args.set))
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     tr.setup()
     tr.metrics = Metrics(tr.run_dir, tr.spec.log, 0)
     ph = Phases()
@@ -238,7 +247,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         tr._optimizer_step = stepped
     ph.loop_start = time.perf_counter()
     try:
-        with tr.stop:
+        with tr.session.stop:
             tr.train()
     finally:
         ph.loop_end = time.perf_counter()
@@ -250,13 +259,13 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows), flush=True)
     n = len(ph.step_ends)
     steady = [b - a for i, (a, b) in enumerate(zip(ph.step_ends, ph.step_ends[1:]), 1)
-              if i % tr.steps_per_epoch != 0]  # intervals that contain no epoch end
+              if i % tr.plan.steps_per_epoch != 0]  # intervals that contain no epoch end
     with_saves = (ph.loop_end - ph.step_ends[0]) / (n - 1)
-    cpu_steady = [b - a for i, (a, b) in enumerate(zip(ph.cpu_ends, ph.cpu_ends[1:]), 1) if i % tr.steps_per_epoch != 0]
+    cpu_steady = [b - a for i, (a, b) in enumerate(zip(ph.cpu_ends, ph.cpu_ends[1:]), 1) if i % tr.plan.steps_per_epoch != 0]
     cpu_with_saves = (cpu_end - ph.cpu_ends[0]) / (n - 1)
     # what an epoch's end costs the loop: the interval holding it (the end's own work and the next step, which the
     # background writer shares the CPU with) less a steady step; and the wait for the last epoch's files
-    ends = [b - a for i, (a, b) in enumerate(zip(ph.step_ends, ph.step_ends[1:]), 1) if i % tr.steps_per_epoch == 0]
+    ends = [b - a for i, (a, b) in enumerate(zip(ph.step_ends, ph.step_ends[1:]), 1) if i % tr.plan.steps_per_epoch == 0]
     epoch_end_excess = [e - statistics.median(steady) for e in ends]
     final_writes = ph.loop_end - ph.step_ends[-1]
     import shutil

@@ -40,38 +40,34 @@ def main() -> None:
     spec = compose("sd15_character", overrides)
 
     from lorafw.run import resolve_outputs
-    from lorafw.trainers import inputs, lifecycle
-    from lorafw.trainers.sd15 import SD15Trainer
+    from lorafw.trainers.trainer import prepare
 
     spec = resolve_outputs(spec)
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     t0 = time.perf_counter()
-    lifecycle.setup_device(tr)
-    lifecycle.load_models(tr)
+    tr.setup_models()
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lifecycle.build_caches(tr)
-    lifecycle.models_to_device(tr)
+    tr.setup_caches()
     cache_s = time.perf_counter() - t0
-    lifecycle.inject_network(tr)
-    lifecycle.build_optimizer(tr)
+    tr.setup_training()
     t0 = time.perf_counter()
     tr.train()
     train_s = time.perf_counter() - t0
     save_s = 0.0
     t0 = time.perf_counter()
     tr.save(args.epochs)
-    tr.writer.wait()  # written by a background thread: timed until it is on disk
+    tr.session.writer.wait()  # written by a background thread: timed until it is on disk
     save_s = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"device                 {tr.device} ({tr.precision})")
+    print(f"device                 {tr.dev.device} ({tr.dev.precision})")
     print(f"import lorafw config   {import_s:.2f} s")
     print(f"compose + validate     {compose_s:.2f} s (torch imported: {torch_loaded})")
     print(f"load tiny checkpoint   {load_s:.2f} s")
     print(f"cache latents          {len(tr.data.images)} images in {cache_s:.2f} s ({len(tr.data.images) / cache_s:.1f} img/s)")
-    print(f"train                  {tr.global_step} steps in {train_s:.2f} s ({tr.global_step / train_s:.1f} steps/s, "
-          f"{1000 * train_s / tr.global_step:.0f} ms/step incl. {args.epochs} saves)")
+    print(f"train                  {tr.state.global_step} steps in {train_s:.2f} s ({tr.state.global_step / train_s:.1f} steps/s, "
+          f"{1000 * train_s / tr.state.global_step:.0f} ms/step incl. {args.epochs} saves)")
     print(f"save one LoRA file     {save_s * 1000:.0f} ms")
     print(f"peak RSS               {rss_mb:.0f} MB")
 

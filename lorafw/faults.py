@@ -74,19 +74,20 @@ def install(trainer: Any) -> None:
 
     def faulty_loss(batch: list[int], micro: int):
         value = loss(batch, micro)
-        trace("batch", rank=trainer.world.rank, epoch=trainer.epoch, step=trainer.global_step + 1, micro=micro, items=batch)
-        if hit("nan_at_step", trainer.global_step + 1):
+        st = trainer.state
+        trace("batch", rank=trainer.session.world.rank, epoch=st.epoch, step=st.global_step + 1, micro=micro, items=batch)
+        if hit("nan_at_step", st.global_step + 1):
             value = value * float("nan")
         return value
 
     def faulty_step(group: list[list[int]]) -> None:
         step(group)
-        kill_if("kill_at_step", trainer.global_step)
+        kill_if("kill_at_step", trainer.state.global_step)
 
     def faulty_save(*args: Any, **kwargs: Any):
         path = save(*args, **kwargs)
-        if trainer.main and hit("kill_after_save"):
-            trainer.writer.wait()  # "after the file is saved": on disk, also when a background thread writes it
+        if trainer.session.main and hit("kill_after_save"):
+            trainer.session.writer.wait()  # "after the file is saved": on disk, also when a background thread writes it
             os.kill(os.getpid(), signal.SIGKILL)
         return path
 

@@ -139,7 +139,7 @@ def _parent_log_file() -> str | None:
 def worker(spec_file: str, out_dir: str) -> int:
     """One data-parallel process: train the spec; write rank-R.json with the result or the error."""
     from lorafw.config.validate import spec_from_dict
-    from lorafw.registry import get_trainer
+    from lorafw.trainers.trainer import prepare
     from lorafw.trainers.distributed import World
 
     if os.environ.get(WORKER_ENV):
@@ -149,7 +149,7 @@ def worker(spec_file: str, out_dir: str) -> int:
     out = Path(out_dir) / f"rank-{world.rank}.json"
     try:
         spec, _ = spec_from_dict(json.loads(Path(spec_file).read_text()), check_paths=False)
-        result = get_trainer(spec.base_model.arch)(spec, Path(spec.output.dir)).run()  # type: ignore[arg-type]
+        result = prepare(spec, Path(spec.output.dir)).run()  # type: ignore[arg-type]
     except LorafwError as e:
         out.write_text(json.dumps({"ok": False, "error": str(e), "exit_code": e.exit_code}))
         return e.exit_code

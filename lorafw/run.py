@@ -1,4 +1,4 @@
-"""Run a spec: fill in the run folder and file name, pick the trainer from the registry, train.
+"""Run a spec: fill in the run folder and file name, find its model family (lorafw/archs/), train.
 
 The CLI and the Python API both end here, so a notebook run and a command-line run of the same
 spec are the same run.
@@ -14,7 +14,7 @@ from pathlib import Path
 from lorafw.config.compose import default_run_dir, run_name
 from lorafw.config.spec import RunSpec
 from lorafw.config.validate import resolve_arch
-from lorafw.registry import get_trainer
+from lorafw.trainers.trainer import prepare
 
 log = logging.getLogger("lorafw")
 
@@ -42,8 +42,7 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
         from lorafw.launch import launch
 
         return launch(spec)  # N data-parallel processes through accelerate launch; each trains this spec
-    trainer_cls = get_trainer(spec.base_model.arch)
-    trainer = trainer_cls(spec, Path(spec.output.dir))
+    trainer = prepare(spec, Path(spec.output.dir))
     try:
         return trainer.run()
     finally:  # finished, stopped or failed: the page shows what there is (report.enabled)

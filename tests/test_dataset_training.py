@@ -15,13 +15,18 @@ from conftest import make_folder, scanned_dataset
 from lorafw.data.latents import LatentCache
 from lorafw.errors import ConfigError, DatasetError
 from lorafw.run import resolve_outputs
-from lorafw.trainers.step import diffusion_loss
-from lorafw.trainers.sd15 import SD15Trainer
+from lorafw.trainers.step import apply_loss_weights, per_sample_loss
 
 
-def trainer_for(spec) -> SD15Trainer:
+def diffusion_loss(pred, target, t, sched, cfg=None, mask=None, weights=None):
+    """The step's per-sample loss of a prediction (plain MSE), masked and weighted."""
+    return apply_loss_weights(per_sample_loss(pred, target, mask, t, sched), t, weights=weights)
+from lorafw.trainers.trainer import Trainer, prepare
+
+
+def trainer_for(spec) -> Trainer:
     spec = resolve_outputs(spec)
-    return SD15Trainer(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 dataset = scanned_dataset
@@ -121,7 +126,7 @@ def test_masked_training_uses_the_alpha_channel(compose_tiny, tmp_path):
         (folder / f"{i}.txt").write_text("a, b")
     tr = trainer_for(compose_tiny("sd15_character", "dataset.masked_loss=true", data=tmp_path / "data"))
     result = tr.run()
-    m = tr.latent_cache.get_mask(0, False)
+    m = tr.caches.latents.get_mask(0, False)
     assert m.shape == (1, 8, 8) and m[0, :, :4].max() == 0 and m[0, :, 4:].min() == 1
     with safe_open(str(result.lora_files[-1]), "pt") as f:
         assert f.metadata()["ss_masked_loss"] == "True"
@@ -130,7 +135,7 @@ def test_masked_training_uses_the_alpha_channel(compose_tiny, tmp_path):
 def test_regularisation_images_double_the_items_and_are_counted(compose_tiny, tmp_path):
     make_folder(tmp_path / "reg", "1_woman", [(64, 64)] * 3, ["1girl, woman"])
     tr = trainer_for(compose_tiny("sd15_character", f"dataset.reg_root={tmp_path / 'reg'}", "dataset.prior_loss_weight=0.5"))
-    assert (tr.data.n_train_items, tr.data.n_reg_items, tr.steps_per_epoch) == (8, 8, 8)
+    assert (tr.data.n_train_items, tr.data.n_reg_items, tr.plan.steps_per_epoch) == (8, 8, 8)
     result = tr.run()
     with safe_open(str(result.lora_files[-1]), "pt") as f:
         m = f.metadata()
@@ -158,7 +163,7 @@ def test_damaged_images_stop_the_run_before_loading(compose_tiny, tmp_path):
 def test_skip_bad_images_trains_without_them(compose_tiny, tmp_path):
     bad = make_bad_dataset(tmp_path / "data")
     tr = trainer_for(compose_tiny("sd15_character", "dataset.skip_bad_images=true", data=tmp_path / "data"))
-    assert len(tr.data.images) == 3 and any("left out 1 image(s)" in w and str(bad) in w for w in tr.dataset_warnings)
+    assert len(tr.data.images) == 3 and any("left out 1 image(s)" in w and str(bad) in w for w in tr.plan.dataset_warnings)
     tr.run()
     rec = json.loads((tr.run_dir / "run.json").read_text())
     assert any(f["kind"] == "unreadable" and f["paths"] == [str(bad)] for f in rec["lint"]["findings"])

@@ -15,14 +15,14 @@ from safetensors.torch import load_file
 
 from conftest import make_folder, tiny_overrides
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sd15 import SD15Trainer
+from lorafw.trainers.trainer import Trainer, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trainer_for(spec) -> SD15Trainer:
+def trainer_for(spec) -> Trainer:
     spec = resolve_outputs(spec)
-    return SD15Trainer(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_ema_files(compose_tiny):
         assert f.metadata()["ss_ema_decay"] == "0.9"
     summary = json.loads((tr.run_dir / "run_summary.json").read_text())
     assert summary["epochs"][1]["ema_file"] == "toy-02-ema.safetensors"
-    assert tr.ema.updates == tr.global_step  # one update per optimizer step (the arithmetic: next test)
+    assert tr.state.ema.updates == tr.state.global_step  # one update per optimizer step (the arithmetic: next test)
 
 
 def test_ema_average_arithmetic():
@@ -98,7 +98,7 @@ def test_tensorboard_and_metrics(compose_tiny, six_images):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"loss/step", "loss/smoothed", "lr/unet", "lr/text_encoder", "prodigy/d", "loss/epoch", "loss/validation"} <= tags
-    assert len(acc.Scalars("loss/step")) == tr.global_step and len(acc.Scalars("loss/validation")) == 2
+    assert len(acc.Scalars("loss/step")) == tr.state.global_step and len(acc.Scalars("loss/validation")) == 2
     header = (tr.run_dir / "metrics.csv").read_text().splitlines()[0]
     assert header == "kind,step,epoch,loss,loss_smoothed,lr_unet,lr_text_encoder,prodigy_d,val_loss"
 

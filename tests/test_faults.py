@@ -305,7 +305,8 @@ def test_faults_attach_at_one_seam_and_only_when_asked(monkeypatch, tmp_path):
     from lorafw import faults
 
     calls: list[str] = []
-    tr = SimpleNamespace(world=SimpleNamespace(rank=0), epoch=1, global_step=0, main=True,
+    tr = SimpleNamespace(session=SimpleNamespace(world=SimpleNamespace(rank=0), main=True),
+                         state=SimpleNamespace(epoch=1, global_step=0),
                          _loss=lambda batch, micro: torch.tensor(1.0), _optimizer_step=lambda group: calls.append("step"),
                          save=lambda epoch: calls.append("save"))
     plain = (tr._loss, tr._optimizer_step, tr.save)
@@ -317,7 +318,7 @@ def test_faults_attach_at_one_seam_and_only_when_asked(monkeypatch, tmp_path):
     monkeypatch.setenv("LORAFW_TRACE", str(tmp_path / "trace.jsonl"))
     faults.install(tr)
     assert tr._loss([3, 4], 0).item() == 1.0
-    tr.global_step = 1
+    tr.state.global_step = 1
     assert torch.isnan(tr._loss([5], 1))
     tr._optimizer_step([[5]])
     tr.save(1)

@@ -114,11 +114,11 @@ def test_patched_weights_match_the_trained_adapters(compose_tiny, net, tmp_path)
     from lorafw.models.load import load_components
     from lorafw.network.apply import WeightPatcher, module_names
     from lorafw.run import resolve_outputs
-    from lorafw.trainers.sd15 import SD15Trainer
+    from lorafw.trainers.trainer import prepare
 
     extra = ["network=dora", "network.conv_dim=2", "network.conv_alpha=1"] if net == "dora" else []
     spec = resolve_outputs(compose_tiny("sd15_character", *extra, "optimizer.lr=1e-2", "output.save_precision=fp32"))
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     result = tr.run()
     lora = load_file(str(result.lora_files[-1]))
     c = load_components(spec.base_model.path)
@@ -128,17 +128,17 @@ def test_patched_weights_match_the_trained_adapters(compose_tiny, net, tmp_path)
     ids = torch.randint(0, 49406, (1, 77))
     with torch.no_grad():
         base_out = c.unet(x, t, ctx).sample
-        assert patcher.apply(lora, 1.0) == len(tr.network.entries)
-        tr.unet.eval()
+        assert patcher.apply(lora, 1.0) == len(tr.state.network.entries)
+        tr.models.denoiser.eval()
         # at the output's scale: patched weights and the training forward (DoRA's cached norms) sum floats in another
         # order (measured up to 2e-4 on an output ~1); the adapters' own effect is checked to be far above that
-        trained = tr.unet(x, t, ctx).sample
+        trained = tr.models.denoiser(x, t, ctx).sample
         tol = 1e-3 * float(trained.abs().max())
         assert float((trained - base_out).abs().max()) > 10 * tol, "the adapters changed nothing measurable"
         torch.testing.assert_close(c.unet(x, t, ctx).sample, trained, atol=tol, rtol=1e-3)
         te = c.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
-        tr.text_encoders[0].eval()
-        te_trained = tr.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
+        tr.models.text_encoders[0].eval()
+        te_trained = tr.models.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
         torch.testing.assert_close(te, te_trained, atol=1e-3 * float(te_trained.abs().max()), rtol=1e-3)
         name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
         full = patcher.modules[name].weight.clone()

@@ -11,8 +11,7 @@ from conftest import tiny_overrides
 from lorafw.config.compose import compose
 from lorafw.network.apply import rebuild
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sd15 import SD15Trainer
-from lorafw.trainers.sdxl import SDXLTrainer
+from lorafw.trainers.trainer import prepare
 
 pytestmark = pytest.mark.slow
 NETWORKS = ["lora", "locon", "dora", "loha", "lokr", "ia3", "glora"]
@@ -23,18 +22,18 @@ SMALL = {"locon": ["network.conv_dim=2", "network.conv_alpha=1"], "dora": ["netw
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 @pytest.mark.parametrize("net", NETWORKS)
 def test_network_trains_and_its_file_is_read_whole(net, arch, tiny_model, tiny_xl_model, tiny_dataset, tmp_path):
-    model, recipe, cls = (tiny_model, "sd15_character", SD15Trainer) if arch == "sd15" else (tiny_xl_model, "pdxl", SDXLTrainer)
+    model, recipe, cls = (tiny_model, "sd15_character", prepare) if arch == "sd15" else (tiny_xl_model, "pdxl", prepare)
     spec = resolve_outputs(compose(recipe, tiny_overrides(model, tiny_dataset, tmp_path / "run") + [
         f"network={net}", *SMALL.get(net, []), "optimizer.lr=1e-2", "optimizer.text_encoder_lr=1e-2",
         "output.save_precision=fp32", "train.mixed_precision=no", "train.full_bf16=false"]))
     tr = cls(spec, spec.output.dir)
     result = tr.run()
     sd = load_file(str(result.lora_files[-1]))
-    modules = {e.file_name: dict(tr.unet.named_modules() if e.part == "unet" else
-                                 tr.text_encoders[0 if e.part in ("te", "te1") else 1].named_modules())[e.path]
-               for e in tr.network.entries}
+    modules = {e.file_name: dict(tr.models.denoiser.named_modules() if e.part == "unet" else
+                                 tr.models.text_encoders[0 if e.part in ("te", "te1") else 1].named_modules())[e.path]
+               for e in tr.state.network.entries}
     assert {k.split(".", 1)[0] for k in sd} == set(modules)
-    tr.network.set_enabled(False)
+    tr.state.network.set_enabled(False)
     moved = False
     for name, layer in modules.items():
         module = rebuild(sd, name, layer)

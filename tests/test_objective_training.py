@@ -22,10 +22,10 @@ def metadata(path) -> dict[str, str]:
 
 
 def trainer(spec):
-    from lorafw.registry import get_trainer
+    from lorafw.trainers.trainer import prepare
 
     spec = resolve_outputs(spec)
-    return get_trainer(spec.base_model.arch)(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 def test_a_v_pred_marked_sdxl_file_trains_as_v_prediction_with_ztsnr(tiny_xl_vpred_model, tiny_dataset, tmp_path):
@@ -33,9 +33,9 @@ def test_a_v_pred_marked_sdxl_file_trains_as_v_prediction_with_ztsnr(tiny_xl_vpr
                    ["train.batch_size=8", "train.mixed_precision=no", "train.full_bf16=false"])
     assert spec.train.prediction_type == "auto"
     tr = trainer(spec)
-    assert (tr.objective.prediction, tr.objective.zero_terminal_snr) == ("v_prediction", True)
+    assert (tr.plan.objective.prediction, tr.plan.objective.zero_terminal_snr) == ("v_prediction", True)
     result = tr.run()
-    assert tr.noise_scheduler.config.prediction_type == "v_prediction" and tr.noise_scheduler.alphas_cumprod[-1] == 0
+    assert tr.models.noise_scheduler.config.prediction_type == "v_prediction" and tr.models.noise_scheduler.alphas_cumprod[-1] == 0
     meta = metadata(result.lora_files[-1])
     assert meta["modelspec.prediction_type"] == "v"
     assert (meta["ss_v_parameterization"], meta["ss_zero_terminal_snr"]) == ("True", "True")

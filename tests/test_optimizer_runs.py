@@ -15,14 +15,14 @@ from lorafw.config.spec import RunSpec
 from lorafw.errors import Interrupted
 from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sd15 import SD15Trainer
+from lorafw.trainers.trainer import Trainer, prepare
 
 pytestmark = pytest.mark.slow
 
 
-def trainer_for(spec: RunSpec) -> SD15Trainer:
+def trainer_for(spec: RunSpec) -> Trainer:
     spec = resolve_outputs(spec)
-    return SD15Trainer(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 def opt_overrides(name: str) -> list[str]:
@@ -43,7 +43,7 @@ def test_each_optimizer_trains_and_resumes_bit_identical(compose_tiny, tmp_path,
 
     ref = trainer_for(compose_tiny("sd15_character", *opt_overrides(name), f"output.dir={tmp_path / 'ref'}"))
     ref.run()
-    assert ref.total_steps == 4 and ref.global_step == 4
+    assert ref.plan.total_steps == 4 and ref.state.global_step == 4
     cut = trainer_for(compose_tiny("sd15_character", *opt_overrides(name), f"output.dir={tmp_path / 'cut'}"))
     step = cut._optimizer_step
 
@@ -75,8 +75,8 @@ def test_each_scheduler_trains_a_tiny_run(compose_tiny, tmp_path, sched):
     from lorafw.optim.schedulers import factor
 
     lr = tr.spec.optimizer.unet_lr
-    want = lr * factor(tr.spec.scheduler, tr.total_steps, tr.total_steps, lr, tr.spec.optimizer.lr)
-    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(want)  # the schedule reached its last step
+    want = lr * factor(tr.spec.scheduler, tr.plan.total_steps, tr.plan.total_steps, lr, tr.spec.optimizer.lr)
+    assert tr.state.optimizer.param_groups[0]["lr"] == pytest.approx(want)  # the schedule reached its last step
 
 
 def test_adafactor_relative_step_trains(compose_tiny, tmp_path):
@@ -84,7 +84,7 @@ def test_adafactor_relative_step_trains(compose_tiny, tmp_path):
                                   "optimizer.text_encoder_lr=${.lr}", "train.mixed_precision=no"))
     assert tr.spec.scheduler.name == "adafactor"
     tr.run()
-    assert 0 < tr.optimizer.param_groups[0]["lr"] != tr.spec.optimizer.lr
+    assert 0 < tr.state.optimizer.param_groups[0]["lr"] != tr.spec.optimizer.lr
 
 
 def test_schedule_free_saves_its_eval_weights(compose_tiny, tmp_path):
@@ -92,10 +92,10 @@ def test_schedule_free_saves_its_eval_weights(compose_tiny, tmp_path):
 
     tr = trainer_for(compose_tiny("sd15_character", *opt_overrides("schedulefree_adamw")))
     tr.run()
-    saved = load_file(str(tr.lora_files[-1]))
-    train_point = tr.network.kohya_state_dict(torch.float32)
-    with evaluation_weights(tr.optimizer):
-        eval_point = tr.network.kohya_state_dict(torch.float32)
+    saved = load_file(str(tr.state.lora_files[-1]))
+    train_point = tr.state.network.kohya_state_dict(torch.float32)
+    with evaluation_weights(tr.state.optimizer):
+        eval_point = tr.state.network.kohya_state_dict(torch.float32)
     k = next(k for k in saved if k.endswith("lora_up.weight"))
     assert torch.equal(saved[k], eval_point[k]) and not torch.equal(saved[k], train_point[k])
 
@@ -105,8 +105,8 @@ def test_loraplus_block_lr_and_stopped_text_encoder(compose_tiny, tmp_path):
                                   "optimizer.stop_text_encoder_training=0.5", "train.mixed_precision=no",
                                   "optimizer.unet_lr=1e-3", "optimizer.text_encoder_lr=1e-3", "scheduler=constant"))
     tr.run()
-    names = {g["name"]: g["lr"] for g in tr.optimizer.param_groups}
+    names = {g["name"]: g["lr"] for g in tr.state.optimizer.param_groups}
     assert names["unet_block12"] == pytest.approx(2e-3) and names["unet_block12_plus"] == pytest.approx(1.6e-2)
     assert names["text_encoder"] == pytest.approx(1e-3) and "text_encoder_plus" not in names
-    assert tr.te_stop_step == 2 and not tr.train_te
-    assert all(not p.requires_grad for p in tr.network.parameters("te"))
+    assert tr.state.te_stop_step == 2 and not tr.state.train_te
+    assert all(not p.requires_grad for p in tr.state.network.parameters("te"))

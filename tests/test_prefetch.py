@@ -15,7 +15,7 @@ from lorafw.data.latents import LatentCache, load_pixels
 from lorafw.data.prefetch import Ahead, Lookahead, resolve_workers
 from lorafw.errors import DatasetError
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sd15 import SD15Trainer
+from lorafw.trainers.trainer import prepare
 
 
 def slow_square(x: int) -> int:
@@ -149,23 +149,25 @@ def test_a_corrupt_image_on_a_loader_thread_names_the_file(tmp_path, tiny_parts)
         c.build()
 
 
-def test_uncached_training_is_unchanged_by_loader_threads(compose_tiny, tmp_path):
+def test_uncached_training_is_unchanged_by_loader_threads(compose_tiny, tmp_path, monkeypatch):
+    from lorafw.trainers import batch as batch_mod
+
     runs = {}
     for workers in (0, 2):
         spec = resolve_outputs(compose_tiny("sd15_character", "train.epochs=2", "optimizer=adamw", "dataset.cache_latents=false",
                                             "dataset.flip_aug=true", f"dataset.workers={workers}", "output.save_precision=fp32",
                                             f"output.dir={tmp_path / str(workers)}"))
-        tr = SD15Trainer(spec, spec.output.dir)
+        tr = prepare(spec, spec.output.dir)
         tr.setup()
-        assert tr.latent_cache is None
-        made, make = [], tr._pixel_lookahead
-        tr._pixel_lookahead = lambda groups: made.append(make(groups)) or made[-1]
+        assert tr.caches.latents is None
+        made, make = [], batch_mod.pixel_lookahead
+        monkeypatch.setattr(batch_mod, "pixel_lookahead", lambda *a: made.append(make(*a)) or made[-1])
         tr.train()
         batches = sum(len(tr.data.epoch_batches(spec.seed, e, spec.train.batch_size)) for e in (1, 2))
         assert len(made) == 2 and batches > 0  # one lookahead per epoch
         assert sum(look.served for look in made) == batches and sum(look.missed for look in made) == 0  # none decoded twice
         runs[workers] = tr
     a, b = runs[0], runs[2]
-    assert a.loss_history == b.loss_history
-    for x, y in zip(a.trainable, b.trainable):
+    assert a.state.loss_history == b.state.loss_history
+    for x, y in zip(a.state.trainable, b.state.trainable):
         assert torch.equal(x, y)

@@ -15,16 +15,15 @@ from lorafw.data.buckets import Placement, size_conditioning
 from lorafw.errors import ConfigError
 from lorafw.models.load import inspect_base_model, load_components
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sdxl import SDXLTrainer
 
 
 def xl_spec(model, data, out, recipe="pdxl", *extra):
     return compose(recipe, tiny_overrides(model, data, out) + list(extra))
 
 
-def trainer_for(spec) -> SDXLTrainer:
+def trainer_for(spec) -> Trainer:
     spec = resolve_outputs(spec)
-    return SDXLTrainer(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -118,18 +117,18 @@ def test_file_loaded_by_the_sdxl_pipeline_reproduces_the_model(xl_trained):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     pipe.load_lora_weights(str(result.lora_files[-1]))
     counts = [sum(isinstance(m, LoraLayer) for m in mod.modules()) for mod in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2)]
-    assert counts == [sum(e.part == part for e in tr.network.entries) for part in ("unet", "te1", "te2")]
+    assert counts == [sum(e.part == part for e in tr.state.network.entries) for part in ("unet", "te1", "te2")]
     torch.manual_seed(0)
     x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([100, 800]), torch.randn(2, 77, 64)
     added = {"text_embeds": torch.randn(2, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
     ids = torch.randint(0, 49406, (2, 77))
-    for m in (tr.unet, *tr.text_encoders):
+    for m in (tr.models.denoiser, *tr.models.text_encoders):
         m.eval()
     with torch.no_grad():
-        ours = tr.unet(x, t, ctx, added_cond_kwargs=added).sample
+        ours = tr.models.denoiser(x, t, ctx, added_cond_kwargs=added).sample
         assert (ours - base["unet"](x, t, ctx, added_cond_kwargs=added).sample).abs().max() > 1e-4
         torch.testing.assert_close(pipe.unet(x, t, ctx, added_cond_kwargs=added).sample, ours, atol=1e-5, rtol=1e-5)
-        for i, (mine, theirs) in enumerate(zip(tr.text_encoders, (pipe.text_encoder, pipe.text_encoder_2))):
+        for i, (mine, theirs) in enumerate(zip(tr.models.text_encoders, (pipe.text_encoder, pipe.text_encoder_2))):
             a = mine(ids, output_hidden_states=True).hidden_states[-2]
             b = theirs(ids, output_hidden_states=True).hidden_states[-2]
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
@@ -173,7 +172,7 @@ def test_locon_and_dora_reapplied_with_lycoris(tiny_xl_model, tiny_dataset, tmp_
     assert any(k.endswith(".dora_scale") for k in sd) == (net == "dora")
     base = build_sdxl(0)["unet"]
     # LyCORIS names diffusers modules; the file uses the original layout's names (checked on their own above)
-    path_of = {e.file_name: e.path for e in tr.network.entries}
+    path_of = {e.file_name: e.path for e in tr.state.network.entries}
     renamed = {}
     for k, v in sd.items():
         name, rest = k.split(".", 1)
@@ -181,13 +180,13 @@ def test_locon_and_dora_reapplied_with_lycoris(tiny_xl_model, tiny_dataset, tmp_
     lycoris.wrapper.LycorisNetwork.LORA_PREFIX = "lycoris"
     network, _ = create_lycoris_from_weights(1.0, None, base, weights_sd=renamed)
     network.apply_to()
-    assert len(network.loras) == len(tr.network.entries)
+    assert len(network.loras) == len(tr.state.network.entries)
     torch.manual_seed(0)
     x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 64)
     added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
-    tr.unet.eval()
+    tr.models.denoiser.eval()
     with torch.no_grad():
-        torch.testing.assert_close(base(x, t, ctx, added_cond_kwargs=added).sample, tr.unet(x, t, ctx, added_cond_kwargs=added).sample,
+        torch.testing.assert_close(base(x, t, ctx, added_cond_kwargs=added).sample, tr.models.denoiser(x, t, ctx, added_cond_kwargs=added).sample,
                                    atol=1e-4, rtol=1e-4)
 
 
@@ -202,13 +201,13 @@ def test_an_sdxl_recipe_on_an_sd15_checkpoint_fails_early(tiny_model, tiny_xl_mo
 def test_the_pdxl_recipe_runs_with_its_memory_settings(tiny_xl_model, tiny_dataset, tmp_path):
     tr = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "r", "pdxl", f"dataset.cache_dir={tmp_path / 'cache'}"))
     result = tr.run()
-    assert tr.precision == "bf16" and tr.spec.train.full_bf16 and tr.masters is not None
-    assert {p.dtype for p in tr.trainable} == {torch.bfloat16}  # adapters and their gradients in bf16
-    assert {p.dtype for p in tr.unet.parameters() if not p.requires_grad} == {torch.bfloat16}
-    assert tr.vae.dtype == torch.float32  # no_half_vae
-    assert tr.unet.is_gradient_checkpointing
+    assert tr.dev.precision == "bf16" and tr.spec.train.full_bf16 and tr.state.masters is not None
+    assert {p.dtype for p in tr.state.trainable} == {torch.bfloat16}  # adapters and their gradients in bf16
+    assert {p.dtype for p in tr.models.denoiser.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert tr.models.vae.dtype == torch.float32  # no_half_vae
+    assert tr.models.denoiser.is_gradient_checkpointing
     assert any((tmp_path / "cache").rglob("*.safetensors"))  # latents cached to disk
-    assert type(tr.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.processor).__name__ == "AttnProcessor2_0"  # SDPA
+    assert type(tr.models.denoiser.down_blocks[1].attentions[0].transformer_blocks[0].attn1.processor).__name__ == "AttnProcessor2_0"  # SDPA
     assert all(torch.isfinite(torch.tensor(result.loss_history)))
     sd = load_file(str(result.lora_files[-1]))
     assert sd["lora_unet_input_blocks_3_1_proj_in.alpha"].item() == 4 and sd["lora_unet_input_blocks_3_1_proj_in.lora_down.weight"].shape[0] == 8

@@ -12,27 +12,27 @@ from lorafw.config.spec import OptimizerSpec
 from lorafw.optim.optimizers import build_optimizer, fused_ok
 from lorafw.run import resolve_outputs
 from lorafw.trainers.common import REPEATED_BLOCKS, compile_blocks, place_cache, to_device
-from lorafw.trainers.sd15 import SD15Trainer
+from lorafw.trainers.trainer import Trainer, prepare
 
 
-def loss_and_grads(tr: SD15Trainer, batch: list[int]) -> tuple[float, list[torch.Tensor]]:
-    for p in tr.trainable:
+def loss_and_grads(tr: Trainer, batch: list[int]) -> tuple[float, list[torch.Tensor]]:
+    for p in tr.state.trainable:
         p.grad = None
     loss = tr._loss(batch, micro=0)
     loss.backward()
-    return loss.item(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in tr.trainable]  # clip_skip: last layer unused
+    return loss.item(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in tr.state.trainable]  # clip_skip: last layer unused
 
 
 def test_compiled_blocks_give_the_same_loss_and_gradients(compose_tiny):
     # aot_eager: dynamo traces the blocks and AOTAutograd builds their backward (what inductor then turns
     # into fused kernels) without generating C++ — tracing is where results could change.
     spec = resolve_outputs(compose_tiny("sd15_character", "train.epochs=1", "optimizer=adamw", "dataset.shuffle_caption=false"))
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     tr.setup()
     batch = tr.data.epoch_batches(spec.seed, 1, spec.train.batch_size)[0]
     eager_loss, eager_grads = loss_and_grads(tr, batch)
-    n = compile_blocks(tr.unet, "aot_eager")
-    assert n == sum(type(m).__name__ in REPEATED_BLOCKS for m in tr.unet.modules()) > 0
+    n = compile_blocks(tr.models.denoiser, "aot_eager")
+    assert n == sum(type(m).__name__ in REPEATED_BLOCKS for m in tr.models.denoiser.modules()) > 0
     for _ in range(2):  # the first call compiles, the second runs the compiled code
         loss, grads = loss_and_grads(tr, batch)
         assert loss == pytest.approx(eager_loss, rel=1e-5)
@@ -48,13 +48,13 @@ def test_train_compile_true_compiles_the_blocks_of_a_run(compose_tiny):
     # backend eager: dynamo's tracing only (the maths is checked above); this checks the option's wiring
     spec = resolve_outputs(compose_tiny("sd15_character", "train.epochs=1", "optimizer=adamw", "dataset.shuffle_caption=false",
                                         "train.compile=true", "train.compile_backend=eager"))
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     tr.setup()
-    names = set(tr.network.kohya_state_dict(torch.float32))
+    names = set(tr.state.network.kohya_state_dict(torch.float32))
     tr.train()
-    assert all(m._compiled_call_impl is not None for m in tr.unet.modules() if type(m).__name__ in REPEATED_BLOCKS)
-    assert tr.global_step == tr.total_steps and all(map(torch.isfinite, torch.tensor(tr.loss_history)))
-    assert set(tr.network.kohya_state_dict(torch.float32)) == names  # compiled in place: the file's keys unchanged
+    assert all(m._compiled_call_impl is not None for m in tr.models.denoiser.modules() if type(m).__name__ in REPEATED_BLOCKS)
+    assert tr.state.global_step == tr.plan.total_steps and all(map(torch.isfinite, torch.tensor(tr.state.loss_history)))
+    assert set(tr.state.network.kohya_state_dict(torch.float32)) == names  # compiled in place: the file's keys unchanged
 
 
 def test_compile_without_a_compiler_fails_before_loading(compose_tiny, monkeypatch):
@@ -65,7 +65,7 @@ def test_compile_without_a_compiler_fails_before_loading(compose_tiny, monkeypat
     monkeypatch.setattr(shutil, "which", lambda name: None)
     spec = resolve_outputs(compose_tiny("sd15_character", "train.compile=true"))
     with pytest.raises(LorafwError, match=r"needs a C\+\+ compiler.*train.compile=false"):
-        SD15Trainer(spec, spec.output.dir)
+        prepare(spec, spec.output.dir)
     assert not Path(spec.output.dir, "run.json").exists()  # refused before the run folder was written
 
 
@@ -114,7 +114,7 @@ def test_one_host_read_per_optimizer_step(compose_tiny, monkeypatch):
     """Losses stay on the device until the step's single read (loss and gradient norm together)."""
     spec = resolve_outputs(compose_tiny("sd15_character", "train.epochs=1", "optimizer=adamw",
                                         "train.gradient_accumulation_steps=2", "dataset.shuffle_caption=false"))
-    tr = SD15Trainer(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     tr.setup()
     reads = {"item": 0, "tolist": 0}
     item, tolist = torch.Tensor.item, torch.Tensor.tolist
@@ -132,4 +132,4 @@ def test_one_host_read_per_optimizer_step(compose_tiny, monkeypatch):
     batches = tr.data.epoch_batches(spec.seed, 1, spec.train.batch_size)
     tr._optimizer_step(batches[:2])  # two micro-batches, one optimizer step
     assert reads == {"item": 0, "tolist": 1}
-    assert tr.global_step == 1 and tr.loss_history[0] > 0
+    assert tr.state.global_step == 1 and tr.state.loss_history[0] > 0

@@ -20,8 +20,7 @@ from lorafw import speed
 from lorafw.outputs import background
 from lorafw.outputs.lora_file import file_data_sha256
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sd15 import SD15Trainer
-from lorafw.trainers.sdxl import SDXLTrainer
+from lorafw.trainers.trainer import prepare
 
 # metadata that differs between any two runs (tools/run_fingerprint.py leaves out the same keys), and kohya's
 # sshs_legacy_hash: 64 KiB at 1 MiB into the file written with the ss_* keys, so it moves with the length of the
@@ -55,7 +54,7 @@ class Probe:
         self.unit_scalar_skips = 0
         self.writes: list[tuple[str, Any]] = []  # every LoRA file and state.pt as written, in order
         from lorafw.outputs import lora_file
-        from lorafw.trainers import state
+        from lorafw.trainers import checkpoint as state
 
         real_lora, real_state = lora_file.save_lora, state.write_state
 
@@ -71,7 +70,7 @@ class Probe:
 
         monkeypatch.setattr(lora_file, "save_lora", save_lora)
         monkeypatch.setattr(state, "write_state", write_state)
-        from lorafw.trainers import loop
+        from lorafw.trainers import trainer as loop
 
         real_reuse = loop.reuse_freed_memory
         self.heap_reuse: list[bool] = []
@@ -105,7 +104,7 @@ class Probe:
         monkeypatch.setattr(modules.KohyaLoCon, "_unit_scalar", unit)
 
     def watch(self, tr: Any) -> None:
-        te = tr.text_encoders[0]
+        te = tr.models.text_encoders[0]
         te.encoder.layers[-1].register_forward_hook(lambda *a: setattr(self, "last_te_layer_calls",
                                                                           self.last_te_layer_calls + 1))
 
@@ -124,7 +123,7 @@ def train(spec: Any, cls: type, monkeypatch: pytest.MonkeyPatch, off: tuple[str,
 
         tr.setup = setup
         tr.run()
-        te = tr.text_encoders[0]
+        te = tr.models.text_encoders[0]
         te.eval()
         calls = probe.last_te_layer_calls  # the run's calls, not this one's
         with torch.no_grad():  # the trained encoder afterwards, whole (sampling, the grid and tests use it so)
@@ -137,13 +136,13 @@ def train(spec: Any, cls: type, monkeypatch: pytest.MonkeyPatch, off: tuple[str,
 
 RUNS = {
     # SD1.5: clip_skip 2 (the last CLIP-L layer unused), text encoder trained, EMA twins, state every step
-    "sd15": ("sd15_character", SD15Trainer, []),
+    "sd15": ("sd15_character", prepare, []),
     # adapter dropouts draw random numbers in the text encoder's last layer too: te_layers must stand down there
     # (skipping those draws would shift the UNet adapters' masks)
-    "sd15_dropout": ("sd15_character", SD15Trainer, ["network.dropout=0.1", "network.rank_dropout=0.1",
+    "sd15_dropout": ("sd15_character", prepare, ["network.dropout=0.1", "network.rank_dropout=0.1",
                                                      "network.module_dropout=0.1"]),
     # SDXL: CLIP-L's last layer unused (hidden state -2), bigG whole (its pooled output is read)
-    "sdxl": ("pdxl", SDXLTrainer, ["dataset.cache_latents_to_disk=false", "train.gradient_checkpointing=false",
+    "sdxl": ("pdxl", prepare, ["dataset.cache_latents_to_disk=false", "train.gradient_checkpointing=false",
                                    "train.max_token_length=75"]),
 }
 
@@ -211,9 +210,9 @@ def test_background_writes_hold_the_values_of_the_step_they_were_handed_over_at(
 
     spec = lambda out: compose_tiny("sd15_character", *COMMON, f"output.dir={out}")  # noqa: E731
     with speed.off("async_save"):
-        ref, ref_probe = train(spec(tmp_path / "sync"), SD15Trainer, monkeypatch)
+        ref, ref_probe = train(spec(tmp_path / "sync"), prepare, monkeypatch)
     monkeypatch.setattr(trainer_mod, "Writer", LateWriter)
-    late, late_probe = train(spec(tmp_path / "late"), SD15Trainer, monkeypatch)
+    late, late_probe = train(spec(tmp_path / "late"), prepare, monkeypatch)
     assert late == ref
     assert late_probe.writes == ref_probe.writes and len(ref_probe.writes) > 8  # every state.pt and LoRA file
 

@@ -16,6 +16,11 @@ from lorafw.trainers.step import (
 )
 
 
+def call(unet):
+    """The UNet as the step calls a denoiser: (x_t, t, conditioning) → prediction."""
+    return lambda x, t, cond: unet(x, t, **cond).sample
+
+
 class TinyUNet(torch.nn.Module):
     """A conv net with the UNet's call signature: (latents, timesteps, encoder_hidden_states=...) → .sample"""
 
@@ -59,7 +64,7 @@ def test_step_matches_the_restated_objective(offset, gamma, masked, weighted):
     text = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2))
     mask = (torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.5).float() if masked else None
     weights = torch.tensor([1.0, 0.5, 0.25]) if weighted else None
-    out = diffusion_step(unet, sched, latents, {"encoder_hidden_states": text}, torch.Generator().manual_seed(7),
+    out = diffusion_step(call(unet), sched, latents, {"encoder_hidden_states": text}, torch.Generator().manual_seed(7),
                          StepConfig(noise_offset=offset, min_snr_gamma=gamma), mask=mask, weights=weights)
     want = restated_loss(unet, latents, text, 7, offset, gamma, mask, weights)
     torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-7)
@@ -69,9 +74,9 @@ def test_step_matches_the_restated_objective(offset, gamma, masked, weighted):
 def test_the_generator_fixes_the_loss_and_gradients_reach_the_unet():
     unet, sched = TinyUNet(), noise_scheduler()
     latents, kw = torch.randn(2, 4, 8, 8), {"encoder_hidden_states": torch.randn(2, 5, 8)}
-    a = diffusion_step(unet, sched, latents, kw, torch.Generator().manual_seed(3))
-    b = diffusion_step(unet, sched, latents, kw, torch.Generator().manual_seed(3))
-    c = diffusion_step(unet, sched, latents, kw, torch.Generator().manual_seed(4))
+    a = diffusion_step(call(unet), sched, latents, kw, torch.Generator().manual_seed(3))
+    b = diffusion_step(call(unet), sched, latents, kw, torch.Generator().manual_seed(3))
+    c = diffusion_step(call(unet), sched, latents, kw, torch.Generator().manual_seed(4))
     assert torch.equal(a.loss, b.loss) and not torch.equal(a.loss, c.loss)
     a.loss.backward()
     assert unet.conv.weight.grad is not None and unet.conv.weight.grad.abs().sum() > 0
@@ -109,24 +114,24 @@ def trainer_loss_restated(tr, batch: list[int], micro: int) -> torch.Tensor:
     rng = random.Random(seed)
     flips = [tr.data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
     captions = [tr.data.caption(i, rng) for i in batch]
-    latents = torch.stack([tr.latent_cache.get(i, f) for i, f in zip(batch, flips)])
+    latents = torch.stack([tr.caches.latents.get(i, f) for i, f in zip(batch, flips)])
     with torch.no_grad():
-        text = tr.architecture.encode_text(tr.tokenizers, tr.text_encoders, captions, tr.spec.train)
-    kwargs = tr.architecture.unet_kwargs(text, tr.data, batch, flips)
+        text = tr.arch.encode_text(tr.models, captions, tr.spec.train)
+    kwargs = tr.arch.conditioning(text, tr.data, batch, flips)
     hidden = kwargs.pop("encoder_hidden_states")
-    unet = lambda x, t, encoder_hidden_states: tr.unet(x, t, encoder_hidden_states=encoder_hidden_states, **kwargs)  # noqa: E731
+    unet = lambda x, t, encoder_hidden_states: tr.models.denoiser(x, t, encoder_hidden_states=encoder_hidden_states, **kwargs)  # noqa: E731
     return restated_loss(unet, latents, hidden, seed % (2**63), tr.spec.train.noise_offset, tr.spec.train.min_snr_gamma)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_a_trainers_micro_batch_loss_is_the_restated_objective(arch, compose_tiny, tiny_xl_model):
-    from lorafw.registry import get_trainer
+    from lorafw.trainers.trainer import prepare
 
     common = ("train.mixed_precision=no", "train.full_bf16=false", "dataset.shuffle_caption=true", "train.noise_offset=0.05")
     spec = compose_tiny("sd15_character", *common) if arch == "sd15" else compose_tiny("pdxl", *common, model=tiny_xl_model)
     spec = resolve_outputs(spec)
-    tr = get_trainer(arch)(spec, spec.output.dir)
+    tr = prepare(spec, spec.output.dir)
     tr.setup()
     batches = tr.data.epoch_batches(spec.seed, 1, spec.train.batch_size)
     for micro, batch in enumerate(batches[:2]):

@@ -18,12 +18,12 @@ from conftest import make_folder
 from lorafw.errors import DatasetError, ModelError, OutputError
 from lorafw.outputs.lora_file import file_data_sha256
 from lorafw.run import resolve_outputs
-from lorafw.trainers.sd15 import SD15Trainer
+from lorafw.trainers.trainer import Trainer, prepare
 
 
-def trainer_for(spec) -> SD15Trainer:
+def trainer_for(spec) -> Trainer:
     spec = resolve_outputs(spec)
-    return SD15Trainer(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 def metadata(path) -> dict[str, str]:
@@ -40,7 +40,7 @@ def test_loss_falls_when_overfitting(compose_tiny):
     tr.train()
     after = tr.fixed_loss()
     assert after < 0.75 * before, (before, after)  # measured: 1.066 → 0.630 (×0.59)
-    assert tr.global_step == 8 * 4 and len(tr.lora_files) == 8
+    assert tr.state.global_step == 8 * 4 and len(tr.state.lora_files) == 8
 
 
 @pytest.fixture(scope="module")
@@ -78,22 +78,22 @@ def compare_with_diffusers(tr, lora_file, atol):
     pipe.load_lora_weights(str(lora_file), adapter_name="lorafw_test")  # raises if a key is not consumed
     n_unet = sum(isinstance(m, LoraLayer) for m in pipe.unet.modules())
     n_te = sum(isinstance(m, LoraLayer) for m in pipe.text_encoder.modules())
-    assert (n_unet, n_te) == (sum(e.part == "unet" for e in tr.network.entries), sum(e.part == "te" for e in tr.network.entries))
+    assert (n_unet, n_te) == (sum(e.part == "unet" for e in tr.state.network.entries), sum(e.part == "te" for e in tr.state.network.entries))
     with safe_open(str(lora_file), "pt") as f:
         modules = {k.split(".")[0] for k in f.keys()}
     assert len(modules) == n_unet + n_te  # every module in the file became a LoRA layer
     torch.manual_seed(0)
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
     ids = torch.randint(0, 49406, (2, 77))
-    tr.unet.eval()
-    tr.text_encoders[0].eval()
+    tr.models.denoiser.eval()
+    tr.models.text_encoders[0].eval()
     with torch.no_grad():
-        ours_te = tr.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
+        ours_te = tr.models.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2]
         theirs_te = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
         assert (ours_te - base["text_encoder"](ids, output_hidden_states=True).hidden_states[-2]).abs().max() > 1e-4
         torch.testing.assert_close(theirs_te, ours_te, atol=atol, rtol=atol)
         ctx = torch.randn(2, 77, 32)
-        ours = tr.unet(x, t, ctx).sample
+        ours = tr.models.denoiser(x, t, ctx).sample
         theirs = pipe.unet(x, t, ctx).sample
         assert (ours - base["unet"](x, t, ctx).sample).abs().max() > 1e-4  # the LoRA does something
         torch.testing.assert_close(theirs, ours, atol=atol, rtol=atol)
@@ -109,7 +109,7 @@ def test_default_fp16_file_is_close_to_the_trained_model(trained, tmp_path):
 
     tr, _ = trained
     f = tmp_path / "fp16.safetensors"
-    save_file(tr.network.kohya_state_dict(torch.float16), str(f))
+    save_file(tr.state.network.kohya_state_dict(torch.float16), str(f))
     compare_with_diffusers(tr, f, atol=2e-3)
 
 
@@ -246,16 +246,16 @@ def test_gradient_accumulation_steps_within_each_epoch(compose_tiny, tmp_path, m
     tr = trainer_for(spec)
     assert {b: len(v) for b, v in tr.data.buckets.items()} == {(128, 128): 9, (192, 64): 6}
     batches = 5 + 3  # per bucket: ceil(9 / 2) + ceil(6 / 2) = 8 batches, not a multiple of 3
-    assert tr.steps_per_epoch == math.ceil(batches / 3) == 3 and tr.total_steps == 6
+    assert tr.plan.steps_per_epoch == math.ceil(batches / 3) == 3 and tr.plan.total_steps == 6
     tr.setup()
     steps_at_save, micro_calls = [], []
     real_loss = tr._loss
     monkeypatch.setattr(tr, "_loss", lambda b, m: (micro_calls.append(m), real_loss(b, m))[1])
-    monkeypatch.setattr(tr, "save", lambda epoch: steps_at_save.append((epoch, tr.global_step, len(micro_calls))))
+    monkeypatch.setattr(tr, "save", lambda epoch: steps_at_save.append((epoch, tr.state.global_step, len(micro_calls))))
     tr.train()
     # every epoch ends on an optimizer step: nothing spills into the next epoch or is thrown away
     assert steps_at_save == [(1, 3, 8), (2, 6, 16)]
-    assert tr.lr_scheduler.last_epoch == tr.total_steps
+    assert tr.state.lr_scheduler.last_epoch == tr.plan.total_steps
 
 
 def test_locon_and_dora_train_and_write_their_keys(compose_tiny, tmp_path):
@@ -350,16 +350,16 @@ def test_fp16_checkpoint_trains_fp32_adapters(compose_tiny, tmp_path, tiny_parts
     half = save_single_file(tiny_parts, tmp_path / "half.safetensors", dtype=torch.float16)
     tr = trainer_for(compose_tiny("sd15_character", model=half))
     tr.run()
-    adapters = {p.dtype for p in tr.trainable}
-    base = {p.dtype for p in tr.unet.parameters() if not p.requires_grad}
+    adapters = {p.dtype for p in tr.state.trainable}
+    base = {p.dtype for p in tr.models.denoiser.parameters() if not p.requires_grad}
     assert adapters == {torch.float32} and base == {torch.float32}  # CPU: fp32 weights whatever the file holds
 
 
 def test_bf16_mixed_precision_then_fp32_in_one_process(compose_tiny, tmp_path):
     tr = trainer_for(compose_tiny("sd15_character", "train.mixed_precision=bf16", f"output.dir={tmp_path / 'bf16'}"))
     result = tr.run()
-    assert tr.precision == "bf16" and {p.dtype for p in tr.trainable} == {torch.float32}
-    assert {p.dtype for p in tr.unet.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert tr.dev.precision == "bf16" and {p.dtype for p in tr.state.trainable} == {torch.float32}
+    assert {p.dtype for p in tr.models.denoiser.parameters() if not p.requires_grad} == {torch.bfloat16}
     assert math.isfinite(result.epoch_losses[-1])
     again = trainer_for(compose_tiny("sd15_character", f"output.dir={tmp_path / 'fp32'}"))
     again.run()  # accelerate's per-process state is reset: another precision in the same process works
@@ -413,12 +413,12 @@ def test_locon_and_dora_files_load_in_lycoris(compose_tiny, tmp_path, net):
     lycoris.wrapper.LycorisNetwork.LORA_PREFIX = "lycoris"
     network, _ = create_lycoris_from_weights(1.0, None, base, weights_sd=sd)
     network.apply_to()
-    assert len(network.loras) == len(tr.network.entries)
+    assert len(network.loras) == len(tr.state.network.entries)
     torch.manual_seed(0)
     x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 32)
-    tr.unet.eval()
+    tr.models.denoiser.eval()
     with torch.no_grad():
-        theirs, ours = base(x, t, c).sample, tr.unet(x, t, c).sample
+        theirs, ours = base(x, t, c).sample, tr.models.denoiser(x, t, c).sample
     # at the output's scale: the two forwards order their float sums differently (measured up to 1.2e-4 of
     # an output ~1 on some CPUs); a lost or mis-scaled adapter differs by orders more
     torch.testing.assert_close(theirs, ours, atol=1e-3 * float(ours.abs().max()), rtol=1e-3)

@@ -56,24 +56,24 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
     A spec that names its arch is returned as it is."""
     import dataclasses
 
+    from lorafw.archs import detect
     from lorafw.errors import ModelError
-    from lorafw.models.load import inspect_base_model
 
     if spec.base_model.arch != AUTO:
         return spec
     try:
-        arch = inspect_base_model(expand(spec.base_model.path)).arch
+        arch = detect(expand(spec.base_model.path))
     except (ModelError, OSError) as e:
         raise ConfigError([f"base_model.arch: auto needs a readable checkpoint to read the architecture from: {e}"]) from None
     return dataclasses.replace(spec, base_model=dataclasses.replace(spec.base_model, arch=arch))
 
 
 def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
-    from lorafw.registry import available_archs
+    from lorafw.archs import available as available_archs
 
     archs = available_archs()
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
-        p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
+        p.append(f"base_model.arch: no architecture is registered as {s.base_model.arch!r}; available: {', '.join(archs)}")
 
     _check_network(s, p, notes, need_model)
     _check_optimizer(s, p, notes)

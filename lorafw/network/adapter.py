@@ -77,7 +77,7 @@ class Network:
 
     def __init__(self, spec: NetworkSpec, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],
                  te_prefixes: list[str], train_text_encoder: bool, unet_name: Callable[[str], str], *,
-                 arch: str | None = None, train_unet: bool = True) -> None:
+                 arch: str | None = None, train_unet: bool = True, targets: Any = None) -> None:
         self.spec = spec
         self.arch = arch or ("sdxl" if len(te_prefixes) > 1 else "sd15")
         self.plan = blocks.plan(self.arch, spec)
@@ -85,11 +85,14 @@ class Network:
         self.enabled = True
         if spec.algo == "ia3":
             log.warning("network.algo=ia3: ComfyUI's LoRA loader ignores IA3 files; A1111/Forge and LyCORIS read them")
+        # the family's adapter targets (archs/protocol.py AdapterTargets): block class names holding the layers
+        attn, conv, te_blocks = ((targets.denoiser, targets.denoiser_conv, targets.text_encoder) if targets is not None
+                                 else (UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, TE_CONTAINERS))
         if train_unet:
-            self._inject("unet", unet, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, unet_name)
+            self._inject("unet", unet, attn, conv, unet_name)
         if train_text_encoder:
             for te, prefix in zip(text_encoders, te_prefixes):
-                self._inject(prefix.removeprefix("lora_"), te, TE_CONTAINERS, (),
+                self._inject(prefix.removeprefix("lora_"), te, te_blocks, (),
                              lambda p, pre=prefix: kohya_name(pre, te_module_path(p)))
         if not self.entries:
             raise RuntimeError("no layers to adapt")  # validation refuses runs that train nothing

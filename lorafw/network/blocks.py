@@ -27,6 +27,9 @@ PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
 _UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
 
 
+UNET_ARCHS = ("sd15", "sdxl")  # the families kohya's block-wise settings are defined for
+
+
 def n_blocks(arch: str) -> int:
     """How many values block_dims takes: 25 (SD1.5), 23 (SDXL)."""
     return SD15_DOWN_UP * 2 + SD15_MID if arch == "sd15" else 1 + SDXL_DOWN_UP * 2 + SDXL_MID + 1
@@ -38,7 +41,10 @@ def counts(arch: str) -> tuple[int, int]:
 
 
 def block_index(file_name: str, arch: str) -> int:
-    """kohya's get_block_index for a UNet layer's file name (`lora_unet_…`); -1 when it is in no block."""
+    """kohya's get_block_index for a UNet layer's file name (`lora_unet_…`); -1 when it is in no block (and for
+    every layer of a family without kohya's UNet blocks)."""
+    if arch not in UNET_ARCHS:
+        return -1
     if arch == "sd15":
         m = _UPDOWN.search(file_name)
         if m:
@@ -143,6 +149,13 @@ class BlockPlan:
 
 def plan(arch: str, spec: Any) -> BlockPlan:
     """The block-wise settings of a NetworkSpec, checked against the architecture's block count."""
+    given = [k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+                         "mid_lr_weight", "up_lr_weight") if getattr(spec, k)]
+    if arch not in UNET_ARCHS:
+        if given:
+            raise ConfigError([f"network.{k}: block-wise settings exist for SD1.5 and SDXL UNets only, not {arch}; "
+                               f"remove network.{k}" for k in given])
+        return BlockPlan(None, None, None, None, None)
     n = n_blocks(arch)
     weights = lr_weights(arch, spec.down_lr_weight, spec.mid_lr_weight, spec.up_lr_weight, spec.block_lr_zero_threshold)
     problems = []

@@ -22,9 +22,6 @@ from typing import Any
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
 
-BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
-MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
-MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
 MODELSPEC_VERSION = "1.0.1"  # kohya's sai_model_spec.py BASE_METADATA
 MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
 # kohya options lorafw has no equivalent of (it always trains as kohya does with them off): what kohya writes then
@@ -45,6 +42,7 @@ class TrainingFacts:
     """What the run knew when the file was written."""
 
     arch: str
+    family: Any  # the Architecture (lorafw/archs/): its kohya base-model version and modelspec names
     epoch: int
     step: int
     total_steps: int
@@ -160,8 +158,8 @@ def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, save
     t, res = spec.train, spec.dataset.resolution
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": MODELSPEC_ARCH[facts.arch],
-        "modelspec.implementation": MODELSPEC_IMPL[facts.arch],
+        "modelspec.architecture": facts.family.modelspec_architecture,
+        "modelspec.implementation": facts.family.modelspec_implementation,
         # kohya's title is output_name; lorafw's names the epoch, so UIs that list titles tell the files apart
         "modelspec.title": f"{name}-{facts.epoch:02d}" if facts.epoch else name,
         "modelspec.date": datetime.fromtimestamp(int(saved_at)).isoformat(),
@@ -195,7 +193,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_training_started_at": str(facts.started_at),
         "ss_training_finished_at": str(saved_at),
         "ss_training_comment": str(spec.output.comment),
-        "ss_base_model_version": BASE_MODEL_VERSION[facts.arch],
+        "ss_base_model_version": facts.family.base_model_version,
         "ss_v2": "False",
         "ss_sd_model_name": Path(spec.base_model.path).name,
         **facts.model_hashes,

@@ -2,8 +2,8 @@
 
 `diffusion_step` is the whole of it, in order. It knows nothing of datasets, caches, optimizers or
 processes: it takes a batch's latents and UNet conditioning, the UNet and noise scheduler, and a
-generator that fixes its random draws, and returns the loss. SD1.5 and SDXL run the same function;
-they differ only in the conditioning they pass (lorafw/trainers/arch.py).
+generator that fixes its random draws, and returns the loss. Every DDPM family runs the same function;
+they differ only in the denoiser call and the conditioning they pass (lorafw/archs/).
 
 Each stage is its own small function, delegating to the formulas in lorafw/objective/ (kohya's options,
 restated and tested there), so an option that changes one stage changes that function and nothing else:
@@ -98,22 +98,14 @@ def apply_loss_weights(loss: torch.Tensor, timesteps: torch.Tensor, cfg: StepCon
     return L.weighted(loss, timesteps, L.LossOptions.of(cfg), cfg.v, snr_table(), weights)
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler: Any,
-                   cfg: StepConfig | None = None, mask: torch.Tensor | None = None,
-                   weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample loss of a prediction: `per_sample_loss` then `apply_loss_weights` (cfg None: plain MSE)."""
-    cfg = cfg or PLAIN
-    return apply_loss_weights(per_sample_loss(pred, target, mask, timesteps, scheduler, cfg), timesteps, cfg, weights)
-
-
-def diffusion_step(unet: Callable[..., Any], scheduler: Any, latents: torch.Tensor, unet_kwargs: dict[str, Any],
+def diffusion_step(denoise: Callable[..., torch.Tensor], scheduler: Any, latents: torch.Tensor, cond: dict[str, Any],
                    gen: torch.Generator, cfg: StepConfig = PLAIN, *, mask: torch.Tensor | None = None,
                    weights: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> StepOutput:
-    """The loss of one batch: noise the latents at random timesteps and score the UNet's prediction.
+    """The loss of one batch: noise the latents at random timesteps and score the denoiser's prediction.
 
-    `latents`: (B, 4, h, w) scaled VAE latents; `unet_kwargs`: the conditioning (encoder_hidden_states, and
-    SDXL's added_cond_kwargs); `scheduler`: the run's noise schedule (its prediction type and ZTSNR betas);
+    `denoise(x_t, t, cond)` is the family's denoiser call (archs/protocol.py); `latents`: (B, C, h, w) scaled
+    latents; `cond`: its conditioning (encoder_hidden_states, and SDXL's added_cond_kwargs); `scheduler`: the run's noise schedule (its prediction type and ZTSNR betas);
     `gen` draws the noise and timesteps (the same generator state gives the same loss); `mask` (B, 1, h, w)
     weights latent pixels, `weights` (B,) samples; `dtype` is the UNet's weight dtype and `autocast` the
     mixed-precision context the forward pass runs in."""
@@ -122,7 +114,7 @@ def diffusion_step(unet: Callable[..., Any], scheduler: Any, latents: torch.Tens
     timesteps = sample_timesteps(latents.shape[0], scheduler, gen, device, cfg)
     noisy = add_noise(scheduler, latents, noise, timesteps, gen, cfg)
     with autocast():
-        pred = unet(noisy.to(dtype), timesteps, **unet_kwargs).sample
+        pred = denoise(noisy.to(dtype), timesteps, cond)
     loss = per_sample_loss(pred, target(scheduler, latents, noise, timesteps, cfg.prediction), mask, timesteps, scheduler, cfg)
     loss = apply_loss_weights(loss, timesteps, cfg, weights)
     return StepOutput(loss=loss.mean(), per_sample=loss, timesteps=timesteps)

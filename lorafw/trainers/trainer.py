@@ -1,220 +1,309 @@
-"""The LoRA trainer: one run spec in, LoRA files and a run record out. Read it top to bottom.
+"""The trainer: one run spec in, LoRA files and a run record out, the same for every model family. Read it top
+to bottom.
 
-    Trainer(spec, run_dir)   fails fast (checkpoint header, dataset folders, output folder) before any
-                             weights load                                              (here)
-    run()                    setup → (restore state) → train, the run record around it  (lifecycle.py)
-    setup()                  device → models → caches → adapters → optimizer            (lifecycle.py)
-    train()                  epochs of optimizer steps; saves, samples, validation      (loop.py)
-    _loss(batch, micro)      one micro-batch: its inputs (inputs.py), then the step math (step.py)
-    save / save_state        LoRA files, state.pt, run_summary.json                     (state.py)
-    fixed_loss / sample      evaluation                                                 (evaluation.py)
+    prepare(spec, run_dir)  preflight (header, objective, dataset, disk: before any weights load), then the
+                            session (run folder, process group, run record)                     (preflight.py)
+    Trainer.run()           setup → (restore state) → train, the run record written around it
+    setup()                 device → models → caches → network → TrainState                    (setup.py)
+    train()                 epochs of optimizer steps; saves, samples, validation at epoch ends
+    _optimizer_step(group)  its micro-batches' losses and gradients, then the update           (loop.py: policies)
+    _loss(batch, micro)     one micro-batch: its inputs (batch.py), then the step math          (step.py)
+    save / save_state       LoRA files, state.pt, run_summary.json                              (checkpoint.py)
 
-Architectures differ only in their `Arch` (arch.py: conditioning and layer names): SD15Trainer and
-SDXLTrainer are this class with another `architecture`. Randomness is derived from (seed, step), never
-from a running generator, so any step can be replayed on its own: the same seed gives the same files.
-Fault injection for the tests attaches at one seam, `faults.install`, and is absent otherwise.
+What differs between families is the `Architecture` (lorafw/archs/). Every random draw is derived from
+(seed, micro-step), never from a running generator, so any step can be replayed on its own: the same seed gives
+the same files. Fault injection for the tests attaches at one seam, `faults.install`, and is absent otherwise.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lorafw import faults, speed
+from lorafw import archs, faults, speed
+from lorafw.archs.protocol import Models
 from lorafw.config.spec import RunSpec
-from lorafw.data import dataset as dataset_mod
-from lorafw.data.folders import scan
-from lorafw.data.prefetch import Lookahead
-from lorafw.errors import LorafwError
-from lorafw.outputs.background import Writer
-from lorafw.models.load import check_arch, inspect_base_model
+from lorafw.errors import Interrupted
+from lorafw.heap import reuse_freed_memory
+from lorafw.objective.maxnorm import apply_max_norm
 from lorafw.optim.optimizers import evaluation_weights
-from lorafw.paths import expand
-from lorafw.trainers import evaluation, inputs, lifecycle, loop, state
-from lorafw.trainers.arch import SD15, Arch
-from lorafw.trainers.common import RunResult, check_disk, ensure_writable, log, prepare_run_dir, resolve_device
-from lorafw.trainers.distributed import Comm, World, init_process_group
-from lorafw.trainers.signals import StopRequests
-from lorafw.objective.prediction import resolve as resolve_objective, warnings_for as objective_warnings
-from lorafw.trainers.step import StepConfig, diffusion_step
+from lorafw.outputs.metrics import Metrics
+from lorafw.outputs.record import now_iso, read_record, versions, write_config, write_record
+from lorafw.data.folders import fingerprint
+from lorafw.trainers import batch, checkpoint, evaluation, loop, setup as steps
+from lorafw.trainers.common import RunResult, log, progress_bar
+from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
+from lorafw.trainers.distributed import World, shard, spans
+from lorafw.trainers.preflight import open_session, preflight
+from lorafw.trainers.step import diffusion_step
+
+
+def prepare(spec: RunSpec, run_dir: str | Path) -> Trainer:
+    """The trainer for `spec`: its family from the registry, the preflight checks, then the session."""
+    arch, world, run_dir = archs.get(spec.base_model.arch), World.from_env(), Path(run_dir)
+    plan = preflight(spec, arch, run_dir, world)
+    trainer = Trainer(spec, arch, plan, open_session(spec, arch, plan, run_dir, world))
+    faults.install(trainer)  # tests only (LORAFW_FAULT / LORAFW_TRACE); does nothing otherwise
+    return trainer
 
 
 class Trainer:
-    architecture: Arch = SD15
+    """Holds the run's typed parts; `setup` makes the ones that need the weights (dev, models, caches, state)."""
 
-    @property
-    def arch(self) -> str:
-        return self.architecture.name
+    def __init__(self, spec: RunSpec, arch: Any, plan: Plan, session: Session) -> None:
+        self.spec, self.arch, self.plan, self.session = spec, arch, plan, session
+        self.run_dir, self.data, self.val_data = session.run_dir, plan.data, plan.val_data
+        self.metrics: Metrics | None = None
 
-    def __init__(self, spec: RunSpec, run_dir: str | Path) -> None:
-        # Fail fast, before any weights are read: wrong checkpoint, unusable dataset, unwritable folder.
-        self.spec, self.run_dir = spec, Path(run_dir)
-        self.world = World.from_env()  # data parallel: this process's rank among `size` (1 without a launcher)
-        self.comm = Comm(self.world)
-        self.main = self.world.is_main  # only the main process writes files and logs
-        if self.world.size > 1 and spec.train.num_processes not in (1, self.world.size):
-            raise LorafwError(f"train.num_processes={spec.train.num_processes} but {self.world.size} processes were "
-                              f"launched; set train.num_processes={self.world.size} or launch that many")
-        if not self.main:
-            log.setLevel("ERROR")
-        self.model_path = expand(spec.base_model.path)
-        self.model_info = inspect_base_model(self.model_path)  # header only
-        check_arch(self.model_info, spec.base_model.arch, spec.base_model.path)
-        # ε or v, ZTSNR: what the checkpoint declares, checked against the spec (a contradiction stops here)
-        self.objective = resolve_objective(spec.train, self.model_info.prediction, f"base_model.path={spec.base_model.path}")
-        if spec.train.compile:
-            from lorafw.trainers.common import compile_problem
-
-            problem = compile_problem(spec.train.compile_backend, resolve_device(spec.train.device))
-            if problem:
-                raise LorafwError(f"{problem}; or train it uncompiled: train.compile=false")
-        folders, self.dataset_warnings = scan(spec.dataset)
-        folders, self.lint_report = lifecycle.lint_folders(spec, folders, self.dataset_warnings)
-        folders, self.val_data = lifecycle.hold_out(spec, folders)
-        self.data = dataset_mod.build(folders, spec.dataset)
-        t = spec.train
-        # one optimizer step takes accumulation × processes batches (global batch = B × W × A)
-        self.batches_per_step = t.gradient_accumulation_steps * self.world.size
-        self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size, self.batches_per_step)
-        self.total_steps = self.steps_per_epoch * t.epochs
-        self.train_te = spec.optimizer.text_encoder_lr > 0
-        self.name = spec.output.name or "lora"
-        self.resuming = spec.resume is not None
-        if self.resuming:
-            state.check_resumable(self.run_dir, self.world.size)
-        init_process_group(self.world, cpu=resolve_device(t.device).type == "cpu")
-        if self.main:
-            prepare_run_dir(self.run_dir, spec.output.overwrite or self.resuming)
-        self.comm.barrier()  # the folder exists (or the main process failed, and the launcher stops us all)
-        if spec.dataset.cache_latents_to_disk:
-            from lorafw.data.latents import default_cache_dir, latent_bytes
-
-            cache_dir = expand(spec.dataset.cache_dir) if spec.dataset.cache_dir else default_cache_dir()
-            ensure_writable(cache_dir, "the latent cache folder (dataset.cache_dir)")
-            check_disk(cache_dir, latent_bytes(self.data), "the latent cache (dataset.cache_dir)")
-        for w in self.dataset_warnings:
-            log.warning(w)
-        for w in objective_warnings(self.objective):
-            log.warning(w)
-        self.step_config = StepConfig.from_spec(t, self.objective.prediction)
-        self.eval_config = StepConfig(prediction=self.objective.prediction)  # validation: plain noise, unweighted MSE
-        # where the run stands (saved in state.pt, restored on resume)
-        self.started_at = time.time()
-        self.session_id = str(uuid.uuid4().int % 2**32)  # kohya's ss_session_id: a random integer below 2**32
-        self.lora_files: list[Path] = []
-        self.loss_history: list[float] = []
-        self.epoch_losses: list[float] = []
-        self.epoch_partial: list[float] = []  # this epoch's step losses so far
-        self.global_step = 0  # optimizer steps done
-        self.micro = 0  # micro-batches done: with the seed, it fixes every random draw of a step
-        self.epoch, self.next_group = 1, 0  # where the data stands: epoch, next optimizer step within it
-        self.skipped_steps = 0
-        self.val_losses: dict[int, float] = {}
-        self.samples: list[str] = []
-        # LoRA files, state.pt, run.json and the summary written by a background thread (lorafw/outputs/background.py)
-        self.writer = Writer(background=speed.on("async_save"))
-        # signals: Ctrl-C / SIGTERM end the run after the current step (loop.stop_here)
-        self.stop = StopRequests()
-        self.stop_all = False  # some process was asked to stop (all stop after the same step)
-        # made by setup
-        self.masters = None  # full_bf16/full_fp16: fp32 master copies of the half-precision adapter weights
-        self.ema = None
-        self.te_stop_step: int | None = None  # optimizer.stop_text_encoder_training, in optimizer steps
-        self.metrics = None
-        self.renderer = None  # sample images, made on first use
-        self.latent_cache = None
-        self.model_hashes = None  # the base model's kohya hashes, computed in a thread (lifecycle.load_models)
-        self.val_cache = None
-        self.pixels_ahead: Lookahead | None = None  # uncached latents: the epoch's images decoded ahead
-        self.text_cache: dict[int, dict[str, torch.Tensor]] | None = None
-        self.val_text_cache: dict[int, dict[str, torch.Tensor]] | None = None  # held-out captions, encoded with them
-        self.record: dict[str, Any] = {
-            "status": "created",
-            "arch": self.arch,
-            "plan": {
-                "validation_images": len(self.val_data.images) if self.val_data else 0,
-                "images": len(self.data.images),
-                "items_per_epoch": self.data.n_items,
-                "processes": self.world.size,
-                "global_batch": t.batch_size * self.batches_per_step,
-                "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps,
-                "buckets": dataset_mod.bucket_histogram(self.data),
-            },
-            "objective": {"prediction_type": self.objective.prediction, "source": self.objective.source,
-                          "zero_terminal_snr": self.objective.zero_terminal_snr, "ztsnr_source": self.objective.ztsnr_source},
-        }
-        faults.install(self)  # tests only (LORAFW_FAULT / LORAFW_TRACE); does nothing otherwise
-
-    # -- lifecycle -------------------------------------------------------------------------------------------
+    # -- run -------------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        return lifecycle.run(self)
+        """setup → (restore state) → train, with the run record written before and after (also on failure)."""
+        s = self.session
+        s.started_at = time.time()
+        previous = read_record(self.run_dir) if self.plan.resuming else None
+        s.record.update(status="running", started_at=(previous or {}).get("started_at") or now_iso(),
+                        versions=versions(), dataset=fingerprint(self.data.folders), lint=self.plan.lint_report.to_json())
+        if s.main:
+            write_config(self.run_dir, self.spec)
+            write_record(self.run_dir, s.record)
+        try:
+            with s.stop:
+                self.setup()
+                if self.plan.resuming:
+                    checkpoint.restore_state(s, self.state, self.dev.amp, self.plan.total_steps)
+                if s.main:
+                    self.metrics = Metrics(self.run_dir, self.spec.log, self.state.global_step)
+                self.train()
+            s.record["status"] = "finished"
+        except Interrupted:
+            s.record["status"] = "interrupted"
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once; every file written so far is whole
+            s.record["status"] = "interrupted"
+            raise Interrupted(loop.interrupted_message(s, getattr(self, "state", None), self.plan.total_steps)) from None
+        except BaseException as e:
+            s.record["status"] = f"failed: {type(e).__name__}: {e}"
+            raise
+        finally:
+            self.cleanup()
+        st = self.state
+        return RunResult(self.run_dir, self.spec, list(st.lora_files), list(st.loss_history), list(st.epoch_losses),
+                         st.global_step, time.time() - s.started_at, list(self.plan.dataset_warnings),
+                         dict(st.val_losses))
+
+    def cleanup(self) -> None:
+        """After a run, however it ended: the writes in flight finished, the run record's final figures, the
+        metrics closed, the summary."""
+        s, st = self.session, getattr(self, "state", None)  # no state: the run failed during setup
+        try:
+            s.writer.wait()  # a finished run waited in train(); here the run failed or was interrupted mid-write
+        except Exception as e:  # noqa: BLE001 - the run is already ending with its own error
+            log.error(f"a file could not be written: {e}")
+        losses = st.epoch_losses if st is not None else []
+        s.record.update(finished_at=now_iso(), wall_time_s=round(time.time() - s.started_at, 2),
+                        steps=st.global_step if st is not None else 0,
+                        skipped_steps=st.skipped_steps if st is not None else 0, epoch_losses=losses,
+                        final_loss=losses[-1] if losses else None,
+                        lora_files=[p.name for p in st.lora_files] if st is not None else [])
+        if s.main:
+            write_record(self.run_dir, s.record)
+        if self.metrics is not None:
+            self.metrics.close()
+        checkpoint.write_summary(self.spec, self.arch.name, s, st)
+        s.writer.close()
 
     def setup(self) -> None:
-        lifecycle.setup(self)
+        """Every part that needs the weights, in the order it must happen (setup.py)."""
+        self.setup_models()
+        self.setup_caches()  # needs the VAE; runs before the adapters exist
+        self.setup_training()
 
+    def setup_models(self) -> None:
+        self.dev: Device = steps.make_device(self.spec, self.session)
+        self.models: Models
+        self.models, self.model_hashes = steps.load_models(self.spec, self.arch, self.plan, self.dev, self.session.main)
+
+    def setup_caches(self) -> None:
+        self.caches: Caches = steps.build_caches(self.spec, self.arch, self.plan, self.dev, self.models, self.session)
+        steps.models_to_device(self.dev, self.models, self.caches)
+
+    def setup_training(self) -> None:
+        spec, train_te = self.spec, self.spec.optimizer.text_encoder_lr > 0
+        network = steps.inject_network(spec, self.arch, self.dev, self.models, train_te)  # wraps the loaded layers
+        self.state: TrainState = steps.build_state(spec, self.plan, self.dev, network, self.session.comm, train_te)
+        steps.check_output_space(spec, self.state, self.run_dir)
+        self.renderer = self.arch.renderer(self.models, spec.train, self.dev.device, parking=self.dev.parking)
+
+    # -- training --------------------------------------------------------------------------------------------
     def train(self) -> None:
-        loop.train(self)
+        """For each epoch, one optimizer step per `gradient_accumulation_steps × processes` batches (each
+        data-parallel process trains its share of them); at each epoch's end: validation, save, samples, state.
+        On a CPU, memory freed during training is kept for the next step (lorafw/heap.py)."""
+        with reuse_freed_memory(self.dev.device.type == "cpu" and speed.on("heap_reuse")):
+            self._epochs()
 
-    # -- one step --------------------------------------------------------------------------------------------
+    def _epochs(self) -> None:
+        spec, t, out, st, s = self.spec, self.spec.train, self.spec.output, self.state, self.session
+        name, caches = self.plan.name, self.caches
+        bar = progress_bar(s.main, total=self.plan.total_steps, initial=st.global_step, desc="training", unit="step")
+        while st.epoch <= t.epochs:
+            epoch_start = time.time()
+            bar.set_description(f"epoch {st.epoch}/{t.epochs}")
+            groups = spans(self.data.epoch_batches(spec.seed, st.epoch, t.batch_size), self.plan.batches_per_step)
+            if caches.latents is None:  # this epoch's images decoded ahead on loader threads
+                caches.pixels_ahead = batch.pixel_lookahead(self.dev, self.data, s.world, spec.seed, st.micro,
+                                                            groups[st.next_group:])
+            try:
+                while st.next_group < len(groups):
+                    self._optimizer_step(groups[st.next_group])
+                    st.next_group += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{st.loss_history[-1]:.4f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
+                    if st.stop_all or (not s.comm.active and s.stop.requested):
+                        loop.stop_here(spec, s, st, self.dev, self.plan.total_steps, name, self.save)
+                    if out.save_state_every_n_steps and st.global_step % out.save_state_every_n_steps == 0:
+                        self.save_state()
+                    if spec.sample.every_n_steps and st.global_step % spec.sample.every_n_steps == 0:
+                        self.sample(f"{name}-step{st.global_step:06d}")
+            finally:
+                if caches.pixels_ahead is not None:
+                    caches.pixels_ahead.close()
+                    caches.pixels_ahead = None
+            st.epoch_losses.append(sum(st.epoch_partial) / max(1, len(st.epoch_partial)))
+            st.epoch_partial = []
+            done, val = st.epoch, None
+            if self.val_data is not None and (done % spec.validation.every_n_epochs == 0 or done == t.epochs):
+                val = st.val_losses[done] = self.validation_loss()
+            log.info(f"epoch {done}/{t.epochs}: mean loss {st.epoch_losses[-1]:.4f}"
+                     + (f", validation loss {val:.4f}" if val is not None else "")
+                     + f", step {st.global_step}/{self.plan.total_steps}, {time.time() - epoch_start:.1f}s")
+            if self.metrics is not None:
+                self.metrics.epoch(st.global_step, done, st.epoch_losses[-1], val)
+            with s.writer.held():  # the writer thread starts once the epoch's end is done
+                if done % out.save_every_n_epochs == 0 or done == t.epochs:
+                    self.save(done)
+                if spec.sample.every_n_epochs and (done % spec.sample.every_n_epochs == 0 or done == t.epochs):
+                    self.sample(f"{name}-{done:02d}")
+                self.write_summary()
+                st.epoch, st.next_group = done + 1, 0
+                if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
+                    self.save_state()
+        s.writer.wait()  # the last epoch's files are on disk when train() returns
+        bar.close()
+
     def _optimizer_step(self, group: list[list[int]]) -> None:
-        loop.optimizer_step(self, group)
+        """One optimizer step over `group` (its batches' gradients accumulated, and summed over the
+        data-parallel processes, each taking its share of the batches), checked for NaN/inf.
 
-    def _loss(self, batch: list[int], micro: int) -> torch.Tensor:
+        The losses stay on the device until the step's one host read (loss and gradient norm together,
+        after the backward passes): the GPU is never stalled between micro-batches, and a NaN/inf is
+        still caught before the optimizer lets it reach the weights."""
+        spec, st, dev, s = self.spec, self.state, self.dev, self.session
+        if st.te_stop_step is not None and st.global_step >= st.te_stop_step and st.train_te:
+            loop.stop_text_encoder(st, self.models.text_encoders)
+        first_micro, n = st.micro, len(group)
+        local = torch.zeros((), device=dev.device)
+        for j in shard(n, s.world.rank, s.world.size):
+            loss = self._loss(group[j], first_micro + j) / n  # batch j keeps its draws whatever process takes it
+            dev.amp.backward(loss)  # fp16: the loss scaled
+            local += loss.detach().float()
+        # Files handed to the writer before this step (an epoch's LoRA, state.pt) are written while its forward and
+        # backward passes run, from the live optimizer state and weights: nothing changes them until here.
+        s.writer.wait()
+        s.comm.sum_grads(st.trainable)  # a NaN anywhere reaches every process's gradients
+        if st.masters is not None:  # full_bf16/full_fp16: gradients into the fp32 masters, clipped and stepped
+            st.masters.pull_grads()
+        dev.amp.unscale(st.optimizer)  # fp16: back to true gradients before clipping (inf ones make the scaler skip)
+        scaler, max_norm = dev.amp.scaler, spec.train.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(st.stepped_params, max_norm if max_norm > 0 else float("inf"))
+        norm_t = norm.detach().float().reshape(()) if isinstance(norm, torch.Tensor) else torch.tensor(
+            float("nan") if norm is None else float(norm))
+        value, norm_value = torch.stack([local, norm_t.to(local.device)]).tolist()  # the step's one host sync
+        # one small all-reduce: the step's loss, whether any process saw NaN/inf, whether any was asked to stop
+        step_loss, n_bad, n_stop = s.comm.sum([value, not math.isfinite(value), s.stop.requested])
+        st.stop_all = n_stop > 0
+        st.micro = first_micro + n
+        if n_bad:
+            return loop.nonfinite(spec, s, st, dev, "loss", value if not math.isfinite(value) else float("nan"),
+                                  first_micro, n)
+        if scaler is None and norm is not None and not math.isfinite(norm_value):
+            return loop.nonfinite(spec, s, st, dev, "gradient norm", norm_value, first_micro, len(group))
+        stepped = loop.step_masters(spec.seed, dev, st) if st.masters is not None else dev.amp.step(st.optimizer)
+        st.optimizer.zero_grad(set_to_none=True)
+        if not stepped and dev.amp.overflowing():
+            return loop.overflowing(spec, s, st, dev)
+        norms = apply_max_norm(st.network, st.masters, spec.train.scale_weight_norms)  # kohya: after the step
+        if st.ema is not None:
+            st.ema.update()
+        lrs = {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(st.optimizer.param_groups)}
+        st.lr_scheduler.step()  # the schedule counts optimizer steps (what the guide's tables count)
+        st.global_step += 1
+        st.loss_history.append(step_loss)
+        st.epoch_partial.append(step_loss)
+        if self.metrics is not None:
+            d = st.optimizer.param_groups[0].get("d")
+            self.metrics.step(st.global_step, st.epoch, step_loss, lrs, float(d) if d is not None else None, norms)
+
+    def _loss(self, items: list[int], micro: int) -> torch.Tensor:
         """The loss of one batch; its randomness depends only on (seed, micro-step)."""
-        seed = inputs.step_seed(self.spec.seed, micro)
+        spec, dev, models, data, caches = self.spec, self.dev, self.models, self.data, self.caches
+        seed = batch.step_seed(spec.seed, micro)
         rng = random.Random(seed)
-        flips = inputs.flips(self.data, batch, rng)
-        captions = [self.data.caption(i, rng) for i in batch]
-        latents = inputs.latents(self, batch, flips)
-        gen = torch.Generator(device=self.device).manual_seed(seed % (2**63))  # noise and timesteps
-        n = self.spec.network
+        flips = batch.flips(data, items, rng)
+        captions = [data.caption(i, rng) for i in items]
+        latents = batch.latents(dev, models, data, caches.latents, items, flips, caches.pixels_ahead)
+        gen = torch.Generator(device=dev.device).manual_seed(seed % (2**63))  # noise and timesteps
+        n = spec.network
         if n.dropout or n.rank_dropout or n.module_dropout:
             torch.manual_seed(seed % (2**63))  # adapter dropouts
-        with self.amp.autocast():
-            cond = inputs.conditioning(self, captions, batch, flips)
-        mask = inputs.masks(self, batch, flips, tuple(latents.shape[-2:])) if self.spec.dataset.masked_loss else None
-        weights = torch.tensor([self.data.loss_weight(i) for i in batch]) if self.data.n_reg_items else None
-        return diffusion_step(self.unet, self.noise_scheduler, latents, cond, gen, self.step_config, mask=mask,
-                              weights=weights, dtype=self.wdtype, autocast=self.amp.autocast).loss
+        with dev.amp.autocast():
+            cond = batch.conditioning(self.arch, models, dev, caches.text, data, captions, items, flips, spec.train,
+                                      grad=self.state.train_te)
+        mask = (batch.masks(dev, data, caches.latents, items, flips, tuple(latents.shape[-2:]))
+                if spec.dataset.masked_loss else None)
+        weights = torch.tensor([data.loss_weight(i) for i in items]) if data.n_reg_items else None
+        return diffusion_step(self._denoise, models.noise_scheduler, latents, cond, gen, self.plan.step_config,
+                              mask=mask, weights=weights, dtype=dev.wdtype, autocast=dev.amp.autocast).loss
 
-    def _pixel_lookahead(self, groups: list[list[list[int]]]) -> Lookahead:
-        return inputs.pixel_lookahead(self, groups)
+    def _denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        return self.arch.denoise(self.models, x_t, t, cond)
 
-    def _to_device(self, *models: torch.nn.Module) -> None:
-        lifecycle.to_device(self, *models)
-
-    # -- evaluation ------------------------------------------------------------------------------------------
-    # A schedule-free optimizer is evaluated, sampled and saved at its averaged ("eval") weights and steps
-    # from its "train" weights; evaluation_weights switches around each of these (a no-op otherwise).
+    # -- evaluation and files: a schedule-free optimizer is evaluated, sampled and saved at its averaged ("eval")
+    # weights and steps from its "train" weights; evaluation_weights switches around each (a no-op otherwise).
     def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4, data: Any = None,
                    cache: Any = None) -> float:
-        with evaluation_weights(getattr(self, "optimizer", None)):
-            return evaluation.fixed_loss(self, images, seed, draws, data, cache)
+        data = data if data is not None else self.data
+        latent_cache = cache if cache is not None or data is not self.data else self.caches.latents
+        text = batch.text_cache_for(self.caches, data, self.data, self.val_data)
+        with evaluation_weights(self.state.optimizer):
+            return evaluation.fixed_loss(self.spec, self.arch, self.models, self.dev, self.session.world,
+                                         self.session.comm, self.plan.eval_config, data, latent_cache, text, images,
+                                         seed, draws)
 
     def validation_loss(self) -> float:
-        with evaluation_weights(getattr(self, "optimizer", None)):
-            return evaluation.validation_loss(self)
+        """The held-out images' loss, with noise and timesteps fixed: comparable across epochs and runs."""
+        return self.fixed_loss(seed=0, draws=self.spec.validation.draws, data=self.val_data,
+                               cache=self.caches.val_latents)
 
     def sample(self, label: str) -> None:
-        with evaluation_weights(getattr(self, "optimizer", None)):
-            evaluation.sample(self, label)
+        if not self.session.main:
+            return
+        with evaluation_weights(self.state.optimizer):
+            self.state.samples += evaluation.sample(self.spec, self.models, self.renderer, self.dev, self.data,
+                                                    self.run_dir, label, self.state.global_step)
 
-    # -- files -----------------------------------------------------------------------------------------------
     def save(self, epoch: int, file_name: str | None = None) -> Path:
-        with evaluation_weights(getattr(self, "optimizer", None)):
-            return state.save(self, epoch, file_name)
+        with evaluation_weights(self.state.optimizer):
+            return checkpoint.save_lora(self.spec, self.arch, self.plan, self.session, self.state,
+                                        self.dev.precision, self.model_hashes, epoch, file_name)
 
     def save_state(self) -> None:
-        state.save_state(self)
-
-    def restore_state(self) -> None:
-        state.restore_state(self)
+        checkpoint.save_state(self.spec, self.session, self.state, self.dev.amp)
 
     def write_summary(self) -> None:
-        state.write_summary(self)
+        checkpoint.write_summary(self.spec, self.arch.name, self.session, self.state)

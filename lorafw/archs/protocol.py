@@ -1,0 +1,87 @@
+"""What a model family is, as the trainer sees it: the `Architecture` protocol and the `Models` it loads.
+
+A family is one package (`lorafw/archs/<name>/`, or any installed package) whose object implements this
+protocol and is registered under the `lorafw.architectures` entry-point group (lorafw/archs/__init__.py).
+The trainer (lorafw/trainers/) calls only these members; nothing outside a family's package asks which
+family it is. The step loop, caches, saving, resume and evaluation are the same for every family.
+
+    recognise   inspect(path) → the checkpoint's description, from its header alone (no weights)
+    load        load(spec, info, objective) → Models: denoiser, latent codec, text encoder(s), tokenizers
+    condition   encode_text (cacheable: it depends on the caption only) → conditioning (per batch: sizes, flips)
+    denoise     denoise(models, x_t, t, cond) → the model's prediction
+    objectives  predictions: what the family can be trained to predict (ε, v, flow)
+    adapters    targets (which blocks' layers get adapters), te_prefixes, denoiser_namer (file names ↔ layers)
+    sample      renderer(...) → an object with render(prompt, sampler) → PIL image (samples, grid)
+    kohya       base_model_version / modelspec_architecture / modelspec_implementation (the LoRA file's metadata)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+
+Text = dict[str, torch.Tensor]
+
+
+@dataclass
+class Models:
+    """A loaded base model, frozen, in fp32 on the CPU until the trainer places it."""
+
+    info: Any  # the family's description of the checkpoint: .describe(), .prediction (what it declares)
+    denoiser: torch.nn.Module  # the UNet or DiT
+    vae: Any  # the latent codec: .encode(pixels).latent_dist, .decode(z).sample, .config.scaling_factor
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[Any]
+    noise_scheduler: Any  # the training schedule (DDPM for ε/v)
+
+
+@dataclass(frozen=True)
+class AdapterTargets:
+    """Where adapters go, by the class names of the blocks holding the layers (kohya's choice per family):
+    Linear and 1×1 layers inside `denoiser`, k×k convolutions (LoCon) inside `denoiser_conv` too, and the
+    text encoders' layers inside `text_encoder`."""
+
+    denoiser: tuple[str, ...]
+    denoiser_conv: tuple[str, ...]
+    text_encoder: tuple[str, ...]
+
+
+@runtime_checkable
+class Architecture(Protocol):
+    name: str  # base_model.arch
+    label: str  # what the user reads ("SDXL")
+    te_prefixes: tuple[str, ...]  # the LoRA file's text-encoder prefixes, one per encoder ("lora_te1", …)
+    predictions: tuple[str, ...]  # the objectives it trains: "epsilon", "v_prediction", "flow"
+    targets: AdapterTargets
+    base_model_version: str  # kohya's ss_base_model_version
+    modelspec_architecture: str
+    modelspec_implementation: str
+
+    def inspect(self, path: str) -> Any:
+        """The checkpoint's description from its header (or folder configs) only; a ModelError naming what the
+        file is when it is not this family."""
+
+    def load(self, spec: Any, info: Any, objective: Any) -> Models:
+        """Every part of the base model (with the external VAE / text encoder the spec names), frozen."""
+
+    def encode_text(self, models: Models, captions: list[str], train: Any) -> Text:
+        """Text states for `captions`, keyed by name; they depend on the caption only, so they can be cached."""
+
+    def conditioning(self, text: Text, data: Any, batch: list[int], flips: list[bool]) -> dict[str, Any]:
+        """The denoiser's keyword arguments for one batch (text states plus what the family adds per image)."""
+
+    def denoise(self, models: Models, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """The denoiser's prediction for noisy latents `x_t` at timesteps `t`."""
+
+    def denoiser_namer(self, denoiser: torch.nn.Module) -> Callable[[str], str]:
+        """Module path in the denoiser → the layer's name in the LoRA file (what the UIs read)."""
+
+    def renderer(self, models: Models, train: Any, device: torch.device, parking: Any = None) -> Any:
+        """A sampler for sample images and the grid: `.render(prompt, sampler) → PIL.Image`."""
+
+
+def describe(arch: Architecture) -> str:
+    """One line for `lorafw doctor` and errors."""
+    return f"{arch.name} ({arch.label}; trains {', '.join(arch.predictions)})"

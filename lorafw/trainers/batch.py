@@ -1,0 +1,104 @@
+"""What a batch feeds the step: its random draws (flips, captions), latents, masks, conditioning.
+
+Every random draw of micro-step `micro` comes from `step_seed(seed, micro)`, never from a running
+generator, so any step can be replayed on its own. Latents come from the latent cache, or are encoded
+now from pixels decoded ahead on loader threads (`pixel_lookahead`); text states come from the text
+cache, or are encoded now (with gradients when the text encoders train).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from lorafw.archs.protocol import Models
+from lorafw.data import dataset as dataset_mod
+from lorafw.data.latents import load_mask, load_pixels as load_image
+from lorafw.data.prefetch import Lookahead
+from lorafw.trainers.common import log, place_cache, to_device
+from lorafw.trainers.context import Caches, Device
+from lorafw.trainers.distributed import World, shard
+
+
+def step_seed(seed: int, micro: int) -> int:
+    """Every random draw of micro-step `micro` (flips, captions, noise, timesteps) comes from this seed."""
+    return dataset_mod.derive_seed(seed, "step", micro)
+
+
+def flips(data: Any, batch: list[int], rng: random.Random) -> list[bool]:
+    """The batch's flip draws: the first use of its (seed, micro-step) generator."""
+    return [data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
+
+
+def latents(dev: Device, models: Models, data: Any, cache: Any, batch: list[int], flipped: list[bool],
+            ahead: Lookahead | None = None) -> torch.Tensor:
+    """Scaled VAE latents of a batch of `data`: from `cache`, or encoded now (from `ahead`'s decoded pixels when
+    it holds them)."""
+    if cache is not None:
+        return to_device(torch.stack([cache.get(i, f) for i, f in zip(batch, flipped)]), dev.device)
+    key = (tuple(batch), tuple(flipped))
+    pixels = ahead.take(key) if ahead is not None else None
+    if pixels is None:
+        pixels = load_pixels(dev, data, key)
+    vae = models.vae
+    with torch.no_grad():
+        z = vae.encode(pixels.to(dev.device, vae.dtype, non_blocking=True)).latent_dist.sample()
+    return (z * vae.config.scaling_factor).float()
+
+
+def masks(dev: Device, data: Any, cache: Any, batch: list[int], flipped: list[bool],
+          size: tuple[int, int]) -> torch.Tensor:
+    """The batch's loss masks (dataset.masked_loss) at latent size."""
+    if cache is not None:
+        return to_device(torch.stack([cache.get_mask(i, f) for i, f in zip(batch, flipped)]), dev.device)
+    return torch.stack([load_mask(data.images[i], f, data.folders[data.images[i].folder].mask_dir, size)
+                        for i, f in zip(batch, flipped)])
+
+
+def conditioning(arch: Any, models: Models, dev: Device, text_cache: dict | None, data: Any, captions: list[str],
+                 batch: list[int], flipped: list[bool], train: Any, grad: bool) -> dict[str, Any]:
+    """The denoiser's keyword arguments for a batch of `data`: its cached text states (or its captions encoded
+    now, with gradients when `grad`), shaped by the family."""
+    if text_cache is not None:
+        cached = [text_cache[i] for i in batch]
+        text = {k: to_device(torch.stack([c[k] for c in cached]), dev.device) for k in cached[0]}
+    else:
+        with torch.set_grad_enabled(grad):
+            text = arch.encode_text(models, captions, train)
+    return arch.conditioning({k: v.to(dev.wdtype) for k, v in text.items()}, data, batch, flipped)
+
+
+def text_cache_for(caches: Caches, data: Any, train_data: Any, val_data: Any) -> dict | None:
+    """The text cache that holds `data`'s captions (training or held-out), or None."""
+    return caches.text if data is train_data else caches.val_text if data is val_data else None
+
+
+def pixel_lookahead(dev: Device, data: Any, world: World, seed: int, micro: int,
+                    groups: list[list[list[int]]]) -> Lookahead:
+    """Without cached latents: this process's batches of `groups` (with their flips, which depend only on
+    the seed and micro-step) decoded on loader threads ahead of the step that encodes them."""
+    keys = []
+    for group in groups:
+        for j in shard(len(group), world.rank, world.size):
+            keys.append((tuple(group[j]), tuple(flips(data, group[j], random.Random(step_seed(seed, micro + j))))))
+        micro += len(group)
+    return Lookahead(lambda key: load_pixels(dev, data, key), keys, dev.loader_workers)
+
+
+def load_pixels(dev: Device, data: Any, key: tuple[tuple[int, ...], tuple[bool, ...]]) -> torch.Tensor:
+    """A batch's pixels (pinned in host memory when they go to a GPU, so the copy can overlap)."""
+    pixels = torch.stack([load_image(data.images[i], f) for i, f in zip(*key)])
+    return pixels.pin_memory() if dev.device.type == "cuda" else pixels
+
+
+def place(dev: Device, store: dict, what: str) -> None:
+    """Cached tensors onto the GPU when they fit (no host-to-device copy per step), else pinned."""
+    if not store:
+        return
+    keys = list(store)
+    placed, where = place_cache([store[k] for k in keys], dev.device)
+    store.update(zip(keys, placed))
+    if where != "host":
+        log.info(f"cached {what} {where}")
