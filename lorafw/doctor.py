@@ -150,11 +150,12 @@ def _spec(overrides: list[str]):
     extra = ([] if model else ["base_model.path=-"]) + ([] if has_data else ["dataset.root=-"])
     spec = spec_from_dict(compose_dict(None, overrides + extra), check_paths=False, need_model=False)[0]
     if model:
-        from lorafw.models.load import check_arch, inspect_base_model
+        from lorafw import archs
         from lorafw.paths import expand
 
         try:
-            check_arch(inspect_base_model(expand(spec.base_model.path)), spec.base_model.arch, spec.base_model.path)
+            name = archs.detect(expand(spec.base_model.path)) if spec.base_model.arch == "auto" else spec.base_model.arch
+            archs.get(name).inspect(str(spec.base_model.path))
         except ModelError as e:
             raise ConfigError([f"base_model.path: {e}"]) from None
     return spec, has_data

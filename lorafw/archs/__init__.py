@@ -46,7 +46,11 @@ def get(name: str) -> Architecture:
     if name not in eps:
         have = ", ".join(sorted(eps)) or "none (reinstall lorafw: `pip install -e .` registers its families)"
         raise ConfigError([f"base_model.arch: no architecture is registered as {name!r}; available: {have}"])
-    arch = _load(name)
+    try:
+        arch = _load(name)
+    except Exception as e:  # a broken plugin: name it, whatever it raised
+        raise ConfigError([f"base_model.arch={name}: the package registering it ({eps[name].value}) failed to load: "
+                           f"{type(e).__name__}: {e}; reinstall or fix that package"]) from None
     missing = [m for m in ("inspect", "load", "encode_text", "conditioning", "denoise", "denoiser_namer", "renderer")
                if not callable(getattr(arch, m, None))]
     if missing:

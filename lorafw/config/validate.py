@@ -175,15 +175,16 @@ def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
 
 
 def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
-    """What the checkpoint is, from its header alone (milliseconds, no torch): the right architecture,
-    and a clip skip its text encoder has layers for."""
+    """What the checkpoint is, from its header alone (milliseconds, no weights): a family's checkpoint (the one
+    base_model.arch names, or any registered one for auto), and a clip skip its text encoder has layers for."""
+    from lorafw import archs  # the registry reads the families' entry points
     from lorafw.errors import ModelError
-    from lorafw.models.load import check_arch, inspect_base_model
 
     try:
-        info = inspect_base_model(path)
-        if s.base_model.arch != AUTO:
-            check_arch(info, s.base_model.arch, s.base_model.path)
+        name = archs.detect(path) if s.base_model.arch == AUTO else s.base_model.arch
+        if name not in archs.available():
+            return  # named in _check_values
+        info = archs.get(name).inspect(str(path))
     except ModelError as e:
         p.append(f"base_model.path: {e}")
         return
@@ -193,7 +194,8 @@ def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
         resolve(s.train, info.prediction, f"base_model.path={s.base_model.path}")
     except ConfigError as e:
         p.extend(e.problems)
-    layers = info.text_encoders[0].get("num_hidden_layers") if info.text_encoders else None
+    encoders = getattr(info, "text_encoders", None)  # CLIP configs, where the family has them
+    layers = encoders[0].get("num_hidden_layers") if encoders else None
     if layers and s.train.clip_skip > layers:
         p.append(f"train.clip_skip: {s.train.clip_skip} but the text encoder has {layers} layers; use 1 to {layers} (2 is usual)")
 
