@@ -272,7 +272,8 @@ TOTAL = 97
 def _kohya_cases():
     """(our spec, the library call kohya's get_scheduler_fix makes for it), warmup as kohya computes it."""
     from diffusers.optimization import get_piecewise_constant_schedule
-    from transformers.optimization import get_scheduler as hf, get_wsd_schedule
+    from transformers.optimization import get_scheduler as hf
+    from transformers.optimization import get_wsd_schedule
 
     w = int(0.1 * TOTAL)
     decay = int(0.3 * TOTAL)
@@ -361,7 +362,8 @@ def test_polynomial_whose_warmup_fills_the_run_keeps_ours():
 
     from lorafw.optim.schedulers import POLY_LR_END
 
-    lib = get_polynomial_decay_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), 5, 5)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    lib = get_polynomial_decay_schedule_with_warmup(opt, 5, 5)
     with pytest.raises(ZeroDivisionError):
         lib.lr_lambdas[0](5)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
@@ -410,7 +412,8 @@ def test_library_kwargs_are_kohyas():
     assert library_kwargs(SchedulerSpec("warmup_stable_decay", warmup_steps=10, decay_ratio=0.25), 100) == {
         "num_warmup_steps": 10, "num_stable_steps": 65, "num_decay_steps": 25, "num_cycles": 0.5, "min_lr_ratio": 0.0}
     assert library_kwargs(SchedulerSpec("polynomial"), 100)["lr_end"] == 1e-7
-    assert library_kwargs(SchedulerSpec("piecewise_constant", step_rules=" 1:10 ,, 0.1"), 100) == {"step_rules": "1:10,0.1"}
+    rules = library_kwargs(SchedulerSpec("piecewise_constant", step_rules=" 1:10 ,, 0.1"), 100)
+    assert rules == {"step_rules": "1:10,0.1"}
     with pytest.raises(ValueError, match="not a library scheduler"):
         library_kwargs(SchedulerSpec("rex"), 100)
 

@@ -23,6 +23,7 @@ max_lr × gamma per restart, and a group whose lr is not above min_lr decays to 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from lorafw.config.spec import SchedulerSpec
@@ -84,8 +85,8 @@ def factor(spec: SchedulerSpec, step: int, total: int, base_lr: float, default_l
     if name == "constant" or name == "adafactor":
         return 1.0
     if name == "rex":
-        lr = rex_lr(step, base_lr, spec.min_lr or 0.0, total, spec.warmup_ratio or 0.0, spec.d or 0.9, spec.gamma or 1.0,
-                    spec.num_cycles or 1, warmup=w)
+        lr = rex_lr(step, base_lr, spec.min_lr or 0.0, total, spec.warmup_ratio or 0.0, spec.d or 0.9,
+                    spec.gamma or 1.0, spec.num_cycles or 1, warmup=w)
         return lr / base_lr if base_lr else 0.0
     if name == "piecewise_constant":
         rules, last = parse_step_rules(spec.step_rules or "")
@@ -165,7 +166,8 @@ def key_points(spec: SchedulerSpec, total: int, lr: float) -> list[tuple[int, fl
     if spec.name in ("cosine_with_restarts", "rex") and (spec.num_cycles or 1) > 1:
         n = spec.num_cycles or 1
         length = (total - w) / n if spec.name == "cosine_with_restarts" else total // n
-        starts = [w + round(i * length) if spec.name == "cosine_with_restarts" else i * int(length) for i in range(1, n)]
+        starts = [w + round(i * length) if spec.name == "cosine_with_restarts" else i * int(length)
+                  for i in range(1, n)]
         for s in starts:
             steps |= {s - 1, s}
     if spec.name == "piecewise_constant":
@@ -221,8 +223,7 @@ def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr:
     # REX is ours. So is polynomial when its warmup fills the run: transformers then divides by
     # total − warmup = 0 at the step after the last (kohya's run fails there); `factor` gives lr_end.
     if spec.name == "rex" or (spec.name == "polynomial" and warmup_steps(spec, total) >= total):
-        lambdas = [lambda s, base=g["lr"]: factor(spec, s, total, base, default_lr) for g in optimizer.param_groups]
-        return LambdaLR(optimizer, lambdas)
+        return LambdaLR(optimizer, [_ours(spec, total, g["lr"], default_lr) for g in optimizer.param_groups])
     kwargs = library_kwargs(spec, total)
     if spec.name == "piecewise_constant":
         from diffusers.optimization import get_piecewise_constant_schedule
@@ -231,6 +232,10 @@ def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr:
     from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
 
     return TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(spec.name)](optimizer, **kwargs)
+
+
+def _ours(spec: SchedulerSpec, total: int, base_lr: float, default_lr: float | None) -> Callable[[int], float]:
+    return lambda step: factor(spec, step, total, base_lr, default_lr)
 
 
 def _custom(spec: SchedulerSpec, optimizer: Any) -> Any:
