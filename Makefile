@@ -25,4 +25,4 @@ test: venv
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) lorafw-demo outputs multirun .pytest_cache
+	rm -rf $(VENV) lorafw-demo outputs multirun .pytest_cache .mypy_cache .ruff_cache

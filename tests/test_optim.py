@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
-
-import dataclasses
 
 from lorafw.config.compose import compose_dict
 from lorafw.config.spec import SchedulerSpec
@@ -272,6 +273,7 @@ def _kohya_cases():
     """(our spec, the library call kohya's get_scheduler_fix makes for it), warmup as kohya computes it."""
     from diffusers.optimization import get_piecewise_constant_schedule
     from transformers.optimization import get_scheduler as hf
+    from transformers.optimization import get_wsd_schedule
 
     w = int(0.1 * TOTAL)
     decay = int(0.3 * TOTAL)
@@ -290,9 +292,8 @@ def _kohya_cases():
                                             scheduler_specific_kwargs={"num_cycles": 0.5, "min_lr_rate": 0.2})),
         "warmup_stable_decay": (SchedulerSpec("warmup_stable_decay", warmup_ratio=0.1, decay_ratio=0.3, min_lr_ratio=0.1,
                                               num_cycles=1),
-                                lambda o: hf("warmup_stable_decay", o, w, TOTAL, scheduler_specific_kwargs={
-                                    "num_stable_steps": TOTAL - w - decay, "num_decay_steps": decay, "num_cycles": 0.5,
-                                    "min_lr_ratio": 0.1})),
+                                lambda o: get_wsd_schedule(o, num_warmup_steps=w, num_stable_steps=TOTAL - w - decay,
+                                                           num_decay_steps=decay, num_cycles=0.5, min_lr_ratio=0.1)),
         "piecewise_constant": (SchedulerSpec("piecewise_constant", step_rules="1:10,0.5:40,0.1"),
                                lambda o: get_piecewise_constant_schedule(o, step_rules="1:10,0.5:40,0.1")),
     }
@@ -300,13 +301,121 @@ def _kohya_cases():
 
 @pytest.mark.parametrize("name", sorted(_kohya_cases()))
 def test_schedule_equals_the_library_kohya_uses(name):
+    from lorafw.optim.schedulers import factor
+
     spec, make = _kohya_cases()[name]
     want = library_lrs(make, TOTAL)
-    got = ours_lrs(spec, TOTAL)
-    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert ours_lrs(spec, TOTAL) == want  # the same call as kohya's, so the same floats
     # and the pure function plan shows is the same curve
-    assert [1e-3 * __import__("lorafw.optim.schedulers", fromlist=["factor"]).factor(spec, s, TOTAL, 1e-3, 1e-3)
-            for s in range(TOTAL)] == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert [1e-3 * factor(spec, s, TOTAL, 1e-3, 1e-3) for s in range(TOTAL)] == want
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "scheduler_lrs.json"
+
+
+def _golden() -> list[dict]:
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("case", _golden(), ids=lambda c: f"{c['spec']['name']}-{c['total']}")
+def test_each_schedule_keeps_the_lrs_it_had_before_the_libraries(case):
+    """tests/fixtures/scheduler_lrs.json holds the lr of two groups (1e-3 and 1e-6, SGD lr 1e-3) before the first
+    step and after each of `total` steps, as build_scheduler gave them at 2f2fca7, when every formula was lorafw's
+    own (LambdaLR over `factor`). The library schedulers that replaced them must give the same floats, and so must
+    `factor`, the curve `lorafw plan` shows. Never regenerate it to make this pass: a difference is a changed
+    schedule (a new transformers or diffusers may change one; then keep ours for that one)."""
+    from lorafw.optim.schedulers import factor
+
+    spec, total = SchedulerSpec(**case["spec"]), case["total"]
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-6}], lr=1e-3)
+    sch = build_scheduler(spec, opt, total)
+    got = [[g["lr"] for g in opt.param_groups]]
+    for _ in range(total):
+        opt.step()
+        sch.step()
+        got.append([g["lr"] for g in opt.param_groups])
+    assert got == case["lrs"]
+    assert [[lr * factor(spec, s, total, lr, 1e-3) for lr in (1e-3, 1e-6)] for s in range(total + 1)] == case["lrs"]
+
+
+def test_the_golden_table_covers_every_formula():
+    from lorafw.optim.catalog import SCHEDULERS
+
+    assert {c["spec"]["name"] for c in _golden()} == set(SCHEDULERS) - {"adafactor"}
+
+
+@pytest.mark.parametrize("name", sorted(_kohya_cases()))
+def test_the_run_uses_the_library_schedule(name):
+    """Not a restatement: the lambda the run steps is transformers' (or diffusers' for piecewise_constant)."""
+    spec, _ = _kohya_cases()[name]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    fn = build_scheduler(spec, opt, TOTAL).lr_lambdas[0]
+    module = getattr(fn, "func", fn).__module__
+    assert module.startswith("diffusers." if name == "piecewise_constant" else "transformers."), module
+
+
+def test_polynomial_whose_warmup_fills_the_run_keeps_ours():
+    """transformers' polynomial divides by total − warmup, so after the last step of a run that is all warmup it
+    raises (kohya's run fails there); ours reaches lr_end. If transformers stops raising, drop our case."""
+    from transformers.optimization import get_polynomial_decay_schedule_with_warmup
+
+    from lorafw.optim.schedulers import POLY_LR_END
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    lib = get_polynomial_decay_schedule_with_warmup(opt, 5, 5)
+    with pytest.raises(ZeroDivisionError):
+        lib.lr_lambdas[0](5)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sch = build_scheduler(SchedulerSpec("polynomial", warmup_steps=5), opt, 5)
+    got = [opt.param_groups[0]["lr"]]
+    for _ in range(5):
+        opt.step()
+        sch.step()
+        got.append(opt.param_groups[0]["lr"])
+    assert got[:5] == [0.0, 2e-4, 4e-4, 6e-4, 8e-4] and got[5] == pytest.approx(POLY_LR_END)
+
+
+@pytest.mark.parametrize("name", ["cosine_with_restarts", "polynomial", "piecewise_constant", "rex"])
+def test_a_resumed_schedule_continues_where_it_stopped(name):
+    """The training state keeps scheduler.state_dict(); loaded into a fresh scheduler, the lrs go on the same."""
+    spec = {"cosine_with_restarts": SchedulerSpec(name, warmup_ratio=0.1, num_cycles=2),
+            "polynomial": SchedulerSpec(name, power=2.0), "rex": SchedulerSpec(name, warmup_ratio=0.1, min_lr=1e-6),
+            "piecewise_constant": SchedulerSpec(name, step_rules="1:5,0.5:15,0.1")}[name]
+    want = ours_lrs(spec, 30)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1e-3)
+    sch = build_scheduler(spec, opt, 30)
+    for _ in range(12):
+        opt.step()
+        sch.step()
+    state = sch.state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sch2 = build_scheduler(spec, opt2, 30)
+    sch2.load_state_dict(state)
+    opt2.param_groups[0]["lr"] = sch2.get_last_lr()[0]
+    got = want[:12]
+    for _ in range(12, 30):
+        got.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sch2.step()
+    assert got == want
+
+
+def test_library_kwargs_are_kohyas():
+    """get_scheduler_fix: num_cycles / 2 for cosine_with_min_lr and warmup_stable_decay, stable = total − warmup −
+    decay, transformers' default lr_end unless min_lr is set."""
+    from lorafw.optim.schedulers import library_kwargs
+
+    assert library_kwargs(SchedulerSpec("cosine_with_min_lr", warmup_ratio=0.1, num_cycles=3), 100) == {
+        "num_warmup_steps": 10, "num_training_steps": 100, "num_cycles": 1.5, "min_lr_rate": 0.0}
+    assert library_kwargs(SchedulerSpec("warmup_stable_decay", warmup_steps=10, decay_ratio=0.25), 100) == {
+        "num_warmup_steps": 10, "num_stable_steps": 65, "num_decay_steps": 25, "num_cycles": 0.5, "min_lr_ratio": 0.0}
+    assert library_kwargs(SchedulerSpec("polynomial"), 100)["lr_end"] == 1e-7
+    rules = library_kwargs(SchedulerSpec("piecewise_constant", step_rules=" 1:10 ,, 0.1"), 100)
+    assert rules == {"step_rules": "1:10,0.1"}
+    with pytest.raises(ValueError, match="not a library scheduler"):
+        library_kwargs(SchedulerSpec("rex"), 100)
 
 
 def test_every_scheduler_name_has_a_case_or_its_own_test():

@@ -1,12 +1,16 @@
-"""Learning-rate schedules as pure functions of the optimizer step, and the torch scheduler that applies them.
+"""Learning-rate schedules: the library schedulers kohya sd-scripts runs, REX, and their curve for `lorafw plan`.
 
-One formula per schedule, used both by training (a LambdaLR over these functions) and by `lorafw plan`
-(`key_points`), so the curve a user is shown is the one the run follows. Each formula is the one kohya
-sd-scripts runs: transformers' `get_scheduler` types (constant, constant_with_warmup, linear, cosine,
-cosine_with_restarts, polynomial, cosine_with_min_lr, warmup_stable_decay — kohya passes num_cycles / 2 to
-the last two), diffusers' piecewise_constant, and REX; tests compare every one against the library's own.
-`adafactor` is transformers' AdafactorSchedule: Adafactor with relative_step computes its own lr.
-`scheduler.type` (kohya's lr_scheduler_type) builds any scheduler class with `scheduler.args` instead.
+A run builds each schedule with the call kohya's get_scheduler_fix makes: transformers' scheduler functions
+(constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr,
+warmup_stable_decay — kohya passes num_cycles / 2 to the last two) and diffusers' piecewise_constant
+(`library_kwargs` holds the arguments). `adafactor` is transformers' AdafactorSchedule: Adafactor with
+relative_step computes its own lr. `scheduler.type` (kohya's lr_scheduler_type) builds any scheduler class with
+`scheduler.args` instead. REX, which neither library has, is ours (`rex_lr`).
+
+`factor` states every formula once more as a pure function, for `lorafw plan` (`key_points`), which reads
+configs only and must start without importing torch (transformers' schedulers import it); tests/test_optim.py
+checks that it and the library give the same floats at every step, so the curve a user is shown is the one
+the run follows.
 
 Every schedule is driven per optimizer step with total = the run's optimizer steps. The warmup is
 `warmup_steps`, or int(warmup_ratio × total) as kohya computes it from a ratio. REX follows the GUI
@@ -19,6 +23,7 @@ max_lr × gamma per restart, and a group whose lr is not above min_lr decays to 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from lorafw.config.spec import SchedulerSpec
@@ -72,7 +77,7 @@ def parse_step_rules(rules: str) -> tuple[dict[int, float], float]:
 
 
 def factor(spec: SchedulerSpec, step: int, total: int, base_lr: float, default_lr: float | None = None) -> float:
-    """The multiplier of a group's lr (`base_lr`) at optimizer step `step`, as the run applies it.
+    """The multiplier of a group's lr (`base_lr`) at optimizer step `step`, as the run applies it (without torch).
 
     `default_lr` is the optimizer's own lr (polynomial decays relative to it, as transformers does)."""
     name = spec.name
@@ -80,8 +85,8 @@ def factor(spec: SchedulerSpec, step: int, total: int, base_lr: float, default_l
     if name == "constant" or name == "adafactor":
         return 1.0
     if name == "rex":
-        lr = rex_lr(step, base_lr, spec.min_lr or 0.0, total, spec.warmup_ratio or 0.0, spec.d or 0.9, spec.gamma or 1.0,
-                    spec.num_cycles or 1, warmup=w)
+        lr = rex_lr(step, base_lr, spec.min_lr or 0.0, total, spec.warmup_ratio or 0.0, spec.d or 0.9,
+                    spec.gamma or 1.0, spec.num_cycles or 1, warmup=w)
         return lr / base_lr if base_lr else 0.0
     if name == "piecewise_constant":
         rules, last = parse_step_rules(spec.step_rules or "")
@@ -161,7 +166,8 @@ def key_points(spec: SchedulerSpec, total: int, lr: float) -> list[tuple[int, fl
     if spec.name in ("cosine_with_restarts", "rex") and (spec.num_cycles or 1) > 1:
         n = spec.num_cycles or 1
         length = (total - w) / n if spec.name == "cosine_with_restarts" else total // n
-        starts = [w + round(i * length) if spec.name == "cosine_with_restarts" else i * int(length) for i in range(1, n)]
+        starts = [w + round(i * length) if spec.name == "cosine_with_restarts" else i * int(length)
+                  for i in range(1, n)]
         for s in starts:
             steps |= {s - 1, s}
     if spec.name == "piecewise_constant":
@@ -177,6 +183,32 @@ def key_points(spec: SchedulerSpec, total: int, lr: float) -> list[tuple[int, fl
     return curve
 
 
+def library_kwargs(spec: SchedulerSpec, total: int) -> dict[str, Any]:
+    """The keyword arguments kohya's get_scheduler_fix gives transformers' scheduler function for `spec.name`
+    (the optimizer aside); piecewise_constant's are diffusers'."""
+    name, w, cycles = spec.name, warmup_steps(spec, total), spec.num_cycles or 1
+    if name == "constant":
+        return {}
+    if name == "constant_with_warmup":
+        return {"num_warmup_steps": w}
+    if name == "piecewise_constant":
+        return {"step_rules": ",".join(p.strip() for p in (spec.step_rules or "").split(",") if p.strip())}
+    if name == "warmup_stable_decay":
+        decay = int((spec.decay_ratio or 0.0) * total)
+        return {"num_warmup_steps": w, "num_stable_steps": total - w - decay, "num_decay_steps": decay,
+                "num_cycles": cycles / 2, "min_lr_ratio": spec.min_lr_ratio or 0.0}
+    steps = {"num_warmup_steps": w, "num_training_steps": total}
+    if name in ("linear", "cosine"):
+        return steps
+    if name == "cosine_with_restarts":
+        return {**steps, "num_cycles": cycles}
+    if name == "cosine_with_min_lr":
+        return {**steps, "num_cycles": cycles / 2, "min_lr_rate": spec.min_lr_ratio or 0.0}
+    if name == "polynomial":
+        return {**steps, "power": spec.power or 1.0, "lr_end": POLY_LR_END if spec.min_lr is None else spec.min_lr}
+    raise ValueError(f"{name!r} is not a library scheduler")
+
+
 def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr: float | None = None) -> Any:
     """A torch LR scheduler for `optimizer`, stepped once per optimizer step for `total` steps.
 
@@ -188,8 +220,22 @@ def build_scheduler(spec: SchedulerSpec, optimizer: Any, total: int, initial_lr:
     if spec.name == "adafactor":
         return _adafactor_schedule(optimizer, initial_lr or optimizer.defaults.get("lr") or 0.0)
     default_lr = optimizer.defaults.get("lr")
-    lambdas = [lambda s, base=g["lr"]: factor(spec, s, total, base, default_lr) for g in optimizer.param_groups]
-    return LambdaLR(optimizer, lambdas)
+    # REX is ours. So is polynomial when its warmup fills the run: transformers then divides by
+    # total − warmup = 0 at the step after the last (kohya's run fails there); `factor` gives lr_end.
+    if spec.name == "rex" or (spec.name == "polynomial" and warmup_steps(spec, total) >= total):
+        return LambdaLR(optimizer, [_ours(spec, total, g["lr"], default_lr) for g in optimizer.param_groups])
+    kwargs = library_kwargs(spec, total)
+    if spec.name == "piecewise_constant":
+        from diffusers.optimization import get_piecewise_constant_schedule
+
+        return get_piecewise_constant_schedule(optimizer, **kwargs)
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    return TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(spec.name)](optimizer, **kwargs)
+
+
+def _ours(spec: SchedulerSpec, total: int, base_lr: float, default_lr: float | None) -> Callable[[int], float]:
+    return lambda step: factor(spec, step, total, base_lr, default_lr)
 
 
 def _custom(spec: SchedulerSpec, optimizer: Any) -> Any:
