@@ -227,7 +227,7 @@ def test_frozen_text_encoders_are_cached_with_the_same_result(tiny_xl_model, tin
     a = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "a", "pdxl", *common))
     b = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "b", "pdxl", *common, "dataset.cache_text_encoder_outputs=true"))
     fa, fb = load_file(str(a.run().lora_files[-1])), load_file(str(b.run().lora_files[-1]))
-    assert set(b.text_cache[0]) == {"encoder_hidden_states", "text_embeds"}
+    assert set(b.caches.text[0]) == {"encoder_hidden_states", "text_embeds"}
     assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
 
 
