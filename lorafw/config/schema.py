@@ -237,15 +237,23 @@ def kohya_names(cls: type) -> dict[str, str]:
     return out
 
 
+def value_at(spec: Any, path: str) -> Any:
+    """The value of a dotted key in a spec: value_at(spec, "train.ip_noise_gamma")."""
+    for part in path.split("."):
+        spec = getattr(spec, part)
+    return spec
+
+
 def kohya_keys(cls: type) -> dict[str, KeyInfo]:
     """lorafw dotted key → its KeyInfo, for every key with a kohya name (list items excluded), in declaration
     order. `kohya_keys(RunSpec)["train.ip_noise_gamma"].kohya[0]` is the name sd-scripts reads."""
     return {k.path: k for k in iter_keys(cls) if k.kohya and "[]" not in k.path}
 
 
-def kohya_name(cls: type, path: str) -> str:
-    """The sd-scripts argument name of lorafw key `path` (its first `kohya=` name). KeyError: it has none."""
-    return kohya_keys(cls)[path].kohya[0]
+def kohya_of(cls: type) -> dict[str, str]:
+    """lorafw dotted key → the sd-scripts argument name lorafw reads and writes for it (its first `kohya=` name):
+    code that handles one kohya argument names it as `kohya_of(RunSpec)["train.ip_noise_gamma"]`."""
+    return {path: k.kohya[0] for path, k in kohya_keys(cls).items()}
 
 
 def ss_names(cls: type) -> dict[str, str]:
