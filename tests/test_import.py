@@ -301,6 +301,21 @@ def test_neutral_values_only_for_kohyas_off_values(tmp_path):
     assert kohya_keys(RunSpec)["train.min_timestep"].kohya_off == NEUTRAL["min_timestep"] == (0,)  # declared on the key
 
 
+def test_the_recipe_records_what_the_import_left_behind(tmp_path):
+    """The recipe's `imported` section: --lenient's refusals, the settings without effect and the notes, as data the
+    run keeps; a value that looks like an interpolation comes back as it was written."""
+    f = tmp_path / "c.toml"
+    f.write_text('max_train_epochs = 3\nresolution = 512\nfancy = "${x} and ???"\nlog_with = "tensorboard"\n')
+    imp = import_config(f)
+    s = spec_of(imp, tmp_path)
+    (refused,) = s.imported.not_honoured
+    assert (refused.setting, json.loads(refused.value), refused.why) == ("fancy", "${x} and ???", "lorafw has no such setting")
+    assert [(x.setting, json.loads(x.value)) for x in s.imported.no_effect if x.setting == "log_with"] == [
+        ("log_with", "tensorboard")]
+    assert s.imported.source == "test" and s.imported.notes == tuple(imp.notes)
+    assert write_recipe(imp, "test", tmp_path / "refused.yaml") is None  # without --lenient nothing is written
+
+
 def test_a_malformed_value_is_named_not_a_traceback(tmp_path, capsys):
     from lorafw.cli import main
 
