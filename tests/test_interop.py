@@ -499,3 +499,24 @@ def test_resize_interpolation_lanczos_is_what_lorafw_does(interp, honoured, tmp_
     spec = compose(None, ["base_model.path=/m.safetensors", "dataset.root=/d"], check_paths=False)
     cfg, _ = export_kohya(spec, 10, [("/d/1_x", 1, {})])
     assert cfg["training_arguments"]["resize_interpolation"] == "lanczos"
+
+
+def test_every_kohya_name_of_the_schema_is_exported():
+    """Adding a kohya option is one key(): with every key set, the export names each key's kohya argument (the objective's
+    and any later key's in [training_arguments]) except what NOT_EXPORTED leaves out."""
+    from lorafw.interop.kohya import KEYS, NOT_EXPORTED
+
+    spec = compose(None, ["base_model.path=/m.safetensors", "base_model.vae=/v.safetensors", "dataset.root=/d",
+                          "dataset.reg_root=/r", "dataset.keep_tokens_separator=|||", "dataset.workers=2",
+                          "train.min_snr_gamma=5", "train.clip_skip=2", "train.max_token_length=225", "train.compile=true",
+                          "train.ip_noise_gamma=0.1", "train.adaptive_noise_scale=0.01", "train.noise_offset=0.05",
+                          "train.multires_noise_iterations=6", "train.min_timestep=10", "train.max_timestep=900",
+                          "train.scale_weight_norms=1.0", "train.v_pred_like_loss=0.1", "train.zero_terminal_snr=false",
+                          "output.comment=hi", "sample.prompt_file=/p.txt", "scheduler=cosine_restarts",
+                          "scheduler.num_cycles=2"], check_paths=False)
+    cfg, ds = export_kohya(spec, 10, [("/d/1_x", 1, {})])
+    written = {k for section, body in cfg.items() if section != "lorafw" for k in body}
+    written |= set(ds["general"]) | set(ds["datasets"][0])
+    expected = {k.kohya[0] for p, k in KEYS.items() if p not in NOT_EXPORTED and p != "scheduler.warmup_ratio"}
+    assert expected - written == set()
+    assert cfg["training_arguments"]["ip_noise_gamma"] == 0.1 and ds["datasets"][0]["batch_size"] == spec.train.batch_size
