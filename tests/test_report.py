@@ -198,6 +198,17 @@ def test_run_json_keeps_what_the_import_left_out(imported_run):
     assert record["imported"]["not_honoured"][0]["setting"] == "fancy_option"
 
 
+def test_the_import_section_shows_each_value_as_written():
+    from lorafw.outputs.report import RunData, import_html
+
+    rec = {"source": "x.toml (sd-scripts TOML)", "no_effect": [], "notes": ["base_model=auto: from the checkpoint"],
+           "not_honoured": [{"setting": "fancy", "value": '"$\\u007bx} <b>"', "why": "lorafw has no such setting"}]}
+    html = import_html(RunData(Path("."), imported=rec))
+    assert "<code>&quot;${x} &lt;b&gt;&quot;</code>" in html and "Refused" in html and "Dropped" not in html
+    assert "<li>base_model=auto: from the checkpoint</li>" in html
+    assert "refused nothing" in import_html(RunData(Path("."), imported={**rec, "not_honoured": []}))
+
+
 def test_a_run_that_was_not_imported_says_so(run):
     from lorafw.outputs.report import read_run
 

@@ -336,13 +336,21 @@ def import_html(d: RunData) -> str:
         rows = imp.get(key) or []
         if rows:
             out.append(f"<h3>{title} ({len(rows)})</h3>" + table(["setting", "value", "why"], [
-                [f"<code>{escape(str(r.get('setting')))}</code>", f"<code>{escape(str(r.get('value')))}</code>",
+                [f"<code>{escape(str(r.get('setting')))}</code>", f"<code>{escape(_json_shown(r.get('value')))}</code>",
                  escape(str(r.get("why") or ""))] for r in rows]))
     if imp.get("notes"):
         out.append("<h3>Notes</h3><ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in imp["notes"]) + "</ul>")
     if not imp.get("not_honoured"):
         out.append("<p>The import refused nothing: every setting that changes training is in the recipe.</p>")
     return "".join(out)
+
+
+def _json_shown(text: Any) -> str:
+    """A value the recipe records as JSON, as it reads (the recipe escapes `${` so OmegaConf leaves it alone)."""
+    try:
+        return json.dumps(json.loads(str(text)), ensure_ascii=False)
+    except ValueError:
+        return str(text)
 
 
 def timings_html(d: RunData) -> str:
