@@ -33,7 +33,8 @@ class _Placed:
     """kohya arguments by lorafw key, remembering which keys export_kohya has placed (the rest go in as they are)."""
 
     def __init__(self, spec: Any) -> None:
-        self.spec, self.keys = spec, set()
+        self.spec = spec
+        self.keys: set[str] = set()  # lorafw keys placed so far
 
     def args(self, *paths: str, when: Callable[[Any], bool] = lambda v: v is not None) -> dict[str, Any]:
         """{kohya name: value} of each key whose value passes `when` (TOML has no null: unset ones left out)."""
