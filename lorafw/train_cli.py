@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from lorafw.config.schema import REQUIRED
 from lorafw.errors import ConfigError, LorafwError, UsageError
 
 log = logging.getLogger("lorafw")
@@ -94,7 +95,7 @@ def _shown_only(data: dict) -> dict:
             return {k: fill(v) for k, v in x.items()}
         if isinstance(x, list):
             return [fill(v) for v in x]
-        return "(unset)" if x == "???" else x
+        return "(unset)" if x == REQUIRED else x
 
     out = fill(data)
     ds = out.get("dataset")

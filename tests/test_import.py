@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from lorafw.config.compose import compose_dict
-from lorafw.config.schema import kohya_names
+from lorafw.config.schema import SAME, kohya_keys, kohya_names
 from lorafw.config.spec import NetworkSpec, RunSpec
 from lorafw.config.validate import spec_from_dict
 from lorafw.interop.argstrings import Problem, items_of, literal_args, network_args
-from lorafw.interop.classify import KOHYA_DEFAULTS, NEUTRAL, optimizer_aliases
+from lorafw.interop.classify import NEUTRAL, coerce, optimizer_aliases
 from lorafw.interop.dialects import detect, from_gui_json
 from lorafw.interop.importer import import_config, load_source, report, write_recipe
-from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
+from lorafw.optim.catalog import SCHEDULERS
 
 FIX = Path(__file__).parent / "fixtures" / "import"
 NAMES = kohya_names(RunSpec)
@@ -276,9 +276,19 @@ def test_a_key_left_out_means_kohyas_default(tmp_path):
     assert s.base_model.arch == "auto"
 
 
-def test_every_schema_kohya_name_has_its_kohya_default():
-    missing = sorted(set(NAMES) - set(KOHYA_DEFAULTS))
-    assert not missing, f"add kohya's default for {missing} to KOHYA_DEFAULTS (None: same as lorafw's)"
+def test_every_declared_kohya_default_is_stated_when_the_file_leaves_the_key_out(tmp_path):
+    declared = {p: k for p, k in kohya_keys(RunSpec).items() if k.kohya_default is not SAME}
+    assert {"network.dim", "optimizer.lr", "train.mixed_precision", "dataset.enable_bucket"} <= set(declared)
+    f = tmp_path / "c.toml"
+    f.write_text("max_train_epochs = 3\n")
+    imp = import_config(f)
+    s = spec_of(imp, tmp_path)
+    for path, k in declared.items():
+        value = s
+        for part in path.split("."):
+            value = getattr(value, part)
+        assert value == coerce(k.kohya_default, k.type), path
+        assert imp.imported_from[path] == f"{k.kohya[0]} (kohya's default)"
 
 
 def test_neutral_values_only_for_kohyas_off_values(tmp_path):
@@ -288,7 +298,22 @@ def test_neutral_values_only_for_kohyas_off_values(tmp_path):
     f.write_text('max_train_epochs = 3\nresolution = 512\nmin_timestep = 100\nv2 = true\n')
     refused = {p.key for p in import_config(f).not_honoured}
     assert "v2" in refused and ("min_timestep" in refused or "min_timestep" in NAMES)
-    assert NEUTRAL["min_timestep"] == (0,)
+    assert kohya_keys(RunSpec)["train.min_timestep"].kohya_off == NEUTRAL["min_timestep"] == (0,)  # declared on the key
+
+
+def test_the_recipe_records_what_the_import_left_behind(tmp_path):
+    """The recipe's `imported` section: --lenient's refusals, the settings without effect and the notes, as data the
+    run keeps; a value that looks like an interpolation comes back as it was written."""
+    f = tmp_path / "c.toml"
+    f.write_text('max_train_epochs = 3\nresolution = 512\nfancy = "${x} and ???"\nlog_with = "tensorboard"\n')
+    imp = import_config(f)
+    s = spec_of(imp, tmp_path)
+    (refused,) = s.imported.not_honoured
+    assert (refused.setting, json.loads(refused.value), refused.why) == ("fancy", "${x} and ???", "lorafw has no such setting")
+    assert [(x.setting, json.loads(x.value)) for x in s.imported.no_effect if x.setting == "log_with"] == [
+        ("log_with", "tensorboard")]
+    assert s.imported.source == "test" and s.imported.notes == tuple(imp.notes)
+    assert write_recipe(imp, "test", tmp_path / "refused.yaml") is None  # without --lenient nothing is written
 
 
 def test_a_malformed_value_is_named_not_a_traceback(tmp_path, capsys):

@@ -196,7 +196,10 @@ def test_background_failures_give_the_default(caplog):
 def facts(**kw):
     from lorafw.outputs.metadata import TrainingFacts
 
-    base = dict(arch="sd15", epoch=3, step=30, total_steps=100, batches_per_epoch=10, warmup_steps=5,
+    from lorafw import archs
+
+    arch = kw.get("arch", "sd15")
+    base = dict(arch=arch, family=archs.get(arch), epoch=3, step=30, total_steps=100, batches_per_epoch=10, warmup_steps=5,
                 num_train_images=20, num_reg_images=4, started_at=1739660849.1234567, optimizer="torch.optim.AdamW",
                 mixed_precision="bf16", tag_frequency={"2_kafka": {"kafka": 10, "星": 2}},
                 dataset_dirs={"2_kafka": {"n_repeats": 2, "img_count": 10}},

@@ -500,7 +500,9 @@ def test_metadata_names_every_option_as_kohya():
                             "train.loss_type=huber", "train.huber_c=0.2", "train.debiased_estimation_loss=true",
                             "train.zero_terminal_snr=true", "train.noise_offset=0.03", "train.adaptive_noise_scale=0.01",
                             "train.scale_weight_norms=1.0", "train.prediction_type=v_prediction"], check_paths=False)
-    facts = TrainingFacts(arch="sdxl", epoch=1, step=1, total_steps=1, batches_per_epoch=1, warmup_steps=0,
+    from lorafw.archs.sdxl import ARCH
+
+    facts = TrainingFacts(arch="sdxl", family=ARCH, epoch=1, step=1, total_steps=1, batches_per_epoch=1, warmup_steps=0,
                           num_train_images=1, num_reg_images=0, started_at=0.0, optimizer="x", mixed_precision="bf16",
                           tag_frequency={}, dataset_dirs={}, bucket_info={},
                           objective=Resolved("v_prediction", True, "train.prediction_type", "train.zero_terminal_snr"))

@@ -3,6 +3,7 @@ entries — on real tiny runs; and the page in a real headless Chromium (slow)."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -150,32 +151,69 @@ def test_the_end_of_run_hook_follows_report_enabled(run, tmp_path):
     assert write_report_at_end(spec) is None
 
 
-def test_import_notes_are_read_from_the_imported_recipe(tmp_path):
-    from lorafw.outputs.report import import_notes, parse_import_comments
+@pytest.fixture(scope="module")
+def imported_run(tmp_path_factory, tiny_model, dataset):
+    """A run of a recipe written by a real `lorafw import --lenient` of a kohya TOML with a setting lorafw lacks."""
+    from lorafw.cli import main
+    from lorafw.run import train
 
-    text = ("# @package _global_\n# Imported by `lorafw import` from x.toml (GUI trainer TOML).\n\nnetwork:\n  dim: 8\n\n"
-            "# Settings with no effect in lorafw:\n#   logging_dir = './logs'  (lorafw logs into the run folder)\n"
-            "# Settings lorafw did not understand (not imported):\n#   fancy_option = True\n# note: lr was rounded\n")
-    assert parse_import_comments(text) == {"no_effect": ["logging_dir = './logs'  (lorafw logs into the run folder)"],
-                                           "not_imported": ["fancy_option = True"], "notes": ["lr was rounded"]}
-    recipe = tmp_path / "imported.yaml"
-    recipe.write_text(text)
-    (tmp_path / "run" / ".hydra").mkdir(parents=True)
-    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(f"- +recipe={recipe}\n- network.dim=4\n")
-    notes = import_notes(tmp_path / "run")
-    assert notes["source"] == [str(recipe.resolve())] and notes["not_imported"] == ["fancy_option = True"]
-    # as the CLI runs it: Hydra records the name the file was linked under, in a folder that lives as long as the run
-    link_dir = tmp_path / "lorafw-recipe-x"
-    (link_dir / "recipe").mkdir(parents=True)
-    (link_dir / "recipe" / "imported.yaml").symlink_to(recipe)
-    run = tmp_path / "run2"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text("- +recipe=imported\n")
-    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  overrides:\n    hydra:\n    - hydra.searchpath=[file://{link_dir}]\n")
-    assert import_notes(run)["no_effect"] == notes["no_effect"]
-    shutil.rmtree(link_dir)  # the run's process ended: what was found was kept in RUN_DIR/import.json
-    assert import_notes(run) == import_notes(tmp_path / "run") and (run / "import.json").is_file()
-    assert import_notes(tmp_path / "nothing") == {}
+    tmp = tmp_path_factory.mktemp("imported")
+    src = tmp / "kohya.toml"
+    src.write_text(f'pretrained_model_name_or_path = "{tiny_model}"\ntrain_data_dir = "{dataset}"\nmax_train_epochs = 1\n'
+                   'resolution = 64\nnetwork_dim = 4\nfancy_option = true\nlogging_dir = "./logs"\n')
+    recipe = tmp / "imported.yaml"
+    assert main(["import", str(src), "--out", str(recipe)]) == 2 and not recipe.exists()  # refused: fancy_option
+    assert main(["import", str(src), "--out", str(recipe), "--lenient"]) == 0
+    run = tmp / "run"
+    train(compose(str(recipe), tiny_overrides(tiny_model, dataset, run) + ["report.enabled=false"]))
+    return run
+
+
+def test_what_a_lenient_import_left_out_reaches_the_run_and_its_report(imported_run, tmp_path):
+    from lorafw.cli import main
+    from lorafw.config.compose import load_spec
+
+    refused = {"setting": "fancy_option", "value": "true", "why": "lorafw has no such setting"}
+    spec = load_spec(imported_run, check_paths=False)  # config.yaml keeps the recipe's `imported` section
+    assert [dataclasses.asdict(x) for x in spec.imported.not_honoured] == [refused]
+    assert spec.imported.source.endswith("kohya.toml (sd-scripts TOML)")
+    assert "logging_dir" in [x.setting for x in spec.imported.no_effect]
+    assert main(["report", str(imported_run)]) == 0
+    html = (imported_run / "report.html").read_text()
+    section = html.split('<section id="import">')[1].split("</section>")[0]
+    assert "Refused: changes training in kohya, left out of the recipe (--lenient) (1)" in section
+    assert "<code>fancy_option</code>" in section and "lorafw has no such setting" in section
+    assert "Dropped: no effect in lorafw" in section and "<code>logging_dir</code>" in section
+    assert "kohya.toml (sd-scripts TOML)" in section
+
+
+def test_run_json_keeps_what_the_import_left_out(imported_run):
+    from lorafw.config.compose import load_spec
+    from lorafw.config.spec import import_notes
+
+    record = json.loads((imported_run / "run.json").read_text())
+    assert record["imported"] == import_notes(load_spec(imported_run, check_paths=False))
+    assert record["imported"]["not_honoured"][0]["setting"] == "fancy_option"
+
+
+def test_the_import_section_shows_each_value_as_written():
+    from lorafw.outputs.report import RunData, import_html
+
+    rec = {"source": "x.toml (sd-scripts TOML)", "no_effect": [], "notes": ["base_model=auto: from the checkpoint"],
+           "not_honoured": [{"setting": "fancy", "value": '"$\\u007bx} <b>"', "why": "lorafw has no such setting"}]}
+    html = import_html(RunData(Path("."), imported=rec))
+    assert "<code>&quot;${x} &lt;b&gt;&quot;</code>" in html and "Refused" in html and "Dropped" not in html
+    assert "<li>base_model=auto: from the checkpoint</li>" in html
+    assert "refused nothing" in import_html(RunData(Path("."), imported={**rec, "not_honoured": []}))
+
+
+def test_a_run_that_was_not_imported_says_so(run):
+    from lorafw.outputs.report import read_run
+
+    d = read_run(run)
+    assert d.imported is None and "imported" not in json.loads((run / "run.json").read_text())
+    assert "imported:" not in (run / "config.yaml").read_text()
+    assert "was not started from a `lorafw import` recipe" in (run / "report.html").read_text()
 
 
 @pytest.fixture(scope="module")

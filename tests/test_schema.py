@@ -4,6 +4,7 @@ table, the importer's kohya names) agrees with it."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
 import typing
@@ -152,3 +153,90 @@ def test_importer_maps_kohya_names_from_the_schema():
     names = kohya_names(RunSpec)
     assert names["network_dim"] == "network.dim" and names["learning_rate"] == "optimizer.lr"
     assert DIRECT == {k: v for k, v in names.items() if k not in TRANSLATED}
+
+
+# -- declared once: kohya's names live in the schema only ----------------------------------------------------------
+KOHYA_FACING = ("lorafw/interop/", "lorafw/outputs/metadata.py")  # code that reads or writes kohya's names
+# (file, name): (how many times, why) for a literal that is spelled like a kohya name of the schema and is not one
+NOT_KOHYA = {
+    ("lorafw/interop/classify.py", "warmup_ratio"): (1, "SchedulerSpec's own field in the scheduler catalog's list of "
+                                                        "the fields a scheduler uses (optim/catalog.py)"),
+}
+
+
+def kohya_spellings(tree: ast.AST, facing: bool, names: set[str], lorafw_names: set[str], paths: set[str]) -> list[str]:
+    """String literals of a module that are a kohya argument or ss_* name of the schema. lorafw kept many of kohya's
+    names for its own keys (seed, resolution, ip_noise_gamma): such a name can only be told apart where code faces
+    kohya (KOHYA_FACING); elsewhere it is lorafw's own name. A full lorafw key (`seed`) is lorafw's."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            v = node.value
+            if v in names and v not in paths and (facing or v not in lorafw_names or v.startswith("ss_")):
+                out.append(v)
+    return out
+
+
+def test_kohya_names_and_ss_names_are_spelled_only_in_the_schema():
+    """Adding a kohya option is one key() and its use: no other module of lorafw/ spells a kohya argument or ss_*
+    metadata name that a key declares; it asks the schema (`K[lorafw key]`, `ss_names`)."""
+    from lorafw.config.schema import kohya_keys, ss_names
+
+    kohya = {n for k in kohya_keys(RunSpec).values() for n in k.kohya}
+    ss = set(ss_names(RunSpec).values())
+    assert {"ip_noise_gamma", "network_dim", "ss_ip_noise_gamma", "ss_network_dim"} <= kohya | ss
+    lorafw_names = {k.path.rsplit(".", 1)[-1] for k in KEYS}
+    paths = {k.path for k in KEYS}
+    found: dict[tuple[str, str], int] = {}
+    for f in sorted((ROOT / "lorafw").rglob("*.py")):
+        rel = f.relative_to(ROOT).as_posix()
+        if rel == "lorafw/config/spec.py":  # the schema
+            continue
+        for v in kohya_spellings(ast.parse(f.read_text(encoding="utf-8")), rel.startswith(KOHYA_FACING), kohya | ss,
+                                 lorafw_names, paths):
+            found[rel, v] = found.get((rel, v), 0) + 1
+    spelled = {k: n for k, n in found.items() if NOT_KOHYA.get(k, (0, ""))[0] != n}
+    assert not spelled, f"spelled outside lorafw/config/spec.py (ask the schema instead): {spelled}"
+
+
+def test_the_check_finds_a_spelled_name():
+    from lorafw.config.schema import kohya_keys, ss_names
+
+    names = {n for k in kohya_keys(RunSpec).values() for n in k.kohya} | set(ss_names(RunSpec).values())
+    lorafw_names, paths = {k.path.rsplit(".", 1)[-1] for k in KEYS}, {k.path for k in KEYS}
+    code = ('NEUTRAL = {"ip_noise_gamma": (0,)}\nmeta = {"ss_network_dim": x}\nargs["network_dim"] = 4\n'
+            'getattr(spec.train, "ip_noise_gamma")\nvalue_at(spec, "seed")\n')
+    assert kohya_spellings(ast.parse(code), True, names, lorafw_names, paths) == [
+        "ip_noise_gamma", "ss_network_dim", "network_dim", "ip_noise_gamma"]
+    # outside kohya's side a name lorafw shares is lorafw's own; the others are still kohya's
+    assert kohya_spellings(ast.parse(code), False, names, lorafw_names, paths) == ["ss_network_dim", "network_dim"]
+
+
+def test_the_required_marker_is_written_once():
+    """OmegaConf's "???" (a value the user must pass) is schema.REQUIRED everywhere."""
+    where = [f"{f.relative_to(ROOT)}:{n.lineno}" for f in sorted((ROOT / "lorafw").rglob("*.py"))
+             for n in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
+             if isinstance(n, ast.Constant) and n.value == "???" and f.name != "schema.py"]
+    assert not where, f'use lorafw.config.schema.REQUIRED instead of "???" at {where}'
+
+
+def test_the_import_record_is_a_section_but_not_a_setting():
+    import dataclasses
+
+    from lorafw.config.spec import ImportedSetting, ImportedSpec, import_notes
+
+    assert "imported" not in defaults_tree(RunSpec) and not any(k.path.startswith("imported") for k in KEYS)
+    assert "imported" not in format_keys(RunSpec)
+    plain, _ = spec_from_dict(_base(), check_paths=False)
+    assert "imported" not in plain.to_dict() and import_notes(plain) is None  # an unimported run's config is as before
+    rec = ImportedSpec("x.toml (sd-scripts TOML)", (ImportedSetting("color_aug", "true", "lorafw has no colour augmentation"),),
+                       (), ("base_model=auto",))
+    spec = dataclasses.replace(plain, imported=rec)
+    assert spec == plain  # not compared: it changes nothing a run computes
+    back, _ = spec_from_dict(spec.to_dict(), check_paths=False)
+    assert back.imported == rec
+    assert import_notes(spec) == {"source": "x.toml (sd-scripts TOML)", "notes": ["base_model=auto"], "no_effect": [],
+                                  "not_honoured": [{"setting": "color_aug", "value": "true",
+                                                    "why": "lorafw has no colour augmentation"}]}
+    with pytest.raises(ConfigError, match="imported.not_honoured\\[0\\].settin: unknown key"):
+        spec_from_dict({**spec.to_dict(), "imported": {"not_honoured": [{"settin": "x"}]}}, check_paths=False)

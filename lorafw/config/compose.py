@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lorafw.config.schema import defaults_tree
+from lorafw.config.schema import REQUIRED, defaults_tree
 from lorafw.config.spec import RunSpec
 from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.typed import suggest
@@ -79,7 +79,7 @@ def run_name(name: str | None, root: str | None) -> str:
     """output.name, or else the dataset folder's name (`~/data/kafka` → `kafka`), or `lora`."""
     if name:
         return name
-    if root and root != "???":
+    if root and root != REQUIRED:
         stem = expand(root).resolve().name
         if stem:
             return stem
@@ -89,7 +89,7 @@ def run_name(name: str | None, root: str | None) -> str:
 def default_run_dir(out_dir: str | None, name: str | None, root: str | None) -> str:
     """output.dir, or a new `outputs/<name>/<date-time>` (relative to where lorafw is run; `-2`, `-3` …
     when that folder exists already, so runs started in the same second never share a folder)."""
-    if out_dir and out_dir != "???":
+    if out_dir and out_dir != REQUIRED:
         return str(expand(out_dir))
     base = Path("outputs") / run_name(name, root) / time.strftime("%Y%m%d-%H%M%S")
     candidate, n = base, 1

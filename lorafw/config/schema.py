@@ -1,15 +1,22 @@
-"""One declaration per key: type, default, range, a one-line doc and the kohya/GUI names it answers to.
+"""One declaration per key: type, default, range, a one-line doc and everything kohya knows it by.
 
 A key is a field of a RunSpec dataclass (config/spec.py) declared with `key(...)`:
 
-    dim: int = key(16, "rank of the LoRA matrices", kohya="network_dim", ge=1)
+    dim: int = key(16, "rank of the LoRA matrices", kohya="network_dim", kohya_default=4, ss="ss_network_dim", ge=1)
 
 Everything else is read from those declarations, never written again:
 - the defaults Hydra composes on (`defaults_tree`, stored in Hydra's ConfigStore by config/compose.py,
   so conf/ option files only set what they change);
 - type and range checks with one message per bad key (config/typed.py);
 - `lorafw keys [PREFIX] [--markdown]` and the README's key table (`format_keys`);
-- the importer's kohya-name → lorafw-key map (`kohya_names`).
+- kohya's side of each key: its sd-scripts argument names (`kohya=`, `kohya_names`), its default there
+  where that differs from lorafw's (`kohya_default=`), the values that turn it off (`kohya_off=`) and its
+  name in a LoRA file's metadata (`ss=`). The importer (lorafw/interop/classify.py, dialects.py), the exporter
+  (interop/kohya.py) and the metadata writer (outputs/metadata.py) read them from here; a test fails when a
+  kohya or ss_* name of the schema is spelled anywhere else in lorafw/ (tests/test_schema.py).
+
+A section declared with `record_section()` is not a setting but what produced the spec (the importer's notes,
+`RunSpec.imported`): it is typed and validated like the rest, and left out of `lorafw keys` and Hydra's defaults.
 
 Why dataclass field metadata rather than pydantic or OmegaConf structured configs: the spec stays a
 plain frozen dataclass (no new dependency, cheap to import, no torch), and our own checker collects every
@@ -26,22 +33,40 @@ from typing import Any, Iterator, Literal, Union
 
 REQUIRED = "???"  # OmegaConf's marker for a mandatory value: the user must pass it (e.g. base_model.path)
 _NO_DEFAULT = object()
+SAME = None  # kohya_default left out: kohya's default means what lorafw's does
 
 
-def key(default: Any = _NO_DEFAULT, doc: str = "", *, kohya: str | tuple[str, ...] = (), ge: float | None = None,
-        gt: float | None = None, le: float | None = None, lt: float | None = None, why: str = "") -> Any:
+def key(default: Any = _NO_DEFAULT, doc: str = "", *, kohya: str | tuple[str, ...] = (), kohya_default: Any = SAME,
+        kohya_off: Any = (), ss: str = "", ge: float | None = None, gt: float | None = None, le: float | None = None,
+        lt: float | None = None, why: str = "") -> Any:
     """Declare one config key (a dataclass field). `why` is added to a range error, e.g. "(0 = off)".
 
     A default written as "${.other}" is a Hydra interpolation (it follows another key of the same section).
+    kohya's side: `kohya` its sd-scripts argument name(s), the first one the name lorafw writes;
+    `kohya_default` what sd-scripts uses when a config leaves the argument out, where that trains something
+    other than lorafw's default (an import then states it); `kohya_off` the value, or tuple of values, at which
+    the argument changes nothing in sd-scripts (an import calls it without effect); `ss` the metadata key
+    train_network.py writes the value under.
     """
-    meta = {"doc": doc, "kohya": (kohya,) if isinstance(kohya, str) else tuple(kohya), "ge": ge, "gt": gt, "le": le,
-            "lt": lt, "why": why}
+    off = kohya_off if isinstance(kohya_off, tuple) else (kohya_off,)
+    meta = {"doc": doc, "kohya": (kohya,) if isinstance(kohya, str) else tuple(kohya), "kohya_default": kohya_default,
+            "kohya_off": off, "ss": ss, "ge": ge, "gt": gt, "le": le, "lt": lt, "why": why}
     if default is _NO_DEFAULT:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (dict, list)):
         frozen = default
         return dataclasses.field(default_factory=lambda: type(frozen)(frozen), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def record_section(cls: type) -> Any:
+    """A RunSpec section that records where the spec came from rather than what to train (see the module doc).
+    Left out of comparisons of specs, of `lorafw keys` and of the defaults Hydra composes on."""
+    return dataclasses.field(default_factory=cls, compare=False, metadata={"record": True})
+
+
+def is_record(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("record"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,9 @@ class KeyInfo:
     le: float | None = None
     lt: float | None = None
     why: str = ""
+    kohya_default: Any = SAME  # kohya's default where it trains something else than lorafw's
+    kohya_off: tuple[Any, ...] = ()  # values at which kohya's argument has no effect
+    ss: str = ""  # the LoRA metadata key kohya writes the value under
 
     @property
     def constraint(self) -> str:
@@ -144,6 +172,8 @@ def iter_keys(cls: type, prefix: str = "") -> Iterator[KeyInfo]:
     """Every key under dataclass `cls`, depth first, in declaration order."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if is_record(f):
+            continue
         tp = hints[f.name]
         path = f"{prefix}{f.name}"
         inner, _ = _unwrap(tp)
@@ -154,7 +184,7 @@ def iter_keys(cls: type, prefix: str = "") -> Iterator[KeyInfo]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)  # type: ignore[misc]
         yield KeyInfo(path, tp, default, m.get("doc", ""), m.get("kohya", ()), m.get("ge"), m.get("gt"), m.get("le"),
-                      m.get("lt"), m.get("why", ""))
+                      m.get("lt"), m.get("why", ""), m.get("kohya_default", SAME), m.get("kohya_off", ()), m.get("ss", ""))
         item = _item_type(tp)
         if item is not None:
             yield from iter_keys(item, path + "[].")
@@ -173,6 +203,8 @@ def defaults_tree(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        if is_record(f):
+            continue
         inner, _ = _unwrap(hints[f.name])
         if dataclasses.is_dataclass(inner):
             out[f.name] = defaults_tree(inner)
@@ -202,6 +234,36 @@ def kohya_names(cls: type) -> dict[str, str]:
             if name in out and out[name] != k.path:
                 raise ValueError(f"kohya name {name!r} declared for both {out[name]} and {k.path}")  # a schema bug
             out[name] = k.path
+    return out
+
+
+def value_at(spec: Any, path: str) -> Any:
+    """The value of a dotted key in a spec: value_at(spec, "train.ip_noise_gamma")."""
+    for part in path.split("."):
+        spec = getattr(spec, part)
+    return spec
+
+
+def kohya_keys(cls: type) -> dict[str, KeyInfo]:
+    """lorafw dotted key → its KeyInfo, for every key with a kohya name (list items excluded), in declaration
+    order. `kohya_keys(RunSpec)["train.ip_noise_gamma"].kohya[0]` is the name sd-scripts reads."""
+    return {k.path: k for k in iter_keys(cls) if k.kohya and "[]" not in k.path}
+
+
+def kohya_of(cls: type) -> dict[str, str]:
+    """lorafw dotted key → the sd-scripts argument name lorafw reads and writes for it (its first `kohya=` name):
+    code that handles one kohya argument names it as `kohya_of(RunSpec)["train.ip_noise_gamma"]`."""
+    return {path: k.kohya[0] for path, k in kohya_keys(cls).items()}
+
+
+def ss_names(cls: type) -> dict[str, str]:
+    """lorafw dotted key → the LoRA metadata key kohya writes its value under, for every key with an `ss=` name."""
+    out: dict[str, str] = {}
+    for k in iter_keys(cls):
+        if k.ss:
+            if k.ss in out.values():
+                raise ValueError(f"ss name {k.ss!r} declared twice (the second on {k.path})")  # a schema bug
+            out[k.path] = k.ss
     return out
 
 

@@ -1,9 +1,11 @@
 """The typed run spec: what one training run does, as frozen dataclasses — and the one schema.
 
 Every key is declared here once with `key(default, doc, kohya=..., ge=...)` (config/schema.py): its type
-(the annotation), default, range, one-line doc and the kohya/GUI names it answers to. Hydra composes
-on these defaults, conf/ option files and recipes only change them, validation checks types and ranges
-from them (cross-key rules live in config/validate.py), and `lorafw keys` prints them.
+(the annotation), default, range, one-line doc, the kohya/GUI names it answers to, kohya's default and "off"
+values for it and its ss_* metadata name. Hydra composes on these defaults, conf/ option files and recipes
+only change them, validation checks types and ranges from them (cross-key rules live in
+config/validate.py), `lorafw keys` prints them, and the kohya importer, exporter and metadata writer read
+kohya's side from them.
 Fields that default to None are "not set / not applicable" (e.g. a scheduler's `min_lr` under cosine).
 This module imports no torch: resolving and validating a recipe is the first thing a user waits for.
 """
@@ -14,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lorafw.config.schema import REQUIRED, key
+from lorafw.config.schema import REQUIRED, key, record_section
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,10 @@ class BaseModelSpec:
     arch: str = key("sd15", "the trainer to use (sd15 | sdxl | auto: read from the checkpoint's own tensors); "
                     "the checkpoint must agree")
     path: str = key(REQUIRED, "the base checkpoint: a single .safetensors (original layout) or a diffusers folder",
-                    kohya="pretrained_model_name_or_path")
+                    kohya="pretrained_model_name_or_path", ss="ss_sd_model_name")
     allow_pickle: bool = key(False, ".ckpt/.pt files can run code when unpickled; true reads their tensors only")
-    vae: str | None = key(None, "external VAE (single file or diffusers folder); null = the checkpoint's own", kohya="vae")
+    vae: str | None = key(None, "external VAE (single file or diffusers folder); null = the checkpoint's own",
+                          kohya="vae", ss="ss_vae_name")
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,13 @@ class NetworkSpec:
     algo: Literal["lora", "locon", "loha", "lokr", "ia3", "glora"] = key(
         "lora", "lora: attention/MLP layers; locon adds the ResNet 3x3 convolutions; loha | lokr | ia3 | glora: LyCORIS's "
         "algorithms on the same layers (and the convolutions when conv_dim is set)")
-    dim: int = key(16, "rank of each adapter", kohya="network_dim", ge=1)
-    alpha: float = key(8.0, "the update is scaled by alpha / dim", kohya="network_alpha", gt=0,
-                       why="the update is scaled by alpha / dim")
+    dim: int = key(16, "rank of each adapter", kohya="network_dim", kohya_default=4, ss="ss_network_dim", ge=1)
+    alpha: float = key(8.0, "the update is scaled by alpha / dim", kohya="network_alpha", kohya_default=1.0,
+                       ss="ss_network_alpha", gt=0, why="the update is scaled by alpha / dim")
     dora_wd: bool = key(False, "DoRA: trainable magnitude per output channel (weight decomposition)")
     dropout: float = key(0.0, "kohya network_dropout: drops elements of the rank-r activation (lora_down's output) while "
-                         "training; loha/lokr/ia3/glora: LyCORIS's dropout on the adapter's output", kohya="network_dropout",
-                         ge=0, lt=1)
+                         "training; loha/lokr/ia3/glora: LyCORIS's dropout on the adapter's output",
+                         kohya="network_dropout", ss="ss_network_dropout", ge=0, lt=1)
     conv_dim: int | None = key(None, "rank on the ResNet/sampler 3x3 convolutions (locon, and loha/lokr/glora/ia3 when set)")
     conv_alpha: float | None = key(None, "alpha on those convolutions")
     rank_dropout: float = key(0.0, "kohya rank_dropout: drops whole ranks per image each step (the rest scaled by 1/(1-p))", ge=0, lt=1)
@@ -70,11 +73,12 @@ class OptimizerSpec:
     name: str = key("adamw", "adamw | adamw8bit | paged_adamw8bit | lion | lion8bit | paged_lion8bit | sgd_nesterov | "
                     "sgd_nesterov8bit | dadaptation | dadapt_adam | dadapt_lion | prodigy | adafactor | came | "
                     "schedulefree_adamw | schedulefree_radam, or any module.Class (optimizer=NAME picks one with its defaults)")
-    lr: float = key(1e-4, "learning rate; unet_lr and text_encoder_lr follow it unless set", kohya="learning_rate", gt=0)
-    unet_lr: float = key("${.lr}", "UNet learning rate; 0 = the UNet is not trained", kohya="unet_lr", ge=0,
-                         why="0 = do not train that part")
+    lr: float = key(1e-4, "learning rate; unet_lr and text_encoder_lr follow it unless set", kohya="learning_rate",
+                    kohya_default=2e-6, ss="ss_learning_rate", gt=0)
+    unet_lr: float = key("${.lr}", "UNet learning rate; 0 = the UNet is not trained", kohya="unet_lr",
+                         ss="ss_unet_lr", ge=0, why="0 = do not train that part")
     text_encoder_lr: float = key("${.lr}", "text-encoder learning rate; 0 = no text-encoder adapter",
-                                 kohya="text_encoder_lr", ge=0, why="0 = do not train that part")
+                                 kohya="text_encoder_lr", ss="ss_text_encoder_lr", ge=0, why="0 = do not train that part")
     weight_decay: float = key(0.01, "decoupled weight decay", ge=0)
     betas: tuple[float, ...] = key((0.9, 0.999), "the optimizer's betas (CAME takes three)")
     args: dict[str, Any] = key({}, "more keyword arguments for the optimizer, e.g. {eps: 1e-8}")
@@ -86,7 +90,8 @@ class OptimizerSpec:
 @dataclass(frozen=True)
 class SchedulerSpec:
     name: str = key("constant", "constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial | "
-                    "piecewise_constant | cosine_with_min_lr | warmup_stable_decay | rex | adafactor")
+                    "piecewise_constant | cosine_with_min_lr | warmup_stable_decay | rex | adafactor",
+                    ss="ss_lr_scheduler")
     warmup_ratio: float | None = key(None, "fraction of all optimizer steps spent warming up", kohya="warmup_ratio",
                                      ge=0, lt=1)
     num_cycles: int | None = key(None, "cosine cycles (restarts) / REX cycles", kohya="lr_scheduler_num_cycles", ge=1)
@@ -128,27 +133,36 @@ class DatasetSpec:
     folders: tuple[FolderSpec, ...] = key((), "or each folder explicitly: [{path: DIR, repeats: 5, trigger: TAG}]")
     reg_root: str | None = key(None, "regularisation images, also in REPEATS_NAME folders", kohya="reg_data_dir")
     default_repeats: int | None = key(None, "repeats for folders without a REPEATS_ prefix; null = that is an error", ge=1)
-    resolution: int = key(512, "training area is resolution x resolution (a multiple of 8)", kohya="resolution")
-    caption_extension: str = key(".txt", "caption files are IMAGE_NAME + this", kohya="caption_extension")
-    shuffle_caption: bool = key(False, "shuffle comma-separated tags each time an image is seen", kohya="shuffle_caption")
-    keep_tokens: int = key(0, "the first N tags stay in place when shuffling", kohya="keep_tokens", ge=0)
+    resolution: int = key(512, "training area is resolution x resolution (a multiple of 8)", kohya="resolution",
+                          ss="ss_resolution")
+    caption_extension: str = key(".txt", "caption files are IMAGE_NAME + this", kohya="caption_extension",
+                                 kohya_default=".caption")
+    shuffle_caption: bool = key(False, "shuffle comma-separated tags each time an image is seen",
+                                kohya="shuffle_caption", ss="ss_shuffle_caption")
+    keep_tokens: int = key(0, "the first N tags stay in place when shuffling", kohya="keep_tokens", ss="ss_keep_tokens",
+                           ge=0)
     keep_tokens_separator: str | None = key(None, "e.g. '|||': tags before it stay in place instead of the first keep_tokens",
-                                            kohya="keep_tokens_separator")
-    caption_dropout_rate: float = key(0.0, "chance of training an image with an empty caption", kohya="caption_dropout_rate",
-                                      ge=0, lt=1)
-    caption_tag_dropout_rate: float = key(0.0, "chance of dropping each (not kept) tag", kohya="caption_tag_dropout_rate",
-                                          ge=0, lt=1)
-    flip_aug: bool = key(False, "random horizontal flips", kohya="flip_aug")
-    enable_bucket: bool = key(True, "aspect-ratio buckets: every image keeps its shape", kohya="enable_bucket")
-    min_bucket_reso: int = key(256, "smallest bucket side", kohya="min_bucket_reso", ge=64)
-    max_bucket_reso: int = key(1024, "largest bucket side", kohya="max_bucket_reso")
+                                            kohya="keep_tokens_separator", ss="ss_keep_tokens_separator")
+    caption_dropout_rate: float = key(0.0, "chance of training an image with an empty caption",
+                                      kohya="caption_dropout_rate", ss="ss_caption_dropout_rate", ge=0, lt=1)
+    caption_tag_dropout_rate: float = key(0.0, "chance of dropping each (not kept) tag",
+                                          kohya="caption_tag_dropout_rate", ss="ss_caption_tag_dropout_rate", ge=0,
+                                          lt=1)
+    flip_aug: bool = key(False, "random horizontal flips", kohya="flip_aug", ss="ss_flip_aug")
+    enable_bucket: bool = key(True, "aspect-ratio buckets: every image keeps its shape", kohya="enable_bucket",
+                              kohya_default=False, ss="ss_enable_bucket")
+    min_bucket_reso: int = key(256, "smallest bucket side", kohya="min_bucket_reso", ss="ss_min_bucket_reso", ge=64)
+    max_bucket_reso: int = key(1024, "largest bucket side", kohya="max_bucket_reso", ss="ss_max_bucket_reso")
     bucket_reso_steps: int = key(64, "bucket sides are multiples of this (a multiple of 8)", kohya="bucket_reso_steps")
-    bucket_no_upscale: bool = key(False, "never enlarge an image to fit a bucket", kohya="bucket_no_upscale")
-    prior_loss_weight: float = key(1.0, "loss weight of regularisation images", kohya="prior_loss_weight", ge=0)
+    bucket_no_upscale: bool = key(False, "never enlarge an image to fit a bucket", kohya="bucket_no_upscale",
+                                  ss="ss_bucket_no_upscale")
+    prior_loss_weight: float = key(1.0, "loss weight of regularisation images", kohya="prior_loss_weight",
+                                   ss="ss_prior_loss_weight", ge=0)
     masked_loss: bool = key(False, "weight the loss by a mask: the image's alpha, or mask_dir/<same name>.png",
-                            kohya="masked_loss")
+                            kohya="masked_loss", ss="ss_masked_loss")
     mask_dir: str | None = key(None, "a folder of masks named like the images")
-    cache_latents: bool = key(True, "encode every image with the VAE once, before training", kohya="cache_latents")
+    cache_latents: bool = key(True, "encode every image with the VAE once, before training", kohya="cache_latents",
+                              kohya_default=False, ss="ss_cache_latents")
     cache_latents_to_disk: bool = key(False, "keep those latents on disk and reuse them across runs",
                                       kohya="cache_latents_to_disk")
     cache_dir: str | None = key(None, "where; null = ~/.cache/lorafw/latents (dataset folders are never written to)")
@@ -167,27 +181,33 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = key(10, "one LoRA file per saved epoch", kohya="max_train_epochs", ge=1)
-    batch_size: int = key(1, "images per step (per device)", kohya=("train_batch_size", "batch_size"), ge=1)
-    gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step", kohya="gradient_accumulation_steps", ge=1)
+    epochs: int = key(10, "one LoRA file per saved epoch", kohya="max_train_epochs", ss="ss_num_epochs", ge=1)
+    batch_size: int = key(1, "images per step (per device)", kohya=("train_batch_size", "batch_size"),
+                          ss="ss_batch_size_per_device", ge=1)
+    gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step", kohya="gradient_accumulation_steps",
+                                           ss="ss_gradient_accumulation_steps", ge=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = key(
         "auto", "auto: bf16 where native (GPU compute capability >= 8.0, CPU with avx512_bf16/AMX), else fp16 on a GPU, fp32 on a CPU",
-        kohya="mixed_precision")
-    full_bf16: bool = key(False, "weights and gradients in bf16 (SDXL memory saver)", kohya="full_bf16")
+        kohya="mixed_precision", kohya_default="no", ss="ss_mixed_precision")
+    full_bf16: bool = key(False, "weights and gradients in bf16 (SDXL memory saver)", kohya="full_bf16",
+                          ss="ss_full_bf16")
     no_half_vae: bool = key(False, "keep the VAE in fp32 under fp16/bf16", kohya="no_half_vae")
     gradient_checkpointing: bool = key(False, "recompute activations in the backward pass: less memory, slower",
-                                       kohya="gradient_checkpointing")
+                                       kohya="gradient_checkpointing", ss="ss_gradient_checkpointing")
     attention: Literal["sdpa", "xformers"] = key("sdpa", "sdpa (PyTorch scaled-dot-product) | xformers (when installed)")
-    clip_skip: int = key(1, "2 = the penultimate CLIP layer (NovelAI-family models)", kohya="clip_skip", ge=1)
+    clip_skip: int = key(1, "2 = the penultimate CLIP layer (NovelAI-family models)", kohya="clip_skip",
+                         ss="ss_clip_skip", ge=1)
     max_token_length: Literal[75, 150, 225] = key(75, "captions longer than 75 tokens are encoded in 75-token chunks",
-                                                 kohya="max_token_length")
-    min_snr_gamma: float | None = key(None, "min-SNR loss weighting, e.g. 5.0; null = off", kohya="min_snr_gamma", gt=0,
-                                      why="or null to turn it off")
+                                                 kohya="max_token_length", ss="ss_max_token_length")
+    min_snr_gamma: float | None = key(None, "min-SNR loss weighting, e.g. 5.0; null = off", kohya="min_snr_gamma",
+                                      kohya_off=0, ss="ss_min_snr_gamma", gt=0, why="or null to turn it off")
     loss_type: Literal["l1", "l2", "huber", "smooth_l1"] = key(
-        "l2", "l2 (MSE) | l1 | huber | smooth_l1 (the last two with train.huber_schedule and huber_c)", kohya="loss_type")
-    noise_offset: float = key(0.0, "offset noise strength (about 0.1 when used; 0 = off)", kohya="noise_offset", ge=0)
-    max_grad_norm: float = key(1.0, "gradient clipping norm; 0 = no clipping", kohya="max_grad_norm", ge=0,
-                               why="0 = no clipping")
+        "l2", "l2 (MSE) | l1 | huber | smooth_l1 (the last two with train.huber_schedule and huber_c)",
+        kohya="loss_type", kohya_off="l2", ss="ss_loss_type")
+    noise_offset: float = key(0.0, "offset noise strength (about 0.1 when used; 0 = off)", kohya="noise_offset",
+                              kohya_off=0, ss="ss_noise_offset", ge=0)
+    max_grad_norm: float = key(1.0, "gradient clipping norm; 0 = no clipping", kohya="max_grad_norm",
+                               ss="ss_max_grad_norm", ge=0, why="0 = no clipping")
     on_nonfinite: Literal["stop", "skip"] = key("stop", "a NaN/inf loss or gradient: stop (keeping every saved epoch) | skip the step")
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     num_processes: int = key(1, "data-parallel processes (GPUs); >1: lorafw starts them with accelerate launch", ge=1)
@@ -195,62 +215,74 @@ class TrainSpec:
                         kohya="torch_compile")
     compile_backend: Literal["inductor", "aot_eager", "eager"] = key(
         "inductor", "inductor | aot_eager | eager (the latter two check tracing without code generation)",
-        kohya="dynamo_backend")
+        kohya="dynamo_backend", kohya_off=("no", "NO"))
     # -- the objective (lorafw/objective/): prediction type, noise, timesteps, loss weighting; kohya's names
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = key(
-        "auto", "auto reads it from the checkpoint (v_pred marker, modelspec metadata, scheduler config), else epsilon")
+        "auto", "auto reads it from the checkpoint (v_pred marker, modelspec metadata, scheduler config), else epsilon",
+        ss="ss_v_parameterization")
     zero_terminal_snr: bool | None = key(None, "rescale the noise schedule to zero terminal SNR; null = as the checkpoint "
-                                         "says (NoobAI v-pred's ztsnr marker), else false", kohya="zero_terminal_snr")
+                                         "says (NoobAI v-pred's ztsnr marker), else false", kohya="zero_terminal_snr",
+                                         kohya_off=False, ss="ss_zero_terminal_snr")
     force_prediction_type: bool = key(False, "train prediction_type / zero_terminal_snr even where the checkpoint states "
                                       "otherwise")
     scale_v_pred_loss_like_noise_pred: bool = key(False, "v-prediction: weight the loss by SNR/(SNR+1), like an ε loss",
-                                                  kohya="scale_v_pred_loss_like_noise_pred")
+                                                  kohya="scale_v_pred_loss_like_noise_pred", kohya_off=False,
+                                                  ss="ss_scale_v_pred_loss_like_noise_pred")
     v_pred_like_loss: float | None = key(None, "ε-prediction: add this times a v-like loss term; null = off",
-                                         kohya="v_pred_like_loss", ge=0)
+                                         kohya="v_pred_like_loss", kohya_off=0, ss="ss_v_pred_like_loss", ge=0)
     debiased_estimation_loss: bool = key(False, "weight the loss by 1/√SNR (ε) or 1/(SNR+1) (v)",
-                                         kohya="debiased_estimation_loss")
+                                         kohya="debiased_estimation_loss", kohya_off=False, ss="ss_debiased_estimation")
     noise_offset_random_strength: bool = key(False, "offset strength drawn in [0, noise_offset) each step",
-                                             kohya="noise_offset_random_strength")
+                                             kohya="noise_offset_random_strength", kohya_off=False,
+                                             ss="ss_noise_offset_random_strength")
     adaptive_noise_scale: float | None = key(None, "add this × |latent channel mean| to the noise offset (needs "
-                                             "noise_offset); null = off", kohya="adaptive_noise_scale")
+                                             "noise_offset); null = off", kohya="adaptive_noise_scale", kohya_off=0,
+                                             ss="ss_adaptive_noise_scale")
     multires_noise_iterations: int | None = key(None, "multires (pyramid) noise layers, 6-10 usual; null or 0 = off",
-                                                kohya="multires_noise_iterations", ge=0)
+                                                kohya="multires_noise_iterations", kohya_off=0,
+                                                ss="ss_multires_noise_iterations", ge=0)
     multires_noise_discount: float = key(0.3, "weight of each coarser multires layer (discount^i)",
-                                         kohya="multires_noise_discount", gt=0, le=1)
+                                         kohya="multires_noise_discount", kohya_off=0.3,
+                                         ss="ss_multires_noise_discount", gt=0, le=1)
     ip_noise_gamma: float | None = key(None, "input perturbation noise strength, about 0.1; null = off",
-                                       kohya="ip_noise_gamma", ge=0)
+                                       kohya="ip_noise_gamma", kohya_off=0, ss="ss_ip_noise_gamma", ge=0)
     ip_noise_gamma_random_strength: bool = key(False, "perturbation strength drawn in [0, ip_noise_gamma) each step",
-                                               kohya="ip_noise_gamma_random_strength")
+                                               kohya="ip_noise_gamma_random_strength", kohya_off=False,
+                                               ss="ss_ip_noise_gamma_random_strength")
     min_timestep: int | None = key(None, "smallest training timestep (0-999); null = 0", kohya="min_timestep",
-                                   ge=0, le=999, why="timesteps run 0-999")
+                                   kohya_off=0, ss="ss_min_timestep", ge=0, le=999, why="timesteps run 0-999")
     max_timestep: int | None = key(None, "training timesteps stay below this (1-1000); null = 1000",
-                                   kohya="max_timestep", ge=1, le=1000, why="timesteps run 0-999")
+                                   kohya="max_timestep", kohya_off=1000, ss="ss_max_timestep", ge=1, le=1000,
+                                   why="timesteps run 0-999")
     huber_schedule: Literal["constant", "exponential", "snr"] = key(
-        "snr", "huber/smooth_l1: how the threshold follows the timestep", kohya="huber_schedule")
+        "snr", "huber/smooth_l1: how the threshold follows the timestep", kohya="huber_schedule", kohya_off="snr",
+        ss="ss_huber_schedule")
     huber_c: float = key(0.1, "huber/smooth_l1: the threshold (its value at the noisiest timestep when scheduled)",
-                         kohya="huber_c", gt=0)
+                         kohya="huber_c", kohya_off=0.1, ss="ss_huber_c", gt=0)
     huber_scale: float = key(1.0, "huber/smooth_l1: multiplies the constant and exponential thresholds",
-                             kohya="huber_scale", gt=0)
+                             kohya="huber_scale", kohya_off=1.0, ss="ss_huber_scale", gt=0)
     scale_weight_norms: float | None = key(None, "max-norm regularisation: scale down adapters whose update norm "
-                                           "exceeds this (1.0 usual); null = off", kohya="scale_weight_norms", gt=0,
-                                           why="or null to turn it off")
+                                           "exceeds this (1.0 usual); null = off", kohya="scale_weight_norms",
+                                           kohya_off=0, ss="ss_scale_weight_norms", gt=0, why="or null to turn it off")
     full_fp16: bool = key(False, "adapters and their gradients in fp16 too (kohya's full_fp16); the optimizer steps fp32 "
-                          "master copies, with loss scaling", kohya="full_fp16")
+                          "master copies, with loss scaling", kohya="full_fp16", kohya_off=False, ss="ss_full_fp16")
 
 
 @dataclass(frozen=True)
 class OutputSpec:
     dir: str | None = key(None, "run folder; null = outputs/<name>/<date-time>", kohya="output_dir")
-    name: str | None = key(None, "files are NAME-01.safetensors …; null = the dataset folder's name", kohya="output_name")
+    name: str | None = key(None, "files are NAME-01.safetensors …; null = the dataset folder's name",
+                           kohya="output_name", ss="ss_output_name")
     save_every_n_epochs: int = key(1, "write a LoRA file every N epochs", kohya="save_every_n_epochs", ge=1)
-    save_precision: Literal["fp16", "bf16", "fp32"] = key("fp16", "dtype of the LoRA files on disk", kohya="save_precision")
+    save_precision: Literal["fp16", "bf16", "fp32"] = key("fp16", "dtype of the LoRA files on disk",
+                                                          kohya="save_precision", kohya_default="fp32")
     save_state_every_n_epochs: int = key(1, "training state for `lorafw resume` (state.pt, replaced each time); 0 = never",
                                          ge=0, why="0 = never")
     save_state_every_n_steps: int = key(0, "also every N optimizer steps within an epoch; 0 = only at epoch ends", ge=0,
                                         why="0 = never")
     overwrite: bool = key(False, "allow writing into a run folder that already holds a run")
     comment: str | None = key(None, "a comment stored in every LoRA file's metadata (ss_training_comment)",
-                              kohya="training_comment")
+                              kohya="training_comment", ss="ss_training_comment")
 
 
 @dataclass(frozen=True)
@@ -277,8 +309,9 @@ class ValidationSpec:
     """Held-out images whose loss, with fixed noise and timesteps, is comparable across epochs and runs."""
 
     root: str | None = key(None, "a folder of held-out images with captions (REPEATS_ prefixes are ignored)")
-    split: float = key(0.0, "or hold out this fraction of the training images (chosen by the seed)", ge=0, lt=1)
-    every_n_epochs: int = key(1, "validation loss every N epochs", ge=1)
+    split: float = key(0.0, "or hold out this fraction of the training images (chosen by the seed)",
+                       ss="ss_validation_split", ge=0, lt=1)
+    every_n_epochs: int = key(1, "validation loss every N epochs", ss="ss_validate_every_n_epochs", ge=1)
     draws: int = key(4, "fixed noise/timestep draws per image", ge=1)
 
 
@@ -330,9 +363,29 @@ class ReportSpec:
 
 
 @dataclass(frozen=True)
+class ImportedSetting:
+    """One setting of an imported file that the recipe does not carry over."""
+
+    setting: str = key(REQUIRED, "the setting as the file names it, e.g. color_aug or network_args.algo")
+    value: str = key("null", "its value as written, as JSON")
+    why: str = key("", "why lorafw does not carry it over")
+
+
+@dataclass(frozen=True)
+class ImportedSpec:
+    """What `lorafw import` left behind: it writes this section into the recipe, the run keeps it in run.json
+    (`import_notes`) and report.html shows it. A record, not a setting: nothing that trains reads it."""
+
+    source: str | None = key(None, "the imported file and its dialect")
+    not_honoured: tuple[ImportedSetting, ...] = key((), "settings that change training in kohya, left out (--lenient)")
+    no_effect: tuple[ImportedSetting, ...] = key((), "settings without effect in lorafw")
+    notes: tuple[str, ...] = key((), "what the importer decided, e.g. the architecture and why")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     seed: int = key(42, "fixes noise, timesteps, shuffling and LoRA init: same seed, same files", kohya="seed",
-                    ge=0, le=2**32 - 1)
+                    ss="ss_seed", ge=0, le=2**32 - 1)
     resume: str | None = key(None, "a run folder to continue from its saved state (or: lorafw resume RUN_DIR)")
     base_model: BaseModelSpec = dataclasses.field(default_factory=BaseModelSpec)
     network: NetworkSpec = dataclasses.field(default_factory=NetworkSpec)
@@ -347,10 +400,21 @@ class RunSpec:
     log: LogSpec = dataclasses.field(default_factory=LogSpec)
     grid: GridSpec = dataclasses.field(default_factory=GridSpec)
     report: ReportSpec = dataclasses.field(default_factory=ReportSpec)
+    imported: ImportedSpec = record_section(ImportedSpec)  # not in `lorafw keys`, nor compared (config/schema.py)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (lists for tuples) that `spec_from_dict` reads back to an equal spec."""
-        return _plain(dataclasses.asdict(self))
+        """Plain dict (lists for tuples) that `spec_from_dict` reads back to an equal spec. `imported` only when the
+        spec came from `lorafw import`, so a spec that did not is written exactly as before the section existed."""
+        out = _plain(dataclasses.asdict(self))
+        if self.imported == ImportedSpec():
+            del out["imported"]
+        return out
+
+
+def import_notes(spec: RunSpec) -> dict[str, Any] | None:
+    """What run.json keeps of `lorafw import` (`record["imported"]`): the `imported` section as plain data, or None
+    when the run's recipe was not imported."""
+    return _plain(dataclasses.asdict(spec.imported)) if spec.imported != ImportedSpec() else None
 
 
 def _plain(value: Any) -> Any:

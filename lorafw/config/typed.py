@@ -13,9 +13,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from lorafw.config.schema import range_problem
-
-MISSING = "???"  # OmegaConf's marker for a mandatory value left unset
+from lorafw.config.schema import REQUIRED, range_problem
 
 
 def suggest(name: str, candidates: list[str]) -> str | None:
@@ -61,7 +59,7 @@ def _type_name(tp: Any) -> str:
 
 def convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     """Check `value` against the type hint `tp`; coerce where lossless (int → float, list → tuple)."""
-    if isinstance(value, str) and value == MISSING:
+    if isinstance(value, str) and value == REQUIRED:
         problems.append(f"{key}: required but not set (pass {key}=...)")
         return None
     if value is None:
@@ -121,7 +119,7 @@ def _has_usable_default(f: dataclasses.Field) -> bool:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return True
     d = f.default
-    if d is dataclasses.MISSING or d == MISSING:
+    if d is dataclasses.MISSING or d == REQUIRED:
         return False
     return not (isinstance(d, str) and d.startswith("${"))
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lorafw.config.schema import REQUIRED
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import guide_steps
 from lorafw.data.dataset import TrainData
@@ -140,7 +141,7 @@ def objective_of(spec: RunSpec) -> dict[str, Any]:
     from lorafw.paths import expand
 
     path, declared, read = spec.base_model.path, None, False
-    if path and path != "???" and expand(path).exists():
+    if path and path != REQUIRED and expand(path).exists():
         from lorafw.models.load import inspect_base_model
 
         try:

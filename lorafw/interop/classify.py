@@ -2,11 +2,12 @@
 
 - Honoured: mapped with kohya's meaning, through the schema's `kohya=` names (config/spec.py), the
   optimizer catalog, the scheduler table and the network fields; a kohya key left out means kohya's
-  default (`KOHYA_DEFAULTS`), which the recipe then states wherever lorafw's own default differs.
-- No effect: logging, UI state, and values that are kohya's "off" for that key (`NEUTRAL`):
-  `min_timestep = 0` has no effect, `min_timestep = 100` does.
-- Not honoured: everything else. One such setting and the import refuses (lorafw/interop/files.py).
-New lorafw keys with a `kohya=` name, optimizer catalog entries and network fields flow in without code here.
+  default (the schema's `kohya_default=`), which the recipe then states wherever lorafw's own default differs.
+- No effect: logging, UI state, and values that are kohya's "off" for that key (the schema's `kohya_off=`, and
+  `NEUTRAL` for kohya options lorafw has no key for): `min_timestep = 0` has no effect, `min_timestep = 100` does.
+- Not honoured: everything else. One such setting and the import refuses (lorafw/interop/importer.py).
+New lorafw keys with a `kohya=` name, optimizer catalog entries and network fields flow in without code here;
+the code below names a kohya argument of the schema only as `K[lorafw key]`.
 Why one module over 400 lines: the tables below are the classification; splitting them apart would
 scatter one decision over several files.
 """
@@ -18,13 +19,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lorafw.config.schema import _unwrap, iter_keys, kohya_names
+from lorafw.config.schema import SAME, _unwrap, iter_keys, kohya_keys, kohya_names, kohya_of
 from lorafw.config.spec import FolderSpec, NetworkSpec, RunSpec, SchedulerSpec
 from lorafw.interop.argstrings import Problem, literal_args, network_args, network_value
 from lorafw.interop.dialects import Source
 
 TYPES = {k.path: k.type for k in iter_keys(RunSpec)}
 DEFAULTS = {k.path: k.default for k in iter_keys(RunSpec)}
+KEYS = kohya_keys(RunSpec)  # lorafw key → its declaration, for every key with a kohya name
+K = kohya_of(RunSpec)  # lorafw key → its sd-scripts argument name
 
 # optimizer_type as users write it (any case; class paths too) → lorafw optimizer. Catalog entries that
 # carry their own `kohya` aliases add to this (see `optimizer_aliases`).
@@ -42,35 +45,6 @@ SAMPLERS = {"euler_a": "euler_a", "k_euler_a": "euler_a", "euler": "euler", "k_e
             "dpmsolver++": "dpmpp_2m", "dpmpp_2m": "dpmpp_2m", "dpmpp_2m_karras": "dpmpp_2m_karras", "lms": "lms",
             "k_lms": "lms"}
 FOLDER_KEYS = {"image_dir": "path", "num_repeats": "repeats", "conditioning_data_dir": "mask_dir"}
-
-# kohya's default for each key with a kohya name, where it differs from lorafw's (None = kohya leaves it unset,
-# which means the same as lorafw's default). A test checks that every schema kohya name is listed.
-KOHYA_DEFAULTS: dict[str, Any] = {
-    "network_dim": 4, "network_alpha": 1.0, "learning_rate": 2e-6, "mixed_precision": "no",
-    "caption_extension": ".caption", "enable_bucket": False, "cache_latents": False, "save_precision": "fp32",
-    "pretrained_model_name_or_path": None, "vae": None, "network_dropout": None, "unet_lr": None, "text_encoder_lr": None,
-    "warmup_ratio": None, "lr_scheduler_num_cycles": None, "train_data_dir": None, "reg_data_dir": None,
-    "resolution": None, "shuffle_caption": None, "keep_tokens": None, "keep_tokens_separator": None,
-    "caption_dropout_rate": None, "caption_tag_dropout_rate": None, "flip_aug": None, "min_bucket_reso": None,
-    "max_bucket_reso": None, "bucket_reso_steps": None, "bucket_no_upscale": None, "prior_loss_weight": None,
-    "masked_loss": None, "cache_latents_to_disk": None, "cache_text_encoder_outputs": None, "vae_batch_size": None,
-    "max_data_loader_n_workers": None, "max_train_epochs": None, "train_batch_size": None, "batch_size": None,
-    "gradient_accumulation_steps": None, "full_bf16": None, "full_fp16": None, "no_half_vae": None,
-    "gradient_checkpointing": None, "clip_skip": None, "max_token_length": None, "min_snr_gamma": None,
-    "noise_offset": None, "max_grad_norm": None, "torch_compile": None, "dynamo_backend": None, "output_dir": None,
-    "output_name": None, "save_every_n_epochs": None, "sample_prompts": None, "sample_every_n_epochs": None,
-    "sample_every_n_steps": None, "sample_sampler": None, "seed": None,
-    # keys the objective / networks / gpu issues add (kohya's "off" defaults)
-    "v_parameterization": None, "zero_terminal_snr": None, "scale_v_pred_loss_like_noise_pred": None,
-    "v_pred_like_loss": None, "min_timestep": None, "max_timestep": None, "multires_noise_iterations": None,
-    "multires_noise_discount": 0.3, "ip_noise_gamma": None, "ip_noise_gamma_random_strength": None,
-    "noise_offset_random_strength": None, "adaptive_noise_scale": None, "loss_type": "l2", "huber_c": 0.1,
-    "huber_schedule": "snr", "huber_scale": 1.0, "debiased_estimation_loss": None, "scale_weight_norms": None,
-    "max_train_steps": None, "lr_warmup_steps": None, "lr_scheduler_power": 1.0, "network_train_unet_only": None,
-    "network_train_text_encoder_only": None, "stop_text_encoder_training": None, "lr_scheduler": "constant",
-    "optimizer_type": "AdamW", "caption_dropout_every_n_epochs": None, "color_aug": None, "random_crop": None,
-    "training_comment": None,
-}
 
 # always without effect on the trained weights: why
 NO_EFFECT: dict[str, str] = {
@@ -95,27 +69,20 @@ NO_EFFECT: dict[str, str] = {
                                   "does; lorafw's optimizer.stop_text_encoder_training does what it says",
     "cache_info": "caching bookkeeping", "ddp_timeout": "", "ddp_gradient_as_bucket_view": "", "ddp_static_graph": "",
 }
-# no effect only for these values (kohya's "off"); any other value changes training
+# kohya options lorafw has no key for that have no effect at these values (kohya's "off"); any other value
+# changes training. The keys lorafw has declare theirs (`kohya_off=`) and join them here.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "v2": (False,), "v_parameterization": (False,), "zero_terminal_snr": (False,),
-    "scale_v_pred_loss_like_noise_pred": (False,), "v_pred_like_loss": (0, 0.0), "min_timestep": (0,),
-    "max_timestep": (1000,), "multires_noise_iterations": (0,), "ip_noise_gamma": (0, 0.0),
-    "ip_noise_gamma_random_strength": (False,), "noise_offset_random_strength": (False,),
-    "adaptive_noise_scale": (0, 0.0), "debiased_estimation_loss": (False,), "scale_weight_norms": (0, 0.0),
-    "full_fp16": (False,), "fp8_base": (False,), "fp8_base_unet": (False,), "weighted_captions": (False,),
-    "color_aug": (False,), "random_crop": (False,), "face_crop_aug_range": (None, ""), "alpha_mask": (False,),
-    "caption_dropout_every_n_epochs": (0,), "token_warmup_min": (1,), "token_warmup_step": (0, 0.0),
+    "v2": (False,), "v_parameterization": (False,), "fp8_base": (False,), "fp8_base_unet": (False,),
+    "weighted_captions": (False,), "color_aug": (False,), "random_crop": (False,), "face_crop_aug_range": (None, ""),
+    "alpha_mask": (False,), "caption_dropout_every_n_epochs": (0,), "token_warmup_min": (1,), "token_warmup_step": (0, 0.0),
     "caption_prefix": ("",), "caption_suffix": ("",), "stop_text_encoder_training": (0,),
     "network_weights": ("",), "dim_from_weights": (False,), "base_weights": ("", []), "resume": ("",),
-    "no_token_padding": (False,), "train_inpainting": (False,), "multires_noise_discount": (0.3,),
-    "huber_c": (0.1,), "huber_schedule": ("snr",), "huber_scale": (1.0,), "loss_type": ("l2",),
-    "max_train_steps": (), "noise_offset": (0, 0.0), "min_snr_gamma": (0, 0.0), "lr_scheduler_power": (1, 1.0),
+    "no_token_padding": (False,), "train_inpainting": (False,), "lr_scheduler_power": (1, 1.0),
     "secondary_separator": ("",), "enable_wildcard": (False,), "caption_separator": (",",),
-    "min_bucket_reso": (), "network_multiplier": (1, 1.0), "validation_split": (0, 0.0), "validation_seed": (),
-    "resize_interpolation": (None, "", "lanczos"), "class_tokens": (None, ""), "lr_decay_steps": (0,),
-    "dynamo_backend": ("no", "NO"), "dynamo_mode": ("default",), "dynamo_use_fullgraph": (False,),
+    "network_multiplier": (1, 1.0), "validation_split": (0, 0.0), "resize_interpolation": (None, "", "lanczos"),
+    "class_tokens": (None, ""), "lr_decay_steps": (0,), "dynamo_mode": ("default",), "dynamo_use_fullgraph": (False,),
     "dynamo_use_dynamic": (False,), "fused_backward_pass": (False,), "sample_at_first": (False,),
-}
+} | {name: k.kohya_off for k in KEYS.values() if k.kohya_off for name in k.kohya}
 # network_args that are off at these values
 NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
     "preset": ("full",), "use_tucker": ("false",), "use_cp": ("false",), "use_scalar": ("false",),
@@ -128,14 +95,15 @@ NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
 # better reasons than "lorafw has no such setting"
 WHY: dict[str, str] = {
     "v2": "SD 2.x is not an architecture lorafw trains (SD1.5 and SDXL)",
-    "max_train_steps": "lorafw counts the run in epochs (train.epochs); set max_train_epochs instead",
+    "max_train_steps": f"lorafw counts the run in epochs (train.epochs); set {K['train.epochs']} instead",
     "network_weights": "lorafw starts a LoRA from zero (continuing from a LoRA file is `lorafw resume` of a run)",
     "weighted_captions": "lorafw reads (tag:1.2) weights as plain text",
     "color_aug": "lorafw has no colour augmentation", "random_crop": "lorafw has no random crop",
     "class_tokens": "lorafw needs a caption file per image (kohya captions the others with class_tokens)",
     "fp8_base": "lorafw keeps the base model in 16/32 bits",
 }
-BUCKET_KEYS = ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale")
+BUCKET_KEYS = tuple(K[k] for k in ("dataset.min_bucket_reso", "dataset.max_bucket_reso", "dataset.bucket_reso_steps",
+                                   "dataset.bucket_no_upscale"))
 FLUX_KEYS = ("ae", "t5xxl", "clip_l", "discrete_flow_shift", "model_prediction_type", "timestep_sampling",
              "guidance_scale", "apply_t5_attn_mask", "t5xxl_max_token_length", "split_mode")
 
@@ -268,7 +236,7 @@ class Classifier:
                 continue
             if k in NEUTRAL and any(_same(v, n) for n in NEUTRAL[k]):
                 self.none(k, v, "kohya's default: off")
-            elif k in BUCKET_KEYS and _same(args.get("enable_bucket", False), False):
+            elif k in BUCKET_KEYS and _same(args.get(K["dataset.enable_bucket"], False), False):
                 self.none(k, v, "enable_bucket = false: no buckets")
             elif k in self.direct:
                 self.direct_value(k, v)
@@ -292,7 +260,7 @@ class Classifier:
         doc = self.src.dataset
         if not doc:
             return []
-        for k in ("train_data_dir", "reg_data_dir", "in_json"):
+        for k in (K["dataset.root"], K["dataset.reg_root"], "in_json"):
             if args.get(k):
                 self.none(k, args.pop(k), "sd-scripts ignores it when a dataset config is given")
         general = dict(doc.get("general", {}))
@@ -309,8 +277,9 @@ class Classifier:
                             "several [[datasets]] with different settings; lorafw has one dataset-wide setting each")
             subsets += list(d.get("subsets", []))
         merged = {**general, **level}
-        if "batch_size" in merged:
-            args.pop("train_batch_size", None)
+        config_name, dataset_name = KEYS["train.batch_size"].kohya  # train_batch_size, and the dataset config's
+        if dataset_name in merged:
+            args.pop(config_name, None)
         args.update(merged)  # dataset config values win over the config file's
         folders = []
         folder_fields = {f.name: f for f in dataclasses.fields(FolderSpec)}
@@ -388,7 +357,8 @@ class Classifier:
             name = "adafactor"
         if name not in SCHEDULERS:
             self.refuse(key, raw, f"not a scheduler lorafw has ({', '.join(SCHEDULERS)})")
-            for k in ("lr_scheduler_args", "lr_warmup_steps", "warmup_ratio", "lr_scheduler_num_cycles", "lr_scheduler_power"):
+            for k in ("lr_scheduler_args", "lr_warmup_steps", K["scheduler.warmup_ratio"], K["scheduler.num_cycles"],
+                      "lr_scheduler_power"):
                 if args.get(k) not in (None, "", []):
                     self.refuse(k, args.pop(k), f"goes with {key} = {raw}, refused above")
             return
@@ -413,8 +383,8 @@ class Classifier:
                 self.refuse(f"lr_scheduler_args.{k}", v, f"not a setting of lorafw's {name} scheduler")
         self.imp.not_honoured += problems
         ratio_key = None
-        if "warmup_ratio" in args:
-            ratio_key, ratio = "warmup_ratio", args.pop("warmup_ratio")
+        if K["scheduler.warmup_ratio"] in args:
+            ratio_key, ratio = K["scheduler.warmup_ratio"], args.pop(K["scheduler.warmup_ratio"])
         elif "lr_warmup_steps" in args:
             ratio_key, ratio = "lr_warmup_steps", args.pop("lr_warmup_steps")
         else:
@@ -436,13 +406,13 @@ class Classifier:
                 self.set("scheduler.warmup_ratio", float(ratio or 0), str(ratio_key or "lr_warmup_steps"))
         elif ratio_key and _is_number(ratio) and float(ratio):
             self.none(str(ratio_key), ratio, f"the {name} scheduler has no warmup (as in sd-scripts)")
-        cycles = args.pop("lr_scheduler_num_cycles", None)
+        cycles = args.pop(K["scheduler.num_cycles"], None)
         if "num_cycles" in used:
-            self.set("scheduler.num_cycles", int(float(cycles or 1)), "lr_scheduler_num_cycles")
+            self.set("scheduler.num_cycles", int(float(cycles or 1)), K["scheduler.num_cycles"])
         if rex_warmup is not None:  # lorafw's REX warmup_steps is the run's, split over the cycles
             self.set("scheduler.warmup_steps", rex_warmup * int(float(cycles or 1)), "lr_scheduler_args.warmup_steps")
         elif cycles is not None:
-            self.none("lr_scheduler_num_cycles", cycles, f"not used by the {name} scheduler")
+            self.none(K["scheduler.num_cycles"], cycles, f"not used by the {name} scheduler")
         power = args.pop("lr_scheduler_power", None)
         if power is not None:
             if "power" in used:
@@ -461,10 +431,10 @@ class Classifier:
         for k, v in literal_args(args.pop("lr_scheduler_args", None), "lr_scheduler_args", problems).items():
             self.set(f"scheduler.args.{k}", list(v) if isinstance(v, tuple) else v, f"lr_scheduler_args.{k}")
         self.imp.not_honoured += problems
-        for k in ("lr_scheduler_num_cycles", "lr_scheduler_power"):
+        for k in (K["scheduler.num_cycles"], "lr_scheduler_power"):
             if args.get(k) not in (None, ""):
                 self.none(k, args.pop(k), f"sd-scripts passes only lr_scheduler_args to {cls}")
-        for k in ("lr_warmup_steps", "warmup_ratio"):
+        for k in ("lr_warmup_steps", K["scheduler.warmup_ratio"]):
             v = args.pop(k, None)
             if _is_number(v) and float(v):
                 self.refuse(k, v, f"sd-scripts stops with 'does not require num_warmup_steps' for {cls}; "
@@ -486,8 +456,9 @@ class Classifier:
             algo = (nargs.pop("algo", "lora") or "lora").lower().strip("'")
             if algo in ("lora", "locon"):
                 algo = "locon"
-                nargs.setdefault("conv_dim", str(args.get("network_dim") or 4))  # LyCORIS: conv_dim defaults to dim
-                nargs.setdefault("conv_alpha", str(args.get("network_alpha") or 1))
+                # LyCORIS: conv_dim and conv_alpha default to the network's, whose kohya defaults are 4 and 1
+                nargs.setdefault("conv_dim", str(args.get(K["network.dim"]) or KEYS["network.dim"].kohya_default))
+                nargs.setdefault("conv_alpha", str(args.get(K["network.alpha"]) or 1))
         elif module == "networks.lora":
             algo = "locon" if "conv_dim" in nargs else "lora"
             if algo == "locon":
@@ -531,29 +502,30 @@ class Classifier:
 
     def translated(self, args: dict[str, Any]) -> None:
         """Keys whose values need translating before they are lorafw values."""
-        if "resolution" in args:
-            v = args.pop("resolution")
+        res, precision, sampler = K["dataset.resolution"], K["train.mixed_precision"], K["sample.sampler"]
+        if res in args:
+            v = args.pop(res)
             seq = [x for x in (v if isinstance(v, (list, tuple)) else str(v).split(","))]
             try:
                 sides = [int(float(x)) for x in seq]
             except ValueError:
                 sides = []
             if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):
-                self.set("dataset.resolution", sides[0], "resolution")
+                self.set("dataset.resolution", sides[0], res)
             else:
-                self.refuse("resolution", v, "lorafw trains a square area (resolution²; buckets keep each shape)")
-        if "mixed_precision" in args:
-            v = str(args.pop("mixed_precision"))
+                self.refuse(res, v, "lorafw trains a square area (resolution²; buckets keep each shape)")
+        if precision in args:
+            v = str(args.pop(precision))
             if v in ("no", "fp16", "bf16"):
-                self.set("train.mixed_precision", v, "mixed_precision")
+                self.set("train.mixed_precision", v, precision)
             else:
-                self.refuse("mixed_precision", v, "not no, fp16 or bf16")
-        if "sample_sampler" in args:
-            v = args.pop("sample_sampler")
+                self.refuse(precision, v, "not no, fp16 or bf16")
+        if sampler in args:
+            v = args.pop(sampler)
             if str(v).lower() in SAMPLERS:
-                self.set("sample.sampler", SAMPLERS[str(v).lower()], "sample_sampler")
+                self.set("sample.sampler", SAMPLERS[str(v).lower()], sampler)
             else:
-                self.none("sample_sampler", v, "previews only; lorafw renders them with euler_a")
+                self.none(sampler, v, "previews only; lorafw renders them with euler_a")
         if "num_processes" in args:  # accelerate's data-parallel processes (the GUI saves it)
             try:
                 self.set("train.num_processes", int(float(args.pop("num_processes"))), "num_processes")
@@ -562,7 +534,8 @@ class Classifier:
         if "v_parameterization" in args and _same(args["v_parameterization"], True):
             self.set("train.prediction_type", "v_prediction", args.pop("v_parameterization") and "v_parameterization")
         if "sample_prompt_lines" in args:
-            self.set("sample.prompts", args.pop("sample_prompt_lines"), "sample_prompts")
+            self.set("sample.prompts", args.pop("sample_prompt_lines"), K["sample.prompt_file"])
+        te, unet = K["optimizer.text_encoder_lr"], K["optimizer.unet_lr"]
         te_only = args.pop("network_train_text_encoder_only", False)
         unet_only = args.pop("network_train_unet_only", False)
         if unet_only is False or str(unet_only).lower() == "false":
@@ -571,41 +544,41 @@ class Classifier:
             self.none("network_train_text_encoder_only", te_only, "off")
         if unet_only is True or str(unet_only).lower() == "true":
             self.set("optimizer.text_encoder_lr", 0.0, "network_train_unet_only")
-            if args.get("text_encoder_lr") not in (None, 0, 0.0):
-                self.none("text_encoder_lr", args.pop("text_encoder_lr"), "network_train_unet_only: no text-encoder training")
-            elif args.get("text_encoder_lr") is not None:
-                self.none("text_encoder_lr", args.pop("text_encoder_lr"), "0: the same as network_train_unet_only")
+            if args.get(te) not in (None, 0, 0.0):
+                self.none(te, args.pop(te), "network_train_unet_only: no text-encoder training")
+            elif args.get(te) is not None:
+                self.none(te, args.pop(te), "0: the same as network_train_unet_only")
         elif unet_only is not None and str(unet_only).lower() != "false":
             self.refuse("network_train_unet_only", unet_only, "not true or false")
         if te_only is True or str(te_only).lower() == "true":
             self.set("optimizer.unet_lr", 0.0, "network_train_text_encoder_only")
-            if args.get("unet_lr") not in (None, 0, 0.0):
-                self.none("unet_lr", args.pop("unet_lr"), "network_train_text_encoder_only: no UNet training")
+            if args.get(unet) not in (None, 0, 0.0):
+                self.none(unet, args.pop(unet), "network_train_text_encoder_only: no UNet training")
         for k in ("xformers", "mem_eff_attn"):
             if args.get(k) is True and k == "xformers":
                 self.set("train.attention", "xformers", "xformers")
                 args.pop(k)
             elif k in args and not args[k]:
                 self.none(k, args.pop(k), "off")
-        if isinstance(args.get("text_encoder_lr"), (list, tuple)):  # the GUI's [te1, te2] list
-            lrs = args.pop("text_encoder_lr")
+        if isinstance(args.get(te), (list, tuple)):  # the GUI's [te1, te2] list
+            lrs = args.pop(te)
             if len(set(lrs)) == 1:
-                self.set("optimizer.text_encoder_lr", float(lrs[0]), "text_encoder_lr")
+                self.set("optimizer.text_encoder_lr", float(lrs[0]), te)
             else:
-                self.refuse("text_encoder_lr", lrs, "one learning rate per text encoder; lorafw has one for both")
+                self.refuse(te, lrs, "one learning rate per text encoder; lorafw has one for both")
 
     def kohya_defaults(self, args: dict[str, Any]) -> None:
         """A key the file leaves out means kohya's default: state it where lorafw's differs."""
         given = set(self.imp.imported_from.values()) | set(args)
-        for kohya, path in self.direct.items():
-            default = KOHYA_DEFAULTS.get(kohya)
-            if default is None or kohya in given or path in self.imp.values:
+        for path, k in KEYS.items():
+            if k.kohya_default is SAME or any(n in given for n in k.kohya) or path in self.imp.values:
                 continue
-            if DEFAULTS.get(path) != default:
-                self.set(path, coerce(default, TYPES[path]), f"{kohya} (kohya's default)")
+            if DEFAULTS.get(path) != k.kohya_default:
+                self.set(path, coerce(k.kohya_default, TYPES[path]), f"{k.kohya[0]} (kohya's default)")
         if "train.epochs" not in self.imp.values and not any(p.key == "max_train_steps" for p in self.imp.not_honoured):
-            self.refuse("max_train_epochs", None, "not set: sd-scripts then trains max_train_steps = 1600 steps; "
-                                                  "lorafw counts the run in epochs, set max_train_epochs")
+            epochs = K["train.epochs"]
+            self.refuse(epochs, None, "not set: sd-scripts then trains max_train_steps = 1600 steps; "
+                                      f"lorafw counts the run in epochs, set {epochs}")
 
     def architecture(self) -> None:
         src = self.src

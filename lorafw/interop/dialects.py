@@ -13,6 +13,9 @@ Dialects, told apart by their content (FORMATS.md, "Config dialects users arrive
 - the derrian GUI trainer's TOML ([[subsets]], [general_args.args], [network_args.args.network_args], …);
 - the bmaltais kohya_ss GUI's saved JSON (LoRA_type, epoch, max_resolution, lr_warmup in percent, …), turned
   into sd-scripts arguments the way its kohya_gui/lora_gui.py `train_model` does.
+
+An sd-scripts argument that lorafw has a key for is named here as `K[lorafw key]` (its `kohya=` name in
+config/spec.py); the bmaltais GUI's JSON uses sd-scripts' names for those too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorafw.config.schema import kohya_of
+from lorafw.config.spec import RunSpec
 from lorafw.interop.argstrings import Problem, items_of
+
+K = kohya_of(RunSpec)  # lorafw key → its sd-scripts argument name
 
 
 @dataclass
@@ -101,7 +108,7 @@ def from_gui_trainer(doc: dict[str, Any]) -> Source:
                 continue
             for k, v in values.items():
                 if part == "dataset_args":
-                    if v not in (None, "", False) and not (k == "max_token_length" and v == 75):
+                    if v not in (None, "", False) and not (k == K["train.max_token_length"] and v == 75):
                         general[k] = v
                     continue
                 if k == "network_args" and isinstance(v, dict):
@@ -147,6 +154,18 @@ GUI_ONLY = {
 }
 
 
+# values the GUI leaves out of the command line when they are 0 (whatever 0 would mean to sd-scripts)
+GUI_ZERO_UNSET = tuple(K[k] for k in (
+    "train.clip_skip", "train.min_snr_gamma", "train.min_timestep", "train.max_timestep", "train.ip_noise_gamma",
+    "train.v_pred_like_loss", "dataset.vae_batch_size", "seed", "output.save_every_n_epochs", "sample.every_n_epochs",
+    "sample.every_n_steps")) + ("save_every_n_steps", "save_last_n_steps", "save_last_n_epochs")
+# values the GUI passes as whole numbers (its number fields save floats or strings)
+GUI_INTEGERS = tuple(K[k] for k in (
+    "dataset.keep_tokens", "train.max_token_length", "train.gradient_accumulation_steps", "dataset.workers",
+    "dataset.bucket_reso_steps", "dataset.min_bucket_reso", "dataset.max_bucket_reso", "train.batch_size")) + (
+    "caption_dropout_every_n_epochs",)
+
+
 def _num(v: Any) -> float:
     try:
         return float(v)
@@ -174,25 +193,26 @@ def from_gui_json(doc: dict[str, Any]) -> Source:
     if take("v2", False):
         a["v2"] = True
 
+    epochs = K["train.epochs"]
     epoch = int(_num(take("epoch", 1)) or 1)
-    mte, mts = _num(take("max_train_epochs", "")), _num(take("max_train_steps", ""))
+    mte, mts = _num(take(epochs, "")), _num(take("max_train_steps", ""))
     if mte:
-        a["max_train_epochs"] = int(mte)
+        a[epochs] = int(mte)
     elif mts:
         a["max_train_steps"] = int(mts)
     else:
-        a["max_train_epochs"] = epoch
+        a[epochs] = epoch
         src.notes.append(f"epoch = {epoch}: the GUI turns it into max_train_steps from its folder count; "
                          f"lorafw trains {epoch} epochs")
     if "max_resolution" in d:
-        a["resolution"] = take("max_resolution")
+        a[K["dataset.resolution"]] = take("max_resolution")
     warm, warm_steps = _num(take("lr_warmup", 0)), _num(take("lr_warmup_steps", 0))
     if warm_steps > 0:
         a["lr_warmup_steps"] = int(warm_steps)
     elif warm:
         a["lr_warmup_steps"] = warm / 100.0  # a fraction of the run's steps, as the GUI computes it
-    cycles = take("lr_scheduler_num_cycles", "")
-    a["lr_scheduler_num_cycles"] = int(_num(cycles)) if cycles not in ("", None) else epoch  # the GUI's rule
+    cycles = take(K["scheduler.num_cycles"], "")
+    a[K["scheduler.num_cycles"]] = int(_num(cycles)) if cycles not in ("", None) else epoch  # the GUI's rule
     power = take("lr_scheduler_power", "")
     if power not in ("", None):
         a["lr_scheduler_power"] = _num(power)
@@ -205,14 +225,14 @@ def from_gui_json(doc: dict[str, Any]) -> Source:
 
     # noise: the GUI passes the offset or the multires settings, as noise_offset_type says
     kind = take("noise_offset_type", "Original")
-    original = ("noise_offset", "adaptive_noise_scale", "noise_offset_random_strength")
-    multires = ("multires_noise_iterations", "multires_noise_discount")
+    original = (K["train.noise_offset"], K["train.adaptive_noise_scale"], K["train.noise_offset_random_strength"])
+    multires = (K["train.multires_noise_iterations"], K["train.multires_noise_discount"])
     for k in original + multires:
         if k not in d:
             continue
         v = take(k)
         if (k in original) == (kind == "Original"):
-            if v not in ("", None, 0, 0.0, False) or k == "multires_noise_discount":
+            if v not in ("", None, 0, 0.0, False) or k == K["train.multires_noise_discount"]:
                 a[k] = _num(v) if not isinstance(v, bool) else v
         else:
             src.no_effect.append(Problem(k, v, f"noise_offset_type = {kind}: the GUI does not pass it"))
@@ -223,38 +243,35 @@ def from_gui_json(doc: dict[str, Any]) -> Source:
     elif attn == "sdpa":
         a["sdpa"] = True
     if take("sdxl_no_half_vae", False) and sdxl:
-        a["no_half_vae"] = True
+        a[K["train.no_half_vae"]] = True
     if take("sdxl_cache_text_encoder_outputs", False) and sdxl:
-        a["cache_text_encoder_outputs"] = True
-    te, unet = take("text_encoder_lr", None), take("unet_lr", None)
+        a[K["dataset.cache_text_encoder_outputs"]] = True
+    te_key, unet_key = K["optimizer.text_encoder_lr"], K["optimizer.unet_lr"]
+    te, unet = take(te_key, None), take(unet_key, None)
     if te not in ("", None):
-        a["text_encoder_lr"] = _num(te)
+        a[te_key] = _num(te)
         if _num(te) == 0:
             a["network_train_unet_only"] = True
     if unet not in ("", None):
         if _num(unet) == 0:
             a["network_train_text_encoder_only"] = True
-            a["unet_lr"] = 0.0
+            a[unet_key] = 0.0
         else:
-            a["unet_lr"] = _num(unet)
+            a[unet_key] = _num(unet)
     stop_te = take("stop_text_encoder_training", 0)
     if _num(stop_te):
         src.no_effect.append(Problem("stop_text_encoder_training", stop_te, "the GUI ignores it ('not yet supported')"))
     take("stop_text_encoder_training_pct", None)
-    # "0 means off" values the GUI leaves out
-    for k in ("clip_skip", "min_snr_gamma", "min_timestep", "max_timestep", "ip_noise_gamma", "v_pred_like_loss",
-              "vae_batch_size", "seed", "save_every_n_epochs", "save_every_n_steps", "save_last_n_steps",
-              "save_last_n_epochs", "sample_every_n_epochs", "sample_every_n_steps"):
+    for k in GUI_ZERO_UNSET:  # "0 means off" values the GUI leaves out
         if k in d:
             v = take(k)
             if _num(v):
-                a[k] = int(_num(v)) if float(_num(v)).is_integer() and k != "min_snr_gamma" else _num(v)
-    for k in ("keep_tokens", "max_token_length", "gradient_accumulation_steps", "caption_dropout_every_n_epochs",
-              "max_data_loader_n_workers", "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso", "train_batch_size"):
+                a[k] = int(_num(v)) if float(_num(v)).is_integer() and k != K["train.min_snr_gamma"] else _num(v)
+    for k in GUI_INTEGERS:
         if d.get(k) not in ("", None):
             a[k] = int(_num(take(k)))
-    if "sample_prompts" in d:
-        prompts = take("sample_prompts")
+    if K["sample.prompt_file"] in d:
+        prompts = take(K["sample.prompt_file"])
         if prompts:
             a["sample_prompt_lines"] = [ln.strip() for ln in str(prompts).splitlines() if ln.strip()]
 

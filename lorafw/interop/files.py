@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from lorafw.interop.kohya import export_kohya
+from lorafw.interop.kohya import K, export_kohya
 
 
 def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, str]:
@@ -29,8 +28,11 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, 
             if reps is not None:
                 dirs.append((str(d), reps, {}))
     for f in spec.dataset.folders:
-        extra = {k: v for k, v in {"keep_tokens": f.keep_tokens, "is_reg": f.is_reg, "shuffle_caption": f.shuffle_caption,
-                                    "flip_aug": f.flip_aug, "caption_extension": f.caption_extension}.items() if v is not None}
+        # the folder's own values under the kohya names of the dataset-wide keys they stand in for (sd-scripts'
+        # subsets take the same names)
+        extra = {k: v for k, v in {K["dataset.keep_tokens"]: f.keep_tokens, "is_reg": f.is_reg,
+                                    K["dataset.shuffle_caption"]: f.shuffle_caption, K["dataset.flip_aug"]: f.flip_aug,
+                                    K["dataset.caption_extension"]: f.caption_extension}.items() if v is not None}
         reps, _ = parse_folder_name(expand(f.path).name)
         dirs.append((str(expand(f.path)), f.repeats or reps or spec.dataset.default_repeats or 1, extra))
     config, dataset = export_kohya(spec, total, dirs, (record.get("device") or {}).get("precision"))

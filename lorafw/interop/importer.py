@@ -4,6 +4,8 @@ The thin I/O shell around dialects.py (what the file says, as sd-scripts would r
 (what lorafw makes of each setting). Nothing that changes training is dropped silently: if any setting is
 not honoured the import writes nothing and exits 2 (or, with --lenient, writes the recipe with a header
 listing what it ignores). The report is the same on success and on refusal (`report()`, `--json`).
+The recipe also holds what was left behind as data, its `imported` section (config/spec.py ImportedSpec):
+a run of the recipe keeps it in config.yaml and run.json, and report.html shows it.
 """
 
 from __future__ import annotations
@@ -155,8 +157,27 @@ def _show(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else repr(v)
 
 
+def _text(text: str) -> str:
+    """Text that OmegaConf will not read as an interpolation (`${...}`) when the recipe is composed."""
+    return str(text).replace("${", "$ {")
+
+
+def _setting(p: Problem) -> dict[str, str]:
+    """One left-behind setting as the recipe records it (ImportedSetting), its value as JSON; a `${` in the value is
+    written with JSON's escape for the brace, so it is not an interpolation and still decodes to the same value."""
+    return {"setting": _text(p.key), "value": json.dumps(p.value, default=str).replace("${", "$\\u007b"),
+            "why": _text(p.why)}
+
+
+def import_record(imp: Imported, source: str, ignored: list[Problem] | None = None) -> dict[str, Any]:
+    """The recipe's `imported` section: the file, what --lenient left out (`ignored`), what has no effect, the notes."""
+    return {"source": _text(source), "not_honoured": [_setting(p) for p in ignored or []],
+            "no_effect": [_setting(p) for p in imp.no_effect], "notes": [_text(n) for n in imp.notes if n]}
+
+
 def recipe_yaml(imp: Imported, source: str, ignored: list[Problem] | None = None) -> str:
-    """A lorafw recipe: `# @package _global_`, group overrides, the values (nested YAML), and what had no effect."""
+    """A lorafw recipe: `# @package _global_`, group overrides, the values (nested YAML), the import's record
+    (`imported`) and, as comments for the reader, what it ignores and what had no effect."""
     from omegaconf import OmegaConf
 
     nested: dict[str, Any] = {}
@@ -166,6 +187,7 @@ def recipe_yaml(imp: Imported, source: str, ignored: list[Problem] | None = None
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
+    nested["imported"] = import_record(imp, source, ignored)
     lines = ["# @package _global_", f"# Imported by `lorafw import` from {source}.",
              "# Run it: lorafw +recipe=THIS_FILE.yaml   (print it resolved: lorafw +recipe=THIS_FILE.yaml --cfg job)"]
     if ignored:
@@ -174,7 +196,7 @@ def recipe_yaml(imp: Imported, source: str, ignored: list[Problem] | None = None
     if imp.groups:
         lines.append("defaults:")
         lines += [f"  - override /{g}: {o}" for g, o in sorted(imp.groups.items())]
-    body = OmegaConf.to_yaml(OmegaConf.create(nested)) if nested else ""
+    body = OmegaConf.to_yaml(OmegaConf.create(nested))
     tail = []
     if imp.no_effect:
         tail.append("# Settings with no effect in lorafw:")

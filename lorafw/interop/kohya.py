@@ -7,30 +7,48 @@ Import lives in dialects.py (files → kohya arguments) and classify.py (kohya a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from lorafw.config.schema import kohya_names
+from lorafw.config.schema import kohya_keys, kohya_names, kohya_of, value_at
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
 
 OPTIMIZER_EXPORT = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "came": "came_pytorch.CAME"}
 REX_CLASS = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
+KEYS = kohya_keys(RunSpec)  # lorafw key → its declaration, for every key with a kohya name (config/spec.py)
+K = kohya_of(RunSpec)  # lorafw key → its sd-scripts argument name
 # kohya key → lorafw key, for values that carry over as they are: read from the schema's `kohya=` names
 # (lorafw/config/spec.py); the keys below have values that need translating (classify.Classifier.translated).
-TRANSLATED = {"resolution", "mixed_precision", "sample_sampler"}
+TRANSLATED = {K[k] for k in ("dataset.resolution", "train.mixed_precision", "sample.sampler")}
 DIRECT = {k: v for k, v in kohya_names(RunSpec).items() if k not in TRANSLATED}
 
 
 # -- export ------------------------------------------------------------------------------------------
-OBJECTIVE_KEYS = ("zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "debiased_estimation_loss",
-                  "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
-                  "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "min_timestep",
-                  "max_timestep", "loss_type", "huber_schedule", "huber_c", "huber_scale", "scale_weight_norms")
+# keys with a kohya name that the export leaves out, and why; every key with a kohya name that export_kohya does not
+# place itself goes into [training_arguments] under that name, so a new `key(kohya=...)` is exported without code here
+NOT_EXPORTED = {"sample.every_n_steps": "previews only: the export renders them per epoch (sample_every_n_epochs)"}
 
 
-def objective_args(s: Any) -> dict[str, Any]:
-    """The objective's train.* settings under sd-scripts' argument names (unset ones left out: TOML has no null)."""
-    return {k: getattr(s.train, k) for k in OBJECTIVE_KEYS if getattr(s.train, k) is not None}
+class _Placed:
+    """kohya arguments by lorafw key, remembering which keys export_kohya has placed (the rest go in as they are)."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.keys: set[str] = set()  # lorafw keys placed so far
+
+    def args(self, *paths: str, when: Callable[[Any], bool] = lambda v: v is not None) -> dict[str, Any]:
+        """{kohya name: value} of each key whose value passes `when` (TOML has no null: unset ones left out)."""
+        self.keys.update(paths)
+        return {K[p]: v for p in paths if when(v := value_at(self.spec, p))}
+
+    def name(self, path: str) -> str:
+        """The kohya name of a key whose value the caller writes itself."""
+        self.keys.add(path)
+        return K[path]
+
+    def rest(self) -> dict[str, Any]:
+        """Every key with a kohya name not placed yet (nor in NOT_EXPORTED), in declaration order."""
+        return self.args(*(p for p in KEYS if p not in self.keys and p not in NOT_EXPORTED))
 
 
 def _v_parameterization(s: Any) -> bool:
@@ -61,8 +79,8 @@ def kohya_text_window(clip_skip: int, max_token_length: int) -> dict[str, int]:
     defaults (unset). An explicit clip_skip = 1 is not the same code in sd-scripts: strategy_sd.encode_tokens then
     takes hidden_states[-1] and calls final_layer_norm itself, outside autocast, which crashes in bf16 on a CPU
     ("mixed dtype (CPU)"); and its --max_token_length accepts only 150 and 225."""
-    return {**({"clip_skip": clip_skip} if clip_skip > 1 else {}),
-            **({"max_token_length": max_token_length} if max_token_length != 75 else {})}
+    return {**({K["train.clip_skip"]: clip_skip} if clip_skip > 1 else {}),
+            **({K["train.max_token_length"]: max_token_length} if max_token_length != 75 else {})}
 
 
 def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[tuple[str, int, dict[str, Any]]] | None = None,
@@ -70,43 +88,41 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     """A spec → (config_file dict, dataset_config dict) for sd-scripts, with a [lorafw] section for the rest.
     `precision`: what the run resolved train.mixed_precision=auto to, when it ran."""
     s = spec
+    put = _Placed(s)
     net_args = network_args_of(s.network)
     opt_args = [f"weight_decay={s.optimizer.weight_decay!r}", f"betas={literal(s.optimizer.betas)}"]
     opt_args += [f"{k}={literal(val)}" for k, val in s.optimizer.args.items()]
+    compiled = {put.name("train.compile"): True, put.name("train.compile_backend"): s.train.compile_backend}
     config: dict[str, Any] = {
-        "model_arguments": {"pretrained_model_name_or_path": s.base_model.path, "v2": False,
-                            "v_parameterization": _v_parameterization(s),
-                            **({"vae": s.base_model.vae} if s.base_model.vae else {})},
-        "network_arguments": {"network_module": "lycoris.kohya" if is_lycoris(s.network) else "networks.lora", "network_dim": s.network.dim,
-                              "network_alpha": s.network.alpha, "network_dropout": s.network.dropout,
+        "model_arguments": {**put.args("base_model.path"), "v2": False, "v_parameterization": _v_parameterization(s),
+                            **put.args("base_model.vae", when=bool)},
+        "network_arguments": {"network_module": "lycoris.kohya" if is_lycoris(s.network) else "networks.lora",
+                              **put.args("network.dim", "network.alpha", "network.dropout"),
                               **({"network_args": net_args} if net_args else {}),
                               **({"network_train_unet_only": True} if s.optimizer.text_encoder_lr == 0 else {})},
         "optimizer_arguments": {"optimizer_type": OPTIMIZER_EXPORT.get(s.optimizer.name, s.optimizer.name), "optimizer_args": opt_args,
-                                "learning_rate": s.optimizer.lr, "unet_lr": s.optimizer.unet_lr,
-                                "text_encoder_lr": s.optimizer.text_encoder_lr, "max_grad_norm": s.train.max_grad_norm},
+                                **put.args("optimizer.lr", "optimizer.unet_lr", "optimizer.text_encoder_lr",
+                                           "train.max_grad_norm")},
         "training_arguments": {
-            "seed": s.seed, "max_train_epochs": s.train.epochs, "train_batch_size": s.train.batch_size,
-            "gradient_accumulation_steps": s.train.gradient_accumulation_steps,
-            "gradient_checkpointing": s.train.gradient_checkpointing, "mixed_precision": kohya_mixed_precision(s.train.mixed_precision, precision),
-            "full_bf16": s.train.full_bf16, "full_fp16": s.train.full_fp16, "no_half_vae": s.train.no_half_vae,
-            **kohya_text_window(s.train.clip_skip, s.train.max_token_length), "noise_offset": s.train.noise_offset,
+            **put.args("seed", "train.epochs", "train.batch_size", "train.gradient_accumulation_steps",
+                       "train.gradient_checkpointing"),
+            put.name("train.mixed_precision"): kohya_mixed_precision(s.train.mixed_precision, precision),
+            **put.args("train.full_bf16", "train.full_fp16", "train.no_half_vae"),
+            **kohya_text_window(s.train.clip_skip, s.train.max_token_length), **put.args("train.noise_offset"),
             "sdpa": s.train.attention == "sdpa", "xformers": s.train.attention == "xformers",
-            "cache_latents": s.dataset.cache_latents, "vae_batch_size": s.dataset.vae_batch_size,
-            "resize_interpolation": RESIZE_INTERPOLATION,
-            **({"max_data_loader_n_workers": s.dataset.workers} if s.dataset.workers is not None else {}),
-            "cache_latents_to_disk": s.dataset.cache_latents_to_disk,
-            "cache_text_encoder_outputs": s.dataset.cache_text_encoder_outputs, "prior_loss_weight": s.dataset.prior_loss_weight,
-            "masked_loss": s.dataset.masked_loss,
-            **({"min_snr_gamma": s.train.min_snr_gamma} if s.train.min_snr_gamma else {}),
-            **objective_args(s),
-            **({"torch_compile": True, "dynamo_backend": s.train.compile_backend} if s.train.compile else {}),
+            **put.args("dataset.cache_latents", "dataset.vae_batch_size"), "resize_interpolation": RESIZE_INTERPOLATION,
+            **put.args("dataset.workers", "dataset.cache_latents_to_disk", "dataset.cache_text_encoder_outputs",
+                       "dataset.prior_loss_weight", "dataset.masked_loss", "train.min_snr_gamma"),
         },
-        "saving_arguments": {"output_dir": s.output.dir or "", "output_name": s.output.name or "lora", "save_model_as": "safetensors",
-                             "save_precision": s.output.save_precision, "save_every_n_epochs": s.output.save_every_n_epochs,
-                             **({"training_comment": s.output.comment} if s.output.comment is not None else {})},
+        "saving_arguments": {put.name("output.dir"): s.output.dir or "", put.name("output.name"): s.output.name or "lora",
+                             "save_model_as": "safetensors",
+                             **put.args("output.save_precision", "output.save_every_n_epochs", "output.comment")},
     }
+    put.keys.update(("train.clip_skip", "train.max_token_length"))  # kohya_text_window
     sched = s.scheduler
     o = config["optimizer_arguments"]
+    cycles = put.name("scheduler.num_cycles")
+    put.keys.add("scheduler.warmup_ratio")  # written as lr_warmup_steps, which sd-scripts reads as a ratio below 1
     if sched.type:  # kohya builds the class with lr_scheduler_args only
         o["lr_scheduler_type"] = sched.type
         o["lr_scheduler_args"] = [f"{k}={literal(v)}" for k, v in sched.args.items()]
@@ -114,37 +130,37 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
         o["lr_scheduler_type"] = REX_CLASS
         rex_args = [f"min_lr={sched.min_lr:g}", f"gamma={sched.gamma:g}", f"d={sched.d:g}"]
         if total_steps:
-            cycles = sched.num_cycles or 1
-            rex_args += [f"first_cycle_max_steps={total_steps // cycles}",
-                         f"warmup_steps={round(total_steps * (sched.warmup_ratio or 0)) // cycles}"]
+            n = sched.num_cycles or 1
+            rex_args += [f"first_cycle_max_steps={total_steps // n}",
+                         f"warmup_steps={round(total_steps * (sched.warmup_ratio or 0)) // n}"]
         o["lr_scheduler_args"] = rex_args
     else:
         o["lr_scheduler"] = sched.name
         if sched.num_cycles is not None:
-            o["lr_scheduler_num_cycles"] = sched.num_cycles
+            o[cycles] = sched.num_cycles
         if sched.warmup_ratio:
             o["lr_warmup_steps"] = sched.warmup_ratio  # sd-scripts reads a value below 1 as a ratio
         elif sched.warmup_steps:
             o["lr_warmup_steps"] = sched.warmup_steps
         if sched.power is not None:
             o["lr_scheduler_power"] = sched.power
+    sample = put.args("sample.prompt_file", "sample.sampler", "sample.every_n_epochs")
     if s.sample.prompt_file:
-        config["sample_prompt_arguments"] = {"sample_prompts": s.sample.prompt_file, "sample_sampler": s.sample.sampler,
-                                             "sample_every_n_epochs": s.sample.every_n_epochs}
+        config["sample_prompt_arguments"] = sample
+    dataset_args = put.args("dataset.root", "dataset.reg_root", when=bool)
     if s.dataset.root:
-        config["dataset_arguments"] = {"train_data_dir": s.dataset.root, **({"reg_data_dir": s.dataset.reg_root} if s.dataset.reg_root else {})}
-    d = s.dataset
-    general = {"shuffle_caption": d.shuffle_caption, "keep_tokens": d.keep_tokens, "caption_extension": d.caption_extension,
-               "flip_aug": d.flip_aug, "caption_dropout_rate": d.caption_dropout_rate,
-               "caption_tag_dropout_rate": d.caption_tag_dropout_rate,
-               **({"keep_tokens_separator": d.keep_tokens_separator} if d.keep_tokens_separator else {})}
-    ds: dict[str, Any] = {"resolution": d.resolution, "batch_size": s.train.batch_size, "enable_bucket": d.enable_bucket,
-                          "min_bucket_reso": d.min_bucket_reso, "max_bucket_reso": d.max_bucket_reso,
-                          "bucket_reso_steps": d.bucket_reso_steps, "bucket_no_upscale": d.bucket_no_upscale}
-    subsets = []
-    for path, repeats, extra in dataset_dirs or []:
-        subsets.append({"image_dir": path, "num_repeats": repeats, **extra})
-    ds["subsets"] = subsets
+        config["dataset_arguments"] = dataset_args
+    general = put.args("dataset.shuffle_caption", "dataset.keep_tokens", "dataset.caption_extension", "dataset.flip_aug",
+                       "dataset.caption_dropout_rate", "dataset.caption_tag_dropout_rate")
+    general |= put.args("dataset.keep_tokens_separator", when=bool)
+    ds: dict[str, Any] = {**put.args("dataset.resolution"),
+                          KEYS["train.batch_size"].kohya[1]: s.train.batch_size,  # the dataset config's name for it
+                          **put.args("dataset.enable_bucket", "dataset.min_bucket_reso", "dataset.max_bucket_reso",
+                                     "dataset.bucket_reso_steps", "dataset.bucket_no_upscale")}
+    ds["subsets"] = [{"image_dir": path, "num_repeats": repeats, **extra} for path, repeats, extra in dataset_dirs or []]
+    config["training_arguments"] |= put.rest()  # the objective's settings, and any key added since
+    if s.train.compile:
+        config["training_arguments"] |= compiled
     dataset_config = {"general": general, "datasets": [ds]}
     config["lorafw"] = lorafw_section(s)
     return config, dataset_config
@@ -198,10 +214,11 @@ def dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def lorafw_section(spec: Any) -> dict[str, Any]:
     """Everything of the spec, by dotted key: import restores exactly these values (sd-scripts ignores them).
-    TOML has no null, so unset values are left out (they come back unset)."""
+    TOML has no null, so unset values are left out (they come back unset). What an earlier import left behind
+    (`imported`) is not the run's: the import of this file records its own."""
     out: dict[str, Any] = {}
     for k, v in dotted(spec.to_dict()).items():
-        if k in ("resume", "output.dir") or v is None or v == {}:
+        if k in ("resume", "output.dir") or k.startswith("imported.") or v is None or v == {}:
             continue
         if isinstance(v, list):
             v = [{a: b for a, b in x.items() if b is not None} if isinstance(x, dict) else x for x in v]

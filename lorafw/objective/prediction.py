@@ -17,7 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lorafw.config.schema import ss_names
+from lorafw.config.spec import RunSpec
 from lorafw.errors import ConfigError
+
+_SS = ss_names(RunSpec)
+SS_V_PRED, SS_ZTSNR = _SS["train.prediction_type"], _SS["train.zero_terminal_snr"]  # kohya's metadata names for them
 
 Prediction = Literal["epsilon", "v_prediction"]
 SHORT = {"epsilon": "ε (epsilon)", "v_prediction": "v"}
@@ -70,15 +75,14 @@ def from_header(keys: Any, metadata: dict[str, str]) -> Declared:
         if kind is None:
             raise ConfigError([f"base_model.path: the checkpoint's modelspec.prediction_type is {mp!r}, which lorafw "
                                "does not train (epsilon or v only)"])
-        z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get("ss_zero_terminal_snr", ""))
+        z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get(SS_ZTSNR, ""))
         return Declared(kind, z, f"the checkpoint's metadata modelspec.prediction_type={mp}")  # type: ignore[arg-type]
-    vp = _truthy(metadata.get("ss_v_parameterization", ""))
-    z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get("ss_zero_terminal_snr", ""))
+    vp = _truthy(metadata.get(SS_V_PRED, ""))
+    z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get(SS_ZTSNR, ""))
     if vp is not None:
-        return Declared("v_prediction" if vp else "epsilon", z,
-                        f"the checkpoint's metadata ss_v_parameterization={metadata['ss_v_parameterization']}")
+        return Declared("v_prediction" if vp else "epsilon", z, f"the checkpoint's metadata {SS_V_PRED}={metadata[SS_V_PRED]}")
     if z is not None:
-        return Declared(None, z, "the checkpoint's ztsnr marker" if ztsnr_marker else "the checkpoint's metadata ss_zero_terminal_snr")
+        return Declared(None, z, "the checkpoint's ztsnr marker" if ztsnr_marker else f"the checkpoint's metadata {SS_ZTSNR}")
     return Declared()
 
 

@@ -8,6 +8,8 @@ kohya builds a dict of Python values and writes `str()` of each, so formats foll
 as Python prints them ("8.0", "0.0001", "None" when unset), booleans "True"/"False", ints plain, and
 `json.dumps` (ASCII-escaped) where kohya json-encodes. tests/fixtures/kohya_metadata_keys.txt lists kohya's keys
 (with the sd-scripts commit they were read from); lorafw writes all of them, and some of its own.
+A key's ss_* name is declared on the key (`ss=` in config/spec.py) and its value written in kohya's format for its
+type (`ss_text`); `WRITTEN_AS` holds the few that kohya writes as something other than the value itself.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from lorafw.config.schema import _unwrap, iter_keys, kohya_of, ss_names, value_at
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
 
+K = kohya_of(RunSpec)  # lorafw key → its sd-scripts argument name (kohya's JSON fields in ss_datasets use them too)
+SS = ss_names(RunSpec)  # lorafw key → the metadata key kohya writes its value under
+TYPES = {k.path: k.type for k in iter_keys(RunSpec)}
 MODELSPEC_VERSION = "1.0.1"  # kohya's sai_model_spec.py BASE_METADATA
 MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
 # kohya options lorafw has no equivalent of (it always trains as kohya does with them off): what kohya writes then
@@ -92,9 +98,9 @@ def kohya_subsets(folders: list[Any]) -> list[dict[str, Any]]:
     """Each image folder (data.folders.Folder) as a subset in kohya's `ss_datasets` (train_network.py's
     subset_metadata for a DreamBooth-style dataset), with kohya's values for what lorafw has no setting for."""
     return [{
-        "img_count": len(f.images), "num_repeats": f.repeats, "color_aug": False, "flip_aug": bool(f.flip_aug),
-        "random_crop": False, "shuffle_caption": bool(f.shuffle_caption), "keep_tokens": f.keep_tokens,
-        "keep_tokens_separator": f.keep_tokens_separator or "", "secondary_separator": None, "enable_wildcard": False,
+        "img_count": len(f.images), "num_repeats": f.repeats, "color_aug": False, K["dataset.flip_aug"]: bool(f.flip_aug),
+        "random_crop": False, K["dataset.shuffle_caption"]: bool(f.shuffle_caption), K["dataset.keep_tokens"]: f.keep_tokens,
+        K["dataset.keep_tokens_separator"]: f.keep_tokens_separator or "", "secondary_separator": None, "enable_wildcard": False,
         "caption_prefix": None, "caption_suffix": None, "resize_interpolation": RESIZE_INTERPOLATION,
         "image_dir": Path(f.path).name, "class_tokens": None, "is_reg": bool(f.is_reg),
     } for f in folders]
@@ -107,47 +113,60 @@ def _datasets(spec: RunSpec, facts: TrainingFacts) -> str:
     return json.dumps([{
         "is_dreambooth": True, "batch_size_per_device": spec.train.batch_size,
         "num_train_images": facts.num_train_images, "num_reg_images": facts.num_reg_images,
-        "resolution": [d.resolution, d.resolution], "enable_bucket": d.enable_bucket,
-        "min_bucket_reso": d.min_bucket_reso, "max_bucket_reso": d.max_bucket_reso,
+        K["dataset.resolution"]: [d.resolution, d.resolution], K["dataset.enable_bucket"]: d.enable_bucket,
+        K["dataset.min_bucket_reso"]: d.min_bucket_reso, K["dataset.max_bucket_reso"]: d.max_bucket_reso,
         "tag_frequency": facts.tag_frequency, "bucket_info": facts.bucket_info,
         "resize_interpolation": RESIZE_INTERPOLATION, "subsets": facts.subsets,
     }])
 
 
-def objective_metadata(t: Any, v_pred: bool, ztsnr: bool) -> dict[str, str]:
-    """The objective's settings under kohya's ss_* names (train_network.py writes all but the last four, which
-    follow its naming for the options it does not record: the timestep range, the v-like loss options and
-    ss_v_parameterization, which readers such as Civitai's and the UIs' inspectors look for)."""
-    return {
-        "ss_v_parameterization": str(v_pred),
-        "ss_zero_terminal_snr": str(ztsnr),
-        "ss_noise_offset_random_strength": str(t.noise_offset_random_strength),
-        "ss_adaptive_noise_scale": _float(t.adaptive_noise_scale),
-        "ss_multires_noise_iterations": _int(t.multires_noise_iterations),
-        "ss_multires_noise_discount": _float(t.multires_noise_discount),
-        "ss_ip_noise_gamma": _float(t.ip_noise_gamma),
-        "ss_ip_noise_gamma_random_strength": str(t.ip_noise_gamma_random_strength),
-        "ss_huber_schedule": t.huber_schedule,
-        "ss_huber_c": _float(t.huber_c),
-        "ss_huber_scale": _float(t.huber_scale),
-        "ss_debiased_estimation": str(t.debiased_estimation_loss),
-        "ss_scale_weight_norms": _float(t.scale_weight_norms),
-        "ss_min_timestep": _int(t.min_timestep),
-        "ss_max_timestep": _int(t.max_timestep),
-        "ss_scale_v_pred_loss_like_noise_pred": str(t.scale_v_pred_loss_like_noise_pred),
-        "ss_v_pred_like_loss": _float(t.v_pred_like_loss),
-    }
+def ss_text(value: Any, tp: Any) -> str:
+    """A key's value as kohya writes it: str() of its argparse value, so floats as floats ("8.0", "None" unset),
+    ints as ints, booleans "True"/"False"."""
+    inner, _ = _unwrap(tp)
+    if inner is float:
+        return _float(value)
+    if inner is int:
+        return _int(value)
+    return str(value)
 
 
-def validation_metadata(spec: RunSpec, held_out: int) -> dict[str, str]:
-    """kohya's validation keys: `validation.split` is its validation_split; lorafw validates every
-    `validation.every_n_epochs` epochs (kohya's None: every epoch, or never without held-out images)."""
-    v = spec.validation
-    return {
-        "ss_num_validation_images": str(held_out),
-        "ss_validation_split": _float(v.split),
-        "ss_validate_every_n_epochs": str(v.every_n_epochs) if held_out else "None",
-    }
+@dataclass(frozen=True)
+class Written:
+    """What a LoRA file's metadata knows besides the spec: the run's facts, the file's name and the objective."""
+
+    facts: TrainingFacts
+    name: str
+    v_pred: bool  # the objective the run resolved: v-prediction
+    ztsnr: bool  # and zero terminal SNR
+
+
+# keys whose metadata value is not the key's own value in kohya's format (value, what the file knows → text)
+WRITTEN_AS: dict[str, Callable[[Any, Written], str]] = {
+    "base_model.path": lambda v, w: Path(v).name,
+    "base_model.vae": lambda v, w: Path(v).name if v else "None",
+    "network.dropout": lambda v, w: _float(v or None),  # kohya's None when off
+    "train.mixed_precision": lambda v, w: w.facts.mixed_precision,  # what `auto` resolved to
+    "train.clip_skip": lambda v, w: str(v) if w.facts.arch == "sd15" else "None",  # lorafw ignores it on SDXL
+    "train.prediction_type": lambda v, w: str(w.v_pred),  # kohya's v_parameterization: what was trained
+    "train.zero_terminal_snr": lambda v, w: str(w.ztsnr),
+    "dataset.resolution": lambda v, w: f"({v}, {v})",
+    "dataset.keep_tokens_separator": lambda v, w: v or "",
+    "output.name": lambda v, w: w.name,  # the run's name (output.name, or the dataset folder's)
+    # kohya's None: every epoch, or never without held-out images; lorafw validates every N epochs
+    "validation.every_n_epochs": lambda v, w: str(v) if w.facts.num_validation_images else "None",
+}
+
+
+def spec_metadata(spec: RunSpec, written: Written) -> dict[str, str]:
+    """Every key with an `ss=` name (config/spec.py), under that name. kohya's train_network.py writes most of them;
+    the timestep range, the v-like loss options and ss_v_parameterization follow its naming for options it does not
+    record, which readers such as Civitai's and the UIs' inspectors look for."""
+    out = {}
+    for path, name in SS.items():
+        v = value_at(spec, path)
+        out[name] = WRITTEN_AS[path](v, written) if path in WRITTEN_AS else ss_text(v, TYPES[path])
+    return out
 
 
 def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, saved_at: float) -> dict[str, str]:
@@ -183,70 +202,30 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
     module, net_args = network_module(spec)
     v_pred = bool(facts.objective is not None and facts.objective.v)
     ztsnr = bool(facts.objective is not None and facts.objective.zero_terminal_snr)
-    d, t, o, sc = spec.dataset, spec.train, spec.optimizer, spec.scheduler
-    res = d.resolution
+    t, o = spec.train, spec.optimizer
     train_te = o.text_encoder_lr > 0
     saved_at = facts.saved_at if facts.saved_at is not None else time.time()
     meta: dict[str, Any] = {
-        "ss_output_name": name,
         "ss_session_id": facts.session_id,
         "ss_training_started_at": str(facts.started_at),
         "ss_training_finished_at": str(saved_at),
-        "ss_training_comment": str(spec.output.comment),
         "ss_base_model_version": facts.family.base_model_version,
         "ss_v2": "False",
-        "ss_sd_model_name": Path(spec.base_model.path).name,
         **facts.model_hashes,
-        "ss_vae_name": Path(spec.base_model.vae).name if spec.base_model.vae else "None",
         "ss_network_module": module,
-        "ss_network_dim": str(spec.network.dim),
-        "ss_network_alpha": _float(spec.network.alpha),
-        "ss_network_dropout": _float(spec.network.dropout or None),  # kohya's None when off
         "ss_network_args": json.dumps(net_args),  # JSON even when empty: readers json.loads it
-        "ss_learning_rate": _float(o.lr),
-        "ss_unet_lr": _float(o.unet_lr),
-        "ss_text_encoder_lr": _float(o.text_encoder_lr),
         "ss_network_train_unet_only": str(not train_te),
         "ss_network_train_text_encoder_only": str(o.unet_lr == 0),
         "ss_optimizer": facts.optimizer,
-        "ss_lr_scheduler": sc.name,
         "ss_lr_warmup_steps": str(facts.warmup_steps),
         "ss_max_train_steps": str(facts.total_steps),
-        "ss_num_epochs": str(t.epochs),
         "ss_epoch": str(facts.epoch),
         "ss_steps": str(facts.step),
         "ss_num_batches_per_epoch": str(facts.batches_per_epoch),
         "ss_num_train_images": str(facts.num_train_images),
         "ss_num_reg_images": str(facts.num_reg_images),
-        "ss_prior_loss_weight": _float(d.prior_loss_weight),
-        "ss_masked_loss": str(d.masked_loss),
-        "ss_batch_size_per_device": str(t.batch_size),
         "ss_total_batch_size": str(t.batch_size * facts.processes * t.gradient_accumulation_steps),
-        "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
-        "ss_gradient_checkpointing": str(t.gradient_checkpointing),
-        "ss_mixed_precision": facts.mixed_precision,
-        "ss_full_fp16": str(t.full_fp16),
-        "ss_full_bf16": str(t.full_bf16),
-        "ss_max_grad_norm": _float(t.max_grad_norm),
-        "ss_clip_skip": str(t.clip_skip) if facts.arch == "sd15" else "None",
-        "ss_max_token_length": str(t.max_token_length),
-        "ss_min_snr_gamma": _float(t.min_snr_gamma),
-        "ss_noise_offset": _float(t.noise_offset),
-        "ss_loss_type": t.loss_type,
-        "ss_seed": str(spec.seed),
-        "ss_resolution": f"({res}, {res})",
         "ss_resize_interpolation": RESIZE_INTERPOLATION,
-        "ss_enable_bucket": str(d.enable_bucket),
-        "ss_min_bucket_reso": str(d.min_bucket_reso),
-        "ss_max_bucket_reso": str(d.max_bucket_reso),
-        "ss_bucket_no_upscale": str(d.bucket_no_upscale),
-        "ss_cache_latents": str(d.cache_latents),
-        "ss_shuffle_caption": str(d.shuffle_caption),
-        "ss_keep_tokens": str(d.keep_tokens),
-        "ss_flip_aug": str(d.flip_aug),
-        "ss_caption_dropout_rate": _float(d.caption_dropout_rate),
-        "ss_caption_tag_dropout_rate": _float(d.caption_tag_dropout_rate),
-        "ss_keep_tokens_separator": d.keep_tokens_separator or "",
         # kohya writes these three for train_data_dir/reg_data_dir runs ...
         "ss_tag_frequency": json.dumps(facts.tag_frequency),
         "ss_dataset_dirs": json.dumps(facts.dataset_dirs),
@@ -255,8 +234,8 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         # ... and this one instead for dataset-config runs: lorafw writes both, so every reader finds its key
         "ss_datasets": _datasets(spec, facts),
         **KOHYA_OFF,
-        **validation_metadata(spec, facts.num_validation_images),
-        **objective_metadata(t, v_pred, ztsnr),
+        "ss_num_validation_images": str(facts.num_validation_images),
+        **spec_metadata(spec, Written(facts, name, v_pred, ztsnr)),
         **modelspec(spec, facts, name, v_pred, saved_at),
     }
     return {k: str(v) for k, v in meta.items()}

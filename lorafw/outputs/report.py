@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -103,7 +102,7 @@ class RunData:
     meta: dict[str, str] = field(default_factory=dict)  # the newest LoRA file's metadata
     scores: dict[str, Any] | None = None
     scores_dir: Path | None = None
-    imported: dict[str, list[str]] = field(default_factory=dict)
+    imported: dict[str, Any] | None = None  # what `lorafw import` left behind (config/spec.py ImportedSpec)
     spec: Any = None
 
 
@@ -133,84 +132,26 @@ def read_run(run_dir: Path) -> RunData:
         p = Path(where) if Path(where).is_absolute() else Path(run_dir) / where
         if p.is_file():
             d.scores, d.scores_dir = json.loads(p.read_text()), p.parent
-    d.imported = import_notes(Path(run_dir))
     try:
         from lorafw.config.compose import load_spec
 
         d.spec = load_spec(run_dir, check_paths=False)
     except Exception:  # an old or hand-edited config: the page shows the text as it is
         d.spec = None
+    d.imported = imported(d.record, d.spec)
     return d
 
 
-IMPORT_NOTES = "import.json"
-
-
-def import_notes(run_dir: Path) -> dict[str, list[str]]:
-    """What `lorafw import` dropped or refused, from the imported recipe the run used (`+recipe=FILE.yaml`).
-
-    Hydra records the recipe by the name the CLI linked it under (config/compose.py with_recipe_files), in a
-    temporary search-path folder that lives as long as the run's process; so the end-of-run report reads the
-    file through that link and keeps what it found in RUN_DIR/import.json for later reports."""
-    saved = run_dir / IMPORT_NOTES
-    if saved.is_file():
-        return json.loads(saved.read_text())
-    recipe = _recipe_file(run_dir)
-    if recipe is None:
-        return {}
-    text = recipe.read_text(encoding="utf-8")
-    if "Imported by `lorafw import`" not in text:
-        return {}
-    out = parse_import_comments(text) | {"source": [str(recipe)]}
-    try:
-        from lorafw.outputs.atomic import atomic_write
-
-        atomic_write(saved, json.dumps(out, indent=2) + "\n")
-    except OSError:  # a read-only copy of a run: the page still shows it
-        pass
-    return out
-
-
-def _recipe_file(run_dir: Path) -> Path | None:
-    """The YAML file behind the run's `+recipe=` override, when it was a user's file and can still be found."""
-    hydra = run_dir / ".hydra"
-    if not (hydra / "overrides.yaml").is_file():
+def imported(record: dict[str, Any], spec: Any) -> dict[str, Any] | None:
+    """What `lorafw import` left behind, as the run kept it in run.json, else from its saved config (the recipe's
+    `imported` section; both are config/spec.py's import_notes). None: the run's recipe was not imported."""
+    if record.get("imported"):
+        return record["imported"]
+    if spec is None:
         return None
-    from omegaconf import OmegaConf
+    from lorafw.config.spec import import_notes
 
-    names = [m.group(1) for o in (OmegaConf.load(hydra / "overrides.yaml") or [])
-             if (m := re.match(r"^\+?recipe=(.+)$", str(o)))]
-    if not names:
-        return None
-    name = names[-1]
-    direct = Path(name).expanduser()
-    if direct.suffix in (".yaml", ".yml") and direct.is_file():
-        return direct.resolve()
-    dirs: list[str] = []
-    if (hydra / "hydra.yaml").is_file():
-        for o in OmegaConf.select(OmegaConf.load(hydra / "hydra.yaml"), "hydra.overrides.hydra", default=[]) or []:
-            dirs += re.findall(r"file://([^,\]]+)", str(o))
-    for d in dirs:
-        p = Path(d) / "recipe" / f"{name}.yaml"
-        if p.exists():
-            return p.resolve()  # the link → the user's file
-    return None
-
-
-def parse_import_comments(text: str) -> dict[str, list[str]]:
-    """The tail comments `lorafw import` writes (interop/kohya.py recipe_yaml) → {no_effect, not_imported, notes}."""
-    out: dict[str, list[str]] = {"no_effect": [], "not_imported": [], "notes": []}
-    section = None
-    for line in text.splitlines():
-        if line.startswith("# Settings with no effect"):
-            section = "no_effect"
-        elif line.startswith("# Settings lorafw did not understand"):
-            section = "not_imported"
-        elif line.startswith("# note: "):
-            out["notes"].append(line[len("# note: "):])
-        elif line.startswith("#   ") and section:
-            out[section].append(line[4:])
-    return out
+    return import_notes(spec)
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -389,14 +330,27 @@ def import_html(d: RunData) -> str:
     imp = d.imported
     if not imp:
         return '<p class="muted">This run was not started from a `lorafw import` recipe; nothing was dropped.</p>'
-    out = [f'<p>Recipe: <code>{escape(imp.get("source", ["?"])[0])}</code></p>']
-    for key, title in (("not_imported", "Refused: not understood, not imported"), ("no_effect", "Dropped: no effect in lorafw"),
-                       ("notes", "Notes")):
-        if imp.get(key):
-            out.append(f"<h3>{title} ({len(imp[key])})</h3><ul>" + "".join(f"<li><code>{escape(x)}</code></li>" for x in imp[key]) + "</ul>")
-    if len(out) == 1:
-        out.append("<p>The import kept every setting.</p>")
+    out = [f'<p>Imported from <code>{escape(str(imp.get("source") or "?"))}</code></p>']
+    for key, title in (("not_honoured", "Refused: changes training in kohya, left out of the recipe (--lenient)"),
+                       ("no_effect", "Dropped: no effect in lorafw")):
+        rows = imp.get(key) or []
+        if rows:
+            out.append(f"<h3>{title} ({len(rows)})</h3>" + table(["setting", "value", "why"], [
+                [f"<code>{escape(str(r.get('setting')))}</code>", f"<code>{escape(_json_shown(r.get('value')))}</code>",
+                 escape(str(r.get("why") or ""))] for r in rows]))
+    if imp.get("notes"):
+        out.append("<h3>Notes</h3><ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in imp["notes"]) + "</ul>")
+    if not imp.get("not_honoured"):
+        out.append("<p>The import refused nothing: every setting that changes training is in the recipe.</p>")
     return "".join(out)
+
+
+def _json_shown(text: Any) -> str:
+    """A value the recipe records as JSON, as it reads (the recipe escapes `${` so OmegaConf leaves it alone)."""
+    try:
+        return json.dumps(json.loads(str(text)), ensure_ascii=False)
+    except ValueError:
+        return str(text)
 
 
 def timings_html(d: RunData) -> str:

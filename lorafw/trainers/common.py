@@ -89,6 +89,7 @@ def identity(spec: RunSpec) -> dict[str, Any]:
     """What a run computes: the spec without where it writes, whether it resumes, and the files' comment."""
     d = spec.to_dict()
     d.pop("resume", None)
+    d.pop("imported", None)  # what `lorafw import` left behind: a record, not a setting
     for key in ("dir", "overwrite", "comment"):
         d["output"].pop(key, None)
     return d

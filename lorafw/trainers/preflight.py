@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lorafw.config.spec import RunSpec
+from lorafw.config.spec import RunSpec, import_notes
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import scan
 from lorafw.data.lint import lint, without
@@ -90,6 +90,8 @@ def open_session(spec: RunSpec, arch: Any, plan: Plan, run_dir: Path, world: Wor
         "objective": {"prediction_type": o.prediction, "source": o.source,
                       "zero_terminal_snr": o.zero_terminal_snr, "ztsnr_source": o.ztsnr_source},
     }
+    if (notes := import_notes(spec)) is not None:  # what `lorafw import` left behind (report.html shows it)
+        record["imported"] = notes
     # LoRA files, state.pt, run.json and the summary are written by a background thread (outputs/background.py)
     return Session(world, comm, run_dir, Writer(background=speed.on("async_save")), record=record)
 
