@@ -67,7 +67,7 @@ def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     from lorafw.errors import ConfigError
     from lorafw.trainers.common import changed_keys, identity
 
-    from lorafw.outputs.state import STATE
+    from lorafw.outputs.state_file import STATE
 
     folder = expand(spec.resume)  # type: ignore[arg-type]
     if not (folder / STATE).is_file():

@@ -337,7 +337,7 @@ def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool)
     if n.algo == "lokr" and n.use_tucker and n.conv_dim is not None and n.conv_dim < 1280 and not n.full_matrix:
         notes.append("network.use_tucker with lokr: ComfyUI fails on LoKr's Tucker-factored 3x3 convolutions (those with "
                      "conv_dim below half their larger Kronecker factor): it logs 'ERROR lokr ... view size is not "
-                     "compatible' and leaves them unpatched (ComfyUI issue #11245; benchmarks/comfy_check.py). For files "
+                     "compatible' and leaves them unpatched (ComfyUI issue #11245; checks/comfy_check.py). For files "
                      "used in ComfyUI, set network.use_tucker=false")
 
 

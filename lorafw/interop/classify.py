@@ -5,7 +5,7 @@
   default (`KOHYA_DEFAULTS`), which the recipe then states wherever lorafw's own default differs.
 - No effect: logging, UI state, and values that are kohya's "off" for that key (`NEUTRAL`):
   `min_timestep = 0` has no effect, `min_timestep = 100` does.
-- Not honoured: everything else. One such setting and the import refuses (lorafw/interop/files.py).
+- Not honoured: everything else. One such setting and the import refuses (lorafw/interop/importer.py).
 New lorafw keys with a `kohya=` name, optimizer catalog entries and network fields flow in without code here.
 Why one module over 400 lines: the tables below are the classification; splitting them apart would
 scatter one decision over several files.

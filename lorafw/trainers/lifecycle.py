@@ -21,7 +21,7 @@ from lorafw.data.prefetch import resolve_workers
 from lorafw.errors import DatasetError, Interrupted, LorafwError
 from lorafw.outputs.metrics import Metrics
 from lorafw.outputs.record import device_info, now_iso, read_record, versions, write_config, write_record
-from lorafw.outputs.state import STATE
+from lorafw.outputs.state_file import STATE
 from lorafw.paths import expand
 from lorafw.trainers import inputs
 from lorafw.trainers.common import (
