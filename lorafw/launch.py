@@ -52,7 +52,8 @@ def launch(spec: RunSpec):
     """Train `spec` (output folder resolved) in `spec.train.num_processes` processes; the main one's RunResult."""
     import torch
 
-    from lorafw.trainers.common import RunResult, resolve_device
+    from lorafw.outputs.result import RunResult
+    from lorafw.placement import resolve_device
 
     n = spec.train.num_processes
     device = resolve_device(spec.train.device)

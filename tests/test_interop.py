@@ -14,7 +14,7 @@ from lorafw.config.compose import compose, compose_dict, recipe_names
 from lorafw.config.validate import spec_from_dict
 from lorafw.interop.export import export_run
 from lorafw.interop.importer import import_config, write_recipe
-from lorafw.trainers.common import identity
+from lorafw.config.identity import identity
 
 GUI_SD15 = """
 [[subsets]]

@@ -307,7 +307,7 @@ def test_the_comment_is_imported_exported_and_free_to_change_on_resume(tmp_path)
     from lorafw.config.compose import compose, override
     from lorafw.interop.importer import import_config
     from lorafw.interop.kohya import export_kohya
-    from lorafw.trainers.common import identity
+    from lorafw.config.identity import identity
 
     spec = compose("sd15_character", ["base_model.path=/m/x.safetensors", "dataset.root=/d",
                                       "output.comment=hello"], check_paths=False)

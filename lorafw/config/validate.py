@@ -15,8 +15,8 @@ from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError
 from lorafw.paths import expand
-from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS, is_class_path
-from lorafw.sampling.prompts import parse_line, prompt_lines
+from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
+from lorafw.config.prompts import parse_line, prompt_lines
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
@@ -397,8 +397,6 @@ def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:
 
 
 def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
-    from lorafw.optim import schedulers
-
     sc = s.scheduler
     if sc.type:
         if not sc.type.replace(".", "").replace("_", "").isalnum():
@@ -420,7 +418,7 @@ def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
             notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
     if sc.name == "piecewise_constant" and not sc.step_rules:
         p.append("scheduler.step_rules: piecewise_constant needs its rules, e.g. '1:100,0.1:200,0.01'")
-    p.extend(schedulers.check(sc, s.optimizer.lr))
+    p.extend(scheduler_problems(sc, s.optimizer.lr))
     if sc.name == "adafactor" and s.optimizer.name != "adafactor":
         p.append(f"scheduler.name: the adafactor scheduler reads Adafactor's own lr; optimizer.name={s.optimizer.name} "
                  "has none; choose another scheduler")
@@ -430,8 +428,6 @@ def _effective(s: RunSpec, notes: list[str]) -> RunSpec:
     """kohya's substitutions, made visible: Adafactor with relative_step runs the `adafactor` scheduler, and a
     schedule-free optimizer a constant lr (it schedules itself)."""
     import dataclasses
-
-    from lorafw.optim.optimizers import relative_step
 
     o, sc = s.optimizer, s.scheduler
     plain = dataclasses.replace(sc, name="constant", warmup_ratio=None, warmup_steps=None, num_cycles=None, min_lr=None,

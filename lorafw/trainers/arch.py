@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from lorafw.trainers.common import to_device
+from lorafw.placement import to_device
 
 Text = dict[str, torch.Tensor]
 

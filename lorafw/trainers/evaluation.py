@@ -10,7 +10,7 @@ import torch
 
 from lorafw.data import dataset as dataset_mod
 from lorafw.trainers import inputs
-from lorafw.trainers.common import log
+from lorafw.logs import log
 from lorafw.trainers.distributed import shard
 from lorafw.trainers.step import diffusion_step
 
@@ -64,7 +64,8 @@ def validation_loss(tr: Trainer) -> float:
 @torch.no_grad()
 def sample(tr: Trainer, label: str) -> None:
     """Render the sample prompts with the weights as they are now: RUN_DIR/samples/LABEL_NN.png."""
-    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt, parse_line, read_prompts
+    from lorafw.config.prompts import parse_line, read_prompts
+    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
     from lorafw.sampling.render import Renderer, save_png
 
     if not tr.main:

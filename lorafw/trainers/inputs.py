@@ -15,7 +15,8 @@ import torch
 
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.prefetch import Lookahead
-from lorafw.trainers.common import log, progress_bar, to_device
+from lorafw.logs import log, progress_bar
+from lorafw.placement import to_device
 from lorafw.trainers.distributed import shard
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def encode_captions(tr: Trainer, data: Any, what: str) -> dict[int, dict[str, to
 
 def place(tr: Trainer, store: dict, what: str) -> None:
     """Cached tensors onto the GPU when they fit (no host-to-device copy per step), else pinned."""
-    from lorafw.trainers.common import place_cache
+    from lorafw.placement import place_cache
 
     if not store:
         return

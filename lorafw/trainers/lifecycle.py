@@ -24,9 +24,11 @@ from lorafw.outputs.record import device_info, now_iso, read_record, versions, w
 from lorafw.outputs.state_file import STATE
 from lorafw.paths import expand
 from lorafw.trainers import inputs
-from lorafw.trainers.common import (
-    RunResult, check_disk, log, progress_bar, quiet, resolve_device, weight_dtype,
-)
+from lorafw.logs import log, progress_bar, quiet
+from lorafw.outputs.result import RunResult
+from lorafw.placement import resolve_device
+from lorafw.precision import weight_dtype
+from lorafw.run_folder import check_disk
 from lorafw.trainers.distributed import Comm, World, main_first
 
 if TYPE_CHECKING:
@@ -274,7 +276,7 @@ def inject_network(tr: Trainer) -> None:
     adapter_dtype = torch.bfloat16 if tr.choice.full_bf16 else torch.float16 if tr.choice.full_fp16 else torch.float32
     cast_training_params([tr.unet, *tr.text_encoders], dtype=adapter_dtype)
     if tr.spec.train.compile:
-        from lorafw.trainers.common import compile_blocks
+        from lorafw.trainers.compile import compile_blocks
 
         n = compile_blocks(tr.unet, tr.spec.train.compile_backend)
         log.info(f"torch.compile ({tr.spec.train.compile_backend}): {n} UNet blocks; the first steps of each "

@@ -26,7 +26,7 @@ from lorafw.errors import Interrupted, NonFiniteError
 from lorafw.heap import reuse_freed_memory
 from lorafw.objective.maxnorm import apply_max_norm
 from lorafw.precision import MAX_SKIPPED_IN_A_ROW, fp16_fixes
-from lorafw.trainers.common import log, progress_bar
+from lorafw.logs import log, progress_bar
 from lorafw.trainers.distributed import shard, spans
 from lorafw.trainers.signals import EXIT_CODES
 

@@ -16,7 +16,8 @@ from lorafw.outputs.metadata import TrainingFacts, build_metadata, kohya_subsets
 from lorafw.outputs.record import now_iso, read_record, write_record
 from lorafw.outputs.state_file import STATE, load_state, save_state as write_state
 from lorafw.paths import expand
-from lorafw.trainers.common import identity, log
+from lorafw.config.identity import identity
+from lorafw.logs import log
 
 if TYPE_CHECKING:
     from lorafw.trainers.trainer import Trainer

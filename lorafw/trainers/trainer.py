@@ -37,7 +37,10 @@ from lorafw.optim.optimizers import evaluation_weights
 from lorafw.paths import expand
 from lorafw.trainers import evaluation, inputs, lifecycle, loop, state
 from lorafw.trainers.arch import SD15, Arch
-from lorafw.trainers.common import RunResult, check_disk, ensure_writable, log, prepare_run_dir, resolve_device
+from lorafw.logs import log
+from lorafw.outputs.result import RunResult
+from lorafw.placement import resolve_device
+from lorafw.run_folder import check_disk, ensure_writable, prepare_run_dir
 from lorafw.trainers.distributed import Comm, World, init_process_group
 from lorafw.trainers.signals import StopRequests
 from lorafw.objective.prediction import resolve as resolve_objective, warnings_for as objective_warnings
@@ -68,7 +71,7 @@ class Trainer:
         # ε or v, ZTSNR: what the checkpoint declares, checked against the spec (a contradiction stops here)
         self.objective = resolve_objective(spec.train, self.model_info.prediction, f"base_model.path={spec.base_model.path}")
         if spec.train.compile:
-            from lorafw.trainers.common import compile_problem
+            from lorafw.trainers.compile import compile_problem
 
             problem = compile_problem(spec.train.compile_backend, resolve_device(spec.train.device))
             if problem:
