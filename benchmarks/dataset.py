@@ -66,7 +66,7 @@ def main() -> None:
     print(f"lint, decoding every image          {args.images / dt:.0f} images/s ({rep.summary()})")
 
     # Latent cache and loader on the tiny model, at the demo's scale (small images train fast on a CPU).
-    from lorafw.demo import demo_overrides, make_base_model, make_dataset
+    from lorafw.cli.demo import demo_overrides, make_base_model, make_dataset
     from lorafw.run import resolve_outputs
     from lorafw.trainers import batch as batch_mod
     from lorafw.trainers.trainer import prepare

@@ -32,7 +32,7 @@ def main() -> None:
     compose_s = time.perf_counter() - t0
     torch_loaded = "torch" in sys.modules
 
-    from lorafw.demo import demo_overrides, make_base_model, make_dataset
+    from lorafw.cli.demo import demo_overrides, make_base_model, make_dataset
 
     model = make_base_model(work / "tiny.safetensors")
     data = make_dataset(work / "data", n_images=args.images)

@@ -1,8 +1,8 @@
 """`train.num_processes=N`: run one spec as N data-parallel processes started by accelerate's launcher.
 
 The lorafw process that was asked to train (the CLI, a sweep job, a notebook) starts
-`accelerate launch --multi_gpu --num_processes N -m lorafw.launch SPEC.json OUT_DIR`, waits, and
-returns the main process's RunResult. The spec travels already resolved (run folder, name, resume), so
+`accelerate launch --multi_gpu --num_processes N -m lorafw.cli.worker SPEC.json OUT_DIR`, waits, and
+returns the main process's RunResult (each process runs lorafw/cli/worker.py). The spec travels already resolved (run folder, name, resume), so
 every process trains into the same folder with no Hydra of its own.
 
 What the user sees: the workers' messages (their stderr is folded into stdout, which they share with
@@ -32,13 +32,14 @@ from lorafw.errors import ConfigError, LorafwError
 log = logging.getLogger("lorafw")
 WORKER_ENV = "LORAFW_WORKER"  # set in the processes we start: fold stderr into stdout
 LOG_FILE_ENV = "LORAFW_LOG_FILE"  # the parent's log file (Hydra's RUN_DIR/lorafw.log): the main worker appends to it
+WORKER = "lorafw.cli.worker"  # the module each launched process runs (named, not imported: it sits above us)
 
 
 def launch_command(n: int, cpu: bool, port: int, spec_file: Path, out_dir: Path) -> list[str]:
     """accelerate's launcher for N processes on this machine (NCCL on GPUs, gloo on CPUs)."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "lorafw.launch", str(spec_file), str(out_dir)]
+            "--main_process_port", str(port), "-m", WORKER, str(spec_file), str(out_dir)]
 
 
 def free_port() -> int:
@@ -51,7 +52,8 @@ def launch(spec: RunSpec):
     """Train `spec` (output folder resolved) in `spec.train.num_processes` processes; the main one's RunResult."""
     import torch
 
-    from lorafw.trainers.common import RunResult, resolve_device
+    from lorafw.outputs.result import RunResult
+    from lorafw.placement import resolve_device
 
     n = spec.train.num_processes
     device = resolve_device(spec.train.device)
@@ -133,57 +135,3 @@ def _parent_log_file() -> str | None:
         if isinstance(h, logging.FileHandler):
             return h.baseFilename
     return None
-
-
-# -- in each launched process -------------------------------------------------------------------------
-def worker(spec_file: str, out_dir: str) -> int:
-    """One data-parallel process: train the spec; write rank-R.json with the result or the error."""
-    from lorafw.config.validate import spec_from_dict
-    from lorafw.trainers.trainer import prepare
-    from lorafw.trainers.distributed import World
-
-    if os.environ.get(WORKER_ENV):
-        os.dup2(sys.stdout.fileno(), sys.stderr.fileno())  # our messages to the terminal, the launcher's to its pipe
-    world = World.from_env()
-    _worker_logging(world.is_main)
-    out = Path(out_dir) / f"rank-{world.rank}.json"
-    try:
-        spec, _ = spec_from_dict(json.loads(Path(spec_file).read_text()), check_paths=False)
-        result = prepare(spec, Path(spec.output.dir)).run()  # type: ignore[arg-type]
-    except LorafwError as e:
-        out.write_text(json.dumps({"ok": False, "error": str(e), "exit_code": e.exit_code}))
-        return e.exit_code
-    except KeyboardInterrupt:
-        out.write_text(json.dumps({"ok": False, "error": "interrupted", "exit_code": 130}))
-        return 130
-    except BaseException:
-        if not world.is_main and (Path(out_dir) / "rank-0.json").exists():
-            return 1  # the main process stopped and reported why; our broken collective says nothing more
-        raise
-    out.write_text(json.dumps({"ok": True, "result": {
-        "run_dir": str(result.run_dir), "lora_files": [str(p) for p in result.lora_files],
-        "loss_history": result.loss_history, "epoch_losses": result.epoch_losses, "steps": result.steps,
-        "wall_time_s": result.wall_time_s, "notes": result.notes, "val_losses": {str(k): v for k, v in result.val_losses.items()},
-    }}))
-    return 0
-
-
-def _worker_logging(main: bool) -> None:
-    fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    lg = logging.getLogger("lorafw")
-    lg.setLevel(logging.INFO if main else logging.ERROR)
-    lg.propagate = False
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(fmt)
-    lg.addHandler(h)
-    if main and os.environ.get(LOG_FILE_ENV):
-        fh = logging.FileHandler(os.environ[LOG_FILE_ENV], mode="a")
-        fh.setFormatter(fmt)
-        lg.addHandler(fh)
-
-
-if __name__ == "__main__":
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    sys.exit(worker(*sys.argv[1:3]))

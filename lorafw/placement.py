@@ -1,4 +1,5 @@
-"""Where the model parts live, and a check that every tensor reaches the device of the module consuming it.
+"""Where the model parts and the batches live (the training device; caches on it or in pinned memory), and a
+check that every tensor reaches the device of the module consuming it.
 
 Training keeps the UNet (and trained text encoders) on the training device. Frozen parts that are done
 with their work are *parked* in CPU memory: the VAE once the latents are cached, the text encoders once
@@ -23,6 +24,8 @@ import os
 from typing import Any, Iterator
 
 import torch
+
+from lorafw.errors import ConfigError
 
 
 class PlacementError(RuntimeError):
@@ -81,6 +84,36 @@ def guarded(modules: dict[str, torch.nn.Module]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device → the training device (`auto`: the GPU when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([f"train.device: {name} was asked for but no CUDA GPU is available; use train.device=auto or cpu"])
+    return dev
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch to the training device; from host memory through a pinned buffer without blocking on a GPU."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def place_cache(tensors: list[torch.Tensor], device: torch.device, budget: int = 2 << 30) -> tuple[list[torch.Tensor], str]:
+    """Where cached latents / text states live during training: on the GPU when they fit in `budget` bytes
+    (no copy per step), else in pinned host memory (copied without blocking). On a CPU: where they are."""
+    if device.type != "cuda":
+        return tensors, "host"
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size <= budget:
+        return [t.to(device) for t in tensors], f"on {device} ({size / 2**20:.0f} MiB)"
+    return [t.pin_memory() for t in tensors], f"in pinned host memory ({size / 2**20:.0f} MiB)"
 
 
 def checks_wanted() -> bool:

@@ -178,6 +178,13 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
         return frozenset()
 
 
+def weight_dtype(precision: str) -> Any:
+    """torch dtype of the frozen base weights: half where the run is mixed-precision (adapters stay fp32)."""
+    import torch  # heavy, and imported only where needed throughout this module (choose() runs without it)
+
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
 def cuda_bf16_native(index: int = 0) -> bool:
     """bf16 without emulation on this GPU (torch ≥ 2.3 can be asked; older: compute capability ≥ 8.0)."""
     import torch

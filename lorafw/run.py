@@ -14,6 +14,7 @@ from pathlib import Path
 from lorafw.config.compose import default_run_dir, run_name
 from lorafw.config.spec import RunSpec
 from lorafw.config.validate import resolve_arch
+from lorafw.logs import ensure_logging
 from lorafw.trainers.trainer import prepare
 
 log = logging.getLogger("lorafw")
@@ -32,7 +33,7 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
     With `spec.resume` set to a run folder, continue that run from its saved state; a config that
     differs from the run's own is refused (naming the changed keys) unless `force`.
     """
-    _ensure_logging()
+    ensure_logging()
     if spec.resume:
         spec = resume_spec(spec, force)
         run_dir = spec.output.dir
@@ -64,9 +65,9 @@ def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     from lorafw.config.compose import load_spec
     from lorafw.paths import expand
     from lorafw.errors import ConfigError
-    from lorafw.trainers.common import changed_keys, identity
+    from lorafw.config.identity import changed_keys, identity
 
-    from lorafw.outputs.state import STATE
+    from lorafw.run_folder import STATE
 
     folder = expand(spec.resume)  # type: ignore[arg-type]
     if not (folder / STATE).is_file():
@@ -82,13 +83,3 @@ def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     if changed:
         log.warning("resuming with changed settings: " + ", ".join(f"{k}={b!r}" for k, (_, b) in changed.items()))
     return spec
-
-
-def _ensure_logging() -> None:
-    """Notebook callers get lorafw's progress lines without configuring logging themselves."""
-    lg = logging.getLogger("lorafw")
-    if not logging.getLogger().handlers and not lg.handlers:
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("[lorafw] %(message)s"))
-        lg.addHandler(h)
-        lg.setLevel(logging.INFO)

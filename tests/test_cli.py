@@ -179,7 +179,8 @@ def test_ctrl_c_during_training_exits_130_keeping_finished_epochs(tmp_path, tiny
 
 
 def test_ctrl_c_before_training_is_a_message(monkeypatch, capsys):
-    from lorafw import cli, train_cli
+    from lorafw import cli
+    from lorafw.cli import train as train_cli
 
     def interrupted(argv):
         raise KeyboardInterrupt

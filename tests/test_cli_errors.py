@@ -136,7 +136,8 @@ def test_cfg_job_still_shows_a_recipe_without_a_model_or_dataset(tmp_path):
 
 
 def test_a_bug_is_one_line_and_a_traceback_file(monkeypatch, capsys):
-    from lorafw import cli, commands
+    from lorafw import cli
+    from lorafw.cli import commands
 
     def broken(argv):
         raise RuntimeError("boom")

@@ -1,4 +1,4 @@
-"""benchmarks/comfy_check.py without ComfyUI: its network list covers every algo and option that changes the file's
+"""checks/comfy_check.py without ComfyUI: its network list covers every algo and option that changes the file's
 keys, each entry is a valid run of the shipped recipe, the ComfyUI checkout it writes from a git dir stays out of
 any work tree, and its agreement measure tells rounding from a real difference."""
 
@@ -16,7 +16,7 @@ import torch
 from lorafw.config.compose import compose
 from lorafw.config.spec import NetworkSpec
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "comfy_check.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "checks" / "comfy_check.py"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lorafw.doctor import bnb_library, cmd_doctor
+from lorafw.cli.doctor import bnb_library, cmd_doctor
 
 SHIPPED = ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda118.so", "libbitsandbytes_cuda121.so", "libbitsandbytes_cuda124.so",
            "libbitsandbytes_cuda126.so", "libbitsandbytes_cuda128.so", "libbitsandbytes_cuda130.so", "libbitsandbytes_rocm64.so"]

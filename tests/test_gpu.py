@@ -1,4 +1,4 @@
-"""Smoke tests on a CUDA GPU (marker `gpu`; benchmarks/gpu_check.py runs them): every precision mode, each
+"""Smoke tests on a CUDA GPU (marker `gpu`; checks/gpu_check.py runs them): every precision mode, each
 network option, samples and the grid, validation with cached text, EMA on the CPU, resuming on the GPU from
 state saved on the CPU, and the SDXL trainer, on the tiny models. Without CUDA each skips, saying why; the
 device-placement tests that need no GPU are in tests/test_placement.py."""
@@ -16,7 +16,7 @@ from conftest import make_folder
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                   reason="needs a CUDA GPU (benchmarks/gpu_check.py runs these on one)")]
+                                                   reason="needs a CUDA GPU (checks/gpu_check.py runs these on one)")]
 
 
 @pytest.fixture(autouse=True)

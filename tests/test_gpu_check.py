@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py on a CPU: --dry-run prints the plan in a fraction of a second without torch, the
+"""checks/gpu_check.py on a CPU: --dry-run prints the plan in a fraction of a second without torch, the
 report's markdown, the missing-package listing, and a rehearsal of every measuring stage on the tiny models."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "checks" / "gpu_check.py"
 
 
 def _module():

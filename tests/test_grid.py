@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from lorafw.config.compose import compose
-from lorafw.sampling.prompts import a1111_parameters, fallback_prompt, parse_line
+from lorafw.config.prompts import parse_line
+from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
 
 PROMPTS = ["toy, red circle --d 3 --s 4 --w 64 --h 64"]
 

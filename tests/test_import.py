@@ -21,7 +21,7 @@ from lorafw.interop.argstrings import Problem, items_of, literal_args, network_a
 from lorafw.interop.classify import NEUTRAL, coerce, optimizer_aliases
 from lorafw.interop.dialects import detect, from_gui_json
 from lorafw.interop.importer import import_config, load_source, report, write_recipe
-from lorafw.optim.catalog import SCHEDULERS
+from lorafw.config.catalog import SCHEDULERS
 
 FIX = Path(__file__).parent / "fixtures" / "import"
 NAMES = kohya_names(RunSpec)

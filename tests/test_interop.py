@@ -14,10 +14,10 @@ import pytest
 from lorafw.config.compose import compose, compose_dict, recipe_names
 from lorafw.config.spec import ImportedSpec
 from lorafw.config.validate import spec_from_dict
-from lorafw.interop.files import export_run
+from lorafw.interop.export import export_run
 from lorafw.interop.importer import import_config, write_recipe
+from lorafw.config.identity import identity
 from lorafw.interop.kohya import export_kohya
-from lorafw.trainers.common import identity
 
 GUI_SD15 = """
 [[subsets]]

@@ -196,7 +196,7 @@ def test_background_failures_give_the_default(caplog):
 def facts(**kw):
     from lorafw.outputs.metadata import TrainingFacts
 
-    from lorafw import archs
+    from lorafw import families as archs
 
     arch = kw.get("arch", "sd15")
     base = dict(arch=arch, family=archs.get(arch), epoch=3, step=30, total_steps=100, batches_per_epoch=10, warmup_steps=5,
@@ -310,7 +310,7 @@ def test_the_comment_is_imported_exported_and_free_to_change_on_resume(tmp_path)
     from lorafw.config.compose import compose, override
     from lorafw.interop.importer import import_config
     from lorafw.interop.kohya import export_kohya
-    from lorafw.trainers.common import identity
+    from lorafw.config.identity import identity
 
     spec = compose("sd15_character", ["base_model.path=/m/x.safetensors", "dataset.root=/d",
                                       "output.comment=hello"], check_paths=False)

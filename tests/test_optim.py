@@ -15,7 +15,7 @@ from lorafw.config.compose import compose_dict
 from lorafw.config.spec import SchedulerSpec
 from lorafw.config.validate import spec_from_dict
 from lorafw.errors import ConfigError
-from lorafw.optim.catalog import OPTIMIZERS
+from lorafw.config.catalog import OPTIMIZERS
 from lorafw.optim.optimizers import build_optimizer, describe, optimizer_class
 from lorafw.optim.schedulers import build_scheduler, rex_lr, warmup_steps
 
@@ -37,7 +37,7 @@ def test_catalog_matches_the_library_signature(name):
 
 
 def test_kohya_aliases_cover_the_colab_and_gui_names():
-    from lorafw.optim.catalog import kohya_aliases
+    from lorafw.config.catalog import kohya_aliases
 
     aliases = kohya_aliases()
     assert len(aliases) == sum(len(i.kohya) for i in OPTIMIZERS.values())  # no alias means two optimizers
@@ -419,7 +419,7 @@ def test_library_kwargs_are_kohyas():
 
 
 def test_every_scheduler_name_has_a_case_or_its_own_test():
-    from lorafw.optim.catalog import SCHEDULERS
+    from lorafw.config.catalog import SCHEDULERS
 
     assert set(SCHEDULERS) == set(_kohya_cases()) | {"rex", "adafactor"}
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lorafw.config.spec import RunSpec
 from lorafw.errors import Interrupted
-from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS
+from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS
 from lorafw.run import resolve_outputs
 from lorafw.trainers.trainer import Trainer, prepare
 

@@ -12,7 +12,7 @@ from lorafw.config.compose import compose_dict
 from lorafw.config.validate import spec_from_dict
 from lorafw.data.dataset import build, reg_repeats
 from lorafw.data.folders import scan
-from lorafw.data.plan import MULTI_TABLE, PDXL_TABLE, SD15_TABLE, advise, make_plan, render
+from lorafw.planning.plan import MULTI_TABLE, PDXL_TABLE, SD15_TABLE, advise, make_plan, render
 
 
 def spec_for(root: Path, *extra: str, recipe: str = "sd15_character"):
@@ -53,7 +53,7 @@ def test_multi_bucket_remainders_and_accumulation(tmp_path):
 
 def test_data_parallel_processes_divide_the_steps(tmp_path):
     """Global batch = batch × processes × accumulation; steps = ceil(batches ÷ (processes × accumulation))."""
-    from lorafw.data.plan import render
+    from lorafw.planning.plan import render
 
     make_folder(tmp_path, "3_a", [(64, 64)] * 3 + [(192, 64)] * 2, ["a"])
     base = ("dataset.resolution=128", "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=256", "train.batch_size=2",

@@ -168,7 +168,7 @@ def test_full_fp16_with_fp16_is_valid_and_reaches_kohya_names_and_metadata():
 
 
 def test_vram_plan_counts_full_fp16_masters():
-    from lorafw.data.vram import estimate
+    from lorafw.planning.vram import estimate
 
     plain = estimate(_spec("train.mixed_precision=fp16"))
     full = estimate(_spec("train.mixed_precision=fp16", "train.full_fp16=true"))
@@ -212,7 +212,7 @@ def _record(result) -> dict:
 def test_fp16_trains_on_a_cpu(compose_tiny, extra):
     """Done-when of issue 18: an fp16 (+ full_fp16) tiny run trains on a CPU, in real fp16 with a loss scaler."""
     import lorafw
-    from lorafw.outputs.state import load_state
+    from lorafw.outputs.state_file import load_state
 
     result = lorafw.train(compose_tiny("sd15_character", "train.mixed_precision=fp16", "train.epochs=2", *extra))
     assert len(result.lora_files) == 2 and all(math.isfinite(x) for x in result.loss_history)

@@ -11,7 +11,8 @@ import torch
 from lorafw.config.spec import OptimizerSpec
 from lorafw.optim.optimizers import build_optimizer, fused_ok
 from lorafw.run import resolve_outputs
-from lorafw.trainers.common import REPEATED_BLOCKS, compile_blocks, place_cache, to_device
+from lorafw.placement import place_cache, to_device
+from lorafw.trainers.compile import REPEATED_BLOCKS, compile_blocks
 from lorafw.trainers.trainer import Trainer, prepare
 
 

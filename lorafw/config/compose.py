@@ -21,7 +21,7 @@ from lorafw.config.typed import suggest
 from lorafw.config.validate import spec_from_dict
 from lorafw.paths import expand
 from lorafw.errors import ConfigError
-from lorafw.outputs.record import RECORD
+from lorafw.run_folder import RECORD
 
 CONFIG_NAME = "config"
 

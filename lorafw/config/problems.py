@@ -69,7 +69,7 @@ def unknown_key(full_key: str, parent_node: Any, overrides: Sequence[str]) -> st
     given = next((_key_of(o) for o in overrides if _key_of(o) == full_key or _key_of(o).startswith(full_key + ".")), full_key)
     parent, _, leaf = full_key.rpartition(".")
     if parent == "optimizer.args":  # a free-form mapping: its keys are the optimizer's own arguments
-        from lorafw.optim.catalog import OPTIMIZERS
+        from lorafw.config.catalog import OPTIMIZERS
 
         optimizer = parent_node._get_parent() if isinstance(parent_node, DictConfig) else None
         name = optimizer.get("name") if isinstance(optimizer, DictConfig) else None

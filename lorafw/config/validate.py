@@ -15,8 +15,8 @@ from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError
 from lorafw.paths import expand
-from lorafw.optim.catalog import OPTIMIZERS, SCHEDULERS, is_class_path
-from lorafw.sampling.prompts import parse_line, prompt_lines
+from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
+from lorafw.config.prompts import parse_line, prompt_lines
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
@@ -56,7 +56,7 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
     A spec that names its arch is returned as it is."""
     import dataclasses
 
-    from lorafw.archs import detect
+    from lorafw.families import detect
     from lorafw.errors import ModelError
 
     if spec.base_model.arch != AUTO:
@@ -69,7 +69,7 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
 
 
 def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
-    from lorafw.archs import available as available_archs
+    from lorafw.families import available as available_archs
 
     archs = available_archs()
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
@@ -177,7 +177,7 @@ def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
 def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
     """What the checkpoint is, from its header alone (milliseconds, no weights): a family's checkpoint (the one
     base_model.arch names, or any registered one for auto), and a clip skip its text encoder has layers for."""
-    from lorafw import archs  # the registry reads the families' entry points
+    from lorafw import families as archs  # the registry: families by name, through their entry points
     from lorafw.errors import ModelError
 
     try:
@@ -339,7 +339,7 @@ def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool)
     if n.algo == "lokr" and n.use_tucker and n.conv_dim is not None and n.conv_dim < 1280 and not n.full_matrix:
         notes.append("network.use_tucker with lokr: ComfyUI fails on LoKr's Tucker-factored 3x3 convolutions (those with "
                      "conv_dim below half their larger Kronecker factor): it logs 'ERROR lokr ... view size is not "
-                     "compatible' and leaves them unpatched (ComfyUI issue #11245; benchmarks/comfy_check.py). For files "
+                     "compatible' and leaves them unpatched (ComfyUI issue #11245; checks/comfy_check.py). For files "
                      "used in ComfyUI, set network.use_tucker=false")
 
 
@@ -399,8 +399,6 @@ def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:
 
 
 def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
-    from lorafw.optim import schedulers
-
     sc = s.scheduler
     if sc.type:
         if not sc.type.replace(".", "").replace("_", "").isalnum():
@@ -422,7 +420,7 @@ def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
             notes.append(f"scheduler.{key}={value} is not used by scheduler {sc.name}")
     if sc.name == "piecewise_constant" and not sc.step_rules:
         p.append("scheduler.step_rules: piecewise_constant needs its rules, e.g. '1:100,0.1:200,0.01'")
-    p.extend(schedulers.check(sc, s.optimizer.lr))
+    p.extend(scheduler_problems(sc, s.optimizer.lr))
     if sc.name == "adafactor" and s.optimizer.name != "adafactor":
         p.append(f"scheduler.name: the adafactor scheduler reads Adafactor's own lr; optimizer.name={s.optimizer.name} "
                  "has none; choose another scheduler")
@@ -432,8 +430,6 @@ def _effective(s: RunSpec, notes: list[str]) -> RunSpec:
     """kohya's substitutions, made visible: Adafactor with relative_step runs the `adafactor` scheduler, and a
     schedule-free optimizer a constant lr (it schedules itself)."""
     import dataclasses
-
-    from lorafw.optim.optimizers import relative_step
 
     o, sc = s.optimizer, s.scheduler
     plain = dataclasses.replace(sc, name="constant", warmup_ratio=None, warmup_steps=None, num_cycles=None, min_lr=None,

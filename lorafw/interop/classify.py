@@ -123,7 +123,7 @@ class Imported:
 
 def optimizer_aliases() -> dict[str, str]:
     """kohya optimizer_type (lower case) → a lorafw optimizer the catalog has."""
-    from lorafw.optim.catalog import OPTIMIZERS
+    from lorafw.config.catalog import OPTIMIZERS
 
     out = {alias: name for alias, name in OPTIMIZER_ALIASES.items() if name in OPTIMIZERS}
     for name, info in OPTIMIZERS.items():
@@ -306,7 +306,7 @@ class Classifier:
         return folders
 
     def optimizer(self, args: dict[str, Any]) -> None:
-        from lorafw.optim.catalog import OPTIMIZERS
+        from lorafw.config.catalog import OPTIMIZERS
 
         raw = args.pop("optimizer_type", None) or "AdamW"
         if args.pop("use_8bit_adam", False):
@@ -344,7 +344,7 @@ class Classifier:
                                                       f"(weight_decay, betas, {', '.join(sorted(info.args))})")
 
     def scheduler(self, args: dict[str, Any]) -> None:
-        from lorafw.optim.catalog import SCHEDULERS
+        from lorafw.config.catalog import SCHEDULERS
 
         name_raw = args.pop("lr_scheduler", None) or "constant"
         cls = args.pop("lr_scheduler_type", None)

@@ -79,33 +79,25 @@ def unet_block_map(lay: UNetLayout) -> list[tuple[str, str, str]]:
     return m
 
 
-def _swap_prefix(name: str, blocks: list[tuple[str, str, str]], to_original: bool) -> str | None:
+def _swap_prefix(name: str, blocks: list[tuple[str, str, str]]) -> str | None:
+    """A diffusers UNet name → its original-layout name through the block map; None if no block holds it."""
     for dif, orig, kind in blocks:
-        src, dst = (dif, orig) if to_original else (orig, dif)
-        if name == src or name.startswith(src + "."):
-            rest = name[len(src) :]
+        if name == dif or name.startswith(dif + "."):
+            rest = name[len(dif) :]
             if kind == "resnet":
                 for a, b in UNET_RESNET:
-                    s, d = (a, b) if to_original else (b, a)
-                    if rest == "." + s or rest.startswith("." + s + "."):
-                        rest = "." + d + rest[len(s) + 1 :]
+                    if rest == "." + a or rest.startswith("." + a + "."):
+                        rest = "." + b + rest[len(a) + 1 :]
                         break
-            return dst + rest
+            return orig + rest
     return None
 
 
 def unet_to_original(name: str, lay: UNetLayout) -> str:
     """`down_blocks.1.attentions.0.proj_in` → `input_blocks.4.1.proj_in` (module or parameter names)."""
-    out = _swap_prefix(name, unet_block_map(lay), to_original=True)
+    out = _swap_prefix(name, unet_block_map(lay))
     if out is None:
         raise KeyError(f"no original-layout name for UNet module {name!r}")
-    return out
-
-
-def unet_to_diffusers(name: str, lay: UNetLayout) -> str:
-    out = _swap_prefix(name, unet_block_map(lay), to_original=False)
-    if out is None:
-        raise KeyError(f"no diffusers name for original-layout UNet module {name!r}")
     return out
 
 

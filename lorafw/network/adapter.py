@@ -189,18 +189,3 @@ class Network:
                 for p, data in swapped:
                     p.data = data
         return out
-
-    @torch.no_grad()
-    def load_kohya_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Put a file's tensors (as written by `kohya_state_dict`) back into the adapters."""
-        missing: list[str] = []
-        for e in self.entries:
-            prefix = f"{e.file_name}."
-            own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            want = set(e.module.state_dict())
-            if want - set(own):
-                missing += [prefix + k for k in sorted(want - set(own))]
-                continue
-            e.module.load_state_dict({k: own[k] for k in want}, strict=False)
-        if missing:
-            raise KeyError(f"{len(missing)} adapter tensors missing, e.g. {missing[:3]}")

@@ -30,12 +30,6 @@ def delta_weight(down: torch.Tensor, up: torch.Tensor, alpha: float, mid: torch.
     return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * scale
 
 
-def full_weight(w: torch.Tensor, down: torch.Tensor, up: torch.Tensor, alpha: float,
-                dora_scale: torch.Tensor | None = None, ui: UI = "exact") -> torch.Tensor:
-    """The layer's weight with the LoRA at weight 1 (fp32), DoRA the way `ui` computes it."""
-    return patched(w, delta_weight(down.float(), up.float(), alpha), 1.0, dora_scale, ui)
-
-
 def layer_delta(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Module) -> torch.Tensor | None:
     """ΔW (fp32, the layer's weight shape) of one layer of a LoRA/LyCORIS file; None when the reader ignores it."""
     w = layer.weight

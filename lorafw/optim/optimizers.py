@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from lorafw.config.spec import OptimizerSpec
 from lorafw.errors import ConfigError
-from lorafw.optim.catalog import OPTIMIZERS, is_class_path
+from lorafw.config.catalog import OPTIMIZERS, is_class_path, relative_step
 
 
 def optimizer_class(name: str) -> Any:
@@ -64,13 +64,6 @@ def optimizer_kwargs(spec: OptimizerSpec, cls: Any | None = None) -> dict[str, A
     if info is not None:
         kwargs.update(info.fixed)
     return kwargs
-
-
-def relative_step(spec: OptimizerSpec) -> bool:
-    """Adafactor computes its own lr (kohya's default, and whenever warmup_init is on)."""
-    if spec.name != "adafactor":
-        return False
-    return bool(spec.args.get("relative_step", True)) or bool(spec.args.get("warmup_init", False))
 
 
 def build_optimizer(spec: OptimizerSpec, param_groups: list[dict[str, Any]]) -> Any:

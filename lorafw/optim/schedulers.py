@@ -26,10 +26,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from lorafw.config.catalog import POLY_LR_END, parse_step_rules
 from lorafw.config.spec import SchedulerSpec
 from lorafw.errors import ConfigError
-
-POLY_LR_END = 1e-7  # transformers' default lr_end for polynomial
 
 
 def warmup_steps(spec: SchedulerSpec, total: int) -> int:
@@ -58,22 +57,6 @@ def rex_lr(step: int, max_lr: float, min_lr: float, total: int, warmup_ratio: fl
         return floor + span * s / warm
     p = (s - warm) / (cycle_len - warm)
     return floor + span * (1 - p) / ((1 - d) + d * (1 - p))
-
-
-def parse_step_rules(rules: str) -> tuple[dict[int, float], float]:
-    """diffusers' piecewise_constant rules 'MULT:STEP,...,LAST' → ({step: multiplier before it}, last multiplier)."""
-    parts = [p.strip() for p in rules.split(",") if p.strip()]
-    if not parts:
-        raise ValueError("empty; write e.g. '1:100,0.1:200,0.01'")
-    out: dict[int, float] = {}
-    try:
-        for part in parts[:-1]:
-            mult, step = part.split(":")
-            out[int(step)] = float(mult)
-        last = float(parts[-1])
-    except ValueError:
-        raise ValueError(f"{rules!r} is not 'MULT:STEP,...,LAST', e.g. '1:100,0.1:200,0.01'") from None
-    return out, last
 
 
 def factor(spec: SchedulerSpec, step: int, total: int, base_lr: float, default_lr: float | None = None) -> float:
@@ -132,27 +115,6 @@ def factor(spec: SchedulerSpec, step: int, total: int, base_lr: float, default_l
         remaining = 1 - (step - w) / (total - w) if total > w else 0.0
         return ((lr_init - lr_end) * remaining ** (spec.power or 1.0) + lr_end) / lr_init
     raise ValueError(f"unknown scheduler {name!r}")  # validation refuses it first
-
-
-def check(spec: SchedulerSpec, lr: float | None) -> list[str]:
-    """Problems only the formulas know about (config validation calls this)."""
-    p = []
-    if spec.warmup_ratio is not None and spec.warmup_steps is not None:
-        p.append(f"scheduler.warmup_steps: set ({spec.warmup_steps}) together with scheduler.warmup_ratio="
-                 f"{spec.warmup_ratio}; give the warmup one way, e.g. scheduler.warmup_ratio=null")
-    if spec.name == "piecewise_constant":
-        try:
-            parse_step_rules(spec.step_rules or "")
-        except ValueError as e:
-            p.append(f"scheduler.step_rules: {e}")
-    if spec.name == "polynomial" and lr is not None:
-        end = POLY_LR_END if spec.min_lr is None else spec.min_lr
-        if end >= lr:
-            p.append(f"scheduler.min_lr: polynomial decays from the lr ({lr:g}) to min_lr ({end:g}), so it must be "
-                     "smaller than the lr")
-    if spec.name == "warmup_stable_decay" and spec.decay_ratio is None:
-        p.append("scheduler.decay_ratio: warmup_stable_decay needs the fraction of steps spent decaying, e.g. 0.2")
-    return p
 
 
 def key_points(spec: SchedulerSpec, total: int, lr: float) -> list[tuple[int, float]]:

@@ -48,7 +48,7 @@ def collect(folder: Path) -> tuple[list[RunRow], list[str]]:
     """One row per run, and the config keys whose values differ between runs."""
     from lorafw.config.compose import load_spec
     from lorafw.outputs.metrics import read_metrics
-    from lorafw.trainers.common import identity
+    from lorafw.config.identity import identity
 
     runs = find_runs(folder)
     configs = {r: flatten(identity(load_spec(r, check_paths=False))) for r in runs}

@@ -16,12 +16,10 @@ from typing import Any
 
 from lorafw.config.spec import RunSpec
 from lorafw.outputs.atomic import atomic_write
+from lorafw.run_folder import CONFIG, RECORD
 
 LIBRARIES = ("lorafw", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "bitsandbytes",
              "prodigyopt", "came-pytorch", "lycoris-lora", "hydra-core", "omegaconf")
-
-CONFIG = "config.yaml"
-RECORD = "run.json"
 
 
 def versions() -> dict[str, str]:

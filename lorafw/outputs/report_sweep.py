@@ -9,7 +9,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from lorafw.outputs.report import REPORT, Images, page, table
+from lorafw.outputs.page import REPORT, Images, page, table
 from lorafw.outputs.svg import PALETTE, Series, line_chart
 
 

@@ -99,7 +99,8 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
     from safetensors.torch import load_file
 
     from lorafw.config.compose import load_spec
-    from lorafw.sampling.prompts import SamplePrompt, a1111_parameters, fallback_prompt, parse_line, read_prompts
+    from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
+    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
     from lorafw.sampling.render import save_png
 
     spec = load_spec(run_dir, overrides, check_paths=False)
@@ -157,7 +158,7 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     from lorafw.models.load import load_components
     from lorafw.network.apply import WeightPatcher, module_names
     from lorafw.sampling.render import Renderer
-    from lorafw.trainers.common import resolve_device
+    from lorafw.placement import resolve_device
 
     from lorafw.models.load import inspect_base_model
     from lorafw.objective.prediction import resolve
@@ -174,7 +175,7 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
         dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if cuda_bf16_native(device.index or 0) else torch.float16)
         c = load_components(expand(spec.base_model.path), expand(spec.base_model.vae) if spec.base_model.vae else None,
                             expected_arch=spec.base_model.arch, objective=objective)
-        from lorafw.trainers.common import quiet
+        from lorafw.logs import quiet
 
         with quiet("diffusers"):
             for m in (c.unet, *c.text_encoders):
@@ -195,9 +196,9 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
 
 def grid(folder: Path, overrides: list[str]) -> list[Path]:
     """Grids for a run folder, or for every run of a sweep folder (the swept values label each run)."""
-    from lorafw.run import _ensure_logging
+    from lorafw.logs import ensure_logging
 
-    _ensure_logging()  # the recommendation and the report's path are logged
+    ensure_logging()  # the recommendation and the report's path are logged
     runs = find_runs(folder)
     models: dict[str, Any] = {}
     if len(runs) == 1 and runs[0] == folder:

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from lorafw.sampling.score import GridScores, recommendation, score_grid
+from lorafw.sampling.score import SCORES, GridScores, recommendation, score_grid
 
 log = logging.getLogger("lorafw")
 
@@ -58,11 +58,11 @@ def score_run(run_dir: Path, out: Path, spec: Any, rows: Sequence[Any], weights:
                         tagger, shares, triggers, g.concept_share, g.tag_threshold, g.collapse_similarity)
     rec = recommendation(scores.cells, g.tolerance, g.collapse_similarity, {r.label: r.path.name for r in rows})
     data = scores.to_json() | {"recommended": rec, "grids": [p.name for p in grids], "run": run_dir.name}
-    atomic_write(out / "scores.json", json.dumps(data, indent=2) + "\n")
+    atomic_write(out / SCORES, json.dumps(data, indent=2) + "\n")
     try:
-        where = str((out / "scores.json").relative_to(run_dir))
+        where = str((out / SCORES).relative_to(run_dir))
     except ValueError:  # a sweep's grids live beside the runs, not inside them
-        where = str(out / "scores.json")
+        where = str(out / SCORES)
     set_recommended(run_dir, rec, where)
     for n in scores.notes:
         log.info(f"grid score: {n}")

@@ -1,75 +1,9 @@
-"""Sample prompts: kohya's prompt-file lines, e.g.
-
-    kafka, 1girl, sunglasses, eyewear on head --n lowres, bad hands --w 768 --h 1152 --d 1 --s 28 --l 7
-
-`--n` negative prompt, `--w`/`--h` size, `--d` seed, `--s` steps, `--l` CFG scale. Pure functions.
-"""
+"""Sample prompts beyond the prompt lines' syntax (config/prompts.py): a run's fallback prompt when it was given
+none, and the `parameters` text A1111's PNG Info reads. Pure functions."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from pathlib import Path
-
-from lorafw.config.spec import SampleSpec
-from lorafw.paths import expand
-
-_FLAG = re.compile(r"\s--([a-z]+)\b")
-FLAGS = {"n": "negative", "w": "width", "h": "height", "d": "seed", "s": "steps", "l": "cfg_scale"}
-
-
-@dataclass(frozen=True)
-class SamplePrompt:
-    prompt: str
-    negative: str
-    width: int
-    height: int
-    seed: int
-    steps: int
-    cfg_scale: float
-
-
-def parse_line(line: str, defaults: SampleSpec, resolution: int) -> SamplePrompt:
-    """One prompt line → SamplePrompt (flags override the defaults); ValueError naming a bad flag."""
-    text = " " + line.strip()
-    parts = _FLAG.split(text)
-    prompt = parts[0].strip()
-    if not prompt:
-        raise ValueError(f"no prompt before the flags in {line.strip()!r}")
-    values = {
-        "negative": defaults.negative,
-        "width": defaults.width or resolution,
-        "height": defaults.height or resolution,
-        "seed": defaults.seed,
-        "steps": defaults.steps,
-        "cfg_scale": defaults.cfg_scale,
-    }
-    for flag, value in zip(parts[1::2], parts[2::2]):
-        if flag not in FLAGS:
-            raise ValueError(f"unknown flag --{flag} in {line.strip()!r}; known: " + ", ".join(f"--{f}" for f in FLAGS))
-        key, value = FLAGS[flag], value.strip()
-        try:
-            values[key] = value if key == "negative" else float(value) if key == "cfg_scale" else int(value)
-        except ValueError:
-            raise ValueError(f"--{flag} needs a number, got {value!r} in {line.strip()!r}") from None
-    for key in ("width", "height"):
-        if values[key] < 64 or values[key] % 8:
-            raise ValueError(f"--{key[0]} must be a multiple of 8 and at least 64, got {values[key]} in {line.strip()!r}")
-    if values["steps"] < 1:
-        raise ValueError(f"--s must be at least 1 in {line.strip()!r}")
-    return SamplePrompt(prompt, **values)  # type: ignore[arg-type]
-
-
-def prompt_lines(spec: SampleSpec) -> list[str]:
-    """The configured prompt lines: inline ones, then the prompt file's (blank lines and #comments skipped)."""
-    lines = list(spec.prompts)
-    if spec.prompt_file:
-        lines += Path(expand(spec.prompt_file)).read_text(encoding="utf-8").splitlines()
-    return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def read_prompts(spec: SampleSpec, resolution: int) -> list[SamplePrompt]:
-    return [parse_line(ln, spec, resolution) for ln in prompt_lines(spec)]
+from lorafw.config.prompts import SamplePrompt
 
 
 def fallback_prompt(triggers: list[str], tag_frequency: dict[str, dict[str, int]], n_tags: int = 8) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lorafw.sampling.prompts import SamplePrompt
+from lorafw.config.prompts import SamplePrompt
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),

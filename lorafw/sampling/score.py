@@ -18,7 +18,6 @@ without a validation set, training loss) alone, and the sentence in `why` says s
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -333,11 +332,6 @@ def score_grid(images: dict[tuple[int, str, float], Path], prompts: Sequence[str
     settings = {"concept_share": concept_share, "tag_threshold": tag_threshold, "collapse_similarity": collapse_threshold,
                 "tagger": bool(tagger)}
     return GridScores(mark_collapse(cells, collapse_threshold), concept, unknown, per_prompt, details, notes, settings)
-
-
-def read_scores(folder: Path) -> dict[str, Any] | None:
-    p = Path(folder) / SCORES
-    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def cells_from_json(rows: Iterable[dict[str, Any]]) -> list[CellScore]:

@@ -17,7 +17,8 @@ from lorafw.archs.protocol import Models
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.latents import load_mask, load_pixels as load_image
 from lorafw.data.prefetch import Lookahead
-from lorafw.trainers.common import log, place_cache, to_device
+from lorafw.logs import log
+from lorafw.placement import place_cache, to_device
 from lorafw.trainers.context import Caches, Device
 from lorafw.trainers.distributed import World, shard
 

@@ -16,9 +16,10 @@ from lorafw.config.spec import RunSpec
 from lorafw.errors import LorafwError
 from lorafw.outputs.metadata import TrainingFacts, build_metadata, kohya_subsets
 from lorafw.outputs.record import now_iso, read_record, write_record
-from lorafw.outputs.state import STATE, load_state, save_state as write_state
+from lorafw.outputs.state_file import STATE, load_state, save_state as write_state
 from lorafw.paths import expand
-from lorafw.trainers.common import identity, log
+from lorafw.config.identity import identity
+from lorafw.logs import log
 from lorafw.trainers.context import Plan, Session, TrainState
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -14,7 +14,7 @@ from lorafw.archs.protocol import Models
 from lorafw.config.spec import RunSpec
 from lorafw.data import dataset as dataset_mod
 from lorafw.trainers import batch as batch_mod
-from lorafw.trainers.common import log
+from lorafw.logs import log
 from lorafw.trainers.context import Device
 from lorafw.trainers.distributed import Comm, World, shard
 from lorafw.trainers.step import StepConfig, diffusion_step

@@ -21,7 +21,7 @@ from lorafw.data import dataset as dataset_mod
 from lorafw.errors import Interrupted, NonFiniteError
 from lorafw.precision import MAX_SKIPPED_IN_A_ROW, fp16_fixes
 from lorafw.trainers import checkpoint
-from lorafw.trainers.common import log
+from lorafw.logs import log
 from lorafw.trainers.context import Device, Session, TrainState
 from lorafw.trainers.signals import EXIT_CODES
 
@@ -115,7 +115,7 @@ def stop_here(spec: RunSpec, session: Session, state: TrainState, dev: Device, t
 
 def interrupted_message(session: Session, state: TrainState | None, total_steps: int) -> str:
     """A second Ctrl-C stopped the run at once: what is on disk, and how to continue."""
-    from lorafw.outputs.state import STATE
+    from lorafw.outputs.state_file import STATE
 
     step = state.global_step if state is not None else 0
     files = ", ".join(p.name for p in state.lora_files) if state is not None else ""

@@ -19,7 +19,10 @@ from lorafw.outputs.background import Writer
 from lorafw.paths import expand
 from lorafw import speed
 from lorafw.trainers import checkpoint
-from lorafw.trainers.common import check_disk, compile_problem, ensure_writable, log, prepare_run_dir, resolve_device
+from lorafw.logs import log
+from lorafw.placement import resolve_device
+from lorafw.run_folder import check_disk, ensure_writable, prepare_run_dir
+from lorafw.trainers.compile import compile_problem
 from lorafw.trainers.context import Plan, Session
 from lorafw.trainers.distributed import Comm, World, init_process_group
 from lorafw.trainers.step import StepConfig

@@ -17,7 +17,10 @@ from lorafw.errors import LorafwError
 from lorafw.outputs.record import device_info
 from lorafw.paths import expand
 from lorafw.trainers import batch as batch_mod
-from lorafw.trainers.common import check_disk, log, progress_bar, quiet, resolve_device, weight_dtype
+from lorafw.logs import log, progress_bar, quiet
+from lorafw.placement import resolve_device
+from lorafw.precision import weight_dtype
+from lorafw.run_folder import check_disk
 from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
 from lorafw.trainers.distributed import Comm, World, main_first
 
@@ -181,7 +184,7 @@ def inject_network(spec: RunSpec, arch: Any, dev: Device, models: Models, train_
     cast_training_params([denoiser, *tes], dtype=adapter_dtype)
     t = spec.train
     if t.compile:
-        from lorafw.trainers.common import compile_blocks
+        from lorafw.trainers.compile import compile_blocks
 
         n = compile_blocks(denoiser, t.compile_backend)
         log.info(f"torch.compile ({t.compile_backend}): {n} UNet blocks; the first steps of each "

@@ -10,7 +10,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from lorafw.trainers.common import log
+from lorafw.logs import log
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lorafw import archs, faults, speed
+from lorafw import faults, families, speed
 from lorafw.archs.protocol import Models
 from lorafw.config.spec import RunSpec
 from lorafw.errors import Interrupted
@@ -36,7 +36,8 @@ from lorafw.outputs.metrics import Metrics
 from lorafw.outputs.record import now_iso, read_record, versions, write_config, write_record
 from lorafw.data.folders import fingerprint
 from lorafw.trainers import batch, checkpoint, evaluation, loop, setup as steps
-from lorafw.trainers.common import RunResult, log, progress_bar
+from lorafw.logs import log, progress_bar
+from lorafw.outputs.result import RunResult
 from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
 from lorafw.trainers.distributed import World, shard, spans
 from lorafw.trainers.preflight import open_session, preflight
@@ -45,7 +46,7 @@ from lorafw.trainers.step import diffusion_step
 
 def prepare(spec: RunSpec, run_dir: str | Path) -> Trainer:
     """The trainer for `spec`: its family from the registry, the preflight checks, then the session."""
-    arch, world, run_dir = archs.get(spec.base_model.arch), World.from_env(), Path(run_dir)
+    arch, world, run_dir = families.get(spec.base_model.arch), World.from_env(), Path(run_dir)
     plan = preflight(spec, arch, run_dir, world)
     trainer = Trainer(spec, arch, plan, open_session(spec, arch, plan, run_dir, world))
     faults.install(trainer)  # tests only (LORAFW_FAULT / LORAFW_TRACE); does nothing otherwise

@@ -1,7 +1,9 @@
-"""What each optimizer and scheduler accepts, as plain tables (no torch import).
+"""What each optimizer and scheduler accepts, as plain tables (no torch import): the values `optimizer.name`,
+`optimizer.args`, `scheduler.name` and the `scheduler.*` keys may take, so they sit with the rest of the config.
 
-The config validator checks a run against these before anything heavy is imported; a test checks every
-entry against the real class signature so the tables cannot drift from the libraries. `kohya` lists the
+The config validator checks a run against these before anything heavy is imported, and lorafw/optim/ builds
+what they name; a test checks every entry against the real class signature so the tables cannot drift from
+the libraries. `kohya` lists the
 `optimizer_type` spellings sd-scripts and the GUIs write (matched without case), for the importer.
 
 Packages (pyproject says why each is a dependency): torch (AdamW, SGD), bitsandbytes (8-bit and paged
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from lorafw.config.spec import OptimizerSpec, SchedulerSpec
 
 
 @dataclass(frozen=True)
@@ -112,3 +116,49 @@ SCHEDULERS: dict[str, frozenset[str]] = {
     "rex": _W | {"num_cycles", "min_lr", "d", "gamma"},
     "adafactor": frozenset(),
 }
+
+POLY_LR_END = 1e-7  # transformers' default lr_end for polynomial
+
+
+def relative_step(spec: OptimizerSpec) -> bool:
+    """Adafactor computes its own lr (kohya's default, and whenever warmup_init is on)."""
+    if spec.name != "adafactor":
+        return False
+    return bool(spec.args.get("relative_step", True)) or bool(spec.args.get("warmup_init", False))
+
+
+def parse_step_rules(rules: str) -> tuple[dict[int, float], float]:
+    """diffusers' piecewise_constant rules 'MULT:STEP,...,LAST' → ({step: multiplier before it}, last multiplier)."""
+    parts = [p.strip() for p in rules.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("empty; write e.g. '1:100,0.1:200,0.01'")
+    out: dict[int, float] = {}
+    try:
+        for part in parts[:-1]:
+            mult, step = part.split(":")
+            out[int(step)] = float(mult)
+        last = float(parts[-1])
+    except ValueError:
+        raise ValueError(f"{rules!r} is not 'MULT:STEP,...,LAST', e.g. '1:100,0.1:200,0.01'") from None
+    return out, last
+
+
+def scheduler_problems(spec: SchedulerSpec, lr: float | None) -> list[str]:
+    """Problems only the formulas know about (lorafw/optim/schedulers.py's; config validation calls this)."""
+    p = []
+    if spec.warmup_ratio is not None and spec.warmup_steps is not None:
+        p.append(f"scheduler.warmup_steps: set ({spec.warmup_steps}) together with scheduler.warmup_ratio="
+                 f"{spec.warmup_ratio}; give the warmup one way, e.g. scheduler.warmup_ratio=null")
+    if spec.name == "piecewise_constant":
+        try:
+            parse_step_rules(spec.step_rules or "")
+        except ValueError as e:
+            p.append(f"scheduler.step_rules: {e}")
+    if spec.name == "polynomial" and lr is not None:
+        end = POLY_LR_END if spec.min_lr is None else spec.min_lr
+        if end >= lr:
+            p.append(f"scheduler.min_lr: polynomial decays from the lr ({lr:g}) to min_lr ({end:g}), so it must be "
+                     "smaller than the lr")
+    if spec.name == "warmup_stable_decay" and spec.decay_ratio is None:
+        p.append("scheduler.decay_ratio: warmup_stable_decay needs the fraction of steps spent decaying, e.g. 0.2")
+    return p

@@ -1,7 +1,7 @@
 """One prepared GPU check for a session that is lent a GPU: smoke tests, real-size throughput, overhead, memory.
 
-    python benchmarks/gpu_check.py --dry-run          # any machine: the plan, what is missing; exits 0 in seconds
-    python benchmarks/gpu_check.py --out DIR          # on a GPU: ≤ 8 minutes (--budget), figures to DIR
+    python checks/gpu_check.py --dry-run          # any machine: the plan, what is missing; exits 0 in seconds
+    python checks/gpu_check.py --out DIR          # on a GPU: ≤ 8 minutes (--budget), figures to DIR
 
 Stages, in this order, each skipped (and said so) when the time left (`--budget`, default 450 s) is too short:
   (a) smoke: `pytest -m gpu tests/test_gpu.py`: every precision mode (fp32, fp16, bf16, fp16+full_fp16,
@@ -40,7 +40,7 @@ machine, in the repository root (about 50 MB; the run tool carries at most 64 Mi
         importlib_metadata
     python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3     # published as a source archive only
 
-and call the run tool with carry=[".whl"] and the command `PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py
+and call the run tool with carry=[".whl"] and the command `PYTHONUNBUFFERED=1 python3 checks/gpu_check.py
 --wheels .whl --out $OUT`. The script installs whatever is missing from that folder into a private target
 (`pip install --no-index --no-deps --target`), puts it on sys.path and on the smoke tests' PYTHONPATH, and
 runs lorafw from the checkout (PYTHONPATH=repository root; nothing is installed into the system).
@@ -221,7 +221,7 @@ def measure_arch(arch: str, configs: list[Config], args: argparse.Namespace, dea
     import torch
 
     import step_overhead as so
-    from lorafw.data.vram import Bucket, estimate
+    from lorafw.planning.vram import Bucket, estimate
     from lorafw.models.tiny import save_single_file
 
     device = torch.device("cpu" if args.rehearse else "cuda")
@@ -300,7 +300,7 @@ def measure_pdxl(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from lorafw.config.compose import compose
-    from lorafw.data.vram import Bucket, estimate, on_card
+    from lorafw.planning.vram import Bucket, estimate, on_card
     from lorafw.run import train
 
     import step_overhead as so
@@ -364,7 +364,7 @@ def run_vs_kohya(args: argparse.Namespace, sd_scripts: Path, out: Path, limit: f
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"## GPU check — {env['device']}, torch {env['torch']} ({report['date']})", "",
-             f"`python benchmarks/gpu_check.py` ({report['seconds']:.0f} s; peak {env.get('peak_tflops') or '?'} TFLOPS dense "
+             f"`python checks/gpu_check.py` ({report['seconds']:.0f} s; peak {env.get('peak_tflops') or '?'} TFLOPS dense "
              f"from its table; random weights, LoRA, latents and text cached, SDPA, precision {env.get('precision')}).", ""]
     s = report.get("smoke")
     if s:

@@ -1,11 +1,11 @@
-"""Write lorafw/data/vram_calibration.json: what `lorafw plan --vram` needs about the real SD1.5 and SDXL.
+"""Write lorafw/planning/vram_calibration.json: what `lorafw plan --vram` needs about the real SD1.5 and SDXL.
 
-    python benchmarks/vram_calibrate.py [--arch sd15 sdxl] [--quick] [--out PATH]
+    python tools/vram_calibrate.py [--arch sd15 sdxl] [--quick] [--out PATH]
 
 1. Parameter counts and the adapted layers' shapes. The real-size UNet, VAE and text encoder(s) are
    built on the `meta` device from their published configs, written as an original-layout state
    dict of shapes, and read back through lorafw.models.detect (the path a user's checkpoint takes), so
-   the counted models are the ones lorafw would build. `lorafw.data.vram.layer_table` lists every
+   the counted models are the ones lorafw would build. `lorafw.planning.vram.layer_table` lists every
    layer the adapter code can target; `plan` then counts adapter tensors for any dim/conv_dim exactly.
 
 2. Activation coefficients, measured: the real UNet with random bf16 weights and lorafw's own adapters
@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lorafw.config.spec import NetworkSpec  # noqa: E402
-from lorafw.data.vram import UNET_CONTAINERS, layer_table  # noqa: E402
+from lorafw.planning.vram import UNET_CONTAINERS, layer_table  # noqa: E402
 from lorafw.network.targets import TE_CONTAINERS  # noqa: E402
 
-OUT = ROOT / "lorafw" / "data" / "vram_calibration.json"
+OUT = ROOT / "lorafw" / "planning" / "vram_calibration.json"
 
 # Published configs (diffusers / transformers names) of the real models.
 CLIP_L = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -567,7 +567,7 @@ def main() -> None:
     path = Path(args.out)
     old = json.loads(path.read_text()) if path.is_file() else {}
     data = {
-        "generated_by": "benchmarks/vram_calibrate.py",
+        "generated_by": "tools/vram_calibrate.py",
         "date": datetime.date.today().isoformat(),
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s); no GPU",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,

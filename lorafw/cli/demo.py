@@ -76,7 +76,7 @@ def demo_overrides(model: Path, data: Path, out: Path, epochs: int) -> list[str]
 
 
 def main(argv: list[str]) -> int:
-    from lorafw.cliargs import Parser
+    from lorafw.cli.args import Parser
 
     ap = Parser("demo", __doc__.splitlines()[0])
     ap.add_argument("--dir", default="lorafw-demo", help="where the demo's model, dataset and runs go (default: ./lorafw-demo)")
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         make_dataset(data)
     out = base / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"lorafw demo: tiny SD1.5-architecture model {model}\nlorafw demo: dataset {data} (12 images × 4 repeats)")
-    from lorafw.train_cli import hydra_main
+    from lorafw.cli.train import hydra_main
 
     rc = hydra_main(demo_overrides(model, data, out, args.epochs) + list(args.overrides))
     if rc != 0:

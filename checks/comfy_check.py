@@ -2,11 +2,11 @@
 
     # once: a ComfyUI checkout outside any git work tree (a clone, or written from a bare git dir)
     git clone https://github.com/Comfy-Org/ComfyUI /tmp/comfyui
-    python benchmarks/comfy_check.py --from-git /path/to/ComfyUI.git --comfyui /tmp/comfyui   # or this
+    python checks/comfy_check.py --from-git /path/to/ComfyUI.git --comfyui /tmp/comfyui   # or this
     # the check: 1-3 min per network to train and save on 2 CPU cores, ~9 min for the ComfyUI side; one model
     # per process, at most ~8 GB RAM (training) and ~9 GB (ComfyUI's fp32 UNet and its backups; --comfy-unet fp16
     # halves it). --reuse keeps the files of an earlier run; the figures: benchmarks/RESULTS.md
-    python benchmarks/comfy_check.py --comfyui /tmp/comfyui [--work /tmp/lorafw-comfy-check] [--networks lora,ia3]
+    python checks/comfy_check.py --comfyui /tmp/comfyui [--work /tmp/lorafw-comfy-check] [--networks lora,ia3]
 
 1. A full-size SD1.5 checkpoint with seeded random weights (diffusers' init; UNet 860M, CLIP-L 123M,
    VAE 84M parameters) is built in code and written as one original-layout fp16 .safetensors, as
@@ -59,6 +59,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))  # vram_calibrate: the real models' published configs
 
 LR = "1e-2"
 # name -> overrides on top of sd15_character (dim 16 / alpha 8 from the recipe unless set)
@@ -142,7 +143,7 @@ def build_base(path: Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from lorafw.models.tiny import save_single_file
-    from vram_calibrate import CLIP_L, UNETS, VAE  # the real models' published configs
+    from vram_calibrate import CLIP_L, UNETS, VAE  # tools/vram_calibrate.py: the real models' published configs
 
     torch.manual_seed(0)
     parts = {"unet": UNet2DConditionModel(**UNETS["sd15"]), "vae": AutoencoderKL(**VAE),

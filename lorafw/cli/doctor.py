@@ -150,7 +150,7 @@ def _spec(overrides: list[str]):
     extra = ([] if model else ["base_model.path=-"]) + ([] if has_data else ["dataset.root=-"])
     spec = spec_from_dict(compose_dict(None, overrides + extra), check_paths=False, need_model=False)[0]
     if model:
-        from lorafw import archs
+        from lorafw import families as archs
         from lorafw.paths import expand
 
         try:
@@ -240,7 +240,7 @@ def _fit(spec, budget: float, choice, overrides: list[str], has_data: bool) -> d
     """plan --vram's estimate for the precision this card will run (on a T4, `auto` is fp16, not bf16)."""
     import dataclasses
 
-    from lorafw.data.vram import buckets_of, suggest
+    from lorafw.planning.vram import buckets_of, suggest
 
     train = dataclasses.replace(spec.train, mixed_precision=choice.precision, full_bf16=choice.full_bf16,
                                 full_fp16=choice.full_fp16)
@@ -262,8 +262,8 @@ def cmd_doctor(argv: list[str]) -> int:
     """What this machine will do with a run: devices and memory, versions, what `auto` picks for precision and
     attention here and why, bitsandbytes' library, free disk, and whether a recipe fits this card (exit 1 when it
     found a problem)."""
-    from lorafw.cliargs import Parser, add_overrides
-    from lorafw.commands import positive_gb
+    from lorafw.cli.args import Parser, add_overrides
+    from lorafw.cli.commands import positive_gb
 
     ap = Parser("doctor", cmd_doctor.__doc__,
                 usage="lorafw doctor [--json] [--vram GB] [+recipe=NAME] [base_model.path=...] [dataset.root=...] [key=value ...]")

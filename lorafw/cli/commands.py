@@ -1,8 +1,8 @@
 """The `lorafw` subcommands around training: plan, lint, check, rerun, resume, grid, compare, import, export,
-recipes, keys. (Training itself: lorafw/train_cli.py; dataset preparation: lorafw/prep/cli.py; the table
-that names them all: lorafw/cli.py.)
+recipes, keys. (Training itself: lorafw/cli/train.py; dataset preparation: lorafw/cli/prep.py; the table
+that names them all: lorafw/cli/__init__.py.)
 
-Each takes its argv after the command word, parses it with lorafw.cliargs.Parser (so `--help` exits 0 and an
+Each takes its argv after the command word, parses it with lorafw.cli.args.Parser (so `--help` exits 0 and an
 unknown flag is refused by name) and returns an exit code; user errors are one message, never a traceback.
 """
 
@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from lorafw.cliargs import Parser, add_overrides
+from lorafw.cli.args import Parser, add_overrides
 from lorafw.errors import LorafwError, UsageError
-from lorafw.train_cli import fail, print_result
+from lorafw.cli.train import fail, print_result
 
 
 def _dataset_spec(overrides: list[str], dirs: list[str] = ()):  # type: ignore[assignment]
@@ -65,7 +65,7 @@ def cmd_plan(argv: list[str]) -> int:
     and the fastest settings that fit (no torch, no weights)."""
     from lorafw.data.dataset import build
     from lorafw.data.folders import scan
-    from lorafw.data.plan import make_plan, render
+    from lorafw.planning.plan import make_plan, render
 
     ap = Parser("plan", cmd_plan.__doc__, usage="lorafw plan [--json] [--vram GB] [DATASET_DIR] +recipe=NAME [key=value ...]")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -84,7 +84,7 @@ def cmd_plan(argv: list[str]) -> int:
         return fail(e)
     memory = None
     if args.vram is not None:
-        from lorafw.data.vram import buckets_of, render as render_vram, suggest
+        from lorafw.planning.vram import buckets_of, render as render_vram, suggest
 
         try:
             memory = suggest(spec, args.vram, buckets_of(data))
@@ -259,7 +259,7 @@ def cmd_import(argv: list[str]) -> int:
 
 def cmd_export(argv: list[str]) -> int:
     """The sd-scripts TOML pair (config.toml + dataset.toml) that repeats a run, and the command that uses them."""
-    from lorafw.interop.files import export_run
+    from lorafw.interop.export import export_run
 
     ap = Parser("export", cmd_export.__doc__)
     ap.add_argument("run_dir", metavar="RUN_DIR")
@@ -301,7 +301,7 @@ def cmd_keys(argv: list[str]) -> int:
     if prefix and not prefix.endswith(".") and any(p.startswith(prefix + ".") for p in paths) and prefix not in paths:
         prefix += "."  # `network` → the network.* keys (not, say, a network_x key elsewhere)
     if not any(p.startswith(prefix) for p in paths):
-        from lorafw.cliargs import nearest
+        from lorafw.cli.args import nearest
 
         sections = sorted({p.split(".")[0] for p in paths})
         near = nearest(args.prefix, sections + paths)

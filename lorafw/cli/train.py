@@ -67,7 +67,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
 
 def check_flags(argv: list[str]) -> None:
     """Refuse a flag Hydra does not have (`--cgf`) or a value it does not take (`--cfg jb`), by name."""
-    from lorafw.cliargs import unknown_flag
+    from lorafw.cli.args import unknown_flag
 
     actions = hydra_flags()
     _, flags, _ = split_argv(argv)

@@ -6,7 +6,7 @@
 
 A first word with '=' or starting with '+', '~' or '-' starts a training command line; any other first
 word is a command. Commands are imported only when they run, so `--help` and `--version` load no torch.
-To add a command: write `cmd_x(argv) -> int` (parse argv with lorafw.cliargs.Parser) and add one line below.
+To add a command: write `cmd_x(argv) -> int` (parse argv with lorafw.cli.args.Parser) and add one line below.
 """
 
 from __future__ import annotations
@@ -30,25 +30,25 @@ class Command:
 SECTIONS = {"train": "Train", "before": "Before training", "after": "After training", "config": "Configs"}
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("lorafw.train_cli:cmd_train", "train (the same as a bare `lorafw +recipe=NAME ...`)", "train"),
-    "check": Command("lorafw.commands:cmd_check", "validate a command line, print steps per epoch (no torch)", "train"),
-    "resume": Command("lorafw.commands:cmd_resume", "continue a run from its saved state", "train"),
-    "rerun": Command("lorafw.commands:cmd_rerun", "train a saved run's config again", "train"),
-    "demo": Command("lorafw.demo:main", "a short run on a built-in tiny model and dataset", "train"),
-    "plan": Command("lorafw.commands:cmd_plan", "steps, buckets, the guide's advice; --vram GB: GPU memory", "before"),
-    "lint": Command("lorafw.commands:cmd_lint", "damaged, uncaptioned, duplicated images", "before"),
-    "doctor": Command("lorafw.doctor:cmd_doctor", "GPU, versions, what auto picks here, whether a recipe fits this card", "before"),
-    "dedupe": Command("lorafw.prep.cli:cmd_dedupe", "move exact and near-duplicate images aside", "before"),
-    "autotag": Command("lorafw.prep.cli:cmd_autotag", "caption images with a WD v3 tagger", "before"),
-    "tags": Command("lorafw.prep.cli:cmd_tags", "tag frequencies, trigger tag, prune, replace, renumber", "before"),
-    "undo": Command("lorafw.prep.cli:cmd_undo", "revert the last dataset change of dedupe/autotag/tags", "before"),
-    "grid": Command("lorafw.commands:cmd_grid", "epoch × LoRA-weight image grid of a run or sweep", "after"),
-    "compare": Command("lorafw.commands:cmd_compare", "which run of a sweep won", "after"),
-    "report": Command("lorafw.commands:cmd_report", "the run (or sweep) on one page: report.html", "after"),
-    "export": Command("lorafw.commands:cmd_export", "the sd-scripts TOML pair that repeats a run", "after"),
-    "import": Command("lorafw.commands:cmd_import", "a kohya / GUI / Colab config (TOML or JSON) → a lorafw recipe", "config"),
-    "recipes": Command("lorafw.commands:cmd_recipes", "list the shipped recipes", "config"),
-    "keys": Command("lorafw.commands:cmd_keys", "every config key: default, range, doc, kohya name", "config"),
+    "train": Command("lorafw.cli.train:cmd_train", "train (the same as a bare `lorafw +recipe=NAME ...`)", "train"),
+    "check": Command("lorafw.cli.commands:cmd_check", "validate a command line, print steps per epoch (no torch)", "train"),
+    "resume": Command("lorafw.cli.commands:cmd_resume", "continue a run from its saved state", "train"),
+    "rerun": Command("lorafw.cli.commands:cmd_rerun", "train a saved run's config again", "train"),
+    "demo": Command("lorafw.cli.demo:main", "a short run on a built-in tiny model and dataset", "train"),
+    "plan": Command("lorafw.cli.commands:cmd_plan", "steps, buckets, the guide's advice; --vram GB: GPU memory", "before"),
+    "lint": Command("lorafw.cli.commands:cmd_lint", "damaged, uncaptioned, duplicated images", "before"),
+    "doctor": Command("lorafw.cli.doctor:cmd_doctor", "GPU, versions, what auto picks here, whether a recipe fits this card", "before"),
+    "dedupe": Command("lorafw.cli.prep:cmd_dedupe", "move exact and near-duplicate images aside", "before"),
+    "autotag": Command("lorafw.cli.prep:cmd_autotag", "caption images with a WD v3 tagger", "before"),
+    "tags": Command("lorafw.cli.prep:cmd_tags", "tag frequencies, trigger tag, prune, replace, renumber", "before"),
+    "undo": Command("lorafw.cli.prep:cmd_undo", "revert the last dataset change of dedupe/autotag/tags", "before"),
+    "grid": Command("lorafw.cli.commands:cmd_grid", "epoch × LoRA-weight image grid of a run or sweep", "after"),
+    "compare": Command("lorafw.cli.commands:cmd_compare", "which run of a sweep won", "after"),
+    "report": Command("lorafw.cli.commands:cmd_report", "the run (or sweep) on one page: report.html", "after"),
+    "export": Command("lorafw.cli.commands:cmd_export", "the sd-scripts TOML pair that repeats a run", "after"),
+    "import": Command("lorafw.cli.commands:cmd_import", "a kohya / GUI / Colab config (TOML or JSON) → a lorafw recipe", "config"),
+    "recipes": Command("lorafw.cli.commands:cmd_recipes", "list the shipped recipes", "config"),
+    "keys": Command("lorafw.cli.commands:cmd_keys", "every config key: default, range, doc, kohya name", "config"),
 }
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "lycoris-lora", "accelerate", "hydra-core", "omegaconf",
@@ -110,7 +110,7 @@ def version_text() -> str:
         except PackageNotFoundError:
             return "not installed"
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the lorafw package
     lines = [f"lorafw {v('lorafw')} ({here})", f"python {platform.python_version()}"]
     width = max(len(n) for n in LIBRARIES)
     lines += [f"{n:<{width}} {v(n)}" for n in LIBRARIES]
@@ -118,7 +118,7 @@ def version_text() -> str:
 
 
 def unknown_command(word: str) -> UsageError:
-    from lorafw.cliargs import nearest
+    from lorafw.cli.args import nearest
 
     if word.endswith((".yaml", ".yml")):
         return UsageError(f"unknown command '{word}'; to train with a recipe file: lorafw +recipe={word} ...")

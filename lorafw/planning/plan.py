@@ -159,7 +159,7 @@ def objective_of(spec: RunSpec) -> dict[str, Any]:
     return out
 def _lr_curve(spec: RunSpec, total: int) -> dict[str, Any]:
     """The UNet lr at the schedule's corners (optim/schedulers.py's formulas, the ones training runs)."""
-    from lorafw.optim.optimizers import relative_step
+    from lorafw.config.catalog import relative_step
     from lorafw.optim.schedulers import key_points
 
     o, sc = spec.optimizer, spec.scheduler

@@ -1,4 +1,4 @@
-"""The dataset-preparation commands (listed in lorafw/cli.py's command table).
+"""The dataset-preparation commands (listed in lorafw/cli/__init__.py's command table).
 
     lorafw dedupe DIR… [--hardness 93] [--to DIR] [--apply]            exact and near duplicates
     lorafw autotag DIR… --model DIR [--threshold 0.25] [--apply]        WD v3 tagger captions
@@ -30,7 +30,7 @@ def _fail(e: LorafwError) -> int:
 
 
 def _parser(prog: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
-    from lorafw.cliargs import Parser
+    from lorafw.cli.args import Parser
 
     return Parser(prog, description, usage)
 
@@ -195,7 +195,7 @@ def cmd_tags(argv: list[str]) -> int:
     from lorafw.prep import rename, tags
 
     if not argv or argv[0] not in TAG_ACTIONS:
-        from lorafw.cliargs import nearest
+        from lorafw.cli.args import nearest
 
         asked = bool(argv) and argv[0] in ("-h", "--help")
         usage = ("usage: lorafw tags {" + ",".join(TAG_ACTIONS) + "} ... (lorafw tags ACTION --help: its flags)\n"

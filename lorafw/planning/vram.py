@@ -6,7 +6,7 @@ The estimate adds, in bytes, what the trainer (lorafw/trainers/) keeps on the de
   the VAE unless the latents are cached (then it is on the device only while caching);
 - the adapters, their gradients, fp32 masters (train.full_bf16) and the optimizer's state, counted
   tensor by tensor from the adapted layers' shapes (so 8-bit and factored states are exact);
-- activations, measured (see benchmarks/vram_calibrate.py): F per step + batch × (a + b × latent pixels
+- activations, measured (see tools/vram_calibrate.py): F per step + batch × (a + b × latent pixels
   of the largest bucket), with and without gradient checkpointing, plus what the text encoders keep
   for backward when they train (per 77-token window);
 - the latent-caching phase: the VAE alone on the device (the UNet and text encoders follow it), encoding
@@ -14,7 +14,7 @@ The estimate adds, in bytes, what the trainer (lorafw/trainers/) keeps on the de
 - a fixed allowance for CUDA itself (stated as an assumption, not measured).
 
 Parameter counts, the adapted layers' shapes and the activation coefficients of the real SD1.5 and
-SDXL architectures come from lorafw/data/vram_calibration.json, written by benchmarks/vram_calibrate.py
+SDXL architectures come from lorafw/planning/vram_calibration.json, written by tools/vram_calibrate.py
 (which builds the real-size models); nothing here imports torch, except `layer_table`, which reads
 a torch module for that script and for the tests.
 
@@ -136,10 +136,6 @@ def adapter_tensors(table: dict[str, list[list[Any]]], net: NetworkSpec, train_t
     return out
 
 
-def adapter_params(table: dict[str, list[list[Any]]], net: NetworkSpec, train_te: bool, train_unet: bool = True) -> int:
-    return sum(math.prod(a.shape) * a.count for a in adapter_tensors(table, net, train_te, train_unet))
-
-
 def optimizer_state_bytes(shape: tuple[int, ...], opt: OptimizerSpec, zero_init: bool = False) -> int:
     """Bytes of optimizer state for one fp32 parameter of `shape`, as each library allocates it."""
     n = math.prod(shape)
@@ -177,7 +173,7 @@ def network_kind(net: NetworkSpec) -> str:
 
 
 def _per_image(fit: dict[str, Any], batch: int, x: float) -> float:
-    """Bytes for `batch` images of size x: F (per step) + batch × (a + b·x) (benchmarks/vram_calibrate.py fit_batch);
+    """Bytes for `batch` images of size x: F (per step) + batch × (a + b·x) (tools/vram_calibrate.py fit_batch);
     where the fit has "pieces" (checkpointing: the peak grows faster than linearly), the largest of those lines."""
     lines = fit.get("pieces") or [fit]
     return max(0.0, max(f.get("F", 0) + batch * (f["a"] + f["b"] * x) for f in lines))

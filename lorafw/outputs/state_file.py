@@ -12,8 +12,8 @@ from typing import Any
 
 from lorafw.errors import LorafwError
 from lorafw.outputs.atomic import atomic_write
+from lorafw.run_folder import STATE
 
-STATE = "state.pt"
 FORMAT = 1
 
 

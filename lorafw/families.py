@@ -1,0 +1,70 @@
+"""Model families by name: `get(spec.base_model.arch)` is the family a run trains.
+
+Every family, the built-in ones included, is registered under the `lorafw.architectures` entry-point group;
+lorafw's own pyproject.toml lists sd15 and sdxl there, and another package adds a family the same way:
+
+    [project.entry-points."lorafw.architectures"]
+    myarch = "mypkg.arch:ARCH"
+
+The entry point names an object implementing lorafw.archs.protocol.Architecture. Listing the names imports no
+family (so `lorafw --help` and config validation stay light); `get` imports the one asked for, by its entry point:
+a lookup by name, so this module sits at the bottom of the layers and any layer may ask for a family.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+from lorafw.errors import ConfigError, ModelError
+
+ENTRY_POINT_GROUP = "lorafw.architectures"
+AUTO = "auto"
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    """Registered family names, without importing any of them."""
+    return sorted(_entry_points())
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> Any:
+    return _entry_points()[name].load()
+
+
+def get(name: str) -> Any:
+    """The family registered as `name`, or a ConfigError listing those that are."""
+    eps = _entry_points()
+    if name not in eps:
+        have = ", ".join(sorted(eps)) or "none (reinstall lorafw: `pip install -e .` registers its families)"
+        raise ConfigError([f"base_model.arch: no architecture is registered as {name!r}; available: {have}"])
+    try:
+        arch = _load(name)
+    except Exception as e:  # a broken plugin: name it, whatever it raised
+        raise ConfigError([f"base_model.arch={name}: the package registering it ({eps[name].value}) failed to load: "
+                           f"{type(e).__name__}: {e}; reinstall or fix that package"]) from None
+    missing = [m for m in ("inspect", "load", "encode_text", "conditioning", "denoise", "denoiser_namer", "renderer")
+               if not callable(getattr(arch, m, None))]
+    if missing:
+        raise ConfigError([f"base_model.arch={name}: the registered object {eps[name].value} is not an architecture "
+                           f"(it lacks {', '.join(missing)}; see lorafw/archs/protocol.py)"])
+    return arch
+
+
+def detect(path: str | Path) -> str:
+    """The registered family whose `inspect` accepts the checkpoint at `path` (header only, no weights).
+    With none, the ModelError of the first family, which says what the file is instead."""
+    errors: list[ModelError] = []
+    for name in available():
+        try:
+            get(name).inspect(str(path))
+            return name
+        except ModelError as e:
+            errors.append(e)
+    raise errors[0] if errors else ModelError(f"{path}: no architecture is registered")
