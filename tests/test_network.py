@@ -87,13 +87,12 @@ def net(spec: NetworkSpec, train_te: bool = True, arch: str = "sd15", **kw) -> t
 
 
 def names_of(arch: str, parts: dict) -> dict[str, torch.nn.Module]:
-    if arch == "sd15":
-        return module_names("sd15", parts["unet"], [parts["text_encoder"]])
-    from lorafw.models.ldm_layout import UNetLayout, unet_to_original
+    """The model's layers under their file names, as the family names them (SD1.5 diffusers paths, SDXL original)."""
+    from lorafw import families
 
-    layout = UNetLayout.from_config(dict(parts["unet"].config))
-    return module_names("sdxl", parts["unet"], [parts["text_encoder"], parts["text_encoder_2"]],
-                        lambda p: unet_to_original(p, layout))
+    fam = families.get(arch)
+    tes = [parts["text_encoder"]] + ([parts["text_encoder_2"]] if arch == "sdxl" else [])
+    return module_names(parts["unet"], tes, fam.te_prefixes, fam.denoiser_namer(parts["unet"]))
 
 
 def perturb(n: Network, seed: int = 1, std: float = 0.05) -> None:
@@ -225,13 +224,13 @@ def test_grid_patch_equals_the_training_forward(algo):
         ours = parts["unet"](x, t, c).sample
         n.set_enabled(False)
         base = parts["unet"](x, t, c).sample
-        patcher = WeightPatcher(module_names("sd15", parts["unet"], [parts["text_encoder"]]), "exact")
+        patcher = WeightPatcher(module_names(parts["unet"], [parts["text_encoder"]], ("lora_te",)), "exact")
         assert patcher.apply(sd, 1.0) == len(n.entries)
         patched = parts["unet"](x, t, c).sample
         patcher.restore()
         assert torch.equal(parts["unet"](x, t, c).sample, base)  # restored bit for bit
         if algo == "ia3":
-            comfy = WeightPatcher(module_names("sd15", parts["unet"], [parts["text_encoder"]]), "comfyui")
+            comfy = WeightPatcher(module_names(parts["unet"], [parts["text_encoder"]], ("lora_te",)), "comfyui")
             assert comfy.apply(sd, 1.0) == 0  # ComfyUI ignores IA3 files: the grid shows the base model
     torch.testing.assert_close(patched, ours, atol=5e-4, rtol=1e-3)  # fp32 rounding through 30 layers
 

@@ -94,18 +94,19 @@ def _tucker_lokr(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Modul
     raise KeyError(f"{name}: no LoKr factorisation of {tuple(layer.weight.shape)} gives the file's shapes {shapes}")
 
 
-def module_names(arch: str, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],
-                 to_original: Callable[[str], str] | None = None) -> dict[str, torch.nn.Module]:
-    """Every Linear/Conv2d of the model under the name a LoRA file gives it (`lora_unet_…`, `lora_te…`)."""
+def module_names(unet: torch.nn.Module, text_encoders: list[torch.nn.Module], te_prefixes: tuple[str, ...] | list[str],
+                 unet_name: Callable[[str], str] | None = None) -> dict[str, torch.nn.Module]:
+    """Every Linear/Conv2d of the model under the name a LoRA file gives it (`lora_unet_…`, `lora_te…`): the
+    denoiser's through the family's `unet_name` (default: diffusers paths), the text encoders' under `te_prefixes`."""
+    name = unet_name or (lambda p: kohya_name("lora_unet", p))
     out: dict[str, torch.nn.Module] = {}
     for path, m in unet.named_modules():
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             try:
-                out[kohya_name("lora_unet", to_original(path) if to_original else path)] = m
-            except KeyError:
+                out[name(path)] = m
+            except KeyError:  # a layer the original layout has no name for
                 continue
-    prefixes = ["lora_te"] if arch == "sd15" else ["lora_te1", "lora_te2"]
-    for prefix, te in zip(prefixes, text_encoders):
+    for prefix, te in zip(te_prefixes, text_encoders):
         for path, m in te.named_modules():
             if isinstance(m, torch.nn.Linear):
                 out[kohya_name(prefix, te_module_path(path))] = m

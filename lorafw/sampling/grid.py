@@ -151,46 +151,33 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
 
 
 def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
-    """The base model (loaded once per checkpoint and VAE) as a Renderer and a WeightPatcher."""
+    """The base model (loaded once per checkpoint and VAE, by its family) as a renderer and a WeightPatcher."""
     import torch
 
-    from lorafw.paths import expand
-    from lorafw.models.load import load_components
+    from lorafw import families
+    from lorafw.logs import quiet
     from lorafw.network.apply import WeightPatcher, module_names
-    from lorafw.sampling.render import Renderer
-    from lorafw.placement import resolve_device
-
-    from lorafw.models.load import inspect_base_model
     from lorafw.objective.prediction import resolve
+    from lorafw.placement import resolve_device
+    from lorafw.precision import cuda_bf16_native
 
+    arch = families.get(spec.base_model.arch)
+    info = arch.inspect(str(spec.base_model.path))
     # the objective the run trained (ε or v, ZTSNR): its samplers must use the same one
-    objective = resolve(spec.train, inspect_base_model(expand(spec.base_model.path)).prediction,
-                        f"base_model.path={spec.base_model.path}")
+    objective = resolve(spec.train, info.prediction, f"base_model.path={spec.base_model.path}")
     key = f"{spec.base_model.path}|{spec.base_model.vae}|{objective.prediction}|{objective.zero_terminal_snr}"
     if key not in models:
         device = resolve_device(spec.train.device)
-        from lorafw.precision import cuda_bf16_native
-
         # fp32 on a CPU; on a GPU bf16 only where native (is_bf16_supported() alone counts slow emulation: T4)
         dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if cuda_bf16_native(device.index or 0) else torch.float16)
-        c = load_components(expand(spec.base_model.path), expand(spec.base_model.vae) if spec.base_model.vae else None,
-                            expected_arch=spec.base_model.arch, objective=objective)
-        from lorafw.logs import quiet
-
+        m = arch.load(spec, info, objective)
         with quiet("diffusers"):
-            for m in (c.unet, *c.text_encoders):
-                m.to(device, dtype=dtype)
-            c.vae.to(device, dtype=torch.float32 if spec.train.no_half_vae else dtype)
-        to_original = None
-        if c.arch == "sdxl":
-            from lorafw.models.ldm_layout import UNetLayout, unet_to_original
-
-            layout = UNetLayout.from_config(dict(c.unet.config))
-            to_original = lambda p: unet_to_original(p, layout)  # noqa: E731
-        renderer = Renderer(c.arch, c.unet, c.vae, c.text_encoders, c.tokenizers, c.noise_scheduler,
-                            spec.train.max_token_length, spec.train.clip_skip, device)
+            for part in (m.denoiser, *m.text_encoders):
+                part.to(device, dtype=dtype)
+            m.vae.to(device, dtype=torch.float32 if spec.train.no_half_vae else dtype)
+        names = module_names(m.denoiser, m.text_encoders, arch.te_prefixes, arch.denoiser_namer(m.denoiser))
         models.clear()  # one base model in memory at a time
-        models[key] = (renderer, WeightPatcher(module_names(c.arch, c.unet, c.text_encoders, to_original), spec.grid.ui))
+        models[key] = (arch.renderer(m, spec.train, device), WeightPatcher(names, spec.grid.ui))
     return models[key]
 
 
