@@ -80,7 +80,7 @@ def test_cached_text_encoder_outputs_give_the_same_files(compose_tiny, tmp_path)
     cached = trainer_for(compose_tiny("sd15_character", *common, "dataset.cache_text_encoder_outputs=true", f"output.dir={tmp_path / 'b'}"))
     b = load_file(str(cached.run().lora_files[-1]))
     assert cached.caches.text is not None and len(cached.caches.text) == 4
-    assert next(cached.text_encoders[0].parameters()).device.type == "cpu"
+    assert next(cached.models.text_encoders[0].parameters()).device.type == "cpu"
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

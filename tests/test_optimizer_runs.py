@@ -49,8 +49,8 @@ def test_each_optimizer_trains_and_resumes_bit_identical(compose_tiny, tmp_path,
 
     def stop_after_two(group):  # Ctrl-C during step 2 of the epoch: state and a LoRA saved, then stop
         step(group)
-        if cut.global_step == 2:
-            cut.stop.signum = signal.SIGINT
+        if cut.state.global_step == 2:
+            cut.session.stop.signum = signal.SIGINT
 
     cut._optimizer_step = stop_after_two
     with pytest.raises(Interrupted):

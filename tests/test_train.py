@@ -363,7 +363,7 @@ def test_bf16_mixed_precision_then_fp32_in_one_process(compose_tiny, tmp_path):
     assert math.isfinite(result.epoch_losses[-1])
     again = trainer_for(compose_tiny("sd15_character", f"output.dir={tmp_path / 'fp32'}"))
     again.run()  # accelerate's per-process state is reset: another precision in the same process works
-    assert again.precision == "no"
+    assert again.dev.precision == "no"
 
 
 def test_a_second_run_in_one_process_gets_its_own_folder(compose_tiny, monkeypatch, tmp_path):
