@@ -13,10 +13,14 @@ from typing import Any
 
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
-from lorafw.errors import ConfigError
+from lorafw.errors import ConfigError, ModelError
+from lorafw.models.load import check_arch, inspect_base_model
+from lorafw.network import blocks
+from lorafw.objective.prediction import resolve
 from lorafw.paths import expand
 from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
 from lorafw.config.prompts import parse_line, prompt_lines
+from lorafw.registry import available_archs
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
@@ -56,9 +60,6 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
     A spec that names its arch is returned as it is."""
     import dataclasses
 
-    from lorafw.errors import ModelError
-    from lorafw.models.load import inspect_base_model
-
     if spec.base_model.arch != AUTO:
         return spec
     try:
@@ -69,8 +70,6 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
 
 
 def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
-    from lorafw.registry import available_archs
-
     archs = available_archs()
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
         p.append(f"base_model.arch: no trainer for {s.base_model.arch!r}; available: {', '.join(archs)}")
@@ -177,9 +176,6 @@ def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
 def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
     """What the checkpoint is, from its header alone (milliseconds, no torch): the right architecture,
     and a clip skip its text encoder has layers for."""
-    from lorafw.errors import ModelError
-    from lorafw.models.load import check_arch, inspect_base_model
-
     try:
         info = inspect_base_model(path)
         if s.base_model.arch != AUTO:
@@ -187,7 +183,6 @@ def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
     except ModelError as e:
         p.append(f"base_model.path: {e}")
         return
-    from lorafw.objective.prediction import resolve
 
     try:
         resolve(s.train, info.prediction, f"base_model.path={s.base_model.path}")
@@ -288,8 +283,6 @@ RANKED = ("lora", "locon", "loha", "lokr", "glora")  # algorithms with a rank (i
 
 
 def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool) -> None:
-    from lorafw.network import blocks
-
     n = s.network
     if n.algo == "locon":
         if n.conv_dim is None or n.conv_dim < 1:

@@ -19,8 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import lorafw
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
+from lorafw.interop.kohya import is_lycoris, network_args_of
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
@@ -72,8 +74,6 @@ class TrainingFacts:
 def network_module(spec: RunSpec) -> tuple[str, dict[str, Any]]:
     """kohya's ss_network_module and the net_kwargs of ss_network_args: the network_args `lorafw export` writes
     (which rebuild the network), plus the "dropout" train_network.py adds to them before writing the metadata."""
-    from lorafw.interop.kohya import is_lycoris, network_args_of
-
     n = spec.network
     args: dict[str, Any] = dict(a.split("=", 1) for a in network_args_of(n))
     if args:
@@ -155,8 +155,6 @@ def validation_metadata(spec: RunSpec, held_out: int) -> dict[str, str]:
 def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, saved_at: float) -> dict[str, str]:
     """The `modelspec.*` keys kohya writes by default (sai_model_spec.build_metadata via get_sai_model_spec;
     the author/description/license/tags/usage_hint/thumbnail keys only when their --metadata_* are given)."""
-    import lorafw
-
     t, res = spec.train, spec.dataset.resolution
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,

@@ -16,8 +16,22 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from lorafw.config.compose import load_spec
+from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
 from lorafw.errors import LorafwError
+from lorafw.logs import ensure_logging, quiet
+from lorafw.models.ldm_layout import UNetLayout, unet_to_original
+from lorafw.models.load import inspect_base_model, load_components
+from lorafw.network.apply import WeightPatcher, module_names
+from lorafw.objective.prediction import resolve
+from lorafw.outputs.report import report_after
 from lorafw.outputs.summary import find_runs
+from lorafw.paths import expand
+from lorafw.placement import resolve_device
+from lorafw.precision import cuda_bf16_native
+from lorafw.sampling.grid_scores import load_tagger, score_run
+from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
+from lorafw.sampling.render import Renderer, save_png
 
 EPOCH_FILE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{2,})(?P<ema>-ema)?\.safetensors$")
 
@@ -98,11 +112,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from lorafw.config.compose import load_spec
-    from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
-    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
-    from lorafw.sampling.render import save_png
-
     spec = load_spec(run_dir, overrides, check_paths=False)
     name = spec.output.name or "lora"
     rows = epoch_files(run_dir, name, spec.grid.epochs, spec.grid.ema)
@@ -115,7 +124,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
         triggers = [t.strip() for t in meta.get("modelspec.trigger_phrase", "").split(",") if t.strip()]
         prompts = [parse_line(fallback_prompt(triggers, json.loads(meta.get("ss_tag_frequency", "{}"))), spec.sample,
                               spec.dataset.resolution)]
-    from lorafw.sampling.grid_scores import load_tagger
 
     tagger = load_tagger(spec)  # before the base model loads: a wrong grid.tagger folder fails at once
     renderer, patcher = _prepared(spec, models)
@@ -144,8 +152,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
                  {"lorafw_grid": json.dumps(layout)})
         written.append(path)
     if spec.grid.score:
-        from lorafw.sampling.grid_scores import score_run
-
         score_run(run_dir, out, spec, rows, weights, prompts, tagger, written)
     return written
 
@@ -154,28 +160,17 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     """The base model (loaded once per checkpoint and VAE) as a Renderer and a WeightPatcher."""
     import torch
 
-    from lorafw.paths import expand
-    from lorafw.models.load import load_components
-    from lorafw.network.apply import WeightPatcher, module_names
-    from lorafw.sampling.render import Renderer
-    from lorafw.placement import resolve_device
-
-    from lorafw.models.load import inspect_base_model
-    from lorafw.objective.prediction import resolve
-
     # the objective the run trained (ε or v, ZTSNR): its samplers must use the same one
     objective = resolve(spec.train, inspect_base_model(expand(spec.base_model.path)).prediction,
                         f"base_model.path={spec.base_model.path}")
     key = f"{spec.base_model.path}|{spec.base_model.vae}|{objective.prediction}|{objective.zero_terminal_snr}"
     if key not in models:
         device = resolve_device(spec.train.device)
-        from lorafw.precision import cuda_bf16_native
 
         # fp32 on a CPU; on a GPU bf16 only where native (is_bf16_supported() alone counts slow emulation: T4)
         dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if cuda_bf16_native(device.index or 0) else torch.float16)
         c = load_components(expand(spec.base_model.path), expand(spec.base_model.vae) if spec.base_model.vae else None,
                             expected_arch=spec.base_model.arch, objective=objective)
-        from lorafw.logs import quiet
 
         with quiet("diffusers"):
             for m in (c.unet, *c.text_encoders):
@@ -183,8 +178,6 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
             c.vae.to(device, dtype=torch.float32 if spec.train.no_half_vae else dtype)
         to_original = None
         if c.arch == "sdxl":
-            from lorafw.models.ldm_layout import UNetLayout, unet_to_original
-
             layout = UNetLayout.from_config(dict(c.unet.config))
             to_original = lambda p: unet_to_original(p, layout)  # noqa: E731
         renderer = Renderer(c.arch, c.unet, c.vae, c.text_encoders, c.tokenizers, c.noise_scheduler,
@@ -196,8 +189,6 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
 
 def grid(folder: Path, overrides: list[str]) -> list[Path]:
     """Grids for a run folder, or for every run of a sweep folder (the swept values label each run)."""
-    from lorafw.logs import ensure_logging
-
     ensure_logging()  # the recommendation and the report's path are logged
     runs = find_runs(folder)
     models: dict[str, Any] = {}
@@ -207,7 +198,6 @@ def grid(folder: Path, overrides: list[str]) -> list[Path]:
         written = []
         for run in runs:
             written += grid_for_run(run, overrides, models, out_dir=folder / "grids" / run.name, label=run.name)
-    from lorafw.outputs.report import report_after
 
     report_after(folder, overrides)  # report.html with the scored grid (report.enabled)
     return written
