@@ -28,6 +28,8 @@ from typing import Any
 
 from lorafw.config.spec import RunSpec
 from lorafw.errors import ConfigError, LorafwError
+from lorafw.outputs.result import RunResult
+from lorafw.placement import resolve_device
 
 log = logging.getLogger("lorafw")
 WORKER_ENV = "LORAFW_WORKER"  # set in the processes we start: fold stderr into stdout
@@ -51,9 +53,6 @@ def free_port() -> int:
 def launch(spec: RunSpec):
     """Train `spec` (output folder resolved) in `spec.train.num_processes` processes; the main one's RunResult."""
     import torch
-
-    from lorafw.outputs.result import RunResult
-    from lorafw.placement import resolve_device
 
     n = spec.train.num_processes
     device = resolve_device(spec.train.device)

@@ -11,10 +11,16 @@ import logging
 import os
 from pathlib import Path
 
-from lorafw.config.compose import default_run_dir, run_name
+from lorafw.config.compose import default_run_dir, load_spec, run_name
+from lorafw.config.identity import changed_keys, identity
 from lorafw.config.spec import RunSpec
 from lorafw.config.validate import resolve_arch
+from lorafw.errors import ConfigError
+from lorafw.launch import launch
 from lorafw.logs import ensure_logging
+from lorafw.outputs.report import report_after
+from lorafw.paths import expand
+from lorafw.run_folder import STATE
 from lorafw.trainers.trainer import prepare
 
 log = logging.getLogger("lorafw")
@@ -40,8 +46,6 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
     spec = resolve_outputs(spec, run_dir)
     spec = resolve_arch(spec)  # base_model.arch=auto: the checkpoint says
     if spec.train.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
-        from lorafw.launch import launch
-
         return launch(spec)  # N data-parallel processes through accelerate launch; each trains this spec
     trainer = prepare(spec, Path(spec.output.dir))
     try:
@@ -55,20 +59,12 @@ def write_report_at_end(spec: RunSpec) -> Path | None:
     run_dir = Path(spec.output.dir or ".")
     if not spec.report.enabled or int(os.environ.get("RANK", "0") or 0) != 0 or not (run_dir / "run.json").is_file():
         return None
-    from lorafw.outputs.report import report_after
 
     return report_after(run_dir)
 
 
 def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     """`spec` pointed at the run it resumes, after checking it is that run's config."""
-    from lorafw.config.compose import load_spec
-    from lorafw.paths import expand
-    from lorafw.errors import ConfigError
-    from lorafw.config.identity import changed_keys, identity
-
-    from lorafw.run_folder import STATE
-
     folder = expand(spec.resume)  # type: ignore[arg-type]
     if not (folder / STATE).is_file():
         raise ConfigError([f"resume: {folder} holds no saved training state ({STATE}); it is not a run lorafw can continue"])

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from lorafw.cli.args import nearest
+from lorafw.config.shipped import conf_dir
 from lorafw.errors import LorafwError, UsageError
 
 
@@ -66,8 +68,6 @@ def is_command_word(arg: str) -> bool:
 
 
 def help_text() -> str:
-    from lorafw.config.compose import conf_dir
-
     lines = ["lorafw: declarative LoRA / LoCon / DoRA training for SD1.5 and SDXL (Pony, Illustrious, NoobAI) models.",
              "",
              "Train:   lorafw +recipe=sd15_character base_model.path=MODEL.safetensors dataset.root=DATA_DIR",
@@ -118,8 +118,6 @@ def version_text() -> str:
 
 
 def unknown_command(word: str) -> UsageError:
-    from lorafw.cli.args import nearest
-
     if word.endswith((".yaml", ".yml")):
         return UsageError(f"unknown command '{word}'; to train with a recipe file: lorafw +recipe={word} ...")
     near = nearest(word, [*COMMANDS, "help"], n=3, cutoff=0.5)

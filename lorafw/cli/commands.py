@@ -13,9 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from lorafw.cli.args import Parser, add_overrides
+from lorafw.cli.args import Parser, add_overrides, nearest
+from lorafw.config.shipped import conf_dir, recipe_names
 from lorafw.errors import LorafwError, UsageError
 from lorafw.cli.train import fail, print_result
+# Each command imports what only it needs inside its function (imports there are on purpose): `lorafw --help`,
+# `lorafw keys` and `lorafw COMMAND --help` load none of the other commands' code, nor Hydra, numpy or torch.
 
 
 def _dataset_spec(overrides: list[str], dirs: list[str] = ()):  # type: ignore[assignment]
@@ -276,8 +279,6 @@ def cmd_export(argv: list[str]) -> int:
 
 def cmd_recipes(argv: list[str]) -> int:
     """List the shipped recipes (conf/recipe/*.yaml) with their first comment line."""
-    from lorafw.config.compose import conf_dir, recipe_names
-
     Parser("recipes", cmd_recipes.__doc__, epilog="use one: lorafw +recipe=NAME ...; show it: lorafw +recipe=NAME --cfg job"
            ).parse_args(argv)
     for name in recipe_names():
@@ -301,8 +302,6 @@ def cmd_keys(argv: list[str]) -> int:
     if prefix and not prefix.endswith(".") and any(p.startswith(prefix + ".") for p in paths) and prefix not in paths:
         prefix += "."  # `network` → the network.* keys (not, say, a network_x key elsewhere)
     if not any(p.startswith(prefix) for p in paths):
-        from lorafw.cli.args import nearest
-
         sections = sorted({p.split(".")[0] for p in paths})
         near = nearest(args.prefix, sections + paths)
         print(f"lorafw keys: no key starts with {args.prefix!r}" + (f"; did you mean {near}?" if near else "")

@@ -14,6 +14,11 @@ import random
 import time
 from pathlib import Path
 
+from lorafw.cli.args import Parser
+from lorafw.errors import LorafwError
+# The tiny model, the training command line and the grid are imported inside main (on purpose): `lorafw
+# demo --help` and the other commands load none of them.
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 70), "yellow": (235, 200, 40)}
 BACKGROUNDS = {"white background": (245, 245, 245), "grey background": (128, 128, 128), "black background": (15, 15, 15)}
@@ -76,8 +81,6 @@ def demo_overrides(model: Path, data: Path, out: Path, epochs: int) -> list[str]
 
 
 def main(argv: list[str]) -> int:
-    from lorafw.cli.args import Parser
-
     ap = Parser("demo", __doc__.splitlines()[0])
     ap.add_argument("--dir", default="lorafw-demo", help="where the demo's model, dataset and runs go (default: ./lorafw-demo)")
     ap.add_argument("--epochs", type=int, default=10)
@@ -96,7 +99,6 @@ def main(argv: list[str]) -> int:
     if rc != 0:
         return rc
     # The guide's last step, done for you: the newest epochs across LoRA weights, one labelled image.
-    from lorafw.errors import LorafwError
     from lorafw.sampling.grid import grid
 
     last = [e for e in range(args.epochs, max(0, args.epochs - 4), -1)]

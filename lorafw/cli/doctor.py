@@ -20,6 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lorafw.cli.args import Parser, add_overrides
+from lorafw.errors import ConfigError, ModelError
+from lorafw.paths import expand
+# The config, the checkpoint reader and the planner are imported where they are used (on purpose): `lorafw
+# doctor --help` loads none of them.
+
 LIBRARIES = ("diffusers", "transformers", "peft", "accelerate", "safetensors", "bitsandbytes", "lycoris-lora",
              "prodigyopt", "came-pytorch", "hydra-core", "xformers", "triton", "lorafw")
 
@@ -141,7 +147,6 @@ def _spec(overrides: list[str]):
     model given is checked (its header: the architecture must match the recipe's)."""
     from lorafw.config.compose import compose_dict
     from lorafw.config.validate import spec_from_dict
-    from lorafw.errors import ConfigError, ModelError
 
     overrides = [f"dataset.root={o}" if "=" not in o and Path(o).expanduser().is_dir() else o for o in overrides]
     keys = {o.split("=")[0].lstrip("+") for o in overrides}
@@ -211,7 +216,6 @@ def gather(overrides: list[str], vram: float | None = None) -> dict[str, Any]:
         backend, lib, bnb_problem = "not installed", None, None
     if bnb_problem and spec is not None and spec.optimizer.name == "adamw8bit":
         problems.append(bnb_problem)
-    from lorafw.paths import expand
 
     out_dir = expand(spec.output.dir) if spec and spec.output.dir else Path.cwd() / "outputs"
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -262,7 +266,6 @@ def cmd_doctor(argv: list[str]) -> int:
     """What this machine will do with a run: devices and memory, versions, what `auto` picks for precision and
     attention here and why, bitsandbytes' library, free disk, and whether a recipe fits this card (exit 1 when it
     found a problem)."""
-    from lorafw.cli.args import Parser, add_overrides
     from lorafw.cli.commands import positive_gb
 
     ap = Parser("doctor", cmd_doctor.__doc__,

@@ -19,7 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from lorafw.errors import LorafwError
+from lorafw.cli.args import Parser, nearest
+from lorafw.errors import DatasetError, LorafwError, OutputError
+# Each command imports what only it needs inside its function (imports there are on purpose): `lorafw --help`,
+# `lorafw keys` and `lorafw COMMAND --help` load none of the other commands' code, nor Hydra, numpy or torch.
 
 LIMIT = 40  # changes shown before "… and N more" (--all shows every one)
 
@@ -30,8 +33,6 @@ def _fail(e: LorafwError) -> int:
 
 
 def _parser(prog: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
-    from lorafw.cli.args import Parser
-
     return Parser(prog, description, usage)
 
 
@@ -144,8 +145,6 @@ def cmd_autotag(argv: list[str]) -> int:
 # -- tags --------------------------------------------------------------------------------------------
 def _split_dirs(items: list[str], need_after: int | None) -> tuple[list[str], list[str]]:
     """DIR… then the rest: the leading items that are folders (or, with `need_after`, all but the last N)."""
-    from lorafw.errors import DatasetError
-
     if need_after is not None:
         dirs, rest = items[:-need_after], items[-need_after:]
     else:
@@ -195,8 +194,6 @@ def cmd_tags(argv: list[str]) -> int:
     from lorafw.prep import rename, tags
 
     if not argv or argv[0] not in TAG_ACTIONS:
-        from lorafw.cli.args import nearest
-
         asked = bool(argv) and argv[0] in ("-h", "--help")
         usage = ("usage: lorafw tags {" + ",".join(TAG_ACTIONS) + "} ... (lorafw tags ACTION --help: its flags)\n"
                  + "\n".join(f"  {k:8s} {v}" for k, v in TAG_ACTIONS.items()))
@@ -237,7 +234,6 @@ def cmd_tags(argv: list[str]) -> int:
 
 
 def _freq(args) -> int:
-    from lorafw.errors import OutputError
     from lorafw.outputs.atomic import atomic_write
     from lorafw.prep.files import image_folders
     from lorafw.prep.tags import chart_png, tag_frequencies

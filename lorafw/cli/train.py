@@ -20,7 +20,12 @@ import sys
 from typing import Any, Callable
 
 from lorafw.config.schema import REQUIRED
+from lorafw.cli import print_help
+from lorafw.cli.args import unknown_flag
+from lorafw.config.shipped import conf_dir
 from lorafw.errors import ConfigError, LorafwError, UsageError
+# Hydra, the config and the run are imported inside the functions that use them (on purpose): every command
+# imports this module (commands.py shares fail and print_result), and `lorafw keys` must not load them.
 
 log = logging.getLogger("lorafw")
 
@@ -67,8 +72,6 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
 
 def check_flags(argv: list[str]) -> None:
     """Refuse a flag Hydra does not have (`--cgf`) or a value it does not take (`--cfg jb`), by name."""
-    from lorafw.cli.args import unknown_flag
-
     actions = hydra_flags()
     _, flags, _ = split_argv(argv)
     i = 0
@@ -141,8 +144,6 @@ def sweep_dir_names(argv: list[str]) -> list[str]:
     by adding every fixed key to Hydra's override_dirname exclusions."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
-
-    from lorafw.config.compose import conf_dir
 
     overrides, flags, _ = split_argv(argv)
     if not any(f in ("-m", "--multirun") for f in flags):
@@ -241,8 +242,6 @@ def print_result(result) -> None:
 def _make_hydra_app() -> Callable[[], None]:
     import hydra
 
-    from lorafw.config.compose import conf_dir
-
     return hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_task)
 
 
@@ -266,8 +265,6 @@ def _resume_from_command_line(overrides: list[str]) -> int:
 def cmd_train(argv: list[str]) -> int:
     """`lorafw train ...` is `lorafw ...`: the explicit spelling of a training command line."""
     if any(a in ("--help", "-h") for a in argv):
-        from lorafw.cli import print_help
-
         print_help()
         return 0
     return hydra_main(argv)

@@ -12,16 +12,15 @@ import os
 import sys
 from pathlib import Path
 
+from lorafw.config.validate import spec_from_dict
 from lorafw.errors import LorafwError
 from lorafw.launch import LOG_FILE_ENV, WORKER_ENV
+from lorafw.trainers.trainer import prepare
+from lorafw.trainers.distributed import World
 
 
 def worker(spec_file: str, out_dir: str) -> int:
     """One data-parallel process: train the spec; write rank-R.json with the result or the error."""
-    from lorafw.config.validate import spec_from_dict
-    from lorafw.trainers.trainer import prepare
-    from lorafw.trainers.distributed import World
-
     if os.environ.get(WORKER_ENV):
         os.dup2(sys.stdout.fileno(), sys.stderr.fileno())  # our messages to the terminal, the launcher's to its pipe
     world = World.from_env()

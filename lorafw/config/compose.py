@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from lorafw.config.schema import REQUIRED, defaults_tree
+from lorafw.config.shipped import conf_dir, recipe_names
 from lorafw.config.spec import RunSpec
 from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.typed import suggest
@@ -24,21 +25,6 @@ from lorafw.errors import ConfigError
 from lorafw.run_folder import RECORD
 
 CONFIG_NAME = "config"
-
-
-def conf_dir() -> Path:
-    """The Hydra config root: lorafw/conf when installed, the repository's conf/ in a checkout."""
-    pkg = Path(__file__).resolve().parents[1]
-    for candidate in (pkg / "conf", pkg.parent / "conf"):
-        if (candidate / "config.yaml").is_file() and (candidate / "recipe").is_dir():
-            return candidate
-    raise RuntimeError(f"lorafw's conf/ folder is missing next to {pkg}; reinstall lorafw")
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
-
-
 _RECIPE_DIRS: dict[Path, Path] = {}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from lorafw.config.catalog import OPTIMIZERS
 from lorafw.config.typed import suggest
 
 # Hydra plugins that a group option needs (`launcher=joblib` → hydra/launcher/joblib), and their packages.
@@ -69,8 +70,6 @@ def unknown_key(full_key: str, parent_node: Any, overrides: Sequence[str]) -> st
     given = next((_key_of(o) for o in overrides if _key_of(o) == full_key or _key_of(o).startswith(full_key + ".")), full_key)
     parent, _, leaf = full_key.rpartition(".")
     if parent == "optimizer.args":  # a free-form mapping: its keys are the optimizer's own arguments
-        from lorafw.config.catalog import OPTIMIZERS
-
         optimizer = parent_node._get_parent() if isinstance(parent_node, DictConfig) else None
         name = optimizer.get("name") if isinstance(optimizer, DictConfig) else None
         allowed = ", ".join(sorted(OPTIMIZERS[name].args)) if name in OPTIMIZERS else "see the optimizer's documentation"

@@ -6,14 +6,17 @@ Runs before any weights or images are read and imports no torch. Also runnable a
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
-from lorafw.errors import ConfigError
+from lorafw.errors import ConfigError, ModelError
+from lorafw import families as archs  # the registry: families by name, through their entry points
+from lorafw.families import available as available_archs, detect
+from lorafw.network import blocks
+from lorafw.objective.prediction import resolve
 from lorafw.paths import expand
 from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
 from lorafw.config.prompts import parse_line, prompt_lines
@@ -56,9 +59,6 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
     A spec that names its arch is returned as it is."""
     import dataclasses
 
-    from lorafw.families import detect
-    from lorafw.errors import ModelError
-
     if spec.base_model.arch != AUTO:
         return spec
     try:
@@ -69,8 +69,6 @@ def resolve_arch(spec: RunSpec) -> RunSpec:
 
 
 def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool = True) -> None:
-    from lorafw.families import available as available_archs
-
     archs = available_archs()
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
         p.append(f"base_model.arch: no architecture is registered as {s.base_model.arch!r}; available: {', '.join(archs)}")
@@ -177,9 +175,6 @@ def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
 def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
     """What the checkpoint is, from its header alone (milliseconds, no weights): a family's checkpoint (the one
     base_model.arch names, or any registered one for auto), and a clip skip its text encoder has layers for."""
-    from lorafw import families as archs  # the registry: families by name, through their entry points
-    from lorafw.errors import ModelError
-
     try:
         name = archs.detect(path) if s.base_model.arch == AUTO else s.base_model.arch
         if name not in archs.available():
@@ -188,7 +183,6 @@ def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
     except ModelError as e:
         p.append(f"base_model.path: {e}")
         return
-    from lorafw.objective.prediction import resolve
 
     try:
         resolve(s.train, info.prediction, f"base_model.path={s.base_model.path}")
@@ -290,8 +284,6 @@ RANKED = ("lora", "locon", "loha", "lokr", "glora")  # algorithms with a rank (i
 
 
 def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool) -> None:
-    from lorafw.network import blocks
-
     n = s.network
     if n.algo == "locon":
         if n.conv_dim is None or n.conv_dim < 1:

@@ -19,7 +19,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS
 from lorafw.config.schema import SAME, _unwrap, iter_keys, kohya_keys, kohya_names, kohya_of
+from lorafw.config.shipped import conf_dir
 from lorafw.config.spec import FolderSpec, NetworkSpec, RunSpec, SchedulerSpec
 from lorafw.interop.argstrings import Problem, literal_args, network_args, network_value
 from lorafw.interop.dialects import Source
@@ -123,8 +125,6 @@ class Imported:
 
 def optimizer_aliases() -> dict[str, str]:
     """kohya optimizer_type (lower case) → a lorafw optimizer the catalog has."""
-    from lorafw.config.catalog import OPTIMIZERS
-
     out = {alias: name for alias, name in OPTIMIZER_ALIASES.items() if name in OPTIMIZERS}
     for name, info in OPTIMIZERS.items():
         out[name.lower()] = name
@@ -306,8 +306,6 @@ class Classifier:
         return folders
 
     def optimizer(self, args: dict[str, Any]) -> None:
-        from lorafw.config.catalog import OPTIMIZERS
-
         raw = args.pop("optimizer_type", None) or "AdamW"
         if args.pop("use_8bit_adam", False):
             raw = "AdamW8bit"
@@ -326,8 +324,6 @@ class Classifier:
             return
         from pathlib import Path
 
-        from lorafw.config.compose import conf_dir
-
         if (Path(conf_dir()) / "optimizer" / f"{name}.yaml").is_file():
             self.imp.groups["optimizer"] = name  # its option file holds the library's defaults
         self.set("optimizer.name", name, "optimizer_type")
@@ -344,8 +340,6 @@ class Classifier:
                                                       f"(weight_decay, betas, {', '.join(sorted(info.args))})")
 
     def scheduler(self, args: dict[str, Any]) -> None:
-        from lorafw.config.catalog import SCHEDULERS
-
         name_raw = args.pop("lr_scheduler", None) or "constant"
         cls = args.pop("lr_scheduler_type", None)
         key, raw = ("lr_scheduler_type", cls) if cls else ("lr_scheduler", name_raw)

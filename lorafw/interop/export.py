@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorafw.config.compose import load_spec
+from lorafw.data.folders import parse_folder_name
 from lorafw.interop.kohya import K, export_kohya
+from lorafw.outputs.atomic import atomic_write as atomic_write_text
+from lorafw.paths import expand
 
 
 def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, str]:
@@ -12,11 +16,6 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, 
     import json
 
     import tomli_w
-
-    from lorafw.outputs.atomic import atomic_write as atomic_write_text
-    from lorafw.config.compose import load_spec
-    from lorafw.paths import expand
-    from lorafw.data.folders import parse_folder_name
 
     spec = load_spec(run_dir, check_paths=False)
     record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}

@@ -15,10 +15,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from lorafw.config.compose import compose_dict
+from lorafw.config.validate import spec_from_dict
 from lorafw.errors import ConfigError, LorafwError
 from lorafw.interop.argstrings import Problem
 from lorafw.interop.classify import Imported, classify
 from lorafw.interop.dialects import Source, detect, from_gui_json, from_gui_trainer, from_sd_scripts
+from lorafw.models.load import inspect_base_model
+from lorafw.outputs.atomic import atomic_write
 
 COLAB_DATASET = "dataset_config.toml"  # the Colab writes it next to training_config.toml
 
@@ -108,8 +112,6 @@ def checkpoint_arch(model: Any) -> str | None:
     if not p.exists():
         return None
     try:
-        from lorafw.models.load import inspect_base_model
-
         return inspect_base_model(p).arch
     except LorafwError:
         return None  # an unreadable file: the run's own checks will say so
@@ -117,9 +119,6 @@ def checkpoint_arch(model: Any) -> str | None:
 
 def _validate(imp: Imported) -> None:
     """Compose the recipe as it would be written; a value lorafw refuses is not honoured (named)."""
-    from lorafw.config.compose import compose_dict
-    from lorafw.config.validate import spec_from_dict
-
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,8 +206,6 @@ def recipe_yaml(imp: Imported, source: str, ignored: list[Problem] | None = None
 
 def write_recipe(imp: Imported, source: str, out: Path, lenient: bool = False) -> Path | None:
     """Write the recipe unless something is not honoured (then None), or anyway with `lenient`."""
-    from lorafw.outputs.atomic import atomic_write
-
     if imp.not_honoured and not lenient:
         return None
     atomic_write(out, recipe_yaml(imp, source, imp.not_honoured))

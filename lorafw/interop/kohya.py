@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lorafw.config.schema import kohya_keys, kohya_names, kohya_of, value_at
-from lorafw.config.spec import RunSpec
+from lorafw.config.spec import NetworkSpec, RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
+from lorafw.errors import LorafwError
+from lorafw.models.load import inspect_base_model
+from lorafw.paths import expand
 
 OPTIMIZER_EXPORT = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "came": "came_pytorch.CAME"}
 REX_CLASS = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
@@ -55,9 +58,6 @@ def _v_parameterization(s: Any) -> bool:
     """sd-scripts' v_parameterization: what the run trains, reading the checkpoint when prediction_type=auto."""
     if s.train.prediction_type != "auto":
         return s.train.prediction_type == "v_prediction"
-    from lorafw.errors import LorafwError
-    from lorafw.models.load import inspect_base_model
-    from lorafw.paths import expand
 
     try:
         return inspect_base_model(expand(s.base_model.path)).prediction.prediction == "v_prediction"
@@ -175,8 +175,6 @@ def network_args_of(n: Any) -> list[str]:
     """network_args that rebuild `n`: algo for LyCORIS, then every network field that differs from its default
     (LyCORIS and kohya's networks.lora read them under the same names; the importer maps them one to one)."""
     import dataclasses
-
-    from lorafw.config.spec import NetworkSpec
 
     defaults = NetworkSpec()
     out = [f"algo={n.algo}"] if is_lycoris(n) else []

@@ -24,7 +24,8 @@ from lorafw.models.detect import (
     detect,
 )
 from lorafw.models.header import read_header
-from lorafw.objective.prediction import from_scheduler_config
+from lorafw.models.tokenizer import check_vocab, model_tokenizers
+from lorafw.objective.prediction import Resolved, from_scheduler_config
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -100,7 +101,7 @@ class Components:
 def noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
     """The DDPM schedule every SD1.5/SDXL model was trained with (and kohya trains with); see
     objective/schedule.py for the v-prediction and zero-terminal-SNR variants."""
-    from lorafw.objective.schedule import noise_scheduler as make
+    from lorafw.objective.schedule import noise_scheduler as make  # heavy (torch): validation reads headers here
 
     return make(prediction_type, zero_terminal_snr)
 
@@ -121,7 +122,6 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
         vae = load_vae(vae_path, info.arch)
     if vae is None:
         raise ModelError(f"{p} has no VAE; pass one with base_model.vae=/path/to/vae.safetensors")
-    from lorafw.models.tokenizer import check_vocab, model_tokenizers
 
     toks, sources = model_tokenizers(p, info.arch)  # a diffusers folder's own, else the bundled CLIP tokenizer(s)
     check_vocab(toks, tes, sources, str(p))
@@ -129,8 +129,6 @@ def load_components(path: str | Path, vae_path: str | Path | None = None, expect
         m.requires_grad_(False)
         m.eval()
     if objective is None:
-        from lorafw.objective.prediction import Resolved
-
         d = info.prediction
         objective = Resolved(d.prediction or "epsilon", bool(d.ztsnr), d.source, d.source)
     sched = noise_scheduler(objective.prediction, objective.zero_terminal_snr)

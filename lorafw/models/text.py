@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Sequence
 
+from lorafw import speed
+from lorafw.errors import ModelError
+
 CHUNK = 75  # tokens per piece, without BOS/EOS
 WINDOW = CHUNK + 2
 
@@ -84,8 +87,6 @@ def check_ids(text_encoder: Any, input_ids) -> None:
         return
     top = int(input_ids.max()) if input_ids.numel() else 0
     if top >= rows or (input_ids.numel() and int(input_ids.min()) < 0):
-        from lorafw.errors import ModelError
-
         raise ModelError(f"a caption was tokenized to id {top}, outside the text encoder's vocabulary of {rows} ids: "
                          "the tokenizer does not belong to this model; use a diffusers folder with the model's own "
                          "tokenizer/ (lorafw reads it when present)")
@@ -131,8 +132,6 @@ def layers_up_to(text_encoder: Any, hidden_state: int) -> Iterator[int]:
     out saves their forward (their backward never runs: nothing downstream reads them). Not when those layers draw
     random numbers (adapter dropouts while training): every later draw of the step (the UNet's adapters') would
     shift, so they run as before."""
-    from lorafw import speed
-
     model = getattr(text_encoder, "module", text_encoder)  # a DistributedDataParallel wrapper's model
     inner = getattr(model, "text_model", model)  # transformers 4 has the level, 5 does not
     layers = getattr(getattr(inner, "encoder", None), "layers", None)

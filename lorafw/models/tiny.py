@@ -17,6 +17,7 @@ import torch
 
 from lorafw.models.detect import CLIP_SD15, SDXL_TE1, SDXL_TE2, UNET, VAE
 from lorafw.models.ldm_layout import UNetLayout, unet_to_original, vae_to_original
+from lorafw.models.tokenizer import clip_tokenizer_dir
 
 TINY_SD15_UNET: dict[str, Any] = {
     "sample_size": 8,
@@ -172,8 +173,6 @@ def save_single_file(parts: dict[str, torch.nn.Module], path: str | Path, dtype:
 def save_diffusers_folder(parts: dict[str, torch.nn.Module], path: str | Path) -> Path:
     """Write `parts` as a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
     from diffusers import DDPMScheduler
-
-    from lorafw.models.tokenizer import clip_tokenizer_dir
 
     p = Path(path)
     sdxl = "text_encoder_2" in parts

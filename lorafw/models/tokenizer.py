@@ -10,6 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from lorafw.errors import ModelError
+
 
 def clip_tokenizer_dir() -> Path:
     return Path(__file__).resolve().parent / "tokenizer_data" / "clip"
@@ -38,8 +40,6 @@ def model_tokenizers(path: Path, arch: str) -> tuple[list, list[str]]:
     be tokenized with its own files. Otherwise (single files, folders without tokenizer files) the CLIP
     tokenizer bundled with lorafw, which every SD1.5/SDXL checkpoint was trained with.
     """
-    from lorafw.errors import ModelError
-
     n = 1 if arch == "sd15" else 2
     bundled = [clip_tokenizer(), clip_tokenizer("!")][:n]  # bigG pads with "!"
     toks, sources = [], []
@@ -70,8 +70,6 @@ def _folder_tokenizer(folder: Path):
 
 def check_vocab(tokenizers: list, text_encoders: list, sources: list[str], model: str) -> None:
     """Refuse a tokenizer that can produce ids the text encoder has no embedding for (an IndexError mid-run)."""
-    from lorafw.errors import ModelError
-
     for i, (tok, te, src) in enumerate(zip(tokenizers, text_encoders, sources)):
         rows = te.get_input_embeddings().num_embeddings
         ids = len(tok)  # the base vocabulary and any added tokens

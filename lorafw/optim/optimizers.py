@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from lorafw.config.spec import OptimizerSpec
 from lorafw.errors import ConfigError
-from lorafw.config.catalog import OPTIMIZERS, is_class_path, relative_step
+from lorafw.config.catalog import OPTIMIZERS, relative_step
 
 
 def optimizer_class(name: str) -> Any:

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafw.config.compose import load_spec
+from lorafw.config.identity import identity
 from lorafw.outputs.atomic import atomic_write
+from lorafw.outputs.metrics import read_metrics
 from lorafw.outputs.summary import find_runs, read_summary
+from lorafw.sampling.score import basis, cells_from_json, explain, rank
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,10 +50,6 @@ class RunRow:
 
 def collect(folder: Path) -> tuple[list[RunRow], list[str]]:
     """One row per run, and the config keys whose values differ between runs."""
-    from lorafw.config.compose import load_spec
-    from lorafw.outputs.metrics import read_metrics
-    from lorafw.config.identity import identity
-
     runs = find_runs(folder)
     configs = {r: flatten(identity(load_spec(r, check_paths=False))) for r in runs}
     keys = sorted({k for c in configs.values() for k in c})
@@ -76,8 +76,6 @@ SHORT = {"validation loss": "lowest validation loss", "training loss": "lowest t
 
 def ranked(rows: list[RunRow], tolerance: float = 0.05, collapse_similarity: float = 0.8) -> tuple[list[RunRow], str, str]:
     """Runs best first by their recommended cells, with the short reason and the sentence with the numbers."""
-    from lorafw.sampling.score import basis, cells_from_json, explain, rank
-
     have = [r for r in rows if r.recommended and r.recommended.get("scores")]
     if not have:
         return [], "", ""

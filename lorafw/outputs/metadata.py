@@ -21,9 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+import lorafw
 from lorafw.config.schema import _unwrap, iter_keys, kohya_of, ss_names, value_at
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
+from lorafw.interop.kohya import is_lycoris, network_args_of
 
 K = kohya_of(RunSpec)  # lorafw key → its sd-scripts argument name (kohya's JSON fields in ss_datasets use them too)
 SS = ss_names(RunSpec)  # lorafw key → the metadata key kohya writes its value under
@@ -76,8 +78,6 @@ class TrainingFacts:
 def network_module(spec: RunSpec) -> tuple[str, dict[str, Any]]:
     """kohya's ss_network_module and the net_kwargs of ss_network_args: the network_args `lorafw export` writes
     (which rebuild the network), plus the "dropout" train_network.py adds to them before writing the metadata."""
-    from lorafw.interop.kohya import is_lycoris, network_args_of
-
     n = spec.network
     args: dict[str, Any] = dict(a.split("=", 1) for a in network_args_of(n))
     if args:
@@ -172,8 +172,6 @@ def spec_metadata(spec: RunSpec, written: Written) -> dict[str, str]:
 def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, saved_at: float) -> dict[str, str]:
     """The `modelspec.*` keys kohya writes by default (sai_model_spec.build_metadata via get_sai_model_spec;
     the author/description/license/tags/usage_hint/thumbnail keys only when their --metadata_* are given)."""
-    import lorafw
-
     t, res = spec.train, spec.dataset.resolution
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lorafw.config.spec import LogSpec
+from lorafw.outputs.atomic import atomic_write
 
 JSONL, CSV = "metrics.jsonl", "metrics.csv"
 COLUMNS = ["kind", "step", "epoch", "loss", "loss_smoothed", "lr_unet", "lr_text_encoder", "prodigy_d", "val_loss"]
@@ -55,8 +56,6 @@ class Metrics:
         return self._avg / self._weight if self._weight else None
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        from lorafw.outputs.atomic import atomic_write
-
         atomic_write(self.run_dir / JSONL, "".join(json.dumps(r) + "\n" for r in rows))
         buf = io.StringIO()
         w = csv.DictWriter(buf, COLUMNS, extrasaction="ignore")

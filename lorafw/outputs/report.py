@@ -18,10 +18,19 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from lorafw.config.compose import load_spec
+from lorafw.outputs.atomic import atomic_write
+from lorafw.outputs.metrics import read_metrics
 from lorafw.outputs.page import REPORT, Images, page, table
+from lorafw.outputs.record import read_record
+from lorafw.outputs.report_sweep import write_sweep_report
+from lorafw.outputs.summary import find_runs, read_summary
 from lorafw.outputs.svg import PALETTE, Series, bar_chart, line_chart
+from lorafw.sampling.score import cell_key, cells_from_json, tag_shares
 
 log = logging.getLogger("lorafw")
+
+
 @dataclass
 class RunData:
     """Everything a run folder holds that the page shows (read_run)."""
@@ -39,10 +48,6 @@ class RunData:
 
 
 def read_run(run_dir: Path) -> RunData:
-    from lorafw.outputs.metrics import read_metrics
-    from lorafw.outputs.record import read_record
-    from lorafw.outputs.summary import read_summary
-
     d = RunData(Path(run_dir))
     d.record = read_record(run_dir) or {}
     d.summary = read_summary(run_dir) or {}
@@ -65,8 +70,6 @@ def read_run(run_dir: Path) -> RunData:
         if p.is_file():
             d.scores, d.scores_dir = json.loads(p.read_text()), p.parent
     try:
-        from lorafw.config.compose import load_spec
-
         d.spec = load_spec(run_dir, check_paths=False)
     except Exception:  # an old or hand-edited config: the page shows the text as it is
         d.spec = None
@@ -141,7 +144,6 @@ def grid_html(d: RunData, img: Images) -> str:
                 'epochs across LoRA weights and scores every cell (add <code>grid.tagger=DIR</code>, a local WD tagger, '
                 'for concept fidelity and prompt adherence).</p>')
     s, gdir = d.scores, d.scores_dir
-    from lorafw.sampling.score import cell_key, cells_from_json
 
     cells = cells_from_json(s["cells"])
     rec = s.get("recommended") or {}
@@ -239,8 +241,6 @@ def dataset_html(d: RunData) -> str:
         items = sorted(buckets.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("x")))
         charts.append(bar_chart([k for k, _ in items], [float(v) for _, v in items], "Aspect-ratio buckets (images)"))
     if freq:
-        from lorafw.sampling.score import tag_shares
-
         shares = tag_shares(freq, {k: int((v or {}).get("img_count") or 0) for k, v in dirs.items()})
         share_key = d.spec.grid.concept_share if d.spec is not None else 0.5
         concept = set((d.scores or {}).get("concept") or [])
@@ -313,8 +313,6 @@ def render_run(d: RunData, page_dir: Path | None = None, embed: bool = False, ma
 
 
 def write_run_report(run_dir: Path, embed: bool | None = None) -> Path:
-    from lorafw.outputs.atomic import atomic_write
-
     d = read_run(Path(run_dir))
     rs = getattr(d.spec, "report", None)
     html = render_run(d, d.run_dir, rs.embed_images if embed is None and rs else bool(embed),
@@ -324,15 +322,12 @@ def write_run_report(run_dir: Path, embed: bool | None = None) -> Path:
 
 def write_report(folder: Path, embed: bool | None = None) -> Path:
     """A run folder's report.html, or for a sweep's folder every run's page and the comparison page."""
-    from lorafw.outputs.summary import find_runs
-
     folder = Path(folder)
     runs = find_runs(folder)
     if len(runs) == 1 and runs[0] == folder:
         return write_run_report(folder, embed)
     for r in runs:
         write_run_report(r, embed)
-    from lorafw.outputs.report_sweep import write_sweep_report
 
     return write_sweep_report(folder, runs, bool(embed))
 
@@ -341,9 +336,6 @@ def report_after(folder: Path, overrides: list[str] | tuple[str, ...] = ()) -> P
     """The report at the end of a run or a grid, when report.enabled; a failure is a warning, never an error
     (the LoRA files are what the run is for)."""
     try:
-        from lorafw.config.compose import load_spec
-        from lorafw.outputs.summary import find_runs
-
         first = find_runs(Path(folder))[0]
         spec = load_spec(first, list(overrides), check_paths=False)
         if not spec.report.enabled:

@@ -9,14 +9,16 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from lorafw.outputs.atomic import atomic_write
+from lorafw.outputs.compare import collect, ranked, winner
+from lorafw.outputs.metrics import read_metrics
 from lorafw.outputs.page import REPORT, Images, page, table
+from lorafw.outputs.summary import read_summary
 from lorafw.outputs.svg import PALETTE, Series, line_chart
 
 
 def _picture(run: Path, rec: dict[str, Any] | None, img: Images) -> str:
     """The run's recommended cell (first prompt) when a grid was scored, else its newest sample."""
-    from lorafw.outputs.summary import read_summary
-
     summary = read_summary(run) or {}
     where = summary.get("grid_scores")
     if rec and where:
@@ -31,10 +33,6 @@ def _picture(run: Path, rec: dict[str, Any] | None, img: Images) -> str:
 
 
 def write_sweep_report(folder: Path, runs: list[Path], embed: bool = False) -> Path:
-    from lorafw.outputs.atomic import atomic_write
-    from lorafw.outputs.compare import collect, ranked, winner
-    from lorafw.outputs.metrics import read_metrics
-
     rows, differing = collect(folder)
     order, short, sentence = ranked(rows)
     if len(order) == len(rows):

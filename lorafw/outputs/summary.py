@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lorafw.config.spec import RunSpec
+from lorafw.errors import LorafwError
 from lorafw.outputs.atomic import atomic_write
+from lorafw.sampling.score import epoch_cells, recommendation
 
 SUMMARY = "run_summary.json"
 
@@ -46,7 +48,6 @@ def write_summary(run_dir: Path, spec: RunSpec, arch: str, epoch_losses: list[fl
         "files": sorted(files),
         "samples": samples,
     }
-    from lorafw.sampling.score import epoch_cells, recommendation
 
     # Until a grid is scored: the epoch with the lowest validation (else training) loss, at weight 1.0.
     summary["recommended"] = recommendation(epoch_cells(epochs), spec.grid.tolerance, spec.grid.collapse_similarity)
@@ -71,8 +72,6 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def find_runs(folder: Path) -> list[Path]:
     """The run folder itself, or every run (a folder with run.json and config.yaml) in a sweep's folder."""
-    from lorafw.errors import LorafwError
-
     folder = Path(folder)
     if (folder / "run.json").is_file():
         return [folder]

@@ -12,10 +12,16 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lorafw.config.catalog import relative_step
 from lorafw.config.schema import REQUIRED
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import guide_steps
 from lorafw.data.dataset import TrainData
+from lorafw.errors import ConfigError, LorafwError
+from lorafw.models.load import inspect_base_model
+from lorafw.objective.prediction import resolve
+from lorafw.optim.schedulers import key_points
+from lorafw.paths import expand
 
 # The guide's tables (RECIPES.md).  SD1.5: images, repeats, epochs, batch.
 SD15_TABLE = [(20, 10, 10, 2), (100, 3, 10, 2), (400, 1, 10, 2), (1000, 1, 10, 3)]
@@ -136,14 +142,8 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
 def objective_of(spec: RunSpec) -> dict[str, Any]:
     """What the run will train (ε or v, ZTSNR) and why: the checkpoint's header is read when base_model.path
     points at one (milliseconds, no torch); a contradiction is reported as `problem`, not raised."""
-    from lorafw.errors import ConfigError, LorafwError
-    from lorafw.objective.prediction import resolve
-    from lorafw.paths import expand
-
     path, declared, read = spec.base_model.path, None, False
     if path and path != REQUIRED and expand(path).exists():
-        from lorafw.models.load import inspect_base_model
-
         try:
             declared, read = inspect_base_model(expand(path)).prediction, True
         except LorafwError:
@@ -157,11 +157,10 @@ def objective_of(spec: RunSpec) -> dict[str, Any]:
     if not read and spec.train.prediction_type == "auto":
         out["source"] += " (base_model.path not read: give it to see what the checkpoint states)"
     return out
+
+
 def _lr_curve(spec: RunSpec, total: int) -> dict[str, Any]:
     """The UNet lr at the schedule's corners (optim/schedulers.py's formulas, the ones training runs)."""
-    from lorafw.config.catalog import relative_step
-    from lorafw.optim.schedulers import key_points
-
     o, sc = spec.optimizer, spec.scheduler
     if relative_step(o) or sc.name == "adafactor":
         return {"lr_points": [], "lr_note": "Adafactor computes its own lr (relative_step)"}

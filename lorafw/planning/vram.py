@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lorafw.config.spec import NetworkSpec, OptimizerSpec, RunSpec
+from lorafw.config.validate import _changing_captions
 from lorafw.network.targets import TE_CONTAINERS, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, Layer, Target, select
 
 CALIBRATION = Path(__file__).with_name("vram_calibration.json")
@@ -52,7 +53,7 @@ TE_TRAIN_COST = 0.10  # training the text encoder(s): forward and backward, per 
 def layer_table(model: Any, containers: tuple[str, ...]) -> list[list[Any]]:
     """Every Linear/Conv2d the adapter code could target in `model` (lorafw.network.adapter.layers_of), as
     rows [container class, kind, in, out, kernel, count] with identical rows merged. Takes a torch module."""
-    from lorafw.network.adapter import layers_of
+    from lorafw.network.adapter import layers_of  # heavy (torch, LyCORIS): `lorafw plan --vram` runs without them
 
     modules = dict(model.named_modules())
     counts: dict[tuple, int] = {}
@@ -389,8 +390,6 @@ class Option:
 def candidates(spec: RunSpec) -> list[tuple[list[str], RunSpec, bool]]:
     """Setting combinations to try: (overrides, spec, changes_training). The global batch (batch × accumulation)
     stays as it is, so the guide's step counts and learning rates still apply."""
-    from lorafw.config.validate import _changing_captions
-
     t, d, o = spec.train, spec.dataset, spec.optimizer
     global_batch = t.batch_size * t.gradient_accumulation_steps
     batches = [b for b in range(t.batch_size, 0, -1) if global_batch % b == 0]

@@ -16,8 +16,20 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from lorafw.config.compose import load_spec
+from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
 from lorafw.errors import LorafwError
+from lorafw import families
+from lorafw.logs import ensure_logging, quiet
+from lorafw.network.apply import WeightPatcher, module_names
+from lorafw.objective.prediction import resolve
+from lorafw.outputs.report import report_after
 from lorafw.outputs.summary import find_runs
+from lorafw.placement import resolve_device
+from lorafw.precision import cuda_bf16_native
+from lorafw.sampling.grid_scores import load_tagger, score_run
+from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
+from lorafw.sampling.render import save_png
 
 EPOCH_FILE = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{2,})(?P<ema>-ema)?\.safetensors$")
 
@@ -98,11 +110,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from lorafw.config.compose import load_spec
-    from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
-    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
-    from lorafw.sampling.render import save_png
-
     spec = load_spec(run_dir, overrides, check_paths=False)
     name = spec.output.name or "lora"
     rows = epoch_files(run_dir, name, spec.grid.epochs, spec.grid.ema)
@@ -115,7 +122,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
         triggers = [t.strip() for t in meta.get("modelspec.trigger_phrase", "").split(",") if t.strip()]
         prompts = [parse_line(fallback_prompt(triggers, json.loads(meta.get("ss_tag_frequency", "{}"))), spec.sample,
                               spec.dataset.resolution)]
-    from lorafw.sampling.grid_scores import load_tagger
 
     tagger = load_tagger(spec)  # before the base model loads: a wrong grid.tagger folder fails at once
     renderer, patcher = _prepared(spec, models)
@@ -144,8 +150,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
                  {"lorafw_grid": json.dumps(layout)})
         written.append(path)
     if spec.grid.score:
-        from lorafw.sampling.grid_scores import score_run
-
         score_run(run_dir, out, spec, rows, weights, prompts, tagger, written)
     return written
 
@@ -153,13 +157,6 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
 def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     """The base model (loaded once per checkpoint and VAE, by its family) as a renderer and a WeightPatcher."""
     import torch
-
-    from lorafw import families
-    from lorafw.logs import quiet
-    from lorafw.network.apply import WeightPatcher, module_names
-    from lorafw.objective.prediction import resolve
-    from lorafw.placement import resolve_device
-    from lorafw.precision import cuda_bf16_native
 
     arch = families.get(spec.base_model.arch)
     info = arch.inspect(str(spec.base_model.path))
@@ -183,8 +180,6 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
 
 def grid(folder: Path, overrides: list[str]) -> list[Path]:
     """Grids for a run folder, or for every run of a sweep folder (the swept values label each run)."""
-    from lorafw.logs import ensure_logging
-
     ensure_logging()  # the recommendation and the report's path are logged
     runs = find_runs(folder)
     models: dict[str, Any] = {}
@@ -194,7 +189,6 @@ def grid(folder: Path, overrides: list[str]) -> list[Path]:
         written = []
         for run in runs:
             written += grid_for_run(run, overrides, models, out_dir=folder / "grids" / run.name, label=run.name)
-    from lorafw.outputs.report import report_after
 
     report_after(folder, overrides)  # report.html with the scored grid (report.enabled)
     return written

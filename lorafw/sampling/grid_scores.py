@@ -8,7 +8,12 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from lorafw.sampling.score import SCORES, GridScores, recommendation, score_grid
+from lorafw.outputs.atomic import atomic_write
+from lorafw.outputs.metrics import log_grid
+from lorafw.outputs.summary import read_summary, set_recommended
+from lorafw.paths import expand
+from lorafw.prep.autotag import Tagger
+from lorafw.sampling.score import GridScores, SCORES, recommendation, score_grid, tag_shares
 
 log = logging.getLogger("lorafw")
 
@@ -17,8 +22,6 @@ def load_tagger(spec: Any) -> Any:
     """The run's tagger (grid.tagger), loaded before any cell is rendered so a wrong folder fails at once."""
     if not (spec.grid.score and spec.grid.tagger):
         return None
-    from lorafw.paths import expand
-    from lorafw.prep.autotag import Tagger
 
     return Tagger(expand(spec.grid.tagger))
 
@@ -26,8 +29,6 @@ def load_tagger(spec: Any) -> Any:
 def caption_stats(lora_file: Path) -> tuple[dict[str, float], list[str]]:
     """({tag: share of training captions}, trigger words) from a LoRA file's own metadata (no dataset needed)."""
     from safetensors import safe_open
-
-    from lorafw.sampling.score import tag_shares
 
     with safe_open(str(lora_file), "np") as f:
         meta = f.metadata() or {}
@@ -45,9 +46,6 @@ def score_run(run_dir: Path, out: Path, spec: Any, rows: Sequence[Any], weights:
               tagger: Any, grids: Sequence[Path]) -> GridScores:
     """Score a run's freshly rendered grid (cells in out/prompt-NN/LABEL_wW.png); write out/scores.json, the
     summary's `recommended`, and TensorBoard's grid images and scores."""
-    from lorafw.outputs.atomic import atomic_write
-    from lorafw.outputs.summary import read_summary, set_recommended
-
     summary = read_summary(run_dir) or {}
     losses = {int(e["epoch"]): (e.get("train_loss"), e.get("val_loss")) for e in summary.get("epochs", [])}
     images = {(pi, r.label, float(w)): out / f"prompt-{pi:02d}" / f"{r.label}_w{w:g}.png"
@@ -69,7 +67,5 @@ def score_run(run_dir: Path, out: Path, spec: Any, rows: Sequence[Any], weights:
     if rec:
         log.info(f"recommended: {rec['why']}")
     if spec.log.tensorboard:
-        from lorafw.outputs.metrics import log_grid
-
         log_grid(run_dir, grids, scores.cells)
     return scores

@@ -13,6 +13,9 @@ import torch
 from PIL import Image
 
 from lorafw.config.prompts import SamplePrompt
+from lorafw.errors import LorafwError
+from lorafw.models.text import encode_sd15, encode_sdxl, tokenize
+from lorafw.outputs.atomic import atomic_write
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
@@ -29,8 +32,6 @@ def make_scheduler(sampler: str, noise_scheduler: Any) -> Any:
     the rescaled betas with "trailing" timestep spacing, so the first step starts from pure noise at t = 999
     (with "leading" a ZTSNR v-pred model's previews are noise)."""
     import diffusers
-
-    from lorafw.errors import LorafwError
 
     name, extra = SCHEDULERS[sampler]
     cfg = noise_scheduler.config
@@ -79,8 +80,6 @@ class Renderer:
 
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        from lorafw.models.text import encode_sd15, encode_sdxl, tokenize
-
         n = self.max_token_length
         if self.arch == "sdxl":
             states, pooled = encode_sdxl(self.text_encoders[0], self.text_encoders[1], tokenize(self.tokenizers[0], texts, n),
@@ -131,8 +130,6 @@ def save_png(image: Image.Image, path: Any, parameters: str, extra: dict[str, st
     import io
 
     from PIL.PngImagePlugin import PngInfo
-
-    from lorafw.outputs.atomic import atomic_write
 
     info = PngInfo()
     info.add_text("parameters", parameters)

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from lorafw.data.imagehash import _POPCOUNT, dhash
 from lorafw.prep.autotag import CHARACTER, GENERAL, KAOMOJI
 
 SCORES = "scores.json"
@@ -82,8 +83,6 @@ def concept_tags(shares: dict[str, float], vocabulary: Iterable[str], min_share:
 
 def similarity(hash_a: np.ndarray, hash_b: np.ndarray) -> float:
     """1 for identical perceptual hashes, about 0 for unrelated pictures (half their bits differ)."""
-    from lorafw.data.imagehash import _POPCOUNT
-
     bits = hash_a.size * 8
     d = int(_POPCOUNT[np.bitwise_xor(hash_a, hash_b)].sum())
     return max(0.0, 1.0 - 2.0 * d / bits)
@@ -273,8 +272,6 @@ def score_grid(images: dict[tuple[int, str, float], Path], prompts: Sequence[str
     """Score every cell. `images[(prompt index, row label, weight)]` is a cell image; `rows` are (label, epoch,
     ema); `losses[epoch]` is (train, validation); `tagger` a lorafw.prep.autotag.Tagger or None."""
     from PIL import Image
-
-    from lorafw.data.imagehash import dhash
 
     notes: list[str] = []
     hashes: dict[tuple[int, str, float], np.ndarray] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
