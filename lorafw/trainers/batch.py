@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-from lorafw.archs.protocol import Models
+from lorafw.archs.protocol import Architecture, Models
 from lorafw.data import dataset as dataset_mod
-from lorafw.data.latents import load_mask, load_pixels as load_image
+from lorafw.data.dataset import TrainData
+from lorafw.data.latents import load_mask
+from lorafw.data.latents import load_pixels as load_image
 from lorafw.data.prefetch import Lookahead
 from lorafw.logs import log
 from lorafw.placement import place_cache, to_device
@@ -28,12 +30,12 @@ def step_seed(seed: int, micro: int) -> int:
     return dataset_mod.derive_seed(seed, "step", micro)
 
 
-def flips(data: Any, batch: list[int], rng: random.Random) -> list[bool]:
+def flips(data: TrainData, batch: list[int], rng: random.Random) -> list[bool]:
     """The batch's flip draws: the first use of its (seed, micro-step) generator."""
     return [data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
 
 
-def latents(dev: Device, models: Models, data: Any, cache: Any, batch: list[int], flipped: list[bool],
+def latents(dev: Device, models: Models, data: TrainData, cache: Any, batch: list[int], flipped: list[bool],
             ahead: Lookahead | None = None) -> torch.Tensor:
     """Scaled VAE latents of a batch of `data`: from `cache`, or encoded now (from `ahead`'s decoded pixels when
     it holds them)."""
@@ -49,7 +51,7 @@ def latents(dev: Device, models: Models, data: Any, cache: Any, batch: list[int]
     return (z * vae.config.scaling_factor).float()
 
 
-def masks(dev: Device, data: Any, cache: Any, batch: list[int], flipped: list[bool],
+def masks(dev: Device, data: TrainData, cache: Any, batch: list[int], flipped: list[bool],
           size: tuple[int, int]) -> torch.Tensor:
     """The batch's loss masks (dataset.masked_loss) at latent size."""
     if cache is not None:
@@ -58,7 +60,7 @@ def masks(dev: Device, data: Any, cache: Any, batch: list[int], flipped: list[bo
                         for i, f in zip(batch, flipped)])
 
 
-def conditioning(arch: Any, models: Models, dev: Device, text_cache: dict | None, data: Any, captions: list[str],
+def conditioning(arch: Architecture, models: Models, dev: Device, text_cache: dict | None, data: TrainData, captions: list[str],
                  batch: list[int], flipped: list[bool], train: Any, grad: bool) -> dict[str, Any]:
     """The denoiser's keyword arguments for a batch of `data`: its cached text states (or its captions encoded
     now, with gradients when `grad`), shaped by the family."""
@@ -71,12 +73,12 @@ def conditioning(arch: Any, models: Models, dev: Device, text_cache: dict | None
     return arch.conditioning({k: v.to(dev.wdtype) for k, v in text.items()}, data, batch, flipped)
 
 
-def text_cache_for(caches: Caches, data: Any, train_data: Any, val_data: Any) -> dict | None:
+def text_cache_for(caches: Caches, data: TrainData, train_data: Any, val_data: Any) -> dict | None:
     """The text cache that holds `data`'s captions (training or held-out), or None."""
     return caches.text if data is train_data else caches.val_text if data is val_data else None
 
 
-def pixel_lookahead(dev: Device, data: Any, world: World, seed: int, micro: int,
+def pixel_lookahead(dev: Device, data: TrainData, world: World, seed: int, micro: int,
                     groups: list[list[list[int]]]) -> Lookahead:
     """Without cached latents: this process's batches of `groups` (with their flips, which depend only on
     the seed and micro-step) decoded on loader threads ahead of the step that encodes them."""
@@ -88,7 +90,7 @@ def pixel_lookahead(dev: Device, data: Any, world: World, seed: int, micro: int,
     return Lookahead(lambda key: load_pixels(dev, data, key), keys, dev.loader_workers)
 
 
-def load_pixels(dev: Device, data: Any, key: tuple[tuple[int, ...], tuple[bool, ...]]) -> torch.Tensor:
+def load_pixels(dev: Device, data: TrainData, key: tuple[tuple[int, ...], tuple[bool, ...]]) -> torch.Tensor:
     """A batch's pixels (pinned in host memory when they go to a GPU, so the copy can overlap)."""
     pixels = torch.stack([load_image(data.images[i], f) for i, f in zip(*key)])
     return pixels.pin_memory() if dev.device.type == "cuda" else pixels

@@ -12,20 +12,22 @@ from typing import Any
 
 import torch
 
+from lorafw.archs.protocol import Architecture
+from lorafw.config.identity import identity
 from lorafw.config.spec import RunSpec
 from lorafw.errors import LorafwError
+from lorafw.logs import log
 from lorafw.outputs.metadata import TrainingFacts, build_metadata, kohya_subsets
 from lorafw.outputs.record import now_iso, read_record, write_record
-from lorafw.outputs.state_file import STATE, load_state, save_state as write_state
+from lorafw.outputs.state_file import STATE, load_state
+from lorafw.outputs.state_file import save_state as write_state
 from lorafw.paths import expand
-from lorafw.config.identity import identity
-from lorafw.logs import log
 from lorafw.trainers.context import Plan, Session, TrainState
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def save_lora(spec: RunSpec, arch: Any, plan: Plan, session: Session, state: TrainState, precision: str,
+def save_lora(spec: RunSpec, arch: Architecture, plan: Plan, session: Session, state: TrainState, precision: str,
               model_hashes: Any, epoch: int, file_name: str | None = None) -> Path:
     """Write the LoRA (and, with EMA, its -ema twin) as kohya-format safetensors with kohya's metadata."""
     dtype = SAVE_DTYPES[spec.output.save_precision]
@@ -164,8 +166,10 @@ def write_summary(spec: RunSpec, arch_name: str, session: Session, state: TrainS
 
     if not session.main:
         return
-    s = state if state is not None else TrainState(None, [], None, None)  # a run that failed in setup
+    # a run that failed in setup has no state: no epochs, no files
+    losses, val, files = (state.epoch_losses, state.val_losses, state.lora_files) if state is not None else ([], {}, [])
+    step, samples = (state.global_step, state.samples) if state is not None else (0, [])
     # after the LoRA files handed to the writer before it (it looks for the -ema files on disk)
-    session.writer.submit(write, session.run_dir, spec, arch_name, list(s.epoch_losses), dict(s.val_losses),
-                          list(s.lora_files), session.record.get("status", ""), s.global_step,
-                          time.time() - session.started_at, list(s.samples))
+    session.writer.submit(write, session.run_dir, spec, arch_name, list(losses), dict(val),
+                          list(files), session.record.get("status", ""), step,
+                          time.time() - session.started_at, list(samples))

@@ -15,13 +15,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lorafw.outputs.background import Writer
 from lorafw.trainers.distributed import Comm, World
 from lorafw.trainers.signals import StopRequests
+
+if TYPE_CHECKING:  # the types only: building the pieces is setup.py's job
+    from lorafw.data.dataset import TrainData
+    from lorafw.data.latents import LatentCache
+    from lorafw.data.lint import Report
+    from lorafw.data.prefetch import Lookahead
+    from lorafw.network.adapter import Network
+    from lorafw.objective.prediction import Resolved
+    from lorafw.optim.bf16 import MasterWeights
+    from lorafw.optim.ema import EMA
+    from lorafw.placement import Parking
+    from lorafw.precision import Amp, PrecisionChoice
+    from lorafw.trainers.step import StepConfig
 
 
 @dataclass
@@ -30,16 +43,16 @@ class Plan:
 
     model_path: Path
     model_info: Any  # the family's description of the checkpoint
-    objective: Any  # objective.prediction.Resolved: what the run trains to predict, and why
-    data: Any  # data.dataset.TrainData
-    val_data: Any  # held-out TrainData, or None
-    lint_report: Any
+    objective: Resolved  # objective.prediction.Resolved: what the run trains to predict, and why
+    data: TrainData
+    val_data: TrainData | None  # held-out images
+    lint_report: Report
     dataset_warnings: list[str]
     batches_per_step: int  # accumulation × processes: one optimizer step's batches
     steps_per_epoch: int
     total_steps: int
-    step_config: Any  # trainers.step.StepConfig for training
-    eval_config: Any  # and for validation (plain noise, unweighted MSE)
+    step_config: StepConfig  # for training
+    eval_config: StepConfig  # and for validation (plain noise, unweighted MSE)
     name: str  # the LoRA files' stem
     resuming: bool
 
@@ -68,10 +81,10 @@ class Device:
     """Where the run computes and in which precision (lorafw.precision.choose)."""
 
     device: torch.device
-    choice: Any  # precision.Choice
-    amp: Any  # precision.Amp: autocast and the fp16 loss scaler
+    choice: PrecisionChoice
+    amp: Amp  # autocast and the fp16 loss scaler
     wdtype: torch.dtype  # the frozen weights' dtype
-    parking: Any  # placement.Parking: where frozen parts wait when the device does not need them
+    parking: Parking  # where frozen parts wait when the device does not need them
     loader_workers: int
 
     @property
@@ -83,11 +96,11 @@ class Device:
 class Caches:
     """What setup computed once: latents (training, held-out) and text states; None where not cached."""
 
-    latents: Any = None  # data.latents.LatentCache
-    val_latents: Any = None
+    latents: LatentCache | None = None
+    val_latents: LatentCache | None = None
     text: dict[int, dict[str, torch.Tensor]] | None = None
     val_text: dict[int, dict[str, torch.Tensor]] | None = None
-    pixels_ahead: Any = None  # uncached latents: this epoch's images decoded ahead (data.prefetch.Lookahead)
+    pixels_ahead: Lookahead | None = None  # uncached latents: this epoch's images decoded ahead
 
 
 @dataclass
@@ -95,12 +108,12 @@ class TrainState:
     """The network, its optimizer and what rides with it, and where the run stands. state.pt saves exactly this
     (trainers/checkpoint.py), so a resumed run continues as if it never stopped."""
 
-    network: Any
+    network: Network
     trainable: list[torch.Tensor]
     optimizer: Any
     lr_scheduler: Any
-    masters: Any = None  # full_bf16/full_fp16: fp32 master copies (optim/bf16.py)
-    ema: Any = None
+    masters: MasterWeights | None = None  # full_bf16/full_fp16: fp32 master copies (optim/bf16.py)
+    ema: EMA | None = None
     train_te: bool = False
     te_stop_step: int | None = None  # optimizer.stop_text_encoder_training, in optimizer steps
     warmup_steps: int = 0

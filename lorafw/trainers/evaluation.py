@@ -10,11 +10,12 @@ from typing import Any, Iterator
 
 import torch
 
-from lorafw.archs.protocol import Models
+from lorafw.archs.protocol import Architecture, Models
 from lorafw.config.spec import RunSpec
 from lorafw.data import dataset as dataset_mod
-from lorafw.trainers import batch as batch_mod
+from lorafw.data.dataset import TrainData
 from lorafw.logs import log
+from lorafw.trainers import batch as batch_mod
 from lorafw.trainers.context import Device
 from lorafw.trainers.distributed import Comm, World, shard
 from lorafw.trainers.step import StepConfig, diffusion_step
@@ -34,8 +35,8 @@ def eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def fixed_loss(spec: RunSpec, arch: Any, models: Models, dev: Device, world: World, comm: Comm, cfg: StepConfig,
-               data: Any, latent_cache: Any, text_cache: dict | None, images: list[int] | None = None, seed: int = 0,
+def fixed_loss(spec: RunSpec, arch: Architecture, models: Models, dev: Device, world: World, comm: Comm, cfg: StepConfig,
+               data: TrainData, latent_cache: Any, text_cache: dict | None, images: list[int] | None = None, seed: int = 0,
                draws: int = 4) -> float:
     """Mean loss over `images` of `data` (default: all its images) with captions unshuffled and noise and
     timesteps fixed by `seed`: the same weights always give the same number. Each data-parallel process
@@ -61,7 +62,7 @@ def fixed_loss(spec: RunSpec, arch: Any, models: Models, dev: Device, world: Wor
 
 
 @torch.no_grad()
-def sample(spec: RunSpec, models: Models, renderer: Any, dev: Device, data: Any, run_dir: Path, label: str,
+def sample(spec: RunSpec, models: Models, renderer: Any, dev: Device, data: TrainData, run_dir: Path, label: str,
            step: int) -> list[str]:
     """Render the sample prompts with the weights as they are now: RUN_DIR/samples/LABEL_NN.png. Returns the
     images' paths relative to the run folder."""

@@ -19,9 +19,9 @@ import torch
 from lorafw.config.spec import RunSpec
 from lorafw.data import dataset as dataset_mod
 from lorafw.errors import Interrupted, NonFiniteError
+from lorafw.logs import log
 from lorafw.precision import MAX_SKIPPED_IN_A_ROW, fp16_fixes
 from lorafw.trainers import checkpoint
-from lorafw.logs import log
 from lorafw.trainers.context import Device, Session, TrainState
 from lorafw.trainers.signals import EXIT_CODES
 
@@ -109,7 +109,7 @@ def stop_here(spec: RunSpec, session: Session, state: TrainState, dev: Device, t
         f"{signal.Signals(signum).name if signum else 'request'}; saved {path.name} and the training state.\n"
         f"continue with: lorafw resume {session.run_dir}"
     )
-    err.exit_code = EXIT_CODES.get(signum, 130)  # type: ignore[arg-type]
+    err.exit_code = EXIT_CODES.get(signum, 130) if signum is not None else 130
     raise err
 
 

@@ -9,26 +9,28 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lorafw import speed
+from lorafw.archs.protocol import Architecture
 from lorafw.config.spec import RunSpec, import_notes
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import scan
 from lorafw.data.lint import lint, without
 from lorafw.errors import DatasetError, LorafwError
-from lorafw.objective.prediction import resolve as resolve_objective, warnings_for as objective_warnings
+from lorafw.logs import log
+from lorafw.objective.prediction import resolve as resolve_objective
+from lorafw.objective.prediction import warnings_for as objective_warnings
 from lorafw.outputs.background import Writer
 from lorafw.paths import expand
-from lorafw import speed
-from lorafw.trainers import checkpoint
-from lorafw.logs import log
 from lorafw.placement import resolve_device
 from lorafw.run_folder import check_disk, ensure_writable, prepare_run_dir
+from lorafw.trainers import checkpoint
 from lorafw.trainers.compile import compile_problem
 from lorafw.trainers.context import Plan, Session
 from lorafw.trainers.distributed import Comm, World, init_process_group
 from lorafw.trainers.step import StepConfig
 
 
-def preflight(spec: RunSpec, arch: Any, run_dir: Path, world: World) -> Plan:
+def preflight(spec: RunSpec, arch: Architecture, run_dir: Path, world: World) -> Plan:
     """The run's plan, or the error that would otherwise stop it hours in."""
     t = spec.train
     if world.size > 1 and t.num_processes not in (1, world.size):
@@ -64,7 +66,7 @@ def preflight(spec: RunSpec, arch: Any, run_dir: Path, world: World) -> Plan:
                 StepConfig(prediction=objective.prediction), spec.output.name or "lora", spec.resume is not None)
 
 
-def open_session(spec: RunSpec, arch: Any, plan: Plan, run_dir: Path, world: World) -> Session:
+def open_session(spec: RunSpec, arch: Architecture, plan: Plan, run_dir: Path, world: World) -> Session:
     """Join the process group, make the run folder (the main process; the others wait for it), start the run
     record."""
     comm = Comm(world)
@@ -99,7 +101,7 @@ def open_session(spec: RunSpec, arch: Any, plan: Plan, run_dir: Path, world: Wor
     return Session(world, comm, run_dir, Writer(background=speed.on("async_save")), record=record)
 
 
-def lint_folders(spec: Any, folders: list, warnings: list[str]) -> tuple[list, Any]:
+def lint_folders(spec: RunSpec, folders: list, warnings: list[str]) -> tuple[list, Any]:
     """Decode every image once before training: damaged files stop the run here, not hours in.
     Returns the folders (without the damaged images when dataset.skip_bad_images) and the lint report."""
     report = lint(folders, spec.dataset, deep=True)
@@ -119,7 +121,7 @@ def lint_folders(spec: Any, folders: list, warnings: list[str]) -> tuple[list, A
     return folders, report
 
 
-def hold_out(spec: Any, folders: list) -> tuple[list, Any]:
+def hold_out(spec: RunSpec, folders: list) -> tuple[list, Any]:
     """Validation images: a held-out folder, or a fraction of the training images chosen by the seed.
     Returns the training folders and the validation TrainData (or None)."""
     v, ds = spec.validation, spec.dataset

@@ -10,17 +10,18 @@ from typing import Any
 
 import torch
 
-from lorafw.archs.protocol import Models
+from lorafw.archs.protocol import Architecture, Models
 from lorafw.config.spec import RunSpec
+from lorafw.data.dataset import TrainData
 from lorafw.data.prefetch import resolve_workers
 from lorafw.errors import LorafwError
+from lorafw.logs import log, progress_bar, quiet
 from lorafw.outputs.record import device_info
 from lorafw.paths import expand
-from lorafw.trainers import batch as batch_mod
-from lorafw.logs import log, progress_bar, quiet
 from lorafw.placement import resolve_device
 from lorafw.precision import weight_dtype
 from lorafw.run_folder import check_disk
+from lorafw.trainers import batch as batch_mod
 from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
 from lorafw.trainers.distributed import Comm, World, main_first
 
@@ -52,7 +53,7 @@ def make_device(spec: RunSpec, session: Session) -> Device:
                   resolve_workers(spec.dataset.workers, device.type))
 
 
-def load_models(spec: RunSpec, arch: Any, plan: Plan, dev: Device, main: bool) -> tuple[Models, Any]:
+def load_models(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, main: bool) -> tuple[Models, Any]:
     """The family's models, the VAE on the device (it encodes first), and the base model's kohya hashes started
     in a thread (the main process writes them into every LoRA file)."""
     models = arch.load(spec, plan.model_info, plan.objective)
@@ -97,7 +98,7 @@ def models_to_device(dev: Device, models: Models, caches: Caches) -> None:
                **{f"text_encoder_{i + 1}": te for i, te in enumerate(models.text_encoders)}})
 
 
-def build_caches(spec: RunSpec, arch: Any, plan: Plan, dev: Device, models: Models, session: Session) -> Caches:
+def build_caches(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, models: Models, session: Session) -> Caches:
     """Latents (training and held-out) and, with dataset.cache_text_encoder_outputs, text states."""
     from lorafw.data.latents import LatentCache, default_cache_dir
 
@@ -120,7 +121,7 @@ def build_caches(spec: RunSpec, arch: Any, plan: Plan, dev: Device, models: Mode
                                          batch_size=ds.vae_batch_size, workers=dev.loader_workers)
         caches.val_latents.build()
         log.info(f"validation: {len(plan.val_data.images)} held-out images")
-    if ds.cache_latents:
+    if caches.latents is not None:  # dataset.cache_latents
         dev.parking.park(vae)  # not needed again during training (samples borrow it): free the device memory
         batch_mod.place(dev, caches.latents.latents, "latents")
         batch_mod.place(dev, caches.latents.masks, "masks")
@@ -134,7 +135,7 @@ def build_caches(spec: RunSpec, arch: Any, plan: Plan, dev: Device, models: Mode
 
 
 @torch.no_grad()
-def cache_text(spec: RunSpec, arch: Any, plan: Plan, dev: Device, models: Models, caches: Caches, main: bool) -> None:
+def cache_text(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, models: Models, caches: Caches, main: bool) -> None:
     """Encode every image's (unchanging) caption once, the held-out images' too (validation needs them after
     the encoders are gone); the frozen text encoders are then parked off the device."""
     to_device(dev, *models.text_encoders)
@@ -146,7 +147,7 @@ def cache_text(spec: RunSpec, arch: Any, plan: Plan, dev: Device, models: Models
              + (f" and {len(caches.val_text)} held-out ones" if caches.val_text else ""))
 
 
-def encode_captions(spec: RunSpec, arch: Any, dev: Device, models: Models, data: Any, what: str,
+def encode_captions(spec: RunSpec, arch: Architecture, dev: Device, models: Models, data: TrainData, what: str,
                     main: bool) -> dict[int, dict[str, torch.Tensor]]:
     """{image: its base caption's text states}, placed like the latents (on the GPU when they fit)."""
     idx = list(range(len(data.images)))
@@ -166,7 +167,7 @@ def encode_captions(spec: RunSpec, arch: Any, dev: Device, models: Models, data:
     return cache
 
 
-def inject_network(spec: RunSpec, arch: Any, dev: Device, models: Models, train_te: bool) -> Any:
+def inject_network(spec: RunSpec, arch: Architecture, dev: Device, models: Models, train_te: bool) -> Any:
     """The adapters (LyCORIS modules, lorafw/network/) on the family's target layers. They train in fp32, which
     fp16 loss scaling requires and small updates need — or in bf16/fp16 with full_bf16/full_fp16, where the
     optimizer keeps fp32 master copies (lorafw/optim/bf16.py)."""

@@ -23,7 +23,8 @@ import torch
 
 from lorafw.objective import loss as L
 from lorafw.objective import noise as N
-from lorafw.objective.schedule import snr_table, target as objective_target
+from lorafw.objective.schedule import snr_table
+from lorafw.objective.schedule import target as objective_target
 from lorafw.objective.timesteps import sample_timesteps as draw_timesteps
 
 

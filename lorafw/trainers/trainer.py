@@ -25,19 +25,21 @@ from typing import Any
 
 import torch
 
-from lorafw import faults, families, speed
-from lorafw.archs.protocol import Models
+from lorafw import families, faults, speed
+from lorafw.archs.protocol import Architecture, Models
 from lorafw.config.spec import RunSpec
+from lorafw.data.dataset import TrainData
+from lorafw.data.folders import fingerprint
 from lorafw.errors import Interrupted
 from lorafw.heap import reuse_freed_memory
+from lorafw.logs import log, progress_bar
 from lorafw.objective.maxnorm import apply_max_norm
 from lorafw.optim.optimizers import evaluation_weights
 from lorafw.outputs.metrics import Metrics
 from lorafw.outputs.record import now_iso, read_record, versions, write_config, write_record
-from lorafw.data.folders import fingerprint
-from lorafw.trainers import batch, checkpoint, evaluation, loop, setup as steps
-from lorafw.logs import log, progress_bar
 from lorafw.outputs.result import RunResult
+from lorafw.trainers import batch, checkpoint, evaluation, loop
+from lorafw.trainers import setup as steps
 from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
 from lorafw.trainers.distributed import World, shard, spans
 from lorafw.trainers.preflight import open_session, preflight
@@ -56,7 +58,7 @@ def prepare(spec: RunSpec, run_dir: str | Path) -> Trainer:
 class Trainer:
     """Holds the run's typed parts; `setup` makes the ones that need the weights (dev, models, caches, state)."""
 
-    def __init__(self, spec: RunSpec, arch: Any, plan: Plan, session: Session) -> None:
+    def __init__(self, spec: RunSpec, arch: Architecture, plan: Plan, session: Session) -> None:
         self.spec, self.arch, self.plan, self.session = spec, arch, plan, session
         self.run_dir, self.data, self.val_data = session.run_dir, plan.data, plan.val_data
         self.metrics: Metrics | None = None
@@ -276,7 +278,7 @@ class Trainer:
 
     # -- evaluation and files: a schedule-free optimizer is evaluated, sampled and saved at its averaged ("eval")
     # weights and steps from its "train" weights; evaluation_weights switches around each (a no-op otherwise).
-    def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4, data: Any = None,
+    def fixed_loss(self, images: list[int] | None = None, seed: int = 0, draws: int = 4, data: TrainData = None,
                    cache: Any = None) -> float:
         data = data if data is not None else self.data
         latent_cache = cache if cache is not None or data is not self.data else self.caches.latents
