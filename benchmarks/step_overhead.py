@@ -244,8 +244,7 @@ def lorafw_trainer(model: Path, data: Path, out: Path, size: str, resolution: in
     if size != "sdxl":
         overrides += ["network.dim=16", "network.alpha=8"]
     spec = resolve_outputs(compose(recipe, overrides))
-    cls = SDXLTrainer if size == "sdxl" else SD15Trainer
-    return cls(spec, spec.output.dir)
+    return prepare(spec, spec.output.dir)
 
 
 def time_lorafw(tr: Any, warmup: int) -> list[float]:

@@ -21,7 +21,11 @@ from typing import Any
 from lorafw.errors import ConfigError, ModelError
 
 ENTRY_POINT_GROUP = "lorafw.architectures"
-AUTO = "auto"
+# what the trainer reads of a family (lorafw/archs/protocol.py): checked when the family is first asked for, so a
+# plugin that lacks one is named before any weights load, not an epoch in
+METHODS = ("inspect", "load", "encode_text", "conditioning", "denoise", "denoiser_namer", "renderer")
+ATTRIBUTES = ("name", "label", "te_prefixes", "predictions", "targets", "base_model_version", "modelspec_architecture",
+              "modelspec_implementation")
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -49,8 +53,8 @@ def get(name: str) -> Any:
     except Exception as e:  # a broken plugin: name it, whatever it raised
         raise ConfigError([f"base_model.arch={name}: the package registering it ({eps[name].value}) failed to load: "
                            f"{type(e).__name__}: {e}; reinstall or fix that package"]) from None
-    missing = [m for m in ("inspect", "load", "encode_text", "conditioning", "denoise", "denoiser_namer", "renderer")
-               if not callable(getattr(arch, m, None))]
+    missing = ([m for m in METHODS if not callable(getattr(arch, m, None))]
+               + [a for a in ATTRIBUTES if not hasattr(arch, a)])
     if missing:
         raise ConfigError([f"base_model.arch={name}: the registered object {eps[name].value} is not an architecture "
                            f"(it lacks {', '.join(missing)}; see lorafw/archs/protocol.py)"])
@@ -67,4 +71,6 @@ def detect(path: str | Path) -> str:
             return name
         except ModelError as e:
             errors.append(e)
+        except Exception as e:  # a plugin's own bug must not hide the other families' answers
+            errors.append(ModelError(f"{path}: the {name} family failed to read it ({type(e).__name__}: {e})"))
     raise errors[0] if errors else ModelError(f"{path}: no architecture is registered")

@@ -19,13 +19,13 @@ from conftest import tiny_overrides
 PLUGIN = Path(__file__).parent / "plugins" / "toyarch"
 
 
-def install_plugin(site: Path) -> Path:
+def install_plugin(site: Path, entry_points: str = "toy = toyarch:ARCH") -> Path:
     """The package and its dist-info (what `pip install` of a package with that entry point leaves behind)."""
     shutil.copytree(PLUGIN, site / "toyarch", ignore=shutil.ignore_patterns("__pycache__"))
     info = site / "toyarch-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyarch\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text('[lorafw.architectures]\ntoy = toyarch:ARCH\n')
+    (info / "entry_points.txt").write_text(f"[lorafw.architectures]\n{entry_points}\n")
     return site
 
 
@@ -36,7 +36,7 @@ def cli(site: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) ->
 
 
 @pytest.mark.slow
-def test_an_out_of_tree_architecture_trains_through_the_cli(tmp_path, tiny_dataset, tiny_model):
+def test_an_out_of_tree_architecture_trains_through_the_cli(tmp_path, tiny_dataset):
     site = install_plugin(tmp_path / "site")
     sys.path.insert(0, str(site))
     try:
@@ -73,7 +73,8 @@ def test_an_out_of_tree_architecture_trains_through_the_cli(tmp_path, tiny_datas
     again = tmp_path / "again"
     env = {"LORAFW_FAULT": "kill_at_step:3"}
     p = cli(site, *args, f"output.dir={again}", "output.save_state_every_n_steps=2", cwd=tmp_path, env=env)
-    assert p.returncode != 0 and not (again / "toy-02.safetensors").exists()
+    assert p.returncode == -9 and not (again / "toy-02.safetensors").exists()  # SIGKILLed after step 3
+    assert json.loads((again / "run.json").read_text())["state"]["step"] == 2
     p = cli(site, "resume", str(again), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     from safetensors.torch import load_file
@@ -93,3 +94,12 @@ def test_a_checkpoint_of_another_family_and_an_unknown_family_are_named(tmp_path
     p = cli(site, *args, "base_model.arch=mystery", cwd=tmp_path)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "'mystery'" in p.stderr and "sd15, sdxl, toy" in p.stderr
+
+    # broken plugins: an entry point that does not load, and an object that is not a family
+    broken = install_plugin(tmp_path / "broken", "gone = toyarch:NOT_THERE\nhalf = toyarch:Info")
+    p = cli(broken, *args, "base_model.arch=gone", cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "base_model.arch=gone: the package registering it (toyarch:NOT_THERE) failed to load" in p.stderr
+    p = cli(broken, *args, "base_model.arch=half", cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "is not an architecture (it lacks inspect, load" in p.stderr

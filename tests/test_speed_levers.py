@@ -206,12 +206,12 @@ class LateWriter(background.Writer):
 
 
 def test_background_writes_hold_the_values_of_the_step_they_were_handed_over_at(compose_tiny, tmp_path, monkeypatch):
-    from lorafw.trainers import trainer as trainer_mod
+    from lorafw.trainers import preflight as session_mod  # open_session makes the run's writer
 
     spec = lambda out: compose_tiny("sd15_character", *COMMON, f"output.dir={out}")  # noqa: E731
     with speed.off("async_save"):
         ref, ref_probe = train(spec(tmp_path / "sync"), prepare, monkeypatch)
-    monkeypatch.setattr(trainer_mod, "Writer", LateWriter)
+    monkeypatch.setattr(session_mod, "Writer", LateWriter)
     late, late_probe = train(spec(tmp_path / "late"), prepare, monkeypatch)
     assert late == ref
     assert late_probe.writes == ref_probe.writes and len(ref_probe.writes) > 8  # every state.pt and LoRA file

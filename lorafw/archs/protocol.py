@@ -18,7 +18,7 @@ family it is. The step loop, caches, saving, resume and evaluation are the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -29,7 +29,7 @@ Text = dict[str, torch.Tensor]
 class Models:
     """A loaded base model, frozen, in fp32 on the CPU until the trainer places it."""
 
-    info: Any  # the family's description of the checkpoint: .describe(), .prediction (what it declares)
+    info: Any  # the family's description of the checkpoint (what inspect returned)
     denoiser: torch.nn.Module  # the UNet or DiT
     vae: Any  # the latent codec: .encode(pixels).latent_dist, .decode(z).sample, .config.scaling_factor
     text_encoders: list[torch.nn.Module]
@@ -48,7 +48,6 @@ class AdapterTargets:
     text_encoder: tuple[str, ...]
 
 
-@runtime_checkable
 class Architecture(Protocol):
     name: str  # base_model.arch
     label: str  # what the user reads ("SDXL")
@@ -81,7 +80,3 @@ class Architecture(Protocol):
     def renderer(self, models: Models, train: Any, device: torch.device, parking: Any = None) -> Any:
         """A sampler for sample images and the grid: `.render(prompt, sampler) → PIL.Image`."""
 
-
-def describe(arch: Architecture) -> str:
-    """One line for `lorafw doctor` and errors."""
-    return f"{arch.name} ({arch.label}; trains {', '.join(arch.predictions)})"

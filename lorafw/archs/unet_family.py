@@ -10,14 +10,9 @@ from typing import Any, Callable
 import torch
 
 from lorafw.archs.protocol import AdapterTargets, Models, Text
-from lorafw.errors import ModelError
-from lorafw.models.detect import ARCH_NAMES
-from lorafw.models.load import inspect_base_model, load_components
+from lorafw.models.load import check_arch, inspect_base_model, load_components
 from lorafw.network.targets import TE_CONTAINERS, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, unet_namer
 from lorafw.paths import expand
-
-# the recipe that trains each family, for the message that refuses a checkpoint of the other one
-FIX = {"sdxl": "base_model=sdxl (or +recipe=pdxl)", "sd15": "base_model=sd15 (or +recipe=sd15_character)"}
 
 
 class UNetFamily:
@@ -32,11 +27,7 @@ class UNetFamily:
 
     def inspect(self, path: str) -> Any:
         info = inspect_base_model(expand(path))
-        if info.arch != self.name:
-            raise ModelError(
-                f"base_model.path={path} is an {info.describe()} checkpoint, but the config trains "
-                f"{ARCH_NAMES.get(self.name, self.name)} (base_model.arch={self.name}); use {FIX[info.arch]}"
-            )
+        check_arch(info, self.name, path)  # another family's checkpoint: named, with the recipe that trains it
         return info
 
     def load(self, spec: Any, info: Any, objective: Any) -> Models:

@@ -66,7 +66,8 @@ def sample(spec: RunSpec, models: Models, renderer: Any, dev: Device, data: Trai
            step: int) -> list[str]:
     """Render the sample prompts with the weights as they are now: RUN_DIR/samples/LABEL_NN.png. Returns the
     images' paths relative to the run folder."""
-    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt, parse_line, read_prompts
+    from lorafw.config.prompts import parse_line, read_prompts
+    from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
     from lorafw.sampling.render import save_png
 
     prompts = read_prompts(spec.sample, spec.dataset.resolution)

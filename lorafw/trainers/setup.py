@@ -184,6 +184,14 @@ def inject_network(spec: RunSpec, arch: Architecture, dev: Device, models: Model
     adapter_dtype = torch.bfloat16 if choice.full_bf16 else torch.float16 if choice.full_fp16 else torch.float32
     cast_training_params([denoiser, *tes], dtype=adapter_dtype)
     t = spec.train
+    for wanted, module, method in ((t.compile, denoiser, "compile_repeated_blocks"),
+                                   (t.gradient_checkpointing, denoiser, "enable_gradient_checkpointing"),
+                                   (t.gradient_checkpointing and train_te, tes[0] if tes else None,
+                                    "gradient_checkpointing_enable")):
+        if wanted and module is not None and not hasattr(module, method):  # a plugin family's own model
+            key = "compile" if method.startswith("compile") else "gradient_checkpointing"
+            raise LorafwError(f"train.{key}: the {arch.label} family's {type(module).__name__} does not support it; "
+                              f"set train.{key}=false")
     if t.compile:
         from lorafw.trainers.compile import compile_blocks
 
