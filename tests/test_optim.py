@@ -340,7 +340,7 @@ def test_each_schedule_keeps_the_lrs_it_had_before_the_libraries(case):
 
 
 def test_the_golden_table_covers_every_formula():
-    from lorafw.optim.catalog import SCHEDULERS
+    from lorafw.config.catalog import SCHEDULERS
 
     assert {c["spec"]["name"] for c in _golden()} == set(SCHEDULERS) - {"adafactor"}
 

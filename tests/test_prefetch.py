@@ -152,7 +152,7 @@ def test_a_corrupt_image_on_a_loader_thread_names_the_file(tmp_path, tiny_parts)
 def test_uncached_training_is_unchanged_by_loader_threads(compose_tiny, tmp_path, monkeypatch):
     from lorafw.trainers import batch as batch_mod
 
-    runs = {}
+    runs, make = {}, batch_mod.pixel_lookahead  # the real one, wrapped below to count what each run made
     for workers in (0, 2):
         spec = resolve_outputs(compose_tiny("sd15_character", "train.epochs=2", "optimizer=adamw", "dataset.cache_latents=false",
                                             "dataset.flip_aug=true", f"dataset.workers={workers}", "output.save_precision=fp32",
@@ -160,8 +160,8 @@ def test_uncached_training_is_unchanged_by_loader_threads(compose_tiny, tmp_path
         tr = prepare(spec, spec.output.dir)
         tr.setup()
         assert tr.caches.latents is None
-        made, make = [], batch_mod.pixel_lookahead
-        monkeypatch.setattr(batch_mod, "pixel_lookahead", lambda *a: made.append(make(*a)) or made[-1])
+        made: list = []
+        monkeypatch.setattr(batch_mod, "pixel_lookahead", lambda *a, made=made: made.append(make(*a)) or made[-1])
         tr.train()
         batches = sum(len(tr.data.epoch_batches(spec.seed, e, spec.train.batch_size)) for e in (1, 2))
         assert len(made) == 2 and batches > 0  # one lookahead per epoch

@@ -15,6 +15,7 @@ from lorafw.data.buckets import Placement, size_conditioning
 from lorafw.errors import ConfigError
 from lorafw.models.load import inspect_base_model, load_components
 from lorafw.run import resolve_outputs
+from lorafw.trainers.trainer import Trainer, prepare
 
 
 def xl_spec(model, data, out, recipe="pdxl", *extra):
@@ -186,8 +187,10 @@ def test_locon_and_dora_reapplied_with_lycoris(tiny_xl_model, tiny_dataset, tmp_
     added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
     tr.models.denoiser.eval()
     with torch.no_grad():
-        torch.testing.assert_close(base(x, t, ctx, added_cond_kwargs=added).sample, tr.models.denoiser(x, t, ctx, added_cond_kwargs=added).sample,
-                                   atol=1e-4, rtol=1e-4)
+        theirs, ours = base(x, t, ctx, added_cond_kwargs=added).sample, tr.models.denoiser(x, t, ctx, added_cond_kwargs=added).sample
+    # LyCORIS merges each conv adapter into the weight, lorafw runs it beside the layer: the same sum in another
+    # order, through other conv kernels (oneDNN picks them per CPU: 2.7e-4 of an output ~0.3 on an AMD Zen 4)
+    torch.testing.assert_close(theirs, ours, atol=1e-3 * ours.abs().max().item(), rtol=1e-4)
 
 
 def test_an_sdxl_recipe_on_an_sd15_checkpoint_fails_early(tiny_model, tiny_xl_model, tiny_dataset, tmp_path):
