@@ -10,7 +10,7 @@ import torch
 
 from lorafw.config.spec import NetworkSpec
 from lorafw.errors import ConfigError
-from lorafw.network import blocks
+from lorafw.config import blocks
 from lorafw.network.dora import decomposed, patched
 
 

@@ -41,16 +41,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # Imports that break the layers today, each to be removed by the change that says why; the test fails when one
 # of them is gone and still listed, so the list only shrinks. (importer, imported), as grimp names them.
 KNOWN: set[tuple[str, str]] = {
-    # What depends on the architecture: the checkpoint's prediction type and the UNet's block layout
-    # (network.block_dims). Which family a checkpoint is, is asked of the families (lorafw.families) already; these
-    # two checks move there too (its objectives, its blocks), and config keeps the checks of the config alone.
-    ("lorafw.config.validate", "lorafw.objective.prediction"),
-    ("lorafw.config.validate", "lorafw.network.blocks"),
-    # Loading reads what the checkpoint declares about its prediction type and builds the noise schedule for it;
-    # both become the architecture's (which objectives it supports), or objective/ moves below models/ (it
-    # imports no other lorafw layer).
-    ("lorafw.models.detect", "lorafw.objective.prediction"),
-    ("lorafw.models.load", "lorafw.objective.prediction"),
+    # Loading builds the noise schedule the checkpoint declares (objective/schedule.py, diffusers' DDPM); it becomes the
+    # family's (archs/: which objectives it trains and their schedules), or the schedule moves below models/.
     ("lorafw.models.load", "lorafw.objective.schedule"),
 }
 

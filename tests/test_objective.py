@@ -14,7 +14,7 @@ from lorafw.errors import ConfigError
 from lorafw.objective import loss as L
 from lorafw.objective import noise as N
 from lorafw.objective.maxnorm import Pair, scale_weight_norms
-from lorafw.objective.prediction import Declared, from_header, from_scheduler_config, resolve
+from lorafw.config.prediction import Declared, from_header, from_scheduler_config, resolve
 from lorafw.objective.schedule import noise_scheduler, snr_table, target
 from lorafw.objective.timesteps import sample_timesteps
 
@@ -492,7 +492,7 @@ def test_lms_refuses_a_ztsnr_schedule():
 # -- metadata (outputs/metadata.py) ---------------------------------------------------------------------
 def test_metadata_names_every_option_as_kohya():
     from lorafw.config.compose import compose
-    from lorafw.objective.prediction import Resolved
+    from lorafw.config.prediction import Resolved
     from lorafw.outputs.metadata import TrainingFacts, build_metadata
 
     spec = compose("pdxl", ["base_model.path=/m/x.safetensors", "dataset.root=/d", "train.multires_noise_iterations=6",

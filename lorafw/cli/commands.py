@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from lorafw.cli.args import Parser, add_overrides, nearest
+from lorafw.cli.train import fail, print_result
 from lorafw.config.shipped import conf_dir, recipe_names
 from lorafw.errors import LorafwError, UsageError
-from lorafw.cli.train import fail, print_result
+
 # Each command imports what only it needs inside its function (imports there are on purpose): `lorafw --help`,
 # `lorafw keys` and `lorafw COMMAND --help` load none of the other commands' code, nor Hydra, numpy or torch.
 
@@ -87,7 +88,8 @@ def cmd_plan(argv: list[str]) -> int:
         return fail(e)
     memory = None
     if args.vram is not None:
-        from lorafw.planning.vram import buckets_of, render as render_vram, suggest
+        from lorafw.planning.vram import buckets_of, suggest
+        from lorafw.planning.vram import render as render_vram
 
         try:
             memory = suggest(spec, args.vram, buckets_of(data))

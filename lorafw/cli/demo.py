@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lorafw.cli.args import Parser
 from lorafw.errors import LorafwError
+
 # The tiny model, the training command line and the grid are imported inside main (on purpose): `lorafw
 # demo --help` and the other commands load none of them.
 

@@ -23,6 +23,7 @@ from typing import Any
 from lorafw.cli.args import Parser, add_overrides
 from lorafw.errors import ConfigError, ModelError
 from lorafw.paths import expand
+
 # The config, the checkpoint reader and the planner are imported where they are used (on purpose): `lorafw
 # doctor --help` loads none of them.
 

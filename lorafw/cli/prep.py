@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lorafw.cli.args import Parser, nearest
 from lorafw.errors import DatasetError, LorafwError, OutputError
+
 # Each command imports what only it needs inside its function (imports there are on purpose): `lorafw --help`,
 # `lorafw keys` and `lorafw COMMAND --help` load none of the other commands' code, nor Hydra, numpy or torch.
 
@@ -70,8 +71,8 @@ def _quote(s: str) -> str:
 
 # -- dedupe ------------------------------------------------------------------------------------------
 def cmd_dedupe(argv: list[str]) -> int:
-    from lorafw.prep.dedupe import BITS, DEFAULT_HARDNESS, plan_dedupe
     from lorafw.data.imagehash import max_distance
+    from lorafw.prep.dedupe import BITS, DEFAULT_HARDNESS, plan_dedupe
 
     ap = _parser("dedupe", "Find exact and near-duplicate images; keep the largest of each group and move the others "
                  "(with their captions) to DATASET-duplicates/ beside the dataset. Never deletes.")

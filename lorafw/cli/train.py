@@ -19,11 +19,12 @@ import os
 import sys
 from typing import Any, Callable
 
-from lorafw.config.schema import REQUIRED
 from lorafw.cli import print_help
 from lorafw.cli.args import unknown_flag
+from lorafw.config.schema import REQUIRED
 from lorafw.config.shipped import conf_dir
 from lorafw.errors import ConfigError, LorafwError, UsageError
+
 # Hydra, the config and the run are imported inside the functions that use them (on purpose): every command
 # imports this module (commands.py shares fail and print_result), and `lorafw keys` must not load them.
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from lorafw.config.validate import spec_from_dict
 from lorafw.errors import LorafwError
 from lorafw.launch import LOG_FILE_ENV, WORKER_ENV
-from lorafw.trainers.trainer import prepare
 from lorafw.trainers.distributed import World
+from lorafw.trainers.trainer import prepare
 
 
 def worker(spec_file: str, out_dir: str) -> int:

@@ -14,14 +14,14 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.schema import REQUIRED, defaults_tree
 from lorafw.config.shipped import conf_dir, recipe_names
 from lorafw.config.spec import RunSpec
-from lorafw.config.problems import explain_compose_error, override_problem, unparsable, yaml_problem
 from lorafw.config.typed import suggest
 from lorafw.config.validate import spec_from_dict
-from lorafw.paths import expand
 from lorafw.errors import ConfigError
+from lorafw.paths import expand
 from lorafw.run_folder import RECORD
 
 CONFIG_NAME = "config"

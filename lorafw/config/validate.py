@@ -10,16 +10,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lorafw import families as archs  # the registry: families by name, through their entry points
+from lorafw.config import blocks
+from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
+from lorafw.config.prediction import resolve
+from lorafw.config.prompts import parse_line, prompt_lines
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError, ModelError
-from lorafw import families as archs  # the registry: families by name, through their entry points
-from lorafw.families import available as available_archs, detect
-from lorafw.network import blocks
-from lorafw.objective.prediction import resolve
+from lorafw.families import available as available_archs
+from lorafw.families import detect
 from lorafw.paths import expand
-from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
-from lorafw.config.prompts import parse_line, prompt_lines
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
@@ -136,7 +137,7 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
 
 def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
     """Noise, timestep and loss options that contradict each other (kohya refuses the same pairs); the
-    checkpoint-dependent rules (prediction type) run in objective/prediction.py once the file is read."""
+    checkpoint-dependent rules (prediction type) run in config/prediction.py once the file is read."""
     t = s.train
     if t.adaptive_noise_scale is not None and not t.noise_offset:
         p.append(f"train.adaptive_noise_scale: {t.adaptive_noise_scale:g} is added to the noise offset, but "

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafw.config.spec import DatasetSpec, FolderSpec
-from lorafw.paths import expand
 from lorafw.data.captions import read_caption_text
 from lorafw.errors import DatasetError
+from lorafw.paths import expand
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _PREFIX = re.compile(r"^(\d+)_(.+)$")

@@ -11,9 +11,10 @@ a run of the recipe keeps it in config.yaml and run.json, and report.html shows 
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from lorafw.config.compose import compose_dict
 from lorafw.config.validate import spec_from_dict

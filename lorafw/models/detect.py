@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorafw.config.prediction import Declared, from_header
 from lorafw.errors import ModelError
-from lorafw.objective.prediction import Declared, from_header
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -92,7 +92,7 @@ def classify(shapes: Shapes) -> str:
 
 def detect(shapes: Shapes, metadata: dict[str, str] | None = None) -> ModelInfo:
     """Every component's config from a single-file checkpoint's tensor shapes; its prediction type from its
-    marker tensors and metadata (objective/prediction.py)."""
+    marker tensors and metadata (config/prediction.py)."""
     arch = classify(shapes)
     unet = _unet_config(shapes, arch)
     vae = _vae_config(shapes, arch) if any(k.startswith(VAE) for k in shapes) else None

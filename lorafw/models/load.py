@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafw.config.prediction import Resolved, from_scheduler_config
 from lorafw.errors import ModelError
 from lorafw.models.detect import (
     ARCH_NAMES,
@@ -25,8 +26,6 @@ from lorafw.models.detect import (
 )
 from lorafw.models.header import read_header
 from lorafw.models.tokenizer import check_vocab, model_tokenizers
-from lorafw.objective.prediction import Resolved, from_scheduler_config
-
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 

@@ -3,7 +3,7 @@
 Each adapted layer gets a LyCORIS module (network/modules.py) made for `network.algo`, registered as a
 child of the layer (`<layer>.lycoris`) so it moves, casts and switches train/eval with the model, and
 applied with LyCORIS's `apply_to` (the layer's forward runs the adapter). Where: network/targets.py (kohya's
-layer choice) and network/blocks.py (kohya's per-block ranks). The file holds, under the name every UI
+layer choice) and config/blocks.py (kohya's per-block ranks). The file holds, under the name every UI
 expects (`lora_unet_…`, `lora_te_text_model_…`), each module's own LyCORIS state dict: `lora_down/lora_up/
 alpha[/dora_scale]` for LoRA/LoCon/DoRA, `hada_*` for LoHa, `lokr_*` for LoKr, `weight/on_input` for IA3,
 `a1/a2/b1/b2` for GLoRA — so LyCORIS's own loader and the UIs' take every tensor as written.
@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from lorafw.config import blocks
 from lorafw.config.spec import NetworkSpec
-from lorafw.network import blocks
 from lorafw.network.modules import make
 from lorafw.network.targets import (
     TE_CONTAINERS,
@@ -69,7 +69,7 @@ class Adapted:
     part: str  # "unet", "te", "te1", "te2"
     target: Target
     module: Any
-    block: int = -1  # kohya's UNet block index (network/blocks.py); -1 for text encoders
+    block: int = -1  # kohya's UNet block index (config/blocks.py); -1 for text encoders
 
 
 class Network:

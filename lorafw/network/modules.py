@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lycoris.modules import GLoRAModule, IA3Module, LokrModule, LohaModule
+from lycoris.modules import GLoRAModule, IA3Module, LohaModule, LokrModule
 from lycoris.modules.locon import LoConModule
 
 from lorafw import speed

@@ -15,9 +15,9 @@ import importlib
 import inspect
 from typing import Any, Iterator
 
+from lorafw.config.catalog import OPTIMIZERS, relative_step
 from lorafw.config.spec import OptimizerSpec
 from lorafw.errors import ConfigError
-from lorafw.config.catalog import OPTIMIZERS, relative_step
 
 
 def optimizer_class(name: str) -> Any:

@@ -20,7 +20,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
-
 WRITER_NICE = 10
 
 

@@ -13,13 +13,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lorafw.config.catalog import relative_step
+from lorafw.config.prediction import resolve
 from lorafw.config.schema import REQUIRED
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import guide_steps
 from lorafw.data.dataset import TrainData
 from lorafw.errors import ConfigError, LorafwError
 from lorafw.models.load import inspect_base_model
-from lorafw.objective.prediction import resolve
 from lorafw.optim.schedulers import key_points
 from lorafw.paths import expand
 

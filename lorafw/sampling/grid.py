@@ -16,13 +16,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from lorafw import families
 from lorafw.config.compose import load_spec
+from lorafw.config.prediction import resolve
 from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
 from lorafw.errors import LorafwError
-from lorafw import families
 from lorafw.logs import ensure_logging, quiet
 from lorafw.network.apply import WeightPatcher, module_names
-from lorafw.objective.prediction import resolve
 from lorafw.outputs.report import report_after
 from lorafw.outputs.summary import find_runs
 from lorafw.placement import resolve_device

@@ -13,7 +13,7 @@ from lorafw.outputs.metrics import log_grid
 from lorafw.outputs.summary import read_summary, set_recommended
 from lorafw.paths import expand
 from lorafw.prep.autotag import Tagger
-from lorafw.sampling.score import GridScores, SCORES, recommendation, score_grid, tag_shares
+from lorafw.sampling.score import SCORES, GridScores, recommendation, score_grid, tag_shares
 
 log = logging.getLogger("lorafw")
 

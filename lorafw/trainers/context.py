@@ -24,12 +24,12 @@ from lorafw.trainers.distributed import Comm, World
 from lorafw.trainers.signals import StopRequests
 
 if TYPE_CHECKING:  # the types only: building the pieces is setup.py's job
+    from lorafw.config.prediction import Resolved
     from lorafw.data.dataset import TrainData
     from lorafw.data.latents import LatentCache
     from lorafw.data.lint import Report
     from lorafw.data.prefetch import Lookahead
     from lorafw.network.adapter import Network
-    from lorafw.objective.prediction import Resolved
     from lorafw.optim.bf16 import MasterWeights
     from lorafw.optim.ema import EMA
     from lorafw.placement import Parking

@@ -11,14 +11,14 @@ from typing import Any
 
 from lorafw import speed
 from lorafw.archs.protocol import Architecture
+from lorafw.config.prediction import resolve as resolve_objective
+from lorafw.config.prediction import warnings_for as objective_warnings
 from lorafw.config.spec import RunSpec, import_notes
 from lorafw.data import dataset as dataset_mod
 from lorafw.data.folders import scan
 from lorafw.data.lint import lint, without
 from lorafw.errors import DatasetError, LorafwError
 from lorafw.logs import log
-from lorafw.objective.prediction import resolve as resolve_objective
-from lorafw.objective.prediction import warnings_for as objective_warnings
 from lorafw.outputs.background import Writer
 from lorafw.paths import expand
 from lorafw.placement import resolve_device

@@ -30,7 +30,7 @@ from lorafw.objective.timesteps import sample_timesteps as draw_timesteps
 
 @dataclass(frozen=True)
 class StepConfig(N.NoiseOptions, L.LossOptions):
-    """What the step math reads: the prediction type the run trains (objective/prediction.py resolves it from
+    """What the step math reads: the prediction type the run trains (config/prediction.py resolves it from
     the spec and the checkpoint), the noise and loss options (declared once, in objective/noise.py and
     objective/loss.py) and the timestep range — the spec's train.* keys, under their names."""
 

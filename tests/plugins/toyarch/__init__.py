@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from lorafw.archs.protocol import AdapterTargets, Models
 from lorafw.errors import ModelError
 from lorafw.models.header import read_header
-from lorafw.objective.prediction import Declared
+from lorafw.config.prediction import Declared
 from lorafw.objective.schedule import noise_scheduler
 
 MARK = "toyarch"
