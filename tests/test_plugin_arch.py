@@ -91,6 +91,21 @@ def test_a_checkpoint_of_another_family_and_an_unknown_family_are_named(tmp_path
     p = cli(site, *args, "base_model.arch=toy", cwd=tmp_path)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "is not a toy checkpoint" in p.stderr
+    # a family whose denoiser has no gradient checkpointing: refused by name before training, not an AttributeError
+    site2 = tmp_path / "model"
+    site2.mkdir()
+    sys.path.insert(0, str(site))
+    try:
+        import toyarch
+
+        model = toyarch.save_checkpoint(site2 / "toy.safetensors")
+    finally:
+        sys.path.remove(str(site))
+        sys.modules.pop("toyarch", None)
+    p = cli(site, "+recipe=sd15_character", *tiny_overrides(model, tiny_dataset, tmp_path / "gc"), "base_model.arch=toy",
+            "train.gradient_checkpointing=true", cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "train.gradient_checkpointing: the Toy family's ToyDenoiser does not support it" in p.stderr
     p = cli(site, *args, "base_model.arch=mystery", cwd=tmp_path)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "'mystery'" in p.stderr and "sd15, sdxl, toy" in p.stderr

@@ -79,7 +79,7 @@ def load_models(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, main
     return models, hashes
 
 
-def to_device(dev: Device, *modules: torch.nn.Module) -> None:
+def cast_frozen(dev: Device, *modules: torch.nn.Module) -> None:
     """Frozen weights onto the training device in the run's dtype (checkpoints ship fp16 or fp32; fp32 on CPU)."""
     with quiet("diffusers"):  # diffusers warns about casting even when nothing must stay fp32
         for m in modules:
@@ -92,7 +92,7 @@ def models_to_device(dev: Device, models: Models, caches: Caches) -> None:
     own device (lorafw/placement.py)."""
     from lorafw.placement import checks_wanted, guard
 
-    to_device(dev, models.denoiser, *([] if caches.text is not None else models.text_encoders))
+    cast_frozen(dev, models.denoiser, *([] if caches.text is not None else models.text_encoders))
     if checks_wanted():
         guard({"unet": models.denoiser, "vae": models.vae,
                **{f"text_encoder_{i + 1}": te for i, te in enumerate(models.text_encoders)}})
@@ -138,7 +138,7 @@ def build_caches(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, mod
 def cache_text(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, models: Models, caches: Caches, main: bool) -> None:
     """Encode every image's (unchanging) caption once, the held-out images' too (validation needs them after
     the encoders are gone); the frozen text encoders are then parked off the device."""
-    to_device(dev, *models.text_encoders)
+    cast_frozen(dev, *models.text_encoders)
     caches.text = encode_captions(spec, arch, dev, models, plan.data, "text states", main)
     if plan.val_data is not None:
         caches.val_text = encode_captions(spec, arch, dev, models, plan.val_data, "held-out text states", main)

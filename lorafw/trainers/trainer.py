@@ -62,6 +62,7 @@ class Trainer:
         self.spec, self.arch, self.plan, self.session = spec, arch, plan, session
         self.run_dir, self.data, self.val_data = session.run_dir, plan.data, plan.val_data
         self.metrics: Metrics | None = None
+        self._renderer: Any = None  # the family's sampler, made at the first sample (only the main process samples)
 
     # -- run -------------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -140,7 +141,6 @@ class Trainer:
         network = steps.inject_network(spec, self.arch, self.dev, self.models, train_te)  # wraps the loaded layers
         self.state: TrainState = steps.build_state(spec, self.plan, self.dev, network, self.session.comm, train_te)
         steps.check_output_space(spec, self.state, self.run_dir)
-        self.renderer = self.arch.renderer(self.models, spec.train, self.dev.device, parking=self.dev.parking)
 
     # -- training --------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -297,7 +297,10 @@ class Trainer:
         if not self.session.main:
             return
         with evaluation_weights(self.state.optimizer):
-            self.state.samples += evaluation.sample(self.spec, self.models, self.renderer, self.dev, self.data,
+            if self._renderer is None:
+                self._renderer = self.arch.renderer(self.models, self.spec.train, self.dev.device,
+                                                    parking=self.dev.parking)
+            self.state.samples += evaluation.sample(self.spec, self.models, self._renderer, self.dev, self.data,
                                                     self.run_dir, label, self.state.global_step)
 
     def save(self, epoch: int, file_name: str | None = None) -> Path:
