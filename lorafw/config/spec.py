@@ -21,13 +21,18 @@ from lorafw.config.schema import REQUIRED, key, record_section
 
 @dataclass(frozen=True)
 class BaseModelSpec:
-    arch: str = key("sd15", "the trainer to use (sd15 | sdxl | auto: read from the checkpoint's own tensors); "
-                    "the checkpoint must agree")
+    arch: str = key("sd15", "the model family (sd15 | sdxl | anima | an installed plugin's | auto: read from the "
+                    "checkpoint's own tensors); the checkpoint must agree")
     path: str = key(REQUIRED, "the base checkpoint: a single .safetensors (original layout) or a diffusers folder",
                     kohya="pretrained_model_name_or_path", ss="ss_sd_model_name")
     allow_pickle: bool = key(False, ".ckpt/.pt files can run code when unpickled; true reads their tensors only")
-    vae: str | None = key(None, "external VAE (single file or diffusers folder); null = the checkpoint's own",
-                          kohya="vae", ss="ss_vae_name")
+    vae: str | None = key(None, "external VAE (single file or diffusers folder); null = the checkpoint's own "
+                          "(Anima: required, the Qwen-Image VAE)", kohya="vae", ss="ss_vae_name")
+    text_encoder: str | None = key(None, "Anima: the Qwen3-0.6B text encoder (a single .safetensors as ComfyUI keeps "
+                                   "it, or a folder); unused by families whose checkpoint holds its encoders",
+                                   kohya="qwen3")
+    llm_adapter: str | None = key(None, "Anima: separate LLM-adapter weights; null = the DiT file's own",
+                                  kohya="llm_adapter_path")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class NetworkSpec:
     mid_lr_weight: str | None = key(None, "lr multipliers of the mid block(s), comma-separated (1 for SD1.5, 3 for SDXL)")
     up_lr_weight: str | None = key(None, "lr multipliers of the up blocks, like down_lr_weight")
     block_lr_zero_threshold: float = key(0.0, "block lr weights at or below this become 0 (that block gets no adapter)", ge=0)
+    train_llm_adapter: bool = key(False, "Anima: adapters on the LLM adapter's blocks too (sd-scripts' network_args "
+                                  "train_llm_adapter), at optimizer.llm_adapter_lr")
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class OptimizerSpec:
                          ss="ss_unet_lr", ge=0, why="0 = do not train that part")
     text_encoder_lr: float = key("${.lr}", "text-encoder learning rate; 0 = no text-encoder adapter",
                                  kohya="text_encoder_lr", ss="ss_text_encoder_lr", ge=0, why="0 = do not train that part")
+    llm_adapter_lr: float | None = key(None, "Anima, with network.train_llm_adapter: the LLM adapter's adapters' learning "
+                                       "rate (about 5e-5); null = unet_lr", kohya="llm_adapter_lr", ge=0)
     weight_decay: float = key(0.01, "decoupled weight decay", ge=0)
     betas: tuple[float, ...] = key((0.9, 0.999), "the optimizer's betas (CAME takes three)")
     args: dict[str, Any] = key({}, "more keyword arguments for the optimizer, e.g. {eps: 1e-8}")
@@ -217,8 +226,9 @@ class TrainSpec:
         "inductor", "inductor | aot_eager | eager (the latter two check tracing without code generation)",
         kohya="dynamo_backend", kohya_off=("no", "NO"))
     # -- the objective (lorafw/objective/): prediction type, noise, timesteps, loss weighting; kohya's names
-    prediction_type: Literal["auto", "epsilon", "v_prediction"] = key(
-        "auto", "auto reads it from the checkpoint (v_pred marker, modelspec metadata, scheduler config), else epsilon",
+    prediction_type: Literal["auto", "epsilon", "v_prediction", "flow"] = key(
+        "auto", "auto reads it from the checkpoint (v_pred / rectified-flow markers, modelspec metadata, scheduler "
+        "config), else the family's own (epsilon; Anima: flow); flow = rectified flow (train.timestep_sampling …)",
         ss="ss_v_parameterization")
     zero_terminal_snr: bool | None = key(None, "rescale the noise schedule to zero terminal SNR; null = as the checkpoint "
                                          "says (NoobAI v-pred's ztsnr marker), else false", kohya="zero_terminal_snr",
@@ -264,6 +274,22 @@ class TrainSpec:
     scale_weight_norms: float | None = key(None, "max-norm regularisation: scale down adapters whose update norm "
                                            "exceeds this (1.0 usual); null = off", kohya="scale_weight_norms",
                                            kohya_off=0, ss="ss_scale_weight_norms", gt=0, why="or null to turn it off")
+    # -- rectified flow (prediction_type flow: Anima, rectified-flow SDXL; lorafw/objective/flow.py): sd-scripts' names
+    timestep_sampling: Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"] = key(
+        "sigmoid", "flow: how σ is drawn: sigmoid (logit-normal, sigmoid_scale) | uniform | shift (sigmoid then "
+        "discrete_flow_shift) | flux_shift (shifted by image size) | sigma (a shifted 1000-step table, weighting_scheme "
+        "densities)", kohya="timestep_sampling", ss="ss_timestep_sampling")
+    sigmoid_scale: float = key(1.0, "flow: σ = sigmoid(scale·n), n ~ N(0,1); larger spreads σ towards 0 and 1",
+                               kohya="sigmoid_scale", ss="ss_sigmoid_scale", gt=0)
+    discrete_flow_shift: float = key(1.0, "flow: σ' = shift·σ / (1 + (shift−1)·σ) for shift and sigma sampling "
+                                     "(Anima 1.0; FLUX-style 3.0)", kohya="discrete_flow_shift",
+                                     ss="ss_discrete_flow_shift", gt=0)
+    weighting_scheme: Literal["uniform", "none", "sigma_sqrt", "cosmap", "logit_normal", "mode"] = key(
+        "uniform", "flow: loss weight by σ (sigma_sqrt | cosmap), or the density sigma sampling draws from "
+        "(logit_normal | mode); uniform/none = unweighted", kohya="weighting_scheme", ss="ss_weighting_scheme")
+    logit_mean: float = key(0.0, "flow: mean of weighting_scheme logit_normal", kohya="logit_mean", ss="ss_logit_mean")
+    logit_std: float = key(1.0, "flow: std of weighting_scheme logit_normal", kohya="logit_std", ss="ss_logit_std", gt=0)
+    mode_scale: float = key(1.29, "flow: scale of weighting_scheme mode", kohya="mode_scale", ss="ss_mode_scale")
     full_fp16: bool = key(False, "adapters and their gradients in fp16 too (kohya's full_fp16); the optimizer steps fp32 "
                           "master copies, with loss scaling", kohya="full_fp16", kohya_off=False, ss="ss_full_fp16")
 
@@ -302,6 +328,8 @@ class SampleSpec:
     negative: str = key("lowres, bad anatomy, bad hands, worst quality, low quality, blurry", "negative prompt (--n)")
     width: int | None = key(None, "--w; null = dataset.resolution")
     height: int | None = key(None, "--h; null = dataset.resolution")
+    flow_shift: float | None = key(None, "flow models: the sampling σ schedule's shift (--fs); null = the family's "
+                                   "(Anima 3.0)", gt=0)
 
 
 @dataclass(frozen=True)
