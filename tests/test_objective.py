@@ -369,8 +369,12 @@ def test_declared_from_marker_tensors_metadata_and_scheduler_config():
     assert from_header(UNET, {"modelspec.prediction_type": "epsilon"}).prediction == "epsilon"
     d = from_header(UNET, {"ss_v_parameterization": "True", "ss_zero_terminal_snr": "True"})
     assert (d.prediction, d.ztsnr) == ("v_prediction", True)
-    with pytest.raises(ConfigError, match="flow"):
-        from_header(UNET, {"modelspec.prediction_type": "flow"})
+    for stated in ("flow", "rf", "rectified_flow"):  # a rectified-flow checkpoint that says so
+        assert from_header(UNET, {"modelspec.prediction_type": stated}).prediction == "flow"
+    with pytest.raises(ConfigError, match="x0"):
+        from_header(UNET, {"modelspec.prediction_type": "x0"})
+    d = from_scheduler_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0})
+    assert d.prediction == "flow" and "FlowMatchEulerDiscreteScheduler" in d.source
     d = from_scheduler_config({"prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
     assert (d.prediction, d.ztsnr) == ("v_prediction", True) and "scheduler_config" in d.source
     assert from_scheduler_config({"prediction_type": "epsilon"}).ztsnr is None

@@ -19,7 +19,8 @@ class UNetFamily:
     name = ""
     label = ""
     te_prefixes: tuple[str, ...] = ()
-    predictions = ("epsilon", "v_prediction")
+    predictions = ("epsilon", "v_prediction", "flow")  # flow: rectified-flow SDXL checkpoints (docs/models.md)
+    flow_timestep_scale = 1000.0  # a flow UNet is called at t = σ·1000, as those checkpoints were trained
     targets = AdapterTargets(UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, TE_CONTAINERS)
     base_model_version = ""
     modelspec_architecture = ""

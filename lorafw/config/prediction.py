@@ -1,4 +1,5 @@
-"""Which target the base model predicts (ε or v), and whether its schedule has zero terminal SNR. No torch.
+"""Which target the base model predicts (ε, v or rectified flow), and whether its schedule has zero terminal SNR.
+No torch.
 
 A NoobAI v-prediction LoRA trained as ε comes out empty (kohya-ss/sd-scripts#1772), so the checkpoint's own
 statement is read wherever it makes one, in this order:
@@ -6,27 +7,35 @@ statement is read wherever it makes one, in this order:
      ComfyUI's and Forge's model detection read the same keys);
   2. safetensors metadata: `modelspec.prediction_type` (`v` / `epsilon`, the SAI model spec kohya writes),
      else kohya's `ss_v_parameterization` / `ss_zero_terminal_snr`;
-  3. a diffusers folder's scheduler/scheduler_config.json (`prediction_type`, `rescale_betas_zero_snr`).
-Nothing stated means ε-prediction, the SD1.5/SDXL default. An explicit `train.prediction_type` (or
+  3. a diffusers folder's scheduler/scheduler_config.json (`prediction_type`, `rescale_betas_zero_snr`; a
+     FlowMatchEulerDiscreteScheduler means rectified flow).
+Nothing stated means the family's own objective: ε-prediction for SD1.5/SDXL, rectified flow for Anima (whose
+`inspect` states it). Rectified flow ("flow") is x_t = (1−σ)x0 + σε with target ε − x0 (lorafw/objective/flow.py). An explicit `train.prediction_type` (or
 `train.zero_terminal_snr`) that contradicts the file is refused, naming both, unless
 `train.force_prediction_type=true`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from lorafw.config.schema import ss_names
-from lorafw.config.spec import RunSpec
+from lorafw.config.spec import RunSpec, TrainSpec
 from lorafw.errors import ConfigError
 
 _SS = ss_names(RunSpec)
 SS_V_PRED, SS_ZTSNR = _SS["train.prediction_type"], _SS["train.zero_terminal_snr"]  # kohya's metadata names for them
 
-Prediction = Literal["epsilon", "v_prediction"]
-SHORT = {"epsilon": "ε (epsilon)", "v_prediction": "v"}
-MODELSPEC = {"epsilon": "epsilon", "v_prediction": "v"}  # modelspec.prediction_type values (kohya's sai_model_spec)
+Prediction = Literal["epsilon", "v_prediction", "flow"]
+SHORT = {"epsilon": "ε (epsilon)", "v_prediction": "v", "flow": "rectified flow"}
+# modelspec.prediction_type values: kohya's sai_model_spec writes epsilon / v; a rectified-flow LoRA says "flow"
+MODELSPEC = {"epsilon": "epsilon", "v_prediction": "v", "flow": "flow"}
+# what files write for each (modelspec.prediction_type, diffusers' prediction_type), lower-cased
+STATED = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon", "eps": "epsilon",
+          "flow": "flow", "rf": "flow", "rectified_flow": "flow", "flow_matching": "flow"}
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 
 
 @dataclass(frozen=True)
@@ -71,10 +80,10 @@ def from_header(keys: Any, metadata: dict[str, str]) -> Declared:
     ztsnr_marker = True if "ztsnr" in keys else None
     mp = (metadata.get("modelspec.prediction_type") or "").strip().lower()
     if mp:
-        kind = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon", "eps": "epsilon"}.get(mp)
+        kind = STATED.get(mp)
         if kind is None:
             raise ConfigError([f"base_model.path: the checkpoint's modelspec.prediction_type is {mp!r}, which lorafw "
-                               "does not train (epsilon or v only)"])
+                               "does not train (epsilon, v or flow)"])
         z = ztsnr_marker if ztsnr_marker is not None else _truthy(metadata.get(SS_ZTSNR, ""))
         return Declared(kind, z, f"the checkpoint's metadata modelspec.prediction_type={mp}")  # type: ignore[arg-type]
     vp = _truthy(metadata.get(SS_V_PRED, ""))
@@ -90,16 +99,20 @@ def from_scheduler_config(cfg: dict[str, Any] | None) -> Declared:
     """From a diffusers folder's scheduler/scheduler_config.json (None: the folder has none)."""
     if not cfg:
         return Declared()
+    if cfg.get("_class_name") in FLOW_SCHEDULERS:
+        return Declared("flow", None, f"the diffusers folder's scheduler ({cfg['_class_name']})")
     kind = cfg.get("prediction_type")
     if kind not in (None, "epsilon", "v_prediction"):
         raise ConfigError([f"base_model.path: the model's scheduler config says prediction_type={kind!r}, which lorafw "
-                           "does not train (epsilon or v_prediction only)"])
+                           "does not train (epsilon, v_prediction, or a flow-matching scheduler)"])
     z = cfg.get("rescale_betas_zero_snr")
     return Declared(kind, bool(z) if z is not None else None, "the diffusers folder's scheduler_config.json")
 
 
-def resolve(train: Any, declared: Declared | None, model: str = "the base model") -> Resolved:
-    """The objective `train` (a TrainSpec) asks for, checked against what the checkpoint declares.
+def resolve(train: Any, declared: Declared | None, model: str = "the base model",
+            default: Prediction = "epsilon") -> Resolved:
+    """The objective `train` (a TrainSpec) asks for, checked against what the checkpoint declares; `default` is the
+    family's own objective where neither says (its `predictions[0]`).
 
     Raises ConfigError naming both values when an explicit setting contradicts the file and
     `train.force_prediction_type` is off, and for options that need (or exclude) v-prediction.
@@ -109,7 +122,7 @@ def resolve(train: Any, declared: Declared | None, model: str = "the base model"
     forced = bool(getattr(train, "force_prediction_type", False))
     want = train.prediction_type
     if want == "auto":
-        pred: Prediction = d.prediction or "epsilon"
+        pred: Prediction = d.prediction or default
         source = d.source if d.prediction else "the default: the checkpoint does not state one"
     else:
         pred = want
@@ -142,9 +155,44 @@ def resolve(train: Any, declared: Declared | None, model: str = "the base model"
     if train.v_pred_like_loss and pred == "v_prediction":
         problems.append(f"train.v_pred_like_loss: adds a v-like term to an ε loss, but this run already trains "
                         f"v-prediction ({source}); set train.v_pred_like_loss=null")
+    problems += flow_problems(train, pred, source) + ([
+        f"train.zero_terminal_snr: rescales a DDPM noise schedule, which rectified flow has not ({source}); leave "
+        "it null"] if pred == "flow" and zwant else [])
     if problems:
         raise ConfigError(problems)
-    return Resolved(pred, ztsnr, source, zsource)
+    return Resolved(pred, ztsnr and pred != "flow", source, zsource)
+
+
+# DDPM options rectified flow has no use for (sd-scripts' flow trainers skip them): refused rather than ignored
+DDPM_ONLY = {"min_snr_gamma": "min-SNR weights read a DDPM schedule's SNR",
+             "scale_v_pred_loss_like_noise_pred": "an SNR weight", "v_pred_like_loss": "an ε/v loss term",
+             "debiased_estimation_loss": "an SNR weight", "noise_offset": "offset noise is not applied to flow",
+             "multires_noise_iterations": "multires noise is not applied to flow",
+             "min_timestep": "flow draws σ, not DDPM timesteps (use timestep_sampling / discrete_flow_shift)",
+             "max_timestep": "flow draws σ, not DDPM timesteps (use timestep_sampling / discrete_flow_shift)"}
+# flow options whose non-default value means nothing to an ε / v run (their defaults as config/spec.py declares them)
+FLOW_ONLY = {f.name: f.default for f in dataclasses.fields(TrainSpec)
+             if f.name in ("timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "weighting_scheme",
+                           "logit_mean", "logit_std", "mode_scale")}
+
+
+def flow_problems(train: Any, pred: str, source: str) -> list[str]:
+    """Options set for the other objective: DDPM-only ones under flow, flow-only ones under ε / v."""
+    out = []
+    if pred == "flow":
+        for k, why in DDPM_ONLY.items():
+            if getattr(train, k, None):
+                out.append(f"train.{k}: {why}; this run trains rectified flow ({source}); unset it")
+        if getattr(train, "loss_type", "l2") in ("huber", "smooth_l1") and getattr(train, "huber_schedule", "") == "snr":
+            out.append("train.huber_schedule: snr reads a DDPM schedule's SNR, which rectified flow has not; use "
+                       "constant or exponential")
+    else:
+        for k, default in FLOW_ONLY.items():
+            v = getattr(train, k, default)
+            if v != default:
+                out.append(f"train.{k}={v}: a rectified-flow option, but this run trains {pred} ({source}); unset it, "
+                           "or train a flow model (train.prediction_type=flow)")
+    return out
 
 
 def warnings_for(r: Resolved) -> list[str]:

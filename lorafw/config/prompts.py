@@ -2,7 +2,8 @@
 
     kafka, 1girl, sunglasses, eyewear on head --n lowres, bad hands --w 768 --h 1152 --d 1 --s 28 --l 7
 
-`--n` negative prompt, `--w`/`--h` size, `--d` seed, `--s` steps, `--l` CFG scale. The syntax of the
+`--n` negative prompt, `--w`/`--h` size, `--d` seed, `--s` steps, `--l` CFG scale, `--fs` a flow model's
+sampling shift (sd-scripts' Anima prompt option). The syntax of the
 `sample.prompts` lines and the `sample.prompt_file`, so config validation reads them without sampling
 anything (lorafw/sampling/ renders them). Pure functions, and the prompt file's reading.
 """
@@ -17,7 +18,8 @@ from lorafw.config.spec import SampleSpec
 from lorafw.paths import expand
 
 _FLAG = re.compile(r"\s--([a-z]+)\b")
-FLAGS = {"n": "negative", "w": "width", "h": "height", "d": "seed", "s": "steps", "l": "cfg_scale"}
+FLAGS = {"n": "negative", "w": "width", "h": "height", "d": "seed", "s": "steps", "l": "cfg_scale", "fs": "flow_shift"}
+FLOATS = ("cfg_scale", "flow_shift")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class SamplePrompt:
     seed: int
     steps: int
     cfg_scale: float
+    flow_shift: float | None = None  # None: the family's own (Anima 3.0); ε / v models ignore it
 
 
 def parse_line(line: str, defaults: SampleSpec, resolution: int) -> SamplePrompt:
@@ -45,18 +48,21 @@ def parse_line(line: str, defaults: SampleSpec, resolution: int) -> SamplePrompt
         "seed": defaults.seed,
         "steps": defaults.steps,
         "cfg_scale": defaults.cfg_scale,
+        "flow_shift": defaults.flow_shift,
     }
     for flag, value in zip(parts[1::2], parts[2::2]):
         if flag not in FLAGS:
             raise ValueError(f"unknown flag --{flag} in {line.strip()!r}; known: " + ", ".join(f"--{f}" for f in FLAGS))
         key, value = FLAGS[flag], value.strip()
         try:
-            values[key] = value if key == "negative" else float(value) if key == "cfg_scale" else int(value)
+            values[key] = value if key == "negative" else float(value) if key in FLOATS else int(value)
         except ValueError:
             raise ValueError(f"--{flag} needs a number, got {value!r} in {line.strip()!r}") from None
     for key in ("width", "height"):
         if values[key] < 64 or values[key] % 8:
             raise ValueError(f"--{key[0]} must be a multiple of 8 and at least 64, got {values[key]} in {line.strip()!r}")
+    if values["flow_shift"] is not None and values["flow_shift"] <= 0:
+        raise ValueError(f"--fs must be above 0 in {line.strip()!r}")
     if values["steps"] < 1:
         raise ValueError(f"--s must be at least 1 in {line.strip()!r}")
     return SamplePrompt(prompt, **values)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -51,6 +51,11 @@ class FlowOptions:
             raise ValueError(f"timestep_sampling {self.timestep_sampling!r} is not one of {', '.join(TIMESTEP_SAMPLINGS)}")
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(f"weighting_scheme {self.weighting_scheme!r} is not one of {', '.join(WEIGHTING_SCHEMES)}")
+
+    @classmethod
+    def of(cls, train: Any) -> "FlowOptions":
+        """The flow options of anything carrying them under their names (a TrainSpec, a StepConfig)."""
+        return cls(**{k: getattr(train, k) for k in cls.__dataclass_fields__})
 
     def noise_options(self) -> N.NoiseOptions:
         """The input perturbation, the one DDPM noise option sd-scripts' flow path applies."""

@@ -21,11 +21,13 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 def noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> Any:
-    """diffusers' DDPMScheduler with the SD schedule; `add_noise` and `get_velocity` read its (rescaled)
+    """diffusers' DDPMScheduler with the SD schedule (a FlowMatchEulerDiscreteScheduler for rectified flow); `add_noise` and `get_velocity` read its (rescaled)
     alphas. `timestep_spacing="trailing"` under ZTSNR: samplers built from this config then start at the
     pure-noise timestep, as the paper requires (with "leading" they would never see it)."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if prediction_type == "flow":  # rectified flow has no β schedule: the step draws σ (objective/flow.py)
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=1.0)
     return DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         clip_sample=False, steps_offset=1, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lorafw
+from lorafw.config.prediction import FLOW_ONLY
 from lorafw.config.schema import _unwrap, iter_keys, kohya_of, ss_names, value_at
 from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
@@ -139,6 +140,7 @@ class Written:
     name: str
     v_pred: bool  # the objective the run resolved: v-prediction
     ztsnr: bool  # and zero terminal SNR
+    flow: bool = False  # or rectified flow
 
 
 # keys whose metadata value is not the key's own value in kohya's format (value, what the file knows → text)
@@ -164,14 +166,19 @@ def spec_metadata(spec: RunSpec, written: Written) -> dict[str, str]:
     record, which readers such as Civitai's and the UIs' inspectors look for."""
     out = {}
     for path, name in SS.items():
+        if path.startswith("train.") and path[6:] in FLOW_ONLY and not written.flow:
+            continue  # sd-scripts writes its flow keys for flow models only (anima/flux update_metadata)
         v = value_at(spec, path)
         out[name] = WRITTEN_AS[path](v, written) if path in WRITTEN_AS else ss_text(v, TYPES[path])
     return out
 
 
-def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, saved_at: float) -> dict[str, str]:
+def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, saved_at: float,
+              flow: bool = False) -> dict[str, str]:
     """The `modelspec.*` keys kohya writes by default (sai_model_spec.build_metadata via get_sai_model_spec;
-    the author/description/license/tags/usage_hint/thumbnail keys only when their --metadata_* are given)."""
+    the author/description/license/tags/usage_hint/thumbnail keys only when their --metadata_* are given).
+    A rectified-flow LoRA's prediction_type is "flow" (sd-scripts writes "epsilon" for Anima, which says nothing
+    true; a rectified-flow SDXL LoRA must not read as ε, so lorafw states it — docs/models.md)."""
     t, res = spec.train, spec.dataset.resolution
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
@@ -181,7 +188,7 @@ def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, save
         "modelspec.title": f"{name}-{facts.epoch:02d}" if facts.epoch else name,
         "modelspec.date": datetime.fromtimestamp(int(saved_at)).isoformat(),
         "modelspec.resolution": f"{res}x{res}",
-        "modelspec.prediction_type": MODELSPEC_PREDICTION[v_pred],
+        "modelspec.prediction_type": "flow" if flow else MODELSPEC_PREDICTION[v_pred],
         "modelspec.implementation_version": f"lorafw/{lorafw.__version__}",  # kohya: sd-scripts/<commit>
     }
     if t.min_timestep is not None or t.max_timestep is not None:
@@ -200,6 +207,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
     module, net_args = network_module(spec)
     v_pred = bool(facts.objective is not None and facts.objective.v)
     ztsnr = bool(facts.objective is not None and facts.objective.zero_terminal_snr)
+    flow = bool(facts.objective is not None and facts.objective.prediction == "flow")
     t, o = spec.train, spec.optimizer
     train_te = o.text_encoder_lr > 0
     saved_at = facts.saved_at if facts.saved_at is not None else time.time()
@@ -233,7 +241,7 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         "ss_datasets": _datasets(spec, facts),
         **KOHYA_OFF,
         "ss_num_validation_images": str(facts.num_validation_images),
-        **spec_metadata(spec, Written(facts, name, v_pred, ztsnr)),
-        **modelspec(spec, facts, name, v_pred, saved_at),
+        **spec_metadata(spec, Written(facts, name, v_pred, ztsnr, flow)),
+        **modelspec(spec, facts, name, v_pred, saved_at, flow),
     }
     return {k: str(v) for k, v in meta.items()}

@@ -17,6 +17,7 @@ from lorafw.errors import LorafwError
 from lorafw.models.text import encode_sd15, encode_sdxl, tokenize
 from lorafw.outputs.atomic import atomic_write
 
+FLOW_SAMPLE_SHIFT = 3.0  # a rectified-flow SDXL's default sampling shift (docs/models.md: what its makers use)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
@@ -96,7 +97,14 @@ class Renderer:
         with borrowed:
             return self._render(p, sampler)
 
+    @property
+    def flow(self) -> bool:
+        """A rectified-flow model (its training schedule is diffusers' flow-matching one): sampled by flow_euler."""
+        return type(self.noise_scheduler).__name__.startswith("FlowMatch")
+
     def _render(self, p: SamplePrompt, sampler: str) -> Image.Image:
+        if self.flow:
+            return self._render_flow(p)
         pipe = self._pipe(sampler)
         dtype = next(self.unet.parameters()).dtype
         cond, uncond = self._encode([p.prompt]), self._encode([p.negative])
@@ -112,6 +120,28 @@ class Renderer:
             generator=torch.Generator("cpu").manual_seed(p.seed), output_type="latent", **kwargs,
         ).images
         return self.decode(latents)
+
+    def _render_flow(self, p: SamplePrompt) -> Image.Image:
+        """A rectified-flow UNet (rectified-flow SDXL): Euler on the shifted σ schedule, the UNet called at
+        t = σ·1000 (ComfyUI's ModelSamplingDiscreteFlow multiplier, as trained: the family's flow_timestep_scale)."""
+        from lorafw.sampling import flow_euler
+
+        dtype = next(self.unet.parameters()).dtype
+        cond, uncond = self._encode([p.prompt]), self._encode([p.negative])
+        kw: dict[str, Any] = {"encoder_hidden_states": torch.cat([uncond["embeds"], cond["embeds"]]).to(self.device, dtype)}
+        if self.arch == "sdxl":
+            size = torch.tensor([[p.height, p.width, 0, 0, p.height, p.width]] * 2, dtype=dtype, device=self.device)
+            kw["added_cond_kwargs"] = {"text_embeds": torch.cat([uncond["pooled"], cond["pooled"]]).to(self.device, dtype),
+                                       "time_ids": size}
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            half = {k: (v[-x.shape[0]:] if torch.is_tensor(v) else {a: b[-x.shape[0]:] for a, b in v.items()})
+                    for k, v in kw.items()}  # cfg_scale 1: the conditional rows alone
+            return self.unet(x.to(dtype), sigma.to(self.device) * 1000.0, **half).sample
+
+        noise = flow_euler.initial_noise((1, self.unet.config.in_channels, p.height // 8, p.width // 8), p.seed)
+        shift = p.flow_shift if p.flow_shift is not None else FLOW_SAMPLE_SHIFT
+        return self.decode(flow_euler.sample(velocity, noise.to(self.device), p.steps, shift, p.cfg_scale))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Image.Image:

@@ -18,7 +18,7 @@ from lorafw.logs import log
 from lorafw.trainers import batch as batch_mod
 from lorafw.trainers.context import Device
 from lorafw.trainers.distributed import Comm, World, shard
-from lorafw.trainers.step import StepConfig, diffusion_step
+from lorafw.trainers.step import StepConfig, training_step
 
 
 @contextlib.contextmanager
@@ -53,7 +53,7 @@ def fixed_loss(spec: RunSpec, arch: Architecture, models: Models, dev: Device, w
                 with dev.amp.autocast():
                     cond = batch_mod.conditioning(arch, models, dev, text_cache, data, caption, [i], [False],
                                                   spec.train, grad=False)
-                out = diffusion_step(denoise, models.noise_scheduler, z, cond, gen, cfg, dtype=dev.wdtype,
+                out = training_step(denoise, models.noise_scheduler, z, cond, gen, cfg, dtype=dev.wdtype,
                                      autocast=dev.amp.autocast)
                 total += out.loss.item()
                 n += 1

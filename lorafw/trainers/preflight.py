@@ -38,11 +38,13 @@ def preflight(spec: RunSpec, arch: Architecture, run_dir: Path, world: World) ->
                           f"launched; set train.num_processes={world.size} or launch that many")
     model_path = expand(spec.base_model.path)
     info = arch.inspect(str(spec.base_model.path))  # header only; refuses another family's checkpoint
-    # ε or v, ZTSNR: what the checkpoint declares, checked against the spec (a contradiction stops here)
-    objective = resolve_objective(t, info.prediction, f"base_model.path={spec.base_model.path}")
+    # ε, v or flow, ZTSNR: what the checkpoint declares (else the family's own), checked against the spec (a
+    # contradiction, or an option of the other objective, stops here)
+    objective = resolve_objective(t, info.prediction, f"base_model.path={spec.base_model.path}", arch.predictions[0])
     if objective.prediction not in arch.predictions:
         raise LorafwError(f"train.prediction_type: {arch.label} trains {', '.join(arch.predictions)}, not "
                           f"{objective.prediction}; set train.prediction_type to one of those")
+    scale = float(getattr(arch, "flow_timestep_scale", 1.0))  # the time a flow denoiser takes: σ × this
     if t.compile:
         problem = compile_problem(t.compile_backend, resolve_device(t.device))
         if problem:
@@ -62,8 +64,8 @@ def preflight(spec: RunSpec, arch: Architecture, run_dir: Path, world: World) ->
         ensure_writable(cache_dir, "the latent cache folder (dataset.cache_dir)")
         check_disk(cache_dir, latent_bytes(data), "the latent cache (dataset.cache_dir)")
     return Plan(model_path, info, objective, data, val_data, lint_report, warnings, batches_per_step, steps_per_epoch,
-                steps_per_epoch * t.epochs, StepConfig.from_spec(t, objective.prediction),
-                StepConfig(prediction=objective.prediction), spec.output.name or "lora", spec.resume is not None)
+                steps_per_epoch * t.epochs, StepConfig.from_spec(t, objective.prediction, scale),
+                StepConfig.plain(objective.prediction, scale), spec.output.name or "lora", spec.resume is not None)
 
 
 def open_session(spec: RunSpec, arch: Architecture, plan: Plan, run_dir: Path, world: World) -> Session:

@@ -10,6 +10,10 @@ restated and tested there), so an option that changes one stage changes that fun
 
     sample_noise → sample_timesteps → add_noise (input perturbation) → UNet → target (ε or v)
     → per_sample_loss (l2 | l1 | huber | smooth_l1, mask) → apply_loss_weights (samples, min-SNR, v-like, debiased)
+
+A rectified-flow run (prediction "flow": Anima, rectified-flow SDXL) takes `flow_step` instead, over
+objective/flow.py's flow_loss: noise → σ → x_t = (1−σ)x0 + σε → denoiser(x_t, σ·scale) → against ε − x0.
+`training_step` picks the one the run's StepConfig names.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
+from lorafw.objective import flow as F
 from lorafw.objective import loss as L
 from lorafw.objective import noise as N
 from lorafw.objective.schedule import snr_table
@@ -29,26 +34,40 @@ from lorafw.objective.timesteps import sample_timesteps as draw_timesteps
 
 
 @dataclass(frozen=True)
-class StepConfig(N.NoiseOptions, L.LossOptions):
+class StepConfig(N.NoiseOptions, L.LossOptions, F.FlowOptions):
     """What the step math reads: the prediction type the run trains (config/prediction.py resolves it from
-    the spec and the checkpoint), the noise and loss options (declared once, in objective/noise.py and
-    objective/loss.py) and the timestep range — the spec's train.* keys, under their names."""
+    the spec and the checkpoint), the noise, loss and flow options (declared once, in objective/noise.py,
+    objective/loss.py and objective/flow.py), the timestep range — the spec's train.* keys, under their names —
+    and, for flow, the scale of the time the family's denoiser takes (Anima σ, a UNet σ·1000)."""
 
     prediction: str = "epsilon"
     min_timestep: int | None = None
     max_timestep: int | None = None
+    flow_timestep_scale: float = 1.0
 
     @classmethod
-    def from_spec(cls, train: Any, prediction: str = "epsilon") -> "StepConfig":
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "prediction"]
-        return cls(prediction=prediction, **{k: getattr(train, k) for k in names})
+    def from_spec(cls, train: Any, prediction: str = "epsilon", flow_timestep_scale: float = 1.0) -> "StepConfig":
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("prediction", "flow_timestep_scale")]
+        return cls(prediction=prediction, flow_timestep_scale=flow_timestep_scale,
+                   **{k: getattr(train, k) for k in names})
+
+    @classmethod
+    def plain(cls, prediction: str = "epsilon", flow_timestep_scale: float = 1.0) -> "StepConfig":
+        """Validation's: plain noise over every timestep (flow: σ uniform in [0, 1]), unweighted MSE, so the
+        number is comparable across runs whatever options the training used."""
+        return cls(prediction=prediction, flow_timestep_scale=flow_timestep_scale, timestep_sampling="uniform",
+                   weighting_scheme="none")
 
     @property
     def v(self) -> bool:
         return self.prediction == "v_prediction"
 
+    @property
+    def flow(self) -> bool:
+        return self.prediction == "flow"
 
-PLAIN = StepConfig()  # validation: plain noise over every timestep, unweighted MSE (comparable across runs)
+
+PLAIN = StepConfig()  # validation of an ε / v run (StepConfig.plain gives a flow run's)
 
 
 @dataclass
@@ -119,3 +138,26 @@ def diffusion_step(denoise: Callable[..., torch.Tensor], scheduler: Any, latents
     loss = per_sample_loss(pred, target(scheduler, latents, noise, timesteps, cfg.prediction), mask, timesteps, scheduler, cfg)
     loss = apply_loss_weights(loss, timesteps, cfg, weights)
     return StepOutput(loss=loss.mean(), per_sample=loss, timesteps=timesteps)
+
+
+def flow_step(denoise: Callable[..., torch.Tensor], latents: torch.Tensor, cond: dict[str, Any], gen: torch.Generator,
+              cfg: StepConfig, *, mask: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+              dtype: torch.dtype = torch.float32,
+              autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> StepOutput:
+    """The loss of one batch under rectified flow (objective/flow.py flow_loss, sd-scripts' order of draws): the
+    denoiser gets x_t in its weight dtype and t = σ·cfg.flow_timestep_scale, under the autocast context."""
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return denoise(x_t.to(dtype), t, cond)
+
+    out = F.flow_loss(model, latents, gen, F.FlowOptions.of(cfg), L.LossOptions.of(cfg), mask=mask, weights=weights,
+                      timestep_scale=cfg.flow_timestep_scale)
+    return StepOutput(loss=out.loss, per_sample=out.per_sample, timesteps=out.timesteps)
+
+
+def training_step(denoise: Callable[..., torch.Tensor], scheduler: Any, latents: torch.Tensor, cond: dict[str, Any],
+                  gen: torch.Generator, cfg: StepConfig = PLAIN, **kw: Any) -> StepOutput:
+    """The run's step: flow_step for a rectified-flow run, diffusion_step (ε / v on `scheduler`) otherwise."""
+    if cfg.flow:
+        return flow_step(denoise, latents, cond, gen, cfg, **kw)
+    return diffusion_step(denoise, scheduler, latents, cond, gen, cfg, **kw)

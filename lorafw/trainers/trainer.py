@@ -43,7 +43,7 @@ from lorafw.trainers import setup as steps
 from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
 from lorafw.trainers.distributed import World, shard, spans
 from lorafw.trainers.preflight import open_session, preflight
-from lorafw.trainers.step import diffusion_step
+from lorafw.trainers.step import training_step
 
 
 def prepare(spec: RunSpec, run_dir: str | Path) -> Trainer:
@@ -270,7 +270,7 @@ class Trainer:
         mask = (batch.masks(dev, data, caches.latents, items, flips, tuple(latents.shape[-2:]))
                 if spec.dataset.masked_loss else None)
         weights = torch.tensor([data.loss_weight(i) for i in items]) if data.n_reg_items else None
-        return diffusion_step(self._denoise, models.noise_scheduler, latents, cond, gen, self.plan.step_config,
+        return training_step(self._denoise, models.noise_scheduler, latents, cond, gen, self.plan.step_config,
                               mask=mask, weights=weights, dtype=dev.wdtype, autocast=dev.amp.autocast).loss
 
     def _denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
