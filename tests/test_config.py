@@ -25,7 +25,7 @@ from lorafw.errors import ConfigError
 NETWORK_KEYS = ("(valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha, rank_dropout, module_dropout, "
                 "factor, decompose_both, full_matrix, use_tucker, use_scalar, train_on_input, loraplus_lr_ratio, "
                 "loraplus_unet_lr_ratio, loraplus_text_encoder_lr_ratio, block_dims, block_alphas, conv_block_dims, "
-                "conv_block_alphas, down_lr_weight, mid_lr_weight, up_lr_weight, block_lr_zero_threshold)")
+                "conv_block_alphas, down_lr_weight, mid_lr_weight, up_lr_weight, block_lr_zero_threshold, train_llm_adapter)")
 
 PATHS = ["base_model.path=/m.safetensors", "dataset.root=/d"]
 
@@ -70,7 +70,7 @@ def test_unknown_key_forced_in_is_still_caught_with_a_suggestion():
         "(valid keys: algo, dim, alpha, dora_wd, dropout, conv_dim, conv_alpha, rank_dropout, module_dropout, factor, "
         "decompose_both, full_matrix, use_tucker, use_scalar, train_on_input, loraplus_lr_ratio, loraplus_unet_lr_ratio, "
         "loraplus_text_encoder_lr_ratio, block_dims, block_alphas, conv_block_dims, conv_block_alphas, down_lr_weight, "
-        "mid_lr_weight, up_lr_weight, block_lr_zero_threshold)"
+        "mid_lr_weight, up_lr_weight, block_lr_zero_threshold, train_llm_adapter)"
     ]
 
 

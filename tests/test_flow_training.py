@@ -139,3 +139,24 @@ def test_an_eps_sdxl_lora_has_no_flow_keys(tiny_xl_model, tiny_dataset, tmp_path
     meta = spec_metadata(spec, Written(Facts(), "toy", False, False))  # type: ignore[arg-type]
     assert not [k for k in meta if k.removeprefix("ss_") in FLOW_ONLY]
     assert {"ss_timestep_sampling", "ss_sigmoid_scale"} <= set(spec_metadata(spec, Written(Facts(), "toy", False, False, True)))  # type: ignore[arg-type]
+
+
+def test_flow_asked_of_a_file_saying_epsilon_trains_flow_but_not_of_a_v_file():
+    """Rectified-flow SDXL files say "epsilon" (their trainers write it), so flow is not a contradiction there; a
+    v_pred marker tensor still is."""
+    eps = Declared("epsilon", None, "the checkpoint's metadata modelspec.prediction_type=epsilon")
+    r = resolve(_train(prediction_type="flow"), eps)
+    assert r.prediction == "flow" and "rectified-flow conversions write too" in r.source
+    with pytest.raises(ConfigError, match="v_prediction model"):
+        resolve(_train(prediction_type="flow"), Declared("v_prediction", True, "the checkpoint's v_pred marker tensor"))
+
+
+@pytest.mark.parametrize("name,hint", [("chenkinnoobxlv02_RF.safetensors", True), ("NoobAI-Rectified-Flow-v1.safetensors", True),
+                                       ("model_flow_matching.safetensors", True), ("ponyDiffusionV6XL.safetensors", False),
+                                       ("surfing.safetensors", False), ("waifu-rf2.safetensors", False)])
+def test_a_file_named_like_rectified_flow_trained_as_eps_is_warned_about(name, hint):
+    from lorafw.config.prediction import warnings_for
+
+    r = resolve(_train(), Declared())
+    assert bool(warnings_for(r, name)) == hint
+    assert not warnings_for(resolve(_train(prediction_type="epsilon"), Declared()), name)  # said explicitly: no hint

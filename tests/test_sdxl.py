@@ -234,6 +234,21 @@ def test_frozen_text_encoders_are_cached_with_the_same_result(tiny_xl_model, tin
     assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
 
 
+def test_caption_dropout_trains_on_the_cached_empty_caption(tiny_xl_model, tiny_dataset, tmp_path):
+    """caption_dropout_rate with cached text-encoder outputs: a dropped caption takes the cached "" states, so the
+    run gives the same file as encoding every step (the draws are the same; only where the states come from differs)."""
+    common = ["optimizer.text_encoder_lr=0", "train.mixed_precision=no", "train.full_bf16=false", "output.save_precision=fp32",
+              "dataset.caption_dropout_rate=0.5"]
+    a = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "a", "pdxl", *common))
+    b = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "b", "pdxl", *common, "dataset.cache_text_encoder_outputs=true"))
+    fa, fb = load_file(str(a.run().lora_files[-1])), load_file(str(b.run().lora_files[-1]))
+    assert -1 in b.caches.text  # batch.EMPTY
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+    c = trainer_for(xl_spec(tiny_xl_model, tiny_dataset, tmp_path / "c", "pdxl", *common[:-1], "dataset.cache_text_encoder_outputs=true"))
+    fc = load_file(str(c.run().lora_files[-1]))  # without dropout: another file (the dropout did change training)
+    assert any(not torch.equal(fa[k], fc[k]) for k in fa)
+
+
 def test_xformers_is_a_clear_choice(tiny_xl_model, tiny_dataset, tmp_path):
     from lorafw.errors import LorafwError
 

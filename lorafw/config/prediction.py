@@ -18,6 +18,7 @@ Nothing stated means the family's own objective: ε-prediction for SD1.5/SDXL, r
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -127,7 +128,11 @@ def resolve(train: Any, declared: Declared | None, model: str = "the base model"
     else:
         pred = want
         source = "train.prediction_type"
-        if d.prediction and d.prediction != want:
+        if want == "flow" and d.prediction == "epsilon":
+            # rectified-flow SDXL conversions carry no marker and their trainers write modelspec "epsilon" (not
+            # v_parameterization), so a file saying ε does not contradict flow: trained as asked, and said so
+            source += f" (the file's own {d.source} is what rectified-flow conversions write too)"
+        elif d.prediction and d.prediction != want:
             if forced:
                 source += f", forced over {d.source} ({d.prediction})"
             else:
@@ -155,9 +160,7 @@ def resolve(train: Any, declared: Declared | None, model: str = "the base model"
     if train.v_pred_like_loss and pred == "v_prediction":
         problems.append(f"train.v_pred_like_loss: adds a v-like term to an ε loss, but this run already trains "
                         f"v-prediction ({source}); set train.v_pred_like_loss=null")
-    problems += flow_problems(train, pred, source) + ([
-        f"train.zero_terminal_snr: rescales a DDPM noise schedule, which rectified flow has not ({source}); leave "
-        "it null"] if pred == "flow" and zwant else [])
+    problems += flow_problems(train, pred, source)
     if problems:
         raise ConfigError(problems)
     return Resolved(pred, ztsnr and pred != "flow", source, zsource)
@@ -169,7 +172,8 @@ DDPM_ONLY = {"min_snr_gamma": "min-SNR weights read a DDPM schedule's SNR",
              "debiased_estimation_loss": "an SNR weight", "noise_offset": "offset noise is not applied to flow",
              "multires_noise_iterations": "multires noise is not applied to flow",
              "min_timestep": "flow draws σ, not DDPM timesteps (use timestep_sampling / discrete_flow_shift)",
-             "max_timestep": "flow draws σ, not DDPM timesteps (use timestep_sampling / discrete_flow_shift)"}
+             "max_timestep": "flow draws σ, not DDPM timesteps (use timestep_sampling / discrete_flow_shift)",
+             "zero_terminal_snr": "it rescales a DDPM noise schedule, which rectified flow has not"}
 # flow options whose non-default value means nothing to an ε / v run (their defaults as config/spec.py declares them)
 FLOW_ONLY = {f.name: f.default for f in dataclasses.fields(TrainSpec)
              if f.name in ("timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "weighting_scheme",
@@ -181,8 +185,10 @@ def flow_problems(train: Any, pred: str, source: str) -> list[str]:
     out = []
     if pred == "flow":
         for k, why in DDPM_ONLY.items():
-            if getattr(train, k, None):
-                out.append(f"train.{k}: {why}; this run trains rectified flow ({source}); unset it")
+            v = getattr(train, k, None)
+            if v:
+                off = "false" if isinstance(v, bool) else "0" if k == "noise_offset" else "null"
+                out.append(f"train.{k}: {why}; this run trains rectified flow ({source}); set train.{k}={off}")
         if getattr(train, "loss_type", "l2") in ("huber", "smooth_l1") and getattr(train, "huber_schedule", "") == "snr":
             out.append("train.huber_schedule: snr reads a DDPM schedule's SNR, which rectified flow has not; use "
                        "constant or exponential")
@@ -195,9 +201,17 @@ def flow_problems(train: Any, pred: str, source: str) -> list[str]:
     return out
 
 
-def warnings_for(r: Resolved) -> list[str]:
+# a rectified-flow SDXL's file name is the only thing that tells it apart (ChenkinNoob-XL-v0.2-RF, "…rectified-flow…")
+RF_NAME = re.compile(r"(?i)(?:^|[^a-z0-9])(?:rf|rectified[-_ ]?flow|flow[-_ ]?matching)(?:[^a-z0-9]|$)")
+
+
+def warnings_for(r: Resolved, model_name: str = "") -> list[str]:
     """Settings that train, but not as a user would expect (kohya warns about the same)."""
     out = []
+    if r.prediction != "flow" and "train.prediction_type" not in r.source and RF_NAME.search(model_name):
+        out.append(f"base_model.path: {model_name!r} is named like a rectified-flow model, which no file marks; it is "
+                   f"trained as {r.prediction} ({r.source}). If it is one, set train.prediction_type=flow "
+                   "(base_model=sdxl_rf); to silence this, set train.prediction_type explicitly")
     if r.zero_terminal_snr and not r.v:
         out.append("train.zero_terminal_snr with ε-prediction: the last timestep's input is pure noise, which an "
                    "ε model cannot learn from (kohya warns the same); ZTSNR is meant for v-prediction")

@@ -13,7 +13,7 @@ from typing import Any
 from lorafw import families as archs  # the registry: families by name, through their entry points
 from lorafw.config import blocks
 from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
-from lorafw.config.prediction import resolve
+from lorafw.config.prediction import flow_problems, resolve
 from lorafw.config.prompts import parse_line, prompt_lines
 from lorafw.config.spec import RunSpec
 from lorafw.config.typed import from_dict
@@ -103,7 +103,7 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
                 f"{s.optimizer.text_encoder_lr:g}), so its outputs change every step; set optimizer.text_encoder_lr=0 "
                 "or dataset.cache_text_encoder_outputs=false"
             )
-        changing = _changing_captions(d)
+        changing = _changing_captions(d, dropout=False)  # whole-caption dropout trains on the cached empty caption
         if changing:
             p.append(
                 f"dataset.cache_text_encoder_outputs: captions change from step to step ({', '.join(changing)}), "
@@ -165,6 +165,8 @@ def _check_objective(s: RunSpec, p: list[str], notes: list[str]) -> None:
     if t.prediction_type == "epsilon" and t.zero_terminal_snr:
         notes.append("train.zero_terminal_snr with train.prediction_type=epsilon: the last timestep's input is pure "
                      "noise, which an ε model cannot learn from (kohya warns the same); ZTSNR is meant for v-prediction")
+    if t.prediction_type != "auto":  # options of the other objective; under auto, preflight checks with the file's
+        p += flow_problems(t, t.prediction_type, "train.prediction_type")
     if t.zero_terminal_snr and s.sample.sampler == "lms":
         p.append("sample.sampler: lms has no zero-terminal-SNR schedule, so samples of this run would be noise; "
                  "choose euler_a, euler, ddim or dpmpp_2m")
@@ -186,19 +188,22 @@ def _check_model(s: RunSpec, path: Path, p: list[str]) -> None:
         return
 
     try:
-        resolve(s.train, info.prediction, f"base_model.path={s.base_model.path}")
+        resolve(s.train, info.prediction, f"base_model.path={s.base_model.path}", archs.get(name).predictions[0])
     except ConfigError as e:
-        p.extend(e.problems)
+        p.extend(x for x in e.problems if x not in p)  # an explicit objective's option problems are already there
     encoders = getattr(info, "text_encoders", None)  # CLIP configs, where the family has them
     layers = encoders[0].get("num_hidden_layers") if encoders else None
     if layers and s.train.clip_skip > layers:
         p.append(f"train.clip_skip: {s.train.clip_skip} but the text encoder has {layers} layers; use 1 to {layers} (2 is usual)")
 
 
-def _changing_captions(d: Any) -> list[str]:
-    """The settings (dataset-wide or per folder) that make a caption differ between draws."""
+def _changing_captions(d: Any, dropout: bool = True) -> list[str]:
+    """The settings (dataset-wide or per folder) that make a caption differ between draws (without `dropout`:
+    other than whole-caption dropout, which gives only the empty caption)."""
     out = []
     for key in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate"):
+        if key == "caption_dropout_rate" and not dropout:
+            continue
         if getattr(d, key):
             out.append(f"dataset.{key}={getattr(d, key)}")
         for i, f in enumerate(d.folders):

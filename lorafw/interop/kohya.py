@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from lorafw.config.prediction import FLOW_ONLY
 from lorafw.config.schema import kohya_keys, kohya_names, kohya_of, value_at
 from lorafw.config.spec import NetworkSpec, RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
@@ -50,8 +51,11 @@ class _Placed:
         return K[path]
 
     def rest(self) -> dict[str, Any]:
-        """Every key with a kohya name not placed yet (nor in NOT_EXPORTED), in declaration order."""
-        return self.args(*(p for p in KEYS if p not in self.keys and p not in NOT_EXPORTED))
+        """Every key with a kohya name not placed yet (nor in NOT_EXPORTED), in declaration order; the flow keys
+        only for a rectified-flow run (sd-scripts' SD scripts do not take them)."""
+        flow = self.spec.train.prediction_type == "flow"
+        return self.args(*(p for p in KEYS if p not in self.keys and p not in NOT_EXPORTED
+                           and (flow or not (p.startswith("train.") and p[6:] in FLOW_ONLY))))
 
 
 def _v_parameterization(s: Any) -> bool:

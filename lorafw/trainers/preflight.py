@@ -78,7 +78,7 @@ def open_session(spec: RunSpec, arch: Architecture, plan: Plan, run_dir: Path, w
     if world.is_main:
         prepare_run_dir(run_dir, spec.output.overwrite or plan.resuming)
     comm.barrier()  # the folder exists (or the main process failed, and the launcher stops us all)
-    for w in plan.dataset_warnings + objective_warnings(plan.objective):
+    for w in plan.dataset_warnings + objective_warnings(plan.objective, plan.model_path.name):
         log.warning(w)
     t, o = spec.train, plan.objective
     record: dict[str, Any] = {

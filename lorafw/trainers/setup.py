@@ -139,7 +139,8 @@ def cache_text(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, model
     """Encode every image's (unchanging) caption once, the held-out images' too (validation needs them after
     the encoders are gone); the frozen text encoders are then parked off the device."""
     cast_frozen(dev, *models.text_encoders)
-    caches.text = encode_captions(spec, arch, dev, models, plan.data, "text states", main)
+    caches.text = encode_captions(spec, arch, dev, models, plan.data, "text states", main,
+                                  empty=any(f.caption_dropout_rate for f in plan.data.folders))
     if plan.val_data is not None:
         caches.val_text = encode_captions(spec, arch, dev, models, plan.val_data, "held-out text states", main)
     dev.parking.park(*models.text_encoders)
@@ -148,18 +149,19 @@ def cache_text(spec: RunSpec, arch: Architecture, plan: Plan, dev: Device, model
 
 
 def encode_captions(spec: RunSpec, arch: Architecture, dev: Device, models: Models, data: TrainData, what: str,
-                    main: bool) -> dict[int, dict[str, torch.Tensor]]:
-    """{image: its base caption's text states}, placed like the latents (on the GPU when they fit)."""
+                    main: bool, empty: bool = False) -> dict[int, dict[str, torch.Tensor]]:
+    """{image: its base caption's text states}, placed like the latents (on the GPU when they fit); with `empty`,
+    the empty caption's too under batch.EMPTY (a caption dropped out by caption_dropout_rate trains on it)."""
     idx = list(range(len(data.images)))
+    keys, captions = idx + ([batch_mod.EMPTY] if empty else []), [data.base_caption(i) for i in idx] + [""] * empty
     cache: dict[int, dict[str, torch.Tensor]] = {}
-    with progress_bar(main, total=len(idx), desc=f"caching {what}", unit="img", leave=False) as bar:
-        for start in range(0, len(idx), 16):
-            chunk = idx[start : start + 16]
+    with progress_bar(main, total=len(keys), desc=f"caching {what}", unit="img", leave=False) as bar:
+        for start in range(0, len(keys), 16):
             with dev.amp.autocast():
-                cond = arch.encode_text(models, [data.base_caption(i) for i in chunk], spec.train)
-            for j, i in enumerate(chunk):
+                cond = arch.encode_text(models, captions[start : start + 16], spec.train)
+            for j, i in enumerate(keys[start : start + 16]):
                 cache[i] = {k: v[j].to("cpu") for k, v in cond.items()}
-            bar.update(len(chunk))
+            bar.update(len(keys[start : start + 16]))
     flat = {(i, k): v for i, c in cache.items() for k, v in c.items()}
     batch_mod.place(dev, flat, what)
     for (i, k), v in flat.items():
