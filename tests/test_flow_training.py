@@ -108,10 +108,9 @@ def rf_xl_model(tmp_path_factory, tiny_xl_model) -> Path:
 
 @pytest.mark.slow
 def test_a_rectified_flow_sdxl_trains_as_flow_and_says_so(rf_xl_model, tiny_dataset, tmp_path):
-    spec = compose("pdxl", tiny_overrides(rf_xl_model, tiny_dataset, tmp_path / "o") + [
+    spec = compose("sdxl_rf", tiny_overrides(rf_xl_model, tiny_dataset, tmp_path / "o") + [
         "train.epochs=2", "sample.every_n_epochs=2", "sample.prompts=['shapes_demo, red circle --s 3 --w 64 --h 64']",
-        "train.gradient_checkpointing=false", "train.timestep_sampling=shift", "train.discrete_flow_shift=3.0",
-        "train.min_snr_gamma=null", "train.noise_offset=0"])
+        "train.gradient_checkpointing=false", "train.timestep_sampling=shift", "train.discrete_flow_shift=3.0"])
     spec = resolve_outputs(spec)
     tr = prepare(spec, spec.output.dir)
     assert tr.plan.objective.prediction == "flow" and tr.plan.step_config.flow_timestep_scale == 1000.0

@@ -109,8 +109,14 @@ ILLUSTRIOUS = {**PDXL, "train.prediction_type": "auto", "train.zero_terminal_snr
 NOOBAI_VPRED = {**PDXL, "train.prediction_type": "v_prediction", "train.zero_terminal_snr": True,
                 "train.scale_v_pred_loss_like_noise_pred": True}
 
+# PDXL on a rectified-flow SDXL: the makers' σ draw (docs/models.md: bluvoll/sd-scripts' logit-normal −0.2/1.5, shift
+# 2.5 for ChenkinRF), min-SNR off (a DDPM weight), noise offset 0, sampled at shift 3
+SDXL_RF = {**PDXL, "train.prediction_type": "flow", "train.timestep_sampling": "sigma", "train.weighting_scheme": "logit_normal",
+           "train.logit_mean": -0.2, "train.logit_std": 1.5, "train.discrete_flow_shift": 2.5, "train.min_snr_gamma": None,
+           "train.noise_offset": 0.0, "sample.flow_shift": 3.0}
+
 EXPECTED = {"sd15_character": SD15_CHARACTER, "sd15_prodigy": SD15_PRODIGY, "pdxl": PDXL, "pdxl_dora": PDXL_DORA,
-            "illustrious": ILLUSTRIOUS, "noobai_vpred": NOOBAI_VPRED}
+            "illustrious": ILLUSTRIOUS, "noobai_vpred": NOOBAI_VPRED, "sdxl_rf": SDXL_RF}
 
 
 def get(d: dict, dotted: str):
