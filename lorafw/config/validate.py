@@ -81,7 +81,8 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     if need_model:
         for key in FAMILY_FILES.get(s.base_model.arch, ()):
             if not getattr(s.base_model, key):
-                p.append(f"base_model.{key}: base_model.arch={s.base_model.arch} needs it ({FAMILY_FILES[s.base_model.arch][key]}); "
+                what = FAMILY_FILES[s.base_model.arch][key]
+                p.append(f"base_model.{key}: base_model.arch={s.base_model.arch} needs it ({what}); "
                          f"pass base_model.{key}=PATH")
 
     _check_network(s, p, notes, need_model)

@@ -128,8 +128,9 @@ ANIMA_UNUSED = tuple(K[k] for k in (
     "train.no_half_vae")) + ("v2", "v_parameterization")
 # Anima's memory strategies (the same result) and what sd-scripts itself turns off for Anima
 ANIMA_NO_EFFECT = {
-    "blocks_to_swap": "memory strategy (the same result)", "cpu_offload_checkpointing": "memory strategy (the same result)",
-    "unsloth_offload_checkpointing": "memory strategy (the same result; sd-scripts turns gradient_checkpointing on with it)",
+    "blocks_to_swap": "memory strategy (the same result)",
+    "cpu_offload_checkpointing": "memory strategy (the same result)",
+    "unsloth_offload_checkpointing": "memory strategy (the same result; sd-scripts turns gradient checkpointing on)",
     "split_attn": "attention one sample at a time: memory strategy (the same result)",
     "text_encoder_batch_size": "caching batch size (the same result)",
     "fp8_base": "sd-scripts turns it off for Anima", "fp8_base_unet": "sd-scripts turns it off for Anima",
@@ -314,12 +315,13 @@ class Classifier:
                 if v is not None:
                     self.none(k, v, "sd-scripts' default, as lorafw encodes")
             else:
-                self.refuse(k, v, f"lorafw's Anima family encodes captions to {ANIMA_TOKENS} tokens, as sd-scripts does "
-                                  f"by default; remove it or set {ANIMA_TOKENS}")
+                self.refuse(k, v, f"lorafw's Anima family encodes captions to {ANIMA_TOKENS} tokens, as sd-scripts "
+                                  f"does by default; remove it or set {ANIMA_TOKENS}")
         v = args.pop("t5_tokenizer_path", None)
         if v not in (None, ""):
-            self.refuse("t5_tokenizer_path", v, "the LLM adapter's T5 token ids come from the tokenizer lorafw's Anima "
-                                                "family bundles (the one sd-scripts bundles in configs/t5_old); remove it")
+            self.refuse("t5_tokenizer_path", v, "the LLM adapter's T5 token ids come from the tokenizer lorafw's "
+                                                "Anima family bundles (the one sd-scripts bundles in configs/t5_old); "
+                                                "remove it")
         mode = args.pop("attn_mode", None)
         if mode in (None, "", "torch", "sdpa"):
             if mode:
@@ -327,7 +329,8 @@ class Classifier:
         elif mode == "xformers":
             self.set("train.attention", "xformers", "attn_mode")
         elif mode == "flash":
-            self.none("attn_mode", mode, "an attention kernel (the same result); lorafw picks PyTorch's (train.attention)")
+            self.none("attn_mode", mode, "an attention kernel (the same result); lorafw picks PyTorch's "
+                                         "(train.attention)")
         else:
             self.refuse("attn_mode", mode, "sd-scripts cannot train with it (inference only); lorafw trains with "
                                            "train.attention=sdpa or xformers")
@@ -339,8 +342,8 @@ class Classifier:
             self.none("vae_chunk_size", chunk, "0: no chunking")
         off = args.pop("vae_disable_cache", None)
         if off is True or str(off).lower() == "true":
-            self.refuse("vae_disable_cache", off, "\"differs from official behavior\" (sd-scripts' help); lorafw encodes "
-                                                  "as the official VAE does: remove it")
+            self.refuse("vae_disable_cache", off, "\"differs from official behavior\" (sd-scripts' help); lorafw "
+                                                  "encodes as the official VAE does: remove it")
         elif off is not None:
             self.none("vae_disable_cache", off, "off")
         to_disk = args.pop("cache_text_encoder_outputs_to_disk", None)

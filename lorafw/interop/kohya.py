@@ -41,7 +41,7 @@ ANIMA_ALGOS = ("lora",)  # networks.lora_anima trains LoRA (its LoHa/LoKr are ex
 LLM_ADAPTER_PATTERN = ".*llm_adapter.*"  # network_reg_lrs' pattern for the LLM adapter (sd-scripts' doc)
 
 
-def script_of(spec: Any) -> str:
+def script_of(spec: RunSpec) -> str:
     """The sd-scripts script that trains what `spec` trains."""
     return {"sdxl": "sdxl_train_network.py", "anima": ANIMA_SCRIPT}.get(spec.base_model.arch, "train_network.py")
 
@@ -116,7 +116,8 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     config: dict[str, Any] = {
         "model_arguments": {**put.args("base_model.path"),
                             **({} if anima else {"v2": False, "v_parameterization": _v_parameterization(s)}),
-                            **put.args("base_model.vae", "base_model.text_encoder", "base_model.llm_adapter", when=bool)},
+                            **put.args("base_model.vae", "base_model.text_encoder", "base_model.llm_adapter",
+                                       when=bool)},
         "network_arguments": {"network_module": ANIMA_NETWORK if anima else
                               "lycoris.kohya" if is_lycoris(s.network) else "networks.lora",
                               **put.args("network.dim", "network.alpha", "network.dropout"),
@@ -189,7 +190,7 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     return config, dataset_config
 
 
-def anima_network_args(s: Any) -> list[str]:
+def anima_network_args(s: RunSpec) -> list[str]:
     """networks/lora_anima.py's network_args for an Anima run: the LLM adapter's adapters, at their own learning
     rate (sd-scripts' per-module rates: network_reg_lrs); then the fields kohya's LoRA shares (dropouts, LoRA+)."""
     out = [a for a in network_args_of(s.network) if a.split("=", 1)[0] in ("rank_dropout", "module_dropout",
