@@ -91,8 +91,8 @@ def test_check_prints_the_plan(tmp_path, tiny_model, tiny_dataset):
 
 def test_recipes_are_listed(tmp_path):
     out = lorafw("recipes", cwd=tmp_path).stdout
-    assert [ln.split()[0] for ln in out.splitlines()] == ["illustrious", "noobai_vpred", "pdxl", "pdxl_dora", "sd15_character",
-                                                       "sd15_prodigy"]
+    assert [ln.split()[0] for ln in out.splitlines()] == ["anima_character", "anima_style", "illustrious", "noobai_vpred",
+                                                       "pdxl", "pdxl_dora", "sd15_character", "sd15_prodigy", "sdxl_rf"]
 
 
 def test_help_names_the_common_keys(tmp_path):

@@ -433,3 +433,143 @@ def test_ia3_dropout_has_no_effect_as_in_lycoris(tmp_path):
 def test_a_value_lorafw_validation_refuses_lands_on_the_setting_that_caused_it(tmp_path):
     imp = _toml(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "train_on_input=true"]\n')
     assert [p.key for p in imp.not_honoured] == ["network_args.train_on_input"] and "IA3" in imp.not_honoured[0].why
+
+
+# -- Anima: sd-scripts' anima_train_network.py ------------------------------------------------------------------
+def anima_toml(tmp_path: Path, *lines: str, network_args: str = "") -> Path:
+    """The fixture's Anima config with `lines` added to its [training_arguments] (a key given again replaces it)."""
+    import tomllib
+
+    doc = tomllib.loads((FIX / "anima_config.toml").read_text())
+    for line in lines:
+        doc["training_arguments"].update(tomllib.loads(line))
+    if network_args:
+        doc["network_arguments"]["network_args"] = [network_args]
+    doc["dataset_arguments"]["dataset_config"] = str(FIX / "anima_dataset.toml")
+    import tomli_w
+
+    (tmp_path / "anima.toml").write_text(tomli_w.dumps(doc))
+    return tmp_path / "anima.toml"
+
+
+def test_an_anima_toml_imports_every_setting_as_sd_scripts_trains_it(tmp_path):
+    """sd-scripts' recommended Anima run: every key honoured or without effect; the Qwen3/VAE paths, the flow keys,
+    the LLM adapter's adapters and their learning rate (network_reg_lrs) land on lorafw's keys."""
+    import tomllib
+
+    imp = import_config(FIX / "anima_config.toml")
+    assert imp.not_honoured == [] and imp.groups["base_model"] == "anima"
+    assert "network_module = networks.lora_anima and qwen3 names the Qwen3 text encoder" in imp.notes[-1]
+    src = load_source(FIX / "anima_config.toml")
+    assert not accounted(imp, src.args), "every key of the file is accounted for"
+    assert tomllib.loads((FIX / "anima_config.toml").read_text())["model_arguments"]["qwen3"] == src.args["qwen3"]
+    s = spec_of(imp, tmp_path)
+    assert (s.base_model.arch, s.base_model.text_encoder, s.base_model.vae, s.base_model.llm_adapter) == (
+        "anima", "/models/text_encoders/qwen_3_06b_base.safetensors", "/models/vae/qwen_image_vae.safetensors", None)
+    assert (s.train.timestep_sampling, s.train.sigmoid_scale, s.train.discrete_flow_shift, s.train.weighting_scheme,
+            s.train.logit_mean, s.train.logit_std, s.train.mode_scale) == ("sigmoid", 1.0, 1.0, "uniform", 0.0, 1.0, 1.29)
+    assert (s.network.algo, s.network.dim, s.network.alpha, s.network.train_llm_adapter) == ("lora", 8, 1.0, True)
+    assert (s.optimizer.name, s.optimizer.lr, s.optimizer.unet_lr, s.optimizer.text_encoder_lr,
+            s.optimizer.llm_adapter_lr) == ("adamw8bit", 1e-4, 1e-4, 0.0, 5e-5)
+    assert (s.dataset.resolution, s.dataset.cache_text_encoder_outputs, s.dataset.folders[0].repeats) == (1024, True, 10)
+    assert (s.train.mixed_precision, s.train.gradient_checkpointing, s.train.epochs, s.train.batch_size) == ("bf16", True, 10, 2)
+    assert s.train.min_snr_gamma is None and s.train.clip_skip == 1  # sd-scripts' Anima trainer applies neither
+
+
+@pytest.mark.parametrize("line,network_args,key,why", [
+    ("", "exclude_patterns=['.*mlp.*']", "network_args.exclude_patterns", "other module selections"),
+    ("", "include_patterns=['.*final_layer.*']", "network_args.include_patterns", "other module selections"),
+    ("", "network_reg_dims=.*self_attn.*=8,.*cross_attn.*=4", "network_args.network_reg_dims", "network.dim"),
+    ("", "network_reg_lrs=.*self_attn.*=1e-4,.*cross_attn.*=5e-5", "network_args.network_reg_lrs", "optimizer.unet_lr"),
+    ("", "network_reg_lrs=.*attn.*=5e-5", "network_args.network_reg_lrs", "optimizer.unet_lr"),  # DiT blocks too
+    ('t5_tokenizer_path = "/tok/t5"', "", "t5_tokenizer_path", "configs/t5_old"),
+    ("qwen3_max_token_length = 256", "", "qwen3_max_token_length", "512 tokens"),
+    ("t5_max_token_length = 1024", "", "t5_max_token_length", "512 tokens"),
+    ('attn_mode = "sageattn"', "", "attn_mode", "inference only"),
+    ("vae_chunk_size = 64", "", "vae_chunk_size", "whole images"),
+    ("vae_disable_cache = true", "", "vae_disable_cache", "differs from official behavior"),
+])
+def test_anima_settings_lorafw_does_not_train_are_refused_by_name(line, network_args, key, why, tmp_path):
+    imp = import_config(anima_toml(tmp_path, *([line] if line else []), network_args=network_args))
+    refused = {p.key: p.why for p in imp.not_honoured}
+    assert list(refused) == [key] and why in refused[key], refused
+
+
+@pytest.mark.parametrize("line,key,why", [
+    ("self_attn_lr = 2e-4", "self_attn_lr", "only anima_train.py"),
+    ("cross_attn_lr = 0.0", "cross_attn_lr", "only anima_train.py"),
+    ("mlp_lr = 1e-5", "mlp_lr", "only anima_train.py"),
+    ("mod_lr = 1e-5", "mod_lr", "only anima_train.py"),
+    ("llm_adapter_lr = 5e-5", "llm_adapter_lr", "network_reg_lrs"),
+    ("noise_offset = 0.0357", "noise_offset", "draws its own noise"),
+    ("min_snr_gamma = 5.0", "min_snr_gamma", "no SNR weighting"),
+    ("clip_skip = 2", "clip_skip", "no CLIP layers"),
+    ("v_parameterization = true", "v_parameterization", "does not apply it"),
+    ("split_attn = true", "split_attn", "memory strategy"),
+    ("blocks_to_swap = 18", "blocks_to_swap", "memory strategy"),
+    ("fp8_base = true", "fp8_base", "turns it off for Anima"),
+    ('attn_mode = "flash"', "attn_mode", "the same result"),
+])
+def test_anima_settings_sd_scripts_does_not_apply_have_no_effect(line, key, why, tmp_path):
+    """Not applied by anima_train_network.py, so lorafw reproduces the run without them (and keeps its own values)."""
+    imp = import_config(anima_toml(tmp_path, line))
+    assert imp.not_honoured == []
+    assert why in {p.key: p.why for p in imp.no_effect}[key]
+    assert key not in {o.split(" ")[0] for o in imp.imported_from.values()}
+    s = spec_of(imp, tmp_path)
+    assert (s.train.noise_offset, s.train.min_snr_gamma, s.train.clip_skip, s.train.prediction_type) == (0.0, None, 1, "auto")
+    assert s.optimizer.llm_adapter_lr == 5e-5  # the fixture's network_reg_lrs, not llm_adapter_lr
+
+
+def test_anima_xformers_and_cached_outputs_on_disk_are_honoured(tmp_path):
+    imp = import_config(anima_toml(tmp_path, 'attn_mode = "xformers"', "cache_text_encoder_outputs = false",
+                                   "cache_text_encoder_outputs_to_disk = true"))
+    assert imp.not_honoured == []
+    assert imp.values["train.attention"] == "xformers" and imp.values["dataset.cache_text_encoder_outputs"] is True
+
+
+def test_anima_is_told_from_its_network_module_or_its_qwen3_key(tmp_path):
+    from lorafw.interop.dialects import anima_why
+
+    assert "network_module" in anima_why({"network_module": "networks.lora_anima"})
+    assert "qwen3" in anima_why({"qwen3": "/q.safetensors"}) and anima_why({"network_module": "networks.lora"}) == ""
+    f = tmp_path / "c.toml"
+    f.write_text('qwen3 = "/q.safetensors"\nnetwork_module = "networks.lora"\nmax_train_epochs = 1\n')
+    assert import_config(f).groups["base_model"] == "anima"
+    f.write_text('sdxl = true\nnetwork_module = "networks.lora_anima"\nmax_train_epochs = 1\n')
+    refused = {p.key: p.why for p in import_config(f).not_honoured}
+    assert "mixes two architectures" in refused["network_module"]
+
+
+def test_network_reg_lrs_is_the_llm_adapters_rate_only_when_it_selects_just_the_llm_adapter():
+    from lorafw.interop.classify import llm_adapter_lr
+
+    assert llm_adapter_lr(".*llm_adapter.*=5e-5") == 5e-5
+    assert llm_adapter_lr(" llm_adapter\\..*=1e-5 ") == 1e-5
+    assert llm_adapter_lr(".*self_attn.*=1e-4") is None  # the DiT's (and the adapter's) self-attention
+    assert llm_adapter_lr(".*llm_adapter.*=5e-5,.*mlp.*=1e-4") is None
+    assert llm_adapter_lr(".*llm_adapter.*=fast") is None and llm_adapter_lr("(=1e-4") is None
+
+
+def test_flow_keys_have_no_effect_in_an_sd_config_and_go_with_flux_refused(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('sdxl = true\nmax_train_epochs = 1\ntimestep_sampling = "shift"\ndiscrete_flow_shift = 3.0\n')
+    imp = import_config(f)
+    assert imp.not_honoured == [] and "train.timestep_sampling" not in imp.values
+    assert "sdxl_train_network.py have no such argument" in {p.key: p.why for p in imp.no_effect}["timestep_sampling"]
+    f.write_text('max_train_epochs = 1\nae = "/ae.safetensors"\ndiscrete_flow_shift = 3.0\n')
+    refused = {p.key: p.why for p in import_config(f).not_honoured}
+    assert "FLUX.1" in refused["ae"] and "FLUX.1" in refused["discrete_flow_shift"]
+
+
+def test_a_gui_json_anima_run_imports_faithfully(tmp_path):
+    """The kohya_ss GUI's Anima accordion (anima_* keys) under sd-scripts' names; SD-only UI state has no effect."""
+    imp = import_config(FIX / "gui_anima.json")
+    assert imp.not_honoured == [] and imp.groups["base_model"] == "anima"
+    assert not accounted(imp, from_gui_json(json.loads((FIX / "gui_anima.json").read_text())).args)
+    s = spec_of(imp, tmp_path)
+    assert (s.base_model.text_encoder, s.base_model.vae) == ("/models/text_encoders/qwen_3_06b_base.safetensors",
+                                                             "/models/vae/qwen_image_vae.safetensors")
+    assert (s.network.dim, s.network.alpha, s.optimizer.text_encoder_lr, s.dataset.cache_text_encoder_outputs) == (8, 1.0, 0.0, True)
+    assert (s.train.timestep_sampling, s.train.discrete_flow_shift, s.train.epochs) == ("sigmoid", 1.0, 10)
+    assert {p.key: p.why for p in imp.no_effect}["down_lr_weight"] == "not used by LoRA_type = Anima"

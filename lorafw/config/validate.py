@@ -23,6 +23,11 @@ from lorafw.families import detect
 from lorafw.paths import expand
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
+# files a family keeps apart from its checkpoint, which a run of it must name (key of base_model → what it is)
+FAMILY_FILES: dict[str, dict[str, str]] = {
+    "anima": {"text_encoder": "the Qwen3-0.6B text encoder, e.g. ComfyUI's text_encoders/qwen_3_06b_base.safetensors",
+              "vae": "the Qwen-Image VAE, e.g. ComfyUI's vae/qwen_image_vae.safetensors"},
+}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BAD_NAME = re.compile(r"[\\/:*?\"<>|]")
@@ -73,6 +78,12 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     archs = available_archs()
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
         p.append(f"base_model.arch: no architecture is registered as {s.base_model.arch!r}; available: {', '.join(archs)}")
+    if need_model:
+        for key in FAMILY_FILES.get(s.base_model.arch, ()):
+            if not getattr(s.base_model, key):
+                what = FAMILY_FILES[s.base_model.arch][key]
+                p.append(f"base_model.{key}: base_model.arch={s.base_model.arch} needs it ({what}); "
+                         f"pass base_model.{key}=PATH")
 
     _check_network(s, p, notes, need_model)
     _check_optimizer(s, p, notes)
@@ -253,8 +264,10 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
         )
     if need_model and bm.exists() and not (bm.is_file() and bm.suffix.lower() in PICKLE_SUFFIXES):
         _check_model(s, bm, p)  # (a pickle has no header to read: the trainer checks it once loaded)
-    if need_model and s.base_model.vae is not None and not expand(s.base_model.vae).exists():
-        p.append(f"base_model.vae: {s.base_model.vae} does not exist")
+    for key in ("vae", "text_encoder", "llm_adapter"):
+        value = getattr(s.base_model, key)
+        if need_model and value is not None and not expand(value).exists():
+            p.append(f"base_model.{key}: {value} does not exist")
     if s.grid.tagger is not None and not all((expand(s.grid.tagger) / n).is_file() for n in ("model.onnx", "selected_tags.csv")):
         p.append(f"grid.tagger: {s.grid.tagger} should be a folder holding a WD v3 tagger's model.onnx and "
                  "selected_tags.csv (the folder `lorafw autotag --model` takes); lorafw downloads nothing")

@@ -96,7 +96,7 @@ NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
 }
 # better reasons than "lorafw has no such setting"
 WHY: dict[str, str] = {
-    "v2": "SD 2.x is not an architecture lorafw trains (SD1.5 and SDXL)",
+    "v2": "SD 2.x is not an architecture lorafw trains (SD1.5, SDXL and Anima)",
     "max_train_steps": f"lorafw counts the run in epochs (train.epochs); set {K['train.epochs']} instead",
     "network_weights": "lorafw starts a LoRA from zero (continuing from a LoRA file is `lorafw resume` of a run)",
     "weighted_captions": "lorafw reads (tag:1.2) weights as plain text",
@@ -106,8 +106,37 @@ WHY: dict[str, str] = {
 }
 BUCKET_KEYS = tuple(K[k] for k in ("dataset.min_bucket_reso", "dataset.max_bucket_reso", "dataset.bucket_reso_steps",
                                    "dataset.bucket_no_upscale"))
-FLUX_KEYS = ("ae", "t5xxl", "clip_l", "discrete_flow_shift", "model_prediction_type", "timestep_sampling",
-             "guidance_scale", "apply_t5_attn_mask", "t5xxl_max_token_length", "split_mode")
+# rectified flow's settings (sd-scripts' FLUX/SD3/Anima trainers; lorafw's train.prediction_type=flow)
+FLOW_KEYS = tuple(K[k] for k in ("train.timestep_sampling", "train.sigmoid_scale", "train.discrete_flow_shift",
+                                 "train.weighting_scheme", "train.logit_mean", "train.logit_std", "train.mode_scale"))
+FLUX_KEYS = ("ae", "t5xxl", "clip_l", "model_prediction_type", "guidance_scale", "apply_t5_attn_mask",
+             "t5xxl_max_token_length", "split_mode")
+
+# -- Anima: sd-scripts' anima_train_network.py (library/anima_train_utils.py's arguments) + networks/lora_anima.py
+ANIMA_MODULE = "networks.lora_anima"
+# anima_train_network.py parses these but only anima_train.py (full fine-tuning, get_anima_param_groups) reads them;
+# a LoRA run's per-module learning rates are network_args network_reg_lrs
+ANIMA_FINETUNE_ONLY = ("self_attn_lr", "cross_attn_lr", "mlp_lr", "mod_lr", K["optimizer.llm_adapter_lr"])
+# train_network.py's options that Anima's trainer never applies: its get_noise_pred_and_target draws noise and σ itself
+# (flux_train_utils.get_noisy_model_input_and_timesteps: no offset noise, no timestep range), its get_noise_scheduler
+# is a flow-matching one, and its post_process_loss returns the loss as it is
+ANIMA_UNUSED = tuple(K[k] for k in (
+    "train.noise_offset", "train.noise_offset_random_strength", "train.adaptive_noise_scale",
+    "train.multires_noise_iterations", "train.multires_noise_discount", "train.min_timestep", "train.max_timestep",
+    "train.min_snr_gamma", "train.scale_v_pred_loss_like_noise_pred", "train.v_pred_like_loss",
+    "train.debiased_estimation_loss", "train.zero_terminal_snr", "train.clip_skip", "train.max_token_length",
+    "train.no_half_vae")) + ("v2", "v_parameterization")
+# Anima's memory strategies (the same result) and what sd-scripts itself turns off for Anima
+ANIMA_NO_EFFECT = {
+    "blocks_to_swap": "memory strategy (the same result)",
+    "cpu_offload_checkpointing": "memory strategy (the same result)",
+    "unsloth_offload_checkpointing": "memory strategy (the same result; sd-scripts turns gradient checkpointing on)",
+    "split_attn": "attention one sample at a time: memory strategy (the same result)",
+    "text_encoder_batch_size": "caching batch size (the same result)",
+    "fp8_base": "sd-scripts turns it off for Anima", "fp8_base_unet": "sd-scripts turns it off for Anima",
+    "fp8_scaled": "sd-scripts turns it off for Anima",
+}
+ANIMA_TOKENS = 512  # qwen3_max_token_length and t5_max_token_length: sd-scripts' default, and what lorafw encodes
 
 
 @dataclass
@@ -225,8 +254,17 @@ class Classifier:
     def run(self) -> Imported:
         args = dict(self.src.args)
         folders = self.dataset(args)
-        for k in [k for k in FLUX_KEYS if args.get(k) not in (None, "", False)]:
-            self.refuse(k, args.pop(k), "a FLUX.1 setting: FLUX.1 is not an architecture lorafw trains (SD1.5 and SDXL)")
+        flux = [k for k in FLUX_KEYS if args.get(k) not in (None, "", False)]
+        for k in flux + [k for k in FLOW_KEYS if flux and k in args]:
+            self.refuse(k, args.pop(k), "a FLUX.1 setting: FLUX.1 is not an architecture lorafw trains "
+                                        "(SD1.5, SDXL and Anima)")
+        if self.src.arch == "anima":
+            self.anima(args)
+        else:
+            for k in [k for k in FLOW_KEYS if k in args]:
+                self.none(k, args.pop(k), f"train_network.py / sdxl_train_network.py have no such argument "
+                                          f"(sd-scripts' rectified-flow trainers do: {self.src.arch or 'this'} "
+                                          "is not trained with rectified flow)")
         self.optimizer(args)
         self.scheduler(args)
         self.network(args)
@@ -254,6 +292,68 @@ class Classifier:
             self.set("dataset.folders", folders, "subsets")
         self.architecture()
         return self.imp
+
+    def anima(self, args: dict[str, Any]) -> None:
+        """anima_train_network.py's own arguments, and train_network.py's that it does not apply; the rest (qwen3,
+        llm_adapter_path, the flow keys, …) map through the schema like any other key."""
+        for k in ANIMA_FINETUNE_ONLY:
+            if args.get(k) is not None:
+                self.none(k, args.pop(k), "anima_train_network.py never reads it (only anima_train.py, full "
+                                          "fine-tuning, does); a LoRA run sets per-module learning rates with "
+                                          "network_args network_reg_lrs, which lorafw imports for the LLM adapter "
+                                          f"({K['optimizer.llm_adapter_lr']})")
+        for k in ANIMA_UNUSED:
+            if k in args:
+                self.none(k, args.pop(k), "sd-scripts' Anima trainer does not apply it (rectified flow draws its own "
+                                          "noise and σ; its loss has no SNR weighting; Qwen3 has no CLIP layers)")
+        for k, why in ANIMA_NO_EFFECT.items():
+            if k in args:
+                self.none(k, args.pop(k), why)
+        for k in ("qwen3_max_token_length", "t5_max_token_length"):
+            v = args.pop(k, None)
+            if v is None or _same(v, ANIMA_TOKENS):
+                if v is not None:
+                    self.none(k, v, "sd-scripts' default, as lorafw encodes")
+            else:
+                self.refuse(k, v, f"lorafw's Anima family encodes captions to {ANIMA_TOKENS} tokens, as sd-scripts "
+                                  f"does by default; remove it or set {ANIMA_TOKENS}")
+        v = args.pop("t5_tokenizer_path", None)
+        if v not in (None, ""):
+            self.refuse("t5_tokenizer_path", v, "the LLM adapter's T5 token ids come from the tokenizer lorafw's "
+                                                "Anima family bundles (the one sd-scripts bundles in configs/t5_old); "
+                                                "remove it")
+        mode = args.pop("attn_mode", None)
+        if mode in (None, "", "torch", "sdpa"):
+            if mode:
+                self.none("attn_mode", mode, "PyTorch attention, lorafw's train.attention=sdpa")
+        elif mode == "xformers":
+            self.set("train.attention", "xformers", "attn_mode")
+        elif mode == "flash":
+            self.none("attn_mode", mode, "an attention kernel (the same result); lorafw picks PyTorch's "
+                                         "(train.attention)")
+        else:
+            self.refuse("attn_mode", mode, "sd-scripts cannot train with it (inference only); lorafw trains with "
+                                           "train.attention=sdpa or xformers")
+        chunk = args.pop("vae_chunk_size", None)
+        if chunk not in (None, "", 0):
+            self.refuse("vae_chunk_size", chunk, "encodes latents in spatial chunks, not as the official VAE does "
+                                                 "(sd-scripts' help); lorafw encodes whole images: remove it")
+        elif chunk is not None:
+            self.none("vae_chunk_size", chunk, "0: no chunking")
+        off = args.pop("vae_disable_cache", None)
+        if off is True or str(off).lower() == "true":
+            self.refuse("vae_disable_cache", off, "\"differs from official behavior\" (sd-scripts' help); lorafw "
+                                                  "encodes as the official VAE does: remove it")
+        elif off is not None:
+            self.none("vae_disable_cache", off, "off")
+        to_disk = args.pop("cache_text_encoder_outputs_to_disk", None)
+        if to_disk is True or str(to_disk).lower() == "true":
+            self.set("dataset.cache_text_encoder_outputs", True, "cache_text_encoder_outputs_to_disk")
+            args.pop(K["dataset.cache_text_encoder_outputs"], None)
+            self.imp.notes.append("cache_text_encoder_outputs_to_disk: lorafw caches the Qwen3 outputs (in memory); "
+                                  "sd-scripts turns cache_text_encoder_outputs on with it, as here")
+        elif to_disk is not None:
+            self.none("cache_text_encoder_outputs_to_disk", to_disk, "off")
 
     def dataset(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """kohya's fallbacks: subset > [[datasets]] > [general] > config-file arguments > defaults."""
@@ -443,9 +543,14 @@ class Classifier:
         self.imp.not_honoured += problems
         algos = typing.get_args(_unwrap(typing.get_type_hints(NetworkSpec)["algo"])[0])
         fields = typing.get_type_hints(NetworkSpec)
-        if module.endswith(("_flux", "lora_sd3", "lora_hunyuan_image", "lora_anima", "lora_lumina", "oft_flux")):
-            self.refuse("network_module", module, "not an architecture lorafw trains (SD1.5 and SDXL)")
+        if module.endswith(("_flux", "lora_sd3", "lora_hunyuan_image", "lora_lumina", "oft_flux")):
+            self.refuse("network_module", module, "not an architecture lorafw trains (SD1.5, SDXL and Anima)")
             return
+        if module == ANIMA_MODULE and self.src.arch != "anima":
+            return  # the dialect names the mix (dialects.from_sd_scripts)
+        if module == ANIMA_MODULE:
+            self.anima_network(nargs)
+            module = "networks.lora"  # the rest as kohya's LoRA: dim, alpha, dropouts, LoRA+
         if module == "lycoris.kohya":
             algo = (nargs.pop("algo", "lora") or "lora").lower().strip("'")
             if algo in ("lora", "locon"):
@@ -493,6 +598,34 @@ class Classifier:
                 self.none(f"network_args.{k}", text, "kohya's default: off")
             else:
                 self.refuse(f"network_args.{k}", text, f"lorafw's {algo} has no such setting")
+
+    def anima_network(self, nargs: dict[str, str]) -> None:
+        """networks/lora_anima.py's own network_args (create_network's kwargs), taken out of `nargs`."""
+        if "train_llm_adapter" in nargs:  # sd-scripts: "true" (any case) is true, anything else false
+            self.set("network.train_llm_adapter", nargs.pop("train_llm_adapter").strip().lower() == "true",
+                     "network_args.train_llm_adapter")
+        if "verbose" in nargs:
+            self.none("network_args.verbose", nargs.pop("verbose"), "logging")
+        for k in ("exclude_patterns", "include_patterns"):
+            if k in nargs:
+                self.refuse(f"network_args.{k}", nargs.pop(k), "lorafw's Anima adapters go where sd-scripts' do by "
+                                                               "default (the DiT blocks' self_attn, cross_attn and "
+                                                               "mlp; the LLM adapter's blocks with "
+                                                               "network.train_llm_adapter); other module selections "
+                                                               "are not supported: remove it")
+        if "network_reg_dims" in nargs:
+            self.refuse("network_args.network_reg_dims", nargs.pop("network_reg_dims"),
+                        "lorafw gives every adapter network.dim; remove it")
+        if "network_reg_lrs" in nargs:
+            text = nargs.pop("network_reg_lrs")
+            lr = llm_adapter_lr(text)
+            if lr is None:
+                self.refuse("network_args.network_reg_lrs", text,
+                            "lorafw has one learning rate for the DiT (optimizer.unet_lr) and one for the LLM adapter "
+                            f"({K['optimizer.llm_adapter_lr']} = optimizer.llm_adapter_lr, imported from "
+                            "network_reg_lrs=.*llm_adapter.*=LR alone); other patterns are not supported")
+            else:
+                self.set("optimizer.llm_adapter_lr", lr, "network_args.network_reg_lrs")
 
     def translated(self, args: dict[str, Any]) -> None:
         """Keys whose values need translating before they are lorafw values."""
@@ -582,6 +715,30 @@ class Classifier:
         else:
             self.imp.groups["base_model"] = "auto"
             self.imp.notes.append("base_model=auto: the architecture comes from the checkpoint's own tensors")
+
+
+LLM_ADAPTER_PATTERN = ".*llm_adapter.*"  # sd-scripts' doc's pattern for the LLM adapter's modules
+
+
+def llm_adapter_lr(text: str) -> float | None:
+    """network_reg_lrs (comma-separated `regex=lr`, matched by re.fullmatch against sd-scripts' module names) → the
+    LLM adapter's learning rate, where it holds exactly one pattern and that pattern selects the LLM adapter's
+    modules and none of the DiT blocks' (the only per-module rate lorafw has); otherwise None."""
+    import re
+
+    pairs = [p.strip().rsplit("=", 1) for p in text.split(",") if p.strip()]
+    if len(pairs) != 1 or len(pairs[0]) != 2:
+        return None
+    pattern, value = pairs[0][0].strip(), pairs[0][1].strip()
+    try:
+        lr, rx = float(value), re.compile(pattern)
+    except (ValueError, re.error):
+        return None
+    adapter = ("llm_adapter.blocks.0.self_attn.q_proj", "llm_adapter.blocks.5.mlp.2")
+    dit = ("blocks.0.self_attn.q_proj", "blocks.0.cross_attn.k_proj", "blocks.27.mlp.layer2")
+    if all(rx.fullmatch(n) for n in adapter) and not any(rx.fullmatch(n) for n in dit):
+        return lr
+    return None
 
 
 def classify(src: Source) -> Imported:

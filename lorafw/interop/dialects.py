@@ -90,7 +90,26 @@ def from_sd_scripts(doc: dict[str, Any], dataset: dict[str, Any] | None, dialect
         src.arch, src.arch_why = "sd15", "the guide's Colab runs train_network.py (SD1.5; SD2 with v2 = true)"
     if src.args.get("sdxl") is True and src.arch is None:
         src.arch, src.arch_why = "sdxl", "sdxl = true"
+    anima = anima_why(src.args)
+    if anima and src.arch in (None, "anima"):
+        src.arch, src.arch_why = "anima", anima
+    elif anima:
+        src.problems.append(Problem("network_module", src.args.get("network_module"),
+                                    f"{anima}, but {src.arch_why}: the file mixes two architectures"))
     return src
+
+
+ANIMA_NETWORK = "networks.lora_anima"
+
+
+def anima_why(args: dict[str, Any]) -> str:
+    """Why a config is for sd-scripts' anima_train_network.py (its network module, its Qwen3 text encoder), or ''."""
+    why = []
+    if str(args.get("network_module", "")).strip() == ANIMA_NETWORK:
+        why.append(f"network_module = {ANIMA_NETWORK}")
+    if args.get(K["base_model.text_encoder"]) not in (None, ""):
+        why.append(f"{K['base_model.text_encoder']} names the Qwen3 text encoder")
+    return " and ".join(why) + " (anima_train_network.py)" if why else ""
 
 
 # -- the derrian GUI trainer ---------------------------------------------------------------------------
@@ -181,15 +200,19 @@ def from_gui_json(doc: dict[str, Any]) -> Source:
     a = src.args
     lora_type = str(take("LoRA_type", "Standard"))
     sdxl = bool(take("sdxl", False))
-    for flag in ("flux1_checkbox", "sd3_checkbox", "hunyuan_image_checkbox", "anima_checkbox", "lumina_checkbox"):
+    for flag in ("flux1_checkbox", "sd3_checkbox", "hunyuan_image_checkbox", "lumina_checkbox"):
         if take(flag, False):
             src.problems.append(Problem(flag, True, f"{flag.split('_')[0].upper()} is not an architecture lorafw trains "
-                                                    "(it trains SD1.5 and SDXL)"))
-    if lora_type.startswith(("Flux", "HunyuanImage", "Anima", "Lumina")) or "sd3" in lora_type.lower():
+                                                    "(it trains SD1.5, SDXL and Anima)"))
+    if lora_type.startswith(("Flux", "HunyuanImage", "Lumina")) or "sd3" in lora_type.lower():
         src.problems.append(Problem("LoRA_type", lora_type, f"{lora_type}: not an architecture lorafw trains "
-                                                            "(it trains SD1.5 and SDXL)"))
+                                                            "(it trains SD1.5, SDXL and Anima)"))
+    anima = bool(take("anima_checkbox", False))
     src.arch = "sdxl" if sdxl else "sd15"
     src.arch_why = f"the GUI's model type: sdxl = {str(sdxl).lower()}" + ("" if sdxl else " (train_network.py)")
+    if anima or lora_type == "Anima":
+        src.arch, src.arch_why = "anima", "the GUI's Anima checkbox (anima_train_network.py)"
+        _gui_anima(d, a, src)
     if take("v2", False):
         a["v2"] = True
 
@@ -341,6 +364,8 @@ def _gui_network(lora_type: str, d: dict[str, Any], a: dict[str, Any], src: Sour
             v = d.pop(k, None)
             if v not in (None, "", 0, 0.0, "0"):
                 args.append(f"{k}={v}")
+    elif lora_type == "Anima" or src.arch == "anima":
+        a["network_module"] = ANIMA_NETWORK  # networks.lora_anima reads none of the SD block settings
     elif lora_type in ("Kohya LoHa", "Kohya LoKr"):
         a["network_module"] = "networks.loha" if lora_type == "Kohya LoHa" else "networks.lokr"
         for k in ("conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "module_dropout") + (
@@ -358,6 +383,27 @@ def _gui_network(lora_type: str, d: dict[str, Any], a: dict[str, Any], src: Sour
         src.no_effect.append(Problem(k, d.pop(k), f"not used by LoRA_type = {lora_type}"))
     if args:
         a["network_args"] = args
+
+
+# the GUI's Anima accordion (kohya_gui/class_anima.py): `anima_X` in the JSON is sd-scripts' `X`
+GUI_ANIMA = tuple(K[k] for k in ("base_model.text_encoder", "base_model.vae", "base_model.llm_adapter",
+                                  "train.discrete_flow_shift", "train.timestep_sampling", "train.sigmoid_scale",
+                                  "dataset.cache_text_encoder_outputs")) + (
+    "t5_tokenizer_path", "qwen3_max_token_length", "t5_max_token_length", "attn_mode", "split_attn", "vae_chunk_size",
+    "vae_disable_cache", "cache_text_encoder_outputs_to_disk", "unsloth_offload_checkpointing")
+
+
+def _gui_anima(d: dict[str, Any], a: dict[str, Any], src: Source) -> None:
+    """The Anima accordion's values under sd-scripts' names; empty paths and a 0 chunk size are left out, as the GUI
+    leaves them off the command line."""
+    for name in GUI_ANIMA:
+        v = d.pop(f"anima_{name}", None)
+        if v in (None, "") or (name == "vae_chunk_size" and not _num(v)):
+            continue
+        a[name] = v
+    vae = K["base_model.vae"]
+    if a.get(vae) and d.get(vae) not in (None, "", a[vae]):
+        src.no_effect.append(Problem(vae, d.pop(vae), "the Anima accordion's VAE takes its place"))
 
 
 def _additional(text: str, src: Source) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lorafw.config.compose import load_spec
 from lorafw.data.folders import parse_folder_name
-from lorafw.interop.kohya import K, export_kohya
+from lorafw.interop.kohya import K, export_kohya, script_of
 from lorafw.outputs.atomic import atomic_write as atomic_write_text
 from lorafw.paths import expand
 
@@ -40,7 +40,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, 
     header = "# Written by `lorafw export`; sd-scripts ignores the [lorafw] section, `lorafw import` reads it back exactly.\n"
     atomic_write_text(cfg_path, header + tomli_w.dumps(config))
     atomic_write_text(ds_path, "# Written by `lorafw export`.\n" + tomli_w.dumps(dataset))
-    script = "sdxl_train_network.py" if spec.base_model.arch == "sdxl" else "train_network.py"
+    script = script_of(spec)
     procs = f"--multi_gpu --num_processes {spec.train.num_processes} " if spec.train.num_processes > 1 else ""
     command = f"accelerate launch {procs}{script} --config_file {cfg_path} --dataset_config {ds_path}"
     return cfg_path, ds_path, command

@@ -30,7 +30,20 @@ DIRECT = {k: v for k, v in kohya_names(RunSpec).items() if k not in TRANSLATED}
 # -- export ------------------------------------------------------------------------------------------
 # keys with a kohya name that the export leaves out, and why; every key with a kohya name that export_kohya does not
 # place itself goes into [training_arguments] under that name, so a new `key(kohya=...)` is exported without code here
-NOT_EXPORTED = {"sample.every_n_steps": "previews only: the export renders them per epoch (sample_every_n_epochs)"}
+NOT_EXPORTED = {"sample.every_n_steps": "previews only: the export renders them per epoch (sample_every_n_epochs)",
+                "optimizer.llm_adapter_lr": "anima_train_network.py never reads llm_adapter_lr (anima_train.py does): "
+                                            "an Anima export writes it as network_args network_reg_lrs"}
+# rectified flow's keys: sd-scripts' Anima trainer reads them; train_network.py / sdxl_train_network.py have none
+FLOW = tuple(f"train.{k}" for k in FLOW_ONLY)
+ANIMA_ONLY = FLOW + ("base_model.text_encoder", "base_model.llm_adapter")  # exported for Anima runs only
+ANIMA_SCRIPT, ANIMA_NETWORK = "anima_train_network.py", "networks.lora_anima"
+ANIMA_ALGOS = ("lora",)  # networks.lora_anima trains LoRA (its LoHa/LoKr are experimental and named otherwise)
+LLM_ADAPTER_PATTERN = ".*llm_adapter.*"  # network_reg_lrs' pattern for the LLM adapter (sd-scripts' doc)
+
+
+def script_of(spec: RunSpec) -> str:
+    """The sd-scripts script that trains what `spec` trains."""
+    return {"sdxl": "sdxl_train_network.py", "anima": ANIMA_SCRIPT}.get(spec.base_model.arch, "train_network.py")
 
 
 class _Placed:
@@ -51,11 +64,8 @@ class _Placed:
         return K[path]
 
     def rest(self) -> dict[str, Any]:
-        """Every key with a kohya name not placed yet (nor in NOT_EXPORTED), in declaration order; the flow keys
-        only for a rectified-flow run (sd-scripts' SD scripts do not take them)."""
-        flow = self.spec.train.prediction_type == "flow"
-        return self.args(*(p for p in KEYS if p not in self.keys and p not in NOT_EXPORTED
-                           and (flow or not (p.startswith("train.") and p[6:] in FLOW_ONLY))))
+        """Every key with a kohya name not placed yet (nor in NOT_EXPORTED), in declaration order."""
+        return self.args(*(p for p in KEYS if p not in self.keys and p not in NOT_EXPORTED))
 
 
 def _v_parameterization(s: Any) -> bool:
@@ -93,14 +103,26 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     `precision`: what the run resolved train.mixed_precision=auto to, when it ran."""
     s = spec
     put = _Placed(s)
-    net_args = network_args_of(s.network)
+    anima = s.base_model.arch == "anima"
+    if anima and (s.network.algo not in ANIMA_ALGOS or s.network.dora_wd):
+        raise LorafwError(f"lorafw export: sd-scripts trains Anima LoRAs with {ANIMA_NETWORK}, which has no "
+                          f"{'DoRA' if s.network.dora_wd else s.network.algo}; export a network=lora run")
+    if not anima and s.train.prediction_type == "flow":
+        raise LorafwError("lorafw export: sd-scripts has no rectified-flow SDXL trainer (sdxl_train_network.py trains "
+                          "ε or v only; sd-scripts#2278), so this run cannot be exported; lorafw trains it as it is")
+    net_args = network_args_of(s.network) if not anima else anima_network_args(s)
+    if not anima:
+        put.keys.update(ANIMA_ONLY)
     opt_args = [f"weight_decay={s.optimizer.weight_decay!r}", f"betas={literal(s.optimizer.betas)}"]
     opt_args += [f"{k}={literal(val)}" for k, val in s.optimizer.args.items()]
     compiled = {put.name("train.compile"): True, put.name("train.compile_backend"): s.train.compile_backend}
     config: dict[str, Any] = {
-        "model_arguments": {**put.args("base_model.path"), "v2": False, "v_parameterization": _v_parameterization(s),
-                            **put.args("base_model.vae", when=bool)},
-        "network_arguments": {"network_module": "lycoris.kohya" if is_lycoris(s.network) else "networks.lora",
+        "model_arguments": {**put.args("base_model.path"),
+                            **({} if anima else {"v2": False, "v_parameterization": _v_parameterization(s)}),
+                            **put.args("base_model.vae", "base_model.text_encoder", "base_model.llm_adapter",
+                                       when=bool)},
+        "network_arguments": {"network_module": ANIMA_NETWORK if anima else
+                              "lycoris.kohya" if is_lycoris(s.network) else "networks.lora",
                               **put.args("network.dim", "network.alpha", "network.dropout"),
                               **({"network_args": net_args} if net_args else {}),
                               **({"network_train_unet_only": True} if s.optimizer.text_encoder_lr == 0 else {})},
@@ -112,7 +134,8 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
                        "train.gradient_checkpointing"),
             put.name("train.mixed_precision"): kohya_mixed_precision(s.train.mixed_precision, precision),
             **put.args("train.full_bf16", "train.full_fp16", "train.no_half_vae"),
-            **kohya_text_window(s.train.clip_skip, s.train.max_token_length), **put.args("train.noise_offset"),
+            **({} if anima else kohya_text_window(s.train.clip_skip, s.train.max_token_length)),
+            **put.args("train.noise_offset"),
             "sdpa": s.train.attention == "sdpa", "xformers": s.train.attention == "xformers",
             **put.args("dataset.cache_latents", "dataset.vae_batch_size"), "resize_interpolation": RESIZE_INTERPOLATION,
             **put.args("dataset.workers", "dataset.cache_latents_to_disk", "dataset.cache_text_encoder_outputs",
@@ -168,6 +191,20 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     dataset_config = {"general": general, "datasets": [ds]}
     config["lorafw"] = lorafw_section(s)
     return config, dataset_config
+
+
+def anima_network_args(s: RunSpec) -> list[str]:
+    """networks/lora_anima.py's network_args for an Anima run: the LLM adapter's adapters, at their own learning
+    rate (sd-scripts' per-module rates: network_reg_lrs); then the fields kohya's LoRA shares (dropouts, LoRA+)."""
+    out = [a for a in network_args_of(s.network) if a.split("=", 1)[0] in ("rank_dropout", "module_dropout",
+                                                                            "loraplus_lr_ratio",
+                                                                            "loraplus_unet_lr_ratio",
+                                                                            "loraplus_text_encoder_lr_ratio")]
+    if s.network.train_llm_adapter:
+        out.append("train_llm_adapter=True")
+        if s.optimizer.llm_adapter_lr is not None:
+            out.append(f"network_reg_lrs={LLM_ADAPTER_PATTERN}={s.optimizer.llm_adapter_lr:g}")
+    return out
 
 
 def is_lycoris(n: Any) -> bool:
