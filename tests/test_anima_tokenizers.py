@@ -102,7 +102,7 @@ def test_the_tokenizer_files_are_package_data():
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lorafw.models"]
     models = anima_tokenizer_dir("t5").parents[1]
-    files = [p for name in ("qwen3", "t5") for p in anima_tokenizer_dir(name).iterdir()]
+    files = [p for name in ("qwen3_06b", "t5") for p in anima_tokenizer_dir(name).iterdir()]
     needed = {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "SOURCE.md"}
     assert {p.name for p in files} >= needed
     assert all(any(fnmatch(p.relative_to(models).as_posix(), g) for g in globs) for p in files)

@@ -329,7 +329,16 @@ def test_import_command(tmp_path, tiny_model, capsys):
 
 # the Anima recipes need a tiny Anima checkpoint and its text encoder and VAE files (the family's builder): until the
 # test has them, test_an_anima_run_exports_as_anima_train_network_arguments_and_imports_back checks them without files
-@pytest.mark.parametrize("recipe", [r for r in recipe_names() if not r.startswith("anima")])
+def test_a_rectified_flow_sdxl_run_is_not_exported():
+    """sd-scripts has no rectified-flow SDXL trainer: the export says so instead of writing an ε run."""
+    from lorafw.errors import LorafwError
+
+    spec = compose("sdxl_rf", ["base_model.path=/m.safetensors", "dataset.root=/d"], check_paths=False)
+    with pytest.raises(LorafwError, match="no rectified-flow SDXL trainer"):
+        export_kohya(spec, 10, [("/d/1_x", 1, {})])
+
+
+@pytest.mark.parametrize("recipe", [r for r in recipe_names() if not r.startswith("anima") and r != "sdxl_rf"])
 def test_export_then_import_gives_the_same_spec(recipe, tmp_path, tiny_model, tiny_xl_model, tiny_dataset):
     from lorafw.outputs.record import write_config
 

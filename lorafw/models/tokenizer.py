@@ -31,7 +31,7 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
 
 
 def anima_tokenizer_dir(name: str) -> Path:
-    """`qwen3` or `t5`: the bundled folder transformers loads the tokenizer from."""
+    """`qwen3_06b` or `t5`: the bundled folder transformers loads the tokenizer from."""
     return Path(__file__).resolve().parent / "tokenizer_data" / name
 
 
@@ -46,7 +46,7 @@ def qwen3_tokenizer():
     """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(anima_tokenizer_dir("qwen3")), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(anima_tokenizer_dir("qwen3_06b")), local_files_only=True)
 
 
 @lru_cache(maxsize=1)
