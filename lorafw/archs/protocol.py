@@ -40,12 +40,14 @@ class Models:
 @dataclass(frozen=True)
 class AdapterTargets:
     """Where adapters go, by the class names of the blocks holding the layers (kohya's choice per family):
-    Linear and 1×1 layers inside `denoiser`, k×k convolutions (LoCon) inside `denoiser_conv` too, and the
-    text encoders' layers inside `text_encoder`."""
+    Linear and 1×1 layers inside `denoiser`, k×k convolutions (LoCon) inside `denoiser_conv` too, the
+    text encoders' layers inside `text_encoder`, and, with network.train_llm_adapter, the layers inside the
+    denoiser's `llm_adapter` blocks (Anima's LLM adapter), trained at optimizer.llm_adapter_lr."""
 
     denoiser: tuple[str, ...]
     denoiser_conv: tuple[str, ...]
     text_encoder: tuple[str, ...]
+    llm_adapter: tuple[str, ...] = ()
 
 
 class Architecture(Protocol):
