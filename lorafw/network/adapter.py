@@ -114,7 +114,9 @@ class Network:
                          s.dim, s.alpha, conv_dim, conv_alpha)
         if not targets:
             raise RuntimeError(f"no layers to adapt in the {part}")  # a bug: every SD model has them
-        model.requires_grad_(False)  # only the adapters train (as peft's injection did)
+        for pname, p in model.named_parameters():  # only the adapters train (as peft's injection did)
+            if f".{CHILD}." not in f".{pname}":
+                p.requires_grad_(False)
         modules = dict(model.named_modules())
         for t in targets:
             file_name = name_of(t.name)

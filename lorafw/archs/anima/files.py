@@ -29,7 +29,7 @@ KEYS = {"dit": "base_model.path", "llm_adapter": "base_model.llm_adapter", "text
 WHAT = {"dit": "the Anima DiT", "llm_adapter": "Anima's LLM adapter alone", "text_encoder": "the Qwen3 text encoder",
         "vae": "the Qwen-Image VAE", "sd_vae": "a Stable Diffusion VAE (4 latent channels), not the Qwen-Image VAE "
         "Anima uses", "sd15": "an SD1.5 checkpoint", "sdxl": "an SDXL checkpoint", "lora": "a LoRA/LyCORIS file",
-        "unknown": "not an Anima file"}
+        "unknown": "an unknown file"}
 RECIPE = {"sd15": "base_model=sd15 (or +recipe=sd15_character)", "sdxl": "base_model=sdxl (or +recipe=pdxl)"}
 ANIMA_PREDICTION = Declared("flow", None, "Anima is a rectified-flow model")  # type: ignore[arg-type]
 
@@ -90,6 +90,10 @@ def check_role(path: str | Path, want: Role, key: str) -> Header:
     found = role(header)
     if found == want:
         return header
+    if found == "unknown":
+        raise ModelError(f"{key}={path} is not {WHAT[want]}: it holds none of Anima's tensors (no net.blocks.N, Qwen3 "
+                         "layers.N or Qwen-Image VAE ones); Anima needs the DiT in base_model.path, Qwen3-0.6B in "
+                         "base_model.text_encoder and the Qwen-Image VAE in base_model.vae")
     msg = f"{key}={path} is {WHAT[found]}, not {WHAT[want]}"
     if found in KEYS:
         msg += f"; put it in {KEYS[found]}"
@@ -97,9 +101,6 @@ def check_role(path: str | Path, want: Role, key: str) -> Header:
         msg += f", which the {'SD1.5' if found == 'sd15' else 'SDXL'} family trains: use {RECIPE[found]}"
     elif found == "lora":
         msg += "; point base_model.path at the base model it was made for"
-    elif found == "unknown":
-        msg += (" (no net.blocks.N / Qwen3 layers.N / Qwen-Image VAE tensors); Anima needs the DiT in "
-                "base_model.path, Qwen3-0.6B in base_model.text_encoder and the Qwen-Image VAE in base_model.vae")
     raise ModelError(msg)
 
 
