@@ -127,13 +127,14 @@ def test_a_cosmos_dit_for_other_latents_is_refused(files, tmp_path):
 
 
 def test_each_side_file_is_checked_for_its_role(files, tmp_path):
-    with pytest.raises(ModelError, match=r"base_model.text_encoder=.* is the Qwen-Image VAE, not the Qwen3 text encoder; "
-                                         r"put it in base_model.vae"):
+    with pytest.raises(ModelError, match=r"base_model.text_encoder=.* is the Qwen-Image VAE, not the Qwen3 text "
+                                         r"encoder; put it in base_model.vae"):
         load(files, text_encoder=str(files.vae))
     with pytest.raises(ModelError, match=r"base_model.vae=.* is the Anima DiT, not the Qwen-Image VAE; put it in "
                                          r"base_model.path"):
         load(files, vae=str(files.dit))
-    with pytest.raises(ModelError, match=r"base_model.llm_adapter=.* is the Qwen3 text encoder, not Anima's LLM adapter"):
+    with pytest.raises(ModelError, match=r"base_model.llm_adapter=.* is the Qwen3 text encoder, not Anima's LLM "
+                                         r"adapter"):
         load(files, llm_adapter=str(files.text_encoder))
 
 
@@ -158,10 +159,19 @@ def test_a_dit_without_adapter_needs_the_adapter_file(files, models, tmp_path):
     with pytest.raises(ConfigError, match="base_model.llm_adapter: .* is a DiT without the LLM adapter"):
         load(files, path=str(tmp_path / "dit.safetensors"))
     m = load(files, path=str(tmp_path / "dit.safetensors"), llm_adapter=str(tmp_path / "adapter.safetensors"))
-    assert all(torch.equal(a, b) for a, b in zip(m.denoiser.state_dict().values(), models.denoiser.state_dict().values()))
+    ours, theirs = m.denoiser.state_dict(), models.denoiser.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 # -- loading -------------------------------------------------------------------------------------------------------
+
+def test_bf16_files_load_in_fp32(tmp_path, models):
+    """Anima ships bf16; the loaded parts are fp32 until the trainer places them (the protocol's Models)."""
+    f = tiny.write(tmp_path, dtype=torch.bfloat16)
+    m = load(f)
+    for part in (m.denoiser, m.vae, *m.text_encoders):
+        assert {p.dtype for p in part.parameters()} == {torch.float32}
+    assert read_header(f.dit).tensors["net.blocks.0.mlp.layer1.weight"].dtype == "BF16"
 
 def test_every_tensor_of_the_dit_file_lands_in_the_denoiser(files, models):
     """Each tensor of the file (but the RoPE tables diffusers computes) is one of the denoiser's, unchanged, and
@@ -286,8 +296,8 @@ def test_the_codec_normalises_the_mode_per_channel(models):
 
 def network(m, train_te=False, train_llm_adapter=False, algo="lora", unet_lr=1.0):
     spec = NetworkSpec(algo=algo, dim=4, alpha=2.0, train_llm_adapter=train_llm_adapter)
-    return Network(spec, m.denoiser, m.text_encoders, list(ARCH.te_prefixes), train_te, ARCH.denoiser_namer(m.denoiser),
-                   arch=ARCH.name, train_unet=unet_lr > 0, targets=ARCH.targets,
+    return Network(spec, m.denoiser, m.text_encoders, list(ARCH.te_prefixes), train_te,
+                   ARCH.denoiser_namer(m.denoiser), arch=ARCH.name, train_unet=unet_lr > 0, targets=ARCH.targets,
                    te_names=text_encoder_names(ARCH, m.text_encoders))
 
 
@@ -342,8 +352,9 @@ def test_a_saved_lora_applied_to_a_fresh_model_gives_the_trained_output(files, a
         trained = ARCH.denoise(m, x, t, cond_for(m, ["1girl, red hair"]))
     lora = net.kohya_state_dict(torch.float32)
     fresh = load(files)
-    patcher = WeightPatcher(module_names(fresh.denoiser, fresh.text_encoders, ARCH.te_prefixes,
-                                         ARCH.denoiser_namer(fresh.denoiser), text_encoder_names(ARCH, fresh.text_encoders)))
+    names = module_names(fresh.denoiser, fresh.text_encoders, ARCH.te_prefixes, ARCH.denoiser_namer(fresh.denoiser),
+                         text_encoder_names(ARCH, fresh.text_encoders))
+    patcher = WeightPatcher(names)
     with torch.no_grad():
         base = ARCH.denoise(fresh, x, t, cond_for(fresh, ["1girl, red hair"]))
         assert patcher.apply(lora, 1.0) == len(net.entries)
@@ -432,6 +443,21 @@ def test_the_family_is_complete_and_writes_sd_scripts_metadata():
     assert ARCH.modelspec_implementation == "https://huggingface.co/circlestone-labs/Anima"
 
 
+def test_the_registry_takes_the_family_and_detects_its_files(files, tiny_model, monkeypatch):
+    """Registered as pyproject.toml registers it: families.get accepts it, `auto` finds it for the DiT and still
+    finds SD1.5 for an SD1.5 checkpoint."""
+    from importlib.metadata import EntryPoint
+
+    from lorafw import families
+
+    eps = dict(families._entry_points())
+    eps["anima"] = EntryPoint("anima", "lorafw.archs.anima:ARCH", families.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(families, "_entry_points", lambda: eps)
+    assert families.get("anima") is ARCH
+    assert families.detect(files.dit) == "anima"
+    assert families.detect(tiny_model) == "sd15"
+
+
 def install_entry_point(site: Path) -> Path:
     """The `anima` entry point as an installed lorafw would register it (pyproject.toml), for a subprocess."""
     info = site / "lorafw_anima-0.1.dist-info"
@@ -456,7 +482,7 @@ def test_anima_trains_through_the_cli(tmp_path, tiny_dataset, files):
             "network.train_llm_adapter=true", "optimizer.llm_adapter_lr=5e-3", "train.epochs=2",
             "optimizer=adamw", "optimizer.lr=1e-2", "optimizer.text_encoder_lr=0", "train.gradient_checkpointing=true",
             "sample.every_n_epochs=1", "sample.steps=3", "validation.split=0.25", "output.save_precision=fp32",
-            "dataset.cache_text_encoder_outputs=true"]
+            "dataset.cache_text_encoder_outputs=true", "dataset.shuffle_caption=false"]
     p = cli(site, *args, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
