@@ -13,7 +13,7 @@ base_model.vae the VAE.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -21,7 +21,13 @@ from lorafw.archs.anima import dit as dit_mod
 from lorafw.archs.anima import files
 from lorafw.archs.anima.text import QWEN3_CONTAINERS
 from lorafw.archs.protocol import AdapterTargets, Models, Text
+from lorafw.config.prediction import Resolved
+from lorafw.config.spec import RunSpec, TrainSpec
 from lorafw.network.targets import kohya_name
+
+if TYPE_CHECKING:
+    from lorafw.archs.anima.sampling import FlowRenderer
+    from lorafw.placement import Parking
 
 # sd-scripts' networks/lora_anima.py: the q, k, v, output projections of self- and cross-attention and the two MLP
 # layers of each DiT block (in diffusers' CosmosTransformerBlock: the Attention and FeedForward modules; the AdaLN
@@ -36,6 +42,7 @@ class Anima:
     label = "Anima"
     te_prefixes = ("lora_te",)
     predictions = ("flow",)
+    flow_timestep_scale = 1.0  # the DiT takes σ itself (sd-scripts feeds timesteps / 1000)
     targets = TARGETS
     # what sd-scripts writes: ss_base_model_version from AnimaNetworkTrainer.load_target_model, the modelspec from
     # get_sai_model_spec_dataclass(..., anima="preview") (library/sai_model_spec.py)
@@ -48,23 +55,24 @@ class Anima:
 
         return files.inspect(expand(path))
 
-    def load(self, spec: Any, info: Any, objective: Any) -> Models:
+    def load(self, spec: RunSpec, info: files.AnimaInfo, objective: Resolved | None) -> Models:
         from lorafw.archs.anima.load import load
 
         return load(spec, info)
 
-    def encode_text(self, models: Models, captions: list[str], train: Any) -> Text:
+    def encode_text(self, models: Models, captions: list[str], train: TrainSpec | None) -> Text:
         from lorafw.archs.anima.text import encode
 
         return encode(models.text_encoders[0], models.tokenizers[0], models.tokenizers[1], captions)
 
-    def conditioning(self, text: Text, data: Any, batch: list[int], flips: list[bool]) -> dict[str, Any]:
+    def conditioning(self, text: Text, data: object, batch: list[int], flips: list[bool]) -> dict[str, torch.Tensor]:
         """The text states as the denoiser takes them; ids and masks stay integer (a cache or a cast may have made
         them floating: T5 ids above 256 are not exact in bf16, so callers must not cast them)."""
         return {"prompt_embeds": text["prompt_embeds"], "attn_mask": text["attn_mask"],
                 "t5_input_ids": text["t5_input_ids"].long(), "t5_attn_mask": text["t5_attn_mask"]}
 
-    def denoise(self, models: Models, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+    def denoise(self, models: Models, x_t: torch.Tensor, t: torch.Tensor,
+                cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """The velocity at σ = `t` (B,). The DiT takes σ as sd-scripts' trainer feeds it: σ·1000 rounded to the
         weight dtype, then / 1000 (anima_train_network.get_noise_pred_and_target)."""
         dtype = next(models.denoiser.parameters()).dtype
@@ -78,7 +86,8 @@ class Anima:
         """Qwen3's layers as sd-scripts names them: `lora_te_layers_0_mlp_gate_proj` (no `text_model.` level)."""
         return lambda path: kohya_name(prefix, path)
 
-    def renderer(self, models: Models, train: Any, device: torch.device, parking: Any = None) -> Any:
+    def renderer(self, models: Models, train: TrainSpec | None, device: torch.device,
+                 parking: Parking | None = None) -> FlowRenderer:
         from lorafw.archs.anima.sampling import FlowRenderer
 
         return FlowRenderer(self, models, train, device, parking)

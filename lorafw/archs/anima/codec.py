@@ -19,12 +19,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lorafw.archs.anima.files import check_role
 from lorafw.errors import ModelError
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLQwenImage
 
 KEY = "base_model.vae"
 NUM_RES_BLOCKS = 2  # the Wan/Qwen-Image VAE's (diffusers' converter assumes it)
@@ -47,7 +50,11 @@ class Latents:
 class QwenImageCodec(torch.nn.Module):
     """AutoencoderKLQwenImage with per-channel latent normalisation, on (B, C, H, W) images and latents."""
 
-    def __init__(self, vae: torch.nn.Module) -> None:
+    vae: AutoencoderKLQwenImage
+    latents_mean: torch.Tensor
+    latents_std: torch.Tensor
+
+    def __init__(self, vae: AutoencoderKLQwenImage) -> None:
         super().__init__()
         self.vae = vae
         c = vae.config

@@ -11,12 +11,16 @@ which `to_original` gives from the diffusers path.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from lorafw.archs.anima.files import ADAPTER, AnimaInfo
 from lorafw.errors import ModelError
+
+if TYPE_CHECKING:
+    from diffusers import CosmosTransformer3DModel
+    from diffusers.models.condition_embedders.condition_embedder_anima import AnimaTextConditioner
 
 # diffusers name → Cosmos name, segment-anchored (the inverse of diffusers' Cosmos-2 rename table; a test checks
 # that diffusers' converter maps every name this gives back to where it came from)
@@ -102,8 +106,10 @@ class AnimaDenoiser(torch.nn.Module):
     attn_mask (B, 512), t5_input_ids (B, 512), t5_attn_mask (B, 512)) → the velocity (B, 16, h, w)."""
 
     _repeated_blocks = ["CosmosTransformerBlock", "AnimaTextConditionerBlock"]  # torch.compile's regions
+    dit: CosmosTransformer3DModel
+    llm_adapter: AnimaTextConditioner
 
-    def __init__(self, dit: torch.nn.Module, llm_adapter: torch.nn.Module) -> None:
+    def __init__(self, dit: CosmosTransformer3DModel, llm_adapter: AnimaTextConditioner) -> None:
         super().__init__()
         self.dit, self.llm_adapter = dit, llm_adapter
 
@@ -130,7 +136,7 @@ class AnimaDenoiser(torch.nn.Module):
         self.dit.enable_gradient_checkpointing()
         self.llm_adapter.enable_gradient_checkpointing()
 
-    def compile_repeated_blocks(self, *args: Any, **kwargs: Any) -> None:
+    def compile_repeated_blocks(self, *args: object, **kwargs: object) -> None:
         """torch.compile each DiT and adapter block in place (diffusers' regional compilation: state-dict keys
         unchanged)."""
         names = set(self._repeated_blocks)
@@ -161,15 +167,11 @@ def build(info: AnimaInfo, dit_state: dict[str, torch.Tensor], adapter_state: di
         if missing or unexpected:
             raise ModelError(f"{where}: the {name} does not match an Anima {name} (missing {sorted(missing)[:3]}, "
                              f"unexpected {sorted(unexpected)[:3]}); it is another Cosmos model or a damaged file")
-    adapter.rotary_emb.inv_freq = _inv_freq(adapter)  # a non-persistent buffer: made on the meta device above
+    adapter.rotary_emb = type(adapter.rotary_emb)(adapter.config.model_dim // adapter.config.num_attention_heads)
+    # (its inv_freq, a non-persistent buffer, was made on the meta device above)
     denoiser = AnimaDenoiser(dit, adapter).float()
     denoiser.requires_grad_(False)
     return denoiser.eval()
-
-
-def _inv_freq(adapter: torch.nn.Module) -> torch.Tensor:
-    head_dim = adapter.config.model_dim // adapter.config.num_attention_heads  # type: ignore[operator]
-    return 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim))
 
 
 def namer(denoiser: torch.nn.Module) -> Callable[[str], str]:

@@ -31,7 +31,7 @@ WHAT = {"dit": "the Anima DiT", "llm_adapter": "Anima's LLM adapter alone", "tex
         "Anima uses", "sd15": "an SD1.5 checkpoint", "sdxl": "an SDXL checkpoint", "lora": "a LoRA/LyCORIS file",
         "unknown": "an unknown file"}
 RECIPE = {"sd15": "base_model=sd15 (or +recipe=sd15_character)", "sdxl": "base_model=sdxl (or +recipe=pdxl)"}
-ANIMA_PREDICTION = Declared("flow", None, "Anima is a rectified-flow model")  # type: ignore[arg-type]
+ANIMA_PREDICTION = Declared("flow", None, "Anima is a rectified-flow model")
 
 
 def dit_prefix(keys: set[str] | dict) -> str | None:
@@ -60,7 +60,7 @@ def role(header: Header) -> Role:
         from lorafw.models.detect import classify
 
         try:
-            return classify(header.shapes())  # type: ignore[return-value]
+            return "sdxl" if classify(header.shapes()) == "sdxl" else "sd15"
         except ModelError:
             return "unknown"
     if qwen3_prefix(keys) is not None:

@@ -5,7 +5,6 @@ role is checked before its weights are read (files.check_role)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -14,12 +13,13 @@ from lorafw.archs.anima.codec import load_vae
 from lorafw.archs.anima.files import ADAPTER, DIT_PREFIXES, AnimaInfo, check_role, role
 from lorafw.archs.anima.text import load_qwen3, tokenizers
 from lorafw.archs.protocol import Models
+from lorafw.config.spec import BaseModelSpec, RunSpec
 from lorafw.errors import ConfigError, ModelError
 from lorafw.models.header import read_header
 from lorafw.paths import expand
 
 
-def missing_files(bm: Any, info: AnimaInfo) -> list[str]:
+def missing_files(bm: BaseModelSpec, info: AnimaInfo) -> list[str]:
     """The spec's problems: the files Anima needs that base_model does not name."""
     out = []
     if not bm.text_encoder:
@@ -34,7 +34,7 @@ def missing_files(bm: Any, info: AnimaInfo) -> list[str]:
     return out
 
 
-def load(spec: Any, info: AnimaInfo) -> Models:
+def load(spec: RunSpec, info: AnimaInfo) -> Models:
     from diffusers import FlowMatchEulerDiscreteScheduler
     from safetensors.torch import load_file
 
@@ -42,6 +42,7 @@ def load(spec: Any, info: AnimaInfo) -> Models:
     problems = missing_files(bm, info)
     if problems:
         raise ConfigError(problems)
+    assert bm.text_encoder is not None and bm.vae is not None
     path = expand(bm.path)
     check_role(path, "dit", "base_model.path")
     dit_state, adapter_state = dit_mod.split_file(load_file(str(path)), info.prefix)
@@ -57,17 +58,13 @@ def load(spec: Any, info: AnimaInfo) -> Models:
     if len(qwen_tok) > rows:
         raise ModelError(f"base_model.text_encoder={bm.text_encoder} embeds {rows} token ids but Qwen3's tokenizer has "
                          f"{len(qwen_tok)}: it is not Qwen3-0.6B")
-    if adapter_vocab(denoiser) < len(t5_tok):
-        raise ModelError(f"the LLM adapter embeds {adapter_vocab(denoiser)} T5 ids but T5's tokenizer has "
-                         f"{len(t5_tok)}: it is not Anima's adapter")
+    if denoiser.llm_adapter.embed.num_embeddings < len(t5_tok):
+        raise ModelError(f"the LLM adapter embeds {denoiser.llm_adapter.embed.num_embeddings} T5 ids but T5's "
+                         f"tokenizer has {len(t5_tok)}: it is not Anima's adapter")
     codec = load_vae(expand(bm.vae))
     # sd-scripts' training schedule (get_noise_scheduler); lorafw's flow objective draws σ itself
     schedule = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=spec.train.discrete_flow_shift)
     return Models(info, denoiser, codec, [text_encoder], [qwen_tok, t5_tok], schedule)
-
-
-def adapter_vocab(denoiser: torch.nn.Module) -> int:
-    return denoiser.llm_adapter.embed.num_embeddings  # type: ignore[union-attr,return-value]
 
 
 def read_adapter(path: Path) -> dict[str, torch.Tensor]:

@@ -11,25 +11,39 @@ _sample_image_inference), step for step, so a sample here is the image sd-script
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 from PIL import Image
 
 from lorafw.archs.protocol import Models
+from lorafw.config.prompts import SamplePrompt
+from lorafw.config.spec import TrainSpec
 from lorafw.objective.flow import ANIMA_SAMPLE_SHIFT, sampling_sigmas
+from lorafw.sampling.flow_euler import initial_noise
+
+if TYPE_CHECKING:
+    from lorafw.archs.anima import Anima
+    from lorafw.archs.anima.dit import AnimaDenoiser
+    from lorafw.placement import Parking
 
 
 class FlowRenderer:
     """`render(prompt, sampler)` for samples and the grid. Rectified flow has one sampler here, Euler (what
     sd-scripts samples Anima with): `sampler` names DDPM samplers and is accepted and ignored. The σ shift is the
-    prompt's `flow_shift` when it has one (sd-scripts' --fs), else 3.0 (sd-scripts' default)."""
+    prompt's `flow_shift` (--fs, sample.flow_shift), else 3.0 (sd-scripts' default).
 
-    def __init__(self, arch: Any, models: Models, train: Any, device: torch.device, parking: Any = None) -> None:
+    The same Euler step as the shared sampling/flow_euler.sample, kept here in sd-scripts' own order: the prompt's
+    and the negative's velocities as two passes, x back in the DiT's dtype after every step, so a bf16 sample is
+    the one sd-scripts renders."""
+
+    def __init__(self, arch: Anima, models: Models, train: TrainSpec | None, device: torch.device,
+                 parking: Parking | None = None) -> None:
         self.arch, self.models, self.train, self.device, self.parking = arch, models, train, device, parking
+        self.denoiser = cast("AnimaDenoiser", models.denoiser)  # Models types it as a Module
 
     @torch.no_grad()
-    def render(self, p: Any, sampler: str = "euler") -> Image.Image:
+    def render(self, p: SamplePrompt, sampler: str = "euler") -> Image.Image:
         m = self.models
         borrowed = (self.parking.borrow(self.device, m.vae, *m.text_encoders) if self.parking is not None
                     else contextlib.nullcontext())
@@ -40,18 +54,17 @@ class FlowRenderer:
         text = self.arch.encode_text(self.models, [prompt], self.train)
         cond = self.arch.conditioning(text, None, [0], [False])
         cond["prompt_embeds"] = cond["prompt_embeds"].to(self.device, dtype)
-        return self.models.denoiser.context(**{k: v.to(self.device) for k, v in cond.items()})
+        return self.denoiser.context(**{k: v.to(self.device) for k, v in cond.items()})
 
-    def _render(self, p: Any) -> Image.Image:
-        denoiser = self.models.denoiser
+    def _render(self, p: SamplePrompt) -> Image.Image:
+        denoiser = self.denoiser
         dtype = next(denoiser.parameters()).dtype
         height, width = max(64, p.height - p.height % 16), max(64, p.width - p.width % 16)
         ctx = self._context(p.prompt, dtype)
         cfg = p.cfg_scale > 1.0
         neg = self._context(p.negative, dtype) if cfg else None
-        gen = torch.Generator("cpu").manual_seed(p.seed)
-        x = torch.randn((1, 16, height // 8, width // 8), dtype=torch.float32, generator=gen).to(dtype).to(self.device)
-        shift = getattr(p, "flow_shift", None) or ANIMA_SAMPLE_SHIFT
+        x = initial_noise((1, 16, height // 8, width // 8), p.seed).to(dtype).to(self.device)
+        shift = p.flow_shift if p.flow_shift is not None else ANIMA_SAMPLE_SHIFT
         sigmas = sampling_sigmas(p.steps, shift).to(self.device, dtype)
         for i in range(p.steps):
             t = sigmas[i].unsqueeze(0)

@@ -9,42 +9,29 @@ depend on the caption only, so they are what the text cache holds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lorafw.archs.anima.files import check_role, qwen3_prefix
 from lorafw.errors import ModelError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+
 QWEN3_TOKENS = 512  # sd-scripts' --qwen3_max_token_length default
 T5_TOKENS = 512  # --t5_max_token_length
 QWEN3_CONTAINERS = ("Qwen3Attention", "Qwen3MLP")  # sd-scripts' TEXT_ENCODER_TARGET_REPLACE_MODULE
-# sd-scripts' configs/qwen3_06b and configs/t5_old, extracted there (never committed), until lorafw packages them
-ANIMA_TOKENIZERS = Path("/tmp/anima_ref")
 
 
-def tokenizers() -> tuple[Any, Any]:
-    """(Qwen3's tokenizer, T5's): lorafw's packaged ones when present (lorafw.models.tokenizer), else sd-scripts'
-    files extracted to ANIMA_TOKENIZERS. The one place the tokenizers come from."""
-    try:
-        from lorafw.models.tokenizer import qwen3_tokenizer, t5_tokenizer  # type: ignore[attr-defined]
+def tokenizers() -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
+    """(Qwen3's tokenizer, T5's), as lorafw ships them (lorafw/models/tokenizer.py)."""
+    from lorafw.models.tokenizer import qwen3_tokenizer, t5_tokenizer
 
-        return qwen3_tokenizer(), t5_tokenizer()
-    except ImportError:
-        pass
-    from transformers import AutoTokenizer, T5TokenizerFast
-
-    q, t5 = ANIMA_TOKENIZERS / "qwen3", ANIMA_TOKENIZERS / "t5"
-    if not (q / "vocab.json").is_file() or not (t5 / "spiece.model").is_file():
-        raise ModelError(f"Anima's Qwen3 and T5 tokenizers are not installed (looked in {ANIMA_TOKENIZERS}); "
-                         "reinstall lorafw")
-    qwen = AutoTokenizer.from_pretrained(str(q), local_files_only=True)
-    if qwen.pad_token is None:
-        qwen.pad_token = qwen.eos_token
-    return qwen, T5TokenizerFast(vocab_file=str(t5 / "spiece.model"), tokenizer_file=str(t5 / "tokenizer.json"))
+    return qwen3_tokenizer(), t5_tokenizer()
 
 
-def qwen3_config(shapes: dict[str, tuple[int, ...]], prefix: str) -> Any:
+def qwen3_config(shapes: dict[str, tuple[int, ...]], prefix: str) -> Qwen3Config:
     """Qwen3Config from the encoder's tensor shapes; the rest is Qwen3-0.6B's (RoPE θ 10⁶, RMS ε 10⁻⁶, tied
     embeddings)."""
     from transformers import Qwen3Config
@@ -61,7 +48,7 @@ def qwen3_config(shapes: dict[str, tuple[int, ...]], prefix: str) -> Any:
         attention_bias=f"{p}self_attn.q_proj.bias" in shapes, use_cache=False)
 
 
-def load_qwen3(path: Path) -> tuple[torch.nn.Module, Any]:
+def load_qwen3(path: Path) -> tuple[Qwen3Model, PreTrainedTokenizerBase | None]:
     """The Qwen3 encoder (a transformers Qwen3Model, fp32, frozen) and the folder's own tokenizer (None for a single
     file: the packaged one is Qwen3-0.6B's)."""
     from transformers import Qwen3Model
@@ -100,7 +87,8 @@ def load_qwen3(path: Path) -> tuple[torch.nn.Module, Any]:
     return model.eval(), tok
 
 
-def encode(te: torch.nn.Module, qwen_tok: Any, t5_tok: Any, captions: list[str]) -> dict[str, torch.Tensor]:
+def encode(te: torch.nn.Module, qwen_tok: PreTrainedTokenizerBase, t5_tok: PreTrainedTokenizerBase,
+           captions: list[str]) -> dict[str, torch.Tensor]:
     """sd-scripts' AnimaTokenizeStrategy + AnimaTextEncodingStrategy: Qwen3's final hidden states (B, 512, hidden)
     zero at the padding, its mask, and the T5 ids and mask (B, 512) the adapter's queries are."""
     device = next(te.parameters()).device
