@@ -226,6 +226,27 @@ def test_qwen3_is_read_from_comfyuis_single_file(files, models):
     assert te.config.num_hidden_layers == 2 and te.config.head_dim == 16 and te.config.num_key_value_heads == 2
 
 
+def test_qwen3_and_the_vae_load_from_folders_too(files, models, tmp_path):
+    """A transformers Qwen3 folder (config.json + weights, as sd-scripts reads one) and a diffusers VAE folder give
+    the same parts as ComfyUI's single files."""
+    from diffusers import AutoencoderKLQwenImage
+    from transformers import Qwen3ForCausalLM
+
+    te = models.text_encoders[0]
+    lm = Qwen3ForCausalLM(te.config)
+    lm.model.load_state_dict(te.state_dict())
+    lm.save_pretrained(tmp_path / "qwen3")
+    vae = AutoencoderKLQwenImage(**dict(models.vae.vae.config))
+    vae.load_state_dict(models.vae.vae.state_dict())
+    vae.save_pretrained(tmp_path / "model" / "vae")
+    m = load(files, text_encoder=str(tmp_path / "qwen3"), vae=str(tmp_path / "model"))
+    for ours, theirs in ((m.text_encoders[0], te), (m.vae, models.vae)):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ModelError, match="base_model.text_encoder=.* is a folder without config.json"):
+        load(files, text_encoder=str(tmp_path))
+
+
 # -- text, latents, denoiser ---------------------------------------------------------------------------------------
 
 def test_text_states_are_sd_scripts(models):
