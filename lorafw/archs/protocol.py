@@ -10,7 +10,9 @@ family it is. The step loop, caches, saving, resume and evaluation are the same 
     condition   encode_text (cacheable: it depends on the caption only) → conditioning (per batch: sizes, flips)
     denoise     denoise(models, x_t, t, cond) → the model's prediction
     objectives  predictions: what the family can be trained to predict (ε, v, flow)
-    adapters    targets (which blocks' layers get adapters), te_prefixes, denoiser_namer (file names ↔ layers)
+    adapters    targets (which blocks' layers get adapters), te_prefixes, denoiser_namer (file names ↔ layers);
+                optionally text_encoder_namer(prefix, te) where the text encoders' file names are not kohya's CLIP
+                ones (`lora_te_text_model_…`; Anima's Qwen3: `lora_te_layers_0_…`)
     sample      renderer(...) → an object with render(prompt, sampler) → PIL image (samples, grid)
     kohya       base_model_version / modelspec_architecture / modelspec_implementation (the LoRA file's metadata)
 """
@@ -40,12 +42,14 @@ class Models:
 @dataclass(frozen=True)
 class AdapterTargets:
     """Where adapters go, by the class names of the blocks holding the layers (kohya's choice per family):
-    Linear and 1×1 layers inside `denoiser`, k×k convolutions (LoCon) inside `denoiser_conv` too, and the
-    text encoders' layers inside `text_encoder`."""
+    Linear and 1×1 layers inside `denoiser`, k×k convolutions (LoCon) inside `denoiser_conv` too, the
+    text encoders' layers inside `text_encoder`, and, with network.train_llm_adapter, the layers inside the
+    denoiser's `llm_adapter` blocks (Anima's LLM adapter), trained at optimizer.llm_adapter_lr."""
 
     denoiser: tuple[str, ...]
     denoiser_conv: tuple[str, ...]
     text_encoder: tuple[str, ...]
+    llm_adapter: tuple[str, ...] = ()
 
 
 class Architecture(Protocol):

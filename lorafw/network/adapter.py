@@ -66,18 +66,22 @@ class Adapted:
 
     file_name: str
     path: str
-    part: str  # "unet", "te", "te1", "te2"
+    part: str  # "unet", "llm_adapter" (in the denoiser: Anima's), "te", "te1", "te2"
     target: Target
     module: Any
     block: int = -1  # kohya's UNet block index (config/blocks.py); -1 for text encoders
 
 
 class Network:
-    """The adapters of one run, on the UNet (unless `train_unet` is false) and (if trained) the text encoder(s)."""
+    """The adapters of one run, on the UNet (unless `train_unet` is false), the denoiser's LLM adapter (with
+    network.train_llm_adapter, where the family has one) and (if trained) the text encoder(s).
+
+    `te_names` names each text encoder's layers in the file (default: kohya's CLIP names, `lora_te_text_model_…`)."""
 
     def __init__(self, spec: NetworkSpec, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],
                  te_prefixes: list[str], train_text_encoder: bool, unet_name: Callable[[str], str], *,
-                 arch: str | None = None, train_unet: bool = True, targets: Any = None) -> None:
+                 arch: str | None = None, train_unet: bool = True, targets: Any = None,
+                 te_names: list[Callable[[str], str]] | None = None) -> None:
         self.spec = spec
         self.arch = arch or ("sdxl" if len(te_prefixes) > 1 else "sd15")
         self.plan = blocks.plan(self.arch, spec)
@@ -90,10 +94,12 @@ class Network:
                                  else (UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, TE_CONTAINERS))
         if train_unet:
             self._inject("unet", unet, attn, conv, unet_name)
+        if spec.train_llm_adapter and getattr(targets, "llm_adapter", ()):
+            self._inject("llm_adapter", unet, targets.llm_adapter, (), unet_name)
         if train_text_encoder:
-            for te, prefix in zip(text_encoders, te_prefixes):
-                self._inject(prefix.removeprefix("lora_"), te, te_blocks, (),
-                             lambda p, pre=prefix: kohya_name(pre, te_module_path(p)))
+            for i, (te, prefix) in enumerate(zip(text_encoders, te_prefixes)):
+                name = te_names[i] if te_names else (lambda p, pre=prefix: kohya_name(pre, te_module_path(p)))
+                self._inject(prefix.removeprefix("lora_"), te, te_blocks, (), name)
         if not self.entries:
             raise RuntimeError("no layers to adapt")  # validation refuses runs that train nothing
 
@@ -108,7 +114,9 @@ class Network:
                          s.dim, s.alpha, conv_dim, conv_alpha)
         if not targets:
             raise RuntimeError(f"no layers to adapt in the {part}")  # a bug: every SD model has them
-        model.requires_grad_(False)  # only the adapters train (as peft's injection did)
+        for pname, p in model.named_parameters():  # only the adapters train (as peft's injection did)
+            if f".{CHILD}." not in f".{pname}":
+                p.requires_grad_(False)
         modules = dict(model.named_modules())
         for t in targets:
             file_name = name_of(t.name)
@@ -134,29 +142,35 @@ class Network:
     def n_parameters(self) -> int:
         return sum(p.numel() for e in self.entries for p in e.module.parameters())
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict[str, Any]]:
+    def param_groups(self, unet_lr: float, text_encoder_lr: float,
+                     llm_adapter_lr: float | None = None) -> list[dict[str, Any]]:
         """Optimizer groups as kohya forms them: per UNet block when block lr weights are set, and with LoRA+ a
-        second group per part for lora_up at lr × ratio. Parts with lr 0 are left out (and frozen)."""
+        second group per part for lora_up at lr × ratio. Parts with lr 0 are left out (and frozen). The LLM
+        adapter's adapters get their own group at `llm_adapter_lr` (None: the UNet's lr), as sd-scripts'."""
         s = self.spec
         groups: dict[tuple[str, int, bool], dict[str, Any]] = {}
         for e in self.entries:
             unet = e.part == "unet"
-            base = unet_lr if unet else text_encoder_lr
-            ratio = (s.loraplus_unet_lr_ratio if unet else s.loraplus_text_encoder_lr_ratio) or s.loraplus_lr_ratio
-            block = e.block if unet and self.plan.lr_weight is not None else -1
-            lr = base * (self.plan.lr_multiplier(block) if unet else 1.0)
+            if e.part == "llm_adapter":  # in the denoiser, but its own lr
+                part, lr, block = "llm_adapter", unet_lr if llm_adapter_lr is None else llm_adapter_lr, -1
+                ratio = s.loraplus_unet_lr_ratio or s.loraplus_lr_ratio
+            else:
+                part = "unet" if unet else "text_encoder"
+                ratio = (s.loraplus_unet_lr_ratio if unet else s.loraplus_text_encoder_lr_ratio) or s.loraplus_lr_ratio
+                block = e.block if unet and self.plan.lr_weight is not None else -1
+                lr = (unet_lr if unet else text_encoder_lr) * (self.plan.lr_multiplier(block) if unet else 1.0)
             for pname, p in e.module.named_parameters():
                 plus = ratio is not None and "lora_up" in pname
                 g_lr = lr * ratio if plus else lr
                 if g_lr == 0:
                     p.requires_grad_(False)
                     continue
-                key = ("unet" if unet else "text_encoder", block, plus)
+                key = (part, block, plus)
                 if key not in groups:
-                    name = key[0] + (f"_block{block:02d}" if block >= 0 else "") + ("_plus" if plus else "")
+                    name = part + (f"_block{block:02d}" if block >= 0 else "") + ("_plus" if plus else "")
                     groups[key] = {"params": [], "lr": g_lr, "name": name}
                 groups[key]["params"].append(p)
-        order = sorted(groups, key=lambda k: (k[0] != "unet", k[1], k[2]))
+        order = sorted(groups, key=lambda k: (k[0] != "unet", k[0] != "llm_adapter", k[1], k[2]))
         return [groups[k] for k in order]
 
     def set_enabled(self, enabled: bool) -> None:

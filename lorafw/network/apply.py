@@ -95,9 +95,11 @@ def _tucker_lokr(lora: dict[str, torch.Tensor], name: str, layer: torch.nn.Modul
 
 
 def module_names(unet: torch.nn.Module, text_encoders: list[torch.nn.Module], te_prefixes: tuple[str, ...] | list[str],
-                 unet_name: Callable[[str], str] | None = None) -> dict[str, torch.nn.Module]:
+                 unet_name: Callable[[str], str] | None = None,
+                 te_names: list[Callable[[str], str]] | None = None) -> dict[str, torch.nn.Module]:
     """Every Linear/Conv2d of the model under the name a LoRA file gives it (`lora_unet_…`, `lora_te…`): the
-    denoiser's through the family's `unet_name` (default: diffusers paths), the text encoders' under `te_prefixes`."""
+    denoiser's through the family's `unet_name` (default: diffusers paths), the text encoders' under `te_prefixes`
+    (through `te_names`, one per encoder, where the family names them itself)."""
     name = unet_name or (lambda p: kohya_name("lora_unet", p))
     out: dict[str, torch.nn.Module] = {}
     for path, m in unet.named_modules():
@@ -106,10 +108,11 @@ def module_names(unet: torch.nn.Module, text_encoders: list[torch.nn.Module], te
                 out[name(path)] = m
             except KeyError:  # a layer the original layout has no name for
                 continue
-    for prefix, te in zip(te_prefixes, text_encoders):
+    for i, (prefix, te) in enumerate(zip(te_prefixes, text_encoders)):
+        te_name = te_names[i] if te_names else (lambda p, pre=prefix: kohya_name(pre, te_module_path(p)))
         for path, m in te.named_modules():
             if isinstance(m, torch.nn.Linear):
-                out[kohya_name(prefix, te_module_path(path))] = m
+                out[te_name(path)] = m
     return out
 
 

@@ -8,7 +8,7 @@ LoCon adds the ResNet blocks and the down/up-samplers, their k×k convolutions a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 UNET_ATTN_CONTAINERS = ("Transformer2DModel",)
 UNET_CONV_CONTAINERS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -69,3 +69,16 @@ def unet_namer(to_original: Callable[[str], str] | None) -> Callable[[str], str]
     if to_original is None:
         return lambda p: kohya_name("lora_unet", p)
     return lambda p: kohya_name("lora_unet", to_original(p))
+
+
+class _Family(Protocol):
+    te_prefixes: tuple[str, ...]
+
+
+def text_encoder_names(arch: _Family, text_encoders: list) -> list[Callable[[str], str]] | None:
+    """Each text encoder's layer names in the file, from the family's optional `text_encoder_namer(prefix, te)`
+    (Anima's Qwen3: `lora_te_layers_0_…`); None: kohya's CLIP names (`lora_te_text_model_…`)."""
+    namer = getattr(arch, "text_encoder_namer", None)
+    if namer is None:
+        return None
+    return [namer(p, te) for p, te in zip(arch.te_prefixes, text_encoders)]

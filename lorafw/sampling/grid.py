@@ -23,6 +23,7 @@ from lorafw.config.prompts import SamplePrompt, parse_line, read_prompts
 from lorafw.errors import LorafwError
 from lorafw.logs import ensure_logging, quiet
 from lorafw.network.apply import WeightPatcher, module_names
+from lorafw.network.targets import text_encoder_names
 from lorafw.outputs.report import report_after
 from lorafw.outputs.summary import find_runs
 from lorafw.placement import resolve_device
@@ -172,7 +173,8 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
             for part in (m.denoiser, *m.text_encoders):
                 part.to(device, dtype=dtype)
             m.vae.to(device, dtype=torch.float32 if spec.train.no_half_vae else dtype)
-        names = module_names(m.denoiser, m.text_encoders, arch.te_prefixes, arch.denoiser_namer(m.denoiser))
+        names = module_names(m.denoiser, m.text_encoders, arch.te_prefixes, arch.denoiser_namer(m.denoiser),
+                             text_encoder_names(arch, m.text_encoders))
         models.clear()  # one base model in memory at a time
         models[key] = (arch.renderer(m, spec.train, device), WeightPatcher(names, spec.grid.ui))
     return models[key]

@@ -73,7 +73,9 @@ def conditioning(arch: Architecture, models: Models, dev: Device, text_cache: di
     else:
         with torch.set_grad_enabled(grad):
             text = arch.encode_text(models, captions, train)
-    return arch.conditioning({k: v.to(dev.wdtype) for k, v in text.items()}, data, batch, flipped)
+    # floating states in the weight dtype; token ids and masks stay integers (bf16 is not exact above 256)
+    return arch.conditioning({k: v.to(dev.wdtype) if v.is_floating_point() else v for k, v in text.items()}, data,
+                             batch, flipped)
 
 
 def text_cache_for(caches: Caches, data: TrainData, train_data: Any, val_data: Any) -> dict | None:

@@ -176,12 +176,14 @@ def inject_network(spec: RunSpec, arch: Architecture, dev: Device, models: Model
     from diffusers.training_utils import cast_training_params
 
     from lorafw.network.adapter import Network
+    from lorafw.network.targets import text_encoder_names
 
     denoiser, tes = models.denoiser, models.text_encoders
     for m in (denoiser, *tes):
         m.requires_grad_(False)
     network = Network(spec.network, denoiser, tes, list(arch.te_prefixes), train_te, arch.denoiser_namer(denoiser),
-                      arch=arch.name, train_unet=spec.optimizer.unet_lr > 0, targets=arch.targets)
+                      arch=arch.name, train_unet=spec.optimizer.unet_lr > 0, targets=arch.targets,
+                      te_names=text_encoder_names(arch, tes))
     choice = dev.choice
     adapter_dtype = torch.bfloat16 if choice.full_bf16 else torch.float16 if choice.full_fp16 else torch.float32
     cast_training_params([denoiser, *tes], dtype=adapter_dtype)
@@ -220,7 +222,7 @@ def build_state(spec: RunSpec, plan: Plan, dev: Device, network: Any, comm: Comm
 
     o, total = spec.optimizer, plan.total_steps
     # denoiser and text-encoder groups; per UNet block with block lr weights, and lora_up apart with LoRA+ (kohya's)
-    groups = network.param_groups(o.unet_lr, o.text_encoder_lr if train_te else 0.0)
+    groups = network.param_groups(o.unet_lr, o.text_encoder_lr if train_te else 0.0, o.llm_adapter_lr)
     trainable = [p for g in groups for p in g["params"]]
     comm.broadcast(trainable)  # every process starts from the main process's initial weights
     masters = None
