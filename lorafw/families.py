@@ -63,7 +63,7 @@ def get(name: str) -> Any:
 
 def detect(path: str | Path) -> str:
     """The registered family whose `inspect` accepts the checkpoint at `path` (header only, no weights).
-    With none, the ModelError of the first family, which says what the file is instead."""
+    With none, a ModelError giving each family's reason (each says what it looked for, or what the file is)."""
     errors: list[ModelError] = []
     for name in available():
         try:
@@ -73,4 +73,12 @@ def detect(path: str | Path) -> str:
             errors.append(e)
         except Exception as e:  # a plugin's own bug must not hide the other families' answers
             errors.append(ModelError(f"{path}: the {name} family failed to read it ({type(e).__name__}: {e})"))
-    raise errors[0] if errors else ModelError(f"{path}: no architecture is registered")
+    if not errors:
+        raise ModelError(f"{path}: no architecture is registered")
+    if len(errors) == 1:
+        raise errors[0]
+    said: dict[str, list[str]] = {}  # each family's reason, families with the same reason together
+    for name, e in zip(available(), errors):
+        said.setdefault(str(e), []).append(name)
+    raise ModelError(f"{path}: no registered model family recognises this file:\n"
+                     + "\n".join(f"  - {', '.join(names)}: {why}" for why, names in said.items()))

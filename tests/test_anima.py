@@ -477,6 +477,13 @@ def test_the_registry_takes_the_family_and_detects_its_files(files, tiny_model, 
     assert families.get("anima") is ARCH
     assert families.detect(files.dit) == "anima"
     assert families.detect(tiny_model) == "sd15"
+    junk = tiny_model.parent / "junk.safetensors"  # no family's: each one's reason, SD1.5's and SDXL's shared
+    save_file({"foo.weight": torch.zeros(2)}, str(junk))
+    with pytest.raises(ModelError) as e:
+        families.detect(junk)
+    msg = str(e.value)
+    assert "no registered model family recognises this file" in msg and "- anima: " in msg
+    assert "- sd15, sdxl: " in msg and "no model.diffusion_model" in msg
 
 
 def install_entry_point(site: Path) -> Path:

@@ -146,3 +146,12 @@ def test_plan_shows_the_lr_curve(tmp_path):
     q = plan_for(tmp_path, "dataset.resolution=64", "dataset.min_bucket_reso=64", "optimizer=adafactor",
                  "optimizer.args.relative_step=true", "optimizer.text_encoder_lr=${.lr}")
     assert not q.lr_points and "Adafactor computes its own lr" in render(q)
+
+
+def test_an_anima_plan_says_rectified_flow_before_any_file_is_read(tmp_path):
+    """Anima's objective is its family's own (flow), not SD's ε default, even with base_model.path not read."""
+    make_folder(tmp_path / "d", "3_kafka", [(64, 64)] * 4, ["kafka"])
+    p = plan_for(tmp_path / "d", "base_model.text_encoder=/m/qwen.safetensors", "base_model.vae=/m/vae.safetensors",
+                 "train.prediction_type=auto",
+                 recipe="anima_character")
+    assert p.objective["prediction_type"] == "flow"

@@ -20,11 +20,12 @@ family it is. The step loop, caches, saving, resume and evaluation are the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import torch
+if TYPE_CHECKING:  # a family is listed and its header read without torch (`lorafw plan`)
+    import torch
 
-Text = dict[str, torch.Tensor]
+Text = dict[str, "torch.Tensor"]
 
 
 @dataclass

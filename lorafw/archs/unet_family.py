@@ -5,9 +5,10 @@ conditioning and its file names."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from lorafw.archs.protocol import AdapterTargets, Models, Text
 from lorafw.models.load import check_arch, inspect_base_model, load_components

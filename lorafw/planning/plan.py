@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lorafw import families
 from lorafw.config.catalog import relative_step
 from lorafw.config.prediction import resolve
 from lorafw.config.schema import REQUIRED
@@ -19,7 +20,6 @@ from lorafw.config.spec import RunSpec
 from lorafw.data.buckets import guide_steps
 from lorafw.data.dataset import TrainData
 from lorafw.errors import ConfigError, LorafwError
-from lorafw.models.load import inspect_base_model
 from lorafw.optim.schedulers import key_points
 from lorafw.paths import expand
 
@@ -142,14 +142,18 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
 def objective_of(spec: RunSpec) -> dict[str, Any]:
     """What the run will train (ε or v, ZTSNR) and why: the checkpoint's header is read when base_model.path
     points at one (milliseconds, no torch); a contradiction is reported as `problem`, not raised."""
-    path, declared, read = spec.base_model.path, None, False
+    path, declared, read, default = spec.base_model.path, None, False, "epsilon"
+    arch = spec.base_model.arch
     if path and path != REQUIRED and expand(path).exists():
         try:
-            declared, read = inspect_base_model(expand(path)).prediction, True
+            family = families.get(families.detect(expand(path)) if arch == "auto" else arch)
+            declared, read, default = family.inspect(str(expand(path))).prediction, True, family.predictions[0]
         except LorafwError:
             pass  # an unreadable model is `lorafw check`'s and the trainer's to report
+    elif arch != "auto" and arch in families.available():
+        default = families.get(arch).predictions[0]  # the family's own objective (Anima: flow)
     try:
-        r = resolve(spec.train, declared, f"base_model.path={path}")
+        r = resolve(spec.train, declared, f"base_model.path={path}", default)
     except ConfigError as e:
         return {"problem": "; ".join(e.problems)}
     out = {"prediction_type": r.prediction, "source": r.source, "zero_terminal_snr": r.zero_terminal_snr,

@@ -162,8 +162,9 @@ def _prepared(spec: Any, models: dict[str, Any]) -> tuple[Any, Any]:
     arch = families.get(spec.base_model.arch)
     info = arch.inspect(str(spec.base_model.path))
     # the objective the run trained (ε or v, ZTSNR): its samplers must use the same one
-    objective = resolve(spec.train, info.prediction, f"base_model.path={spec.base_model.path}")
-    key = f"{spec.base_model.path}|{spec.base_model.vae}|{objective.prediction}|{objective.zero_terminal_snr}"
+    objective = resolve(spec.train, info.prediction, f"base_model.path={spec.base_model.path}", arch.predictions[0])
+    bm = spec.base_model  # every file the family loads, and the objective its samplers follow
+    key = f"{bm.path}|{bm.vae}|{bm.text_encoder}|{bm.llm_adapter}|{objective.prediction}|{objective.zero_terminal_snr}"
     if key not in models:
         device = resolve_device(spec.train.device)
         # fp32 on a CPU; on a GPU bf16 only where native (is_bf16_supported() alone counts slow emulation: T4)

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from lorafw.archs.anima import dit as dit_mod
 from lorafw.archs.anima import files
-from lorafw.archs.anima.text import QWEN3_CONTAINERS
 from lorafw.archs.protocol import AdapterTargets, Models, Text
 from lorafw.config.prediction import Resolved
 from lorafw.config.spec import RunSpec, TrainSpec
 from lorafw.network.targets import kohya_name
 
 if TYPE_CHECKING:
+    import torch
+
     from lorafw.archs.anima.sampling import FlowRenderer
     from lorafw.placement import Parking
 
@@ -33,6 +31,7 @@ if TYPE_CHECKING:
 # layers of each DiT block (in diffusers' CosmosTransformerBlock: the Attention and FeedForward modules; the AdaLN
 # modulation, embedders and final layer are left out, as sd-scripts' default exclude pattern does); with
 # network.train_llm_adapter the adapter's blocks; Qwen3's attention and MLP
+QWEN3_CONTAINERS = ("Qwen3Attention", "Qwen3MLP")  # sd-scripts' TEXT_ENCODER_TARGET_REPLACE_MODULE
 TARGETS = AdapterTargets(denoiser=("Attention", "FeedForward"), denoiser_conv=(), text_encoder=QWEN3_CONTAINERS,
                          llm_adapter=("AnimaTextConditionerBlock",))
 
@@ -80,7 +79,9 @@ class Anima:
         return models.denoiser(x_t, t, **cond)
 
     def denoiser_namer(self, denoiser: torch.nn.Module) -> Callable[[str], str]:
-        return dit_mod.namer(denoiser)
+        from lorafw.archs.anima.dit import namer
+
+        return namer(denoiser)
 
     def text_encoder_namer(self, prefix: str, text_encoder: torch.nn.Module) -> Callable[[str], str]:
         """Qwen3's layers as sd-scripts names them: `lora_te_layers_0_mlp_gate_proj` (no `text_model.` level)."""

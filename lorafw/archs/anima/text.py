@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 QWEN3_TOKENS = 512  # sd-scripts' --qwen3_max_token_length default
 T5_TOKENS = 512  # --t5_max_token_length
-QWEN3_CONTAINERS = ("Qwen3Attention", "Qwen3MLP")  # sd-scripts' TEXT_ENCODER_TARGET_REPLACE_MODULE
 
 
 def tokenizers() -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:

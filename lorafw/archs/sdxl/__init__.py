@@ -4,9 +4,10 @@ layers in the original layout (`lora_unet_input_blocks_4_1_…`) and the encoder
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from lorafw.archs.protocol import Models, Text
 from lorafw.archs.unet_family import UNetFamily
@@ -34,6 +35,8 @@ class SDXL(UNetFamily):
     def conditioning(self, text: Text, data: Any, batch: list[int], flips: list[bool]) -> dict[str, Any]:
         embeds = text["text_embeds"]
         sizes = [size_conditioning(data.images[i].entry.size, data.images[i].placement, f) for i, f in zip(batch, flips)]
+        import torch
+
         time_ids = torch.tensor(sizes, dtype=embeds.dtype).to(embeds.device, non_blocking=embeds.device.type == "cuda")
         return {"encoder_hidden_states": text["encoder_hidden_states"],
                 "added_cond_kwargs": {"text_embeds": embeds, "time_ids": time_ids}}
