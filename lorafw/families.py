@@ -78,7 +78,7 @@ def detect(path: str | Path) -> str:
     if len(errors) == 1:
         raise errors[0]
     said: dict[str, list[str]] = {}  # each family's reason, families with the same reason together
-    for name, e in zip(available(), errors):
-        said.setdefault(str(e), []).append(name)
+    for name, err in zip(available(), errors):
+        said.setdefault(str(err), []).append(name)
     raise ModelError(f"{path}: no registered model family recognises this file:\n"
                      + "\n".join(f"  - {', '.join(names)}: {why}" for why, names in said.items()))

@@ -10,7 +10,8 @@ statement is read wherever it makes one, in this order:
   3. a diffusers folder's scheduler/scheduler_config.json (`prediction_type`, `rescale_betas_zero_snr`; a
      FlowMatchEulerDiscreteScheduler means rectified flow).
 Nothing stated means the family's own objective: ε-prediction for SD1.5/SDXL, rectified flow for Anima (whose
-`inspect` states it). Rectified flow ("flow") is x_t = (1−σ)x0 + σε with target ε − x0 (lorafw/objective/flow.py). An explicit `train.prediction_type` (or
+`inspect` states it). Rectified flow ("flow") is x_t = (1−σ)x0 + σε with target ε − x0 (lorafw/objective/flow.py).
+An explicit `train.prediction_type` (or
 `train.zero_terminal_snr`) that contradicts the file is refused, naming both, unless
 `train.force_prediction_type=true`.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from lorafw.config.schema import ss_names
 from lorafw.config.spec import RunSpec, TrainSpec
@@ -111,7 +112,7 @@ def from_scheduler_config(cfg: dict[str, Any] | None) -> Declared:
 
 
 def resolve(train: Any, declared: Declared | None, model: str = "the base model",
-            default: Prediction = "epsilon") -> Resolved:
+            default: str = "epsilon") -> Resolved:
     """The objective `train` (a TrainSpec) asks for, checked against what the checkpoint declares; `default` is the
     family's own objective where neither says (its `predictions[0]`).
 
@@ -123,7 +124,7 @@ def resolve(train: Any, declared: Declared | None, model: str = "the base model"
     forced = bool(getattr(train, "force_prediction_type", False))
     want = train.prediction_type
     if want == "auto":
-        pred: Prediction = d.prediction or default
+        pred: Prediction = d.prediction or cast(Prediction, default)
         source = d.source if d.prediction else "the default: the checkpoint does not state one"
     else:
         pred = want
@@ -180,7 +181,7 @@ FLOW_ONLY = {f.name: f.default for f in dataclasses.fields(TrainSpec)
                            "logit_mean", "logit_std", "mode_scale")}
 
 
-def flow_problems(train: Any, pred: str, source: str) -> list[str]:
+def flow_problems(train: object, pred: str, source: str) -> list[str]:
     """Options set for the other objective: DDPM-only ones under flow, flow-only ones under ε / v."""
     out = []
     if pred == "flow":
@@ -189,7 +190,8 @@ def flow_problems(train: Any, pred: str, source: str) -> list[str]:
             if v:
                 off = "false" if isinstance(v, bool) else "0" if k == "noise_offset" else "null"
                 out.append(f"train.{k}: {why}; this run trains rectified flow ({source}); set train.{k}={off}")
-        if getattr(train, "loss_type", "l2") in ("huber", "smooth_l1") and getattr(train, "huber_schedule", "") == "snr":
+        huber = getattr(train, "loss_type", "l2") in ("huber", "smooth_l1")
+        if huber and getattr(train, "huber_schedule", "") == "snr":
             out.append("train.huber_schedule: snr reads a DDPM schedule's SNR, which rectified flow has not; use "
                        "constant or exponential")
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lorafw.config.spec import SampleSpec
 from lorafw.paths import expand
@@ -41,7 +42,7 @@ def parse_line(line: str, defaults: SampleSpec, resolution: int) -> SamplePrompt
     prompt = parts[0].strip()
     if not prompt:
         raise ValueError(f"no prompt before the flags in {line.strip()!r}")
-    values = {
+    values: dict[str, Any] = {
         "negative": defaults.negative,
         "width": defaults.width or resolution,
         "height": defaults.height or resolution,

@@ -86,8 +86,8 @@ class OptimizerSpec:
                          ss="ss_unet_lr", ge=0, why="0 = do not train that part")
     text_encoder_lr: float = key("${.lr}", "text-encoder learning rate; 0 = no text-encoder adapter",
                                  kohya="text_encoder_lr", ss="ss_text_encoder_lr", ge=0, why="0 = do not train that part")
-    llm_adapter_lr: float | None = key(None, "Anima, with network.train_llm_adapter: the LLM adapter's adapters' learning "
-                                       "rate (about 5e-5); null = unet_lr", kohya="llm_adapter_lr", ge=0)
+    llm_adapter_lr: float | None = key(None, "Anima, with network.train_llm_adapter: the learning rate of the LLM "
+                                       "adapter's adapters (about 5e-5); null = unet_lr", kohya="llm_adapter_lr", ge=0)
     weight_decay: float = key(0.01, "decoupled weight decay", ge=0)
     betas: tuple[float, ...] = key((0.9, 0.999), "the optimizer's betas (CAME takes three)")
     args: dict[str, Any] = key({}, "more keyword arguments for the optimizer, e.g. {eps: 1e-8}")
@@ -277,8 +277,8 @@ class TrainSpec:
     # -- rectified flow (prediction_type flow: Anima, rectified-flow SDXL; lorafw/objective/flow.py): sd-scripts' names
     timestep_sampling: Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"] = key(
         "sigmoid", "flow: how σ is drawn: sigmoid (logit-normal, sigmoid_scale) | uniform | shift (sigmoid then "
-        "discrete_flow_shift) | flux_shift (shifted by image size) | sigma (a shifted 1000-step table, weighting_scheme "
-        "densities)", kohya="timestep_sampling", ss="ss_timestep_sampling")
+        "discrete_flow_shift) | flux_shift (shifted by image size) | sigma (a shifted 1000-step table, "
+        "weighting_scheme densities)", kohya="timestep_sampling", ss="ss_timestep_sampling")
     sigmoid_scale: float = key(1.0, "flow: σ = sigmoid(scale·n), n ~ N(0,1); larger spreads σ towards 0 and 1",
                                kohya="sigmoid_scale", ss="ss_sigmoid_scale", gt=0)
     discrete_flow_shift: float = key(1.0, "flow: σ' = shift·σ / (1 + (shift−1)·σ) for shift and sigma sampling "
@@ -288,7 +288,8 @@ class TrainSpec:
         "uniform", "flow: loss weight by σ (sigma_sqrt | cosmap), or the density sigma sampling draws from "
         "(logit_normal | mode); uniform/none = unweighted", kohya="weighting_scheme", ss="ss_weighting_scheme")
     logit_mean: float = key(0.0, "flow: mean of weighting_scheme logit_normal", kohya="logit_mean", ss="ss_logit_mean")
-    logit_std: float = key(1.0, "flow: std of weighting_scheme logit_normal", kohya="logit_std", ss="ss_logit_std", gt=0)
+    logit_std: float = key(1.0, "flow: std of weighting_scheme logit_normal", kohya="logit_std", ss="ss_logit_std",
+                           gt=0)
     mode_scale: float = key(1.29, "flow: scale of weighting_scheme mode", kohya="mode_scale", ss="ss_mode_scale")
     full_fp16: bool = key(False, "adapters and their gradients in fp16 too (kohya's full_fp16); the optimizer steps fp32 "
                           "master copies, with loss scaling", kohya="full_fp16", kohya_off=False, ss="ss_full_fp16")

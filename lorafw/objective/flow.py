@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -52,15 +52,15 @@ class FlowOptions:
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(f"weighting_scheme {self.weighting_scheme!r} is not one of {', '.join(WEIGHTING_SCHEMES)}")
 
-    @classmethod
-    def of(cls, train: Any) -> "FlowOptions":
-        """The flow options of anything carrying them under their names (a TrainSpec, a StepConfig)."""
-        return cls(**{k: getattr(train, k) for k in cls.__dataclass_fields__})
-
     def noise_options(self) -> N.NoiseOptions:
         """The input perturbation, the one DDPM noise option sd-scripts' flow path applies."""
         return N.NoiseOptions(ip_noise_gamma=self.ip_noise_gamma,
                               ip_noise_gamma_random_strength=self.ip_noise_gamma_random_strength)
+
+
+def options_of(train: object) -> FlowOptions:
+    """The flow options of anything carrying them under their names (a TrainSpec, a StepConfig)."""
+    return FlowOptions(**{k: getattr(train, k) for k in FlowOptions.__dataclass_fields__})
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:

@@ -21,7 +21,8 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 def noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> Any:
-    """diffusers' DDPMScheduler with the SD schedule (a FlowMatchEulerDiscreteScheduler for rectified flow); `add_noise` and `get_velocity` read its (rescaled)
+    """diffusers' DDPMScheduler with the SD schedule (a FlowMatchEulerDiscreteScheduler for rectified flow);
+    `add_noise` and `get_velocity` read its (rescaled)
     alphas. `timestep_spacing="trailing"` under ZTSNR: samplers built from this config then start at the
     pure-noise timestep, as the paper requires (with "leading" they would never see it)."""
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler

@@ -128,11 +128,12 @@ class Renderer:
 
         dtype = next(self.unet.parameters()).dtype
         cond, uncond = self._encode([p.prompt]), self._encode([p.negative])
-        kw: dict[str, Any] = {"encoder_hidden_states": torch.cat([uncond["embeds"], cond["embeds"]]).to(self.device, dtype)}
+        states = torch.cat([uncond["embeds"], cond["embeds"]]).to(self.device, dtype)  # unconditional rows first
+        kw: dict[str, Any] = {"encoder_hidden_states": states}
         if self.arch == "sdxl":
             size = torch.tensor([[p.height, p.width, 0, 0, p.height, p.width]] * 2, dtype=dtype, device=self.device)
-            kw["added_cond_kwargs"] = {"text_embeds": torch.cat([uncond["pooled"], cond["pooled"]]).to(self.device, dtype),
-                                       "time_ids": size}
+            pooled = torch.cat([uncond["pooled"], cond["pooled"]]).to(self.device, dtype)
+            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": size}
 
         def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             half = {k: (v[-x.shape[0]:] if torch.is_tensor(v) else {a: b[-x.shape[0]:] for a, b in v.items()})

@@ -24,7 +24,6 @@ from lorafw.placement import place_cache, to_device
 from lorafw.trainers.context import Caches, Device
 from lorafw.trainers.distributed import World, shard
 
-
 EMPTY = -1  # the text cache's key for the empty caption (caption dropout while text-encoder outputs are cached)
 
 
@@ -68,7 +67,8 @@ def conditioning(arch: Architecture, models: Models, dev: Device, text_cache: di
     """The denoiser's keyword arguments for a batch of `data`: its cached text states (or its captions encoded
     now, with gradients when `grad`), shaped by the family."""
     if text_cache is not None:  # a caption dropped out ("") takes the cached empty caption's states
-        cached = [text_cache[EMPTY] if c == "" and EMPTY in text_cache else text_cache[i] for i, c in zip(batch, captions)]
+        cached = [text_cache[EMPTY] if c == "" and EMPTY in text_cache else text_cache[i]
+                  for i, c in zip(batch, captions)]
         text = {k: to_device(torch.stack([c[k] for c in cached]), dev.device) for k in cached[0]}
     else:
         with torch.set_grad_enabled(grad):

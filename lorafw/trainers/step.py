@@ -140,7 +140,8 @@ def diffusion_step(denoise: Callable[..., torch.Tensor], scheduler: Any, latents
     return StepOutput(loss=loss.mean(), per_sample=loss, timesteps=timesteps)
 
 
-def flow_step(denoise: Callable[..., torch.Tensor], latents: torch.Tensor, cond: dict[str, Any], gen: torch.Generator,
+def flow_step(denoise: Callable[..., torch.Tensor], latents: torch.Tensor, cond: dict[str, object],
+              gen: torch.Generator,
               cfg: StepConfig, *, mask: torch.Tensor | None = None, weights: torch.Tensor | None = None,
               dtype: torch.dtype = torch.float32,
               autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> StepOutput:
@@ -150,14 +151,18 @@ def flow_step(denoise: Callable[..., torch.Tensor], latents: torch.Tensor, cond:
         with autocast():
             return denoise(x_t.to(dtype), t, cond)
 
-    out = F.flow_loss(model, latents, gen, F.FlowOptions.of(cfg), L.LossOptions.of(cfg), mask=mask, weights=weights,
+    out = F.flow_loss(model, latents, gen, F.options_of(cfg), L.LossOptions.of(cfg), mask=mask, weights=weights,
                       timestep_scale=cfg.flow_timestep_scale)
     return StepOutput(loss=out.loss, per_sample=out.per_sample, timesteps=out.timesteps)
 
 
-def training_step(denoise: Callable[..., torch.Tensor], scheduler: Any, latents: torch.Tensor, cond: dict[str, Any],
-                  gen: torch.Generator, cfg: StepConfig = PLAIN, **kw: Any) -> StepOutput:
+def training_step(denoise: Callable[..., torch.Tensor], scheduler: object, latents: torch.Tensor,
+                  cond: dict[str, object], gen: torch.Generator, cfg: StepConfig = PLAIN, *,
+                  mask: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float32,
+                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> StepOutput:
     """The run's step: flow_step for a rectified-flow run, diffusion_step (ε / v on `scheduler`) otherwise."""
     if cfg.flow:
-        return flow_step(denoise, latents, cond, gen, cfg, **kw)
-    return diffusion_step(denoise, scheduler, latents, cond, gen, cfg, **kw)
+        return flow_step(denoise, latents, cond, gen, cfg, mask=mask, weights=weights, dtype=dtype, autocast=autocast)
+    return diffusion_step(denoise, scheduler, latents, cond, gen, cfg, mask=mask, weights=weights, dtype=dtype,
+                          autocast=autocast)
