@@ -69,13 +69,19 @@ def test_adapter_count_is_exact_against_real_injection(arch, net, train_te):
     assert network.n_parameters() == sum(p.numel() for p in network.parameters(""))
 
 
-def test_shipped_tables_are_the_real_architectures():
-    """lorafw/planning/vram_calibration.json holds the real SD1.5/SDXL counts: rebuilt here on the meta device."""
+def _tools():
     sys.path.insert(0, str(ROOT / "tools"))
     try:
-        import vram_calibrate as vc
+        import vram_anima
+        import vram_calibrate
     finally:
         sys.path.remove(str(ROOT / "tools"))
+    return vram_calibrate, vram_anima
+
+
+def test_shipped_tables_are_the_real_architectures():
+    """lorafw/planning/vram_calibration.json holds the real SD1.5/SDXL counts: rebuilt here on the meta device."""
+    vc, _ = _tools()
     cal = vram.load_calibration()
     for arch in ("sd15", "sdxl"):
         parts, _ = vc.lorafw_parts(arch)
@@ -95,9 +101,59 @@ def test_real_adapter_sizes():
     assert 8.5e6 < n < 10e6
 
 
+def test_shipped_anima_tables_are_the_real_architecture():
+    """Anima's counts and layer tables: its three files' real shapes rebuilt on the meta device through lorafw's
+    own loading code (files.describe_dit, dit.build, text.qwen3_config, codec.vae_config)."""
+    vc, va = _tools()
+    parts, info = va.parts()
+    got = vram.load_calibration()["archs"]["anima"]
+    assert (info.blocks, info.channels, info.heads) == (28, 2048, 16)
+    assert got["params"] == {"unet": vc.count(parts["unet"]), "vae": vc.count(parts["vae"]),
+                             "text_encoders": [vc.count(parts["text_encoder"])]}
+    assert got["targets"] == json.loads(json.dumps(va.tables(parts)))
+    assert got["family"] == json.loads(json.dumps(va.family()))
+    assert 1.9e9 < got["params_detail"]["dit"] < 2.0e9 and 0.55e9 < got["params"]["text_encoders"][0] < 0.65e9
+
+
+def test_anima_layer_tables():
+    """The family's targets (lorafw.archs.anima.TARGETS): the 10 Linear layers of each of the 28 DiT blocks (self- and
+    cross-attention q/k/v/out, the MLP's two), the LLM adapter's 6 blocks, Qwen3's 28 layers (attention 4, MLP 3)."""
+    t = vram.load_calibration()["archs"]["anima"]["targets"]
+    assert sorted(t["unet"]) == sorted([["Attention", "linear", 2048, 2048, 1, 28 * 6],  # q, k, v, out; cross q, out
+                                        ["Attention", "linear", 1024, 2048, 1, 28 * 2],  # cross k, v (the context)
+                                        ["FeedForward", "linear", 2048, 8192, 1, 28],
+                                        ["FeedForward", "linear", 8192, 2048, 1, 28]])
+    assert sum(r[5] for r in t["unet"]) == 280
+    assert sum(r[5] for r in t["llm_adapter"]) == 6 * 10
+    assert sum(r[5] for r in t["te"]) == 28 * 7
+
+
+@pytest.mark.parametrize("net", [LORA, DORA, LOHA], ids=["lora", "dora", "loha"])
+@pytest.mark.parametrize("train_te,train_llm_adapter", [(False, False), (True, False), (False, True), (True, True)])
+def test_anima_adapter_count_is_exact_against_real_injection(net, train_te, train_llm_adapter):
+    """The tiny Anima (lorafw.archs.anima.tiny) with its family's targets: the table predicts every tensor."""
+    import torch
+
+    from lorafw.archs.anima import TARGETS, tiny
+    from lorafw.network.adapter import Network
+    from lorafw.network.targets import kohya_name
+
+    vc, va = _tools()
+    parts = {k: vc.materialise(m, torch.float32) for k, m in va.parts(tiny.TINY)[0].items()}  # DoRA reads the weights
+    table = va.tables(parts)
+    fam = vram.Family.of({"family": va.family()})
+    net = dataclasses.replace(net, train_llm_adapter=train_llm_adapter)
+    network = Network(net, parts["unet"], [parts["text_encoder"]], ["lora_te"], train_te, lambda p: p, arch="anima",
+                      targets=TARGETS, te_names=[lambda p: kohya_name("lora_te", p)])
+    real = sorted(tuple(p.shape) for p in network.parameters(""))
+    predicted = sorted(a.shape for a in adapter_tensors(table, net, train_te, True, fam.containers, train_llm_adapter)
+                       for _ in range(a.count))
+    assert predicted == real
+
+
 # -- optimizer state -------------------------------------------------------------------------------------
 def opt(name: str, **args) -> OptimizerSpec:
-    return OptimizerSpec(name, 1e-4, 1e-4, 1e-4, 0.0, (0.9, 0.999), args)
+    return OptimizerSpec(name, lr=1e-4, unet_lr=1e-4, text_encoder_lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999), args=args)
 
 
 def test_optimizer_state_per_library():
@@ -248,6 +304,96 @@ def test_recipe_estimates(tmp_path):
             assert e.phases["training step"] == sum(v for k, v in e.components.items())
 
 
+# -- Anima ------------------------------------------------------------------------------------------------
+def anima_spec(tmp_path: Path, *extra: str):
+    """What sd-scripts' Anima guide trains: LoRA dim 8, bf16, checkpointing, latents and Qwen3 outputs cached."""
+    return spec_for(tmp_path, None, "base_model.arch=anima", "dataset.resolution=1024", "train.mixed_precision=bf16",
+                    "train.gradient_checkpointing=true", "network.dim=8", "network.alpha=4", "optimizer.text_encoder_lr=0",
+                    "dataset.cache_text_encoder_outputs=true", "dataset.shuffle_caption=false", *extra)
+
+
+DIT_LORA_8 = 28 * 8 * (6 * (2048 + 2048) + 2 * (1024 + 2048) + 2 * (2048 + 8192))  # rank × (in + out) per layer
+
+
+def test_anima_adapter_bytes_dim_8(tmp_path):
+    e = estimate(anima_spec(tmp_path, "train.full_bf16=true", "optimizer=adamw"))
+    assert e.adapter_parameters == DIT_LORA_8 == 11_468_800
+    c = e.components
+    assert c["adapters"] == c["adapter_gradients"] == 2 * DIT_LORA_8 and c["fp32_masters"] == 4 * DIT_LORA_8
+    assert c["optimizer_state"] == 2 * 4 * DIT_LORA_8 + 4 * 0  # AdamW: two fp32 moments
+    fp32 = estimate(anima_spec(tmp_path, "optimizer=adamw")).components
+    assert fp32["adapters"] == 4 * DIT_LORA_8 and "fp32_masters" not in fp32
+    cal = vram.load_calibration()["archs"]["anima"]
+    llm = estimate(anima_spec(tmp_path, "network.train_llm_adapter=true"))
+    extra = sum(8 * (r[2] + r[3]) * r[5] for r in cal["targets"]["llm_adapter"])
+    assert llm.adapter_parameters == DIT_LORA_8 + extra and extra == 6 * 8 * (8 * 2048 + 2 * 5120)
+    assert any("train_llm_adapter" in n for n in llm.notes)
+    off = estimate(anima_spec(tmp_path, "network.train_llm_adapter=true", "optimizer.llm_adapter_lr=0"))
+    assert off.adapter_parameters == DIT_LORA_8  # lr 0: those adapters do not train
+
+
+def test_anima_estimate_from_the_calibration(tmp_path):
+    """Weights from the real counts; activations from the DiT's fit at (h/16)·(w/16) tokens, text 512 tokens."""
+    cal = vram.load_calibration()["archs"]["anima"]
+    spec = anima_spec(tmp_path, "train.batch_size=2")
+    e = estimate(spec, [Bucket(1024, 1024, 1), Bucket(832, 1216, 1)])
+    c = e.components
+    assert c["unet_weights"] == 2 * cal["params"]["unet"] and 3.8 * GiB < c["unet_weights"] < 4.0 * GiB
+    assert "text_encoder_weights" not in c and "vae_weights" not in c
+    fit = cal["activations"]["lora"]["checkpointing"]
+    assert e.bucket == (1024, 1024) and c["unet_activations"] == int(vram._per_image(fit, 2, 64 * 64))
+    assert e.unet_activations_other == int(vram._per_image(cal["activations"]["lora"]["no_checkpointing"], 2, 64 * 64))
+    assert e.unet_activations_other > 2 * c["unet_activations"]
+    half = estimate(spec, [Bucket(512, 512, 1)])
+    assert half.components["unet_activations"] == int(vram._per_image(fit, 2, 32 * 32))
+    assert e.phases["latent caching"] == 2 * cal["params"]["vae"] + int(vram._per_image(cal["vae_encode"]["half"], 1, 1024 * 1024))
+    assert e.label("unet_weights") == "DiT + LLM adapter weights" and e.label("unet_activations") == "DiT activations"
+    s = suggest(spec, 24, [Bucket(1024, 1024, 1)])
+    text = vram.render(s)
+    assert "DiT + LLM adapter weights (bf16)" in text and "the real Anima DiT" in s.note and "DiT tokens" in s.note
+
+
+def test_anima_text_encoder_cached_or_not(tmp_path):
+    """Qwen3-0.6B: absent when its outputs are cached; its weights when frozen; its saved activations at 512 tokens
+    (whatever train.max_token_length says) and its 196 layers' adapters when it trains."""
+    cal = vram.load_calibration()["archs"]["anima"]
+    cached = estimate(anima_spec(tmp_path))
+    frozen = estimate(anima_spec(tmp_path, "dataset.cache_text_encoder_outputs=false"))
+    trained = estimate(anima_spec(tmp_path, "dataset.cache_text_encoder_outputs=false", "optimizer.text_encoder_lr=1e-5"))
+    assert "text_encoder_weights" not in cached.components
+    assert frozen.components["text_encoder_weights"] == 2 * cal["params"]["text_encoders"][0]
+    assert "text_encoder_activations" not in frozen.components
+    te_fit = cal["text_encoder_activations"]["checkpointing"]
+    assert trained.components["text_encoder_activations"] == int(vram._per_image(te_fit, 1, 512)) > 0
+    longer = estimate(anima_spec(tmp_path, "dataset.cache_text_encoder_outputs=false", "optimizer.text_encoder_lr=1e-5",
+                                 "train.max_token_length=150"))
+    assert longer.components["text_encoder_activations"] == trained.components["text_encoder_activations"]
+    te_params = sum(8 * (r[2] + r[3]) * r[5] for r in cal["targets"]["te"])
+    assert trained.adapter_parameters == DIT_LORA_8 + te_params
+    assert cached.peak < frozen.peak < trained.peak
+
+
+@pytest.mark.parametrize("budget", [8, 12, 24])
+def test_anima_suggestions(tmp_path, budget):
+    spec = anima_spec(tmp_path, "dataset.cache_text_encoder_outputs=false", "train.gradient_checkpointing=false",
+                      "train.batch_size=2")
+    s = suggest(spec, budget, [Bucket(1024, 1024, 1)])
+    assert s.fits_now == (s.current.estimate.peak <= budget * GiB)
+    for o in s.options:
+        assert o.fits and o.estimate.peak <= budget * GiB
+        spec_from_dict(compose_dict(None, [f"dataset.root={tmp_path}", "base_model.path=-", "base_model.arch=anima",
+                                           "dataset.resolution=1024", "train.mixed_precision=bf16",
+                                           "train.gradient_checkpointing=false", "network.dim=8", "network.alpha=4",
+                                           "optimizer.text_encoder_lr=0", "dataset.shuffle_caption=false",
+                                           "train.batch_size=2", *o.overrides]), need_model=False)
+    keys = [(o.changes_training, -round(o.speed, 4)) for o in s.options]
+    assert keys == sorted(keys)
+    if budget == 8:  # 4 GiB of DiT weights and 1024² activations: checkpointing and a smaller batch are needed
+        assert not s.fits_now
+    if budget == 24:
+        assert s.options
+
+
 # -- the command line ------------------------------------------------------------------------------------
 def test_plan_vram_command_imports_no_torch(tmp_path):
     make_folder(tmp_path, "3_kafka", [(64, 64)] * 4, ["kafka"])
@@ -257,6 +403,14 @@ def test_plan_vram_command_imports_no_torch(tmp_path):
     data = json.loads(lorafw_main_without_torch("plan", "--json", "--vram=8", "+recipe=sd15_character", f"dataset.root={tmp_path}"))
     assert data["T"] == 12 and data["vram"]["budget_gib"] == 8 and "calibration" in data["vram"]
     assert data["vram"]["estimate"]["bucket"] == [768, 768]
+
+
+def test_plan_vram_anima(tmp_path):
+    make_folder(tmp_path, "3_kafka", [(64, 64)] * 4, ["kafka"])
+    out = lorafw_main_without_torch("plan", "--vram", "24", "base_model.arch=anima", "dataset.resolution=1024",
+                                    "train.gradient_checkpointing=true", f"dataset.root={tmp_path}")
+    assert "GPU memory, estimated" in out and "DiT + LLM adapter weights" in out and "DiT activations" in out
+    assert "the real Anima DiT" in out and "budget 24 GiB" in out
 
 
 def test_plan_vram_bad_value(tmp_path, capsys):

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from lorafw.config.spec import NetworkSpec  # noqa: E402
 from lorafw.planning.vram import UNET_CONTAINERS, layer_table  # noqa: E402
-from lorafw.network.targets import TE_CONTAINERS  # noqa: E402
+from lorafw.network.targets import TE_CONTAINERS, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS  # noqa: E402
 
 OUT = ROOT / "lorafw" / "planning" / "vram_calibration.json"
 
@@ -75,6 +75,21 @@ UNETS = {
              "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32},
 }
 TE_PREFIXES = {"sd15": ["lora_te"], "sdxl": ["lora_te1", "lora_te2"]}
+
+
+def family(arch: str) -> dict[str, Any]:
+    """What the planner needs to know about a family beyond its numbers (lorafw/planning/vram.py `Family`): its name,
+    its denoiser's, the activation unit (image pixels per side of one: a latent pixel here), the text tokens
+    (None: kohya's 77-token windows from train.max_token_length) and the containers of each network part's
+    layers, linear then convolution (lorafw.network.targets: the trainer's own rule)."""
+    if arch == "anima":
+        import vram_anima
+
+        return vram_anima.family()
+    containers = {"unet": [list(UNET_ATTN_CONTAINERS), list(UNET_CONV_CONTAINERS)],
+                  **{p.removeprefix("lora_"): [list(TE_CONTAINERS), []] for p in TE_PREFIXES[arch]}}
+    return {"label": {"sd15": "SD1.5", "sdxl": "SDXL"}[arch], "denoiser": "UNet", "denoiser_long": "UNet", "unit_px": 8,
+            "unit": "latent pixel", "text_tokens": None, "containers": containers}
 # What the recipes train: sd15_character (LoRA 16/8, fp32 adapters), pdxl (LoRA 8/4, full_bf16), pdxl_dora (LoCon 8/4 conv 4/2 + DoRA)
 NETWORKS = {
     "sd15": {"lora": (NetworkSpec("lora", 16, 8, False, 0.0), torch.float32),
@@ -263,23 +278,28 @@ def unet_inputs(arch: str, side: int, batch: int = 1) -> tuple[tuple, dict]:
 
 
 def unet_step(unet: torch.nn.Module, arch: str, side: int, batch: int = 1) -> dict[str, int]:
-    """One training step's activation bytes: the allocator's peak over the step and the saved tensors. The
-    adapters' gradients exist before the step (zeros), as after the first step of a run, so they are not
-    counted here (the planner counts them with the adapters)."""
+    """One training step of a UNet at latent side × side: train_step."""
     (x, t), kw = unet_inputs(arch, side, batch)
-    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    saved = SavedBytes([unet])
+    return train_step([unet], lambda: unet(x, t, **kw).sample, x.shape)
+
+
+def train_step(modules: list[torch.nn.Module], predict: Callable[[], torch.Tensor], shape: Any) -> dict[str, int]:
+    """One training step's activation bytes: the allocator's peak over the step (`predict` under autocast, the
+    loss, backward) and the saved tensors. The adapters' gradients exist before the step (zeros), as after the
+    first step of a run, so they are not counted here (the planner counts them with the adapters)."""
+    target = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    saved = SavedBytes(modules)
 
     def step():
         with cuda_autocast_norms():  # also while checkpointed blocks are recomputed in backward
             with torch.autocast("cpu", dtype=torch.bfloat16), saved.hooks():
-                pred = unet(x, t, **kw).sample
+                pred = predict()
             loss = torch.nn.functional.mse_loss(pred.float(), target.float())
             loss.backward()
 
-    zero_grads([unet])
+    zero_grads(modules)
     peak, net, _ = allocator_trace(step)
-    clear_grads([unet])
+    clear_grads(modules)
     return {"peak": peak, "saved": saved.total, "leftover": net}
 
 
@@ -372,6 +392,9 @@ def refit(path: Path) -> None:
     """Recompute the UNet fits (and checks) of an existing calibration file from its stored points."""
     data = json.loads(path.read_text())
     for arch, cal in data["archs"].items():
+        data["archs"][arch] = {"family": family(arch), **{k: v for k, v in cal.items() if k != "family"}}
+        if family(arch)["unit"] != "latent pixel":
+            continue  # not a UNet: its fits are vram_anima.fit's, made by its run
         for net, res in cal["activations"].items():
             for key in ("no_checkpointing", "checkpointing"):
                 f = res[key]
@@ -392,25 +415,34 @@ def refit(path: Path) -> None:
 
 
 def te_forward(tes: list[torch.nn.Module], arch: str, windows: int, batch: int = 1) -> dict[str, int]:
-    """Bytes the text encoders keep for backward (held through the UNet's step): the net allocation of their
-    forward with the output alive."""
+    """The CLIP text encoders' forward_retained over `windows` 77-token windows."""
     from lorafw.models.text import encode_sd15, encode_sdxl
 
     g = torch.Generator().manual_seed(windows)
     ids = torch.randint(0, 49407, (batch, windows, 77), generator=g)
-    saved = SavedBytes(tes)
 
     def fwd():
+        if arch == "sd15":
+            return encode_sd15(tes[0], ids, 2)
+        return encode_sdxl(tes[0], tes[1], ids, ids)
+
+    return forward_retained(tes, fwd)
+
+
+def forward_retained(tes: list[torch.nn.Module], fwd: Callable[[], Any]) -> dict[str, int]:
+    """Bytes text encoders keep for backward (held through the denoiser's step): the net allocation of their
+    forward under autocast with the output alive; then a backward through the output(s)."""
+    saved = SavedBytes(tes)
+
+    def run():
         with autocast(), saved.hooks():
-            if arch == "sd15":
-                return encode_sd15(tes[0], ids, 2)
-            return encode_sdxl(tes[0], tes[1], ids, ids)
+            return fwd()
 
     clear_grads(tes)
-    peak, net, out = allocator_trace(fwd)
-    states = out if arch == "sd15" else out[0]
+    peak, net, out = allocator_trace(run)
+    outs = out if isinstance(out, tuple) else (out,)
     with cuda_autocast_norms():
-        (states.float().square().mean() + (0 if arch == "sd15" else out[1].float().square().mean())).backward()
+        sum(o.float().square().mean() for o in outs).backward()
     clear_grads(tes)
     return {"retained": net, "peak": peak, "saved": saved.total}
 
@@ -439,6 +471,7 @@ def calibrate_arch(arch: str, sides: list[int], check_side: int | None, nets: li
     parts, info = lorafw_parts(arch)
     te_names = [k for k in ("text_encoder", "text_encoder_2") if k in parts]
     out: dict[str, Any] = {
+        "family": family(arch),
         "params": {"unet": count(parts["unet"]), "vae": count(parts["vae"]),
                    "text_encoders": [count(parts[k]) for k in te_names]},
         "targets": {"unet": layer_table(parts["unet"], UNET_CONTAINERS),
@@ -543,51 +576,69 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="+", default=["sd15", "sdxl"])
     ap.add_argument("--nets", nargs="+", default=["lora", "locon", "dora"])
-    ap.add_argument("--sides", nargs="+", type=int, default=[32, 48, 64], help="latent sizes (pixels / 8)")
+    ap.add_argument("--sides", nargs="+", type=int, default=None,
+                    help="sizes in the family's unit per side: latent pixels for SD (default 32 48 64 = 256-512 px), DiT "
+                         "tokens for Anima (default 16 24 32 = 256-512 px)")
+    ap.add_argument("--large", nargs="+", default=["1x64"], metavar="BxSIDE",
+                    help="Anima: also these checkpointing steps (default 1x64 = 1024 px), each when memory allows")
     ap.add_argument("--check", type=int, default=96, help="also measure this latent size (LoRA, DoRA) and compare with the fit; 0 = no")
     ap.add_argument("--batch2-sides", nargs="+", type=int, default=None,
                     help="latent sizes also measured at batch 2 (default: the second and the last of --sides)")
     ap.add_argument("--no-vae", action="store_true", help="keep the stored VAE figures")
+    ap.add_argument("--no-te", action="store_true", help="Anima: keep the stored text encoder figures")
     ap.add_argument("--max-check-gib", type=float, default=6.0, help="skip a check step whose activations would exceed this")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--extend", nargs="+", default=None, metavar="BxSIDE",
                     help="only add checkpointing steps at these sizes (e.g. 1x96 1x128 2x128) to --out and refit")
-    ap.add_argument("--refit", action="store_true", help="only recompute the UNet fits of --out from its stored points")
+    ap.add_argument("--refit", action="store_true",
+                    help="only recompute the UNet fits of --out from its stored points (and every family's description)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.refit:
         return refit(Path(args.out))
     if args.extend:
-        return extend(Path(args.out), args.arch[0], args.nets, [tuple(int(v) for v in e.split("x")) for e in args.extend])
+        points = [tuple(int(v) for v in e.split("x")) for e in args.extend]
+        if args.arch[0] == "anima":
+            import vram_anima
+
+            return vram_anima.extend(Path(args.out), [n for n in args.nets if n in vram_anima.NETWORKS], points)
+        return extend(Path(args.out), args.arch[0], args.nets, points)
     import diffusers
     import peft
     import transformers
 
     path = Path(args.out)
     old = json.loads(path.read_text()) if path.is_file() else {}
-    data = {
-        "generated_by": "tools/vram_calibrate.py",
-        "date": datetime.date.today().isoformat(),
-        "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s); no GPU",
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__},
-        "method": METHOD,
-        "context_tokens": CONTEXT_TOKENS,
-        "latent_sides": args.sides,
-        "archs": dict(old.get("archs", {})),
-    }
+    when = {"date": datetime.date.today().isoformat(),
+            "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s); no GPU",
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "transformers": transformers.__version__, "peft": peft.__version__}}
+    data = {"generated_by": "tools/vram_calibrate.py", **when, **{k: v for k, v in old.items() if k in when},
+            "method": METHOD, "context_tokens": CONTEXT_TOKENS, "latent_sides": [32, 48, 64],
+            "archs": dict(old.get("archs", {}))}  # the file's own date/device: its first (SD) calibration's
     for arch in args.arch:
         t0 = time.time()
         before = dict(data["archs"].get(arch, {}))  # --nets dora: keep the other networks' figures
 
         def store(new: dict[str, Any], arch: str = arch, before: dict[str, Any] = before) -> None:
-            merged = {**before, **new, "activations": {**before.get("activations", {}), **new["activations"]}}
+            merged = {**before, **new, "calibrated": when,
+                      "activations": {**before.get("activations", {}), **new["activations"]}}
             data["archs"][arch] = merged
             path.write_text(json.dumps(data, indent=1) + "\n")
 
-        calibrate_arch(arch, args.sides, args.check or None, args.nets, args.batch2_sides or [args.sides[1], args.sides[-1]],
-                       store, vae=not args.no_vae, max_check_gib=args.max_check_gib)
+        if arch == "anima":
+            import vram_anima
+
+            sides = args.sides or [16, 24, 32]
+            nets = [n for n in args.nets if n in vram_anima.NETWORKS]
+            vram_anima.calibrate(sides, nets, args.batch2_sides or [sides[1], sides[-1]], store, vae=not args.no_vae,
+                                 extend=[tuple(int(v) for v in e.split("x")) for e in args.large],  # type: ignore[misc]
+                                 te=not args.no_te)
+        else:
+            sides = args.sides or [32, 48, 64]
+            calibrate_arch(arch, sides, args.check or None, args.nets, args.batch2_sides or [sides[1], sides[-1]],
+                           store, vae=not args.no_vae, max_check_gib=args.max_check_gib)
         log(f"{arch}: {time.time() - t0:.0f}s")
     log(f"wrote {path}")
 

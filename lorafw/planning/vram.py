@@ -2,21 +2,24 @@
 
 The estimate adds, in bytes, what the trainer (lorafw/trainers/) keeps on the device:
 
-- frozen weights in their dtype: the UNet; the text encoder(s) unless their outputs are cached;
-  the VAE unless the latents are cached (then it is on the device only while caching);
+- frozen weights in their dtype: the denoiser (a UNet; Anima's DiT with its LLM adapter); the text
+  encoder(s) unless their outputs are cached; the VAE unless the latents are cached (then it is on the
+  device only while caching);
 - the adapters, their gradients, fp32 masters (train.full_bf16) and the optimizer's state, counted
   tensor by tensor from the adapted layers' shapes (so 8-bit and factored states are exact);
-- activations, measured (see tools/vram_calibrate.py): F per step + batch × (a + b × latent pixels
-  of the largest bucket), with and without gradient checkpointing, plus what the text encoders keep
-  for backward when they train (per 77-token window);
-- the latent-caching phase: the VAE alone on the device (the UNet and text encoders follow it), encoding
-  `dataset.vae_batch_size` images at once;
+- activations, measured (see tools/vram_calibrate.py): F per step + batch × (a + b × x), x the largest
+  bucket in the family's activation unit (latent pixels for a UNet, tokens for a DiT), with and without
+  gradient checkpointing, plus what the text encoders keep for backward when they train;
+- the latent-caching phase: the VAE alone on the device (the denoiser and text encoders follow it),
+  encoding `dataset.vae_batch_size` images at once;
 - a fixed allowance for CUDA itself (stated as an assumption, not measured).
 
-Parameter counts, the adapted layers' shapes and the activation coefficients of the real SD1.5 and
-SDXL architectures come from lorafw/planning/vram_calibration.json, written by tools/vram_calibrate.py
-(which builds the real-size models); nothing here imports torch, except `layer_table`, which reads
-a torch module for that script and for the tests.
+Everything per family comes from lorafw/planning/vram_calibration.json, keyed by base_model.arch and
+written by tools/vram_calibrate.py (which builds the real-size models): parameter counts, the adapted
+layers' shapes, the activation coefficients, and the family's description (`Family`: its names, its
+activation unit, its text length, which containers' layers each network part adapts). Nothing here
+asks which family it is; nothing imports torch, except `layer_table`, which reads a torch module for
+that script and for the tests.
 
 Why one module over 400 lines: the estimate (`estimate`) and the search for settings that fit
 (`suggest`) share one memory model; apart, every change to the model would touch both halves.
@@ -71,6 +74,36 @@ def layer_table(model: Any, containers: tuple[str, ...]) -> list[list[Any]]:
 
 
 UNET_CONTAINERS = UNET_ATTN_CONTAINERS + UNET_CONV_CONTAINERS
+# kohya's SD rule (network/targets.py): a family's calibration states its own (Family.containers)
+SD_CONTAINERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "unet": (UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS), "te": (TE_CONTAINERS, ())}
+DENOISER_PARTS = ("unet", "llm_adapter")  # network parts inside the denoiser (lorafw.network.adapter.Adapted.part)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between families in the memory model, as the calibration file states it (its "family")."""
+
+    label: str  # "SDXL", "Anima"
+    denoiser: str  # "UNet", "DiT": what the activations are of
+    denoiser_long: str  # "DiT + LLM adapter": what the weights are of
+    unit_px: int  # image pixels per side of one activation unit: a latent pixel (8), a DiT token (16)
+    unit: str  # "latent pixel", "DiT token"
+    text_tokens: int | None  # tokens a caption is encoded as; None: kohya's 77-token windows (train.max_token_length)
+    containers: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # network part → (linear, conv) containers
+
+    @classmethod
+    def of(cls, cal: dict[str, Any]) -> "Family":
+        f = cal["family"]
+        return cls(f["label"], f["denoiser"], f["denoiser_long"], f["unit_px"], f["unit"], f["text_tokens"],
+                   {part: (tuple(lin), tuple(conv)) for part, (lin, conv) in f["containers"].items()})
+
+    def units(self, width: int, height: int) -> int:
+        """The activation fits' x for one image of width × height pixels."""
+        return (width // self.unit_px) * (height // self.unit_px)
+
+    def text_length(self, max_token_length: int) -> int:
+        return self.text_tokens or 77 * max(1, max_token_length // 75)
 
 
 # -- adapters -------------------------------------------------------------------------------------
@@ -81,16 +114,16 @@ class AdapterTensor:
     role: str  # "lora_A" | "lora_B" (starts at zero) | "magnitude" (DoRA)
 
 
-def targets(rows: Iterable[list[Any]], net: NetworkSpec, part: str) -> list[tuple[list[Any], Target]]:
-    """(row, target) for the rows the trainer adapts: network/targets.py `select`, the trainer's own rule."""
+def targets(rows: Iterable[list[Any]], net: NetworkSpec, containers: tuple[tuple[str, ...], tuple[str, ...]]
+            ) -> list[tuple[list[Any], Target]]:
+    """(row, target) for the rows the trainer adapts in a part whose layers sit in `containers` (linear, conv):
+    network/targets.py `select`, the trainer's own rule (k×k convolutions only for LoCon-like algorithms)."""
     rows = list(rows)
     layers = [Layer(str(i), r[1], r[0]) for i, r in enumerate(rows)]
-    if part == "unet":
-        conv_dim = net.conv_dim if net.algo != "lora" else None
-        chosen = select(layers, UNET_ATTN_CONTAINERS, UNET_CONV_CONTAINERS, net.dim, net.alpha, conv_dim,
-                        net.conv_alpha if net.conv_alpha is not None else net.alpha)
-    else:
-        chosen = select(layers, TE_CONTAINERS, (), net.dim, net.alpha, None, None)
+    lin, conv = containers
+    conv_dim = net.conv_dim if net.algo != "lora" and conv else None
+    chosen = select(layers, lin, conv, net.dim, net.alpha, conv_dim,
+                    (net.conv_alpha if net.conv_alpha is not None else net.alpha) if conv_dim is not None else None)
     return [(rows[int(t.name)], t) for t in chosen]
 
 
@@ -103,6 +136,7 @@ def layer_tensors(row: list[Any], rank: int, dora: bool, algo: str = "lora", on_
     LyCORIS's factorisation and are counted as LoRA's shapes, which is more than they take."""
     _, kind, fan_in, fan_out, k = row[:5]
     conv = kind != "linear"
+    out: list[tuple[tuple[int, ...], str]]
     if algo == "ia3":
         n = fan_in if on_input else fan_out
         return [((1, n, 1, 1) if conv else (n,), "lora_A")]
@@ -125,13 +159,18 @@ def layer_tensors(row: list[Any], rank: int, dora: bool, algo: str = "lora", on_
     return out
 
 
-def adapter_tensors(table: dict[str, list[list[Any]]], net: NetworkSpec, train_te: bool,
-                    train_unet: bool = True) -> list[AdapterTensor]:
-    """Every trainable adapter tensor: the UNet's (if its lr > 0) and the text encoders' (if trained)."""
+def adapter_tensors(table: dict[str, list[list[Any]]], net: NetworkSpec, train_te: bool, train_unet: bool = True,
+                    containers: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None,
+                    train_llm_adapter: bool = False) -> list[AdapterTensor]:
+    """Every trainable adapter tensor: the denoiser's (if its lr > 0), its LLM adapter's (Anima, with
+    network.train_llm_adapter) and the text encoders' (if trained). `containers`: the family's (default kohya's SD)."""
+    containers = containers or SD_CONTAINERS
     out: list[AdapterTensor] = []
-    parts = (["unet"] if train_unet else []) + ([p for p in table if p != "unet"] if train_te else [])
+    parts = ((["unet"] if train_unet else [])
+             + (["llm_adapter"] if train_llm_adapter and "llm_adapter" in table else [])
+             + ([p for p in table if p not in DENOISER_PARTS] if train_te else []))
     for part in parts:
-        for row, t in targets(table[part], net, "unet" if part == "unet" else "te"):
+        for row, t in targets(table[part], net, containers.get(part) or containers["te"]):
             out += [AdapterTensor(shape, row[5], role)
                     for shape, role in layer_tensors(row, t.rank, net.dora_wd, net.algo, net.train_on_input)]
     return out
@@ -180,17 +219,18 @@ def _per_image(fit: dict[str, Any], batch: int, x: float) -> float:
     return max(0.0, max(f.get("F", 0) + batch * (f["a"] + f["b"] * x) for f in lines))
 
 
-def _fitted_px(f: dict[str, Any]) -> str:
+def _fitted_px(f: dict[str, Any], unit_px: int) -> str:
     if f.get("pieces"):
-        sides = sorted({s * 8 for piece in f["pieces"] for s in piece["sizes"]})
+        sides = sorted({s * unit_px for piece in f["pieces"] for s in piece["sizes"]})
         return f"{sides[0]}–{sides[-1]} px, the larger of {len(f['pieces'])} lines"
-    sides = sorted({round(math.sqrt(p[1])) * 8 for p in f["points"] if p[1] >= f.get("fitted_from_x", 0)})
+    sides = sorted({round(math.sqrt(p[1])) * unit_px for p in f["points"] if p[1] >= f.get("fitted_from_x", 0)})
     return f"{sides[0]}–{sides[-1]} px" if len(sides) > 1 else f"{sides[0]} px"
 
 
 def calibration_note(cal_all: dict[str, Any], arch: str, kind: str) -> str:
     """How the activation figures were obtained, in a few honest sentences."""
     cal = cal_all["archs"][arch]
+    fam = Family.of(cal)
     acts = cal["activations"].get(kind) or cal["activations"]["lora"]
     used = kind if kind in cal["activations"] else "lora"
     off, on = acts["no_checkpointing"], acts["checkpointing"]
@@ -199,19 +239,25 @@ def calibration_note(cal_all: dict[str, Any], arch: str, kind: str) -> str:
     check = ""
     if checks:
         worst = max(checks, key=lambda c: abs(c["relative_error"]))
-        check = f"; a step measured at {worst['latent'] * 8} px is predicted within {_pct(worst['relative_error'])}"
+        how = " by the smaller sizes' line" if worst.get("fitted_without_it") else ""
+        check = (f"; a step measured at {worst['latent'] * fam.unit_px} px, batch {worst['batch']}, is predicted{how} "
+                 f"within {_pct(worst['relative_error'])}")
     last = off["points"][-1]
     saved_last = next(p for p in off["saved_tensors"]["points"] if p[:2] == last[:2])
-    v = cal_all["versions"]
+    when = cal.get("calibrated", cal_all)
+    v = when["versions"]
+    fallback = f" (no {kind} calibration: taken as LoRA's)" if used != kind else ""
     return (f"activations: peak bytes in torch's allocator during one training step of the real "
-            f"{'SD1.5' if arch == 'sd15' else 'SDXL'} UNet with lorafw's {used} adapters, counted on CPU "
-            f"(torch {v['torch'].split('+')[0]}, SDPA, bf16 autocast with fp32 norms as on CUDA) at {_fitted_px(off)} "
-            f"(with checkpointing {_fitted_px(on)}), batch 1–2, extrapolated linearly (fit residual {_pct(resid)}{check}); "
+            f"{fam.label} {fam.denoiser} with lorafw's {used} adapters{fallback}, counted on CPU "
+            f"(torch {v['torch'].split('+')[0]}, SDPA, bf16 autocast with fp32 norms as on CUDA) at "
+            f"{_fitted_px(off, fam.unit_px)} (with checkpointing {_fitted_px(on, fam.unit_px)}), batch 1–2, "
+            f"extrapolated linearly in {fam.unit}s (fit residual {_pct(resid)}{check}); "
             f"autograd's saved-tensor bytes are {saved_last[2] / last[2]:.0%} of that peak without checkpointing"
             f"{' (they include graphs freed during the forward: DoRA' + chr(39) + 's weight norm)' if saved_last[2] > last[2] else ''}; not yet "
-            f"checked against a GPU's measured peak (torch.cuda.max_memory_allocated); calibrated {cal_all['date']}. "
+            f"checked against a GPU's measured peak (torch.cuda.max_memory_allocated); calibrated {when['date']}. "
             "Weights, adapters, optimizer state: exact, from the real architectures' layer shapes. Text encoders (what "
-            "they keep for backward) and the VAE encoder (inference peak): measured the same way, on CPU")
+            "they keep for backward) and the VAE encoder (inference peak): measured the same way, on CPU"
+            + "".join(f". {n}" for n in cal.get("notes", [])[1:]))  # [0] is the method; the rest: what is missing
 
 
 # -- the estimate ------------------------------------------------------------------------------------
@@ -235,10 +281,11 @@ def buckets_of(data: Any) -> list[Bucket]:
     return [Bucket(w, h, k) for (w, h), k in n.items()]
 
 
+# the components' labels; {denoiser} is the family's (the keys say "unet": the network's name for the denoiser part)
 LABELS = {
-    "unet_weights": "UNet weights", "text_encoder_weights": "text encoder weights", "vae_weights": "VAE weights",
+    "unet_weights": "{denoiser_long} weights", "text_encoder_weights": "text encoder weights", "vae_weights": "VAE weights",
     "adapters": "adapters", "adapter_gradients": "adapter gradients", "fp32_masters": "fp32 master weights (full_bf16/full_fp16)",
-    "optimizer_state": "optimizer state", "ema": "EMA copy", "unet_activations": "UNet activations",
+    "optimizer_state": "optimizer state", "ema": "EMA copy", "unet_activations": "{denoiser} activations",
     "text_encoder_activations": "text encoder activations",
 }
 
@@ -263,6 +310,11 @@ class Estimate:
     adapter_parameters: int
     caching_images: int = 0
     notes: list[str] = field(default_factory=list)
+    denoiser: str = "UNet"  # the family's names for the components (Family)
+    denoiser_long: str = "UNet"
+
+    def label(self, key: str) -> str:
+        return LABELS[key].format(denoiser=self.denoiser, denoiser_long=self.denoiser_long)
 
     @property
     def gib(self) -> float:
@@ -282,11 +334,13 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     if arch not in cal_all["archs"]:
         raise ValueError(f"no memory calibration for base_model.arch={arch} (have: {', '.join(cal_all['archs'])})")
     cal = cal_all["archs"][arch]
+    fam = Family.of(cal)
     t, d, o, net = spec.train, spec.dataset, spec.optimizer, spec.network
     if not buckets:
         buckets = [Bucket(d.resolution, d.resolution)]
     big = max(buckets, key=lambda b: b.latent_pixels)
-    px = big.latent_pixels
+    px = fam.units(big.width, big.height)  # the activation fits' x
+    image_px = big.width * big.height  # the VAE fit's x
     half = t.mixed_precision != "no"
     wdtype = {"bf16": "bf16", "fp16": "fp16", "auto": "bf16/fp16", "no": "fp32"}[t.mixed_precision]
     wbytes = 2 if half else 4
@@ -296,6 +350,7 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     abytes = 2 if masters else 4
     train_te = o.text_encoder_lr > 0
     train_unet = o.unet_lr > 0
+    train_llm_adapter = net.train_llm_adapter and (o.unet_lr if o.llm_adapter_lr is None else o.llm_adapter_lr) > 0
     params = cal["params"]
     B = t.batch_size
     kind = network_kind(net)
@@ -308,7 +363,7 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     vae_weights = params["vae"] * vae_bytes
     if not d.cache_latents:
         c["vae_weights"] = vae_weights
-    tensors = adapter_tensors(cal["targets"], net, train_te, train_unet)
+    tensors = adapter_tensors(cal["targets"], net, train_te, train_unet, fam.containers, train_llm_adapter)
     n = sum(math.prod(a.shape) * a.count for a in tensors)
     c["adapters"] = n * abytes
     c["adapter_gradients"] = n * abytes
@@ -322,6 +377,11 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     scale = 1 if half else 2  # calibrated in bf16: fp32 activations take twice the bytes
     if not half:
         notes.append("train.mixed_precision=no: activations taken as twice the bf16 calibration")
+    if kind not in cal["activations"]:
+        notes.append(f"no {kind} calibration for {fam.label}: activations taken as LoRA's")
+    if train_llm_adapter and "llm_adapter_activations" not in cal:
+        notes.append("network.train_llm_adapter: what the LLM adapter keeps for backward is not in the calibration "
+                     "(measured without it)")
 
     def unet_acts(ckpt: bool) -> int:
         return int(_per_image(acts["checkpointing" if ckpt else "no_checkpointing"], B, px) * scale)
@@ -329,8 +389,7 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     c["unet_activations"] = unet_acts(t.gradient_checkpointing)
     if train_te and not d.cache_text_encoder_outputs:
         te_fit = cal["text_encoder_activations"]["checkpointing" if t.gradient_checkpointing else "no_checkpointing"]
-        tokens = 77 * max(1, t.max_token_length // 75)
-        c["text_encoder_activations"] = int(_per_image(te_fit, B, tokens) * scale)
+        c["text_encoder_activations"] = int(_per_image(te_fit, B, fam.text_length(t.max_token_length)) * scale)
 
     adtype = "bf16" if t.full_bf16 else "fp16" if t.full_fp16 else "fp32"
     dtypes = {"unet_weights": wdtype, "text_encoder_weights": wdtype, "vae_weights": "fp32" if vae_bytes == 4 else wdtype,
@@ -340,20 +399,20 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     phases = {"training step": resident + c["unet_activations"] + c.get("text_encoder_activations", 0)}
     vae_fit = cal["vae_encode"]["half" if vae_half else "fp32"]
     if not d.cache_latents:  # the VAE encodes the batch at the start of each step, before the UNet runs
-        phases["training step"] = max(phases["training step"], resident + int(_per_image(vae_fit, B, px * 64)))
+        phases["training step"] = max(phases["training step"], resident + int(_per_image(vae_fit, B, image_px)))
     # the step: fp32 gradients of the masters (full_bf16) and about one parameter-sized temporary
     phases["optimizer step"] = resident + (n * 4 if masters else 0) + n * 4
     k = 0
     if d.cache_latents:
-        k = min(d.vae_batch_size, max(b.images for b in buckets if b.latent_pixels == px))
+        k = min(d.vae_batch_size, max(b.images for b in buckets if b.latent_pixels == big.latent_pixels))
         models = vae_weights  # the trainer moves the UNet and text encoders to the device after caching
-        phases["latent caching"] = models + int(_per_image(vae_fit, k, px * 64))
+        phases["latent caching"] = models + int(_per_image(vae_fit, k, image_px))
     peak_phase = max(phases, key=phases.__getitem__)
     peak = phases[peak_phase]
     after = max(v for name, v in phases.items() if name != "latent caching")
     return Estimate(arch, kind, (big.width, big.height), B, t.gradient_checkpointing, c, dtypes,
                     unet_acts(not t.gradient_checkpointing), phases, peak_phase, peak, on_card(peak), on_card(after),
-                    n, k, notes)
+                    n, k, notes, fam.denoiser, fam.denoiser_long)
 
 
 def on_card(allocated: int) -> int:
@@ -519,7 +578,7 @@ def render(sug: Suggestions) -> str:
     out = [f"  GPU memory, estimated (GiB), for the largest bucket {w}×{h}, batch {e.batch_size}, {e.network}; "
            f"budget {sug.budget_gib:g} GiB"]
     for key, b in e.components.items():
-        label = LABELS[key] + (f" ({e.dtypes[key]})" if key in e.dtypes else "")
+        label = e.label(key) + (f" ({e.dtypes[key]})" if key in e.dtypes else "")
         extra = ""
         if key == "unet_activations":
             extra = (f"   gradient checkpointing {'on' if e.gradient_checkpointing else 'off'}; "
