@@ -9,8 +9,10 @@ CLIP tokenizer in the cache folder it reads (benchmarks/vs_kohya.py uses these; 
   the registry's torchvision for torch 2.13 is a CUDA build: its `_C` extension needs libtorch_cuda, so
   `import torchvision` raises "operator torchvision::nms does not exist" on a CPU torch (an error, not a
   warning). The registry has no CPU build. Training uses only `transforms.Compose`, `ToTensor`, `Normalize`
-  and `functional.pil_to_tensor` (IMAGE_TRANSFORMS and the image-loading dataset); the shim implements those
-  four with torchvision's semantics and is put first on PYTHONPATH of the kohya subprocess only. It has no
+  and `functional.pil_to_tensor` (IMAGE_TRANSFORMS and the image-loading dataset), and for Anima
+  `functional.resize` of a tensor with `InterpolationMode.NEAREST` (anima_models.prepare_embedded_sequence
+  resizes the padding mask it concatenates, every step); the shim implements those with torchvision's
+  semantics and is put first on PYTHONPATH of the kohya subprocess only. It has no
   dist-info, so transformers/diffusers, which look torchvision up by its installed metadata, see no
   torchvision and take no torchvision code path. Anything else raises, naming the shim.
   Where a working torchvision is installed (a CUDA machine), `needs_torchvision_shim` says so and no shim is used.
@@ -122,8 +124,9 @@ def sys_python() -> str:
 SHIM_INIT = '''"""A stand-in for torchvision, written by lorafw's benchmarks/kohya_env.py for sd-scripts on a CPU torch.
 
 The registry's torchvision for this torch is a CUDA build that cannot be imported on a CPU torch. sd-scripts'
-training path uses only transforms.Compose/ToTensor/Normalize and functional.pil_to_tensor, implemented here
-with torchvision's semantics. Anything else raises, naming this file.
+training path uses only transforms.Compose/ToTensor/Normalize/InterpolationMode and functional.pil_to_tensor and
+(Anima's DiT) functional.resize of a tensor at nearest, implemented here with torchvision's semantics. Anything else
+raises, naming this file.
 """
 
 __version__ = "0.0+lorafw-shim"
@@ -138,7 +141,8 @@ SHIM_TRANSFORMS = '''"""torchvision.transforms as far as sd-scripts' training us
 import numpy as np
 import torch
 
-from . import functional  # noqa: F401  (transforms.functional.pil_to_tensor)
+from . import functional  # noqa: F401  (transforms.functional.pil_to_tensor, resize)
+from .functional import InterpolationMode  # noqa: F401
 
 
 class Compose:
@@ -181,8 +185,39 @@ def __getattr__(name):
 
 SHIM_FUNCTIONAL = '''"""torchvision.transforms.functional as far as sd-scripts' training uses it."""
 
+from enum import Enum
+
 import numpy as np
 import torch
+
+
+class InterpolationMode(Enum):
+    NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
+
+
+def resize(img, size, interpolation=InterpolationMode.BILINEAR, max_size=None, antialias=True):
+    """A tensor (..., H, W) resized to size [h, w] (or its shorter side to an int, the aspect kept, as torchvision
+    does) at NEAREST or NEAREST_EXACT: torch's interpolate of those modes, as torchvision calls it; dtype kept."""
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"resize: lorafw's torchvision stand-in resizes tensors only, not {type(img).__name__} "
+                        f"({__file__})")
+    if interpolation not in (InterpolationMode.NEAREST, InterpolationMode.NEAREST_EXACT) or max_size is not None:
+        raise NotImplementedError(f"resize with {interpolation} (max_size {max_size}): not in lorafw's torchvision "
+                                  f"stand-in, which has nearest only ({__file__})")
+    h, w = img.shape[-2:]
+    if isinstance(size, int) or len(size) == 1:
+        short = size if isinstance(size, int) else size[0]
+        size = [short, int(short * w / h)] if h <= w else [int(short * h / w), short]
+    x = img.reshape(-1, 1, h, w)
+    out = torch.nn.functional.interpolate(x if x.is_floating_point() else x.float(), size=list(size),
+                                          mode=interpolation.value)
+    return out.to(img.dtype).reshape(*img.shape[:-2], *size)
 
 
 def pil_to_tensor(pic):
@@ -270,3 +305,52 @@ def check_tokenizer(python: Path, folder: Path, reference, texts: list[str], env
     if got["model_max_length"] != 77 or got["ids"] != want or got["pad"] != reference.pad_token_id:
         raise RuntimeError(f"the tokenizer cache {folder} tokenizes differently from lorafw's: "
                            f"{got['model_max_length']=}, {got['pad']=}, first ids {got['ids'][0][:8]} vs {want[0][:8]}")
+
+
+# -- Anima's tokenizers --------------------------------------------------------------------------------------------
+ANIMA_TOKENIZER_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from library.strategy_anima import AnimaTokenizeStrategy
+s = AnimaTokenizeStrategy(qwen3_path=sys.argv[2], t5_tokenizer_path=None)
+print(json.dumps([t.tolist() for t in s.tokenize(json.loads(sys.argv[3]))]))
+"""
+ANIMA_TOKENS = 512  # both trainers' Qwen3 and T5 windows (sd-scripts' --qwen3_max_token_length / --t5_max_token_length)
+
+
+def anima_token_tensors(qwen, t5, texts: list[str], length: int = ANIMA_TOKENS) -> list[list[list[int]]]:
+    """[Qwen3 ids, Qwen3 mask, T5 ids, T5 mask] for `texts`, padded to `length`: sd-scripts'
+    AnimaTokenizeStrategy.tokenize (what both trainers feed Qwen3 and the LLM adapter), from the tokenizers `qwen`, `t5`."""
+    kw = {"truncation": True, "padding": "max_length", "max_length": length}
+    q, t = qwen(texts, **kw), t5(texts, **kw)
+    return [q["input_ids"], q["attention_mask"], t["input_ids"], t["attention_mask"]]
+
+
+def first_difference(got: list, want: list) -> str | None:
+    """Where two [ids, mask, ids, mask] lists first differ ("Qwen3 ids, text 1, token 7: 42 vs 43"), or None."""
+    names = ("Qwen3 ids", "Qwen3 mask", "T5 ids", "T5 mask")
+    for name, g, w in zip(names, got, want):
+        for i, (a, b) in enumerate(zip(g, w)):
+            if a != b:
+                j = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                x, y = (v[j] if j < len(v) else "end" for v in (a, b))
+                return f"{name}, text {i}, token {j}: {x} vs {y}"
+        if len(g) != len(w):
+            return f"{name}: {len(g)} texts vs {len(w)}"
+    return None if len(got) == len(want) else f"{len(got)} tensors vs {len(want)}"
+
+
+def check_anima_tokenizers(python: Path, sd_scripts: Path, qwen3_file: Path, reference: tuple, texts: list[str],
+                           env: dict[str, str]) -> None:
+    """Tokenize `texts` as anima_train_network.py does (its configs/qwen3_06b and configs/t5_old, through
+    AnimaTokenizeStrategy, in kohya's interpreter) and compare with lorafw's (`reference`: its Qwen3 and T5 tokenizers):
+    different ids would make the two runs train on different input."""
+    p = subprocess.run([str(python), "-c", ANIMA_TOKENIZER_PROBE, str(sd_scripts), str(qwen3_file), json.dumps(texts)],
+                       capture_output=True, text=True, env=env, cwd=sd_scripts)
+    if p.returncode:
+        raise RuntimeError(f"sd-scripts' interpreter cannot load Anima's tokenizers from {sd_scripts}/configs: "
+                           f"{p.stderr.strip()[-800:]}")
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    where = first_difference(got, anima_token_tensors(*reference, texts))
+    if where:
+        raise RuntimeError(f"sd-scripts tokenizes Anima's captions differently from lorafw ({where})")

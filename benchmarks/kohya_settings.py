@@ -1,5 +1,6 @@
 """The run benchmarks/vs_kohya.py trains through both trainers: lorafw's overrides for it, and the table of
 each setting as lorafw's spec and as the kohya TOML pair written by `lorafw export` have it (pure functions).
+Two families: SD1.5 (train_network.py) and Anima (anima_train_network.py, `anima_run`).
 
 The table is read from the files each trainer is given, not from what was asked for: a setting the exporter
 got wrong shows up as a row whose values differ (marked ≠), and the benchmark says so before it times anything.
@@ -19,8 +20,9 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # --precision → lorafw's train.mi
 @dataclass(frozen=True)
 class Run:
     """The reference run (issue 20): batch 2, LoRA 16/8 on the UNet and text encoder, AdamW, cached latents,
-    clip_skip 2, 75 tokens, 4 steps per epoch, 2 epochs, 256 px."""
+    clip_skip 2, 75 tokens, 4 steps per epoch, 2 epochs, 256 px. `arch` anima: see anima_run."""
 
+    arch: str = "sd15"
     batch: int = 2
     dim: int = 16
     alpha: float = 8.0
@@ -41,19 +43,39 @@ class Run:
         return self.steps_per_epoch * self.epochs
 
 
-def lorafw_overrides(run: Run, model: str, data: str, precision: str, clip_skip: int) -> list[str]:
-    """lorafw's key=value list for `run` (everything stated, so a default that changes cannot change the run)."""
+def anima_run(steps_per_epoch: int = 4, epochs: int = 2, device: str = "auto") -> Run:
+    """Issue 25's Anima run: 256 px, batch 2, LoRA 8/1 on the DiT's blocks (sd-scripts' lora_anima default targets,
+    alpha 1 as its guide has it), latents and Qwen3's outputs cached (so the text encoder is not trained), AdamW,
+    constant 1e-4. Qwen3 and T5 take 512 tokens (both trainers' fixed default)."""
+    return Run(arch="anima", dim=8, alpha=1.0, clip_skip=1, steps_per_epoch=steps_per_epoch, epochs=epochs,
+               device=device)
+
+
+def lorafw_overrides(run: Run, model: str, data: str, precision: str, clip_skip: int, text_encoder: str | None = None,
+                     vae: str | None = None) -> list[str]:
+    """lorafw's key=value list for `run` (everything stated, so a default that changes cannot change the run).
+    Anima: `model` is the DiT, `text_encoder` Qwen3's file, `vae` the VAE's; clip_skip does not apply."""
+    if run.arch == "anima":
+        if not (text_encoder and vae):
+            raise ValueError("an Anima run needs the text encoder's and the VAE's files")
+        family = [f"base_model.text_encoder={text_encoder}", f"base_model.vae={vae}",
+                  "dataset.cache_text_encoder_outputs=true", "optimizer.text_encoder_lr=0",
+                  "network.train_llm_adapter=false", "train.prediction_type=flow", "train.timestep_sampling=sigmoid", "train.sigmoid_scale=1.0", "train.discrete_flow_shift=1.0",
+                  "train.weighting_scheme=uniform"]
+    else:
+        family = ["dataset.cache_text_encoder_outputs=false", f"train.clip_skip={clip_skip}",
+                  "train.max_token_length=75"]
     return [
-        f"base_model.path={model}", "base_model.arch=sd15", f"dataset.root={data}", f"dataset.resolution={run.resolution}",
-        "dataset.enable_bucket=true", "dataset.min_bucket_reso=256", "dataset.max_bucket_reso=1024",
-        "dataset.cache_latents=true", "dataset.cache_latents_to_disk=false", "dataset.cache_text_encoder_outputs=false",
+        f"base_model.path={model}", f"base_model.arch={run.arch}", *family, f"dataset.root={data}",
+        f"dataset.resolution={run.resolution}", "dataset.enable_bucket=true", "dataset.min_bucket_reso=256",
+        "dataset.max_bucket_reso=1024", "dataset.cache_latents=true", "dataset.cache_latents_to_disk=false",
         "dataset.shuffle_caption=false", "dataset.flip_aug=false", "dataset.caption_dropout_rate=0",
         "dataset.caption_tag_dropout_rate=0", "dataset.workers=0",  # kohya: max_data_loader_n_workers = 0
         "network.algo=lora", f"network.dim={run.dim}", f"network.alpha={run.alpha:g}",
         "optimizer.name=adamw", f"optimizer.lr={run.lr:g}", "optimizer.weight_decay=0.01", "optimizer.betas=[0.9,0.999]",
         "scheduler.name=constant", f"train.batch_size={run.batch}", f"train.epochs={run.epochs}",
-        f"train.mixed_precision={PRECISIONS[precision]}", f"train.clip_skip={clip_skip}", "train.max_token_length=75",
-        "train.max_grad_norm=1.0", "train.gradient_checkpointing=false", "train.attention=sdpa", f"train.device={run.device}",
+        f"train.mixed_precision={PRECISIONS[precision]}", "train.max_grad_norm=1.0", "train.gradient_checkpointing=false",
+        "train.attention=sdpa", f"train.device={run.device}",
         f"seed={run.seed}", "output.name=bench", "output.save_every_n_epochs=1", "output.save_precision=fp16",
         "log.tensorboard=true", "log.every_n_steps=1",
     ]
@@ -72,6 +94,18 @@ def _opt_arg(name: str) -> Callable[[dict], Any]:
 
 def _get(key: str) -> Callable[[dict], Any]:
     return lambda k: k.get(key)
+
+
+def _net_arg(name: str, unset: Any) -> Callable[[dict], Any]:
+    """A network_args entry (`name=value`, read as sd-scripts' lora_anima does: "true" in any case is True)."""
+    def get(k: dict) -> Any:
+        for a in k.get("network_args") or []:
+            key, _, value = str(a).partition("=")
+            if key.strip() == name:
+                v = value.strip()
+                return v.lower() == "true" if v.lower() in ("true", "false") else v
+        return unset
+    return get
 
 
 # (what, lorafw's dotted key, kohya's value from the merged kohya arguments, how lorafw's value reads in kohya's terms)
@@ -117,6 +151,30 @@ ROWS: list[tuple[str, str, Callable[[dict], Any], Callable[[Any], Any] | None]] 
 ]
 
 
+# Anima (anima_train_network.py): its own model files, networks.lora_anima, attn_mode instead of sdpa, the flow keys;
+# SD's clip_skip and token window do not apply (Qwen3 and T5 take 512 tokens on both sides)
+SD_ONLY = ("network", "clip_skip", "max token length", "attention")
+ANIMA_ROWS: list[tuple[str, str, Callable[[dict], Any], Callable[[Any], Any] | None]] = [
+    ROWS[0],  # base model: the DiT
+    ("text encoder (Qwen3)", "base_model.text_encoder", _get("qwen3"), None),
+    ("VAE", "base_model.vae", _get("vae"), None),
+    *[r for r in ROWS[1:] if r[0] not in SD_ONLY],
+    ("network", "network.algo", _get("network_module"), lambda v: "networks.lora_anima" if v == "lora" else v),
+    ("LLM adapter trained", "network.train_llm_adapter", _net_arg("train_llm_adapter", False), None),
+    ("attention", "train.attention",  # anima_train_network: attn_mode (unset = torch, i.e. SDPA) overrides --sdpa
+     lambda k: {None: "sdpa", "torch": "sdpa", "sdpa": "sdpa"}.get(k.get("attn_mode"), k.get("attn_mode")), None),
+    ("prediction", "train.prediction_type", lambda k: "flow", None),  # anima_train_network trains the flow only
+    ("timestep sampling", "train.timestep_sampling", _get("timestep_sampling"), None),
+    ("sigmoid scale", "train.sigmoid_scale", _get("sigmoid_scale"), None),
+    ("discrete flow shift", "train.discrete_flow_shift", _get("discrete_flow_shift"), None),
+    ("weighting scheme", "train.weighting_scheme", _get("weighting_scheme"), None),
+]
+
+
+def rows_for(arch: str) -> list[tuple[str, str, Callable[[dict], Any], Callable[[Any], Any] | None]]:
+    return ANIMA_ROWS if arch == "anima" else ROWS
+
+
 def kohya_arguments(config: dict, dataset: dict, cli: dict[str, Any] | None = None) -> dict[str, Any]:
     """What train_network.py ends up with: the config file's sections flattened (as read_config_from_file does,
     the [lorafw] section left out), the dataset config's [general] < [[datasets]][0] < its first subset on top,
@@ -155,11 +213,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def settings_rows(spec: dict[str, Any], kohya: dict[str, Any]) -> list[tuple[str, Any, Any, bool]]:
-    """(setting, lorafw's value, kohya's value, the same?) for every row of ROWS; `spec` is lorafw's spec as a
-    dict (RunSpec.to_dict()), `kohya` the merged arguments (kohya_arguments)."""
+    """(setting, lorafw's value, kohya's value, the same?) for every row of the spec's family (rows_for); `spec` is
+    lorafw's spec as a dict (RunSpec.to_dict()), `kohya` the merged arguments (kohya_arguments)."""
     flat = dotted(spec)
     out = []
-    for label, key, kget, as_kohya in ROWS:
+    for label, key, kget, as_kohya in rows_for(str(flat.get("base_model.arch"))):
         ours = _lorafw_value(flat, key)
         theirs = kget(kohya)
         out.append((label, ours, theirs, _same(as_kohya(ours) if as_kohya else ours, theirs)))

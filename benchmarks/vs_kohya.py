@@ -1,6 +1,7 @@
 """lorafw against kohya sd-scripts on the same training run: s/step of each, the ratio, peak RSS, the settings.
 
     .venv/bin/python benchmarks/vs_kohya.py --sd-scripts PATH [--precision fp32|bf16|both] [--repeats N]
+    .venv/bin/python benchmarks/vs_kohya.py --sd-scripts PATH --model anima [--steps-per-epoch N --epochs N]
 
 PATH is an sd-scripts checkout you cloned (nothing of it is copied into lorafw). The run (issue 20): a
 full-size SD1.5 single .safetensors with seeded random weights (built once, cached in --work) and 8
@@ -26,6 +27,14 @@ How:
   autocast ("mixed dtype (CPU): expect parameter to have scalar type of Float"); no sd-scripts option keeps
   that text encoder in fp32 under bf16. When that run fails so, both trainers run that precision at
   clip_skip 1 (the same settings on both sides) and the printout says so.
+
+--model anima (issue 25): a full-size Anima — the DiT (28 blocks × 2048, 16 heads, 2B parameters, its LLM adapter
+inside), Qwen3-0.6B and the Qwen-Image VAE — with seeded random weights as ComfyUI's three bf16 single files (built
+once, cached in --work), 8 images at 256 px; batch 2, LoRA 8/1 on the DiT blocks' attention and MLP layers (sd-scripts'
+networks.lora_anima default targets), bf16, latents and the text encoder's outputs cached, AdamW, constant 1e-4.
+kohya runs anima_train_network.py with the exported TOML pair plus --network_module networks.lora_anima (the export
+writes networks.lora; a note says so) and reads Qwen3's and T5's tokenizers from its own configs/; the same ids as
+lorafw's are checked in kohya's interpreter first (kohya_env.check_anima_tokenizers).
 
 Figures only: nothing asserts. Take final figures on a quiet machine; the load average is printed.
 """
@@ -55,6 +64,7 @@ import steplog  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorafw"
 EXPECTED_DIFFERENCES = {"training state saved each epoch"}  # lorafw's default; --kohya-save-state makes them equal
+ANIMA_DONE = "complete"  # written last into the Anima model folder
 
 
 def bf16_clip_skip_crash(log_text: str) -> str | None:
@@ -89,6 +99,23 @@ def build(model: Path, data: Path, n_images: int, resolution: int, seed: int) ->
     tmp = model.with_suffix(".partial")
     tiny.save_single_file(parts, tmp, torch.float16)
     tmp.rename(model)  # a build cut short is never taken for a model
+
+
+def build_anima(folder: Path, data: Path, n_images: int, resolution: int, seed: int) -> None:
+    """A full-size Anima (the DiT: 28 blocks × 2048, 16 heads, its LLM adapter inside; Qwen3-0.6B; the Qwen-Image VAE)
+    with seeded random weights as ComfyUI's three bf16 single files (lorafw/archs/anima/tiny.py at its FULL sizes, the
+    real shapes: sd-scripts reads Qwen3's and the VAE's configuration from its own files, so nothing smaller loads
+    there); and n captioned images at `resolution` px in data/1_bench."""
+    import torch
+
+    import step_overhead as so
+    from lorafw.archs.anima import tiny
+
+    so.make_images(data, n_images, resolution)
+    if (folder / ANIMA_DONE).is_file():
+        return
+    tiny.write(folder, tiny.FULL, seed, torch.bfloat16)
+    (folder / ANIMA_DONE).write_text("built\n")  # a build cut short is never taken for a model
 
 
 # -- one child process --------------------------------------------------------------------------------------------
@@ -177,15 +204,18 @@ class Plan:
     rows: list[tuple[str, Any, Any, bool]]
 
 
-def prepare(run: ks.Run, precision: str, clip_skip: int, model: Path, data: Path, folder: Path, kohya_cli: dict[str, Any]) -> Plan:
-    """lorafw's spec for this precision as a run folder's config.yaml, and `lorafw export` of it."""
+def prepare(run: ks.Run, precision: str, clip_skip: int, model: Path, data: Path, folder: Path,
+            kohya_cli: dict[str, Any], parts: dict[str, str] | None = None) -> Plan:
+    """lorafw's spec for this precision as a run folder's config.yaml, and `lorafw export` of it. `parts`: Anima's
+    text_encoder and vae files."""
     import tomllib
 
     from lorafw.config.compose import compose
     from lorafw.outputs.record import write_config
     from lorafw.run import resolve_outputs
 
-    spec = resolve_outputs(compose(None, ks.lorafw_overrides(run, str(model), str(data), precision, clip_skip)), folder)
+    overrides = ks.lorafw_overrides(run, str(model), str(data), precision, clip_skip, **(parts or {}))
+    spec = resolve_outputs(compose(None, overrides), folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_config(folder, spec)
     out = folder / "kohya"
@@ -197,10 +227,23 @@ def prepare(run: ks.Run, precision: str, clip_skip: int, model: Path, data: Path
     return Plan(precision, clip_skip, folder, spec.to_dict(), config, dataset, ks.settings_rows(spec.to_dict(), merged))
 
 
-def kohya_command(py: Path, plan: Plan, out: Path, tokenizers: Path, save_state: bool) -> list[str]:
-    return [str(py), "train_network.py", "--config_file", str(plan.kohya_config), "--dataset_config", str(plan.kohya_dataset),
-            "--output_dir", str(out), "--logging_dir", str(out / "logs"), "--log_with", "tensorboard",
-            "--tokenizer_cache_dir", str(tokenizers)] + (["--save_state"] if save_state else [])
+KOHYA_SCRIPTS = {"sd15": "train_network.py", "anima": "anima_train_network.py"}
+
+
+def cli_args(cli: dict[str, Any]) -> list[str]:
+    """kohya's command-line arguments for `cli` ({name: value}, True = a flag): what kohya_arguments merged."""
+    out: list[str] = []
+    for k, v in cli.items():
+        out += [f"--{k}"] if v is True else [] if v is False or v is None else [f"--{k}", str(v)]
+    return out
+
+
+def kohya_command(py: Path, arch: str, plan: Plan, out: Path, cli: dict[str, Any],
+                  tokenizers: Path | None) -> list[str]:
+    return ([str(py), KOHYA_SCRIPTS[arch], "--config_file", str(plan.kohya_config),
+             "--dataset_config", str(plan.kohya_dataset), "--output_dir", str(out), "--logging_dir", str(out / "logs")]
+            + cli_args(cli)
+            + (["--tokenizer_cache_dir", str(tokenizers)] if tokenizers else []))
 
 
 def lorafw_command(plan: Plan, out: Path) -> list[str]:
@@ -221,6 +264,37 @@ def read_figures(res: Result, run: ks.Run) -> None:
 
 
 # -- main ------------------------------------------------------------------------------------------------------
+ANIMA_NETWORK = "networks.lora_anima"
+
+
+def anima_model(work: Path, seed: int, data: Path) -> tuple[Path, bool]:
+    """The full-size Anima's DiT file in `work` and whether its folder (and the dataset) is complete."""
+    folder = work / f"anima-full-seed{seed}-bf16"
+    return folder / "anima.safetensors", (folder / ANIMA_DONE).is_file() and (data / "1_bench").is_dir()
+
+
+def exported_network_module(config: Path) -> str | None:
+    import tomllib
+
+    return tomllib.loads(config.read_text()).get("network_arguments", {}).get("network_module")
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere), as the figures are that CPU's."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def git_rev(path: Path) -> str:
     p = subprocess.run(["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
     return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown (not a git checkout)"
@@ -242,7 +316,8 @@ def kohya_environment(args: argparse.Namespace, work: Path, notes: list[str]) ->
         shim = kohya_env.write_torchvision_shim(work / "torchvision-shim")
         env["PYTHONPATH"] = str(shim)
         notes.append(f"torchvision: the kohya interpreter cannot import it ({why}); lorafw's stand-in (Compose, ToTensor, "
-                     f"Normalize, pil_to_tensor; benchmarks/kohya_env.py) first on kohya's PYTHONPATH: {shim}")
+                     f"Normalize, pil_to_tensor, nearest resize of tensors; benchmarks/kohya_env.py) first on kohya's "
+                     f"PYTHONPATH: {shim}")
     return py, env
 
 
@@ -252,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kohya-venv", default=str(CACHE / "kohya-venv"), help="sd-scripts' venv, made on first use (default %(default)s)")
     ap.add_argument("--kohya-python", default=None, help="use this interpreter for sd-scripts instead of --kohya-venv")
     ap.add_argument("--kohya-torch", default=kohya_env.TORCH_PIN, help="torch requirement installed first into the venv")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    ap.add_argument("--model", choices=["sd15", "anima"], default="sd15",
+                    help="the family: sd15 (issue 20's run) or anima (issue 25's; bf16 only unless --precision says)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default=None,
+                    help="default: both (sd15), bf16 (anima)")
     ap.add_argument("--repeats", type=int, default=1, help="kohya, lorafw pairs per precision, alternating")
     ap.add_argument("--steps-per-epoch", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
@@ -271,7 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vs_kohya: {args.sd_scripts} is not an sd-scripts checkout (no train_network.py / requirements.txt); "
               "clone kohya-ss/sd-scripts and pass its folder", file=sys.stderr)
         return 2
-    run = ks.Run(clip_skip=args.clip_skip, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, device=args.device)
+    anima = args.model == "anima"
+    if anima:
+        run = ks.anima_run(args.steps_per_epoch, args.epochs, args.device)
+        if not (args.sd_scripts / KOHYA_SCRIPTS["anima"]).is_file():
+            print(f"vs_kohya: {args.sd_scripts} has no anima_train_network.py (sd-scripts before Anima support, "
+                  "February 2026); update the checkout", file=sys.stderr)
+            return 2
+    else:
+        run = ks.Run(clip_skip=args.clip_skip, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs,
+                     device=args.device)
+    precision = args.precision or ("bf16" if anima else "both")
     work = args.work.expanduser()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     runs_dir = work / "runs" / stamp
@@ -284,38 +372,64 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
 
-    from lorafw.models.tokenizer import clip_tokenizer, clip_tokenizer_dir
-
-    tokenizers = work / "tokenizers"
-    folders = kohya_env.write_tokenizer_cache(tokenizers, clip_tokenizer_dir())
-    kohya_env.check_tokenizer(kpy, folders[0], clip_tokenizer(), ["bench, picture 0", "a (long:1.2) caption, " * 20], kenv)
-    notes.append(f"tokenizer: sd-scripts reads lorafw's bundled CLIP files from {tokenizers} (--tokenizer_cache_dir); "
-                 "the same ids as lorafw's tokenizer, checked in kohya's interpreter")
-
-    model = work / f"sd15-random-seed{run.seed}-fp16.safetensors"
     data = work / f"data-{run.images}x{run.resolution}"
-    if not model.is_file() or not (data / "1_bench").is_dir():
-        print(f"vs_kohya: building {'the full-size SD1.5 model (random weights, ~2 GB; once) and ' if not model.is_file() else ''}"
-              f"the dataset in {work}", flush=True)
+    parts: dict[str, str] = {}
+    tokenizers: Path | None = None
+    if anima:
+        model, ready = anima_model(work, run.seed, data)
+        parts = {"text_encoder": str(model.parent / "qwen_3_06b_base.safetensors"),
+                 "vae": str(model.parent / "qwen_image_vae.safetensors")}
+        what, builder, target = ("the full-size Anima (random weights, ~5 GB of bf16 files; once)", "build_anima",
+                                 model.parent)
+    else:
+        model = work / f"sd15-random-seed{run.seed}-fp16.safetensors"
+        ready = model.is_file() and (data / "1_bench").is_dir()
+        what, builder, target = "the full-size SD1.5 model (random weights, ~2 GB; once)", "build", model
+    if not ready:
+        have = (model.parent / ANIMA_DONE).is_file() if anima else model.is_file()
+        print(f"vs_kohya: building {what + ' and ' if not have else ''}the dataset in {work}", flush=True)
         code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks']; import vs_kohya; from pathlib import Path; "
-                "vs_kohya.build(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))")
-        subprocess.run([sys.executable, "-c", code, str(ROOT), str(model), str(data), str(run.images), str(run.resolution),
+                f"vs_kohya.{builder}(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))")
+        subprocess.run([sys.executable, "-c", code, str(ROOT), str(target), str(data), str(run.images), str(run.resolution),
                         str(run.seed)], check=True)
+    if anima:
+        from lorafw.archs.anima.text import tokenizers as anima_tokenizers
+
+        kohya_env.check_anima_tokenizers(kpy, args.sd_scripts, Path(parts["text_encoder"]), anima_tokenizers(),
+                                         ["bench, picture 0", "1girl, (masterpiece:1.2), " * 30], kenv)
+        notes.append("tokenizers: sd-scripts reads Qwen3's and T5's from its configs/ (anima_utils); the same ids and "
+                     "masks as lorafw's at 512 tokens, checked in kohya's interpreter")
+    else:
+        from lorafw.models.tokenizer import clip_tokenizer, clip_tokenizer_dir
+
+        tokenizers = work / "tokenizers"
+        folders = kohya_env.write_tokenizer_cache(tokenizers, clip_tokenizer_dir())
+        kohya_env.check_tokenizer(kpy, folders[0], clip_tokenizer(), ["bench, picture 0", "a (long:1.2) caption, " * 20], kenv)
+        notes.append(f"tokenizer: sd-scripts reads lorafw's bundled CLIP files from {tokenizers} (--tokenizer_cache_dir); "
+                     "the same ids as lorafw's tokenizer, checked in kohya's interpreter")
     setup_s = time.perf_counter() - t_setup
 
-    kohya_cli = {"log_with": "tensorboard", **({"save_state": True} if args.kohya_save_state else {})}
-    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    kohya_cli = {"log_with": "tensorboard", **({"save_state": True} if args.kohya_save_state else {}),
+                 **({"network_module": ANIMA_NETWORK} if anima else {})}
+    precisions = ["fp32", "bf16"] if precision == "both" else [precision]
     results: list[Result] = []
     plans: dict[str, Plan] = {}
     for prec in precisions:
         clip = args.bf16_clip_skip if prec == "bf16" and args.bf16_clip_skip else run.clip_skip
-        plan = prepare(run, prec, clip, model, data, runs_dir / f"{prec}-clip{clip}", kohya_cli)
+        folder = runs_dir / (f"anima-{prec}" if anima else f"{prec}-clip{clip}")
+        plan = prepare(run, prec, clip, model, data, folder, kohya_cli, parts)
         bad = [r[0] for r in plan.rows if not r[3] and r[0] not in EXPECTED_DIFFERENCES]
         if bad:
             notes.append(f"{prec}: the exported kohya settings differ from lorafw's in: {', '.join(bad)} (an exporter bug)")
+        if anima:
+            exported = exported_network_module(plan.kohya_config)
+            if exported != ANIMA_NETWORK:
+                notes.append(f"`lorafw export` wrote network_module = {exported} for this Anima run "
+                             "(lorafw/interop/kohya.py has no Anima case); kohya was given "
+                             f"--network_module {ANIMA_NETWORK} on its command line")
         for rep in range(1, args.repeats + 1):
             for trainer in ("kohya", "lorafw"):
-                res = train_one(trainer, plan, rep, runs_dir, kpy, kenv, lenv, tokenizers, args, run)
+                res = train_one(trainer, plan, rep, runs_dir, kpy, kenv, lenv, tokenizers, args, run, kohya_cli)
                 crash = (bf16_clip_skip_crash(res.log.read_text(errors="replace"))
                          if trainer == "kohya" and res.child.rc and prec == "bf16" and plan.clip_skip > 1 else None)
                 if crash:
@@ -323,12 +437,13 @@ def main(argv: list[str] | None = None) -> int:
                                  f"final_layer_norm ({crash}; {res.log}): bf16 was run at clip_skip 1 by both trainers")
                     print(f"vs_kohya: kohya's bf16 crashed at clip_skip {plan.clip_skip} ({crash}); both at clip_skip 1", flush=True)
                     plan = prepare(run, prec, 1, model, data, runs_dir / f"{prec}-clip1", kohya_cli)
-                    res = train_one(trainer, plan, rep, runs_dir, kpy, kenv, lenv, tokenizers, args, run)
+                    res = train_one(trainer, plan, rep, runs_dir, kpy, kenv, lenv, tokenizers, args, run, kohya_cli)
                 results.append(res)
         plans[prec] = plan
 
-    header = [f"vs_kohya {stamp}: lorafw {git_rev(ROOT)} vs sd-scripts {git_rev(args.sd_scripts)} ({args.sd_scripts})",
-              f"machine: {os.cpu_count()} CPUs, threads {args.threads or 'default'}, device {args.device}; load average "
+    header = [f"vs_kohya {stamp} ({args.model}): lorafw {git_rev(ROOT)} vs sd-scripts {git_rev(args.sd_scripts)} "
+              f"({args.sd_scripts})",
+              f"machine: {cpu_name()}; {os.cpu_count()} CPUs, threads {args.threads or 'default'}, device {args.device}; load average "
               f"{load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; setup {setup_s:.0f} s; runs in {runs_dir}"]
     text = report(results, plans, notes, header, EXPECTED_DIFFERENCES)
     print("\n" + text)
@@ -344,12 +459,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_one(trainer: str, plan: Plan, rep: int, runs_dir: Path, kpy: Path, kenv: dict[str, str], lenv: dict[str, str],
-              tokenizers: Path, args: argparse.Namespace, run: ks.Run) -> Result:
+              tokenizers: Path | None, args: argparse.Namespace, run: ks.Run, kohya_cli: dict[str, Any]) -> Result:
     out = plan.folder / f"{trainer}-{rep}"
     log = plan.folder / f"{trainer}-{rep}.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     if trainer == "kohya":
-        cmd, cwd, env = kohya_command(kpy, plan, out, tokenizers, args.kohya_save_state), args.sd_scripts, kenv
+        cmd, cwd, env = kohya_command(kpy, run.arch, plan, out, kohya_cli, tokenizers), args.sd_scripts, kenv
     else:
         cmd, cwd, env = lorafw_command(plan, out), ROOT, lenv
     print(f"vs_kohya: {plan.precision} run {rep}: {trainer} … ({log})", flush=True)

@@ -139,6 +139,112 @@ def test_the_export_gives_kohya_the_same_run(precision):
     assert "| clip_skip | 1 | unset |  |" in ks.render_rows(rows)
 
 
+@pytest.fixture
+def anima_registered(monkeypatch):
+    """The anima family by its entry point, as an installed lorafw registers it (pyproject.toml), for a lorafw whose
+    installed metadata predates it."""
+    from importlib.metadata import EntryPoint
+
+    from lorafw import families
+
+    eps = families._entry_points()
+    if "anima" not in eps:
+        ep = EntryPoint("anima", "lorafw.archs.anima:ARCH", families.ENTRY_POINT_GROUP)
+        monkeypatch.setattr(families, "_entry_points", lambda: {**eps, "anima": ep})
+
+
+def _exported_anima():
+    from lorafw.config.compose import compose
+    from lorafw.interop.kohya import export_kohya
+
+    run = ks.anima_run()
+    ov = ks.lorafw_overrides(run, "/m/anima.safetensors", "/d", "bf16", 1, text_encoder="/m/qwen_3_06b_base.safetensors",
+                             vae="/m/qwen_image_vae.safetensors")
+    spec = compose(None, ov, check_paths=False)
+    cfg, ds = export_kohya(spec, run.steps, [("/d/1_bench", 1, {})])
+    return spec, json.loads(json.dumps(cfg)), ds
+
+
+def test_the_anima_export_gives_anima_train_network_the_same_run(anima_registered):
+    vs = _load("vs_kohya")
+    spec, cfg, ds = _exported_anima()
+    cli = {"log_with": "tensorboard", "network_module": vs.ANIMA_NETWORK}
+    rows = ks.settings_rows(spec.to_dict(), ks.kohya_arguments(cfg, ds, cli))
+    assert [r[0] for r in rows] == [r[0] for r in ks.ANIMA_ROWS]  # the family's table, not SD's
+    assert not {"clip_skip", "max token length"} & {r[0] for r in rows}
+    differ = {r[0]: (r[1], r[2]) for r in rows if not r[3]}
+    assert differ == {"training state saved each epoch": (True, False)}
+    by = {r[0]: (r[1], r[2]) for r in rows}
+    assert by["text encoder (Qwen3)"] == ("/m/qwen_3_06b_base.safetensors",) * 2  # sd-scripts' --qwen3
+    assert by["VAE"] == ("/m/qwen_image_vae.safetensors",) * 2 and by["base model"] == ("/m/anima.safetensors",) * 2
+    assert by["network"] == ("lora", "networks.lora_anima") and by["LLM adapter trained"] == (False, False)
+    assert by["LoRA dim"] == (8, 8) and by["LoRA alpha"] == (1.0, 1.0) and by["precision"] == ("bf16", "bf16")
+    assert by["text encoder trained"] == (False, False) and by["cache text-encoder outputs"] == (True, True)
+    assert by["timestep sampling"] == ("sigmoid", "sigmoid") and by["discrete flow shift"] == (1.0, 1.0)
+    assert by["attention"] == ("sdpa", "sdpa")  # anima_train_network: attn_mode unset = torch's SDPA
+    # the export alone names SD's LoRA module: the command line's --network_module is what makes the row equal
+    rows = ks.settings_rows(spec.to_dict(), ks.kohya_arguments(cfg, ds, {"log_with": "tensorboard"}))
+    assert {r[0] for r in rows if not r[3]} == {"network", "training state saved each epoch"}
+    assert cfg["network_arguments"]["network_module"] == "networks.lora"
+
+
+def test_anima_rows_read_sd_scripts_own_arguments():
+    k = {"network_args": ["train_llm_adapter=True"], "attn_mode": "xformers", "qwen3": "/q"}
+    get = {r[0]: r[2] for r in ks.ANIMA_ROWS}
+    assert get["LLM adapter trained"](k) is True and get["LLM adapter trained"]({}) is False
+    assert get["attention"](k) == "xformers" and get["attention"]({"attn_mode": "sdpa"}) == "sdpa"
+    assert get["text encoder (Qwen3)"](k) == "/q"
+    assert ks.rows_for("anima") is ks.ANIMA_ROWS and ks.rows_for("sd15") is ks.ROWS
+    with pytest.raises(ValueError, match="text encoder"):
+        ks.lorafw_overrides(ks.anima_run(), "/m", "/d", "bf16", 1)
+
+
+def test_the_anima_run():
+    run = ks.anima_run(3, 2)
+    assert (run.arch, run.dim, run.alpha, run.batch, run.resolution, run.images, run.steps) == ("anima", 8, 1.0, 2, 256, 6, 6)
+    ov = ks.lorafw_overrides(run, "/m", "/d", "bf16", 1, text_encoder="/q", vae="/v")
+    assert {"base_model.arch=anima", "base_model.text_encoder=/q", "base_model.vae=/v", "optimizer.text_encoder_lr=0",
+            "dataset.cache_text_encoder_outputs=true", "train.prediction_type=flow", "network.dim=8"} <= set(ov)
+    assert not [o for o in ov if o.startswith(("train.clip_skip", "train.max_token_length"))]
+    assert len({o.split("=")[0] for o in ov}) == len(ov)  # each key once
+
+
+def test_kohyas_command_line_is_what_the_table_merged(tmp_path):
+    vs = _load("vs_kohya")
+    plan = vs.Plan("bf16", 1, tmp_path, {}, tmp_path / "c.toml", tmp_path / "d.toml", [])
+    cli = {"log_with": "tensorboard", "save_state": True, "network_module": vs.ANIMA_NETWORK, "off": False}
+    cmd = vs.kohya_command(Path("/py"), "anima", plan, tmp_path / "o", cli, None)
+    assert cmd[:2] == ["/py", "anima_train_network.py"] and "--tokenizer_cache_dir" not in cmd
+    assert cmd[-5:] == ["--log_with", "tensorboard", "--save_state", "--network_module", "networks.lora_anima"]
+    cmd = vs.kohya_command(Path("/py"), "sd15", plan, tmp_path / "o", {"log_with": "tensorboard"}, tmp_path / "tok")
+    assert cmd[1] == "train_network.py" and cmd[-4:] == ["--log_with", "tensorboard", "--tokenizer_cache_dir", str(tmp_path / "tok")]
+    (tmp_path / "c.toml").write_text('[network_arguments]\nnetwork_module = "networks.lora"\n')
+    assert vs.exported_network_module(tmp_path / "c.toml") == "networks.lora"
+
+
+def test_the_cpu_is_named():
+    vs = _load("vs_kohya")
+    info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\nflags\t: avx2\n"
+    assert vs.cpu_name(info) == "AMD EPYC 9R14 96-Core Processor"
+    assert vs.cpu_name("processor\t: 0\n") and vs.cpu_name()  # never empty
+
+
+def test_anima_token_ids_are_compared_tensor_by_tensor():
+    from lorafw.archs.anima.text import tokenizers
+
+    qwen, t5 = tokenizers()
+    texts = ["bench, picture 0", "1girl, (masterpiece:1.2), " * 30]
+    want = kohya_env.anima_token_tensors(qwen, t5, texts)
+    assert [len(x[0]) for x in want] == [512] * 4 and sum(want[1][0]) == len(qwen("bench, picture 0").input_ids)
+    assert kohya_env.first_difference(want, json.loads(json.dumps(want))) is None
+    other = json.loads(json.dumps(want))
+    other[2][1][5] += 1
+    assert kohya_env.first_difference(other, want) == f"T5 ids, text 1, token 5: {want[2][1][5] + 1} vs {want[2][1][5]}"
+    assert kohya_env.first_difference(want[:2], want) == "2 tensors vs 4"
+    short = kohya_env.anima_token_tensors(qwen, t5, texts, length=300)  # a window sd-scripts was not given
+    assert kohya_env.first_difference(short, want).startswith("Qwen3 ids, text 0, token 300")
+
+
 def test_a_wrong_export_shows_as_a_differing_row():
     spec, cfg, ds = _exported("fp32")
     cfg["training_arguments"]["mixed_precision"] = "fp16"
@@ -244,6 +350,20 @@ n = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5]
 assert torch.allclose(n, t * 2 - 1)
 n3 = transforms.Normalize([0.1, 0.2, 0.3], [1.0, 2.0, 4.0])(t)
 assert torch.allclose(n3[2], (t[2] - 0.3) / 4)
+m = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]], dtype=torch.bfloat16)  # (B, 1, H, W): Anima's padding mask
+r = transforms.functional.resize(m, [4, 4], interpolation=transforms.InterpolationMode.NEAREST)
+assert r.shape == (1, 1, 4, 4) and r.dtype == torch.bfloat16 and r[0, 0, 1, 1] == 1 and r[0, 0, 3, 3] == 2 and r[0, 0, 0, 3] == 0
+assert torch.equal(transforms.functional.resize(torch.zeros(2, 1, 32, 32), [16, 16], transforms.InterpolationMode.NEAREST),
+                   torch.zeros(2, 1, 16, 16))
+assert transforms.functional.resize(torch.zeros(3, 4, 8), 2, transforms.InterpolationMode.NEAREST).shape == (3, 2, 4)
+assert transforms.functional.resize(torch.ones(1, 5, 5, dtype=torch.uint8), [2, 2], transforms.InterpolationMode.NEAREST).dtype == torch.uint8
+for bad in (lambda: transforms.functional.resize(m, [4, 4]), lambda: transforms.functional.resize(img, [4, 4], transforms.InterpolationMode.NEAREST)):
+    try:
+        bad()
+    except (NotImplementedError, TypeError) as e:
+        assert "stand-in" in str(e), e
+    else:
+        raise AssertionError("bilinear and PIL resizing are not in the stand-in")
 try:
     from torchvision.transforms import RandomCrop
 except ImportError as e:
