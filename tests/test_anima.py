@@ -165,13 +165,20 @@ def test_a_dit_without_adapter_needs_the_adapter_file(files, models, tmp_path):
 
 # -- loading -------------------------------------------------------------------------------------------------------
 
-def test_bf16_files_load_in_fp32(tmp_path, models):
-    """Anima ships bf16; the loaded parts are fp32 until the trainer places them (the protocol's Models)."""
+def test_bf16_files_load_in_their_dtype_and_train_in_the_runs(tmp_path, models):
+    """Anima ships bf16: the DiT and Qwen3 load as the file's tensors, with no fp32 copy of the 2B model (the
+    trainer's cast_frozen gives them the run's dtype); the VAE is fp32 for encoding."""
+    from lorafw.trainers.setup import cast_frozen
+
     f = tiny.write(tmp_path, dtype=torch.bfloat16)
     m = load(f)
-    for part in (m.denoiser, m.vae, *m.text_encoders):
-        assert {p.dtype for p in part.parameters()} == {torch.float32}
+    for part in (m.denoiser, *m.text_encoders):
+        assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in m.vae.parameters()} == {torch.float32}
     assert read_header(f.dit).tensors["net.blocks.0.mlp.layer1.weight"].dtype == "BF16"
+    cast_frozen(SimpleNamespace(device=torch.device("cpu"), wdtype=torch.float32), m.denoiser)  # a fp32 run
+    assert {p.dtype for p in m.denoiser.parameters()} == {torch.float32}
+
 
 def test_every_tensor_of_the_dit_file_lands_in_the_denoiser(files, models):
     """Each tensor of the file (but the RoPE tables diffusers computes) is one of the denoiser's, unchanged, and

@@ -30,7 +30,8 @@ Text = dict[str, "torch.Tensor"]
 
 @dataclass
 class Models:
-    """A loaded base model, frozen, in fp32 on the CPU until the trainer places it."""
+    """A loaded base model, frozen, on the CPU in the file's dtype (or fp32) until the trainer places and casts it
+    (trainers/setup.cast_frozen): a 2B model is not copied to fp32 on the way."""
 
     info: Any  # the family's description of the checkpoint (what inspect returned)
     denoiser: torch.nn.Module  # the UNet or DiT

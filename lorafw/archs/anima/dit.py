@@ -169,7 +169,9 @@ def build(info: AnimaInfo, dit_state: dict[str, torch.Tensor], adapter_state: di
                              f"unexpected {sorted(unexpected)[:3]}); it is another Cosmos model or a damaged file")
     adapter.rotary_emb = type(adapter.rotary_emb)(adapter.config.model_dim // adapter.config.num_attention_heads)
     # (its inv_freq, a non-persistent buffer, was made on the meta device above)
-    denoiser = AnimaDenoiser(dit, adapter).float()
+    # in the file's dtypes, the tensors read from it (no fp32 copy of a 2B model: the trainer casts it once,
+    # setup.cast_frozen, to the run's dtype)
+    denoiser = AnimaDenoiser(dit, adapter)
     denoiser.requires_grad_(False)
     return denoiser.eval()
 

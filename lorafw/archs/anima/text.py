@@ -80,8 +80,7 @@ def load_qwen3(path: Path) -> tuple[Qwen3Model, PreTrainedTokenizerBase | None]:
                              f"unexpected {sorted(unexpected)[:3]})")
         model.rotary_emb = type(model.rotary_emb)(config=model.config)  # its buffers were made on the meta device
         tok = None
-    model = model.float()
-    model.config.use_cache = False
+    model.config.use_cache = False  # in the file's dtype: the trainer casts it (setup.cast_frozen)
     model.requires_grad_(False)
     return model.eval(), tok
 
