@@ -573,3 +573,17 @@ def test_a_gui_json_anima_run_imports_faithfully(tmp_path):
     assert (s.network.dim, s.network.alpha, s.optimizer.text_encoder_lr, s.dataset.cache_text_encoder_outputs) == (8, 1.0, 0.0, True)
     assert (s.train.timestep_sampling, s.train.discrete_flow_shift, s.train.epochs) == ("sigmoid", 1.0, 10)
     assert {p.key: p.why for p in imp.no_effect}["down_lr_weight"] == "not used by LoRA_type = Anima"
+
+
+def test_the_rectified_flow_sdxl_forks_keys_are_refused_with_lorafws_way(tmp_path):
+    """bluvoll/sd-scripts' RF options (Easy Training Scripts' RF support) are not sd-scripts' names: each is refused
+    naming what lorafw trains those models with (train.prediction_type=flow, base_model=sdxl_rf), not as unknown."""
+    (tmp_path / "data" / "1_x").mkdir(parents=True)
+    toml = tmp_path / "rf.toml"
+    toml.write_text(f'pretrained_model_name_or_path = "/m/rf.safetensors"\ntrain_data_dir = "{tmp_path / "data"}"\n'
+                    'max_train_epochs = 4\nflow_model = true\nflow_use_ot = true\nflow_logit_mean = -0.2\n'
+                    'flow_uniform_static_ratio = 2.5\n')
+    refused = {p.key: p.why for p in import_config(toml).not_honoured}
+    assert "prediction_type=flow" in refused["flow_model"] and "sdxl_rf" in refused["flow_model"]
+    assert "logit_mean" in refused["flow_logit_mean"] and "discrete_flow_shift" in refused["flow_uniform_static_ratio"]
+    assert "lorafw has none" in refused["flow_use_ot"]

@@ -103,6 +103,16 @@ WHY: dict[str, str] = {
     "color_aug": "lorafw has no colour augmentation", "random_crop": "lorafw has no random crop",
     "class_tokens": "lorafw needs a caption file per image (kohya captions the others with class_tokens)",
     "fp8_base": "lorafw keeps the base model in 16/32 bits",
+    # the rectified-flow SDXL fork (bluvoll/sd-scripts, Easy Training Scripts' RF support): docs/models.md translates it
+    "flow_model": "the rectified-flow SDXL fork's switch: lorafw trains those models as train.prediction_type=flow "
+                  "(+recipe=sdxl_rf or base_model=sdxl_rf; docs/models.md translates the fork's flow_* keys)",
+    **{k: "the rectified-flow SDXL fork's σ draw: in lorafw train.timestep_sampling, logit_mean, logit_std and "
+          "discrete_flow_shift (base_model=sdxl_rf sets the makers' values; docs/models.md)"
+       for k in ("flow_timestep_distribution", "flow_logit_mean", "flow_logit_std", "flow_uniform_static_ratio",
+                 "flow_uniform_shift", "flow_uniform_base_pixels")},
+    "flow_use_ot": "the rectified-flow fork's optimal-transport noise pairing: lorafw has none",
+    "contrastive_flow_matching": "the rectified-flow fork's contrastive flow matching: lorafw has none",
+    "cfm_lambda": "the rectified-flow fork's contrastive flow matching: lorafw has none",
 }
 BUCKET_KEYS = tuple(K[k] for k in ("dataset.min_bucket_reso", "dataset.max_bucket_reso", "dataset.bucket_reso_steps",
                                    "dataset.bucket_no_upscale"))
