@@ -1,4 +1,4 @@
-"""lorafw: declarative LoRA / LoCon / DoRA training for SD1.5 and SDXL (Pony) models.
+"""lorafw: declarative LoRA / LoCon / DoRA training for SD1.5, SDXL (Pony, Illustrious, NoobAI) and Anima models.
 
 From Python (e.g. a Colab notebook):
 

@@ -511,12 +511,11 @@ def test_anima_trains_through_the_cli(tmp_path, tiny_dataset, files):
 
     site = install_entry_point(tmp_path / "site")
     out = tmp_path / "run"
-    args = ["+recipe=sd15_character", *tiny_overrides(files.dit, tiny_dataset, out), "base_model.arch=anima",
+    args = ["+recipe=anima_character", *tiny_overrides(files.dit, tiny_dataset, out),
             f"base_model.text_encoder={files.text_encoder}", f"base_model.vae={files.vae}",
             "network.train_llm_adapter=true", "optimizer.llm_adapter_lr=5e-3", "train.epochs=2",
-            "optimizer=adamw", "optimizer.lr=1e-2", "optimizer.text_encoder_lr=0", "train.gradient_checkpointing=true",
-            "sample.every_n_epochs=1", "sample.steps=3", "validation.split=0.25", "output.save_precision=fp32",
-            "dataset.cache_text_encoder_outputs=true", "dataset.shuffle_caption=false", "train.min_snr_gamma=null"]
+            "optimizer=adamw", "optimizer.lr=1e-2", "sample.every_n_epochs=1", "sample.steps=3",
+            "validation.split=0.25", "output.save_precision=fp32", "train.mixed_precision=no"]
     p = cli(site, *args, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
@@ -534,6 +533,10 @@ def test_anima_trains_through_the_cli(tmp_path, tiny_dataset, files):
         f"lora_unet_llm_adapter_blocks_{b}_{n}" for b in (0, 1) for n in ADAPTER_LAYERS}
     assert meta["ss_base_model_version"] == "anima" and meta["modelspec.architecture"] == "anima-preview/lora"
     assert sorted(q.name for q in (out / "samples").glob("*.png")) == ["toy-01_00.png", "toy-02_00.png"]
+    p = cli(site, "grid", str(out), cwd=tmp_path)  # epoch × weight grid, the recommendation, the report
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert (out / "grids" / "prompt-00.png").is_file() and (out / "report.html").is_file()
+    assert "recommended: epoch" in p.stdout + p.stderr
 
     again = tmp_path / "again"
     p = cli(site, *args, f"output.dir={again}", "output.save_state_every_n_steps=2", cwd=tmp_path,
