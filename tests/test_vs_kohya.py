@@ -182,10 +182,10 @@ def test_the_anima_export_gives_anima_train_network_the_same_run(anima_registere
     assert by["text encoder trained"] == (False, False) and by["cache text-encoder outputs"] == (True, True)
     assert by["timestep sampling"] == ("sigmoid", "sigmoid") and by["discrete flow shift"] == (1.0, 1.0)
     assert by["attention"] == ("sdpa", "sdpa")  # anima_train_network: attn_mode unset = torch's SDPA
-    # the export alone names SD's LoRA module: the command line's --network_module is what makes the row equal
+    # the export alone names Anima's LoRA module (lorafw/interop/kohya.py): no command-line help needed
     rows = ks.settings_rows(spec.to_dict(), ks.kohya_arguments(cfg, ds, {"log_with": "tensorboard"}))
-    assert {r[0] for r in rows if not r[3]} == {"network", "training state saved each epoch"}
-    assert cfg["network_arguments"]["network_module"] == "networks.lora"
+    assert {r[0] for r in rows if not r[3]} == {"training state saved each epoch"}
+    assert cfg["network_arguments"]["network_module"] == "networks.lora_anima"
 
 
 def test_anima_rows_read_sd_scripts_own_arguments():

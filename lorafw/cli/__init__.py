@@ -68,7 +68,8 @@ def is_command_word(arg: str) -> bool:
 
 
 def help_text() -> str:
-    lines = ["lorafw: declarative LoRA / LoCon / DoRA training for SD1.5, SDXL (Pony, Illustrious, NoobAI, RF) and Anima models.",
+    lines = ["lorafw: declarative LoRA / LoCon / DoRA training for SD1.5, SDXL (Pony, Illustrious, NoobAI, RF) "
+             "and Anima models.",
              "",
              "Train:   lorafw +recipe=sd15_character base_model.path=MODEL.safetensors dataset.root=DATA_DIR",
              "Sweep:   lorafw -m +recipe=sd15_character optimizer.lr=1e-4,5e-4 network.dim=8,16",

@@ -39,8 +39,8 @@ TARGETS = AdapterTargets(denoiser=("Attention", "FeedForward"), denoiser_conv=()
 class Anima:
     name = "anima"
     label = "Anima"
-    te_prefixes = ("lora_te",)
-    predictions = ("flow",)
+    te_prefixes: tuple[str, ...] = ("lora_te",)
+    predictions: tuple[str, ...] = ("flow",)
     flow_timestep_scale = 1.0  # the DiT takes σ itself (sd-scripts feeds timesteps / 1000)
     targets = TARGETS
     # what sd-scripts writes: ss_base_model_version from AnimaNetworkTrainer.load_target_model, the modelspec from

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, cast
 import torch
 from PIL import Image
 
-from lorafw.archs.protocol import Models
+from lorafw.archs.protocol import Architecture, Models
 from lorafw.config.prompts import SamplePrompt
 from lorafw.config.spec import TrainSpec
 from lorafw.objective.flow import ANIMA_SAMPLE_SHIFT, sampling_sigmas
 from lorafw.sampling.flow_euler import initial_noise
 
 if TYPE_CHECKING:
-    from lorafw.archs.anima import Anima
     from lorafw.archs.anima.dit import AnimaDenoiser
     from lorafw.placement import Parking
 
@@ -37,7 +36,7 @@ class FlowRenderer:
     and the negative's velocities as two passes, x back in the DiT's dtype after every step, so a bf16 sample is
     the one sd-scripts renders."""
 
-    def __init__(self, arch: Anima, models: Models, train: TrainSpec | None, device: torch.device,
+    def __init__(self, arch: Architecture, models: Models, train: TrainSpec | None, device: torch.device,
                  parking: Parking | None = None) -> None:
         self.arch, self.models, self.train, self.device, self.parking = arch, models, train, device, parking
         self.denoiser = cast("AnimaDenoiser", models.denoiser)  # Models types it as a Module
