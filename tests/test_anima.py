@@ -573,3 +573,36 @@ def test_every_module_of_a_trained_file_is_one_comfyui_loads(files, tiny_dataset
     dit_names, te_names = (list(safe_open(str(p), "pt").keys()) for p in (files.dit, files.text_encoder))
     assert any(k.startswith("lora_unet_llm_adapter_") for k in keys) and any(k.startswith("lora_te_") for k in keys)
     assert not_loaded(keys, dit_names, te_names) == []
+
+
+def test_a_frozen_adapters_output_is_cached_with_the_text_and_trains_the_same(files, tiny_dataset, tmp_path, monkeypatch):
+    """Without network.train_llm_adapter the adapter's output (the DiT's context) depends on the caption alone: it is
+    cached in place of the Qwen3 states, and training gives the losses of running the adapter at every step."""
+    from conftest import tiny_overrides
+    from lorafw.config.compose import compose
+    from lorafw.run import resolve_outputs
+    from lorafw.trainers.trainer import prepare
+
+    def run(name: str):
+        spec = compose("anima_character", tiny_overrides(files.dit, tiny_dataset, tmp_path / name) + [
+            f"base_model.text_encoder={files.text_encoder}", f"base_model.vae={files.vae}", "optimizer=adamw",
+            "optimizer.lr=1e-2", "train.mixed_precision=no", "train.gradient_checkpointing=false", "train.epochs=2"])
+        spec = resolve_outputs(spec)
+        tr = prepare(spec, spec.output.dir)
+        return tr, tr.run()
+
+    cached, a = run("cached")
+    assert set(cached.caches.text[0]) == {"context"} and cached.caches.text[0]["context"].shape[-2] == 512
+    import lorafw.archs.anima.load as load_module
+
+    original = load_module.load
+
+    def adapter_every_step(*args, **kwargs):  # the adapter runs inside the denoiser at every step, as sd-scripts does
+        models = original(*args, **kwargs)
+        models.denoiser.context_is_text = False
+        return models
+
+    monkeypatch.setattr(load_module, "load", adapter_every_step)
+    every_step, b = run("every_step")
+    assert "prompt_embeds" in every_step.caches.text[0]
+    torch.testing.assert_close(torch.tensor(a.loss_history), torch.tensor(b.loss_history), rtol=1e-4, atol=1e-6)

@@ -60,13 +60,28 @@ class Anima:
         return load(spec, info)
 
     def encode_text(self, models: Models, captions: list[str], train: TrainSpec | None) -> Text:
+        """sd-scripts' text states (Qwen3's, T5 ids); with the LLM adapter frozen for the run, its output instead
+        (the DiT's context: what the adapter would compute from them at every step, computed once per caption
+        when the text is cached). The adapter joins the text encoder's device and dtype for it (the trainer has
+        cast the encoder to the run's; it casts the whole denoiser the same way next)."""
+        from lorafw.archs.anima.dit import AnimaDenoiser
         from lorafw.archs.anima.text import encode
 
-        return encode(models.text_encoders[0], models.tokenizers[0], models.tokenizers[1], captions)
+        states = encode(models.text_encoders[0], models.tokenizers[0], models.tokenizers[1], captions)
+        denoiser = models.denoiser
+        if not (isinstance(denoiser, AnimaDenoiser) and denoiser.context_is_text):
+            return states
+        te = next(models.text_encoders[0].parameters())
+        denoiser.llm_adapter.to(te.device, te.dtype)
+        return {"context": denoiser.context(states["prompt_embeds"], states["attn_mask"], states["t5_input_ids"],
+                                            states["t5_attn_mask"])}
 
     def conditioning(self, text: Text, data: object, batch: list[int], flips: list[bool]) -> dict[str, torch.Tensor]:
         """The text states as the denoiser takes them; ids and masks stay integer (a cache or a cast may have made
-        them floating: T5 ids above 256 are not exact in bf16, so callers must not cast them)."""
+        them floating: T5 ids above 256 are not exact in bf16, so callers must not cast them). A frozen adapter's
+        output (see encode_text) is the context itself."""
+        if "context" in text:
+            return {"context": text["context"]}
         return {"prompt_embeds": text["prompt_embeds"], "attn_mask": text["attn_mask"],
                 "t5_input_ids": text["t5_input_ids"].long(), "t5_attn_mask": text["t5_attn_mask"]}
 

@@ -112,10 +112,20 @@ class AnimaDenoiser(torch.nn.Module):
     def __init__(self, dit: CosmosTransformer3DModel, llm_adapter: AnimaTextConditioner) -> None:
         super().__init__()
         self.dit, self.llm_adapter = dit, llm_adapter
+        # the adapter stays frozen for the run (no network.train_llm_adapter): its output, the DiT's context, is a
+        # function of the caption alone, so the family's text states are the context itself (cached with the text)
+        self.context_is_text = False
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor, attn_mask: torch.Tensor,
-                t5_input_ids: torch.Tensor, t5_attn_mask: torch.Tensor) -> torch.Tensor:
-        return self.velocity(x, t, self.context(prompt_embeds, attn_mask, t5_input_ids, t5_attn_mask))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, t5_input_ids: torch.Tensor | None = None,
+                t5_attn_mask: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity, from the Qwen3 states and T5 ids (the adapter runs here), or from `context` (its output,
+        computed with the text when the adapter is frozen)."""
+        if context is None:
+            assert prompt_embeds is not None and attn_mask is not None and t5_input_ids is not None
+            assert t5_attn_mask is not None
+            context = self.context(prompt_embeds, attn_mask, t5_input_ids, t5_attn_mask)
+        return self.velocity(x, t, context)
 
     def context(self, prompt_embeds: torch.Tensor, attn_mask: torch.Tensor, t5_input_ids: torch.Tensor,
                 t5_attn_mask: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,8 @@ def load(spec: RunSpec, info: AnimaInfo) -> Models:
     if bm.llm_adapter:
         adapter_state = read_adapter(expand(bm.llm_adapter))
     denoiser = dit_mod.build(info, dit_state, adapter_state, str(path))
+    network = getattr(spec, "network", None)  # (a spec with no network section: a bare load, the states as they are)
+    denoiser.context_is_text = network is not None and not network.train_llm_adapter  # frozen adapter: see encode_text
     del dit_state, adapter_state
     text_encoder, own_tokenizer = load_qwen3(expand(bm.text_encoder))
     qwen_tok, t5_tok = tokenizers()
