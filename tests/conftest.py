@@ -187,3 +187,16 @@ def tiny_xl_vpred_model(tmp_path_factory, tiny_xl_model) -> Path:
     """The tiny SDXL checkpoint marked as NoobAI-XL V-Pred marks itself: `v_pred` and `ztsnr` tensors."""
     return with_marker_tensors(tiny_xl_model, tmp_path_factory.mktemp("models") / "tiny-sdxl-vpred.safetensors",
                                "v_pred", "ztsnr")
+
+
+def load_script(path: Path):
+    """A script of checks/ or benchmarks/ (not a package) imported as a module, registered under its file name
+    (dataclasses look their module up)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod

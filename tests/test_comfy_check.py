@@ -4,7 +4,6 @@ any work tree, and its agreement measure tells rounding from a real difference."
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import typing
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from lorafw.config.compose import compose
 from lorafw.config.spec import NetworkSpec
@@ -21,10 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "checks" / "comfy_check.py"
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("comfy_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_every_algo_and_key_changing_option_is_checked_and_valid(check, tmp_path):

@@ -124,11 +124,11 @@ def test_a_rectified_flow_sdxl_trains_as_flow_and_says_so(rf_xl_model, tiny_data
 
 
 def test_an_eps_sdxl_lora_has_no_flow_keys(tiny_xl_model, tiny_dataset, tmp_path):
-    from lorafw.outputs.metadata import build_metadata  # noqa: F401 - imported for its FLOW_ONLY filter
-
-    spec = compose("pdxl", tiny_overrides(tiny_xl_model, tiny_dataset, tmp_path / "o"))
+    """sd-scripts writes its flow ss_* keys for flow models only; so does lorafw."""
     from lorafw.config.prediction import FLOW_ONLY
     from lorafw.outputs.metadata import Written, spec_metadata
+
+    spec = compose("pdxl", tiny_overrides(tiny_xl_model, tiny_dataset, tmp_path / "o"))
 
     class Facts:
         arch = "sdxl"

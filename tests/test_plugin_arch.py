@@ -35,17 +35,22 @@ def cli(site: Path, *args: str, cwd: Path, env: dict[str, str] | None = None) ->
                           timeout=600)
 
 
-@pytest.mark.slow
-def test_an_out_of_tree_architecture_trains_through_the_cli(tmp_path, tiny_dataset):
-    site = install_plugin(tmp_path / "site")
+def toy_checkpoint(site: Path, path: Path) -> Path:
+    """The plugin's checkpoint, written by the installed plugin's own code (imported from `site` for a moment)."""
     sys.path.insert(0, str(site))
     try:
         import toyarch
 
-        model = toyarch.save_checkpoint(tmp_path / "toy.safetensors")
+        return toyarch.save_checkpoint(path)
     finally:
         sys.path.remove(str(site))
         sys.modules.pop("toyarch", None)
+
+
+@pytest.mark.slow
+def test_an_out_of_tree_architecture_trains_through_the_cli(tmp_path, tiny_dataset):
+    site = install_plugin(tmp_path / "site")
+    model = toy_checkpoint(site, tmp_path / "toy.safetensors")
     out = tmp_path / "run"
     args = ["+recipe=sd15_character", *tiny_overrides(model, tiny_dataset, out), "base_model.arch=toy",
             "train.epochs=2", "optimizer=adamw", "optimizer.lr=1e-2", "optimizer.text_encoder_lr=1e-3",
@@ -94,14 +99,7 @@ def test_a_checkpoint_of_another_family_and_an_unknown_family_are_named(tmp_path
     # a family whose denoiser has no gradient checkpointing: refused by name before training, not an AttributeError
     site2 = tmp_path / "model"
     site2.mkdir()
-    sys.path.insert(0, str(site))
-    try:
-        import toyarch
-
-        model = toyarch.save_checkpoint(site2 / "toy.safetensors")
-    finally:
-        sys.path.remove(str(site))
-        sys.modules.pop("toyarch", None)
+    model = toy_checkpoint(site, site2 / "toy.safetensors")
     p = cli(site, "+recipe=sd15_character", *tiny_overrides(model, tiny_dataset, tmp_path / "gc"), "base_model.arch=toy",
             "train.gradient_checkpointing=true", cwd=tmp_path)
     assert p.returncode != 0 and "Traceback" not in p.stderr

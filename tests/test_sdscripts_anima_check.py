@@ -6,7 +6,6 @@ them it is skipped, as in CI (like benchmarks/vs_kohya.py, which no test runs)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "checks" / "sdscripts_anima_check.py"
 
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("sdscripts_anima_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script(SCRIPT)
 
 
 def full_shapes() -> dict[str, tuple[int, ...]]:

@@ -4,7 +4,6 @@ requirements filter and the per-child peak RSS. (The benchmark itself needs an s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -21,11 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def _load(name: str):
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_script(BENCH / f"{name}.py")
 
 
 steplog = _load("steplog")
