@@ -133,3 +133,13 @@ def test_network_settings_refused_with_the_fix(overrides, message):
         spec_from_dict(compose_dict("sd15_character", ["base_model.path=/m", "dataset.root=/d", *overrides]),
                        check_paths=False)
     assert any(p.startswith(message) or message in p for p in e.value.problems), e.value.problems
+
+
+def test_block_wise_keys_on_a_family_without_unet_blocks_are_refused():
+    """Anima's DiT has none of kohya's UNet blocks: a block-wise key is refused by name, not ignored."""
+    from lorafw.config.blocks import check
+
+    problems = check("anima", NetworkSpec(block_dims=(4,) * 23, mid_lr_weight="1,1,1"))
+    assert [p.split(":")[0] for p in problems] == ["network.block_dims", "network.mid_lr_weight"]
+    assert "base_model.arch=anima" in problems[0]
+    assert check("anima", NetworkSpec()) == []

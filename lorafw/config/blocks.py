@@ -187,8 +187,16 @@ def plan(arch: str, spec: Any) -> BlockPlan:
     return BlockPlan(dims, alphas, conv_dims, conv_alphas, weights)
 
 
+BLOCK_KEYS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight", "mid_lr_weight",
+              "up_lr_weight")
+
+
 def check(arch: str, spec: Any) -> list[str]:
-    """Problems with the block-wise keys, for config validation."""
+    """Problems with the block-wise keys, for config validation; a family without kohya's UNet blocks (Anima) has
+    none to set, so any of them is refused rather than ignored."""
+    if arch not in UNET_ARCHS:
+        return [f"network.{k}: kohya's block-wise settings address the SD1.5/SDXL UNet's blocks, which "
+                f"base_model.arch={arch} has not; remove it" for k in BLOCK_KEYS if getattr(spec, k) not in (None, (), "")]
     try:
         plan(arch, spec)
     except ConfigError as e:

@@ -341,7 +341,7 @@ def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool)
         p.append(f"network.{plus[0]}: LoRA+ speeds up lora_up, which only lora and locon have (network.algo={n.algo})")
     if n.algo == "ia3" and (n.block_dims or n.conv_block_dims):
         p.append("network.block_dims: IA3 has no rank to set per block")
-    if need_model and s.base_model.arch in ("sd15", "sdxl"):
+    if need_model and s.base_model.arch != AUTO:
         p.extend(blocks.check(s.base_model.arch, n))
     if n.algo == "ia3":
         notes.append("network.algo=ia3: ComfyUI's LoRA loader ignores IA3 files (A1111/Forge and LyCORIS read them)")
