@@ -195,8 +195,9 @@ def check(arch: str, spec: Any) -> list[str]:
     """Problems with the block-wise keys, for config validation; a family without kohya's UNet blocks (Anima) has
     none to set, so any of them is refused rather than ignored."""
     if arch not in UNET_ARCHS:
+        given = [k for k in BLOCK_KEYS if getattr(spec, k) not in (None, (), "")]
         return [f"network.{k}: kohya's block-wise settings address the SD1.5/SDXL UNet's blocks, which "
-                f"base_model.arch={arch} has not; remove it" for k in BLOCK_KEYS if getattr(spec, k) not in (None, (), "")]
+                f"base_model.arch={arch} has not; remove it" for k in given]
     try:
         plan(arch, spec)
     except ConfigError as e:
