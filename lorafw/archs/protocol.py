@@ -15,6 +15,8 @@ family it is. The step loop, caches, saving, resume and evaluation are the same 
                 ones (`lora_te_text_model_…`; Anima's Qwen3: `lora_te_layers_0_…`)
     sample      renderer(...) → an object with render(prompt, sampler) → PIL image (samples, grid)
     kohya       base_model_version / modelspec_architecture / modelspec_implementation (the LoRA file's metadata)
+    optional    side_files {base_model key: what}: files it needs besides base_model.path (Anima's text encoder, VAE);
+                text_encoder_namer; flow_timestep_scale (the time a flow denoiser takes, × σ)
 """
 
 from __future__ import annotations

@@ -20,14 +20,11 @@ from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError, ModelError
 from lorafw.families import available as available_archs
 from lorafw.families import detect
+from lorafw.families import get as get_family
 from lorafw.paths import expand
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 # files a family keeps apart from its checkpoint, which a run of it must name (key of base_model → what it is)
-FAMILY_FILES: dict[str, dict[str, str]] = {
-    "anima": {"text_encoder": "the Qwen3-0.6B text encoder, e.g. ComfyUI's text_encoders/qwen_3_06b_base.safetensors",
-              "vae": "the Qwen-Image VAE, e.g. ComfyUI's vae/qwen_image_vae.safetensors"},
-}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # the same list as lorafw.models.load (which imports torch)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BAD_NAME = re.compile(r"[\\/:*?\"<>|]")
@@ -78,10 +75,9 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     archs = available_archs()
     if need_model and s.base_model.arch not in archs and s.base_model.arch != AUTO:
         p.append(f"base_model.arch: no architecture is registered as {s.base_model.arch!r}; available: {', '.join(archs)}")
-    if need_model:
-        for key in FAMILY_FILES.get(s.base_model.arch, ()):
+    if need_model and s.base_model.arch in archs:  # the files a family keeps apart (Anima's), as it declares them
+        for key, what in getattr(get_family(s.base_model.arch), "side_files", {}).items():
             if not getattr(s.base_model, key):
-                what = FAMILY_FILES[s.base_model.arch][key]
                 p.append(f"base_model.{key}: base_model.arch={s.base_model.arch} needs it ({what}); "
                          f"pass base_model.{key}=PATH")
 

@@ -43,6 +43,7 @@ class Anima:
     predictions: tuple[str, ...] = ("flow",)
     flow_timestep_scale = 1.0  # the DiT takes σ itself (sd-scripts feeds timesteps / 1000)
     targets = TARGETS
+    side_files = files.SIDE_FILES  # config validation asks for them before any load
     # what sd-scripts writes: ss_base_model_version from AnimaNetworkTrainer.load_target_model, the modelspec from
     # get_sai_model_spec_dataclass(..., anima="preview") (library/sai_model_spec.py)
     base_model_version = "anima"

@@ -34,6 +34,11 @@ RECIPE = {"sd15": "base_model=sd15 (or +recipe=sd15_character)", "sdxl": "base_m
 ANIMA_PREDICTION = Declared("flow", None, "Anima is a rectified-flow model")
 
 
+# the files Anima needs besides base_model.path (the DiT), by base_model key
+SIDE_FILES = {"text_encoder": "its Qwen3-0.6B text encoder: ComfyUI's qwen_3_06b_base.safetensors "
+                              "(split_files/text_encoders) or a Qwen3-0.6B folder",
+              "vae": "the Qwen-Image VAE: ComfyUI's qwen_image_vae.safetensors (split_files/vae)"}
+
 def dit_prefix(keys: set[str] | dict) -> str | None:
     """The prefix the DiT's tensors carry in this file (`net.` in Anima's own files), or None: no DiT."""
     for p in DIT_PREFIXES:

@@ -10,7 +10,7 @@ import torch
 
 from lorafw.archs.anima import dit as dit_mod
 from lorafw.archs.anima.codec import load_vae
-from lorafw.archs.anima.files import ADAPTER, DIT_PREFIXES, AnimaInfo, check_role, role
+from lorafw.archs.anima.files import ADAPTER, DIT_PREFIXES, SIDE_FILES, AnimaInfo, check_role, role
 from lorafw.archs.anima.text import load_qwen3, tokenizers
 from lorafw.archs.protocol import Models
 from lorafw.config.spec import BaseModelSpec, RunSpec
@@ -21,13 +21,8 @@ from lorafw.paths import expand
 
 def missing_files(bm: BaseModelSpec, info: AnimaInfo) -> list[str]:
     """The spec's problems: the files Anima needs that base_model does not name."""
-    out = []
-    if not bm.text_encoder:
-        out.append("base_model.text_encoder: Anima needs its Qwen3-0.6B text encoder: give ComfyUI's "
-                   "qwen_3_06b_base.safetensors (split_files/text_encoders) or a Qwen3-0.6B folder")
-    if not bm.vae:
-        out.append("base_model.vae: Anima needs the Qwen-Image VAE: give ComfyUI's qwen_image_vae.safetensors "
-                   "(split_files/vae)")
+    out = [f"base_model.{key}: Anima needs {what}; pass base_model.{key}=PATH"
+           for key, what in SIDE_FILES.items() if not getattr(bm, key)]
     if not info.adapter and not bm.llm_adapter:
         out.append(f"base_model.llm_adapter: base_model.path={bm.path} is a DiT without the LLM adapter "
                    "(no net.llm_adapter.* tensors); give Anima's DiT file, or the adapter's weights here")
