@@ -298,3 +298,37 @@ def test_dim_from_weights_run_and_resume_keeps_what_it_started_from(tiny_model, 
             resume_spec(other, force=force)
         assert "network.init_weights only starts a new run" in str(e.value)
         assert f"network.init_weights: '{a_file}' in the run" in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_killed_run_that_started_from_a_file_resumes_exactly_without_it(tiny_model, tiny_dataset, tmp_path):
+    """Resume wins: the saved state holds the run's own weights, so the file it started from is neither read nor
+    needed (it is moved away here), and the run ends as the uninterrupted one does, still naming its start."""
+    import shutil
+    import signal
+
+    from conftest import tiny_overrides
+    from test_faults import assert_same_files, lorafw, resume
+
+    from lorafw.outputs.metadata import INIT_WEIGHTS
+
+    _, first = tiny_run(tiny_model, tiny_dataset, tmp_path / "a", "lora")
+    a_file = first.run().lora_files[-1]
+    sha = iw.sha256_of(a_file)
+
+    def args(out: Path) -> list[str]:
+        return ["+recipe=sd15_character", *tiny_overrides(tiny_model, tiny_dataset, out), "train.epochs=2",
+                "output.save_state_every_n_steps=2", *SMALL["lora"], f"network.init_weights={a_file}"]
+
+    p = lorafw(*args(tmp_path / "ref"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "run"
+    p = lorafw(*args(run), cwd=tmp_path, fault="kill_at_step:3")
+    assert p.returncode == -signal.SIGKILL
+    shutil.move(a_file, tmp_path / "elsewhere.safetensors")
+    assert resume(run)[0] == 0
+    assert_same_files(tmp_path / "ref", run, ["toy-01.safetensors", "toy-02.safetensors"])
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["resumes"] and record["init_weights"]["sha256"] == sha
+    with safe_open(str(run / "toy-02.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()[INIT_WEIGHTS])["sha256"] == sha
