@@ -72,6 +72,13 @@ def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, name=spec.output.name or saved.output.name,
                                                                 dir=str(folder)))
     changed = changed_keys(identity(saved), identity(spec))
+    started = {k: v for k, v in changed.items() if k in ("network.init_weights", "network.dim_from_weights")}
+    if started:  # not even with --force: the saved state replaces whatever a file would start the adapters from
+        raise ConfigError([f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in started.items()],
+                          title=f"resume continues {folder} from its saved state (state.pt), which holds the run's "
+                                "own weights; network.init_weights only starts a new run. Resume without it, or start "
+                                "a new run from a file of this one: lorafw ... network.init_weights=RUN_DIR/NAME-NN"
+                                ".safetensors")
     if changed and not force:
         lines = [f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in changed.items()]
         raise ConfigError(lines, title=f"resume: the config differs from {folder}'s own; to continue with these "

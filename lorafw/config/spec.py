@@ -50,6 +50,9 @@ class NetworkSpec:
     conv_dim: int | None = key(None, "rank on the ResNet/sampler 3x3 convolutions (locon, and loha/lokr/glora/ia3 when set)")
     conv_alpha: float | None = key(None, "alpha on those convolutions")
     rank_dropout: float = key(0.0, "kohya rank_dropout: drops whole ranks per image each step (the rest scaled by 1/(1-p))", ge=0, lt=1)
+    rank_dropout_scale: bool = key(False, "loha/lokr/glora (LyCORIS's switch): divide what rank_dropout keeps by "
+                                   "the fraction kept, as LyCORIS does (without it LyCORIS does not rescale); "
+                                   "lora/locon/DoRA always rescale by 1/(1-p), as kohya's networks/lora.py does")
     module_dropout: float = key(0.0, "kohya module_dropout: chance that a layer's adapter is skipped for a step", ge=0, lt=1)
     factor: int = key(-1, "lokr: split each dimension by this factor (-1 = as square as possible)")
     decompose_both: bool = key(False, "lokr: low-rank both Kronecker factors, not only the larger")
@@ -71,6 +74,17 @@ class NetworkSpec:
     mid_lr_weight: str | None = key(None, "lr multipliers of the mid block(s), comma-separated (1 for SD1.5, 3 for SDXL)")
     up_lr_weight: str | None = key(None, "lr multipliers of the up blocks, like down_lr_weight")
     block_lr_zero_threshold: float = key(0.0, "block lr weights at or below this become 0 (that block gets no adapter)", ge=0)
+    train_norm: bool = key(False, "LyCORIS's train_norm (locon/loha/lokr/ia3/glora): also train the LayerNorm and "
+                           "GroupNorm layers inside the adapted UNet blocks, as a weight and bias difference "
+                           "(w_norm/b_norm, which ComfyUI and LyCORIS load)")
+    init_weights: str | None = key(None, "start from this LoRA/LyCORIS file (kohya's network_weights): same "
+                                   "network (algo, ranks unless dim_from_weights), a new run (steps, optimizer and "
+                                   "schedule start fresh); `lorafw resume` continues a run instead",
+                                   kohya="network_weights",
+                                   kohya_off=("", None))
+    dim_from_weights: bool = key(False, "with init_weights: each layer's rank and alpha (and which layers are adapted) "
+                                 "come from that file, not dim/alpha/conv_dim/conv_alpha", kohya="dim_from_weights",
+                                 kohya_off=False)
     train_llm_adapter: bool = key(False, "Anima: adapters on the LLM adapter's blocks too (sd-scripts' network_args "
                                   "train_llm_adapter), at optimizer.llm_adapter_lr")
 

@@ -276,6 +276,10 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
                 parse_line(line, s.sample, s.dataset.resolution)
         except (ValueError, OSError) as e:
             p.append(f"sample.prompt_file: {e}")
+    iw = s.network.init_weights
+    if iw is not None and (s.resume is None or s.network.dim_from_weights) and not expand(iw).is_file():
+        p.append(f"network.init_weights: {iw} is not a file; give the .safetensors LoRA (or LyCORIS) file to start "
+                 "from")
     if s.resume is not None and not (expand(s.resume) / "state.pt").is_file():
         p.append(f"resume: {s.resume} holds no saved training state (state.pt); it is not a run folder lorafw can continue")
     d = s.dataset
@@ -332,6 +336,23 @@ def _check_network(s: RunSpec, p: list[str], notes: list[str], need_model: bool)
     if (n.rank_dropout or n.dropout) and n.algo == "ia3":
         p.append("network.dropout / network.rank_dropout: IA3 learns one scale per channel, it has no rank to drop; "
                  "use network.module_dropout")
+    if n.rank_dropout_scale and (n.algo in ("lora", "locon", "ia3")):
+        what = "IA3 has no rank dropout" if n.algo == "ia3" else (
+            f"lorafw's {n.algo}{' (DoRA)' if n.dora_wd else ''} drops ranks as kohya's networks/lora.py does, always "
+            "rescaling the kept ones by 1/(1-p)")
+        p.append(f"network.rank_dropout_scale: LyCORIS's switch for loha, lokr and glora; {what}; remove it")
+    if n.train_norm and n.algo == "lora" and not n.dora_wd:
+        p.append("network.train_norm: kohya's networks.lora (network.algo=lora) trains no norm layers; LyCORIS's "
+                 "networks do: use network.algo=locon (network=locon), or remove it")
+    if n.train_norm and s.base_model.arch == "anima":
+        p.append("network.train_norm: sd-scripts' Anima network (networks.lora_anima) trains no norm layers; remove it")
+    if n.dim_from_weights and n.init_weights is None:
+        p.append("network.dim_from_weights: takes the ranks from network.init_weights, which is not set; set "
+                 "network.init_weights=FILE or remove dim_from_weights")
+    by_block = [k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas") if getattr(n, k)]
+    if n.dim_from_weights and by_block:
+        p.append(f"network.{by_block[0]}: with network.dim_from_weights every layer's rank and alpha come from "
+                 "network.init_weights (kohya ignores block_dims then, too); remove one of them")
     plus = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio") if getattr(n, k)]
     if plus and n.algo not in ("lora", "locon"):
         p.append(f"network.{plus[0]}: LoRA+ speeds up lora_up, which only lora and locon have (network.algo={n.algo})")

@@ -78,7 +78,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "weighted_captions": (False,), "color_aug": (False,), "random_crop": (False,), "face_crop_aug_range": (None, ""),
     "alpha_mask": (False,), "caption_dropout_every_n_epochs": (0,), "token_warmup_min": (1,), "token_warmup_step": (0, 0.0),
     "caption_prefix": ("",), "caption_suffix": ("",), "stop_text_encoder_training": (0,),
-    "network_weights": ("",), "dim_from_weights": (False,), "base_weights": ("", []), "resume": ("",),
+    "base_weights": ("", []), "resume": ("",),
     "no_token_padding": (False,), "train_inpainting": (False,), "lr_scheduler_power": (1, 1.0),
     "secondary_separator": ("",), "enable_wildcard": (False,), "caption_separator": (",",),
     "network_multiplier": (1, 1.0), "validation_split": (0, 0.0), "resize_interpolation": (None, "", "lanczos"),
@@ -98,7 +98,6 @@ NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
 WHY: dict[str, str] = {
     "v2": "SD 2.x is not an architecture lorafw trains (SD1.5, SDXL and Anima)",
     "max_train_steps": f"lorafw counts the run in epochs (train.epochs); set {K['train.epochs']} instead",
-    "network_weights": "lorafw starts a LoRA from zero (continuing from a LoRA file is `lorafw resume` of a run)",
     "weighted_captions": "lorafw reads (tag:1.2) weights as plain text",
     "color_aug": "lorafw has no colour augmentation", "random_crop": "lorafw has no random crop",
     "class_tokens": "lorafw needs a caption file per image (kohya captions the others with class_tokens)",
@@ -297,11 +296,28 @@ class Classifier:
                 if key in self.imp.values:
                     value, origin = self.imp.values.pop(key), self.imp.imported_from.pop(key)
                     self.none(origin, value, "LyCORIS' IA3 applies only module_dropout; it ignores this")
+        self.kohya_network_only()
         self.kohya_defaults(args)
         if folders:
             self.set("dataset.folders", folders, "subsets")
         self.architecture()
         return self.imp
+
+    def kohya_network_only(self) -> None:
+        """LyCORIS's rank_dropout_scale and train_norm where the network has no such switch: kohya's networks.lora
+        takes unknown network_args and ignores them (and always rescales rank dropout by 1/(1-p), as lorafw's
+        lora/locon/DoRA do); LyCORIS's IA3 has no rank dropout."""
+        algo = self.imp.values.get("network.algo")
+        why = {"network.rank_dropout_scale": {
+                   "lora": "kohya's networks.lora ignores it and always rescales rank_dropout by 1/(1-p), as lorafw "
+                           "does",
+                   "locon": "lorafw's locon drops ranks as kohya's networks.lora does, always rescaled by 1/(1-p)",
+                   "ia3": "LyCORIS' IA3 has no rank dropout"},
+               "network.train_norm": {"lora": "kohya's networks.lora ignores it (it trains no norm layers)"}}
+        for key, by_algo in why.items():
+            if algo in by_algo and key in self.imp.values:
+                value, origin = self.imp.values.pop(key), self.imp.imported_from.pop(key)
+                self.none(origin, value, by_algo[algo] if value else "kohya's default: off")
 
     def anima(self, args: dict[str, Any]) -> None:
         """anima_train_network.py's own arguments, and train_network.py's that it does not apply; the rest (qwen3,

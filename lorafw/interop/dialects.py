@@ -300,10 +300,10 @@ def from_gui_json(doc: dict[str, Any]) -> Source:
 
     _gui_network(lora_type, d, a, src)
 
-    for k in ("lora_network_weights", "network_weights"):
+    for k in ("lora_network_weights", K["network.init_weights"]):
         v = take(k, "")
         if v:
-            a["network_weights"] = v
+            a[K["network.init_weights"]] = v
     extra = take("additional_parameters", "")
     for k, v in d.items():  # the rest keep sd-scripts' names (the GUI passes them as they are)
         if k in GUI_ONLY:

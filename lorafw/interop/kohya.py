@@ -124,6 +124,7 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
         "network_arguments": {"network_module": ANIMA_NETWORK if anima else
                               "lycoris.kohya" if is_lycoris(s.network) else "networks.lora",
                               **put.args("network.dim", "network.alpha", "network.dropout"),
+                              **put.args("network.init_weights", "network.dim_from_weights", when=bool),
                               **({"network_args": net_args} if net_args else {}),
                               **({"network_train_unet_only": True} if s.optimizer.text_encoder_lr == 0 else {})},
         "optimizer_arguments": {"optimizer_type": OPTIMIZER_EXPORT.get(s.optimizer.name, s.optimizer.name), "optimizer_args": opt_args,
@@ -220,7 +221,7 @@ def network_args_of(n: Any) -> list[str]:
     defaults = NetworkSpec()
     out = [f"algo={n.algo}"] if is_lycoris(n) else []
     for f in dataclasses.fields(NetworkSpec):
-        if f.name in ("algo", "dim", "alpha", "dropout"):
+        if f.name == "algo" or f"network.{f.name}" in KEYS:  # sd-scripts' own arguments (network_dim, …)
             continue
         v = getattr(n, f.name)
         if v == getattr(defaults, f.name) or v is None:

@@ -6,20 +6,21 @@ applied with LyCORIS's `apply_to` (the layer's forward runs the adapter). Where:
 layer choice) and config/blocks.py (kohya's per-block ranks). The file holds, under the name every UI
 expects (`lora_unet_…`, `lora_te_text_model_…`), each module's own LyCORIS state dict: `lora_down/lora_up/
 alpha[/dora_scale]` for LoRA/LoCon/DoRA, `hada_*` for LoHa, `lokr_*` for LoKr, `weight/on_input` for IA3,
-`a1/a2/b1/b2` for GLoRA — so LyCORIS's own loader and the UIs' take every tensor as written.
+`a1/a2/b1/b2` for GLoRA, `w_norm/b_norm` for network.train_norm's norm layers — so LyCORIS's own loader and the
+UIs' take every tensor as written. network.init_weights fills them from a file (network/init_weights.py).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from lorafw.config import blocks
 from lorafw.config.spec import NetworkSpec
-from lorafw.network.modules import make
+from lorafw.network.modules import make, make_norm
 from lorafw.network.targets import (
     TE_CONTAINERS,
     UNET_ATTN_CONTAINERS,
@@ -30,6 +31,9 @@ from lorafw.network.targets import (
     select,
     te_module_path,
 )
+
+if TYPE_CHECKING:
+    from lorafw.network.init_weights import Loaded
 
 log = logging.getLogger("lorafw")
 CHILD = "lycoris"  # the adapter's attribute name on its layer
@@ -60,6 +64,21 @@ def layers_of(model: torch.nn.Module, containers: tuple[str, ...]) -> list[Layer
     return out
 
 
+def norms_of(model: torch.nn.Module, containers: tuple[str, ...]) -> list[str]:
+    """Every LayerNorm/GroupNorm inside a module whose class is in `containers`: what LyCORIS's train_norm adapts
+    (its NormModule takes only those two)."""
+    out: list[str] = []
+    for cname, container in model.named_modules():
+        if type(container).__name__ not in containers:
+            continue
+        for sub, m in container.named_modules():
+            full = f"{cname}.{sub}" if cname else sub
+            if sub and f".{CHILD}." not in f".{sub}." and isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)) \
+                    and full not in out:
+                out.append(full)
+    return out
+
+
 @dataclass
 class Adapted:
     """One adapted layer: its LyCORIS module and its name in the LoRA file."""
@@ -76,13 +95,18 @@ class Network:
     """The adapters of one run, on the UNet (unless `train_unet` is false), the denoiser's LLM adapter (with
     network.train_llm_adapter, where the family has one) and (if trained) the text encoder(s).
 
-    `te_names` names each text encoder's layers in the file (default: kohya's CLIP names, `lora_te_text_model_…`)."""
+    `te_names` names each text encoder's layers in the file (default: kohya's CLIP names, `lora_te_text_model_…`).
+    `ranks` (network.dim_from_weights: network/init_weights.py) gives each layer's rank and alpha by file name, as
+    kohya's create_network_from_weights does: the layers it does not name get no adapter."""
 
     def __init__(self, spec: NetworkSpec, unet: torch.nn.Module, text_encoders: list[torch.nn.Module],
                  te_prefixes: list[str], train_text_encoder: bool, unet_name: Callable[[str], str], *,
                  arch: str | None = None, train_unet: bool = True, targets: Any = None,
-                 te_names: list[Callable[[str], str]] | None = None) -> None:
+                 te_names: list[Callable[[str], str]] | None = None,
+                 ranks: dict[str, tuple[int, float]] | None = None) -> None:
         self.spec = spec
+        self.ranks = ranks
+        self.started_from: Loaded | None = None  # what network.init_weights filled it from (network/init_weights.py)
         self.arch = arch or ("sdxl" if len(te_prefixes) > 1 else "sd15")
         self.plan = blocks.plan(self.arch, spec)
         self.entries: list[Adapted] = []
@@ -108,8 +132,8 @@ class Network:
         s = self.spec
         conv_dim = s.conv_dim if s.algo != "lora" else None
         conv_alpha = (s.conv_alpha if s.conv_alpha is not None else s.alpha) if conv_dim is not None else None
-        if part == "unet" and self.plan.conv_dims is not None:
-            conv_dim, conv_alpha = conv_dim or 1, conv_alpha or s.alpha  # conv layers chosen; ranks come per block
+        if part == "unet" and (self.plan.conv_dims is not None or (self.ranks is not None and s.algo != "lora")):
+            conv_dim, conv_alpha = conv_dim or 1, conv_alpha or s.alpha  # conv layers chosen; ranks per block / file
         targets = select(layers_of(model, containers + conv_containers), containers, conv_containers,
                          s.dim, s.alpha, conv_dim, conv_alpha)
         if not targets:
@@ -121,7 +145,11 @@ class Network:
         for t in targets:
             file_name = name_of(t.name)
             block = blocks.block_index(file_name, self.arch) if part == "unet" else -1
-            if part == "unet":
+            if self.ranks is not None:
+                if file_name not in self.ranks:
+                    continue  # kohya's create_network_from_weights: only the file's layers
+                t = Target(t.name, t.kind, *self.ranks[file_name])
+            elif part == "unet":
                 rank, alpha = self.plan.rank_alpha(block, t.kind == "conv", (t.rank, t.alpha))
                 if not rank:
                     continue  # kohya: rank 0 (or a block lr weight of 0) = no adapter there
@@ -131,6 +159,16 @@ class Network:
             layer.add_module(CHILD, adapter)
             adapter.apply_to()
             self.entries.append(Adapted(file_name, t.name, part, t, adapter, block))
+        if s.train_norm and part == "unet":  # LyCORIS: the norms inside the blocks it adapts (none in CLIP's)
+            for path in norms_of(model, containers + (conv_containers if conv_dim is not None else ())):
+                file_name = name_of(path)
+                if self.ranks is not None and file_name not in self.ranks:
+                    continue
+                adapter = make_norm(file_name, modules[path], s).to(modules[path].weight.device)
+                modules[path].add_module(CHILD, adapter)
+                adapter.apply_to()
+                self.entries.append(Adapted(file_name, path, part, Target(path, "norm", 0, 0.0), adapter,
+                                            blocks.block_index(file_name, self.arch)))
 
     # -- parameters ---------------------------------------------------------------------------------
     def parameters(self, part_prefix: str) -> Iterator[torch.nn.Parameter]:

@@ -9,7 +9,7 @@ at w = 0 the model is the base model, bit for bit.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 
@@ -102,8 +102,8 @@ def module_names(unet: torch.nn.Module, text_encoders: list[torch.nn.Module], te
     (through `te_names`, one per encoder, where the family names them itself)."""
     name = unet_name or (lambda p: kohya_name("lora_unet", p))
     out: dict[str, torch.nn.Module] = {}
-    for path, m in unet.named_modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+    for path, m in unet.named_modules():  # (norms: network.train_norm's w_norm/b_norm)
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm, torch.nn.GroupNorm)):
             try:
                 out[name(path)] = m
             except KeyError:  # a layer the original layout has no name for
@@ -125,6 +125,7 @@ class WeightPatcher:
         self.modules = modules
         self.ui = ui
         self.originals: dict[str, torch.Tensor] = {}
+        self.original_biases: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def apply(self, lora: dict[str, torch.Tensor], weight: float) -> int:
@@ -141,15 +142,30 @@ class WeightPatcher:
         for n in names:
             m = self.modules[n]
             w = m.weight
+            self.originals[n] = w.detach().clone()
+            if f"{n}.w_norm" in lora:
+                self._patch_norm(lora, n, m, weight)
+                continue
             delta = layer_delta(lora, n, m)
             dora = lora.get(f"{n}.dora_scale")
-            self.originals[n] = w.detach().clone()
             new = patched(w, delta, weight, None if dora is None else dora.to(w.device), self.ui)
             w.copy_(new.to(w.dtype))
         return len(names)
+
+    def _patch_norm(self, lora: dict[str, torch.Tensor], n: str, m: torch.nn.Module, weight: float) -> None:
+        """A trained norm (network.train_norm): W + w·w_norm, b + w·b_norm, ComfyUI's "diff" patch and LyCORIS's."""
+        w, bias = cast(torch.Tensor, m.weight), cast("torch.Tensor | None", getattr(m, "bias", None))
+        w.add_(lora[f"{n}.w_norm"].to(w.device, w.dtype).reshape(w.shape), alpha=weight)
+        b_norm = lora.get(f"{n}.b_norm")
+        if b_norm is not None and bias is not None:
+            self.original_biases[n] = bias.detach().clone()
+            bias.add_(b_norm.to(bias.device, bias.dtype).reshape(bias.shape), alpha=weight)
 
     @torch.no_grad()
     def restore(self) -> None:
         for n, original in self.originals.items():
             self.modules[n].weight.copy_(original)
+        for n, original in self.original_biases.items():
+            cast(torch.Tensor, self.modules[n].bias).copy_(original)
         self.originals.clear()
+        self.original_biases.clear()

@@ -14,7 +14,9 @@ is computed from small matrices, ‖W_i + sΔ_i‖² = ‖W_i‖² + 2s·Σ_k U_
 ΔW = U·D, with ‖W_i‖² computed once (W is frozen): one pass over W (W·Dᵀ) instead of building W + ΔW,
 its norm and its full-size gradient on every forward. benchmarks/dora_cost.py measures it.
 
-LoHa, LoKr, IA3 and GLoRA are LyCORIS's modules as they are (their dropouts are LyCORIS's).
+LoHa, LoKr, IA3 and GLoRA are LyCORIS's modules as they are (their dropouts are LyCORIS's, and so is
+network.rank_dropout_scale: the kept part of ΔW divided by the fraction kept, or not rescaled without it).
+network.train_norm's norms are LyCORIS's NormModule (`make_norm`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from lycoris.modules import GLoRAModule, IA3Module, LohaModule, LokrModule
 from lycoris.modules.locon import LoConModule
+from lycoris.modules.norms import NormModule
 
 from lorafw import speed
+from lorafw.config.spec import NetworkSpec
 
 
 class KohyaLoCon(LoConModule):
@@ -155,7 +159,8 @@ def make(algo: str, name: str, layer: torch.nn.Module, rank: int, alpha: float, 
                           weight_decompose=spec.dora_wd)
     cls = LYCORIS[algo]
     kwargs: dict[str, Any] = dict(multiplier=1.0, lora_dim=rank, alpha=alpha, dropout=spec.dropout,
-                                  rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout, bypass_mode=False)
+                                  rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout, bypass_mode=False,
+                                  rank_dropout_scale=spec.rank_dropout_scale)
     if algo in ("loha", "lokr"):
         kwargs.update(use_tucker=spec.use_tucker, use_scalar=spec.use_scalar, weight_decompose=spec.dora_wd)
     if algo == "lokr":
@@ -163,3 +168,10 @@ def make(algo: str, name: str, layer: torch.nn.Module, rank: int, alpha: float, 
     if algo == "ia3":
         kwargs.update(train_on_input=spec.train_on_input)
     return cls(name, layer, **kwargs)
+
+
+def make_norm(name: str, layer: torch.nn.Module, spec: NetworkSpec) -> NormModule:
+    """network.train_norm's adapter of one LayerNorm/GroupNorm: LyCORIS's NormModule (a trainable difference of the
+    layer's weight and bias, `w_norm`/`b_norm`, starting at zero), built with the dropouts LyCORIS's kohya network
+    gives it (its rank_dropout keeps elements of the difference; it takes no rank_dropout_scale)."""
+    return NormModule(name, layer, 1.0, rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout)

@@ -14,7 +14,7 @@ UNET_ATTN_CONTAINERS = ("Transformer2DModel",)
 UNET_CONV_CONTAINERS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_CONTAINERS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
 
-Kind = Literal["linear", "conv1x1", "conv"]
+Kind = Literal["linear", "conv1x1", "conv", "norm"]  # norm: a LayerNorm/GroupNorm (network.train_norm)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ SS = ss_names(RunSpec)  # lorafw key → the metadata key kohya writes its value
 TYPES = {k.path: k.type for k in iter_keys(RunSpec)}
 MODELSPEC_VERSION = "1.0.1"  # kohya's sai_model_spec.py BASE_METADATA
 MODELSPEC_PREDICTION = {False: "epsilon", True: "v"}  # kohya's sai_model_spec PRED_TYPE_EPSILON / PRED_TYPE_V
+INIT_WEIGHTS = "lorafw_init_weights"  # {"name": file name, "sha256": whole-file sha256} of network.init_weights
 # kohya options lorafw has no equivalent of (it always trains as kohya does with them off): what kohya writes then
 KOHYA_OFF = {
     "ss_lowram": "False",  # a loading strategy
@@ -74,6 +75,7 @@ class TrainingFacts:
     num_validation_images: int = 0  # held-out images (0: no validation)
     model_hashes: dict[str, str] = field(default_factory=dict)  # model_hash.base_model_keys
     saved_at: float | None = None  # when the file is written (None: now)
+    init_weights: dict[str, str] = field(default_factory=dict)  # network.init_weights: the file's name and sha256
 
 
 def network_module(spec: RunSpec) -> tuple[str, dict[str, Any]]:
@@ -244,4 +246,6 @@ def build_metadata(spec: RunSpec, facts: TrainingFacts, name: str) -> dict[str, 
         **spec_metadata(spec, Written(facts, name, v_pred, ztsnr, flow)),
         **modelspec(spec, facts, name, v_pred, saved_at, flow),
     }
+    if facts.init_weights:  # kohya records nothing of its network_weights; a LoRA continued from another says which
+        meta[INIT_WEIGHTS] = json.dumps(facts.init_weights, sort_keys=True)
     return {k: str(v) for k, v in meta.items()}

@@ -42,6 +42,7 @@ def save_lora(spec: RunSpec, arch: Architecture, plan: Plan, session: Session, s
         reg_dataset_dirs=data.dataset_dirs(reg=True), subsets=kohya_subsets(data.folders),
         num_validation_images=len(val.images) if val is not None else 0,
         model_hashes=base_model_hashes(spec, plan, model_hashes) if session.main else {},
+        init_weights={k: v for k, v in session.record.get("init_weights", {}).items() if k in ("name", "sha256")},
     )
     path = session.run_dir / (file_name or f"{plan.name}-{epoch:02d}.safetensors")
     if path not in state.lora_files:

@@ -14,7 +14,7 @@ from lorafw.archs.protocol import Architecture, Models
 from lorafw.config.spec import RunSpec
 from lorafw.data.dataset import TrainData
 from lorafw.data.prefetch import resolve_workers
-from lorafw.errors import LorafwError
+from lorafw.errors import LorafwError, ModelError
 from lorafw.logs import log, progress_bar, quiet
 from lorafw.outputs.record import device_info
 from lorafw.paths import expand
@@ -169,21 +169,42 @@ def encode_captions(spec: RunSpec, arch: Architecture, dev: Device, models: Mode
     return cache
 
 
-def inject_network(spec: RunSpec, arch: Architecture, dev: Device, models: Models, train_te: bool) -> Any:
+def inject_network(spec: RunSpec, arch: Architecture, dev: Device, models: Models, train_te: bool,
+                   resuming: bool = False) -> Any:
     """The adapters (LyCORIS modules, lorafw/network/) on the family's target layers. They train in fp32, which
     fp16 loss scaling requires and small updates need — or in bf16/fp16 with full_bf16/full_fp16, where the
-    optimizer keeps fp32 master copies (lorafw/optim/bf16.py)."""
+    optimizer keeps fp32 master copies (lorafw/optim/bf16.py). With network.init_weights they start from that
+    file (network/init_weights.py), except when resuming: the saved state holds the run's own weights, and the
+    file is read then only for dim_from_weights' ranks."""
     from diffusers.training_utils import cast_training_params
 
+    from lorafw.network import init_weights
     from lorafw.network.adapter import Network
     from lorafw.network.targets import text_encoder_names
 
     denoiser, tes = models.denoiser, models.text_encoders
     for m in (denoiser, *tes):
         m.requires_grad_(False)
-    network = Network(spec.network, denoiser, tes, list(arch.te_prefixes), train_te, arch.denoiser_namer(denoiser),
+    net_spec, layers = spec.network, None
+    if net_spec.init_weights and (not resuming or net_spec.dim_from_weights):
+        path = str(expand(net_spec.init_weights))
+        tensors, meta = init_weights.read(path)
+        layers = init_weights.by_layer(tensors)
+        problem = init_weights.family_problem(set(layers), meta, arch.name, arch.label, path)
+        if problem:
+            raise ModelError(problem)
+    ranks = init_weights.ranks_from(layers) if layers is not None and net_spec.dim_from_weights else None
+    network = Network(net_spec, denoiser, tes, list(arch.te_prefixes), train_te, arch.denoiser_namer(denoiser),
                       arch=arch.name, train_unet=spec.optimizer.unet_lr > 0, targets=arch.targets,
-                      te_names=text_encoder_names(arch, tes))
+                      te_names=text_encoder_names(arch, tes), ranks=ranks)
+    if layers is not None and not resuming:
+        loaded = network.started_from = init_weights.start_from(
+            network, path, layers, algo=net_spec.algo, dim_from_weights=net_spec.dim_from_weights, trains_te=train_te)
+        log.info(f"network.init_weights: {loaded.layers} adapters start from {loaded.name} "
+                 f"(sha256 {loaded.sha256[:12]}…)")
+        if loaded.fresh:  # kohya leaves them as they were made, too
+            log.warning(f"network.init_weights: {len(loaded.fresh)} adapters have no tensors in {loaded.name} and "
+                        f"start from zero as in a new run: {init_weights.listed(loaded.fresh)}")
     choice = dev.choice
     adapter_dtype = torch.bfloat16 if choice.full_bf16 else torch.float16 if choice.full_fp16 else torch.float32
     cast_training_params([denoiser, *tes], dtype=adapter_dtype)

@@ -70,6 +70,8 @@ class Trainer:
         s = self.session
         s.started_at = time.time()
         previous = read_record(self.run_dir) if self.plan.resuming else None
+        if previous and "init_weights" in previous:  # the file this run started from (network.init_weights)
+            s.record["init_weights"] = previous["init_weights"]
         s.record.update(status="running", started_at=(previous or {}).get("started_at") or now_iso(),
                         versions=versions(), dataset=fingerprint(self.data.folders), lint=self.plan.lint_report.to_json())
         if s.main:
@@ -138,7 +140,10 @@ class Trainer:
 
     def setup_training(self) -> None:
         spec, train_te = self.spec, self.spec.optimizer.text_encoder_lr > 0
-        network = steps.inject_network(spec, self.arch, self.dev, self.models, train_te)  # wraps the loaded layers
+        network = steps.inject_network(spec, self.arch, self.dev, self.models, train_te,  # wraps the loaded layers
+                                       resuming=self.plan.resuming)
+        if network.started_from is not None:  # network.init_weights: what it started from (resume keeps the record)
+            self.session.record["init_weights"] = network.started_from.record()
         self.state: TrainState = steps.build_state(spec, self.plan, self.dev, network, self.session.comm, train_te)
         steps.check_output_space(spec, self.state, self.run_dir)
 
