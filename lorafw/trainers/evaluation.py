@@ -70,10 +70,10 @@ def sample(spec: RunSpec, models: Models, renderer: Any, dev: Device, data: Trai
     from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
     from lorafw.sampling.render import save_png
 
-    prompts = read_prompts(spec.sample, spec.dataset.resolution)
+    prompts = read_prompts(spec.sample, spec.dataset.size)
     if not prompts:
         prompts = [parse_line(fallback_prompt(data.triggers(), data.tag_frequency()), spec.sample,
-                              spec.dataset.resolution)]
+                              spec.dataset.size)]
     written = []
     with eval_mode([models.denoiser, *models.text_encoders]):
         for i, p in enumerate(prompts):
