@@ -93,7 +93,9 @@ class Architecture(Protocol):
         """Text states for `captions`, keyed by name; they depend on the caption only, so they can be cached."""
 
     def conditioning(self, text: Text, data: Any, batch: list[int], flips: list[bool]) -> dict[str, Any]:
-        """The denoiser's keyword arguments for one batch (text states plus what the family adds per image)."""
+        """The denoiser's keyword arguments for one batch (text states plus what the family adds per image, read
+        from `data.images[i]` for i in `batch`: size, placement; when a step crops at random, `data` is the batch's
+        items as placed that step, item j as image j, TrainData.placed)."""
 
     def denoise(self, models: Models, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         """The denoiser's prediction for noisy latents `x_t` at timesteps `t`."""

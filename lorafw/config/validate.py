@@ -435,7 +435,7 @@ def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
 
 def _check_resolution(d: DatasetSpec, p: list[str]) -> None:
     """dataset.resolution and the bucket sides, as sd-scripts checks them (prepare_dataset_args,
-    BaseDataset.adjust_min_max_bucket_reso_by_steps); the family's bucket step is `_check_family`'s."""
+    BaseDataset.adjust_min_max_bucket_reso_by_steps); the family's bucket step is `_check_bucket_step`'s."""
     r = d.resolution
     if not isinstance(r, int) and len(r) not in (1, 2):
         p.append(f"dataset.resolution: give N or W,H (e.g. 512 or [512, 768]), got {list(r)}")

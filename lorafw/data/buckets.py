@@ -104,7 +104,9 @@ def size_conditioning(original: Size, pl: Placement, flip: bool) -> tuple[int, i
     and diffusers' SDXL training script record the same); a horizontal flip moves it to the mirrored side.
     kohya differs: its get_crop_ltrb records where the image would sit if *fitted inside* the bucket
     (letterbox offsets), which is 0 on the axis SAI's crop is non-zero. SAI's is used because SDXL was trained
-    on it; at centre crops both are small and SDXL tolerates either.
+    on it; at centre crops both are small and SDXL tolerates either. Under random_crop the window is the one drawn
+    for the step (TrainData.placed), so SDXL is told where it is; kohya's stays its letterbox value, the random
+    offset not recorded ("no idea how to reflect the cropped value in crop left/top", trim_and_resize_if_required).
     """
     w, h = original
     left, top = pl.crop
