@@ -59,24 +59,6 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-def _convert_union(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
-    """The first member of a union (e.g. dataset.resolution's `int | tuple[int, ...]`) that takes `value`; a
-    string of comma-separated whole numbers ("512,650", kohya's W,H; "512") is read as the list (or number) it
-    spells."""
-    arms = typing.get_args(tp)
-    if isinstance(value, str) and any(_origin(a) is tuple for a in arms):
-        parts = [v.strip() for v in value.split(",")]
-        if all(v.isdigit() for v in parts):
-            value = int(parts[0]) if len(parts) == 1 and int in arms else [int(v) for v in parts]
-    for arm in arms:
-        tried: list[str] = []
-        out = convert(arm, value, key, tried)
-        if not tried:
-            return out
-    problems.append(f"{key}: expected {_type_name(tp)}, got {describe(value)}")
-    return None
-
-
 def convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     """Check `value` against the type hint `tp`; coerce where lossless (int → float, list → tuple)."""
     if isinstance(value, str) and value == REQUIRED:
@@ -93,7 +75,20 @@ def convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         return value
     origin = _origin(tp)
     if origin in (Union, types.UnionType):
-        return _convert_union(tp, value, key, problems)
+        # the first member that takes `value` (dataset.resolution's `int | tuple[int, ...]`); a string of
+        # comma-separated whole numbers ("512,650", kohya's W,H; "512") is read as the list (or number) it spells
+        arms = typing.get_args(tp)
+        if isinstance(value, str) and any(_origin(a) is tuple for a in arms):
+            parts = [v.strip() for v in value.split(",")]
+            if all(v.isdigit() for v in parts):
+                value = int(parts[0]) if len(parts) == 1 and int in arms else [int(v) for v in parts]
+        for arm in arms:
+            tried: list[str] = []
+            out = convert(arm, value, key, tried)
+            if not tried:
+                return out
+        problems.append(f"{key}: expected {_type_name(tp)}, got {describe(value)}")
+        return None
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):

@@ -470,22 +470,22 @@ def _check_random_crop(d: DatasetSpec, p: list[str]) -> None:
                  "dataset.cache_latents=false (each step then encodes its crop with the VAE) or random_crop=false")
 
 
-def _check_bucket_step(s: RunSpec, p: list[str], family: Any = None) -> None:
+def _check_bucket_step(s: RunSpec, p: list[str], family: object | None = None) -> None:
     """Bucket sides in the family's step (its `bucket_step`; sd-scripts' verify_bucket_reso_steps: a multiple of 64
     for SD1.5, 32 for SDXL, 16 for Anima), or in the VAE's 8 where the family is not known yet. Like sd-scripts,
     only with buckets on: without them bucket_reso_steps is unused (sd-scripts sets it to None, checks nothing),
     and the one size, W×H, is what must suit the family (`exact`: a UNet takes any, Anima's DiT whole patches)."""
-    d = s.dataset
+    d, label = s.dataset, getattr(family, "label", "")
     step = getattr(family, "bucket_step", None)
     if not d.enable_bucket:
         (w, h), n = d.size, step.exact if step is not None else 1
         if w % n or h % n:
-            p.append(f"dataset.resolution: without buckets every image is trained at exactly {w}x{h}; {family.label} "
+            p.append(f"dataset.resolution: without buckets every image is trained at exactly {w}x{h}; {label} "
                      f"needs sides that are multiples of {n} ({step.why}): set dataset.resolution=[{w - w % n}, "
                      f"{h - h % n}] or dataset.enable_bucket=true (buckets need only the area)")
         return
     if step is not None and (d.bucket_reso_steps < step.multiple or d.bucket_reso_steps % step.multiple):
-        p.append(f"dataset.bucket_reso_steps: {family.label} needs a multiple of {step.multiple} ({step.why}), got "
+        p.append(f"dataset.bucket_reso_steps: {label} needs a multiple of {step.multiple} ({step.why}), got "
                  f"{d.bucket_reso_steps}; sd-scripts' {step.kohya_script} refuses it too (verify_bucket_reso_steps("
                  f"{step.multiple})); set dataset.bucket_reso_steps={max(step.multiple, 64)}, the usual value")
     elif step is None and (d.bucket_reso_steps < 8 or d.bucket_reso_steps % 8):

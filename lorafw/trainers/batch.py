@@ -56,9 +56,10 @@ def _crops_or_centre(data: TrainData, batch: list[int], crops: list[Window] | No
 
 
 def latents(dev: Device, models: Models, data: TrainData, cache: Any, batch: list[int], flipped: list[bool],
-            ahead: Lookahead | None = None, crops: list[tuple[int, int]] | None = None) -> torch.Tensor:
+            ahead: Lookahead | None = None, crops: list[tuple[int, int]] | None = None, seed: int = 0) -> torch.Tensor:
     """Scaled VAE latents of a batch of `data`: from `cache`, or encoded now (from `ahead`'s decoded pixels when
-    it holds them) with the windows `crops` (None: each image's centre crop)."""
+    it holds them) with the windows `crops` (None: each image's centre crop), the VAE's sample drawn from `seed`
+    (the micro-step's: a resumed run encodes what the uninterrupted one did; the global generator is not saved)."""
     if cache is not None:  # never with random crops (config validation: sd-scripts' is_latent_cacheable)
         return to_device(torch.stack([cache.get(i, f) for i, f in zip(batch, flipped)]), dev.device)
     key = (tuple(batch), tuple(flipped), _crops_or_centre(data, batch, crops))
@@ -67,7 +68,8 @@ def latents(dev: Device, models: Models, data: TrainData, cache: Any, batch: lis
         pixels = load_pixels(dev, data, key)
     vae = models.vae
     with torch.no_grad():
-        z = vae.encode(pixels.to(dev.device, vae.dtype, non_blocking=True)).latent_dist.sample()
+        gen = torch.Generator(device=dev.device).manual_seed(dataset_mod.derive_seed(seed, "vae") % (2**63))
+        z = vae.encode(pixels.to(dev.device, vae.dtype, non_blocking=True)).latent_dist.sample(generator=gen)
     return (z * vae.config.scaling_factor).float()
 
 

@@ -260,7 +260,7 @@ class Trainer:
         flips = batch.flips(data, items, rng)
         captions = [data.caption(i, rng) for i in items]
         crops = batch.crops(data, items, seed)  # their own generator: the draws above are as without random_crop
-        latents = batch.latents(dev, models, data, caches.latents, items, flips, caches.pixels_ahead, crops)
+        latents = batch.latents(dev, models, data, caches.latents, items, flips, caches.pixels_ahead, crops, seed)
         gen = torch.Generator(device=dev.device).manual_seed(seed % (2**63))  # noise and timesteps
         n = spec.network
         if n.dropout or n.rank_dropout or n.module_dropout:
