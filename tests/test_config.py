@@ -279,3 +279,12 @@ def test_an_unparsable_override_says_how_to_quote_it():
     with pytest.raises(ConfigError, match="output.dir=/tmp/a=b: cannot be read"):
         compose_dict("sd15_character", ["output.dir=/tmp/a=b"])
     assert compose_dict("sd15_character", ["output.dir='/tmp/a=b'"])["output"]["dir"] == "/tmp/a=b"
+
+
+def test_samples_default_to_the_training_w_h_cut_to_multiples_of_8():
+    """sd-scripts' sample_image_inference cuts a sample's sides to multiples of 8 (the pipelines need it)."""
+    from lorafw.config.prompts import parse_line
+
+    spec, _ = spec_from_dict(compose_dict("sd15_character", PATHS + ["dataset.resolution=[512,650]"]), check_paths=False)
+    assert (lambda p: (p.width, p.height))(parse_line("a", spec.sample, spec.dataset.size)) == (512, 648)
+    assert (lambda p: (p.width, p.height))(parse_line("a --w 768 --h 512", spec.sample, spec.dataset.size)) == (768, 512)

@@ -222,3 +222,17 @@ def test_sdxl_conditions_on_each_items_crop_even_for_one_image_twice(tmp_path):
     ids = ARCH.conditioning(text, placed, [0, 1], [False, True])["added_cond_kwargs"]["time_ids"]
     # (original h, w, crop top, crop left, target h, w); a flip mirrors the left: 128 - 64 - 40
     assert ids.tolist() == [[64, 128, 0, 5, 64, 64], [64, 128, 0, 24, 64, 64]]
+
+
+def test_w_h_without_buckets_trains_at_exactly_that_size(compose_tiny, tmp_path):
+    """sd-scripts trains resolution "512,650" with enable_bucket=false at 512×650 (650 is no multiple of 8: the VAE
+    gives an 81-row latent and the UNet sizes its upsamplings to it); here 64×76 on the tiny model."""
+    data = tmp_path / "data"
+    make_folder(data, "1_a", [(64, 96), (100, 80)], ["a, b"])
+    tr = trainer_for(compose_tiny("sd15_character", "dataset.resolution=[64,76]", "dataset.enable_bucket=false",
+                                  data=data))
+    assert {im.placement.bucket for im in tr.data.images} == {(64, 76)}
+    result = tr.run()
+    assert tr.caches.latents.get(0, False).shape[-2:] == (9, 8)  # 76 rows → 9 latent rows, 64 columns → 8
+    with safe_open(str(result.lora_files[-1]), "pt") as f:
+        assert f.metadata()["ss_resolution"] == "(64, 76)"
