@@ -106,9 +106,9 @@ def test_unknown_option_and_recipe_suggest_the_nearest():
         ("dataset.bucket_reso_steps=32", "dataset.bucket_reso_steps: SD1.5 needs a multiple of 64 (the VAE's 8x and the "
                                          "UNet's three 2x downsamplings), got 32; sd-scripts' train_network.py refuses it "
                                          "too (verify_bucket_reso_steps(64))"),
-        ("dataset.random_crop=true", "dataset.random_crop with dataset.cache_latents=true: a random crop is a new window "
-                                     "every step, so its latent cannot be encoded once (sd-scripts refuses the pair too: "
-                                     "is_latent_cacheable); set dataset.cache_latents=false"),
+        ("dataset.random_crop=true", "dataset.random_crop: a random crop is a new window every step, so its latent "
+                                     "cannot be encoded once, as dataset.cache_latents=true does (sd-scripts refuses the "
+                                     "pair too: is_latent_cacheable); set dataset.cache_latents=false"),
         ("train.device=gpu", "train.device: 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
         ("dataset.caption_extension=txt", "dataset.caption_extension: must start with '.'"),
         ("train.full_bf16=true", "train.full_bf16: needs train.mixed_precision=bf16, got auto"),
@@ -169,7 +169,8 @@ def test_random_crop_with_cached_latents_names_every_key_that_turns_it_on():
     folders = 'dataset.folders=[{path: /a, random_crop: true}, {path: /b}, {path: /c, random_crop: false}]'
     (msg,) = problems_of(["base_model.path=/m.safetensors", folders, "dataset.random_crop=true",
                           "dataset.cache_latents=true"])
-    assert msg.startswith("dataset.random_crop and dataset.folders[0].random_crop with dataset.cache_latents=true")
+    assert msg.startswith("dataset.random_crop / dataset.folders[0].random_crop: a random crop is a new window")
+    assert "dataset.cache_latents=true" in msg
     assert msg.endswith("set dataset.cache_latents=false (each step then encodes its crop with the VAE) or "
                         "random_crop=false")
     spec_from_dict(compose_dict("sd15_character", ["base_model.path=/m.safetensors", folders,

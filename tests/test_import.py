@@ -650,3 +650,16 @@ def test_a_gui_trainer_toml_with_random_crop_imports_and_trains(tmp_path, tiny_m
     assert meta["modelspec.resolution"] == "64x96"
     (ds,) = json.loads(meta["ss_datasets"])
     assert ds["resolution"] == [64, 96] and [s["random_crop"] for s in ds["subsets"]] == [True, True]
+
+
+def test_random_crop_with_cached_latents_is_refused_on_random_crop_as_sd_scripts_refuses_it(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"LoRA_type": "Standard", "max_resolution": "512,512", "epoch": 1, "random_crop": True,
+                             "cache_latents": True, "pretrained_model_name_or_path": "/m", "train_data_dir": "/d",
+                             "optimizer": "AdamW"}))
+    (bad,) = import_config(f).not_honoured
+    assert (bad.key, bad.value) == ("random_crop", True)
+    assert "is_latent_cacheable" in bad.why and "set dataset.cache_latents=false" in bad.why
+    f.write_text(f.read_text().replace('"cache_latents": true', '"cache_latents": false'))
+    imp = import_config(f)
+    assert imp.not_honoured == [] and imp.values["dataset.random_crop"] is True

@@ -465,8 +465,8 @@ def _check_random_crop(d: DatasetSpec, p: list[str]) -> None:
     """kohya's is_latent_cacheable: a random crop is drawn each step, so its latent cannot be encoded once."""
     keys = _random_crop_keys(d)
     if keys and d.cache_latents:
-        p.append(f"{' and '.join(keys)} with dataset.cache_latents=true: a random crop is a new window every step, so "
-                 "its latent cannot be encoded once (sd-scripts refuses the pair too: is_latent_cacheable); set "
+        p.append(f"{' / '.join(keys)}: a random crop is a new window every step, so its latent cannot be encoded "
+                 "once, as dataset.cache_latents=true does (sd-scripts refuses the pair too: is_latent_cacheable); set "
                  "dataset.cache_latents=false (each step then encodes its crop with the VAE) or random_crop=false")
 
 
