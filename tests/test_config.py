@@ -100,15 +100,16 @@ def test_unknown_option_and_recipe_suggest_the_nearest():
         ("+optimizer.args.foo=1", "optimizer.args.foo: not an argument of adamw8bit"),
         ("network.conv_dim=4", "network.conv_dim: set (4) but network.algo=lora has no convolution adapters"),
         ("dataset.resolution=32", "dataset.resolution: each side must be at least 64, got 32"),
-        ("dataset.resolution=[512,640,768]", "dataset.resolution: give N or W,H (e.g. 512 or [512, 768]), got [512, 640, "
-                                             "768]"),
+        ("dataset.resolution=[512,640,768]",
+         "dataset.resolution: give N or W,H (e.g. 512 or [512, 768]), got [512, 640, 768]"),
         ("dataset.resolution=abc", "dataset.resolution: expected an integer or a list, got 'abc' (str)"),
-        ("dataset.bucket_reso_steps=32", "dataset.bucket_reso_steps: SD1.5 needs a multiple of 64 (the VAE's 8x and the "
-                                         "UNet's three 2x downsamplings), got 32; sd-scripts' train_network.py refuses it "
-                                         "too (verify_bucket_reso_steps(64))"),
-        ("dataset.random_crop=true", "dataset.random_crop: a random crop is a new window every step, so its latent "
-                                     "cannot be encoded once, as dataset.cache_latents=true does (sd-scripts refuses the "
-                                     "pair too: is_latent_cacheable); set dataset.cache_latents=false"),
+        ("dataset.bucket_reso_steps=32",
+         "dataset.bucket_reso_steps: SD1.5 needs a multiple of 64 (the VAE's 8x and the UNet's three 2x "
+         "downsamplings), got 32; sd-scripts' train_network.py refuses it too (verify_bucket_reso_steps(64))"),
+        ("dataset.random_crop=true",
+         "dataset.random_crop: a random crop is a new window every step, so its latent cannot be encoded once, as "
+         "dataset.cache_latents=true does (sd-scripts refuses the pair too: is_latent_cacheable); set "
+         "dataset.cache_latents=false"),
         ("train.device=gpu", "train.device: 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
         ("dataset.caption_extension=txt", "dataset.caption_extension: must start with '.'"),
         ("train.full_bf16=true", "train.full_bf16: needs train.mixed_precision=bf16, got auto"),
@@ -127,9 +128,9 @@ def test_resolution_is_n_or_w_h_as_kohyas(value, size):
     assert spec.dataset.size == size
 
 
-@pytest.mark.parametrize("arch,steps,ok", [("sd15", 64, True), ("sd15", 128, True), ("sd15", 32, False), ("sd15", 1, False),
-                                           ("sdxl", 32, True), ("sdxl", 96, True), ("sdxl", 16, False), ("anima", 16, True),
-                                           ("anima", 48, True), ("anima", 8, False)])
+@pytest.mark.parametrize("arch,steps,ok", [
+    ("sd15", 64, True), ("sd15", 128, True), ("sd15", 32, False), ("sd15", 1, False), ("sdxl", 32, True),
+    ("sdxl", 96, True), ("sdxl", 16, False), ("anima", 16, True), ("anima", 48, True), ("anima", 8, False)])
 def test_bucket_reso_steps_follows_sd_scripts_per_family(arch, steps, ok):
     """sd-scripts' verify_bucket_reso_steps(64 / 32 / 16) in train_network.py, sdxl_train_network.py and
     anima_train_network.py; like there, only with buckets on (without them the value is unused)."""
@@ -140,7 +141,8 @@ def test_bucket_reso_steps_follows_sd_scripts_per_family(arch, steps, ok):
     else:
         script = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py", "anima": "anima_train_network.py"}[arch]
         (msg,) = problems_of(args, recipe=None)
-        assert msg.startswith(f"dataset.bucket_reso_steps: ") and f"got {steps}; sd-scripts' {script} refuses it too" in msg
+        assert msg.startswith("dataset.bucket_reso_steps: ")
+        assert f"got {steps}; sd-scripts' {script} refuses it too" in msg
     spec_from_dict(compose_dict(None, args + ["dataset.enable_bucket=false"]), check_paths=False)
 
 
@@ -286,6 +288,7 @@ def test_samples_default_to_the_training_w_h_cut_to_multiples_of_8():
     """sd-scripts' sample_image_inference cuts a sample's sides to multiples of 8 (the pipelines need it)."""
     from lorafw.config.prompts import parse_line
 
-    spec, _ = spec_from_dict(compose_dict("sd15_character", PATHS + ["dataset.resolution=[512,650]"]), check_paths=False)
-    assert (lambda p: (p.width, p.height))(parse_line("a", spec.sample, spec.dataset.size)) == (512, 648)
-    assert (lambda p: (p.width, p.height))(parse_line("a --w 768 --h 512", spec.sample, spec.dataset.size)) == (768, 512)
+    spec, _ = spec_from_dict(compose_dict("sd15_character", PATHS + ["dataset.resolution=[512,650]"]),
+                             check_paths=False)
+    default, given = (parse_line(line, spec.sample, spec.dataset.size) for line in ("a", "a --w 768 --h 512"))
+    assert ((default.width, default.height), (given.width, given.height)) == ((512, 648), (768, 512))

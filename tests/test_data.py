@@ -47,7 +47,8 @@ def test_nearest_bucket_by_aspect_ratio():
     assert B.nearest_bucket(1920, 1080, bs) == (640, 384)  # 1.78 → 1.67 (closest)
     assert B.nearest_bucket(1080, 1920, bs) == (384, 640)
     assert B.nearest_bucket(100, 1000, bs) == (256, 1024)  # extreme: the narrowest bucket
-    assert B.nearest_bucket(256, 128, B.make_buckets((128, 128), 64, 256, 64)) == (128, 128)  # tie 1.0 vs 3.0: first wins
+    tie = B.make_buckets((128, 128), 64, 256, 64)
+    assert B.nearest_bucket(256, 128, tie) == (128, 128)  # tie 1.0 vs 3.0: first wins
 
 
 def test_placement_covers_the_bucket_and_crops_evenly():

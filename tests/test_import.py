@@ -620,9 +620,9 @@ def test_bucket_reso_steps_1_is_refused_saying_sd_scripts_refuses_it_too(sdxl, s
 
 
 def test_a_gui_trainer_toml_with_random_crop_imports_and_trains(tmp_path, tiny_model):
+    from conftest import make_folder
     from safetensors import safe_open
 
-    from conftest import make_folder
     from lorafw.config.compose import compose
     from lorafw.run import resolve_outputs
     from lorafw.trainers.trainer import prepare

@@ -457,9 +457,10 @@ def test_the_kohya_half_of_an_export_alone_trains_the_same(extra, tmp_path):
     assert dataclasses.replace(back.optimizer, stop_text_encoder_training=None) == spec.optimizer
 
 
-@pytest.mark.parametrize("extra,resolution", [(["dataset.resolution=[512,768]"], [512, 768]),
-                                              (["dataset.resolution=[640,512]", "dataset.enable_bucket=false"], [640, 512]),
-                                              (["dataset.resolution=768", "dataset.random_crop=true"], 768)])
+@pytest.mark.parametrize("extra,resolution", [
+    (["dataset.resolution=[512,768]"], [512, 768]),
+    (["dataset.resolution=[640,512]", "dataset.enable_bucket=false"], [640, 512]),
+    (["dataset.resolution=768", "dataset.random_crop=true"], 768)])
 @pytest.mark.parametrize("lorafw_section", [True, False])
 def test_w_h_resolution_and_random_crop_export_and_import_back(extra, resolution, lorafw_section, tmp_path):
     """sd-scripts' dataset config takes N or [W, H] (config_util's scalar_or_twodim) and random_crop per subset
