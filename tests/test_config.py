@@ -99,7 +99,17 @@ def test_unknown_option_and_recipe_suggest_the_nearest():
         ("optimizer.betas=[0.9]", "optimizer.betas: adamw8bit takes 2 betas, got [0.9]"),
         ("+optimizer.args.foo=1", "optimizer.args.foo: not an argument of adamw8bit"),
         ("network.conv_dim=4", "network.conv_dim: set (4) but network.algo=lora has no convolution adapters"),
-        ("dataset.resolution=100", "dataset.resolution: must be a multiple of 8 and at least 64, got 100"),
+        ("dataset.resolution=32", "dataset.resolution: each side must be at least 64, got 32"),
+        ("dataset.resolution=[512,640,768]",
+         "dataset.resolution: give N or W,H (e.g. 512 or [512, 768]), got [512, 640, 768]"),
+        ("dataset.resolution=abc", "dataset.resolution: expected an integer or a list, got 'abc' (str)"),
+        ("dataset.bucket_reso_steps=32",
+         "dataset.bucket_reso_steps: SD1.5 needs a multiple of 64 (the VAE's 8x and the UNet's three 2x "
+         "downsamplings), got 32; sd-scripts' train_network.py refuses it too (verify_bucket_reso_steps(64))"),
+        ("dataset.random_crop=true",
+         "dataset.random_crop: a random crop is a new window every step, so its latent cannot be encoded once, as "
+         "dataset.cache_latents=true does (sd-scripts refuses the pair too: is_latent_cacheable); set "
+         "dataset.cache_latents=false"),
         ("train.device=gpu", "train.device: 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
         ("dataset.caption_extension=txt", "dataset.caption_extension: must start with '.'"),
         ("train.full_bf16=true", "train.full_bf16: needs train.mixed_precision=bf16, got auto"),
@@ -109,6 +119,64 @@ def test_unknown_option_and_recipe_suggest_the_nearest():
 def test_bad_values_name_key_value_and_what_is_allowed(override, expected):
     probs = problems_of(PATHS + [override])
     assert any(p.startswith(expected) for p in probs), probs
+
+
+@pytest.mark.parametrize("value,size", [("512", (512, 512)), ("[512,650]", (512, 650)), ("'512,650'", (512, 650)),
+                                        ("'768'", (768, 768)), ("[640]", (640, 640)), ("[1024,768]", (1024, 768))])
+def test_resolution_is_n_or_w_h_as_kohyas(value, size):
+    spec, _ = spec_from_dict(compose_dict("sd15_character", PATHS + [f"dataset.resolution={value}"]), check_paths=False)
+    assert spec.dataset.size == size
+
+
+@pytest.mark.parametrize("arch,steps,ok", [
+    ("sd15", 64, True), ("sd15", 128, True), ("sd15", 32, False), ("sd15", 1, False), ("sdxl", 32, True),
+    ("sdxl", 96, True), ("sdxl", 16, False), ("anima", 16, True), ("anima", 48, True), ("anima", 8, False)])
+def test_bucket_reso_steps_follows_sd_scripts_per_family(arch, steps, ok):
+    """sd-scripts' verify_bucket_reso_steps(64 / 32 / 16) in train_network.py, sdxl_train_network.py and
+    anima_train_network.py; like there, only with buckets on (without them the value is unused)."""
+    extra = ["base_model.vae=/v", "base_model.text_encoder=/t"] if arch == "anima" else []
+    args = PATHS + extra + [f"base_model.arch={arch}", f"dataset.bucket_reso_steps={steps}"]
+    if ok:
+        spec_from_dict(compose_dict(None, args), check_paths=False)
+    else:
+        script = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py", "anima": "anima_train_network.py"}[arch]
+        (msg,) = problems_of(args, recipe=None)
+        assert msg.startswith("dataset.bucket_reso_steps: ")
+        assert f"got {steps}; sd-scripts' {script} refuses it too" in msg
+    spec_from_dict(compose_dict(None, args + ["dataset.enable_bucket=false"]), check_paths=False)
+
+
+def test_without_buckets_the_size_is_exact_and_only_a_dit_needs_whole_patches():
+    no_buckets = PATHS + ["dataset.enable_bucket=false", "dataset.resolution=[512,650]"]
+    spec, _ = spec_from_dict(compose_dict(None, no_buckets), check_paths=False)  # a UNet takes any size, as in kohya
+    assert spec.dataset.size == (512, 650)
+    anima = no_buckets + ["base_model.arch=anima", "base_model.vae=/v", "base_model.text_encoder=/t"]
+    assert problems_of(anima, recipe=None) == [
+        "dataset.resolution: without buckets every image is trained at exactly 512x650; Anima needs sides that are "
+        "multiples of 16 (the VAE's 8x and the DiT's 2x2 patches): set dataset.resolution=[512, 640] or "
+        "dataset.enable_bucket=true (buckets need only the area)"]
+
+
+def test_bucket_sides_are_checked_against_both_sides_of_w_h():
+    base = PATHS + ["dataset.resolution=[512,1024]"]
+    assert problems_of(base + ["dataset.min_bucket_reso=576"]) == [
+        "dataset.min_bucket_reso: 576 is above dataset.resolution's shorter side (512,1024); lower it or raise the "
+        "resolution"]
+    assert problems_of(base + ["dataset.max_bucket_reso=960"]) == [
+        "dataset.max_bucket_reso: 960 is below dataset.resolution's longer side (512,1024); raise it or lower the "
+        "resolution"]
+
+
+def test_random_crop_with_cached_latents_names_every_key_that_turns_it_on():
+    folders = 'dataset.folders=[{path: /a, random_crop: true}, {path: /b}, {path: /c, random_crop: false}]'
+    (msg,) = problems_of(["base_model.path=/m.safetensors", folders, "dataset.random_crop=true",
+                          "dataset.cache_latents=true"])
+    assert msg.startswith("dataset.random_crop / dataset.folders[0].random_crop: a random crop is a new window")
+    assert "dataset.cache_latents=true" in msg
+    assert msg.endswith("set dataset.cache_latents=false (each step then encodes its crop with the VAE) or "
+                        "random_crop=false")
+    spec_from_dict(compose_dict("sd15_character", ["base_model.path=/m.safetensors", folders,
+                                                   "dataset.cache_latents=false"]), check_paths=False)
 
 
 def test_every_problem_is_reported_at_once():
@@ -214,3 +282,13 @@ def test_an_unparsable_override_says_how_to_quote_it():
     with pytest.raises(ConfigError, match="output.dir=/tmp/a=b: cannot be read"):
         compose_dict("sd15_character", ["output.dir=/tmp/a=b"])
     assert compose_dict("sd15_character", ["output.dir='/tmp/a=b'"])["output"]["dir"] == "/tmp/a=b"
+
+
+def test_samples_default_to_the_training_w_h_cut_to_multiples_of_8():
+    """sd-scripts' sample_image_inference cuts a sample's sides to multiples of 8 (the pipelines need it)."""
+    from lorafw.config.prompts import parse_line
+
+    spec, _ = spec_from_dict(compose_dict("sd15_character", PATHS + ["dataset.resolution=[512,650]"]),
+                             check_paths=False)
+    default, given = (parse_line(line, spec.sample, spec.dataset.size) for line in ("a", "a --w 768 --h 512"))
+    assert ((default.width, default.height), (given.width, given.height)) == ((512, 648), (768, 512))

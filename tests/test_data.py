@@ -22,7 +22,7 @@ from lorafw.errors import DatasetError
 # -- buckets --------------------------------------------------------------------------------------
 def test_buckets_512_match_kohyas_scheme():
     # worked by hand: for each width w = 256, 320, ... 1024: h = min(1024, (512² // w) // 64 · 64), both orientations
-    assert B.make_buckets(512, 256, 1024, 64) == [
+    assert B.make_buckets((512, 512), 256, 1024, 64) == [
         (256, 832), (256, 896), (256, 960), (256, 1024), (320, 704), (320, 768), (384, 640), (448, 576), (512, 512),
         (576, 448), (640, 384), (704, 320), (768, 320), (832, 256), (896, 256), (960, 256), (1024, 256),
     ]
@@ -30,7 +30,7 @@ def test_buckets_512_match_kohyas_scheme():
 
 @pytest.mark.parametrize("res,lo,hi,step", [(768, 256, 1024, 64), (1024, 256, 2048, 64), (512, 320, 768, 32), (128, 64, 256, 64)])
 def test_bucket_properties(res, lo, hi, step):
-    bs = B.make_buckets(res, lo, hi, step)
+    bs = B.make_buckets((res, res), lo, hi, step)
     side = int(math.sqrt(res * res) // step) * step
     assert (side, side) in bs
     for w, h in bs:
@@ -42,12 +42,13 @@ def test_bucket_properties(res, lo, hi, step):
 
 
 def test_nearest_bucket_by_aspect_ratio():
-    bs = B.make_buckets(512, 256, 1024, 64)
+    bs = B.make_buckets((512, 512), 256, 1024, 64)
     assert B.nearest_bucket(1000, 1000, bs) == (512, 512)
     assert B.nearest_bucket(1920, 1080, bs) == (640, 384)  # 1.78 → 1.67 (closest)
     assert B.nearest_bucket(1080, 1920, bs) == (384, 640)
     assert B.nearest_bucket(100, 1000, bs) == (256, 1024)  # extreme: the narrowest bucket
-    assert B.nearest_bucket(256, 128, B.make_buckets(128, 64, 256, 64)) == (128, 128)  # tie 1.0 vs 3.0: first wins
+    tie = B.make_buckets((128, 128), 64, 256, 64)
+    assert B.nearest_bucket(256, 128, tie) == (128, 128)  # tie 1.0 vs 3.0: first wins
 
 
 def test_placement_covers_the_bucket_and_crops_evenly():
@@ -56,23 +57,23 @@ def test_placement_covers_the_bucket_and_crops_evenly():
     pl = B.place(1080, 1920, (384, 640))
     assert pl.resized == (384, 683) and pl.crop == (0, 21)
     for w, h in [(1000, 1000), (777, 333), (64, 300), (4000, 3000)]:
-        for bucket in B.make_buckets(512, 256, 1024, 64):
+        for bucket in B.make_buckets((512, 512), 256, 1024, 64):
             p = B.place(w, h, bucket)
             assert p.resized[0] >= bucket[0] and p.resized[1] >= bucket[1]
             assert 0 <= p.crop[0] <= p.resized[0] - bucket[0] and 0 <= p.crop[1] <= p.resized[1] - bucket[1]
 
 
 def test_no_upscale_keeps_small_images_small():
-    assert B.no_upscale_bucket(300, 200, 512, 64) == (256, 192)
-    w, h = B.no_upscale_bucket(4000, 3000, 512, 64)
+    assert B.no_upscale_bucket(300, 200, (512, 512), 64) == (256, 192)
+    w, h = B.no_upscale_bucket(4000, 3000, (512, 512), 64)
     assert w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 and abs(w / h - 4 / 3) < 0.2
-    pl = B.assign(300, 200, 512, True, 256, 1024, 64, no_upscale=True)
+    pl = B.assign(300, 200, (512, 512), True, 256, 1024, 64, no_upscale=True)
     assert pl.bucket == (256, 192) and pl.resized[0] <= 300
 
 
-def kohya_no_upscale(w: int, h: int, reso: int, step: int):
+def kohya_no_upscale(w: int, h: int, reso: tuple[int, int], step: int):
     """kohya's BucketManager.select_bucket with no_upscale, restated: (bucket, resized size)."""
-    ar, area = w / h, reso * reso
+    ar, area = w / h, reso[0] * reso[1]
     rnd = lambda x: int(x + 0.5) // step * step  # noqa: E731
     if w * h > area:
         rw = math.sqrt(area * ar)
@@ -89,19 +90,123 @@ def kohya_no_upscale(w: int, h: int, reso: int, step: int):
 
 @pytest.mark.parametrize("w,h", [(300, 200), (513, 777), (4000, 3000), (1024, 1024), (1920, 1080), (700, 90), (640, 64)])
 def test_no_upscale_crops_like_kohya_instead_of_resizing(w, h):
-    bucket, size = kohya_no_upscale(w, h, 512, 64)
-    pl = B.assign(w, h, 512, True, 256, 1024, 64, no_upscale=True)
+    bucket, size = kohya_no_upscale(w, h, (512, 512), 64)
+    pl = B.assign(w, h, (512, 512), True, 256, 1024, 64, no_upscale=True)
     assert (pl.bucket, pl.resized) == (bucket, size)  # the image keeps (or shrinks to) kohya's size ...
     assert pl.crop == ((size[0] - bucket[0]) // 2, (size[1] - bucket[1]) // 2)  # ... and is centre-cropped
 
 
 def test_no_upscale_enlarges_only_an_image_under_one_step():
-    pl = B.assign(300, 40, 512, True, 256, 1024, 64, no_upscale=True)
+    pl = B.assign(300, 40, (512, 512), True, 256, 1024, 64, no_upscale=True)
     assert pl.bucket == (256, 64) and pl.resized[1] >= 64
 
 
 def test_disabled_buckets_use_one_square():
-    assert B.assign(1920, 1080, 512, False, 256, 1024, 64, False).bucket == (512, 512)
+    assert B.assign(1920, 1080, (512, 512), False, 256, 1024, 64, False).bucket == (512, 512)
+
+
+def test_disabled_buckets_use_exactly_w_by_h():
+    pl = B.assign(1920, 1080, (512, 650), False, 256, 1024, 64, False)
+    assert pl.bucket == (512, 650) and pl.resized == (1156, 650) and pl.crop == ((1156 - 512) // 2, 0)
+
+
+# -- non-square resolution: sd-scripts' functions restated (model_util / train_util.BucketManager) ---------------
+def kohya_make_bucket_resolutions(max_reso, min_size=256, max_size=1024, divisible=64):
+    """model_util.make_bucket_resolutions, restated."""
+    max_width, max_height = max_reso
+    max_area = max_width * max_height
+    resos = set()
+    width = int(math.sqrt(max_area) // divisible) * divisible
+    resos.add((width, width))
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((max_area // width) // divisible) * divisible)
+        if height >= min_size:
+            resos.add((width, height))
+            resos.add((height, width))
+        width += divisible
+    return sorted(resos)
+
+
+def kohya_select_bucket(w, h, resos):
+    """BucketManager.select_bucket without no_upscale, then trim_and_resize_if_required's centre crop: (bucket,
+    resized size, crop left/top)."""
+    import numpy as np
+
+    ar = w / h
+    reso = (w, h)
+    if reso not in set(resos):
+        reso = resos[int(np.abs(np.array([a / b for a, b in resos]) - ar).argmin())]
+    scale = reso[1] / h if ar > reso[0] / reso[1] else reso[0] / w
+    size = (int(w * scale + 0.5), int(h * scale + 0.5))
+    return reso, size, ((size[0] - reso[0]) // 2, (size[1] - reso[1]) // 2)
+
+
+SHAPES = [(512, 650), (650, 512), (768, 1024), (1024, 768), (832, 1216), (640, 960), (512, 512)]
+IMAGES = [(1920, 1080), (1080, 1920), (1000, 1000), (777, 333), (64, 300), (4000, 3000), (512, 650), (640, 832),
+          (300, 200), (2048, 512), (640, 768)]
+
+
+@pytest.mark.parametrize("res", SHAPES)
+@pytest.mark.parametrize("lo,hi,step", [(256, 1024, 64), (256, 2048, 64), (320, 1536, 32), (256, 1280, 16)])
+def test_non_square_buckets_are_kohyas(res, lo, hi, step):
+    assert B.make_buckets(res, lo, hi, step) == kohya_make_bucket_resolutions(res, lo, hi, step)
+
+
+@pytest.mark.parametrize("res", SHAPES)
+def test_non_square_bucket_choice_resize_and_crop_are_kohyas(res):
+    resos = kohya_make_bucket_resolutions(res, 256, 1536, 64)
+    for w, h in IMAGES + resos[:3]:  # the last: an image already of a bucket's size keeps it
+        pl = B.assign(w, h, res, True, 256, 1536, 64, no_upscale=False)
+        assert (pl.bucket, pl.resized, pl.crop) == kohya_select_bucket(w, h, resos), (res, w, h)
+
+
+def test_an_image_of_a_buckets_size_keeps_that_bucket():
+    bs = [(256, 512), (320, 640)]  # the same aspect ratio: the exact size wins, as kohya's select_bucket
+    assert B.nearest_bucket(320, 640, bs) == (320, 640) and B.nearest_bucket(640, 1280, bs) == (256, 512)
+
+
+@pytest.mark.parametrize("res", SHAPES)
+@pytest.mark.parametrize("w,h", [(300, 200), (513, 777), (4000, 3000), (1920, 1080), (700, 90)])
+def test_non_square_no_upscale_is_kohyas(res, w, h):
+    bucket, size = kohya_no_upscale(w, h, res, 64)
+    pl = B.assign(w, h, res, True, 256, 1024, 64, no_upscale=True)
+    assert (pl.bucket, pl.resized) == (bucket, size)
+
+
+# -- random crop ---------------------------------------------------------------------------------
+def kohya_random_crop(bucket, resized, rng):
+    """trim_and_resize_if_required's random_crop offsets, restated: the width first, then the height, each
+    random.randint(0, overflow) where the resized image overflows the bucket."""
+    left = rng.randint(0, resized[0] - bucket[0]) if resized[0] > bucket[0] else 0
+    top = rng.randint(0, resized[1] - bucket[1]) if resized[1] > bucket[1] else 0
+    return left, top
+
+
+@pytest.mark.parametrize("w,h,res,no_upscale", [(1920, 1080, (512, 512), False), (1080, 1920, (512, 650), False),
+                                                 (4000, 3000, (512, 512), True), (513, 777, (512, 512), True),
+                                                 (1000, 1000, (512, 512), False)])
+def test_random_crop_draws_kohyas_offsets(w, h, res, no_upscale):
+    pl = B.assign(w, h, res, True, 256, 1024, 64, no_upscale)
+    seen = set()
+    for seed in range(200):
+        rc = B.random_crop(pl, random.Random(seed))
+        assert (rc.bucket, rc.resized) == (pl.bucket, pl.resized)  # only the window moves
+        assert rc.crop == kohya_random_crop(pl.bucket, pl.resized, random.Random(seed))
+        assert 0 <= rc.crop[0] <= pl.resized[0] - pl.bucket[0] and 0 <= rc.crop[1] <= pl.resized[1] - pl.bucket[1]
+        seen.add(rc.crop)
+    overflow = (pl.resized[0] - pl.bucket[0]) + (pl.resized[1] - pl.bucket[1])
+    assert len(seen) > 1 if overflow else seen == {pl.crop} == {(0, 0)}
+
+
+def test_random_crop_moves_sdxls_crop_conditioning_and_flip_mirrors_it():
+    pl = B.assign(1920, 1080, (512, 512), True, 256, 1024, 64, False)
+    rc = B.random_crop(pl, random.Random(3))
+    assert rc.crop != pl.crop
+    (_, _, top, left, _, _) = B.size_conditioning((1920, 1080), rc, flip=False)
+    assert (left, top) == rc.crop
+    (_, _, _, left_f, _, _) = B.size_conditioning((1920, 1080), rc, flip=True)
+    assert left_f == rc.resized[0] - rc.bucket[0] - rc.crop[0]
 
 
 # -- step arithmetic: the guide's tables --------------------------------------------------------

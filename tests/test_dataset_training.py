@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -168,3 +169,70 @@ def test_skip_bad_images_trains_without_them(compose_tiny, tmp_path):
     rec = json.loads((tr.run_dir / "run.json").read_text())
     assert any(f["kind"] == "unreadable" and f["paths"] == [str(bad)] for f in rec["lint"]["findings"])
     assert os.path.getsize(bad) > 0  # never deleted or moved
+
+
+# -- random crop (kohya's random_crop): a window drawn per step from the step's seed ---------------------------
+def random_crop_spec(compose_tiny, tmp_path, *extra):
+    data = tmp_path / "data"
+    make_folder(data, "2_wide", [(128, 64), (160, 64)], ["toy, wide"])
+    return compose_tiny("sd15_character", "dataset.random_crop=true", "dataset.cache_latents=false", *extra, data=data)
+
+
+def test_random_crop_windows_come_from_the_step_seed_and_move_the_pixels(tmp_path):
+    from types import SimpleNamespace
+
+    from lorafw.trainers import batch
+
+    make_folder(tmp_path / "data", "2_wide", [(128, 64), (160, 64)], ["toy, wide"])
+    data = dataset(tmp_path / "data", "dataset.random_crop=true", "dataset.cache_latents=false")
+    pl = data.images[0].placement
+    assert pl.bucket == (64, 64) and pl.resized == (128, 64) and data.random_crop(0)
+    draws = [batch.crops(data, [0, 1], batch.step_seed(7, micro)) for micro in range(40)]
+    assert draws == [batch.crops(data, [0, 1], batch.step_seed(7, micro)) for micro in range(40)]  # replayable
+    lefts = {d[0][0] for d in draws}
+    assert len(lefts) > 10 and all(0 <= x <= 64 for x in lefts) and {d[0][1] for d in draws} == {0}
+    (left, top), _ = draws[3]
+    pixels = batch.load_pixels(SimpleNamespace(device=torch.device("cpu")), data, ((0,), (False,), ((left, top),)))[0]
+    with Image.open(data.images[0].entry.path) as im:
+        want = im.convert("RGB").resize((128, 64), Image.Resampling.LANCZOS).crop((left, top, left + 64, top + 64))
+    expected = torch.from_numpy(np.asarray(want, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    assert torch.equal(pixels, expected)
+    off = dataset(tmp_path / "data")  # random_crop off: the centre crop, whatever the seed
+    assert {tuple(batch.crops(off, [0, 1], batch.step_seed(7, m))) for m in range(10)} == {((32, 0), (48, 0))}
+
+
+def test_random_crop_trains_other_weights_than_the_centre_crop(compose_tiny, tmp_path):
+    def run(name: str, *extra: str):
+        return trainer_for(random_crop_spec(compose_tiny, tmp_path / name, f"output.dir={tmp_path / name / 'run'}",
+                                            *extra)).run()
+
+    crop, centre, again = run("a"), run("b", "dataset.random_crop=false"), run("c")
+    a, b, c = (load_file(str(r.lora_files[-1])) for r in (crop, centre, again))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], c[k]) for k in a)  # the same seed draws the same windows
+
+
+def test_sdxl_conditions_on_each_items_crop_even_for_one_image_twice(tmp_path):
+    from lorafw.archs.sdxl import ARCH
+
+    make_folder(tmp_path / "d", "1_a", [(128, 64)])
+    data = dataset(tmp_path / "d")
+    text = {"encoder_hidden_states": torch.zeros(2, 3, 4), "text_embeds": torch.zeros(2, 4)}
+    placed = data.placed([0, 0], [(5, 0), (40, 0)])
+    ids = ARCH.conditioning(text, placed, [0, 1], [False, True])["added_cond_kwargs"]["time_ids"]
+    # (original h, w, crop top, crop left, target h, w); a flip mirrors the left: 128 - 64 - 40
+    assert ids.tolist() == [[64, 128, 0, 5, 64, 64], [64, 128, 0, 24, 64, 64]]
+
+
+def test_w_h_without_buckets_trains_at_exactly_that_size(compose_tiny, tmp_path):
+    """sd-scripts trains resolution "512,650" with enable_bucket=false at 512×650 (650 is no multiple of 8: the VAE
+    gives an 81-row latent and the UNet sizes its upsamplings to it); here 64×76 on the tiny model."""
+    data = tmp_path / "data"
+    make_folder(data, "1_a", [(64, 96), (100, 80)], ["a, b"])
+    tr = trainer_for(compose_tiny("sd15_character", "dataset.resolution=[64,76]", "dataset.enable_bucket=false",
+                                  data=data))
+    assert {im.placement.bucket for im in tr.data.images} == {(64, 76)}
+    result = tr.run()
+    assert tr.caches.latents.get(0, False).shape[-2:] == (9, 8)  # 76 rows → 9 latent rows, 64 columns → 8
+    with safe_open(str(result.lora_files[-1]), "pt") as f:
+        assert f.metadata()["ss_resolution"] == "(64, 76)"

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
+from conftest import make_folder, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCH_FILES = ["toy-01.safetensors", "toy-02.safetensors", "toy-03.safetensors"]
@@ -89,6 +89,22 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tiny_model, t
     assert_same_files(reference, run)
     rec = json.loads((run / "run.json").read_text())
     assert rec["status"] == "finished" and rec["resumes"][0]["at_step"] == 4  # the state saved at step 4
+
+
+def test_sigkill_then_resume_with_random_crop_is_bit_identical(tiny_model, tmp_path):
+    """Random crops are drawn from the micro-step's seed, so a resumed run crops (and trains) what the
+    uninterrupted one did."""
+    data = tmp_path / "data"
+    make_folder(data, "2_wide", [(128, 64), (96, 64), (64, 112)], ["toy, wide", "toy, narrow", "toy, tall"])
+    crop = ("dataset.random_crop=true", "dataset.cache_latents=false", "dataset.flip_aug=true")
+    p = lorafw(*args_for(tiny_model, data, tmp_path / "ref", *crop), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "run"
+    p = lorafw(*args_for(tiny_model, data, run, *crop), cwd=tmp_path, fault="kill_at_step:5")
+    assert p.returncode == -signal.SIGKILL
+    assert resume(run)[0] == 0
+    assert_same_files(tmp_path / "ref", run)
+    assert json.loads((run / "run.json").read_text())["resumes"][0]["at_step"] == 4
 
 
 def test_sigkill_while_saving_an_epoch_then_resume(reference, tiny_model, tiny_dataset, tmp_path):

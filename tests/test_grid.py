@@ -27,15 +27,15 @@ def sample_spec(**kw):
 
 def test_prompt_lines_with_kohya_flags():
     d = sample_spec()
-    p = parse_line("kafka, 1girl, smile --n lowres, bad hands --w 768 --h 1152 --d 7 --s 30 --l 6.5", d, 512)
+    p = parse_line("kafka, 1girl, smile --n lowres, bad hands --w 768 --h 1152 --d 7 --s 30 --l 6.5", d, (512, 512))
     assert (p.prompt, p.negative, p.width, p.height, p.seed, p.steps, p.cfg_scale) == (
         "kafka, 1girl, smile", "lowres, bad hands", 768, 1152, 7, 30, 6.5)
-    q = parse_line("kafka", d, 512)
+    q = parse_line("kafka", d, (512, 512))
     assert (q.width, q.height, q.seed, q.steps, q.cfg_scale, q.negative) == (512, 512, d.seed, d.steps, d.cfg_scale, d.negative)
     for bad, msg in [("kafka --x 3", "unknown flag --x"), ("kafka --w abc", "--w needs a number"), ("--n x", "no prompt"),
                      ("kafka --w 100", "multiple of 8")]:
         with pytest.raises(ValueError, match=msg):
-            parse_line(bad, d, 512)
+            parse_line(bad, d, (512, 512))
 
 
 def test_bad_prompts_fail_at_validation():
@@ -48,7 +48,7 @@ def test_bad_prompts_fail_at_validation():
 def test_fallback_prompt_and_a1111_parameters():
     freq = {"3_kafka": {"kafka": 20, "1girl": 20, "sunglasses": 12, "jacket": 15}, "2_x": {"1girl": 5, "smile": 3}}
     assert fallback_prompt(["kafka"], freq, n_tags=4) == "kafka, 1girl, jacket, sunglasses"
-    p = parse_line("kafka --d 5 --s 20 --l 7", sample_spec(), 512)
+    p = parse_line("kafka --d 5 --s 20 --l 7", sample_spec(), (512, 512))
     text = a1111_parameters(p, "euler_a", {"Lora": "kafka-10"})
     assert text.splitlines()[0] == "kafka" and text.splitlines()[1].startswith("Negative prompt: ")
     assert "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Lora: kafka-10" in text
@@ -102,7 +102,7 @@ def test_grid_layout_cells_and_weights(grid_run):
         for ci, c in enumerate(layout["columns"]):
             y0, x0 = h - (2 - ri) * 64, w - (3 - ci) * 64
             assert np.array_equal(arr[y0 : y0 + 64, x0 : x0 + 64], cells[(r, c)])
-    prompt = parse_line(PROMPTS[0], grid_run.spec.sample, 64)
+    prompt = parse_line(PROMPTS[0], grid_run.spec.sample, (64, 64))
     base = np.asarray(render_base(grid_run, prompt))
     assert np.array_equal(cells[("toy-02", "0")], base)  # weight 0: the base model, bit for bit
     assert np.array_equal(cells[("toy-01", "0")], base)

@@ -41,7 +41,7 @@ def lacks(p: Problem) -> bool:
         return p.value not in ALGOS
     if top in ("optimizer_args", "network_args", "lr_scheduler_args"):
         return "not an argument" in p.why or "no such setting" in p.why or "not a setting" in p.why
-    return top not in NAMES or "warmup in steps" in p.why or "square area" in p.why
+    return top not in NAMES or "warmup in steps" in p.why
 
 
 def spec_of(imp, tmp_path: Path):
@@ -587,3 +587,79 @@ def test_the_rectified_flow_sdxl_forks_keys_are_refused_with_lorafws_way(tmp_pat
     assert "prediction_type=flow" in refused["flow_model"] and "sdxl_rf" in refused["flow_model"]
     assert "logit_mean" in refused["flow_logit_mean"] and "discrete_flow_shift" in refused["flow_uniform_static_ratio"]
     assert "lorafw has none" in refused["flow_use_ot"]
+
+
+# -- non-square resolution, random crop, bucket steps (lorafw issue 26) ---------------------------------------
+@pytest.mark.parametrize("line,value", [('resolution = "512,650"', [512, 650]), ("resolution = [640, 512]", [640, 512]),
+                                        ('resolution = "768,768"', 768), ('resolution = "512"', 512)])
+def test_a_w_h_resolution_is_imported_as_kohya_reads_it(line, value, tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('pretrained_model_name_or_path = "/m.safetensors"\nmax_train_epochs = 1\ntrain_data_dir = "/d"\n'
+                 + line + "\n")
+    imp = import_config(f)
+    assert imp.not_honoured == [] and imp.values["dataset.resolution"] == value
+    assert spec_of(imp, tmp_path).dataset.size == ((value, value) if isinstance(value, int) else tuple(value))
+
+
+def test_a_resolution_that_is_not_n_or_w_h_is_refused_by_name(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('pretrained_model_name_or_path = "/m"\nmax_train_epochs = 1\nresolution = "512,640,768"\n')
+    imp = import_config(f)
+    assert [(p.key, p.value) for p in imp.not_honoured] == [("resolution", "512,640,768")]
+
+
+@pytest.mark.parametrize("sdxl,script,multiple", [(False, "train_network.py", 64), (True, "sdxl_train_network.py", 32)])
+def test_bucket_reso_steps_1_is_refused_saying_sd_scripts_refuses_it_too(sdxl, script, multiple, tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"LoRA_type": "Standard", "sdxl": sdxl, "max_resolution": "512,512", "epoch": 1,
+                             "enable_bucket": True, "bucket_reso_steps": 1, "pretrained_model_name_or_path": "/m",
+                             "train_data_dir": "/d", "optimizer": "AdamW"}))
+    imp = import_config(f)
+    (bad,) = [p for p in imp.not_honoured if p.key == "bucket_reso_steps"]
+    assert f"sd-scripts' {script} refuses it too (verify_bucket_reso_steps({multiple}))" in bad.why
+
+
+def test_a_gui_trainer_toml_with_random_crop_imports_and_trains(tmp_path, tiny_model):
+    from conftest import make_folder
+    from safetensors import safe_open
+
+    from lorafw.config.compose import compose
+    from lorafw.run import resolve_outputs
+    from lorafw.trainers.trainer import prepare
+
+    data = tmp_path / "data"
+    make_folder(data, "2_wide", [(128, 64), (160, 64)], ["toy, wide"])
+    make_folder(data, "1_tall", [(64, 96)], ["toy, tall"])
+    src = tmp_path / "gui.toml"
+    src.write_text((FIX / "gui_trainer_random_crop.toml").read_text().replace("{data}", str(data))
+                   .replace("{model}", str(tiny_model)))
+    imp = import_config(src)
+    assert imp.not_honoured == [] and imp.values["dataset.random_crop"] is True
+    assert imp.values["dataset.resolution"] == [64, 96] and imp.values["dataset.cache_latents"] is False
+    assert [f.get("random_crop") for f in imp.values["dataset.folders"]] == [True, None]
+    recipe = write_recipe(imp, "test", tmp_path / "r.yaml")
+    spec = resolve_outputs(compose(str(recipe), [f"output.dir={tmp_path / 'run'}", "output.name=toy"]))
+    assert spec.dataset.size == (64, 96) and spec.dataset.folders[0].random_crop is True
+    tr = prepare(spec, spec.output.dir)
+    assert all(f.random_crop for f in tr.data.folders)  # the second subset takes the dataset-wide random_crop
+    result = tr.run()
+    assert tr.state.global_step == 5  # (2 images × 2 repeats + 1) items, batch 1, one epoch
+    with safe_open(str(result.lora_files[-1]), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_random_crop"] == "True" and meta["ss_resolution"] == "(64, 96)"
+    assert meta["modelspec.resolution"] == "64x96"
+    (ds,) = json.loads(meta["ss_datasets"])
+    assert ds["resolution"] == [64, 96] and [s["random_crop"] for s in ds["subsets"]] == [True, True]
+
+
+def test_random_crop_with_cached_latents_is_refused_on_random_crop_as_sd_scripts_refuses_it(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"LoRA_type": "Standard", "max_resolution": "512,512", "epoch": 1, "random_crop": True,
+                             "cache_latents": True, "pretrained_model_name_or_path": "/m", "train_data_dir": "/d",
+                             "optimizer": "AdamW"}))
+    (bad,) = import_config(f).not_honoured
+    assert (bad.key, bad.value) == ("random_crop", True)
+    assert "is_latent_cacheable" in bad.why and "set dataset.cache_latents=false" in bad.why
+    f.write_text(f.read_text().replace('"cache_latents": true', '"cache_latents": false'))
+    imp = import_config(f)
+    assert imp.not_honoured == [] and imp.values["dataset.random_crop"] is True

@@ -457,6 +457,35 @@ def test_the_kohya_half_of_an_export_alone_trains_the_same(extra, tmp_path):
     assert dataclasses.replace(back.optimizer, stop_text_encoder_training=None) == spec.optimizer
 
 
+@pytest.mark.parametrize("extra,resolution", [
+    (["dataset.resolution=[512,768]"], [512, 768]),
+    (["dataset.resolution=[640,512]", "dataset.enable_bucket=false"], [640, 512]),
+    (["dataset.resolution=768", "dataset.random_crop=true"], 768)])
+@pytest.mark.parametrize("lorafw_section", [True, False])
+def test_w_h_resolution_and_random_crop_export_and_import_back(extra, resolution, lorafw_section, tmp_path):
+    """sd-scripts' dataset config takes N or [W, H] (config_util's scalar_or_twodim) and random_crop per subset
+    or in [general]; both come back, with or without the [lorafw] section."""
+    import tomli_w
+
+    spec, _ = spec_from_dict(compose_dict("conf/recipe/sd15_character.yaml", [
+        "base_model.path=/m.safetensors", "output.name=x", "dataset.cache_latents=false",
+        "dataset.folders=[{path: /d/2_x, random_crop: true}, {path: /d/1_y}]", *extra]), check_paths=False,
+        need_model=False)
+    cfg, ds = export_kohya(spec, 200, [("/d/2_x", 2, {"random_crop": True}), ("/d/1_y", 1, {})])
+    assert ds["datasets"][0]["resolution"] == resolution
+    assert ds["general"]["random_crop"] is spec.dataset.random_crop
+    if not lorafw_section:
+        cfg.pop("lorafw")
+    (tmp_path / "c.toml").write_text(tomli_w.dumps(cfg))
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(ds))
+    imp = import_config(tmp_path / "c.toml", tmp_path / "d.toml")
+    assert imp.not_honoured == []
+    back, _ = spec_from_dict(compose_dict(str(write_recipe(imp, "x", tmp_path / "r.yaml")), []), check_paths=False,
+                             need_model=False)
+    assert (back.dataset.size, back.dataset.random_crop) == (spec.dataset.size, spec.dataset.random_crop)
+    assert [f.random_crop for f in back.dataset.folders][0] is True
+
+
 @pytest.mark.parametrize("asked,resolved,kohya", [("no", None, "no"), ("fp16", None, "fp16"), ("bf16", None, "bf16"),
                                                   ("no", "bf16", "no"), ("auto", "bf16", "bf16"), ("auto", "no", "no"),
                                                   ("auto", None, "fp16")])

@@ -288,6 +288,26 @@ def test_ss_datasets_has_kohyas_dataset_and_subset_fields():
     assert ds["resolution"] == [512, 512] and ds["num_train_images"] == 20
 
 
+def test_a_w_h_resolution_and_random_crop_are_written_as_kohya_writes_them():
+    """train_network.py: ss_resolution = str(args.resolution), the (W, H) tuple prepare_dataset_args made; the
+    dataset's resolution (W, H) and each subset's random_crop in ss_datasets; ss_random_crop = args.random_crop;
+    sai_model_spec.determine_resolution's "WxH"."""
+    from lorafw.data.folders import Folder
+    from lorafw.outputs.metadata import kohya_subsets
+
+    folder = Folder(path=Path("/d/2_kafka"), name="kafka", repeats=2, is_reg=False, trigger=None, keep_tokens=0,
+                    keep_tokens_separator=None, caption_extension=".txt", shuffle_caption=False,
+                    caption_dropout_rate=0.0, caption_tag_dropout_rate=0.0, flip_aug=False, mask_dir=None, images=(),
+                    random_crop=True)
+    m = metadata_for("dataset.resolution=[512,768]", "dataset.random_crop=true", "dataset.cache_latents=false",
+                     subsets=kohya_subsets([folder]))
+    assert (m["ss_resolution"], m["modelspec.resolution"], m["ss_random_crop"]) == ("(512, 768)", "512x768", "True")
+    (ds,) = json.loads(m["ss_datasets"])
+    assert ds["resolution"] == [512, 768] and ds["subsets"][0]["random_crop"] is True
+    m = metadata_for()
+    assert (m["ss_resolution"], m["modelspec.resolution"], m["ss_random_crop"]) == ("(512, 512)", "512x512", "False")
+
+
 def test_comment_validation_and_modelspec_keys():
     m = metadata_for()
     assert m["ss_training_comment"] == "None"  # kohya: str(None) when --training_comment is not given

@@ -51,6 +51,20 @@ def test_multi_bucket_remainders_and_accumulation(tmp_path):
     assert any("gradient accumulation 2" in r and "(8 → 4)" in r for r in p.reasons)
 
 
+def test_a_w_h_resolution_makes_kohyas_buckets_of_that_area(tmp_path):
+    # area 128·192 = 24576 (not 128²): sd-scripts' make_bucket_resolutions((128, 192), 64, 256, 64) holds (128, 128),
+    # (64, 256), (256, 64), (128, 192), (192, 128)
+    make_folder(tmp_path, "2_a", [(64, 64), (128, 192), (200, 130), (64, 300)], ["a"])
+    p = plan_for(tmp_path, "dataset.resolution=[128,192]", "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=256",
+                 "train.batch_size=1", "train.epochs=1")
+    assert p.buckets == {"128x128": 2, "128x192": 2, "192x128": 2, "64x256": 2}
+    square = plan_for(tmp_path, "dataset.resolution=128", "dataset.min_bucket_reso=64", "dataset.max_bucket_reso=256",
+                      "train.batch_size=1", "train.epochs=1")
+    assert "128x192" not in square.buckets  # 128·192 is over 128²
+    exact = plan_for(tmp_path, "dataset.resolution=[128,192]", "dataset.enable_bucket=false", "train.epochs=1")
+    assert exact.buckets == {"128x192": 8}  # without buckets: exactly W×H
+
+
 def test_data_parallel_processes_divide_the_steps(tmp_path):
     """Global batch = batch × processes × accumulation; steps = ceil(batches ÷ (processes × accumulation))."""
     from lorafw.planning.plan import render

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import copy
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def _wrong_type(k: KeyInfo):
         return 5
     if origin is dict:
         return [1, 2]
+    if origin in (typing.Union, types.UnionType):  # dataset.resolution: N or [W, H] (or "W,H")
+        return "abc"
     if tp is str:
         return [1, 2]
     return None

@@ -211,6 +211,13 @@ def test_checkpointing_lowers_activations(tmp_path):
     assert two.components["unet_activations"] > 1.9 * off.components["unet_activations"]
 
 
+def test_without_a_dataset_the_estimate_is_one_w_by_h_bucket(tmp_path):
+    wide = estimate(spec_for(tmp_path, "sd15_character", "dataset.resolution=[512,768]"))
+    square = estimate(spec_for(tmp_path, "sd15_character", "dataset.resolution=512"))
+    assert (wide.bucket, square.bucket) == ((512, 768), (512, 512))
+    assert wide.components["unet_activations"] > square.components["unet_activations"]
+
+
 def test_caching_drops_the_vae_and_text_encoders(tmp_path):
     base = spec_for(tmp_path, "sd15_character", "dataset.resolution=512")
     cached, raw = estimate(base), estimate(with_data(base, cache_latents=False))

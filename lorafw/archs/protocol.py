@@ -16,7 +16,9 @@ family it is. The step loop, caches, saving, resume and evaluation are the same 
     sample      renderer(...) → an object with render(prompt, sampler) → PIL image (samples, grid)
     kohya       base_model_version / modelspec_architecture / modelspec_implementation (the LoRA file's metadata)
     optional    side_files {base_model key: what}: files it needs besides base_model.path (Anima's text encoder, VAE);
-                text_encoder_namer; flow_timestep_scale (the time a flow denoiser takes, × σ)
+                text_encoder_namer; flow_timestep_scale (the time a flow denoiser takes, × σ);
+                bucket_step: BucketStep, what dataset.bucket_reso_steps (and the sides of an image trained without
+                buckets) must divide by; without it, 8 (the VAE's)
 """
 
 from __future__ import annotations
@@ -41,6 +43,20 @@ class Models:
     text_encoders: list[torch.nn.Module]
     tokenizers: list[Any]
     noise_scheduler: Any  # the training schedule (DDPM for ε/v)
+
+
+@dataclass(frozen=True)
+class BucketStep:
+    """What a family's bucket sides must be multiples of, and where sd-scripts says so: its trainer script calls
+    verify_bucket_reso_steps(multiple), which asserts bucket_reso_steps % multiple == 0 when buckets are on."""
+
+    multiple: int
+    kohya_script: str  # e.g. "train_network.py"
+    why: str  # e.g. "the VAE's 8x and the UNet's three 2x downsamplings"
+    # what the sides of an image trained without buckets (exactly dataset.resolution's W×H) must divide by: 1 for a
+    # diffusers UNet, which sizes its upsamplings to any latent (sd-scripts trains "512,650" so); a DiT's patches
+    # need whole ones
+    exact: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,9 @@ class Architecture(Protocol):
         """Text states for `captions`, keyed by name; they depend on the caption only, so they can be cached."""
 
     def conditioning(self, text: Text, data: Any, batch: list[int], flips: list[bool]) -> dict[str, Any]:
-        """The denoiser's keyword arguments for one batch (text states plus what the family adds per image)."""
+        """The denoiser's keyword arguments for one batch (text states plus what the family adds per image, read
+        from `data.images[i]` for i in `batch`: size, placement; when a step crops at random, `data` is the batch's
+        items as placed that step, item j as image j, TrainData.placed)."""
 
     def denoise(self, models: Models, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         """The denoiser's prediction for noisy latents `x_t` at timesteps `t`."""

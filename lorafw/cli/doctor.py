@@ -251,14 +251,15 @@ def _fit(spec, budget: float, choice, overrides: list[str], has_data: bool) -> d
                                 full_fp16=choice.full_fp16)
     spec = dataclasses.replace(spec, train=train)
     buckets = None
-    if has_data:  # its buckets; without a dataset, one dataset.resolution² bucket
+    if has_data:  # its buckets; without a dataset, one W×H bucket of dataset.resolution
         from lorafw.data.dataset import build
         from lorafw.data.folders import scan
 
         buckets = buckets_of(build(scan(spec.dataset)[0], spec.dataset))
     sug = suggest(spec, budget, buckets).to_json()
     recipe = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("recipe=")), "this config")
-    what = f"{recipe}, {spec.base_model.arch}, {spec.dataset.resolution}px, batch {spec.train.batch_size}"
+    (w, h) = spec.dataset.size
+    what = f"{recipe}, {spec.base_model.arch}, {w if w == h else f'{w}x{h}'}px, batch {spec.train.batch_size}"
     return {"what": what, "budget_gib": budget, "fits": sug["fits"], "estimate": sug["estimate"],
             "suggestions": sug["suggestions"] if not sug["fits"] else []}
 

@@ -35,8 +35,16 @@ class SamplePrompt:
     flow_shift: float | None = None  # None: the family's own (Anima 3.0); ε / v models ignore it
 
 
-def parse_line(line: str, defaults: SampleSpec, resolution: int) -> SamplePrompt:
-    """One prompt line → SamplePrompt (flags override the defaults); ValueError naming a bad flag."""
+def sample_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The samples' default (W, H): dataset.resolution's, each side cut to a multiple of 8 (at least 64) as
+    sd-scripts' sample_image_inference rounds a sample's size (its own default is 512 x 512 whatever the training
+    size; lorafw previews at the training size)."""
+    return (max(64, size[0] - size[0] % 8), max(64, size[1] - size[1] % 8))
+
+
+def parse_line(line: str, defaults: SampleSpec, size: tuple[int, int]) -> SamplePrompt:
+    """One prompt line → SamplePrompt (flags override the defaults, `size` the training (W, H)); ValueError naming a
+    bad flag."""
     text = " " + line.strip()
     parts = _FLAG.split(text)
     prompt = parts[0].strip()
@@ -44,8 +52,8 @@ def parse_line(line: str, defaults: SampleSpec, resolution: int) -> SamplePrompt
         raise ValueError(f"no prompt before the flags in {line.strip()!r}")
     values: dict[str, Any] = {
         "negative": defaults.negative,
-        "width": defaults.width or resolution,
-        "height": defaults.height or resolution,
+        "width": defaults.width or sample_size(size)[0],
+        "height": defaults.height or sample_size(size)[1],
         "seed": defaults.seed,
         "steps": defaults.steps,
         "cfg_scale": defaults.cfg_scale,
@@ -77,5 +85,5 @@ def prompt_lines(spec: SampleSpec) -> list[str]:
     return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def read_prompts(spec: SampleSpec, resolution: int) -> list[SamplePrompt]:
-    return [parse_line(ln, spec, resolution) for ln in prompt_lines(spec)]
+def read_prompts(spec: SampleSpec, size: tuple[int, int]) -> list[SamplePrompt]:
+    return [parse_line(ln, spec, size) for ln in prompt_lines(spec)]

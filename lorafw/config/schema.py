@@ -131,6 +131,8 @@ def type_text(tp: Any) -> str:
         return "mapping"
     if tp is Any:
         return "any"
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_text(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 

@@ -147,6 +147,7 @@ class FolderSpec:
     caption_dropout_rate: float | None = key(None, "as dataset.caption_dropout_rate, for this folder", ge=0, lt=1)
     caption_tag_dropout_rate: float | None = key(None, "as dataset.caption_tag_dropout_rate, for this folder", ge=0, lt=1)
     flip_aug: bool | None = key(None, "as dataset.flip_aug, for this folder")
+    random_crop: bool | None = key(None, "as dataset.random_crop, for this folder")
     mask_dir: str | None = key(None, "as dataset.mask_dir, for this folder")
 
 
@@ -156,8 +157,10 @@ class DatasetSpec:
     folders: tuple[FolderSpec, ...] = key((), "or each folder explicitly: [{path: DIR, repeats: 5, trigger: TAG}]")
     reg_root: str | None = key(None, "regularisation images, also in REPEATS_NAME folders", kohya="reg_data_dir")
     default_repeats: int | None = key(None, "repeats for folders without a REPEATS_ prefix; null = that is an error", ge=1)
-    resolution: int = key(512, "training area is resolution x resolution (a multiple of 8)", kohya="resolution",
-                          ss="ss_resolution")
+    resolution: int | tuple[int, ...] = key(
+        512, "the training size: N (N x N) or W,H ([W, H] or 'W,H', as kohya's --resolution); buckets hold about "
+        "W x H pixels, and without buckets every image is resized and cropped to exactly W x H",
+        kohya="resolution", ss="ss_resolution")
     caption_extension: str = key(".txt", "caption files are IMAGE_NAME + this", kohya="caption_extension",
                                  kohya_default=".caption")
     shuffle_caption: bool = key(False, "shuffle comma-separated tags each time an image is seen",
@@ -172,11 +175,16 @@ class DatasetSpec:
                                           kohya="caption_tag_dropout_rate", ss="ss_caption_tag_dropout_rate", ge=0,
                                           lt=1)
     flip_aug: bool = key(False, "random horizontal flips", kohya="flip_aug", ss="ss_flip_aug")
+    random_crop: bool = key(False, "crop each step's bucket-sized window at a random place of the resized image "
+                            "instead of its centre (needs cache_latents=false, as in kohya)", kohya="random_crop",
+                            ss="ss_random_crop")
     enable_bucket: bool = key(True, "aspect-ratio buckets: every image keeps its shape", kohya="enable_bucket",
                               kohya_default=False, ss="ss_enable_bucket")
     min_bucket_reso: int = key(256, "smallest bucket side", kohya="min_bucket_reso", ss="ss_min_bucket_reso", ge=64)
     max_bucket_reso: int = key(1024, "largest bucket side", kohya="max_bucket_reso", ss="ss_max_bucket_reso")
-    bucket_reso_steps: int = key(64, "bucket sides are multiples of this (a multiple of 8)", kohya="bucket_reso_steps")
+    bucket_reso_steps: int = key(64, "bucket sides are multiples of this (with buckets: a multiple of 64 for SD1.5, "
+                                 "32 for SDXL, 16 for Anima, as sd-scripts' verify_bucket_reso_steps)",
+                                 kohya="bucket_reso_steps")
     bucket_no_upscale: bool = key(False, "never enlarge an image to fit a bucket", kohya="bucket_no_upscale",
                                   ss="ss_bucket_no_upscale")
     prior_loss_weight: float = key(1.0, "loss weight of regularisation images", kohya="prior_loss_weight",
@@ -200,6 +208,18 @@ class DatasetSpec:
     workers: int | None = key(None, "image-loading threads; null = one per core (at most 8) beside a GPU, none on a CPU",
                               kohya="max_data_loader_n_workers", ge=0,
                               why="image-loading threads; 0 loads in the main thread, null picks one per core")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H) of `resolution`: N is (N, N), as sd-scripts' prepare_dataset_args reads --resolution."""
+        return resolution_size(self.resolution)
+
+
+def resolution_size(value: int | tuple[int, ...]) -> tuple[int, int]:
+    """dataset.resolution as (W, H): N → (N, N); [N] → (N, N); [W, H] → (W, H) (validation refuses the rest)."""
+    if isinstance(value, int):
+        return (value, value)
+    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
 
 
 @dataclass(frozen=True)
@@ -341,8 +361,8 @@ class SampleSpec:
     cfg_scale: float = key(7.0, "classifier-free guidance scale (--l)", ge=0)
     seed: int = key(42, "the same seed in every image of a prompt (--d)", ge=0, le=2**32 - 1)
     negative: str = key("lowres, bad anatomy, bad hands, worst quality, low quality, blurry", "negative prompt (--n)")
-    width: int | None = key(None, "--w; null = dataset.resolution")
-    height: int | None = key(None, "--h; null = dataset.resolution")
+    width: int | None = key(None, "--w; null = dataset.resolution's width (cut to a multiple of 8)")
+    height: int | None = key(None, "--h; null = dataset.resolution's height (cut to a multiple of 8)")
     flow_shift: float | None = key(None, "flow models: the sampling σ schedule's shift (--fs); null = the family's "
                                    "(Anima 3.0)", gt=0)
 

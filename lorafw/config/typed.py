@@ -54,6 +54,8 @@ def _type_name(tp: Any) -> str:
         return "a mapping ({key: value})"
     if dataclasses.is_dataclass(tp):
         return "a mapping ({key: value})"
+    if _origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return str(tp)
 
 
@@ -72,6 +74,21 @@ def convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     if tp is Any:
         return value
     origin = _origin(tp)
+    if origin in (Union, types.UnionType):
+        # the first member that takes `value` (dataset.resolution's `int | tuple[int, ...]`); a string of
+        # comma-separated whole numbers ("512,650", kohya's W,H; "512") is read as the list (or number) it spells
+        arms = typing.get_args(tp)
+        if isinstance(value, str) and any(_origin(a) is tuple for a in arms):
+            parts = [v.strip() for v in value.split(",")]
+            if all(v.isdigit() for v in parts):
+                value = int(parts[0]) if len(parts) == 1 and int in arms else [int(v) for v in parts]
+        for arm in arms:
+            tried: list[str] = []
+            out = convert(arm, value, key, tried)
+            if not tried:
+                return out
+        problems.append(f"{key}: expected {_type_name(tp)}, got {describe(value)}")
+        return None
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):

@@ -15,7 +15,7 @@ from lorafw.config import blocks
 from lorafw.config.catalog import OPTIMIZERS, SCHEDULERS, is_class_path, relative_step, scheduler_problems
 from lorafw.config.prediction import flow_problems, resolve
 from lorafw.config.prompts import parse_line, prompt_lines
-from lorafw.config.spec import RunSpec
+from lorafw.config.spec import DatasetSpec, RunSpec
 from lorafw.config.typed import from_dict
 from lorafw.errors import ConfigError, ModelError
 from lorafw.families import available as available_archs
@@ -54,6 +54,9 @@ def spec_from_dict(data: dict[str, Any], check_paths: bool = True, need_model: b
         raise ConfigError(problems)
     if check_paths and need_model and spec.base_model.arch == AUTO:
         spec = resolve_arch(spec)
+        _check_bucket_step(spec, problems, get_family(spec.base_model.arch))  # the family is known now
+        if problems:
+            raise ConfigError(problems)
     return spec, notes
 
 
@@ -80,6 +83,10 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
             if not getattr(s.base_model, key):
                 p.append(f"base_model.{key}: base_model.arch={s.base_model.arch} needs it ({what}); "
                          f"pass base_model.{key}=PATH")
+    if s.base_model.arch in archs:  # a family is read without torch: `lorafw import`, plan and lint check it too
+        _check_bucket_step(s, p, get_family(s.base_model.arch))
+    else:  # the VAE's 8 until the family is known (arch=auto: checked again once the checkpoint names it)
+        _check_bucket_step(s, p)
 
     _check_network(s, p, notes, need_model)
     _check_optimizer(s, p, notes)
@@ -88,15 +95,8 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     d = s.dataset
     if d.root is None and not d.folders:
         p.append("dataset.root: no images given; set dataset.root=DIR (holding REPEATS_NAME folders) or dataset.folders")
-    if d.resolution < 64 or d.resolution % 8:
-        p.append(f"dataset.resolution: must be a multiple of 8 and at least 64, got {d.resolution}")
-    if d.bucket_reso_steps < 8 or d.bucket_reso_steps % 8:
-        p.append(f"dataset.bucket_reso_steps: must be a multiple of 8 (64 is usual), got {d.bucket_reso_steps}")
-    if d.enable_bucket:
-        if d.min_bucket_reso > d.resolution:
-            p.append(f"dataset.min_bucket_reso: {d.min_bucket_reso} is above dataset.resolution={d.resolution}")
-        if d.max_bucket_reso < d.resolution:
-            p.append(f"dataset.max_bucket_reso: {d.max_bucket_reso} is below dataset.resolution={d.resolution}")
+    _check_resolution(d, p)
+    _check_random_crop(d, p)
     if not d.caption_extension.startswith("."):
         p.append(f"dataset.caption_extension: must start with '.', e.g. .txt, got {d.caption_extension!r}")
     if d.cache_latents_to_disk and not d.cache_latents:
@@ -228,7 +228,7 @@ def _check_outputs_extras(s: RunSpec, p: list[str]) -> None:
             p.append(f"sample.{key}: must be a multiple of 8 and at least 64, got {v}")
     for i, line in enumerate(sm.prompts):
         try:
-            parse_line(line, sm, s.dataset.resolution)
+            parse_line(line, sm, s.dataset.size)
         except ValueError as e:
             p.append(f"sample.prompts[{i}]: {e}")
     v = s.validation
@@ -273,7 +273,7 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
     if s.sample.prompt_file and expand(s.sample.prompt_file).is_file():
         try:
             for line in prompt_lines(s.sample):
-                parse_line(line, s.sample, s.dataset.resolution)
+                parse_line(line, s.sample, s.dataset.size)
         except (ValueError, OSError) as e:
             p.append(f"sample.prompt_file: {e}")
     iw = s.network.init_weights
@@ -452,6 +452,66 @@ def _check_scheduler(s: RunSpec, p: list[str], notes: list[str]) -> None:
     if sc.name == "adafactor" and s.optimizer.name != "adafactor":
         p.append(f"scheduler.name: the adafactor scheduler reads Adafactor's own lr; optimizer.name={s.optimizer.name} "
                  "has none; choose another scheduler")
+
+
+def _check_resolution(d: DatasetSpec, p: list[str]) -> None:
+    """dataset.resolution and the bucket sides, as sd-scripts checks them (prepare_dataset_args,
+    BaseDataset.adjust_min_max_bucket_reso_by_steps); the family's bucket step is `_check_bucket_step`'s."""
+    r = d.resolution
+    if not isinstance(r, int) and len(r) not in (1, 2):
+        p.append(f"dataset.resolution: give N or W,H (e.g. 512 or [512, 768]), got {list(r)}")
+        return
+    w, h = d.size
+    shown = w if w == h else f"{w},{h}"
+    if min(w, h) < 64:
+        p.append(f"dataset.resolution: each side must be at least 64, got {shown}")
+    if d.enable_bucket:
+        if d.min_bucket_reso > min(w, h):
+            p.append(f"dataset.min_bucket_reso: {d.min_bucket_reso} is above dataset.resolution's shorter side "
+                     f"({shown}); lower it or raise the resolution")
+        if d.max_bucket_reso < max(w, h):
+            p.append(f"dataset.max_bucket_reso: {d.max_bucket_reso} is below dataset.resolution's longer side "
+                     f"({shown}); raise it or lower the resolution")
+
+
+def _random_crop_keys(d: DatasetSpec) -> list[str]:
+    """The keys that turn random cropping on for some folder: each folder's own, and the dataset-wide one where a
+    folder takes it (every folder found under dataset.root / reg_root does)."""
+    keys = [f"dataset.folders[{i}].random_crop" for i, f in enumerate(d.folders) if f.random_crop]
+    takes_dataset_wide = d.root is not None or d.reg_root is not None or any(f.random_crop is None for f in d.folders)
+    return (["dataset.random_crop"] if d.random_crop and takes_dataset_wide else []) + keys
+
+
+def _check_random_crop(d: DatasetSpec, p: list[str]) -> None:
+    """kohya's is_latent_cacheable: a random crop is drawn each step, so its latent cannot be encoded once."""
+    keys = _random_crop_keys(d)
+    if keys and d.cache_latents:
+        p.append(f"{' / '.join(keys)}: a random crop is a new window every step, so its latent cannot be encoded "
+                 "once, as dataset.cache_latents=true does (sd-scripts refuses the pair too: is_latent_cacheable); set "
+                 "dataset.cache_latents=false (each step then encodes its crop with the VAE) or random_crop=false")
+
+
+def _check_bucket_step(s: RunSpec, p: list[str], family: object | None = None) -> None:
+    """Bucket sides in the family's step (its `bucket_step`; sd-scripts' verify_bucket_reso_steps: a multiple of 64
+    for SD1.5, 32 for SDXL, 16 for Anima), or in the VAE's 8 where the family is not known yet. Like sd-scripts,
+    only with buckets on: without them bucket_reso_steps is unused (sd-scripts sets it to None, checks nothing),
+    and the one size, W×H, is what must suit the family (`exact`: a UNet takes any, Anima's DiT whole patches)."""
+    d, label = s.dataset, getattr(family, "label", "")
+    step = getattr(family, "bucket_step", None)
+    if not d.enable_bucket:
+        (w, h), n = d.size, step.exact if step is not None else 1
+        if w % n or h % n:
+            p.append(f"dataset.resolution: without buckets every image is trained at exactly {w}x{h}; {label} "
+                     f"needs sides that are multiples of {n} ({step.why}): set dataset.resolution=[{w - w % n}, "
+                     f"{h - h % n}] or dataset.enable_bucket=true (buckets need only the area)")
+        return
+    if step is not None and (d.bucket_reso_steps < step.multiple or d.bucket_reso_steps % step.multiple):
+        p.append(f"dataset.bucket_reso_steps: {label} needs a multiple of {step.multiple} ({step.why}), got "
+                 f"{d.bucket_reso_steps}; sd-scripts' {step.kohya_script} refuses it too (verify_bucket_reso_steps("
+                 f"{step.multiple})); set dataset.bucket_reso_steps={max(step.multiple, 64)}, the usual value")
+    elif step is None and (d.bucket_reso_steps < 8 or d.bucket_reso_steps % 8):
+        p.append(f"dataset.bucket_reso_steps: must be a multiple of 8 (the VAE's latent is 1/8 the size; 64 is "
+                 f"usual), got {d.bucket_reso_steps}")
 
 
 def _effective(s: RunSpec, notes: list[str]) -> RunSpec:

@@ -1,7 +1,7 @@
 """Aspect-ratio buckets and the step arithmetic that follows from them. Pure functions.
 
-Buckets hold about resolution² pixels with sides in `step` increments between min and max
-(kohya sd-scripts' scheme, so the same dataset lands in the same buckets). Every batch comes
+Buckets hold about W×H pixels (dataset.resolution; N is N×N) with sides in `step` increments between min and
+max (kohya sd-scripts' scheme, so the same dataset lands in the same buckets). Every batch comes
 from one bucket, so a bucket whose item count is not a multiple of the batch size adds one
 short batch: steps per epoch = Σ_bucket ceil(items / batch), which equals the guide's
 Σ(images × repeats) ÷ batch only when everything shares a bucket and divides evenly.
@@ -21,9 +21,10 @@ RESIZE_INTERPOLATION = "lanczos"
 T = TypeVar("T", bound=Hashable)
 
 
-def make_buckets(resolution: int, min_reso: int, max_reso: int, step: int) -> list[Size]:
-    """All (w, h) with w·h ≤ resolution², sides multiples of `step` in [min_reso, max_reso], sorted."""
-    max_area = resolution * resolution
+def make_buckets(resolution: Size, min_reso: int, max_reso: int, step: int) -> list[Size]:
+    """All (w, h) with w·h ≤ W·H of `resolution` (W, H), sides multiples of `step` in [min_reso, max_reso], and
+    the square of that area, sorted: sd-scripts' model_util.make_bucket_resolutions(max_reso=(W, H), ...)."""
+    max_area = resolution[0] * resolution[1]
     side = int(math.sqrt(max_area) // step) * step
     buckets = {(side, side)}
     w = min_reso
@@ -37,7 +38,10 @@ def make_buckets(resolution: int, min_reso: int, max_reso: int, step: int) -> li
 
 
 def nearest_bucket(width: int, height: int, buckets: Sequence[Size]) -> Size:
-    """The bucket whose aspect ratio is closest to the image's (ties: the first in sorted order)."""
+    """The image's own size where that is a bucket, else the bucket whose aspect ratio is closest to the image's
+    (ties: the first in sorted order), as sd-scripts' BucketManager.select_bucket."""
+    if (width, height) in buckets:
+        return (width, height)
     ar = width / height
     return min(buckets, key=lambda b: abs(b[0] / b[1] - ar))
 
@@ -46,17 +50,17 @@ def round_to_step(x: float, step: int) -> int:
     return int(x + 0.5) // step * step  # to the nearest pixel, then down to a multiple of step
 
 
-def no_upscale_bucket(width: int, height: int, resolution: int, step: int) -> Size:
+def no_upscale_bucket(width: int, height: int, resolution: Size, step: int) -> Size:
     """Bucket for `bucket_no_upscale`: the image itself (shrunk to the area if larger), sides cut to `step`."""
     return no_upscale_size(width, height, resolution, step)[0]
 
 
-def no_upscale_size(width: int, height: int, resolution: int, step: int) -> tuple[Size, Size]:
+def no_upscale_size(width: int, height: int, resolution: Size, step: int) -> tuple[Size, Size]:
     """(bucket, resized size) under `bucket_no_upscale`, as kohya's BucketManager.select_bucket: an image larger
-    than resolution² is shrunk (keeping its aspect ratio, one side rounded to `step`); a smaller one keeps its
+    than W·H pixels is shrunk (keeping its aspect ratio, one side rounded to `step`); a smaller one keeps its
     size. The bucket is that size cut down to multiples of `step`, so the image is cropped to it, never
     resized to cover it (an image under one step on a side is the exception: it is enlarged to one step)."""
-    max_area = resolution * resolution
+    max_area = resolution[0] * resolution[1]
     ar = width / height
     if width * height > max_area:
         rw = math.sqrt(max_area * ar)
@@ -100,7 +104,9 @@ def size_conditioning(original: Size, pl: Placement, flip: bool) -> tuple[int, i
     and diffusers' SDXL training script record the same); a horizontal flip moves it to the mirrored side.
     kohya differs: its get_crop_ltrb records where the image would sit if *fitted inside* the bucket
     (letterbox offsets), which is 0 on the axis SAI's crop is non-zero. SAI's is used because SDXL was trained
-    on it; at centre crops both are small and SDXL tolerates either.
+    on it; at centre crops both are small and SDXL tolerates either. Under random_crop the window is the one drawn
+    for the step (TrainData.placed), so SDXL is told where it is; kohya's stays its letterbox value, the random
+    offset not recorded ("no idea how to reflect the cropped value in crop left/top", trim_and_resize_if_required).
     """
     w, h = original
     left, top = pl.crop
@@ -109,10 +115,22 @@ def size_conditioning(original: Size, pl: Placement, flip: bool) -> tuple[int, i
     return (h, w, top, left, pl.bucket[1], pl.bucket[0])
 
 
-def assign(width: int, height: int, resolution: int, enable: bool, min_reso: int, max_reso: int, step: int, no_upscale: bool) -> Placement:
-    """Bucket and crop for one image under a dataset's bucket settings."""
+def random_crop(pl: Placement, rng: random.Random) -> Placement:
+    """`pl` with its window at a random place of the resized image: kohya's random_crop (train_util's
+    trim_and_resize_if_required draws random.randint(0, overflow) for the width, then the height, where the
+    resized image overflows the bucket). A centre crop has the same resize; only the offset is drawn."""
+    (rw, rh), (bw, bh) = pl.resized, pl.bucket
+    left = rng.randint(0, rw - bw) if rw > bw else 0
+    top = rng.randint(0, rh - bh) if rh > bh else 0
+    return Placement(bucket=pl.bucket, resized=pl.resized, crop=(left, top))
+
+
+def assign(width: int, height: int, resolution: Size, enable: bool, min_reso: int, max_reso: int, step: int,
+           no_upscale: bool) -> Placement:
+    """Bucket and crop for one image under a dataset's bucket settings; `resolution` is (W, H). Without buckets
+    every image is resized to cover W×H and centre-cropped to it (what sd-scripts caches for such a dataset)."""
     if not enable:
-        return place(width, height, (resolution, resolution))
+        return place(width, height, resolution)
     if no_upscale:
         bucket, (rw, rh) = no_upscale_size(width, height, resolution, step)
         if rw < bucket[0] or rh < bucket[1]:  # under one step on a side: enlarged to cover the bucket

@@ -6,6 +6,7 @@ share it, so the step count the plan prints is the step count the trainer runs.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,16 @@ class TrainData:
     def flip_allowed(self, i: int) -> bool:
         return self.folders[self.images[i].folder].flip_aug
 
+    def random_crop(self, i: int) -> bool:
+        return self.folders[self.images[i].folder].random_crop
+
+    def placed(self, batch: list[int], crops: list[tuple[int, int]]) -> TrainData:
+        """The batch's items as this step crops them, item j of the batch as image j of the result (a random crop
+        moves each window, and one image can be in a batch twice): what a family's `conditioning` reads."""
+        images = [dataclasses.replace(self.images[i], placement=dataclasses.replace(self.images[i].placement, crop=c))
+                  for i, c in zip(batch, crops)]
+        return dataclasses.replace(self, images=images, buckets={}, repeats=[self.repeats[i] for i in batch])
+
     # -- metadata for the LoRA file (FORMATS.md) -----------------------------------------
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -150,7 +161,7 @@ def build(folders: list[Folder], ds: DatasetSpec) -> TrainData:
         for e in f.images:
             w, h = e.size
             pl = assign(
-                w, h, ds.resolution, ds.enable_bucket, ds.min_bucket_reso, ds.max_bucket_reso,
+                w, h, ds.size, ds.enable_bucket, ds.min_bucket_reso, ds.max_bucket_reso,
                 ds.bucket_reso_steps, ds.bucket_no_upscale,
             )
             images.append(TrainImage(e, fi, pl))

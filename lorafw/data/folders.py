@@ -52,6 +52,7 @@ class Folder:
     flip_aug: bool
     mask_dir: Path | None
     images: tuple[ImageEntry, ...]
+    random_crop: bool = False  # each step's window at a random place of the resized image (kohya's random_crop)
     unreadable: tuple[tuple[Path, str], ...] = ()  # images whose header could not be read, with the reason
 
     @property
@@ -122,6 +123,7 @@ def _folder(path: Path, fs: FolderSpec | None, ds: DatasetSpec, repeats: int, co
         caption_dropout_rate=pick("caption_dropout_rate", ds.caption_dropout_rate),
         caption_tag_dropout_rate=pick("caption_tag_dropout_rate", ds.caption_tag_dropout_rate),
         flip_aug=pick("flip_aug", ds.flip_aug),
+        random_crop=pick("random_crop", ds.random_crop),
         mask_dir=expand(mask_dir) if mask_dir else None,
         images=tuple(entries),
         unreadable=tuple(unreadable),

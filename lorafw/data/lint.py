@@ -128,7 +128,7 @@ def lint(folders: list[Folder], ds: DatasetSpec, deep: bool = True, workers: int
         elif not e.caption.strip():
             rep.findings.append(Finding("empty_caption", (e.path.with_suffix(f.caption_extension),)))
         w, h = e.size
-        pl = assign(w, h, ds.resolution, ds.enable_bucket, ds.min_bucket_reso, ds.max_bucket_reso,
+        pl = assign(w, h, ds.size, ds.enable_bucket, ds.min_bucket_reso, ds.max_bucket_reso,
                     ds.bucket_reso_steps, ds.bucket_no_upscale)
         scale = pl.resized[0] / w
         if scale > 1.0 + 1e-6:

@@ -75,7 +75,7 @@ NO_EFFECT: dict[str, str] = {
 # changes training. The keys lorafw has declare theirs (`kohya_off=`) and join them here.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "v2": (False,), "v_parameterization": (False,), "fp8_base": (False,), "fp8_base_unet": (False,),
-    "weighted_captions": (False,), "color_aug": (False,), "random_crop": (False,), "face_crop_aug_range": (None, ""),
+    "weighted_captions": (False,), "color_aug": (False,), "face_crop_aug_range": (None, ""),
     "alpha_mask": (False,), "caption_dropout_every_n_epochs": (0,), "token_warmup_min": (1,), "token_warmup_step": (0, 0.0),
     "caption_prefix": ("",), "caption_suffix": ("",), "stop_text_encoder_training": (0,),
     "base_weights": ("", []), "resume": ("",),
@@ -99,7 +99,7 @@ WHY: dict[str, str] = {
     "v2": "SD 2.x is not an architecture lorafw trains (SD1.5, SDXL and Anima)",
     "max_train_steps": f"lorafw counts the run in epochs (train.epochs); set {K['train.epochs']} instead",
     "weighted_captions": "lorafw reads (tag:1.2) weights as plain text",
-    "color_aug": "lorafw has no colour augmentation", "random_crop": "lorafw has no random crop",
+    "color_aug": "lorafw has no colour augmentation",
     "class_tokens": "lorafw needs a caption file per image (kohya captions the others with class_tokens)",
     "fp8_base": "lorafw keeps the base model in 16/32 bits",
     # the rectified-flow SDXL fork (bluvoll/sd-scripts, Easy Training Scripts' RF support): docs/models.md translates it
@@ -665,8 +665,10 @@ class Classifier:
                 sides = []
             if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):
                 self.set("dataset.resolution", sides[0], res)
+            elif len(sides) == 2:  # kohya's W,H: buckets of about W·H pixels, or exactly W×H without buckets
+                self.set("dataset.resolution", sides, res)
             else:
-                self.refuse(res, v, "lorafw trains a square area (resolution²; buckets keep each shape)")
+                self.refuse(res, v, "not N or W,H (sd-scripts' prepare_dataset_args refuses it too)")
         if precision in args:
             v = str(args.pop(precision))
             if v in ("no", "fp16", "bf16"):

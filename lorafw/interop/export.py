@@ -31,6 +31,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path, 
         # subsets take the same names)
         extra = {k: v for k, v in {K["dataset.keep_tokens"]: f.keep_tokens, "is_reg": f.is_reg,
                                     K["dataset.shuffle_caption"]: f.shuffle_caption, K["dataset.flip_aug"]: f.flip_aug,
+                                    K["dataset.random_crop"]: f.random_crop,
                                     K["dataset.caption_extension"]: f.caption_extension}.items() if v is not None}
         reps, _ = parse_folder_name(expand(f.path).name)
         dirs.append((str(expand(f.path)), f.repeats or reps or spec.dataset.default_repeats or 1, extra))

@@ -179,9 +179,11 @@ def export_kohya(spec: Any, total_steps: int | None = None, dataset_dirs: list[t
     if s.dataset.root:
         config["dataset_arguments"] = dataset_args
     general = put.args("dataset.shuffle_caption", "dataset.keep_tokens", "dataset.caption_extension", "dataset.flip_aug",
-                       "dataset.caption_dropout_rate", "dataset.caption_tag_dropout_rate")
+                       "dataset.random_crop", "dataset.caption_dropout_rate", "dataset.caption_tag_dropout_rate")
     general |= put.args("dataset.keep_tokens_separator", when=bool)
-    ds: dict[str, Any] = {**put.args("dataset.resolution"),
+    # a dataset config takes N or [W, H] (config_util's scalar_or_twodim; its "W,H" string is --resolution's form)
+    ds: dict[str, Any] = {put.name("dataset.resolution"): s.dataset.resolution if isinstance(s.dataset.resolution, int)
+                          else list(s.dataset.size),
                           KEYS["train.batch_size"].kohya[1]: s.train.batch_size,  # the dataset config's name for it
                           **put.args("dataset.enable_bucket", "dataset.min_bucket_reso", "dataset.max_bucket_reso",
                                      "dataset.bucket_reso_steps", "dataset.bucket_no_upscale")}

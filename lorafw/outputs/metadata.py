@@ -24,7 +24,7 @@ from typing import Any, Callable
 import lorafw
 from lorafw.config.prediction import FLOW_ONLY
 from lorafw.config.schema import _unwrap, iter_keys, kohya_of, ss_names, value_at
-from lorafw.config.spec import RunSpec
+from lorafw.config.spec import RunSpec, resolution_size
 from lorafw.data.buckets import RESIZE_INTERPOLATION
 from lorafw.interop.kohya import is_lycoris, network_args_of
 
@@ -38,7 +38,7 @@ INIT_WEIGHTS = "lorafw_init_weights"  # {"name": file name, "sha256": whole-file
 KOHYA_OFF = {
     "ss_lowram": "False",  # a loading strategy
     "ss_fp8_base": "False", "ss_fp8_base_unet": "False",  # lorafw keeps the base model in 16/32 bits
-    "ss_color_aug": "False", "ss_random_crop": "False", "ss_face_crop_aug_range": "None",
+    "ss_color_aug": "False", "ss_face_crop_aug_range": "None",
     "ss_caption_dropout_every_n_epochs": "0",
     "ss_max_validation_steps": "None",  # lorafw validates every held-out image
     "ss_validate_every_n_steps": "None",  # lorafw validates per epoch (validation.every_n_epochs)
@@ -102,7 +102,7 @@ def kohya_subsets(folders: list[Any]) -> list[dict[str, Any]]:
     subset_metadata for a DreamBooth-style dataset), with kohya's values for what lorafw has no setting for."""
     return [{
         "img_count": len(f.images), "num_repeats": f.repeats, "color_aug": False, K["dataset.flip_aug"]: bool(f.flip_aug),
-        "random_crop": False, K["dataset.shuffle_caption"]: bool(f.shuffle_caption), K["dataset.keep_tokens"]: f.keep_tokens,
+        K["dataset.random_crop"]: bool(f.random_crop), K["dataset.shuffle_caption"]: bool(f.shuffle_caption), K["dataset.keep_tokens"]: f.keep_tokens,
         K["dataset.keep_tokens_separator"]: f.keep_tokens_separator or "", "secondary_separator": None, "enable_wildcard": False,
         "caption_prefix": None, "caption_suffix": None, "resize_interpolation": RESIZE_INTERPOLATION,
         "image_dir": Path(f.path).name, "class_tokens": None, "is_reg": bool(f.is_reg),
@@ -116,7 +116,7 @@ def _datasets(spec: RunSpec, facts: TrainingFacts) -> str:
     return json.dumps([{
         "is_dreambooth": True, "batch_size_per_device": spec.train.batch_size,
         "num_train_images": facts.num_train_images, "num_reg_images": facts.num_reg_images,
-        K["dataset.resolution"]: [d.resolution, d.resolution], K["dataset.enable_bucket"]: d.enable_bucket,
+        K["dataset.resolution"]: list(d.size), K["dataset.enable_bucket"]: d.enable_bucket,
         K["dataset.min_bucket_reso"]: d.min_bucket_reso, K["dataset.max_bucket_reso"]: d.max_bucket_reso,
         "tag_frequency": facts.tag_frequency, "bucket_info": facts.bucket_info,
         "resize_interpolation": RESIZE_INTERPOLATION, "subsets": facts.subsets,
@@ -154,7 +154,7 @@ WRITTEN_AS: dict[str, Callable[[Any, Written], str]] = {
     "train.clip_skip": lambda v, w: str(v) if w.facts.arch == "sd15" else "None",  # lorafw ignores it on SDXL
     "train.prediction_type": lambda v, w: str(w.v_pred),  # kohya's v_parameterization: what was trained
     "train.zero_terminal_snr": lambda v, w: str(w.ztsnr),
-    "dataset.resolution": lambda v, w: f"({v}, {v})",
+    "dataset.resolution": lambda v, w: str(resolution_size(v)),  # kohya's (W, H) tuple: "(512, 768)"
     "dataset.keep_tokens_separator": lambda v, w: v or "",
     "output.name": lambda v, w: w.name,  # the run's name (output.name, or the dataset folder's)
     # kohya's None: every epoch, or never without held-out images; lorafw validates every N epochs
@@ -181,7 +181,7 @@ def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, save
     the author/description/license/tags/usage_hint/thumbnail keys only when their --metadata_* are given).
     A rectified-flow LoRA's prediction_type is "flow" (sd-scripts writes "epsilon" for Anima, which says nothing
     true; a rectified-flow SDXL LoRA must not read as ε, so lorafw states it — docs/models.md)."""
-    t, res = spec.train, spec.dataset.resolution
+    t, (width, height) = spec.train, spec.dataset.size
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": facts.family.modelspec_architecture,
@@ -189,7 +189,7 @@ def modelspec(spec: RunSpec, facts: TrainingFacts, name: str, v_pred: bool, save
         # kohya's title is output_name; lorafw's names the epoch, so UIs that list titles tell the files apart
         "modelspec.title": f"{name}-{facts.epoch:02d}" if facts.epoch else name,
         "modelspec.date": datetime.fromtimestamp(int(saved_at)).isoformat(),
-        "modelspec.resolution": f"{res}x{res}",
+        "modelspec.resolution": f"{width}x{height}",  # sai_model_spec.determine_resolution
         "modelspec.prediction_type": "flow" if flow else MODELSPEC_PREDICTION[v_pred],
         "modelspec.implementation_version": f"lorafw/{lorafw.__version__}",  # kohya: sd-scripts/<commit>
     }

@@ -328,7 +328,7 @@ class Estimate:
 
 
 def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: dict[str, Any] | None = None) -> Estimate:
-    """Peak device memory of `spec` training on `buckets` (default: one resolution² bucket)."""
+    """Peak device memory of `spec` training on `buckets` (default: one W×H bucket of dataset.resolution)."""
     cal_all = calibration or load_calibration()
     arch = spec.base_model.arch
     if arch not in cal_all["archs"]:
@@ -337,7 +337,7 @@ def estimate(spec: RunSpec, buckets: list[Bucket] | None = None, calibration: di
     fam = Family.of(cal)
     t, d, o, net = spec.train, spec.dataset, spec.optimizer, spec.network
     if not buckets:
-        buckets = [Bucket(d.resolution, d.resolution)]
+        buckets = [Bucket(*d.size)]
     big = max(buckets, key=lambda b: b.latent_pixels)
     px = fam.units(big.width, big.height)  # the activation fits' x
     image_px = big.width * big.height  # the VAE fit's x

@@ -116,13 +116,13 @@ def grid_for_run(run_dir: Path, overrides: list[str], models: dict[str, Any], ou
     rows = epoch_files(run_dir, name, spec.grid.epochs, spec.grid.ema)
     if not rows:
         raise LorafwError(f"{run_dir}: no {name}-NN.safetensors files to put in a grid")
-    prompts: list[SamplePrompt] = read_prompts(spec.sample, spec.dataset.resolution)
+    prompts: list[SamplePrompt] = read_prompts(spec.sample, spec.dataset.size)
     if not prompts:
         with safe_open(str(rows[0].path), "pt") as f:
             meta = f.metadata() or {}
         triggers = [t.strip() for t in meta.get("modelspec.trigger_phrase", "").split(",") if t.strip()]
         prompts = [parse_line(fallback_prompt(triggers, json.loads(meta.get("ss_tag_frequency", "{}"))), spec.sample,
-                              spec.dataset.resolution)]
+                              spec.dataset.size)]
 
     tagger = load_tagger(spec)  # before the base model loads: a wrong grid.tagger folder fails at once
     renderer, patcher = _prepared(spec, models)

@@ -1,9 +1,10 @@
-"""What a batch feeds the step: its random draws (flips, captions), latents, masks, conditioning.
+"""What a batch feeds the step: its random draws (flips, captions, random crops), latents, masks, conditioning.
 
 Every random draw of micro-step `micro` comes from `step_seed(seed, micro)`, never from a running
-generator, so any step can be replayed on its own. Latents come from the latent cache, or are encoded
-now from pixels decoded ahead on loader threads (`pixel_lookahead`); text states come from the text
-cache, or are encoded now (with gradients when the text encoders train).
+generator, so any step can be replayed on its own (a resumed run draws what the uninterrupted one drew).
+Latents come from the latent cache, or are encoded now from pixels decoded ahead on loader threads
+(`pixel_lookahead`); text states come from the text cache, or are encoded now (with gradients when the
+text encoders train).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from lorafw.archs.protocol import Architecture, Models
 from lorafw.data import dataset as dataset_mod
+from lorafw.data.buckets import random_crop
 from lorafw.data.dataset import TrainData
 from lorafw.data.latents import load_mask
 from lorafw.data.latents import load_pixels as load_image
@@ -37,35 +39,55 @@ def flips(data: TrainData, batch: list[int], rng: random.Random) -> list[bool]:
     return [data.flip_allowed(i) and rng.random() < 0.5 for i in batch]
 
 
+def crops(data: TrainData, batch: list[int], seed: int) -> list[tuple[int, int]]:
+    """The batch's crop windows (left, top): a random place where the item's folder has random_crop (kohya's
+    draw, buckets.random_crop), else the centre crop. Drawn from a generator of their own, seeded by the
+    micro-step's seed: turning random_crop on changes no other draw, and a resumed run draws the same windows."""
+    rng = random.Random(dataset_mod.derive_seed(seed, "crop"))
+    return [random_crop(data.images[i].placement, rng).crop if data.random_crop(i) else data.images[i].placement.crop
+            for i in batch]
+
+
+Window = tuple[int, int]  # a crop's (left, top) in the resized image
+
+
+def _crops_or_centre(data: TrainData, batch: list[int], crops: list[Window] | None) -> tuple[Window, ...]:
+    return tuple(crops) if crops is not None else tuple(data.images[i].placement.crop for i in batch)
+
+
 def latents(dev: Device, models: Models, data: TrainData, cache: Any, batch: list[int], flipped: list[bool],
-            ahead: Lookahead | None = None) -> torch.Tensor:
+            ahead: Lookahead | None = None, crops: list[tuple[int, int]] | None = None, seed: int = 0) -> torch.Tensor:
     """Scaled VAE latents of a batch of `data`: from `cache`, or encoded now (from `ahead`'s decoded pixels when
-    it holds them)."""
-    if cache is not None:
+    it holds them) with the windows `crops` (None: each image's centre crop), the VAE's sample drawn from `seed`
+    (the micro-step's: a resumed run encodes what the uninterrupted one did; the global generator is not saved)."""
+    if cache is not None:  # never with random crops (config validation: sd-scripts' is_latent_cacheable)
         return to_device(torch.stack([cache.get(i, f) for i, f in zip(batch, flipped)]), dev.device)
-    key = (tuple(batch), tuple(flipped))
+    key = (tuple(batch), tuple(flipped), _crops_or_centre(data, batch, crops))
     pixels = ahead.take(key) if ahead is not None else None
     if pixels is None:
         pixels = load_pixels(dev, data, key)
     vae = models.vae
     with torch.no_grad():
-        z = vae.encode(pixels.to(dev.device, vae.dtype, non_blocking=True)).latent_dist.sample()
+        gen = torch.Generator(device=dev.device).manual_seed(dataset_mod.derive_seed(seed, "vae") % (2**63))
+        z = vae.encode(pixels.to(dev.device, vae.dtype, non_blocking=True)).latent_dist.sample(generator=gen)
     return (z * vae.config.scaling_factor).float()
 
 
 def masks(dev: Device, data: TrainData, cache: Any, batch: list[int], flipped: list[bool],
-          size: tuple[int, int]) -> torch.Tensor:
-    """The batch's loss masks (dataset.masked_loss) at latent size."""
+          size: tuple[int, int], crops: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """The batch's loss masks (dataset.masked_loss) at latent size, cropped as the images are."""
     if cache is not None:
         return to_device(torch.stack([cache.get_mask(i, f) for i, f in zip(batch, flipped)]), dev.device)
-    return torch.stack([load_mask(data.images[i], f, data.folders[data.images[i].folder].mask_dir, size)
-                        for i, f in zip(batch, flipped)])
+    placed = data.placed(batch, list(_crops_or_centre(data, batch, crops))).images
+    return torch.stack([load_mask(img, f, data.folders[img.folder].mask_dir, size) for img, f in zip(placed, flipped)])
 
 
 def conditioning(arch: Architecture, models: Models, dev: Device, text_cache: dict | None, data: TrainData, captions: list[str],
-                 batch: list[int], flipped: list[bool], train: Any, grad: bool) -> dict[str, Any]:
+                 batch: list[int], flipped: list[bool], train: Any, grad: bool,
+                 crops: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """The denoiser's keyword arguments for a batch of `data`: its cached text states (or its captions encoded
-    now, with gradients when `grad`), shaped by the family."""
+    now, with gradients when `grad`), shaped by the family; with random `crops` the family reads the batch as
+    placed this step (SDXL conditions on each crop's top-left)."""
     if text_cache is not None:  # a caption dropped out ("") takes the cached empty caption's states
         cached = [text_cache[EMPTY] if c == "" and EMPTY in text_cache else text_cache[i]
                   for i, c in zip(batch, captions)]
@@ -73,6 +95,8 @@ def conditioning(arch: Architecture, models: Models, dev: Device, text_cache: di
     else:
         with torch.set_grad_enabled(grad):
             text = arch.encode_text(models, captions, train)
+    if crops is not None and any(c != data.images[i].placement.crop for i, c in zip(batch, crops)):
+        data, batch = data.placed(batch, crops), list(range(len(batch)))
     # floating states in the weight dtype; token ids and masks stay integers (bf16 is not exact above 256)
     return arch.conditioning({k: v.to(dev.wdtype) if v.is_floating_point() else v for k, v in text.items()}, data,
                              batch, flipped)
@@ -85,19 +109,26 @@ def text_cache_for(caches: Caches, data: TrainData, train_data: Any, val_data: A
 
 def pixel_lookahead(dev: Device, data: TrainData, world: World, seed: int, micro: int,
                     groups: list[list[list[int]]]) -> Lookahead:
-    """Without cached latents: this process's batches of `groups` (with their flips, which depend only on
-    the seed and micro-step) decoded on loader threads ahead of the step that encodes them."""
+    """Without cached latents: this process's batches of `groups` (with their flips and crops, which depend only
+    on the seed and micro-step) decoded on loader threads ahead of the step that encodes them."""
     keys = []
     for group in groups:
         for j in shard(len(group), world.rank, world.size):
-            keys.append((tuple(group[j]), tuple(flips(data, group[j], random.Random(step_seed(seed, micro + j))))))
+            s = step_seed(seed, micro + j)
+            keys.append((tuple(group[j]), tuple(flips(data, group[j], random.Random(s))),
+                         tuple(crops(data, group[j], s))))
         micro += len(group)
     return Lookahead(lambda key: load_pixels(dev, data, key), keys, dev.loader_workers)
 
 
-def load_pixels(dev: Device, data: TrainData, key: tuple[tuple[int, ...], tuple[bool, ...]]) -> torch.Tensor:
+PixelKey = tuple[tuple[int, ...], tuple[bool, ...], tuple[tuple[int, int], ...]]  # items, flips, crop windows
+
+
+def load_pixels(dev: Device, data: TrainData, key: PixelKey) -> torch.Tensor:
     """A batch's pixels (pinned in host memory when they go to a GPU, so the copy can overlap)."""
-    pixels = torch.stack([load_image(data.images[i], f) for i, f in zip(*key)])
+    batch, flipped, windows = key
+    placed = data.placed(list(batch), list(windows)).images
+    pixels = torch.stack([load_image(img, f) for img, f in zip(placed, flipped)])
     return pixels.pin_memory() if dev.device.type == "cuda" else pixels
 
 

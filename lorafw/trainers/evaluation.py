@@ -46,7 +46,8 @@ def fixed_loss(spec: RunSpec, arch: Architecture, models: Models, dev: Device, w
     total, n = 0.0, 0
     with eval_mode([models.denoiser, *models.text_encoders]):
         for i in [images[k] for k in shard(len(images), world.rank, world.size)]:
-            z = batch_mod.latents(dev, models, data, latent_cache, [i], [False])
+            z = batch_mod.latents(dev, models, data, latent_cache, [i], [False],
+                                  seed=dataset_mod.derive_seed("eval", seed, i))
             caption = [data.base_caption(i)]
             for d in range(draws):
                 gen = torch.Generator(device=dev.device).manual_seed(dataset_mod.derive_seed("eval", seed, i, d) % (2**63))
@@ -70,10 +71,10 @@ def sample(spec: RunSpec, models: Models, renderer: Any, dev: Device, data: Trai
     from lorafw.sampling.prompts import a1111_parameters, fallback_prompt
     from lorafw.sampling.render import save_png
 
-    prompts = read_prompts(spec.sample, spec.dataset.resolution)
+    prompts = read_prompts(spec.sample, spec.dataset.size)
     if not prompts:
         prompts = [parse_line(fallback_prompt(data.triggers(), data.tag_frequency()), spec.sample,
-                              spec.dataset.resolution)]
+                              spec.dataset.size)]
     written = []
     with eval_mode([models.denoiser, *models.text_encoders]):
         for i, p in enumerate(prompts):

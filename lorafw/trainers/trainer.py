@@ -264,15 +264,16 @@ class Trainer:
         rng = random.Random(seed)
         flips = batch.flips(data, items, rng)
         captions = [data.caption(i, rng) for i in items]
-        latents = batch.latents(dev, models, data, caches.latents, items, flips, caches.pixels_ahead)
+        crops = batch.crops(data, items, seed)  # their own generator: the draws above are as without random_crop
+        latents = batch.latents(dev, models, data, caches.latents, items, flips, caches.pixels_ahead, crops, seed)
         gen = torch.Generator(device=dev.device).manual_seed(seed % (2**63))  # noise and timesteps
         n = spec.network
         if n.dropout or n.rank_dropout or n.module_dropout:
             torch.manual_seed(seed % (2**63))  # adapter dropouts
         with dev.amp.autocast():
             cond = batch.conditioning(self.arch, models, dev, caches.text, data, captions, items, flips, spec.train,
-                                      grad=self.state.train_te)
-        mask = (batch.masks(dev, data, caches.latents, items, flips, tuple(latents.shape[-2:]))
+                                      grad=self.state.train_te, crops=crops)
+        mask = (batch.masks(dev, data, caches.latents, items, flips, tuple(latents.shape[-2:]), crops)
                 if spec.dataset.masked_loss else None)
         weights = torch.tensor([data.loss_weight(i) for i in items]) if data.n_reg_items else None
         return training_step(self._denoise, models.noise_scheduler, latents, cond, gen, self.plan.step_config,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from lorafw.archs.anima import files
-from lorafw.archs.protocol import AdapterTargets, Models, Text
+from lorafw.archs.protocol import AdapterTargets, BucketStep, Models, Text
 from lorafw.config.prediction import Resolved
 from lorafw.config.spec import RunSpec, TrainSpec
 from lorafw.network.targets import kohya_name
@@ -49,6 +49,7 @@ class Anima:
     base_model_version = "anima"
     modelspec_architecture = "anima-preview/lora"
     modelspec_implementation = "https://huggingface.co/circlestone-labs/Anima"
+    bucket_step = BucketStep(16, "anima_train_network.py", "the VAE's 8x and the DiT's 2x2 patches", exact=16)
 
     def inspect(self, path: str) -> files.AnimaInfo:
         from lorafw.paths import expand

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorafw.archs.protocol import Models, Text
+from lorafw.archs.protocol import BucketStep, Models, Text
 from lorafw.archs.unet_family import UNetFamily
 from lorafw.models.text import encode_sd15, tokenize
 
@@ -18,6 +18,7 @@ class SD15(UNetFamily):
     base_model_version = "sd_v1"
     modelspec_architecture = "stable-diffusion-v1/lora"
     modelspec_implementation = "diffusers"
+    bucket_step = BucketStep(64, "train_network.py", "the VAE's 8x and the UNet's three 2x downsamplings")
 
     def encode_text(self, models: Models, captions: list[str], train: Any) -> Text:
         ids = tokenize(models.tokenizers[0], captions, train.max_token_length)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-from lorafw.archs.protocol import Models, Text
+from lorafw.archs.protocol import BucketStep, Models, Text
 from lorafw.archs.unet_family import UNetFamily
 from lorafw.data.buckets import size_conditioning
 from lorafw.models.ldm_layout import UNetLayout, unet_to_original
@@ -24,6 +24,7 @@ class SDXL(UNetFamily):
     base_model_version = "sdxl_base_v1-0"
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
+    bucket_step = BucketStep(32, "sdxl_train_network.py", "the VAE's 8x and the UNet's two 2x downsamplings")
 
     def encode_text(self, models: Models, captions: list[str], train: Any) -> Text:
         n = train.max_token_length
