@@ -20,7 +20,7 @@ from lorafw.launch import launch
 from lorafw.logs import ensure_logging
 from lorafw.outputs.report import report_after
 from lorafw.paths import expand
-from lorafw.run_folder import STATE
+from lorafw.run_folder import CONFIG, STATE, never_saved
 from lorafw.trainers.trainer import prepare
 
 log = logging.getLogger("lorafw")
@@ -64,10 +64,17 @@ def write_report_at_end(spec: RunSpec) -> Path | None:
 
 
 def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
-    """`spec` pointed at the run it resumes, after checking it is that run's config."""
+    """`spec` pointed at the run it resumes, after checking it is that run's config. A run stopped before it saved
+    any state or LoRA file (a SIGKILL while the models loaded) is trained again from step 0 in its folder: the
+    same files as if it had never stopped, since every draw derives from the seed."""
     folder = expand(spec.resume)  # type: ignore[arg-type]
-    if not (folder / STATE).is_file():
-        raise ConfigError([f"resume: {folder} holds no saved training state ({STATE}); it is not a run lorafw can continue"])
+    afresh = never_saved(folder)
+    if not (folder / STATE).is_file() and not afresh:
+        again = "" if not (folder / CONFIG).is_file() else (
+            "; to train it again from the start (its LoRA files are replaced): "
+            f"`lorafw rerun {folder} output.dir={folder} output.overwrite=true`")
+        raise ConfigError([f"resume: {folder} holds no saved training state ({STATE}); it is not a run lorafw can "
+                           f"continue{again}"])
     saved = load_spec(folder, check_paths=False)
     spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, name=spec.output.name or saved.output.name,
                                                                 dir=str(folder)))
@@ -78,4 +85,7 @@ def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
                                        f"changes anyway run `lorafw resume {folder} --force KEY=VALUE ...`")
     if changed:
         log.warning("resuming with changed settings: " + ", ".join(f"{k}={b!r}" for k, (_, b) in changed.items()))
+    if afresh:
+        log.warning(f"{folder}: the run stopped before it saved any training state; training it again from step 0")
+        return dataclasses.replace(spec, resume=None, output=dataclasses.replace(spec.output, overwrite=True))
     return spec
