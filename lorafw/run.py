@@ -10,9 +10,11 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from lorafw.config.compose import default_run_dir, load_spec, run_name
 from lorafw.config.identity import changed_keys, identity
+from lorafw.config.schema import REQUIRED
 from lorafw.config.spec import RunSpec
 from lorafw.config.validate import resolve_arch
 from lorafw.errors import ConfigError
@@ -33,6 +35,34 @@ def resolve_outputs(spec: RunSpec, run_dir: str | Path | None = None) -> RunSpec
     return dataclasses.replace(spec, output=dataclasses.replace(spec.output, name=name, dir=out_dir))
 
 
+# the keys that name an input file or folder (config/validate.py checks each exists; dataset.folders' path and
+# mask_dir too). output.dir stays as given: messages name the run folder as the user did.
+INPUT_PATHS = ("base_model.path", "base_model.vae", "base_model.text_encoder", "base_model.llm_adapter", "dataset.root",
+               "dataset.reg_root", "dataset.mask_dir", "dataset.cache_dir", "validation.root", "sample.prompt_file",
+               "grid.tagger")
+
+
+def _absolute(value: str | None) -> str | None:
+    return value if value is None or value == REQUIRED else str(expand(value).absolute())
+
+
+def absolute_paths(spec: RunSpec) -> RunSpec:
+    """Relative paths resolved, once, against the folder lorafw runs in (a recipe committed beside its data and run
+    from the project's folder, wherever it is cloned), ~ and $VARS expanded: the saved config and run.json then
+    name the files trained on, and `lorafw resume` finds them from any folder."""
+
+    def put(obj: Any, dotted: str) -> Any:
+        head, _, rest = dotted.partition(".")
+        value = getattr(obj, head)
+        return dataclasses.replace(obj, **{head: put(value, rest) if rest else _absolute(value)})
+
+    for key in INPUT_PATHS:
+        spec = put(spec, key)
+    folders = tuple(dataclasses.replace(f, path=_absolute(f.path), mask_dir=_absolute(f.mask_dir))
+                    for f in spec.dataset.folders)
+    return dataclasses.replace(spec, dataset=dataclasses.replace(spec.dataset, folders=folders))
+
+
 def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False):
     """Train `spec`; returns a RunResult (run_dir, lora_files, loss_history, epoch_losses, ...).
 
@@ -40,6 +70,7 @@ def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False)
     differs from the run's own is refused (naming the changed keys) unless `force`.
     """
     ensure_logging()
+    spec = absolute_paths(spec)
     if spec.resume:
         spec = resume_spec(spec, force)
         run_dir = spec.output.dir
@@ -78,7 +109,7 @@ def resume_spec(spec: RunSpec, force: bool) -> RunSpec:
     saved = load_spec(folder, check_paths=False)
     spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, name=spec.output.name or saved.output.name,
                                                                 dir=str(folder)))
-    changed = changed_keys(identity(saved), identity(spec))
+    changed = changed_keys(identity(absolute_paths(saved)), identity(spec))  # older runs saved relative paths
     if changed and not force:
         lines = [f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in changed.items()]
         raise ConfigError(lines, title=f"resume: the config differs from {folder}'s own; to continue with these "
