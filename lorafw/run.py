@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from lorafw.config.compose import default_run_dir, load_spec, run_name
 from lorafw.config.identity import changed_keys, identity
@@ -50,17 +49,15 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
     """Relative paths resolved, once, against the folder lorafw runs in (a recipe committed beside its data and run
     from the project's folder, wherever it is cloned), ~ and $VARS expanded: the saved config and run.json then
     name the files trained on, and `lorafw resume` finds them from any folder."""
-
-    def put(obj: Any, dotted: str) -> Any:
-        head, _, rest = dotted.partition(".")
-        value = getattr(obj, head)
-        return dataclasses.replace(obj, **{head: put(value, rest) if rest else _absolute(value)})
-
+    changes: dict[str, dict[str, object]] = {}
     for key in INPUT_PATHS:
-        spec = put(spec, key)
-    folders = tuple(dataclasses.replace(f, path=_absolute(f.path), mask_dir=_absolute(f.mask_dir))
-                    for f in spec.dataset.folders)
-    return dataclasses.replace(spec, dataset=dataclasses.replace(spec.dataset, folders=folders))
+        section, name = key.split(".")
+        changes.setdefault(section, {})[name] = _absolute(getattr(getattr(spec, section), name))
+    changes["dataset"]["folders"] = tuple(
+        dataclasses.replace(f, path=_absolute(f.path) or f.path, mask_dir=_absolute(f.mask_dir))
+        for f in spec.dataset.folders)
+    return dataclasses.replace(spec, **{sec: dataclasses.replace(getattr(spec, sec), **values)
+                                        for sec, values in changes.items()})
 
 
 def train(spec: RunSpec, run_dir: str | Path | None = None, force: bool = False):
