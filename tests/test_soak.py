@@ -39,20 +39,22 @@ def soak_args(model: Path, data: Path, run: Path) -> list[str]:
 
 
 class Process:
-    """`python -m lorafw ARGS` with its output lines collected as they come (a kill waits for one of them)."""
+    """`python -m lorafw ARGS` with its output lines collected as they come (a kill waits for one of them) and kept
+    in `log`. stderr too: the training command logs to stdout, `lorafw resume` to stderr."""
 
     def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
         self.lines: list[str] = []
         self.seen = threading.Condition()
-        self.stderr = log.open("w")
+        self.log = log.open("w")
         self.p = subprocess.Popen([sys.executable, "-m", "lorafw", *args], cwd=cwd, env=env(), text=True,
-                                  stdout=subprocess.PIPE, stderr=self.stderr, preexec_fn=default_sigint)
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_sigint)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         assert self.p.stdout is not None
         for line in self.p.stdout:
+            self.log.write(line)
             with self.seen:
                 self.lines.append(line.rstrip())
                 self.seen.notify_all()
@@ -79,7 +81,7 @@ class Process:
     def finish(self) -> int:
         rc = self.p.wait(timeout=WAIT)
         self.reader.join(timeout=10)
-        self.stderr.close()
+        self.log.close()
         return rc
 
 
@@ -121,14 +123,10 @@ def step_losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if r["kind"] == "step"]
 
 
-@pytest.mark.slow
-def test_random_sigkills_then_resume_end_with_the_uninterrupted_files(tiny_model, tiny_dataset, tmp_path):
-    ref = tmp_path / "reference"
-    p = Process(soak_args(tiny_model, tiny_dataset, ref), tmp_path, tmp_path / "reference.log")
-    assert p.finish() == 0, (tmp_path / "reference.log").read_text()[-3000:]
-
+def kill_and_resume(run: Path, fresh_args: list[str], logs: Path, started: list[Process]) -> list[str]:
+    """Start the run, SIGKILL it at KILLS random moments, resuming it each time, then let it finish; returns what
+    happened, attempt by attempt (the failure messages carry it)."""
     rng = random.Random(SEED)
-    run = tmp_path / "run"
     history = [f"LORAFW_SOAK_SEED={SEED} LORAFW_SOAK_KILLS={KILLS}"]
     print(history[0])
     kills = attempt = 0
@@ -139,42 +137,53 @@ def test_random_sigkills_then_resume_end_with_the_uninterrupted_files(tiny_model
     while True:
         attempt += 1
         fresh = not (run / "config.yaml").exists()  # killed before it wrote its config: its own command again
-        args = soak_args(tiny_model, tiny_dataset, run) if fresh else ["resume", str(run)]
-        log = tmp_path / f"attempt-{attempt}.log"
-        if kills < KILLS:
-            after, delay = moment(rng, saved_step(run))
-            proc = Process(args, tmp_path, log)
-            reached = proc.wait_for(after) if after else True
-            time.sleep(delay)
-            rc = proc.kill()
-            what = f"{'run' if fresh else 'resume'} killed {delay:.2f} s after {after or 'the start'!r}"
-            history.append(f"{attempt}: {what} → rc {rc}, last line {proc.lines[-1] if proc.lines else '-'!r}")
-            print(history[-1])
-            if rc == 0:
-                assert reached, f"the run finished without printing {after!r}:\n  {explain()}"
-                break  # it finished before the kill landed
-            assert rc == -signal.SIGKILL, f"exit code {rc}:\n  {explain()}\n{log.read_text()[-3000:]}"
-            kills += 1
-            try:
-                history[-1] += f"; on disk: {on_disk(run)}"
-            except Exception as e:  # noqa: BLE001 - reported with the kills that led to it
-                raise AssertionError(f"a kill left a damaged file ({e}):\n  {explain()}") from e
-            continue
-        proc = Process(args, tmp_path, log)
-        rc = proc.finish()
-        history.append(f"{attempt}: {'run' if fresh else 'resume'} to the end → rc {rc}")
-        assert rc == 0, f"{explain()}\n{log.read_text()[-3000:]}"
-        break
+        args = fresh_args if fresh else ["resume", str(run)]
+        log = logs / f"attempt-{attempt}.log"
+        started.append(proc := Process(args, logs, log))
+        if kills == KILLS:
+            rc = proc.finish()
+            history.append(f"{attempt}: {'run' if fresh else 'resume'} to the end → rc {rc}")
+            assert rc == 0, f"{explain()}\n{log.read_text()[-3000:]}"
+            return history
+        after, delay = moment(rng, saved_step(run))
+        reached = proc.wait_for(after) if after else True
+        time.sleep(delay)
+        rc = proc.kill()
+        what = f"{'run' if fresh else 'resume'} killed {delay:.2f} s after {after or 'the start'!r}"
+        history.append(f"{attempt}: {what} → rc {rc}, last line {proc.lines[-1] if proc.lines else '-'!r}")
+        print(history[-1])
+        if rc == 0:
+            assert reached, f"the run finished without printing {after!r}:\n  {explain()}"
+            return history  # it finished before the kill landed
+        assert rc == -signal.SIGKILL, f"exit code {rc}:\n  {explain()}\n{log.read_text()[-3000:]}"
+        kills += 1
+        try:
+            history[-1] += f"; on disk: {on_disk(run)}"
+        except Exception as e:  # noqa: BLE001 - reported with the kills that led to it
+            raise AssertionError(f"a kill left a damaged file ({e}):\n  {explain()}") from e
 
+
+@pytest.mark.slow
+def test_random_sigkills_then_resume_end_with_the_uninterrupted_files(tiny_model, tiny_dataset, tmp_path):
+    ref, run = tmp_path / "reference", tmp_path / "run"
+    # the reference trains alongside the killed run (on another core, where there is one)
+    started = [reference := Process(soak_args(tiny_model, tiny_dataset, ref), tmp_path, tmp_path / "reference.log")]
+    try:
+        history = "\n  ".join(kill_and_resume(run, soak_args(tiny_model, tiny_dataset, run), tmp_path, started))
+        assert reference.finish() == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    finally:
+        for proc in started:  # none left running when the test fails
+            if proc.p.poll() is None:
+                proc.p.kill()
     names = sorted(f.name for f in ref.glob("*.safetensors"))
-    assert names == sorted(f.name for f in run.glob("*.safetensors")), explain()
+    assert names == sorted(f.name for f in run.glob("*.safetensors")), history
     for name in names:
         a, b = load_file(str(ref / name)), load_file(str(run / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs:\n  {explain()}"
-    assert step_losses(run) == step_losses(ref), f"metrics.jsonl does not read as one run:\n  {explain()}"
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs:\n  {history}"
+    assert step_losses(run) == step_losses(ref), f"metrics.jsonl does not read as one run:\n  {history}"
     rec, ref_rec = json.loads((run / "run.json").read_text()), json.loads((ref / "run.json").read_text())
-    assert rec["status"] == "finished" and rec["epoch_losses"] == ref_rec["epoch_losses"], explain()
-    assert not list(run.glob(".*.tmp-*")), f"a temporary file was left behind:\n  {explain()}"
+    assert rec["status"] == "finished" and rec["epoch_losses"] == ref_rec["epoch_losses"], history
+    assert not list(run.glob(".*.tmp-*")), f"a temporary file was left behind:\n  {history}"
 
 
 def test_a_run_killed_before_its_first_state_is_resumed_from_step_0(compose_tiny, tmp_path, caplog):
