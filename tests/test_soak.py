@@ -186,13 +186,18 @@ def test_random_sigkills_then_resume_end_with_the_uninterrupted_files(tiny_model
     assert not list(run.glob(".*.tmp-*")), f"a temporary file was left behind:\n  {history}"
 
 
-def test_a_run_killed_before_its_first_state_is_resumed_from_step_0(compose_tiny, tmp_path, caplog):
+def test_a_run_killed_before_its_first_state_is_resumed_from_step_0(compose_tiny, tmp_path, caplog, capsys):
     """What `lorafw resume` does with a folder a kill left before any state.pt: train it again from the start
     (nothing is lost: the same config gives the same files); with LoRA files but no state it refuses, saying how."""
+    from lorafw.cli import main
     from lorafw.outputs.record import write_config, write_record
     from lorafw.run import resume_spec
 
     run = tmp_path / "killed"
+    (run / ".hydra").mkdir(parents=True)  # killed before lorafw wrote anything: the CLI's folder only
+    assert main(["resume", str(run)]) == 2
+    assert "the run stopped before it wrote its config (config.yaml), so nothing was trained; start it again with " \
+           "its own command" in capsys.readouterr().err
     spec = compose_tiny("sd15_character", f"output.dir={run}")
     write_config(run, spec)
     write_record(run, {"status": "running"})  # what a SIGKILL leaves: the run never finished
