@@ -122,7 +122,7 @@ def record(run: Path, base: Path) -> dict:
                                     "dataset", "lint")}
 
 
-@pytest.mark.slow  # four short runs: about 20 s on an idle 2-core machine
+@pytest.mark.slow  # two short runs per case (minutes on a loaded 2-core machine)
 @pytest.mark.parametrize("captions", sorted(CAPTIONS))
 def test_the_same_project_in_another_folder_trains_the_same_lora(captions, tiny_model, tmp_path, monkeypatch):
     here = project(tmp_path / "a", tiny_model)
