@@ -39,6 +39,12 @@ def ensure_writable(folder: Path, what: str) -> None:
         raise OutputError(f"cannot write to {what} {folder}: {e.strerror}; choose a writable folder") from None
 
 
+def never_saved(run_dir: Path) -> bool:
+    """A run that stopped (a crash, a SIGKILL) after writing its config but before any training state or LoRA file:
+    `lorafw resume` trains it again from step 0 — nothing is lost, and the same config gives the same files."""
+    return (run_dir / CONFIG).is_file() and not (run_dir / STATE).exists() and not any(run_dir.glob("*.safetensors"))
+
+
 def _holds_results(run_dir: Path) -> bool:
     """A run folder is worth protecting unless its run failed before writing any LoRA or state."""
     try:

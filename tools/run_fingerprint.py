@@ -9,10 +9,9 @@ Trains a handful of tiny SD1.5 and SDXL runs that between them reach every branc
 DoRA; text encoder trained or cached; cached and uncached latents; masks, regularisation images, validation,
 EMA, full_bf16, noise offset, min-SNR, dropout, gradient accumulation) and prints, per run, the sha256 of each
 LoRA file's tensor data, each file's metadata without the per-session keys, and a hash of every tensor and
-number in state.pt. Use the SAME work folder path for both: a run's numbers depend on the dataset's
-absolute path (measured: step-1 loss 0.5306 in /tmp/lorafw-fp, 0.5390 in /tmp/lorafw-fp-after, same code).
-To run the new code at the old path while keeping the old folders, bind-mount a copy over it:
-    unshare -m sh -c "mount --bind /tmp/copy /tmp/lorafw-fp && .venv/bin/python tools/run_fingerprint.py /tmp/lorafw-fp"
+number in state.pt. The work folders may differ: a run's numbers do not depend on where its files live
+(they once did — the latent sample was seeded by the image's path — tests/test_anywhere.py now checks it), and
+the paths state.pt's spec names are replaced by WORK.
 Takes several minutes per run on 2 CPU cores (much longer on a loaded machine).
 """
 

@@ -187,6 +187,8 @@ def cmd_rerun(argv: list[str]) -> int:
 def cmd_resume(argv: list[str]) -> int:
     """Continue a run from its saved state (state.pt), with the saved config and optional changes."""
     from lorafw.config.compose import load_spec, override
+    from lorafw.errors import ConfigError
+    from lorafw.run_folder import CONFIG
 
     ap = Parser("resume", cmd_resume.__doc__)
     ap.add_argument("run_dir", metavar="RUN_DIR", help="the run folder to continue")
@@ -194,6 +196,10 @@ def cmd_resume(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="changes, e.g. train.epochs=20")
     args = ap.parse_intermixed_args(argv)
     try:
+        folder = Path(args.run_dir).expanduser()
+        if (folder / ".hydra").is_dir() and not (folder / CONFIG).is_file():  # the CLI made it, lorafw wrote nothing
+            raise ConfigError([f"{args.run_dir}: the run stopped before it wrote its config ({CONFIG}), so nothing was "
+                               "trained; start it again with its own command"], title="nothing to resume")
         saved = load_spec(args.run_dir, check_paths=False)
         spec = override(saved, *args.overrides) if args.overrides else saved
         from lorafw.run import train

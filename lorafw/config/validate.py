@@ -22,6 +22,7 @@ from lorafw.families import available as available_archs
 from lorafw.families import detect
 from lorafw.families import get as get_family
 from lorafw.paths import expand
+from lorafw.run_folder import STATE, never_saved
 
 AUTO = "auto"  # base_model.arch: the checkpoint's own tensors decide (resolve_arch)
 # files a family keeps apart from its checkpoint, which a run of it must name (key of base_model → what it is)
@@ -280,8 +281,9 @@ def _check_paths(s: RunSpec, p: list[str], need_model: bool = True) -> None:
     if iw is not None and (s.resume is None or s.network.dim_from_weights) and not expand(iw).is_file():
         p.append(f"network.init_weights: {iw} is not a file; give the .safetensors LoRA (or LyCORIS) file to start "
                  "from")
-    if s.resume is not None and not (expand(s.resume) / "state.pt").is_file():
-        p.append(f"resume: {s.resume} holds no saved training state (state.pt); it is not a run folder lorafw can continue")
+    if s.resume is not None and not (expand(s.resume) / STATE).is_file() and not never_saved(expand(s.resume)):
+        p.append(f"resume: {s.resume} holds no saved training state ({STATE}); "
+                 "it is not a run folder lorafw can continue")
     d = s.dataset
     if d.root is not None:
         root = expand(d.root)
