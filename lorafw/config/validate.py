@@ -129,6 +129,12 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     if t.num_processes > 1 and t.device.startswith("cuda:"):
         p.append(f"train.device: {t.device} names one GPU but train.num_processes={t.num_processes} needs one per process; "
                  "use train.device=auto (choose GPUs with CUDA_VISIBLE_DEVICES)")
+    if t.epochs is not None and t.max_steps is not None:
+        notes.append(f"train.max_steps={t.max_steps} is not used: train.epochs={t.epochs} counts the run (kohya's "
+                     f"max_train_epochs overrides max_train_steps the same way); train.epochs=null trains "
+                     f"{t.max_steps} steps")
+    if s.output.save_last_n_steps is not None and not s.output.save_every_n_steps:
+        notes.append("output.save_last_n_steps is not used: output.save_every_n_steps is not set")
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
     _check_objective(s, p, notes)

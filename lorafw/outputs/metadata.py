@@ -74,6 +74,7 @@ class TrainingFacts:
     num_validation_images: int = 0  # held-out images (0: no validation)
     model_hashes: dict[str, str] = field(default_factory=dict)  # model_hash.base_model_keys
     saved_at: float | None = None  # when the file is written (None: now)
+    epochs: int = 0  # the epochs the run trains (kohya's num_train_epochs: from train.max_steps when it decides)
 
 
 def network_module(spec: RunSpec) -> tuple[str, dict[str, Any]]:
@@ -149,6 +150,7 @@ WRITTEN_AS: dict[str, Callable[[Any, Written], str]] = {
     "base_model.vae": lambda v, w: Path(v).name if v else "None",
     "network.dropout": lambda v, w: _float(v or None),  # kohya's None when off
     "train.mixed_precision": lambda v, w: w.facts.mixed_precision,  # what `auto` resolved to
+    "train.epochs": lambda v, w: str(w.facts.epochs or v),  # kohya's num_train_epochs: also when max_steps decides
     "train.clip_skip": lambda v, w: str(v) if w.facts.arch == "sd15" else "None",  # lorafw ignores it on SDXL
     "train.prediction_type": lambda v, w: str(w.v_pred),  # kohya's v_parameterization: what was trained
     "train.zero_terminal_snr": lambda v, w: str(w.ztsnr),
