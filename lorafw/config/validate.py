@@ -384,10 +384,12 @@ def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:
         if info.adaptive:
             lrs = {x for x in (o.unet_lr, o.text_encoder_lr) if x}
             if len(lrs) > 1:
-                p.append(
+                p.append(  # sd-scripts warns, then the library raises RuntimeError at the first step (test_optim)
                     f"optimizer.text_encoder_lr: {o.name} needs the same lr for the UNet and the text encoder (or 0 to "
                     f"freeze one); got unet_lr={o.unet_lr:g}, text_encoder_lr={o.text_encoder_lr:g} — use "
-                    "optimizer.text_encoder_lr=${.lr}"
+                    "optimizer.text_encoder_lr=${.lr}. (sd-scripts accepts it with a warning, then "
+                    f"{info.package} stops at the first step: 'Setting different lr values in different parameter "
+                    "groups is only supported for values of 0')"
                 )
             spread = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
                                   "down_lr_weight", "mid_lr_weight", "up_lr_weight") if getattr(n, k) not in (None, (), "")]
