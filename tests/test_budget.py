@@ -167,6 +167,7 @@ def test_the_summary_and_report_of_a_partial_last_epoch(budget_run):
     assert s["recommended"]["epoch"] in (3, 4) and s["recommended"]["basis"] == "validation loss"
     html = (run / "report.html").read_text()
     assert '<section id="recommended">' in html and s["recommended"]["file"] in html
+    assert "epochs: <b>4</b>" in html and "total steps: <b>10</b>" in html
 
 
 # -- import, export, round trip ---------------------------------------------------------------------------------
