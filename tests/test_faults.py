@@ -107,6 +107,26 @@ def test_sigkill_then_resume_with_random_crop_is_bit_identical(tiny_model, tmp_p
     assert json.loads((run / "run.json").read_text())["resumes"][0]["at_step"] == 4
 
 
+def test_sigkill_in_an_epoch_a_step_budget_cuts_short_then_resume_is_bit_identical(tiny_model, tiny_dataset,
+                                                                                    tmp_path):
+    """train.max_steps=7 with 4 steps per epoch: epoch 2 ends after 3 steps. Killed in step 7, resumed from the state
+    of step 6: the same epoch and step files as a run never stopped, the step file retention replayed."""
+    budget = ("train.epochs=null", "train.max_steps=7", "output.save_every_n_steps=3", "output.save_last_n_steps=2")
+    ref = tmp_path / "ref"
+    assert lorafw(*args_for(tiny_model, tiny_dataset, ref, *budget), cwd=tmp_path).returncode == 0
+    files = ["toy-01.safetensors", "toy-02.safetensors", "toy-step00000006.safetensors"]  # step 3's removed at 6
+    assert sorted(f.name for f in ref.glob("*.safetensors")) == files
+    run = tmp_path / "run"
+    p = lorafw(*args_for(tiny_model, tiny_dataset, run, *budget), cwd=tmp_path, fault="kill_at_step:7")
+    assert p.returncode == -signal.SIGKILL
+    assert sorted(f.name for f in run.glob("*.safetensors")) == files[:1] + files[2:]
+    assert resume(run)[0] == 0
+    assert_same_files(ref, run, files)
+    assert sorted(f.name for f in run.glob("*.safetensors")) == files
+    rec = json.loads((run / "run.json").read_text())
+    assert (rec["status"], rec["steps"], rec["resumes"][0]["at_step"]) == ("finished", 7, 6)
+
+
 def test_sigkill_while_saving_an_epoch_then_resume(reference, tiny_model, tiny_dataset, tmp_path):
     run = tmp_path / "run"
     p = lorafw(*args_for(tiny_model, tiny_dataset, run), cwd=tmp_path, fault="kill_in_save:toy-02.safetensors")

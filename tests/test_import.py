@@ -113,7 +113,8 @@ def test_the_colab_xl_defaults_carry_every_training_value(tmp_path):
     assert (s.train.batch_size, s.train.max_token_length, s.train.mixed_precision, s.train.no_half_vae) == (4, 225, "fp16", True)
     assert (s.dataset.resolution, s.dataset.keep_tokens, s.dataset.shuffle_caption, s.dataset.max_bucket_reso) == (1024, 1, True, 4096)
     assert [(f.path, f.repeats) for f in s.dataset.folders] == [("/content/drive/MyDrive/Loras/kafka/dataset", 2)]
-    assert {"min_timestep", "max_timestep", "lowram", "log_prefix", "save_last_n_epochs"} <= {p.key for p in imp.no_effect}
+    assert {"min_timestep", "max_timestep", "lowram", "log_prefix"} <= {p.key for p in imp.no_effect}
+    assert s.output.save_last_n_epochs == 10  # kohya's retention, honoured
 
 
 COLAB_OPTIMIZERS = {  # the form's optimizer → what the notebook writes (recommended values on)

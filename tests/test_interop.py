@@ -554,7 +554,8 @@ def test_every_kohya_name_of_the_schema_is_exported():
                           "train.scale_weight_norms=1.0", "train.v_pred_like_loss=0.1", "train.zero_terminal_snr=false",
                           "output.comment=hi", "sample.prompt_file=/p.txt", "scheduler=cosine_restarts",
                           "scheduler.num_cycles=2", "network.init_weights=/w.safetensors",
-                          "network.dim_from_weights=true"], check_paths=False)
+                          "network.dim_from_weights=true", "train.max_steps=500", "output.save_every_n_steps=50",
+                          "output.save_last_n_steps=100", "output.save_last_n_epochs=2"], check_paths=False)
     cfg, ds = export_kohya(spec, 10, [("/d/1_x", 1, {})])
     written = {k for section, body in cfg.items() if section != "lorafw" for k in body}
     written |= set(ds["general"]) | set(ds["datasets"][0])

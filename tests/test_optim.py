@@ -144,6 +144,22 @@ def test_adaptive_optimizers_refuse_different_group_lrs():
         spec_from_dict(compose_dict("sd15_prodigy", PATHS + ["optimizer.text_encoder_lr=0.5"]), check_paths=False)
 
 
+@pytest.mark.parametrize("name", [n for n, info in OPTIMIZERS.items() if info.adaptive])
+def test_why_adaptive_optimizers_refuse_two_lrs_the_libraries_stop_at_the_first_step(name):
+    """sd-scripts (train_util.get_optimizer) only warns about several lrs with D-Adaptation / Prodigy; the libraries
+    it pins (dadaptation, prodigyopt 1.1.2) then raise at the first step, so such a kohya config never trains. When a
+    release starts taking per-group lrs, this fails and the refusal in config/validate.py can go."""
+    from lorafw.config.spec import OptimizerSpec
+    from lorafw.optim.optimizers import optimizer_kwargs
+
+    a, b = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
+    opt = optimizer_class(name)([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.5}],
+                                **optimizer_kwargs(OptimizerSpec(name=name)))
+    (a.square().sum() + b.square().sum()).backward()
+    with pytest.raises(RuntimeError, match="different lr values in different parameter groups"):
+        opt.step()
+
+
 @pytest.mark.parametrize(
     "recipe,group",
     [("sd15_character", None), ("sd15_prodigy", None), ("sd15_character", "optimizer=came"), ("sd15_character", "optimizer=adamw")],

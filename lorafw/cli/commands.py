@@ -141,6 +141,7 @@ def cmd_check(argv: list[str]) -> int:
     from lorafw.config.validate import spec_from_dict
     from lorafw.data.dataset import build
     from lorafw.data.folders import scan
+    from lorafw.planning.budget import budget
 
     ap = Parser("check", cmd_check.__doc__, usage="lorafw check +recipe=NAME [key=value ...]")
     add_overrides(ap)
@@ -153,11 +154,14 @@ def cmd_check(argv: list[str]) -> int:
             spec, _ = spec_from_dict(compose_dict(None, job))
             folders, warnings = scan(spec.dataset)
             data = build(folders, spec.dataset)
-            spe = data.steps_per_epoch(spec.train.batch_size, spec.train.gradient_accumulation_steps)
+            t = spec.train
+            length = budget(data.batches_per_epoch(t.batch_size), t.gradient_accumulation_steps * t.num_processes,
+                            t.epochs, t.max_steps)
             for w in warnings:
                 print(f"warning: {w}")
             print(f"ok: {' '.join(job)}\n    {len(data.images)} images, {data.n_items} items/epoch, {len(data.buckets)} bucket(s), "
-                  f"{spe} steps/epoch × {spec.train.epochs} epochs = {spe * spec.train.epochs} steps")
+                  f"{length.steps_per_epoch} steps/epoch × {length.epochs} epochs = {length.total_steps} steps"
+                  + (f" (train.max_steps: the last epoch {length.last_epoch_steps} steps)" if length.partial else ""))
     except LorafwError as e:
         return fail(e)
     return 0

@@ -224,7 +224,13 @@ def resolution_size(value: int | tuple[int, ...]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = key(10, "one LoRA file per saved epoch", kohya="max_train_epochs", ss="ss_num_epochs", ge=1)
+    epochs: int | None = key(10, "one LoRA file per saved epoch; null = as many as train.max_steps needs (the "
+                             "last one cut short). Set, it wins over max_steps, as kohya's max_train_epochs does",
+                             kohya="max_train_epochs", ss="ss_num_epochs", ge=1,
+                             why="or null to count the run in steps")
+    max_steps: int | None = key(None, "or the run's length in optimizer steps (kohya's max_train_steps): training "
+                                "stops at that step, mid-epoch if need be; used when train.epochs is null (both "
+                                "null: kohya's 1600)", kohya="max_train_steps", ge=1)
     batch_size: int = key(1, "images per step (per device)", kohya=("train_batch_size", "batch_size"),
                           ss="ss_batch_size_per_device", ge=1)
     gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step", kohya="gradient_accumulation_steps",
@@ -335,6 +341,14 @@ class OutputSpec:
     name: str | None = key(None, "files are NAME-01.safetensors …; null = the dataset folder's name",
                            kohya="output_name", ss="ss_output_name")
     save_every_n_epochs: int = key(1, "write a LoRA file every N epochs", kohya="save_every_n_epochs", ge=1)
+    save_every_n_steps: int | None = key(None, "also write NAME-stepNNNNNNNN.safetensors every N optimizer steps "
+                                         "(kohya's name); null = off", kohya="save_every_n_steps", ge=1)
+    save_last_n_epochs: int | None = key(None, "keep only the epoch files of the last N saves: saving epoch E removes "
+                                         "epoch E - save_every_n_epochs × N (kohya's rule); null = keep all",
+                                         kohya="save_last_n_epochs", ge=1)
+    save_last_n_steps: int | None = key(None, "keep only the step files within the last N steps: saving step S removes "
+                                        "the one at S - N - 1 rounded down to save_every_n_steps (kohya's rule); "
+                                        "null = keep all", kohya="save_last_n_steps", ge=1)
     save_precision: Literal["fp16", "bf16", "fp32"] = key("fp16", "dtype of the LoRA files on disk",
                                                           kohya="save_precision", kohya_default="fp32")
     save_state_every_n_epochs: int = key(1, "training state for `lorafw resume` (state.pt, replaced each time); 0 = never",

@@ -130,6 +130,12 @@ def _check_values(s: RunSpec, p: list[str], notes: list[str], need_model: bool =
     if t.num_processes > 1 and t.device.startswith("cuda:"):
         p.append(f"train.device: {t.device} names one GPU but train.num_processes={t.num_processes} needs one per process; "
                  "use train.device=auto (choose GPUs with CUDA_VISIBLE_DEVICES)")
+    if t.epochs is not None and t.max_steps is not None:
+        notes.append(f"train.max_steps={t.max_steps} is not used: train.epochs={t.epochs} counts the run (kohya's "
+                     f"max_train_epochs overrides max_train_steps the same way); train.epochs=null trains "
+                     f"{t.max_steps} steps")
+    if s.output.save_last_n_steps is not None and not s.output.save_every_n_steps:
+        notes.append("output.save_last_n_steps is not used: output.save_every_n_steps is not set")
     if t.full_bf16 and t.mixed_precision != "bf16":
         p.append(f"train.full_bf16: needs train.mixed_precision=bf16, got {t.mixed_precision}")
     _check_objective(s, p, notes)
@@ -401,10 +407,12 @@ def _check_optimizer(s: RunSpec, p: list[str], notes: list[str]) -> None:
         if info.adaptive:
             lrs = {x for x in (o.unet_lr, o.text_encoder_lr) if x}
             if len(lrs) > 1:
-                p.append(
+                p.append(  # sd-scripts warns, then the library raises RuntimeError at the first step (test_optim)
                     f"optimizer.text_encoder_lr: {o.name} needs the same lr for the UNet and the text encoder (or 0 to "
                     f"freeze one); got unet_lr={o.unet_lr:g}, text_encoder_lr={o.text_encoder_lr:g} — use "
-                    "optimizer.text_encoder_lr=${.lr}"
+                    "optimizer.text_encoder_lr=${.lr}. (sd-scripts accepts it with a warning, then "
+                    f"{info.package} stops at the first step: 'Setting different lr values in different parameter "
+                    "groups is only supported for values of 0')"
                 )
             spread = [k for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
                                   "down_lr_weight", "mid_lr_weight", "up_lr_weight") if getattr(n, k) not in (None, (), "")]

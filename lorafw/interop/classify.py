@@ -25,6 +25,7 @@ from lorafw.config.shipped import conf_dir
 from lorafw.config.spec import FolderSpec, NetworkSpec, RunSpec, SchedulerSpec
 from lorafw.interop.argstrings import Problem, literal_args, network_args, network_value
 from lorafw.interop.dialects import Source
+from lorafw.planning.budget import KOHYA_DEFAULT_STEPS
 
 TYPES = {k.path: k.type for k in iter_keys(RunSpec)}
 DEFAULTS = {k.path: k.default for k in iter_keys(RunSpec)}
@@ -57,8 +58,7 @@ NO_EFFECT: dict[str, str] = {
     "wandb_api_key": "", "wandb_run_name": "", "save_state": "lorafw always saves resumable state",
     "save_state_on_train_end": "lorafw always saves resumable state",
     "save_last_n_epochs_state": "state.pt is replaced each time", "save_last_n_steps_state": "",
-    "save_last_n_epochs": "lorafw keeps every saved epoch", "save_last_n_steps": "lorafw keeps every saved epoch",
-    "save_every_n_steps": "lorafw saves per epoch", "lowram": "memory strategy", "highvram": "memory strategy",
+    "lowram": "memory strategy", "highvram": "memory strategy",
     "mem_eff_attn": "attention kernel (same result)", "sdpa": "train.attention=sdpa is lorafw's default",
     "sdxl": "the architecture comes from base_model",
     "metadata_title": "file metadata", "metadata_author": "file metadata", "metadata_description": "file metadata",
@@ -97,7 +97,6 @@ NETWORK_NEUTRAL: dict[str, tuple[str, ...]] = {
 # better reasons than "lorafw has no such setting"
 WHY: dict[str, str] = {
     "v2": "SD 2.x is not an architecture lorafw trains (SD1.5, SDXL and Anima)",
-    "max_train_steps": f"lorafw counts the run in epochs (train.epochs); set {K['train.epochs']} instead",
     "weighted_captions": "lorafw reads (tag:1.2) weights as plain text",
     "color_aug": "lorafw has no colour augmentation",
     "class_tokens": "lorafw needs a caption file per image (kohya captions the others with class_tokens)",
@@ -730,10 +729,20 @@ class Classifier:
                 continue
             if DEFAULTS.get(path) != k.kohya_default:
                 self.set(path, coerce(k.kohya_default, TYPES[path]), f"{k.kohya[0]} (kohya's default)")
-        if "train.epochs" not in self.imp.values and not any(p.key == "max_train_steps" for p in self.imp.not_honoured):
-            epochs = K["train.epochs"]
-            self.refuse(epochs, None, "not set: sd-scripts then trains max_train_steps = 1600 steps; "
-                                      f"lorafw counts the run in epochs, set {epochs}")
+        self.run_length()
+
+    def run_length(self) -> None:
+        """sd-scripts counts the run in max_train_epochs when given (it overrides max_train_steps), else in
+        max_train_steps, 1600 when left out. lorafw's train.epochs has a default, so a run counted in steps sets it
+        to null (planning/budget.py)."""
+        epochs, steps = K["train.epochs"], K["train.max_steps"]
+        if "train.epochs" in self.imp.values or any(p.key == epochs for p in self.imp.not_honoured):
+            return
+        if any(p.key == steps for p in self.imp.not_honoured):
+            return
+        self.set("train.epochs", None, f"{epochs} (not set: {steps} counts the run)")
+        if "train.max_steps" not in self.imp.values:
+            self.set("train.max_steps", KOHYA_DEFAULT_STEPS, f"{steps} (kohya's default)")
 
     def architecture(self) -> None:
         src = self.src

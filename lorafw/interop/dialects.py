@@ -177,7 +177,7 @@ GUI_ONLY = {
 GUI_ZERO_UNSET = tuple(K[k] for k in (
     "train.clip_skip", "train.min_snr_gamma", "train.min_timestep", "train.max_timestep", "train.ip_noise_gamma",
     "train.v_pred_like_loss", "dataset.vae_batch_size", "seed", "output.save_every_n_epochs", "sample.every_n_epochs",
-    "sample.every_n_steps")) + ("save_every_n_steps", "save_last_n_steps", "save_last_n_epochs")
+    "sample.every_n_steps", "output.save_every_n_steps", "output.save_last_n_steps", "output.save_last_n_epochs"))
 # values the GUI passes as whole numbers (its number fields save floats or strings)
 GUI_INTEGERS = tuple(K[k] for k in (
     "dataset.keep_tokens", "train.max_token_length", "train.gradient_accumulation_steps", "dataset.workers",
@@ -218,11 +218,12 @@ def from_gui_json(doc: dict[str, Any]) -> Source:
 
     epochs = K["train.epochs"]
     epoch = int(_num(take("epoch", 1)) or 1)
-    mte, mts = _num(take(epochs, "")), _num(take("max_train_steps", ""))
+    steps = K["train.max_steps"]
+    mte, mts = _num(take(epochs, "")), _num(take(steps, ""))
     if mte:
         a[epochs] = int(mte)
     elif mts:
-        a["max_train_steps"] = int(mts)
+        a[steps] = int(mts)
     else:
         a[epochs] = epoch
         src.notes.append(f"epoch = {epoch}: the GUI turns it into max_train_steps from its folder count; "

@@ -22,6 +22,7 @@ from lorafw.errors import ConfigError, LorafwError
 from lorafw.interop.argstrings import Problem
 from lorafw.interop.classify import Imported, classify
 from lorafw.interop.dialects import Source, detect, from_gui_json, from_gui_trainer, from_sd_scripts
+from lorafw.interop.kohya import NULLS
 from lorafw.models.load import inspect_base_model
 from lorafw.outputs.atomic import atomic_write
 
@@ -98,7 +99,8 @@ def import_config(path: Path, dataset_config: Path | None = None) -> Imported:
 
 
 def _exact(imp: Imported, section: dict[str, Any]) -> None:
-    imp.values = {k: v for k, v in section.items() if not k.startswith("groups.")}
+    imp.values = {k: v for k, v in section.items() if not k.startswith("groups.") and k != NULLS}
+    imp.values |= {k: None for k in section.get(NULLS, [])}
     imp.groups = {k[len("groups."):]: v for k, v in section.items() if k.startswith("groups.")}
     imp.groups.pop("network", None), imp.groups.pop("scheduler", None)  # the values say them exactly
     imp.not_honoured = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lorafw.config.prediction import FLOW_ONLY
-from lorafw.config.schema import kohya_keys, kohya_names, kohya_of, value_at
+from lorafw.config.schema import iter_keys, kohya_keys, kohya_names, kohya_of, value_at
 from lorafw.config.spec import NetworkSpec, RunSpec
 from lorafw.data.buckets import RESIZE_INTERPOLATION
 from lorafw.errors import LorafwError
@@ -20,6 +20,8 @@ from lorafw.paths import expand
 OPTIMIZER_EXPORT = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy", "came": "came_pytorch.CAME"}
 REX_CLASS = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
 KEYS = kohya_keys(RunSpec)  # lorafw key → its declaration, for every key with a kohya name (config/spec.py)
+DEFAULTS = {k.path: k.default for k in iter_keys(RunSpec)}
+NULLS = "null"  # the [lorafw] section's list of keys set to null (TOML has no null)
 K = kohya_of(RunSpec)  # lorafw key → its sd-scripts argument name
 # kohya key → lorafw key, for values that carry over as they are: read from the schema's `kohya=` names
 # (lorafw/config/spec.py); the keys below have values that need translating (classify.Classifier.translated).
@@ -259,6 +261,7 @@ def lorafw_section(spec: Any) -> dict[str, Any]:
     TOML has no null, so unset values are left out (they come back unset). What an earlier import left behind
     (`imported`) is not the run's: the import of this file records its own."""
     out: dict[str, Any] = {}
+    nulls = [k for k, v in dotted(spec.to_dict()).items() if v is None and DEFAULTS.get(k) is not None]
     for k, v in dotted(spec.to_dict()).items():
         if k in ("resume", "output.dir") or k.startswith("imported.") or v is None or v == {}:
             continue
@@ -267,6 +270,8 @@ def lorafw_section(spec: Any) -> dict[str, Any]:
         out[k] = v
     for g, option in groups_of(spec).items():
         out[f"groups.{g}"] = option
+    if nulls:  # set to null where the default is not (train.epochs=null: the run counted in steps)
+        out[NULLS] = nulls
     return out
 
 

@@ -76,6 +76,7 @@ class TrainingFacts:
     model_hashes: dict[str, str] = field(default_factory=dict)  # model_hash.base_model_keys
     saved_at: float | None = None  # when the file is written (None: now)
     init_weights: dict[str, str] = field(default_factory=dict)  # network.init_weights: the file's name and sha256
+    epochs: int = 0  # the epochs the run trains (kohya's num_train_epochs: from train.max_steps when it decides)
 
 
 def network_module(spec: RunSpec) -> tuple[str, dict[str, Any]]:
@@ -151,6 +152,7 @@ WRITTEN_AS: dict[str, Callable[[Any, Written], str]] = {
     "base_model.vae": lambda v, w: Path(v).name if v else "None",
     "network.dropout": lambda v, w: _float(v or None),  # kohya's None when off
     "train.mixed_precision": lambda v, w: w.facts.mixed_precision,  # what `auto` resolved to
+    "train.epochs": lambda v, w: str(w.facts.epochs or v),  # kohya's num_train_epochs: also when max_steps decides
     "train.clip_skip": lambda v, w: str(v) if w.facts.arch == "sd15" else "None",  # lorafw ignores it on SDXL
     "train.prediction_type": lambda v, w: str(w.v_pred),  # kohya's v_parameterization: what was trained
     "train.zero_terminal_snr": lambda v, w: str(w.ztsnr),

@@ -233,7 +233,8 @@ def dataset_html(d: RunData) -> str:
         out.append(table(["folder", "repeats", "images", "images × repeats"], rows))
     facts = [("training images", plan.get("images")), ("validation images", plan.get("validation_images")),
              ("items per epoch", plan.get("items_per_epoch")), ("global batch", plan.get("global_batch")),
-             ("steps per epoch", plan.get("steps_per_epoch")), ("total steps", plan.get("total_steps"))]
+             ("steps per epoch", plan.get("steps_per_epoch")), ("epochs", plan.get("epochs")),
+             ("total steps", plan.get("total_steps"))]
     out.append("<p>" + " · ".join(f"{escape(k)}: <b>{v}</b>" for k, v in facts if v is not None) + "</p>")
     charts = []
     buckets = plan.get("buckets") or {}

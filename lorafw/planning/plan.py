@@ -22,6 +22,7 @@ from lorafw.data.dataset import TrainData
 from lorafw.errors import ConfigError, LorafwError
 from lorafw.optim.schedulers import key_points
 from lorafw.paths import expand
+from lorafw.planning.budget import budget
 
 # The guide's tables (RECIPES.md).  SD1.5: images, repeats, epochs, batch.
 SD15_TABLE = [(20, 10, 10, 2), (100, 3, 10, 2), (400, 1, 10, 2), (1000, 1, 10, 3)]
@@ -98,6 +99,8 @@ class Plan:
     objective: dict[str, Any] = field(default_factory=dict)  # prediction type, ZTSNR and where each comes from
     lr_points: list[tuple[int, float]] = field(default_factory=list)  # (optimizer step, UNet lr) at the curve's corners
     lr_note: str = ""  # why there are no points (the optimizer or a scheduler class decides the lr)
+    by: str = "epochs"  # what counts the run: train.epochs, or train.max_steps ("steps")
+    last_epoch_steps: int = 0  # optimizer steps of the last epoch (fewer than steps_per_epoch: cut short)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,12 +108,17 @@ class Plan:
 
 def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None) -> Plan:
     t = spec.train
-    B, A, E, W = t.batch_size, t.gradient_accumulation_steps, t.epochs, t.num_processes
+    B, A, W = t.batch_size, t.gradient_accumulation_steps, t.num_processes
     T, R = data.n_train_items, data.n_reg_items
     counts = {b: len(v) for b, v in data.buckets.items()}
     batches = sum(math.ceil(n / B) for n in counts.values())
-    spe = math.ceil(batches / (A * W))
+    length = budget(batches, A * W, t.epochs, t.max_steps)
+    spe, E = length.steps_per_epoch, length.epochs
     reasons = []
+    if length.by == "steps":
+        given = f"train.max_steps={t.max_steps}" if t.max_steps is not None else "kohya's default of 1600 steps"
+        reasons.append(f"{given} counts the run (train.epochs is null): {E} epoch(s) of {spe} steps"
+                       + (f", the last cut short at {length.last_epoch_steps}" if length.partial else ""))
     if R:
         reasons.append(f"{data.n_reg_images} regularisation image(s) add {R} items per epoch (matched to the {T} "
                        f"training items, as kohya counts them): +{R / B:g} batches")
@@ -132,10 +140,10 @@ def make_plan(data: TrainData, spec: RunSpec, warnings: list[str] | None = None)
     return Plan(
         folders=lines, T=T, reg_items=R, batch_size=B, grad_accum=A, epochs=E, processes=W,
         guide_steps_per_epoch=T / B, guide_total_steps=guide_steps(T, E, B),
-        batches_per_epoch=batches, steps_per_epoch=spe, total_steps=spe * E, reasons=reasons,
+        batches_per_epoch=batches, steps_per_epoch=spe, total_steps=length.total_steps, reasons=reasons,
         buckets={f"{w}x{h}": n for (w, h), n in sorted(counts.items(), key=lambda kv: -kv[1])},
         advice=advise(train_folders), warnings=list(warnings or []), objective=objective_of(spec),
-        **_lr_curve(spec, spe * E),
+        **_lr_curve(spec, length.total_steps), by=length.by, last_epoch_steps=length.last_epoch_steps,
     )
 
 
@@ -186,6 +194,7 @@ def render(plan: Plan, title: str = "") -> str:
     """The plan as a readable table."""
     p = plan
     out = [f"lorafw plan{': ' + title if title else ''}  (batch {p.batch_size}, {p.epochs} epochs"
+           + (f" from {p.total_steps} steps" if p.by == "steps" else "")
            + (f", accumulation {p.grad_accum}" if p.grad_accum > 1 else "")
            + (f", {p.processes} processes: global batch {p.batch_size * p.grad_accum * p.processes}" if p.processes > 1 else "")
            + ")", ""]

@@ -34,6 +34,7 @@ def save_lora(spec: RunSpec, arch: Architecture, plan: Plan, session: Session, s
     data, val = plan.data, plan.val_data
     facts = TrainingFacts(
         arch=arch.name, family=arch, epoch=epoch, step=state.global_step, total_steps=plan.total_steps,
+        epochs=plan.epochs,
         batches_per_epoch=data.batches_per_epoch(spec.train.batch_size), warmup_steps=state.warmup_steps,
         num_train_images=data.n_train_items, num_reg_images=data.n_reg_images, started_at=session.started_at,
         optimizer=state.optimizer_desc, mixed_precision=precision, tag_frequency=data.tag_frequency(),
@@ -60,6 +61,22 @@ def save_lora(spec: RunSpec, arch: Architecture, plan: Plan, session: Session, s
                       build_metadata(spec, facts, plan.name) | {"ss_ema_decay": f"{spec.ema.decay:g}"}))
     session.writer.submit(write_loras, files)
     return path
+
+
+def remove_lora(session: Session, state: TrainState, file_name: str) -> None:
+    """kohya's retention (output.save_last_n_epochs / save_last_n_steps): an older LoRA file (and its -ema twin)
+    removed, after the writes handed over before it. state.pt and the summary stop naming it."""
+    path = session.run_dir / file_name
+    state.lora_files = [p for p in state.lora_files if p != path]
+    if session.main:
+        session.writer.submit(remove_files, [path, path.with_name(f"{path.stem}-ema.safetensors")])
+
+
+def remove_files(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_file():
+            p.unlink()
+            log.info(f"removed {p.name} (output.save_last_n_*)")
 
 
 def base_model_hashes(spec: RunSpec, plan: Plan, model_hashes: Any) -> dict[str, str]:

@@ -50,11 +50,12 @@ class Plan:
     dataset_warnings: list[str]
     batches_per_step: int  # accumulation × processes: one optimizer step's batches
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # the step budget: the run stops here, mid-epoch if need be (planning/budget.py)
     step_config: StepConfig  # for training
     eval_config: StepConfig  # and for validation (plain noise, unweighted MSE)
     name: str  # the LoRA files' stem
     resuming: bool
+    epochs: int = 0  # epochs the run trains (the last one partial when train.max_steps decides)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from lorafw.logs import log
 from lorafw.outputs.background import Writer
 from lorafw.paths import expand
 from lorafw.placement import resolve_device
+from lorafw.planning.budget import budget
 from lorafw.run_folder import check_disk, ensure_writable, prepare_run_dir
 from lorafw.trainers import checkpoint
 from lorafw.trainers.compile import compile_problem
@@ -54,7 +55,7 @@ def preflight(spec: RunSpec, arch: Architecture, run_dir: Path, world: World) ->
     folders, val_data = hold_out(spec, folders)
     data = dataset_mod.build(folders, spec.dataset)
     batches_per_step = t.gradient_accumulation_steps * world.size  # global batch = B × W × A
-    steps_per_epoch = data.steps_per_epoch(t.batch_size, batches_per_step)
+    length = budget(data.batches_per_epoch(t.batch_size), batches_per_step, t.epochs, t.max_steps)
     if spec.resume is not None:
         checkpoint.check_resumable(run_dir, world.size)
     if spec.dataset.cache_latents_to_disk:
@@ -63,9 +64,10 @@ def preflight(spec: RunSpec, arch: Architecture, run_dir: Path, world: World) ->
         cache_dir = expand(spec.dataset.cache_dir) if spec.dataset.cache_dir else default_cache_dir()
         ensure_writable(cache_dir, "the latent cache folder (dataset.cache_dir)")
         check_disk(cache_dir, latent_bytes(data), "the latent cache (dataset.cache_dir)")
-    return Plan(model_path, info, objective, data, val_data, lint_report, warnings, batches_per_step, steps_per_epoch,
-                steps_per_epoch * t.epochs, StepConfig.from_spec(t, objective.prediction, scale),
-                StepConfig.plain(objective.prediction, scale), spec.output.name or "lora", spec.resume is not None)
+    return Plan(model_path, info, objective, data, val_data, lint_report, warnings, batches_per_step,
+                length.steps_per_epoch, length.total_steps, StepConfig.from_spec(t, objective.prediction, scale),
+                StepConfig.plain(objective.prediction, scale), spec.output.name or "lora", spec.resume is not None,
+                epochs=length.epochs)
 
 
 def open_session(spec: RunSpec, arch: Architecture, plan: Plan, run_dir: Path, world: World) -> Session:
@@ -91,6 +93,7 @@ def open_session(spec: RunSpec, arch: Architecture, plan: Plan, run_dir: Path, w
             "processes": world.size,
             "global_batch": t.batch_size * plan.batches_per_step,
             "steps_per_epoch": plan.steps_per_epoch,
+            "epochs": plan.epochs,
             "total_steps": plan.total_steps,
             "buckets": dataset_mod.bucket_histogram(plan.data),
         },

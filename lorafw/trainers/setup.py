@@ -269,10 +269,16 @@ def build_state(spec: RunSpec, plan: Plan, dev: Device, network: Any, comm: Comm
     return state
 
 
-def check_output_space(spec: RunSpec, state: TrainState, run_dir: Any) -> None:
+def check_output_space(spec: RunSpec, plan: Plan, state: TrainState, run_dir: Any) -> None:
     """Every LoRA file this run will write, plus the training state, must fit: checked before step 1."""
     n = state.network.n_parameters()
-    per_file = n * {"fp16": 2, "bf16": 2, "fp32": 4}[spec.output.save_precision] + 200_000
-    files = -(-spec.train.epochs // spec.output.save_every_n_epochs) + 1
+    out = spec.output
+    per_file = n * {"fp16": 2, "bf16": 2, "fp32": 4}[out.save_precision] + 200_000
+    files = -(-plan.epochs // out.save_every_n_epochs) + 1
+    if out.save_every_n_steps:  # the step files kept at once (save_last_n_steps removes the older ones)
+        kept = plan.total_steps // out.save_every_n_steps
+        if out.save_last_n_steps is not None:
+            kept = min(kept, out.save_last_n_steps // out.save_every_n_steps + 1)
+        files += kept
     need = n * 4 * (4 if state.masters is None else 6) * 2  # weights, moments, masters; old + new copy
     check_disk(run_dir, files * per_file + need, "this run's LoRA files and training state (output.dir)")

@@ -38,6 +38,7 @@ from lorafw.optim.optimizers import evaluation_weights
 from lorafw.outputs.metrics import Metrics
 from lorafw.outputs.record import now_iso, read_record, versions, write_config, write_record
 from lorafw.outputs.result import RunResult
+from lorafw.planning.budget import Budget, epoch_to_remove, step_file_name, step_to_remove
 from lorafw.trainers import batch, checkpoint, evaluation, loop
 from lorafw.trainers import setup as steps
 from lorafw.trainers.context import Caches, Device, Plan, Session, TrainState
@@ -145,24 +146,27 @@ class Trainer:
         if network.started_from is not None:  # network.init_weights: what it started from (resume keeps the record)
             self.session.record["init_weights"] = network.started_from.record()
         self.state: TrainState = steps.build_state(spec, self.plan, self.dev, network, self.session.comm, train_te)
-        steps.check_output_space(spec, self.state, self.run_dir)
+        steps.check_output_space(spec, self.plan, self.state, self.run_dir)
 
     # -- training --------------------------------------------------------------------------------------------
     def train(self) -> None:
         """For each epoch, one optimizer step per `gradient_accumulation_steps × processes` batches (each
-        data-parallel process trains its share of them); at each epoch's end: validation, save, samples, state.
+        data-parallel process trains its share of them) until the step budget (the last epoch cut short when
+        train.max_steps decides); at each epoch's end: validation, save, samples, state.
         On a CPU, memory freed during training is kept for the next step (lorafw/heap.py)."""
         with reuse_freed_memory(self.dev.device.type == "cpu" and speed.on("heap_reuse")):
             self._epochs()
 
     def _epochs(self) -> None:
         spec, t, out, st, s = self.spec, self.spec.train, self.spec.output, self.state, self.session
-        name, caches = self.plan.name, self.caches
+        name, caches, p = self.plan.name, self.caches, self.plan
+        epochs, length = p.epochs, Budget(p.steps_per_epoch, p.epochs, p.total_steps)
         bar = progress_bar(s.main, total=self.plan.total_steps, initial=st.global_step, desc="training", unit="step")
-        while st.epoch <= t.epochs:
+        while st.epoch <= epochs:
             epoch_start = time.time()
-            bar.set_description(f"epoch {st.epoch}/{t.epochs}")
+            bar.set_description(f"epoch {st.epoch}/{epochs}")
             groups = spans(self.data.epoch_batches(spec.seed, st.epoch, t.batch_size), self.plan.batches_per_step)
+            groups = groups[:length.steps_in_epoch(st.epoch)]  # the step budget may end this epoch early
             if caches.latents is None:  # this epoch's images decoded ahead on loader threads
                 caches.pixels_ahead = batch.pixel_lookahead(self.dev, self.data, s.world, spec.seed, st.micro,
                                                             groups[st.next_group:])
@@ -174,6 +178,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{st.loss_history[-1]:.4f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
                     if st.stop_all or (not s.comm.active and s.stop.requested):
                         loop.stop_here(spec, s, st, self.dev, self.plan.total_steps, name, self.save)
+                    if out.save_every_n_steps and st.global_step % out.save_every_n_steps == 0:
+                        self.save_step()
                     if out.save_state_every_n_steps and st.global_step % out.save_state_every_n_steps == 0:
                         self.save_state()
                     if spec.sample.every_n_steps and st.global_step % spec.sample.every_n_steps == 0:
@@ -185,21 +191,24 @@ class Trainer:
             st.epoch_losses.append(sum(st.epoch_partial) / max(1, len(st.epoch_partial)))
             st.epoch_partial = []
             done, val = st.epoch, None
-            if self.val_data is not None and (done % spec.validation.every_n_epochs == 0 or done == t.epochs):
+            if self.val_data is not None and (done % spec.validation.every_n_epochs == 0 or done == epochs):
                 val = st.val_losses[done] = self.validation_loss()
-            log.info(f"epoch {done}/{t.epochs}: mean loss {st.epoch_losses[-1]:.4f}"
+            log.info(f"epoch {done}/{epochs}: mean loss {st.epoch_losses[-1]:.4f}"
                      + (f", validation loss {val:.4f}" if val is not None else "")
                      + f", step {st.global_step}/{self.plan.total_steps}, {time.time() - epoch_start:.1f}s")
             if self.metrics is not None:
                 self.metrics.epoch(st.global_step, done, st.epoch_losses[-1], val)
             with s.writer.held():  # the writer thread starts once the epoch's end is done
-                if done % out.save_every_n_epochs == 0 or done == t.epochs:
+                if done % out.save_every_n_epochs == 0 or done == epochs:
                     self.save(done)
-                if spec.sample.every_n_epochs and (done % spec.sample.every_n_epochs == 0 or done == t.epochs):
+                    gone = epoch_to_remove(done, out.save_every_n_epochs, out.save_last_n_epochs)
+                    if gone is not None and done != epochs:  # kohya's last file is never a reason to remove one
+                        checkpoint.remove_lora(s, st, f"{name}-{gone:02d}.safetensors")
+                if spec.sample.every_n_epochs and (done % spec.sample.every_n_epochs == 0 or done == epochs):
                     self.sample(f"{name}-{done:02d}")
                 self.write_summary()
                 st.epoch, st.next_group = done + 1, 0
-                if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == t.epochs:
+                if (out.save_state_every_n_epochs and done % out.save_state_every_n_epochs == 0) or done == epochs:
                     self.save_state()
         s.writer.wait()  # the last epoch's files are on disk when train() returns
         bar.close()
@@ -313,6 +322,14 @@ class Trainer:
         with evaluation_weights(self.state.optimizer):
             return checkpoint.save_lora(self.spec, self.arch, self.plan, self.session, self.state,
                                         self.dev.precision, self.model_hashes, epoch, file_name)
+
+    def save_step(self) -> None:
+        """output.save_every_n_steps: NAME-stepNNNNNNNN.safetensors, and kohya's save_last_n_steps retention."""
+        st, out = self.state, self.spec.output
+        self.save(st.epoch, file_name=step_file_name(self.plan.name, st.global_step))
+        gone = step_to_remove(st.global_step, out.save_every_n_steps or 1, out.save_last_n_steps)
+        if gone is not None:
+            checkpoint.remove_lora(self.session, st, step_file_name(self.plan.name, gone))
 
     def save_state(self) -> None:
         checkpoint.save_state(self.spec, self.session, self.state, self.dev.amp)
