@@ -40,7 +40,7 @@ test: $(TESTDEPS)
 
 docs: $(DOCSDEPS)
 	$(PY) tools/gen_docs.py
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) lorafw-demo outputs multirun site .pytest_cache .mypy_cache .ruff_cache
