@@ -145,11 +145,6 @@ def test_keys_lists_every_key_once_with_its_doc_and_kohya_name():
     assert format_keys(RunSpec, "network.").count("\n") + 1 == sum(k.path.startswith("network.") for k in KEYS)
 
 
-def test_readme_key_table_is_the_schema():
-    readme = (ROOT / "README.md").read_text()
-    assert format_keys(RunSpec, markdown=True) in readme, "regenerate with: lorafw keys --markdown"
-
-
 def test_importer_maps_kohya_names_from_the_schema():
     from lorafw.interop.kohya import DIRECT, TRANSLATED
 

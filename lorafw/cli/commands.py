@@ -307,7 +307,7 @@ def cmd_keys(argv: list[str]) -> int:
 
     ap = Parser("keys", cmd_keys.__doc__, epilog="e.g. lorafw keys network   (the network.* keys)")
     ap.add_argument("prefix", nargs="?", default="", metavar="PREFIX", help="only keys starting with this (network, dataset.caption)")
-    ap.add_argument("--markdown", action="store_true", help="a Markdown table (the README's)")
+    ap.add_argument("--markdown", action="store_true", help="a Markdown table (docs/reference/keys.md's)")
     args = ap.parse_args(argv)
     prefix = args.prefix
     paths = [k.path for k in iter_keys(RunSpec)]

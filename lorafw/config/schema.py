@@ -8,7 +8,7 @@ Everything else is read from those declarations, never written again:
 - the defaults Hydra composes on (`defaults_tree`, stored in Hydra's ConfigStore by config/compose.py,
   so conf/ option files only set what they change);
 - type and range checks with one message per bad key (config/typed.py);
-- `lorafw keys [PREFIX] [--markdown]` and the README's key table (`format_keys`);
+- `lorafw keys [PREFIX] [--markdown]` and the docs' key reference, docs/reference/keys.md (`format_keys`);
 - kohya's side of each key: its sd-scripts argument names (`kohya=`, `kohya_names`), its default there
   where that differs from lorafw's (`kohya_default=`), the values that turn it off (`kohya_off=`) and its
   name in a LoRA file's metadata (`ss=`). The importer (lorafw/interop/classify.py, dialects.py), the exporter
@@ -287,7 +287,7 @@ def _default_text(k: KeyInfo) -> str:
 
 
 def format_keys(cls: type, prefix: str = "", markdown: bool = False) -> str:
-    """`lorafw keys [PREFIX]`: one key per line (or a Markdown table for the README)."""
+    """`lorafw keys [PREFIX]`: one key per line (or a Markdown table: docs/reference/keys.md)."""
     rows = [k for k in iter_keys(cls) if k.path.startswith(prefix)]
     if markdown:
         lines = ["| key | default | type | what it does | kohya |", "|---|---|---|---|---|"]
