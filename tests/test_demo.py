@@ -79,3 +79,15 @@ def test_the_pixel_vae_holds_in_half_precision(dtype):
     with torch.no_grad():
         y = vae.decode(vae.encode(x.to(dtype)).latent_dist.mean).sample.float()
     assert (y - x).abs().max() < 4 / 127.5
+
+
+def test_the_dataset_is_one_colour_and_the_picture_shows_a_training_image_of_the_prompts_shape(tmp_path):
+    from lorafw.cli.demo import BACKGROUND, TRIGGER_COLOUR, example, make_dataset
+
+    images = sorted(make_dataset(tmp_path).glob("*/*.png"))
+    assert len(images) == 12
+    colours = {c for p in images for _, c in Image.open(p).convert("RGB").getcolors(100_000)}
+    assert colours == {TRIGGER_COLOUR, BACKGROUND[1]}  # one trigger colour on one background
+    for shape in ("circle", "square"):
+        e = example(images, f"shapes_demo, red {shape}, white background", (128, 128))
+        assert f"red {shape}" in e.with_suffix(".txt").read_text() and Image.open(e).size == (128, 128)

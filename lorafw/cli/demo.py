@@ -8,7 +8,7 @@ ordinary command-line path: the same code a real run takes, only smaller numbers
 with saved epochs rendered across LoRA weights (weight 0: the base model), and writes RUN/demo.png: each
 prompt without and with the LoRA, same seed, beside a training image, above the losses per epoch. It says
 whether the samples moved toward the training images' colours, prints the recommended epoch and weight, and
-the path of report.html. docs/assets/demo.png is this picture from `lorafw demo` (tools/demo_png.sh).
+the path of report.html. docs/assets/demo.png is this picture from `lorafw demo` (tools/demo_png.py).
 """
 
 from __future__ import annotations
@@ -148,6 +148,20 @@ def picture_epochs(epochs: int) -> list[int]:
     return sorted({epochs, max(1, epochs // 2)}, reverse=True)
 
 
+def example(images: list[Path], prompt: str, size: tuple[int, int]) -> Path:
+    """The training image whose caption shares the prompt's shape tag, of the cells' size if there is one."""
+    tags = {t.strip() for t in prompt.split(",")}
+
+    def fit(p: Path) -> tuple[bool, bool]:
+        from PIL import Image
+
+        caption = {t.strip() for t in p.with_suffix(".txt").read_text().split(",")}
+        with Image.open(p) as im:
+            return bool(tags & caption - {"shapes_demo", BACKGROUND[0], "simple", "no humans"}), im.size == size
+
+    return max(images, key=fit)
+
+
 def write_picture(out: Path, data: Path, summary: dict, shown: list[int]) -> tuple[Path, str]:
     """RUN/demo.png from the grid's cells, and one honest sentence on whether the samples moved toward the
     training images' colours (distance of mean colours, base → LoRA at weight 1.0, the last epoch)."""
@@ -165,8 +179,8 @@ def write_picture(out: Path, data: Path, summary: dict, shown: list[int]) -> tup
     rows, shifts = [], []
     for i, p in enumerate(prompts):
         base = dp.cell(grids, i, f"{name}-{shown[0]:02d}", 0.0)
-        cells = [("a training image", Image.open(images[i % len(images)]).convert("RGB").resize(base.size)),
-                 ("base model", base)]
+        shown_image = Image.open(example(images, p.prompt, base.size)).convert("RGB").resize(base.size)
+        cells = [("a training image", shown_image), ("base model", base)]
         cells += [(f"LoRA 1.0, epoch {e}", dp.cell(grids, i, f"{name}-{e:02d}", 1.0)) for e in sorted(shown)]
         rows.append((f"{p.prompt}  (seed {p.seed}, {p.steps} steps, CFG {p.cfg_scale:g})", cells))
         shifts.append(dp.colour_shift(base, cells[-1][1], target))
