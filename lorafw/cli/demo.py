@@ -187,8 +187,6 @@ def write_picture(out: Path, data: Path, summary: dict, shown: list[int]) -> tup
     epochs = summary.get("epochs", [])
     title = (f"lorafw demo: a LoRA trained {shown[0]} epochs ({summary.get('steps', '?')} steps) on 12 {TRIGGER_NAME} "
              "shapes; in each row the same prompt and seed, without and with the LoRA")
-    picture = out / "demo.png"
-    dp.compose(rows, epochs, title).save(picture)
     before = sum(b for b, _ in shifts) / len(shifts)
     after = sum(a for _, a in shifts) / len(shifts)
     vals = [e["val_loss"] for e in epochs if e.get("val_loss") is not None]
@@ -200,4 +198,7 @@ def write_picture(out: Path, data: Path, summary: dict, shown: list[int]) -> tup
         verdict = (f"in {shown[0]} epochs the tiny model did not learn a visible concept (mean-colour distance "
                    f"from the training images {before:.2f} → {after:.2f}); what it did learn is in the loss "
                    f"chart{loss}")
+    picture = out / "demo.png"
+    plain = verdict.replace("→", "->")  # Pillow's built-in font has no arrow
+    dp.compose(rows, epochs, f"{title}. Verdict: {plain}.").save(picture)  # the picture says what the printout says
     return picture, verdict
