@@ -101,19 +101,40 @@ def test_help_names_the_common_keys(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_on_a_fresh_folder(tmp_path):
-    p = lorafw("demo", "--dir", str(tmp_path / "demo"), "--epochs", "2", cwd=tmp_path)
-    files = list((tmp_path / "demo" / "runs").glob("*/shapes_demo-02.safetensors"))
-    assert len(files) == 1 and str(files[0]) in p.stdout
-    grid = files[0].parent / "grids" / "prompt-00.png"
-    assert grid.is_file() and str(grid) in p.stdout  # the demo ends with the guide's epoch × weight grid
+def test_demo_runs_on_a_fresh_folder_and_its_picture_says_what_the_lora_learned(tmp_path):
     from PIL import Image
 
+    from lorafw.cli import demo_picture as dp
+    from lorafw.cli.demo import MIN_SHIFT
+
+    p = lorafw("demo", "--dir", str(tmp_path / "demo"), "--epochs", "4", cwd=tmp_path)
+    files = list((tmp_path / "demo" / "runs").glob("*/shapes_demo-04.safetensors"))
+    assert len(files) == 1 and str(files[0]) in p.stdout
+    run = files[0].parent
+    grid = run / "grids" / "prompt-00.png"
+    assert grid.is_file() and str(grid) in p.stdout  # the demo ends with the guide's epoch × weight grid
     layout = json.loads(Image.open(grid).info["lorafw_grid"])
-    assert layout["rows"] == ["shapes_demo-02", "shapes_demo-01"] and layout["columns"] == ["1", "0.9", "0.8", "0.7", "0.6", "0.5"]
-    assert (tmp_path / "demo" / "models" / "tiny-sd15.safetensors").is_file()
-    assert len(list((tmp_path / "demo" / "dataset" / "4_shapes").glob("*.txt"))) == 12
-    report = files[0].parent / "report.html"  # and then names the epoch and weight to use, and the page
+    assert layout["rows"] == ["shapes_demo-04", "shapes_demo-02"] and layout["columns"] == ["1", "0"]
+    assert (tmp_path / "demo" / "models" / "tiny-sd15-pixelvae.safetensors").is_file()
+    training = sorted((tmp_path / "demo" / "dataset" / "4_shapes").glob("*.png"))
+    assert len(training) == 12 and len(list(training[0].parent.glob("*.txt"))) == 12
+    picture = run / "demo.png"
+    assert picture.is_file() and f"with the losses per epoch: {picture}" in p.stdout
+    # The picture's claim, measured again here: how far the base model's (weight 0) and the LoRA's (weight 1.0)
+    # samples are from the training images' mean colour, same prompt and seed; the printout must say what
+    # the numbers say, and the LoRA must have changed the samples at all.
+    target = dp.mean_colour([Image.open(f) for f in training])
+    shifts = []
+    for i in (0, 1):
+        base, lora = (Image.open(run / "grids" / f"prompt-{i:02d}" / f"shapes_demo-04_w{w}.png") for w in (0, 1))
+        assert base.tobytes() != lora.tobytes()
+        shifts.append(dp.colour_shift(base, lora, target))
+    before, after = (sum(s[j] for s in shifts) / 2 for j in (0, 1))
+    learned = after < before - MIN_SHIFT
+    assert f"{before:.2f} → {after:.2f}" in p.stdout or f"{before:.2f} (base model) → {after:.2f}" in p.stdout
+    assert ("lorafw demo: the LoRA learned the training images' colours" in p.stdout) == learned
+    assert ("the tiny model did not learn a visible concept" in p.stdout) == (not learned)
+    report = run / "report.html"  # and then names the epoch and weight to use, and the page
     assert report.is_file() and p.stdout.rstrip().endswith(f"lorafw demo: the whole run on one page: {report}")
     assert "lorafw demo: recommended: shapes_demo-0" in p.stdout and "validation loss" in p.stdout
 
