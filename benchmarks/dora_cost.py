@@ -194,20 +194,24 @@ def full(args) -> None:
           flush=True)
     order = [(k, lever) for k in nets for lever in (True, False)]
     times: dict[str, list[float]] = {f"{k}{'' if on else '_before'}": [] for k, on in order}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # the process's CPU seconds (all threads): a shared
+    # machine's load stretches wall time far more than the work done
     for r in range(args.steps + 1):
         for k, on in order:
             label = f"{k}{'' if on else '_before'}"
             for m in nets[k]:
                 m.apply_to()
             with contextlib.nullcontext() if on else speed.off("autocast_no_upcast"):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 full_step(unet, data, params_of(nets[k]), opts[k])
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
             for m in reversed(nets[k]):
                 m.restore()
             if r:
                 times[label].append(dt)
-            print(f"  round {r} {label:<14} {dt:7.2f} s{'  (warm-up)' if not r else ''}", flush=True)
+                cpu[label].append(dc)
+            print(f"  round {r} {label:<14} {dt:7.2f} s, CPU {dc:7.2f} s{'  (warm-up)' if not r else ''} "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
     if args.profile:
         for k, on in order:
             for m in nets[k]:
@@ -221,14 +225,16 @@ def full(args) -> None:
                 m.restore()
             print(f"\n--- {k}{'' if on else '_before'}: top operators (self CPU time) ---")
             print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    med = {k: statistics.median(v) for k, v in times.items()}
     print()
-    for k, v in times.items():
-        print(f"  {k:<14} {med[k]:7.2f} s/step   ({' '.join(f'{x:.2f}' for x in v)})")
-    print(f"\ndora / locon (lorafw, end to end):  {med['dora'] / med['locon']:.2f}x   (goal <= 1.5x)")
-    print(f"before (autocast_no_upcast off):    {med['dora_before'] / med['locon_before']:.2f}x")
-    print(f"dora after / before:                {med['dora'] / med['dora_before']:.2f}x")
-    print(json.dumps({"cpu": cpu_facts(), "s_per_step": med, "rounds": times}))
+    for what, series in (("wall", times), ("CPU", cpu)):
+        med = {k: statistics.median(v) for k, v in series.items()}
+        for k, v in series.items():
+            print(f"  {what:<4} {k:<14} {med[k]:7.2f} s/step   ({' '.join(f'{x:.2f}' for x in v)})")
+        print(f"  {what}: dora / locon (lorafw, end to end) {med['dora'] / med['locon']:.2f}x (goal <= 1.5x); "
+              f"before "
+              f"(autocast_no_upcast off) {med['dora_before'] / med['locon_before']:.2f}x; dora after / before "
+              f"{med['dora'] / med['dora_before']:.2f}x; locon after / before {med['locon'] / med['locon_before']:.2f}x")
+    print(json.dumps({"cpu": cpu_facts(), "wall": times, "cpu_seconds": cpu}))
 
 
 def rounds(variants: dict, data, steps: int) -> dict[str, float]:
