@@ -15,11 +15,21 @@ the same with or without DoRA) on a fixed batch, median of `--steps` after one w
   locon_peft, dora_peft   peft's LoRA / DoRA on the same layers (lorafw's engine before LyCORIS)
 and checks that `dora` and `dora_lycoris` give the same output and gradients (results unchanged).
 Figures only: nothing here asserts. The machine may be shared: run it twice and say so with the figures.
+
+    python benchmarks/dora_cost.py --full               # the pdxl_dora step end to end: the figure that counts
+
+--full is the training step as the pdxl_dora recipe runs it, at SDXL's full size (2.6B parameters, built in
+code with seeded random weights, in bf16: ~5 GB): base weights bf16, adapters fp32, bf16 autocast, gradient
+checkpointing, 256 px, batch 2, all CPU threads; forward, loss, backward and the AdamW update of the variant's
+adapters. Variants, interleaved round by round: locon, dora, and each with the speed lever autocast_no_upcast
+off (`_before`: what lorafw did before it). The text encoders are not in it (pdxl trains the UNet only, from
+cached text states). Keep it to 2-3 rounds after the warm-up: a step takes tens of seconds on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -49,6 +59,23 @@ def build(width: float) -> torch.nn.Module:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config(width))
     unet.requires_grad_(False)
+    return unet.train()
+
+
+def build_full(width: float = 1.0) -> torch.nn.Module:
+    """SDXL's UNet (at `width` of its channels: 1.0, its full size) in bf16, checkpointing on; constructed in bf16
+    (no fp32 copy of 10 GB on the way)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        unet = UNet2DConditionModel(**unet_config(width))
+    finally:
+        torch.set_default_dtype(before)
+    unet.to(torch.bfloat16).requires_grad_(False)
+    unet.enable_gradient_checkpointing()
     return unet.train()
 
 
@@ -133,6 +160,83 @@ def step(unet, data, params) -> torch.Tensor:
     return y.detach()
 
 
+def full_step(unet, data, params, opt) -> torch.Tensor:
+    """One pdxl_dora training step: the UNet in bf16 under bf16 autocast (lorafw's CPU bf16 run), an fp32 loss,
+    backward, AdamW."""
+    x, t, ctx, added = data
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = unet(x, t, ctx, added_cond_kwargs=added).sample
+    y.float().square().mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return y.detach()
+
+
+def full(args) -> None:
+    """--full: see the module docstring."""
+    import contextlib
+    import os
+
+    from lorafw import speed
+    from lorafw.precision import cpu_facts
+
+    print(json.dumps(cpu_facts()))
+    unet = build_full(args.width or 1.0)
+    n = sum(p.numel() for p in unet.parameters())
+    x, t, ctx, added = batch(unet, args.resolution, args.batch)
+    bf = torch.bfloat16
+    data = (x.to(bf), t, ctx.to(bf), {"text_embeds": added["text_embeds"].to(bf), "time_ids": added["time_ids"].to(bf)})
+    nets = {"locon": lycoris_network(unet, False, True), "dora": lycoris_network(unet, True, True)}
+    opts = {k: torch.optim.AdamW(params_of(m), lr=5e-5) for k, m in nets.items()}
+    print(f"UNet: SDXL at width {args.width or 1.0} ({n / 1e9:.2f}B parameters, bf16, gradient checkpointing), "
+          f"{args.resolution} px, batch {args.batch}, bf16 autocast, CPU threads {torch.get_num_threads()}, load "
+          f"average {os.getloadavg()[0]:.1f}; forward + backward + AdamW, median of {args.steps} interleaved rounds",
+          flush=True)
+    order = [(k, lever) for k in nets for lever in (True, False)]
+    times: dict[str, list[float]] = {f"{k}{'' if on else '_before'}": [] for k, on in order}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # the process's CPU seconds (all threads): a shared
+    # machine's load stretches wall time far more than the work done
+    for r in range(args.steps + 1):
+        for k, on in order:
+            label = f"{k}{'' if on else '_before'}"
+            for m in nets[k]:
+                m.apply_to()
+            with contextlib.nullcontext() if on else speed.off("autocast_no_upcast"):
+                t0, c0 = time.perf_counter(), time.process_time()
+                full_step(unet, data, params_of(nets[k]), opts[k])
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            for m in reversed(nets[k]):
+                m.restore()
+            if r:
+                times[label].append(dt)
+                cpu[label].append(dc)
+            print(f"  round {r} {label:<14} {dt:7.2f} s, CPU {dc:7.2f} s{'  (warm-up)' if not r else ''} "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    if args.profile:
+        for k, on in order:
+            for m in nets[k]:
+                m.apply_to()
+            with contextlib.nullcontext() if on else speed.off("autocast_no_upcast"):
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU]) as p:
+                    full_step(unet, data, params_of(nets[k]), opts[k])
+            for m in reversed(nets[k]):
+                m.restore()
+            print(f"\n--- {k}{'' if on else '_before'}: top operators (self CPU time) ---")
+            print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print()
+    for what, series in (("wall", times), ("CPU", cpu)):
+        med = {k: statistics.median(v) for k, v in series.items()}
+        for k, v in series.items():
+            print(f"  {what:<4} {k:<14} {med[k]:7.2f} s/step   ({' '.join(f'{x:.2f}' for x in v)})")
+        print(f"  {what}: dora / locon (lorafw, end to end) {med['dora'] / med['locon']:.2f}x (goal <= 1.5x); "
+              f"before "
+              f"(autocast_no_upcast off) {med['dora_before'] / med['locon_before']:.2f}x; dora after / before "
+              f"{med['dora'] / med['dora_before']:.2f}x; locon after / before {med['locon'] / med['locon_before']:.2f}x")
+    print(json.dumps({"cpu": cpu_facts(), "wall": times, "cpu_seconds": cpu}))
+
+
 def rounds(variants: dict, data, steps: int) -> dict[str, float]:
     """Each round runs every variant once (switching adapters between them), so load changes hit all alike."""
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -158,7 +262,7 @@ def profile_top(unet, data, params, label: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--width", type=float, default=0.5, help="fraction of SDXL's channels (default 0.5)")
+    ap.add_argument("--width", type=float, default=None, help="fraction of SDXL's channels (default 0.5; --full: 1.0)")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
@@ -166,8 +270,12 @@ def main() -> None:
     ap.add_argument("--peft", action="store_true", help="also peft's LoRA and DoRA, in the same rounds (a second model in memory)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: on a shared machine, multi-threaded small ops wait on each other)")
+    ap.add_argument("--full", action="store_true", help="the pdxl_dora step end to end at SDXL's full size (see above)")
     args = ap.parse_args()
+    if args.full:
+        return full(args)
     torch.set_num_threads(args.threads)
+    args.width = args.width or 0.5
     unet = build(args.width)
     n = sum(p.numel() for p in unet.parameters())
     print(f"UNet: SDXL structure at width {args.width} ({n / 1e6:.0f}M parameters), {args.resolution} px, batch "

@@ -120,6 +120,7 @@ class Phases:
         self.steps: list[dict[str, float]] = []
         self.current: dict[str, float] = defaultdict(float)
         self.epoch_end: list[dict[str, float]] = []
+        self.writer_jobs: list[dict[str, Any]] = []  # the background writer's jobs, timed on its thread
         self.step_ends: list[float] = []
         self.cpu_ends: list[float] = []  # the process's CPU seconds (user + system, every thread) at each step end
         self.loop_start = 0.0
@@ -212,6 +213,33 @@ def instrument(tr: Any, ph: Phases) -> None:
     ph.epoch_end.append(ends)
     for attr, name in (("save", "save LoRA file"), ("save_state", "save state.pt"), ("write_summary", "write_summary")):
         ph.wrap(tr, attr, name, ends)
+    writes(ph)
+
+
+def writes(ph: Phases) -> None:
+    """The writer thread's jobs (LoRA files, state.pt with run.json, the summary): each one's wall and thread CPU
+    seconds, and state.pt's size: what an epoch end costs off the training thread."""
+    from lorafw.outputs import summary
+    from lorafw.trainers import checkpoint
+
+    def timed(module: Any, attr: str, label: str) -> None:
+        inner = getattr(module, attr)
+
+        def job(*a: Any, **k: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            out = inner(*a, **k)
+            ph.writer_jobs.append({"job": label, "wall": time.perf_counter() - t0, "cpu": time.thread_time() - c0})
+            if label == "state.pt + run.json":
+                from lorafw.run_folder import STATE
+
+                ph.writer_jobs[-1]["bytes"] = (Path(a[0]) / STATE).stat().st_size
+            return out
+
+        setattr(module, attr, job)
+
+    timed(checkpoint, "write_loras", "LoRA file")
+    timed(checkpoint, "write_state_and_record", "state.pt + run.json")
+    timed(summary, "write_summary", "run_summary.json")
 
 
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
@@ -267,14 +295,34 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     # background writer shares the CPU with) less a steady step; and the wait for the last epoch's files
     ends = [b - a for i, (a, b) in enumerate(zip(ph.step_ends, ph.step_ends[1:]), 1) if i % tr.plan.steps_per_epoch == 0]
     epoch_end_excess = [e - statistics.median(steady) for e in ends]
+    cpu_ends = [b - a for i, (a, b) in enumerate(zip(ph.cpu_ends, ph.cpu_ends[1:]), 1)
+                if i % tr.plan.steps_per_epoch == 0]
+    epoch_end_cpu_excess = [e - statistics.median(cpu_steady) for e in cpu_ends]
     final_writes = ph.loop_end - ph.step_ends[-1]
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     return {"steps": ph.steps[1:], "steady": steady, "with_saves": with_saves, "epoch_end": ph.epoch_end[0],
             "cpu_steady": cpu_steady, "cpu_with_saves": cpu_with_saves, "epoch_end_excess": epoch_end_excess,
+            "epoch_end_cpu_excess": epoch_end_cpu_excess, "writer_jobs": ph.writer_jobs,
             "final_writes": final_writes,
-            "epochs": args.epochs, "threads": torch.get_num_threads()}
+            "epochs": args.epochs, "threads": torch.get_num_threads(), "cpu": machine()}
+
+
+def machine() -> dict[str, Any] | None:
+    """lorafw.precision.cpu_facts (the CPU's name, cores, bf16/AMX flags, torch's ISA level), or None from a tree
+    older than it (--against)."""
+    try:
+        from lorafw.precision import cpu_facts
+    except ImportError:
+        return None
+    return cpu_facts()
+
+
+def describe_cpu(facts: dict[str, Any]) -> str:
+    from lorafw.precision import describe_cpu as describe
+
+    return describe(facts)
 
 
 def report(res: dict[str, Any], label: str = "") -> None:
@@ -296,8 +344,15 @@ def report(res: dict[str, Any], label: str = "") -> None:
     print("an epoch end between two steps, over a steady step (s): "
           + " ".join(f"{e:+.3f}" for e in res["epoch_end_excess"])
           + f"; after the last step, until its files are written: {res['final_writes']:.3f} s")
+    print("an epoch end between two steps, over a steady step, in CPU seconds (all threads): "
+          + " ".join(f"{e:+.3f}" for e in res["epoch_end_cpu_excess"]))
+    for j in res["writer_jobs"]:
+        print(f"  writer thread: {j['job']:<20} wall {j['wall']:.3f} s, CPU {j['cpu']:.3f} s"
+              + (f", {j['bytes'] / 1e6:.1f} MB" if "bytes" in j else ""))
     print(f"s/step: steady {statistics.median(res['steady']):.3f} (median of {len(res['steady'])}), "
           f"with saves {res['with_saves']:.3f}; {res['threads']} threads; load average {os.getloadavg()[0]:.2f}")
+    if res.get("cpu"):
+        print(f"CPU: {describe_cpu(res['cpu'])}")
     print(f"CPU s/step (user + system, all threads): steady {statistics.median(res['cpu_steady']):.3f}, "
           f"with saves {res['cpu_with_saves']:.3f}")
 
@@ -322,6 +377,7 @@ def ab(args: argparse.Namespace) -> None:
             "--epochs", str(args.epochs), "--work", args.work, *sum((["--set", s] for s in args.set), []),
             *(["--threads", str(args.threads)] if args.threads else [])]
     loads = []
+    print(f"CPU: {describe_cpu(machine() or {})}", flush=True)
     for r in range(args.rounds):
         for label, off in variants.items():
             env = {**os.environ, "LORAFW_SPEED_OFF": off or ""}
@@ -334,21 +390,23 @@ def ab(args: argparse.Namespace) -> None:
             res = json.loads(p.stdout.strip().splitlines()[-1])
             times[label].append((statistics.median(res["steady"]), res["with_saves"],
                                  statistics.median(res["cpu_steady"]), res["cpu_with_saves"],
-                                 statistics.mean(res["epoch_end_excess"]), res["final_writes"]))
+                                 statistics.mean(res["epoch_end_excess"]), res["final_writes"],
+                                 statistics.mean(res["epoch_end_cpu_excess"])))
             loads.append(os.getloadavg()[0])
             t = times[label][-1]
             print(f"round {r + 1} {label:28s} wall s/step: steady {t[0]:.3f} with saves {t[1]:.3f}; "
-                  f"CPU s/step: steady {t[2]:.3f} with saves {t[3]:.3f}; epoch end {t[4]:+.3f} s, last files "
-                  f"{t[5]:.3f} s  (load {loads[-1]:.1f})", flush=True)
+                  f"CPU s/step: steady {t[2]:.3f} with saves {t[3]:.3f}; epoch end {t[4]:+.3f} s ({t[6]:+.3f} CPU s), "
+                  f"last files {t[5]:.3f} s  (load {loads[-1]:.1f})", flush=True)
     print(f"\n{args.precision}, clip_skip {args.clip_skip}, {args.threads or torch.get_num_threads()} threads; "
           f"load average {min(loads):.1f}–{max(loads):.1f}; means over {args.rounds} rounds, min in brackets")
     ref = statistics.mean(t[1] for t in times["all on"]), statistics.mean(t[3] for t in times["all on"])
     for label, ts in times.items():
-        m = [statistics.mean(t[i] for t in ts) for i in range(6)]
+        m = [statistics.mean(t[i] for t in ts) for i in range(7)]
         lo = [min(t[i] for t in ts) for i in range(4)]
         print(f"  {label:28s} wall: steady {m[0]:.3f} ({lo[0]:.3f}), with saves {m[1]:.3f} ({lo[1]:.3f}) = "
               f"{m[1] / ref[0]:.3f}× all on | CPU: steady {m[2]:.3f} ({lo[2]:.3f}), with saves {m[3]:.3f} "
-              f"({lo[3]:.3f}) = {m[3] / ref[1]:.3f}× all on | epoch end {m[4]:+.3f} s, last files {m[5]:.3f} s")
+              f"({lo[3]:.3f}) = {m[3] / ref[1]:.3f}× all on | epoch end {m[4]:+.3f} s ({m[6]:+.3f} CPU s), last files "
+              f"{m[5]:.3f} s")
 
 
 def main() -> None:

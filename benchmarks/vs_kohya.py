@@ -280,19 +280,17 @@ def exported_network_module(config: Path) -> str | None:
 
 
 def cpu_name(cpuinfo: str | None = None) -> str:
-    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere), as the figures are that CPU's."""
+    """The CPU's model name (lorafw.precision.cpu_model of /proc/cpuinfo; platform.processor() elsewhere)."""
     import platform
+
+    from lorafw.precision import cpu_model
 
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            return value.strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return cpu_model(cpuinfo) or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def git_rev(path: Path) -> str:
@@ -441,15 +439,18 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(res)
         plans[prec] = plan
 
+    from lorafw.precision import cpu_facts, describe_cpu
+
+    cpu = cpu_facts()  # the figures are this CPU's: its name, cores, bf16/AMX flags and torch's ISA level
     header = [f"vs_kohya {stamp} ({args.model}): lorafw {git_rev(ROOT)} vs sd-scripts {git_rev(args.sd_scripts)} "
               f"({args.sd_scripts})",
-              f"machine: {cpu_name()}; {os.cpu_count()} CPUs, threads {args.threads or 'default'}, device {args.device}; load average "
+              f"machine: {describe_cpu(cpu)}; threads {args.threads or 'default'}, device {args.device}; load average "
               f"{load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; setup {setup_s:.0f} s; runs in {runs_dir}"]
     text = report(results, plans, notes, header, EXPECTED_DIFFERENCES)
     print("\n" + text)
     runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / "vs_kohya.md").write_text(text + "\n")
-    payload = {"stamp": stamp, "header": header, "notes": notes, "runs": [r.to_json() for r in results],
+    payload = {"stamp": stamp, "header": header, "cpu": cpu, "notes": notes, "runs": [r.to_json() for r in results],
                "summary": [{**summary(results, p), "clip_skip": plans[p].clip_skip} for p in plans],
                "settings": {p: [list(map(str, row)) for row in plans[p].rows] for p in plans}}
     (runs_dir / "vs_kohya.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")

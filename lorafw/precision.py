@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -176,6 +177,47 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
         return frozenset(found)
     except Exception:
         return frozenset()
+
+
+def cpu_model(cpuinfo: str) -> str | None:
+    """The CPU's name from /proc/cpuinfo ("model name" on x86, "Model"/"Hardware" on ARM boards), else None."""
+    for field_ in ("model name", "Model", "Hardware"):
+        m = re.search(rf"^{field_}\s*:\s*(.+)$", cpuinfo, re.M)
+        if m and m.group(1).strip():
+            return m.group(1).strip()
+    return None
+
+
+def onednn_version(config: str) -> str | None:
+    """oneDNN's version from torch.__config__.show() ("Intel(R) MKL-DNN v3.12.0 (Git Hash ...)"), else None."""
+    m = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\d.]+)", config)
+    return m.group(1) if m else None
+
+
+def cpu_facts() -> dict[str, Any]:
+    """What a CPU timing depends on, recorded beside every benchmark figure and shown by `lorafw doctor`: the CPU's
+    name, the cores this process may use, its bf16/AMX flags (cpu_flags), and the instruction set torch's kernels
+    and oneDNN run with (a figure from an AMX CPU does not carry over to an avx512_bf16 one)."""
+    import platform
+
+    import torch
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read(200_000)
+    except OSError:
+        info = ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mkldnn = torch.backends.mkldnn.is_available()
+    return {"model": cpu_model(info) or platform.processor() or platform.machine(), "cores": cores,
+            "flags": sorted(cpu_flags()), "torch": torch.__version__, "isa": torch.backends.cpu.get_cpu_capability(),
+            "onednn": onednn_version(torch.__config__.show()) if mkldnn else None, "threads": torch.get_num_threads()}
+
+
+def describe_cpu(facts: dict[str, Any]) -> str:
+    """cpu_facts in one line."""
+    return (f"{facts['model']}, {facts['cores']} cores, {', '.join(facts['flags']) or 'no AVX-512/AMX'}; torch "
+            f"{facts['torch']} ISA {facts['isa']}, oneDNN {facts['onednn'] or 'off'}, {facts['threads']} threads")
 
 
 def weight_dtype(precision: str) -> Any:

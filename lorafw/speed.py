@@ -23,6 +23,10 @@ LEVERS: dict[str, str] = {
     "adapter_unit_scalar": "adapters do not multiply lora_up by LyCORIS's scalar when it is the constant 1 (no use_scalar)",
     "heap_reuse": "training on a CPU keeps freed memory for the next step (glibc malloc: no mmap, no trimming) instead of "
                   "page-faulting the same activations back in every step (lorafw/heap.py)",
+    "autocast_no_upcast": "under autocast on any device (the CPU's included), adapters hand the layer's input, "
+                          "and DoRA's norm the frozen weight, to autocast as they are instead of copying them to "
+                          "fp32 first, which autocast casts back to the same values (DoRA: two full-size copies of "
+                          "each layer's weight per forward, one of them held for the backward pass)",
 }
 
 

@@ -48,6 +48,10 @@ def test_doctor_json(capsys):
     assert cmd_doctor(["--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["gpus"] == [] and facts["precision"]["asked"] == "auto" and facts["disk"][0]["free"] > 0
+    from lorafw.precision import cpu_facts
+
+    # one declaration: doctor shows the facts the benchmarks record
+    assert {k: facts["cpu"][k] for k in cpu_facts()} == cpu_facts()
 
 
 @pytest.mark.parametrize("vram,fits", [(8, False), (80, True)])

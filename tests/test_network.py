@@ -3,8 +3,10 @@ kohya's dropouts, the DoRA fast path against LyCORIS's own forward, and the file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -358,3 +360,51 @@ def test_param_groups_loraplus_and_block_lr():
         assert all(("lora_up" in pname[id(p)]) == g["name"].endswith("_plus") for p in g["params"]), g["name"]
     params = [p for g in groups for p in g["params"]]
     assert len(params) == len({id(p) for p in params}) == len(list(n.parameters("")))
+
+
+@pytest.mark.parametrize("kind,dora", [("linear", True), ("conv", True), ("linear", False), ("conv", False)])
+def test_cpu_autocast_adapters_skip_the_fp32_copies_with_the_same_bits(kind, dora):
+    """speed lever autocast_no_upcast: under the CPU's bf16 autocast the adapter's input (and DoRA's frozen weight)
+    goes to autocast as it is; the fp32 copy it replaces was cast back to the same values, so output and gradients
+    are bit-identical. Engaged: the frozen weight itself (not a copy of it) is what DoRA's W·Dᵀ keeps for backward,
+    and no fp32 copy of the bf16 input is made."""
+    from lorafw import speed
+
+    def run(lever_on: bool) -> tuple[torch.Tensor, list[torch.Tensor], int, int]:
+        torch.manual_seed(0)
+        layer = torch.nn.Conv2d(32, 48, 3, padding=1) if kind == "conv" else torch.nn.Linear(64, 48)
+        layer.to(torch.bfloat16).requires_grad_(False)
+        m = one(layer, weight_decompose=dora)
+        with torch.no_grad():
+            m.lora_down.weight.normal_()
+        x = (torch.randn(2, 32, 6, 6) if kind == "conv" else torch.randn(2, 5, 64)).to(torch.bfloat16).requires_grad_()
+        saved: set[int] = set()  # storages of the weight's size kept for the backward pass
+        upcasts = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.numel() == layer.weight.numel():
+                saved.add(t.untyped_storage().data_ptr())
+            return t
+
+        def count(mod: Any, args: tuple) -> None:
+            nonlocal upcasts
+            upcasts += args[0].dtype == torch.float32
+
+        m.lora_down.register_forward_pre_hook(count)
+        with contextlib.ExitStack() as stack:
+            if not lever_on:
+                stack.enter_context(speed.off("autocast_no_upcast"))
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = layer(x)
+            y.float().square().sum().backward()
+        grads = [x.grad] + [p.grad for p in m.parameters() if p.requires_grad]
+        return y, grads, len(saved), upcasts
+
+    y_on, g_on, saved_on, up_on = run(True)
+    y_off, g_off, saved_off, up_off = run(False)
+    assert y_on.dtype == torch.bfloat16 and torch.equal(y_on, y_off)
+    assert len(g_on) == len(g_off) > 2 and all(torch.equal(a, b) for a, b in zip(g_on, g_off))
+    assert (up_on, up_off) == (0, 1)  # lever off: lora_down got an fp32 copy of the input
+    # the layer keeps its weight for the input's gradient; lever off, DoRA's W·Dᵀ kept a bf16 copy of an fp32 copy too
+    assert (saved_on, saved_off) == ((1, 2) if dora else (1, 1))

@@ -7,6 +7,7 @@ import itertools
 import math
 
 import pytest
+import torch
 
 from lorafw.precision import Amp, Hardware, attention_choice, choose, cpu_flags
 
@@ -318,3 +319,23 @@ def test_fp16_skips_a_nan_step_and_goes_on(compose_tiny, monkeypatch):
                                        "train.on_nonfinite=skip"))
     assert math.isnan(result.loss_history[1]) and all(math.isfinite(x) for i, x in enumerate(result.loss_history) if i != 1)
     assert _record(result)["skipped_steps"] == 1
+
+
+def test_cpu_facts_name_the_cpu_its_flags_and_torchs_isa(monkeypatch):
+    """What every CPU figure is recorded with (doctor, benchmarks/vs_kohya.py, step_profile.py, dora_cost.py)."""
+    from lorafw.precision import cpu_facts, cpu_model, describe_cpu, onednn_version
+
+    info = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+            "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert cpu_model(info) == "Intel(R) Xeon(R) Processor"
+    assert cpu_model("processor\t: 0\nHardware\t: BCM2835\n") == "BCM2835" and cpu_model("processor\t: 0\n") is None
+    assert onednn_version("  - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71)\n") == "3.12.0"
+    assert onednn_version("  - oneDNN v3.7.1\n") == "3.7.1" and onednn_version("no such line") is None
+    monkeypatch.setenv("LORAFW_CPU_FLAGS", "avx512_bf16 amx_tile amx_bf16")
+    f = cpu_facts()
+    assert f["flags"] == ["amx_bf16", "amx_tile", "avx512_bf16"] and f["cores"] >= 1 and f["model"]
+    assert f["isa"] == torch.backends.cpu.get_cpu_capability() and f["torch"] == torch.__version__
+    assert (f["onednn"] is not None) == torch.backends.mkldnn.is_available()
+    line = describe_cpu(f)
+    assert f"{f['cores']} cores, amx_bf16, amx_tile, avx512_bf16" in line and f"ISA {f['isa']}" in line
+    assert "no AVX-512/AMX" in describe_cpu({**f, "flags": []})

@@ -23,6 +23,7 @@ from typing import Any
 from lorafw.cli.args import Parser, add_overrides
 from lorafw.errors import ConfigError, ModelError
 from lorafw.paths import expand
+from lorafw.precision import describe_cpu
 
 # The config, the checkpoint reader and the planner are imported where they are used (on purpose): `lorafw
 # doctor --help` loads none of them.
@@ -79,8 +80,7 @@ def render(f: dict[str, Any]) -> str:
         lines.append(f"  cuda:{g['index']}  {g['name']}, compute capability {g['capability']}, {gib(g['total'])} "
                      f"({gib(g['free'])} free)")
     c = f["cpu"]
-    lines.append(f"  cpu     {c['cores']} cores, {', '.join(c['flags']) or 'no AVX-512/AMX'}, RAM {gib(c['ram_total'])} "
-                 f"({gib(c['ram_available'])} available)")
+    lines.append(f"  cpu     {describe_cpu(c)}; RAM {gib(c['ram_total'])} ({gib(c['ram_available'])} available)")
     if not f["gpus"]:
         lines.append("  no CUDA GPU: runs train on the CPU (the tiny demo and checks; real models need a GPU)")
     p = f["precision"]
@@ -175,7 +175,7 @@ def gather(overrides: list[str], vram: float | None = None) -> dict[str, Any]:
     import torch
 
     from lorafw.config.spec import TrainSpec
-    from lorafw.precision import attention_choice, choose, cpu_flags, probe
+    from lorafw.precision import attention_choice, choose, cpu_facts, probe
 
     problems: list[str] = []
     spec, has_data = _spec(overrides) if overrides else (None, False)
@@ -192,8 +192,7 @@ def gather(overrides: list[str], vram: float | None = None) -> dict[str, Any]:
             gpus.append({"index": i, "name": torch.cuda.get_device_name(i), "capability": f"{cc[0]}.{cc[1]}",
                          "total": total, "free": free})
     ram_total, ram_avail = _meminfo()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = {"cores": cores, "flags": sorted(cpu_flags()), "ram_total": ram_total, "ram_available": ram_avail}
+    cpu = {**cpu_facts(), "ram_total": ram_total, "ram_available": ram_avail}
     if t.device == "auto":
         device = "cuda:0" if gpus else "cpu"
     elif t.device.startswith("cuda") and not gpus:

@@ -56,7 +56,10 @@ class KohyaLoCon(LoConModule):
 
     def _lx_dropped(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """dropouts(down(x)) and the update's scale (kohya's rank-dropout rescale included)."""
-        lx = self._lx(x.to(self.lora_down.weight.dtype) if not torch.is_autocast_enabled() else x)
+        # torch.is_autocast_enabled() without a device answers for CUDA only
+        lever = speed.on("autocast_no_upcast")
+        autocast = torch.is_autocast_enabled(x.device.type) if lever else torch.is_autocast_enabled()
+        lx = self._lx(x.to(self.lora_down.weight.dtype) if not autocast else x)
         scale = self.scale
         if self.training and self.p_dropout:
             lx = F.dropout(lx, p=self.p_dropout)
@@ -129,7 +132,7 @@ class KohyaLoCon(LoConModule):
             delta = self.get_diff_weight(1.0)[0].float().reshape(out, -1) / self.scale * scale
             sq = (w.detach().float().reshape(out, -1) + delta).pow(2).sum(1)
         else:
-            wd = torch.mm(w.detach().reshape(out, -1).to(down.dtype), down.t())  # (out, r)
+            wd = torch.mm(*self._norm_operands(w.detach().reshape(out, -1), down))  # (out, r)
             gram = torch.mm(down, down.t())  # (r, r)
             sq = self._base_sq_norm() + 2 * scale * (up * wd).sum(1) + scale * scale * ((up @ gram) * up).sum(1)
         norm = sq.clamp_min(0).sqrt() + torch.finfo(torch.float32).eps
@@ -137,6 +140,17 @@ class KohyaLoCon(LoConModule):
         if self.multiplier != 1:
             c = self.multiplier * (c - 1) + 1
         return c
+
+    @staticmethod
+    def _norm_operands(w: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, Dᵀ) for W·Dᵀ. Under autocast mm runs in the autocast dtype whatever it is given: a W already in that
+        dtype is used as it is (a view; autocast would cast an fp32 copy back to the same values, and keep that
+        copy for the backward pass) and Dᵀ is cast as autocast casts it, so the product is bit-identical."""
+        dev = w.device.type
+        if (speed.on("autocast_no_upcast") and torch.is_autocast_enabled(dev)
+                and w.dtype == torch.get_autocast_dtype(dev) and down.dtype == torch.float32):
+            return w, down.t().to(w.dtype)
+        return w.to(down.dtype), down.t()
 
     def _dora(self, base: torch.Tensor, lx: torch.Tensor, scale: float) -> torch.Tensor:
         """y = c ⊙ (W·x + scale·up(lx)) + b = c ⊙ base + [up(lx)·scale·c + (1 − c)·b]: the bracket is one small-weight
