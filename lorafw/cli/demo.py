@@ -172,7 +172,7 @@ def write_picture(out: Path, data: Path, summary: dict, shown: list[int]) -> tup
     from lorafw.config.prompts import read_prompts
 
     spec = load_spec(out, [], check_paths=False)
-    prompts = read_prompts(spec.sample, spec.dataset.resolution)
+    prompts = read_prompts(spec.sample, spec.dataset.size)
     name, grids = spec.output.name, out / "grids"
     images = sorted(data.glob("*/*.png"))
     target = dp.mean_colour([Image.open(p) for p in images])

@@ -510,7 +510,7 @@ def _check_bucket_step(s: RunSpec, p: list[str], family: object | None = None) -
     step = getattr(family, "bucket_step", None)
     if not d.enable_bucket:
         (w, h), n = d.size, step.exact if step is not None else 1
-        if w % n or h % n:
+        if step is not None and (w % n or h % n):
             p.append(f"dataset.resolution: without buckets every image is trained at exactly {w}x{h}; {label} "
                      f"needs sides that are multiples of {n} ({step.why}): set dataset.resolution=[{w - w % n}, "
                      f"{h - h % n}] or dataset.enable_bucket=true (buckets need only the area)")
