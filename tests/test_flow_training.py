@@ -134,6 +134,8 @@ def test_an_eps_sdxl_lora_has_no_flow_keys(tiny_xl_model, tiny_dataset, tmp_path
         arch = "sdxl"
         mixed_precision = "no"
         num_validation_images = 0
+        epochs = 1
+        init_weights: dict[str, str] = {}
 
     meta = spec_metadata(spec, Written(Facts(), "toy", False, False))  # type: ignore[arg-type]
     assert not [k for k in meta if k.removeprefix("ss_") in FLOW_ONLY]
