@@ -74,8 +74,10 @@ def test_the_two_make_commands_do_what_the_readme_says(tmp_path):
     assert bash_lines("make ") == ["make demo", "make test"]
 
     def dry(target: str, venv: Path) -> str:
-        return subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout
+        # CI runs this under `make test`: a nested make prints "Entering directory" lines unless told not to
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+        return subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=True).stdout
 
     fresh = tmp_path / "venv"
     demo = dry("demo", fresh)
