@@ -115,7 +115,7 @@ def test_demo_runs_on_a_fresh_folder_and_its_picture_says_what_the_lora_learned(
     assert grid.is_file() and str(grid) in p.stdout  # the demo ends with the guide's epoch × weight grid
     layout = json.loads(Image.open(grid).info["lorafw_grid"])
     assert layout["rows"] == ["shapes_demo-04", "shapes_demo-02"] and layout["columns"] == ["1", "0"]
-    assert (tmp_path / "demo" / "models" / "tiny-sd15-pixelvae.safetensors").is_file()
+    assert (tmp_path / "demo" / "models" / "tiny-sd15-canvas.safetensors").is_file()
     training = sorted((tmp_path / "demo" / "dataset" / "4_shapes").glob("*.png"))
     assert len(training) == 12 and len(list(training[0].parent.glob("*.txt"))) == 12
     picture = run / "demo.png"
@@ -130,10 +130,10 @@ def test_demo_runs_on_a_fresh_folder_and_its_picture_says_what_the_lora_learned(
         assert base.tobytes() != lora.tobytes()
         shifts.append(dp.colour_shift(base, lora, target))
     before, after = (sum(s[j] for s in shifts) / 2 for j in (0, 1))
-    learned = after < before - MIN_SHIFT
-    assert f"{before:.2f} → {after:.2f}" in p.stdout or f"{before:.2f} (base model) → {after:.2f}" in p.stdout
-    assert ("lorafw demo: the LoRA learned the training images' colours" in p.stdout) == learned
-    assert ("the tiny model did not learn a visible concept" in p.stdout) == (not learned)
+    assert f"{before:.2f} (base model) → {after:.2f}" in p.stdout
+    assert after < before - MIN_SHIFT  # the canvas base draws grey; 4 epochs already move it to the red shapes
+    assert "lorafw demo: the LoRA learned the training images' colours" in p.stdout
+    assert "the tiny model did not learn a visible concept" not in p.stdout
     report = run / "report.html"  # and then names the epoch and weight to use, and the page
     assert report.is_file() and p.stdout.rstrip().endswith(f"lorafw demo: the whole run on one page: {report}")
     assert "lorafw demo: recommended: shapes_demo-0" in p.stdout and "validation loss" in p.stdout

@@ -91,3 +91,53 @@ def test_the_dataset_is_one_colour_and_the_picture_shows_a_training_image_of_the
     for shape in ("circle", "square"):
         e = example(images, f"shapes_demo, red {shape}, white background", (128, 128))
         assert f"red {shape}" in e.with_suffix(".txt").read_text() and Image.open(e).size == (128, 128)
+
+
+def _blocks(seed: int, h: int = 3, w: int = 2) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return (torch.randn(1, 4, h, w) * 2).repeat_interleave(8, 2).repeat_interleave(8, 3)
+
+
+def test_the_canvas_unet_predicts_its_input_divided_by_its_rms(pixel_model):
+    # on 8×8 blocks every level of the UNet sees the same picture, so the sharp and blurred halves agree
+    # and the prediction is exactly the input over its RMS per channel, at any time step and for any prompt
+    unet = pixel_model.unet
+    x = _blocks(0)
+    rms = x.pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+    with torch.no_grad():
+        for t, seed in ((999, 1), (10, 2)):
+            torch.manual_seed(seed)
+            y = unet(x, torch.tensor([t]), torch.randn(1, 77, 32)).sample
+            assert torch.allclose(y, x / rms, atol=1e-4)
+
+
+def test_the_base_model_draws_a_grey_canvas_whatever_the_prompt_and_seed(pixel_model):
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    unet = pixel_model.unet
+    for seed in range(3):
+        sched = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        sched.set_timesteps(12)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 4, 16, 16, generator=g) * sched.init_noise_sigma
+        ctx = torch.randn(1, 77, 32, generator=g)
+        with torch.no_grad():
+            for t in sched.timesteps:
+                x = sched.step(unet(sched.scale_model_input(x, t), t, ctx).sample, t, x, generator=g).prev_sample
+        assert x.abs().mean() < 0.1 and x.mean().abs() < 0.02  # pixels within ~13 levels of mid-grey on average
+
+
+def test_a_lora_on_the_canvas_unet_gets_a_gradient_from_the_first_step(pixel_model):
+    # proj_out is zero in the base, so a LoRA's first updates must reach it through its own up weights
+    unet = pixel_model.unet
+    proj = unet.down_blocks[0].attentions[0].proj_out
+    down, up = torch.nn.Conv2d(proj.in_channels, 4, 1, bias=False), torch.nn.Conv2d(4, proj.out_channels, 1, bias=False)
+    torch.nn.init.zeros_(up.weight)
+    hook = proj.register_forward_hook(lambda m, i, o: o + up(down(i[0])))
+    try:
+        x = _blocks(3)
+        unet(x, torch.tensor([500]), torch.randn(1, 77, 32)).sample.sub(torch.randn_like(x)).pow(2).mean().backward()
+    finally:
+        hook.remove()
+        unet.zero_grad(set_to_none=True)
+    assert up.weight.grad is not None and up.weight.grad.abs().sum() > 0

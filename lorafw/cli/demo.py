@@ -1,14 +1,15 @@
 """`lorafw demo`: a real training run on a built-in default, with nothing to download.
 
 Writes a small synthetic dataset (red shapes on white with booru-style tag captions, several aspect ratios,
-in a `REPEATS_NAME` folder) and a tiny SD1.5-architecture checkpoint as one original-layout .safetensors —
-random UNet and text encoder, and a VAE whose latents are the pixels 8× smaller (lorafw/models/pixel_vae.py),
-so that what the LoRA learns can be seen — then trains the sd15_character recipe on them through the
-ordinary command-line path: the same code a real run takes, only smaller numbers. It ends as the guide does,
-with saved epochs rendered across LoRA weights (weight 0: the base model), and writes RUN/demo.png: each
-prompt without and with the LoRA, same seed, beside a training image, above the losses per epoch. It says
-whether the samples moved toward the training images' colours, prints the recommended epoch and weight, and
-the path of report.html. docs/assets/demo.png is this picture from `lorafw demo` (tools/demo_png.py).
+in a `REPEATS_NAME` folder) and a tiny SD1.5-architecture checkpoint as one original-layout .safetensors — a
+random text encoder, a UNet built to draw a blank grey canvas (lorafw/models/canvas_unet.py) and a VAE whose
+latents are the pixels 8× smaller (lorafw/models/pixel_vae.py), so that what the LoRA learns can be seen —
+then trains the sd15_character recipe on them through the ordinary command-line path: the same code a real
+run takes, only smaller numbers. It ends as the guide does, with saved epochs rendered across LoRA weights
+(weight 0: the base model), and writes RUN/demo.png: each prompt without and with the LoRA, same seed, beside
+a training image, above the losses per epoch. It says whether the samples moved toward the training images'
+colours, prints the recommended epoch and weight, and the path of report.html. docs/assets/demo.png is this
+picture from `lorafw demo` (tools/demo_png.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SHAPES = ("circle", "square", "triangle")
 TRIGGER_NAME, TRIGGER_COLOUR = "red", (220, 40, 40)  # one colour: what a short run can visibly learn
 BACKGROUND = ("white background", (245, 245, 245))
 SIZES = ((128, 128), (192, 128), (128, 192), (160, 160), (256, 128))
-MODEL_FILE = "tiny-sd15-pixelvae.safetensors"
+MODEL_FILE = "tiny-sd15-canvas.safetensors"  # a new name whenever the model changes: demo folders keep theirs
 EPOCHS = 10
 WEIGHTS = (1.0, 0.0)  # the grid's columns; 0 = the base model
 MIN_SHIFT = 0.03  # the mean-colour distance must fall by this much to call it learned
@@ -62,12 +63,13 @@ def make_dataset(root: Path, n_images: int = 12, repeats: int = 4, trigger: str 
 
 
 def make_base_model(path: Path, seed: int = 0) -> Path:
-    """The tiny SD1.5 model with random weights, its VAE swapped for the pixel VAE."""
+    """The tiny SD1.5 model: a random text encoder, a UNet that draws a blank canvas and the pixel VAE."""
+    from lorafw.models.canvas_unet import canvas_unet
     from lorafw.models.pixel_vae import pixel_vae
     from lorafw.models.tiny import build_sd15, save_single_file
 
     if not path.is_file():
-        save_single_file({**build_sd15(seed), "vae": pixel_vae()}, path)
+        save_single_file({**build_sd15(seed), "unet": canvas_unet(seed), "vae": pixel_vae()}, path)
     return path
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str]) -> int:
     if not data.is_dir():
         make_dataset(data)
     out = base / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    print(f"lorafw demo: tiny SD1.5-architecture model with random weights and a pixel VAE: {model}\n"
+    print(f"lorafw demo: tiny SD1.5-architecture model whose base draws a blank grey canvas: {model}\n"
           f"lorafw demo: dataset {data} (12 images of {TRIGGER_NAME} shapes × 4 repeats)")
     from lorafw.cli.train import hydra_main
 
