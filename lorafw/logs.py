@@ -14,6 +14,10 @@ log = logging.getLogger("lorafw")
 # bitsandbytes warns on import, on CPUs with AVX512-BF16, that an optional 4-bit kernel package is missing;
 # lorafw never uses 4-bit layers, so the line only confuses.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# transformers 5 warns, once per class, that CLIP's/SigLIP's image processors fall back to their PIL versions
+# without torchvision; lorafw installs no torchvision on purpose (the registry's is a CUDA build) and the PIL
+# processors are the ones it wants.
+logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
 
 
 def ensure_logging() -> None:

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+import lorafw.logs  # noqa: F401  (first: it quiets third-party import-time warnings before any command imports them)
 from lorafw.cli.args import nearest
 from lorafw.config.shipped import conf_dir
 from lorafw.errors import LorafwError, UsageError
