@@ -21,8 +21,8 @@ Figures only: nothing here asserts. The machine may be shared: run it twice and 
 --full is the training step as the pdxl_dora recipe runs it, at SDXL's full size (2.6B parameters, built in
 code with seeded random weights, in bf16: ~5 GB): base weights bf16, adapters fp32, bf16 autocast, gradient
 checkpointing, 256 px, batch 2, all CPU threads; forward, loss, backward and the AdamW update of the variant's
-adapters. Variants, interleaved round by round: locon, dora, and each with the speed lever autocast_no_upcast
-off (`_before`: what lorafw did before it). The text encoders are not in it (pdxl trains the UNet only, from
+adapters. Variants, interleaved round by round: locon, dora, each with the speed levers autocast_no_upcast and
+dora_norm_cache off (`_before`: what lorafw did before them), and dora_nocache (only dora_norm_cache off). The text encoders are not in it (pdxl trains the UNet only, from
 cached text states). Keep it to 2-3 rounds after the warm-up: a step takes tens of seconds on 2 cores.
 """
 
@@ -172,6 +172,9 @@ def full_step(unet, data, params, opt) -> torch.Tensor:
     return y.detach()
 
 
+BEFORE = ("autocast_no_upcast", "dora_norm_cache")  # the speed levers that changed DoRA's step (lorafw/speed.py)
+
+
 def full(args) -> None:
     """--full: see the module docstring."""
     import contextlib
@@ -192,16 +195,17 @@ def full(args) -> None:
           f"{args.resolution} px, batch {args.batch}, bf16 autocast, CPU threads {torch.get_num_threads()}, load "
           f"average {os.getloadavg()[0]:.1f}; forward + backward + AdamW, median of {args.steps} interleaved rounds",
           flush=True)
-    order = [(k, lever) for k in nets for lever in (True, False)]
-    times: dict[str, list[float]] = {f"{k}{'' if on else '_before'}": [] for k, on in order}
+    # (variant, label, levers off): "_before" is what lorafw did before both levers; dora_nocache isolates the cache
+    order = [("locon", "locon", ()), ("locon", "locon_before", BEFORE), ("dora", "dora", ()),
+             ("dora", "dora_nocache", ("dora_norm_cache",)), ("dora", "dora_before", BEFORE)]
+    times: dict[str, list[float]] = {label: [] for _, label, _ in order}
     cpu: dict[str, list[float]] = {k: [] for k in times}  # the process's CPU seconds (all threads): a shared
     # machine's load stretches wall time far more than the work done
     for r in range(args.steps + 1):
-        for k, on in order:
-            label = f"{k}{'' if on else '_before'}"
+        for k, label, off in order:
             for m in nets[k]:
                 m.apply_to()
-            with contextlib.nullcontext() if on else speed.off("autocast_no_upcast"):
+            with speed.off(*off) if off else contextlib.nullcontext():
                 t0, c0 = time.perf_counter(), time.process_time()
                 full_step(unet, data, params_of(nets[k]), opts[k])
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -213,17 +217,17 @@ def full(args) -> None:
             print(f"  round {r} {label:<14} {dt:7.2f} s, CPU {dc:7.2f} s{'  (warm-up)' if not r else ''} "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
     if args.profile:
-        for k, on in order:
+        for k, label, off in order:
             for m in nets[k]:
                 m.apply_to()
-            with contextlib.nullcontext() if on else speed.off("autocast_no_upcast"):
+            with speed.off(*off) if off else contextlib.nullcontext():
                 from torch.profiler import ProfilerActivity, profile
 
                 with profile(activities=[ProfilerActivity.CPU]) as p:
                     full_step(unet, data, params_of(nets[k]), opts[k])
             for m in reversed(nets[k]):
                 m.restore()
-            print(f"\n--- {k}{'' if on else '_before'}: top operators (self CPU time) ---")
+            print(f"\n--- {label}: top operators (self CPU time) ---")
             print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     print()
     for what, series in (("wall", times), ("CPU", cpu)):
@@ -231,8 +235,8 @@ def full(args) -> None:
         for k, v in series.items():
             print(f"  {what:<4} {k:<14} {med[k]:7.2f} s/step   ({' '.join(f'{x:.2f}' for x in v)})")
         print(f"  {what}: dora / locon (lorafw, end to end) {med['dora'] / med['locon']:.2f}x (goal <= 1.5x); "
-              f"before "
-              f"(autocast_no_upcast off) {med['dora_before'] / med['locon_before']:.2f}x; dora after / before "
+              f"without dora_norm_cache {med['dora_nocache'] / med['locon']:.2f}x; before (levers "
+              f"{', '.join(BEFORE)} off) {med['dora_before'] / med['locon_before']:.2f}x; dora after / before "
               f"{med['dora'] / med['dora_before']:.2f}x; locon after / before {med['locon'] / med['locon_before']:.2f}x")
     print(json.dumps({"cpu": cpu_facts(), "wall": times, "cpu_seconds": cpu}))
 

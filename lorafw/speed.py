@@ -27,6 +27,8 @@ LEVERS: dict[str, str] = {
                           "and DoRA's norm the frozen weight, to autocast as they are instead of copying them to "
                           "fp32 first, which autocast casts back to the same values (DoRA: two full-size copies of "
                           "each layer's weight per forward, one of them held for the backward pass)",
+    "dora_norm_cache": "DoRA's norm term W·Dᵀ (one pass over each frozen weight) is computed once per step and "
+                       "reused by gradient checkpointing's recompute, instead of twice",
 }
 
 

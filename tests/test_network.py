@@ -408,3 +408,58 @@ def test_cpu_autocast_adapters_skip_the_fp32_copies_with_the_same_bits(kind, dor
     assert (up_on, up_off) == (0, 1)  # lever off: lora_down got an fp32 copy of the input
     # the layer keeps its weight for the input's gradient; lever off, DoRA's W·Dᵀ kept a bf16 copy of an fp32 copy too
     assert (saved_on, saved_off) == ((1, 2) if dora else (1, 1))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_dora_norm_cache_reuses_w_dt_in_the_checkpoint_recompute_with_the_same_bits(kind, autocast, reentrant,
+                                                                                  monkeypatch):
+    """speed lever dora_norm_cache: under gradient checkpointing each forward runs twice per step with the same
+    D; W·Dᵀ is computed once a step instead of twice, and outputs, every gradient and the updated weights over
+    two optimizer steps are bit-identical to computing it each time."""
+    from torch.utils.checkpoint import checkpoint
+
+    from lorafw import speed
+
+    real_mm = torch.mm
+
+    def run(lever_on: bool) -> tuple[list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        layer = torch.nn.Conv2d(32, 48, 3, padding=1) if kind == "conv" else torch.nn.Linear(64, 48)
+        layer.requires_grad_(False)
+        if autocast:
+            layer.to(torch.bfloat16)
+        m = one(layer, weight_decompose=True)
+        with torch.no_grad():
+            m.lora_down.weight.normal_()
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        products = 0
+
+        def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            nonlocal products
+            products += a.numel() == layer.weight.numel()
+            return real_mm(a, b)
+
+        monkeypatch.setattr(torch, "mm", mm)
+        seen: list[torch.Tensor] = []
+        with contextlib.ExitStack() as stack:
+            if not lever_on:
+                stack.enter_context(speed.off("dora_norm_cache"))
+            for step in range(2):
+                x = torch.randn(2, 32, 6, 6) if kind == "conv" else torch.randn(2, 5, 64)
+                x.requires_grad_()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    y = checkpoint(layer, x.to(torch.bfloat16) if autocast else x, use_reentrant=reentrant)
+                y.float().square().sum().backward()
+                seen += [y.detach(), x.grad] + [p.grad.clone() for p in m.parameters() if p.requires_grad]
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            seen += [p.detach().clone() for p in m.parameters() if p.requires_grad]
+        monkeypatch.setattr(torch, "mm", real_mm)
+        return seen, products
+
+    on, products_on = run(True)
+    off, products_off = run(False)
+    assert len(on) == len(off) > 8 and all(torch.equal(a, b) for a, b in zip(on, off, strict=True))
+    assert (products_on, products_off) == (2, 4)  # two steps: once each, against forward and recompute each

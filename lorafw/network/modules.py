@@ -46,6 +46,7 @@ class KohyaLoCon(LoConModule):
         self._w_sq: torch.Tensor | None = None  # ‖W_i‖², per output channel
         self._w_key: tuple[int, int, torch.device, torch.dtype] | None = None
         self._unit_key: tuple[int, int, torch.device] | None = None  # the scalar buffer last seen to be 1
+        self._wd_cache: tuple[tuple, torch.Tensor] | None = None  # (key, W·Dᵀ): see _w_down
 
     # -- the rank-r path --------------------------------------------------------------------------
     def _lx(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +133,7 @@ class KohyaLoCon(LoConModule):
             delta = self.get_diff_weight(1.0)[0].float().reshape(out, -1) / self.scale * scale
             sq = (w.detach().float().reshape(out, -1) + delta).pow(2).sum(1)
         else:
-            wd = torch.mm(*self._norm_operands(w.detach().reshape(out, -1), down))  # (out, r)
+            wd = self._w_down(w.detach().reshape(out, -1), down)  # (out, r)
             gram = torch.mm(down, down.t())  # (r, r)
             sq = self._base_sq_norm() + 2 * scale * (up * wd).sum(1) + scale * scale * ((up @ gram) * up).sum(1)
         norm = sq.clamp_min(0).sqrt() + torch.finfo(torch.float32).eps
@@ -152,6 +153,21 @@ class KohyaLoCon(LoConModule):
             return w, down.t().to(w.dtype)
         return w.to(down.dtype), down.t()
 
+    def _w_down(self, w: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        """W·Dᵀ, the norm's one pass over the frozen weight. Gradient checkpointing runs each forward twice per
+        step with the same D; the product is kept (one (out, r) tensor a layer) and the recompute reuses it."""
+        a, b = self._norm_operands(w, down)
+        if torch.compiler.is_compiling() or not speed.on("dora_norm_cache"):
+            return torch.mm(a, b)
+        dev = a.device.type
+        if torch.is_autocast_enabled(dev):  # autocast's own casts, made here so the backward sees what mm saw
+            dt = torch.get_autocast_dtype(dev)
+            a, b = a.to(dt), b.to(dt)
+        d = self.lora_down.weight
+        key = (d.data_ptr(), d._version, w.data_ptr(), self._current_weight()._version, a.dtype, b.dtype,
+               torch.is_autocast_enabled(a.device.type))
+        return _CachedProduct.apply(a, b, self, key)
+
     def _dora(self, base: torch.Tensor, lx: torch.Tensor, scale: float) -> torch.Tensor:
         """y = c ⊙ (W·x + scale·up(lx)) + b = c ⊙ base + [up(lx)·scale·c + (1 − c)·b]: the bracket is one small-weight
         projection with a bias, then one multiply-add over the output. The norm uses the undropped weights at the
@@ -160,6 +176,29 @@ class KohyaLoCon(LoConModule):
         bias = self._current_bias()
         shift = self._up(lx, c * scale, None if bias is None else (1 - c) * bias.float()).to(base.dtype)
         return torch.addcmul(shift, base, c.reshape((1, -1, 1, 1) if self.isconv else (-1,)).to(base.dtype))
+
+
+class _CachedProduct(torch.autograd.Function):
+    """a·b for a frozen `a`, computed once per `key` (the adapter's down weight and the frozen weight, each with
+    its in-place version): the same values and the same gradient for b (aᵀ·g, as mm's own backward computes it)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, owner: KohyaLoCon, key: tuple) -> torch.Tensor:
+        cached = owner._wd_cache
+        if cached is None or cached[0] != key:
+            cached = owner._wd_cache = (key, torch.mm(a, b))
+        ctx.save_for_backward(a)
+        ctx.b_column_major = b.dim() == 2 and b.stride(0) == 1 and b.stride(1) == b.size(0)
+        return cached[1].clone()  # a new tensor each call: the graph of one forward never reaches another's
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        (a,) = ctx.saved_tensors
+        # mm's own backward (mm_mat2_backward): a column-major b (here Dᵀ, a transposed view) gets (gᵀ·a)ᵀ
+        grad = g.t().mm(a).t() if ctx.b_column_major else a.t().mm(g)
+        return None, grad, None, None
 
 
 LYCORIS = {"loha": LohaModule, "lokr": LokrModule, "ia3": IA3Module, "glora": GLoRAModule}
