@@ -46,7 +46,7 @@ class KohyaLoCon(LoConModule):
         self._w_sq: torch.Tensor | None = None  # ‖W_i‖², per output channel
         self._w_key: tuple[int, int, torch.device, torch.dtype] | None = None
         self._unit_key: tuple[int, int, torch.device] | None = None  # the scalar buffer last seen to be 1
-        self._wd_cache: tuple[tuple, torch.Tensor] | None = None  # (key, W·Dᵀ): see _w_down
+        self._wd_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, Dᵀ, W·Dᵀ): see _w_down
 
     # -- the rank-r path --------------------------------------------------------------------------
     def _lx(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,9 +163,9 @@ class KohyaLoCon(LoConModule):
         if torch.is_autocast_enabled(dev):  # autocast's own casts, made here so the backward sees what mm saw
             dt = torch.get_autocast_dtype(dev)
             a, b = a.to(dt), b.to(dt)
-        d = self.lora_down.weight
-        key = (d.data_ptr(), d._version, w.data_ptr(), self._current_weight()._version, a.dtype, b.dtype,
-               torch.is_autocast_enabled(a.device.type))
+        if not (b.stride(0) == 1 and b.stride(1) == b.size(0)):  # _CachedProduct's backward assumes a column-major b
+            return torch.mm(a, b)
+        key = (w.data_ptr(), self._current_weight()._version, a.dtype, b.dtype)
         return _CachedProduct.apply(a, b, self, key)
 
     def _dora(self, base: torch.Tensor, lx: torch.Tensor, scale: float) -> torch.Tensor:
@@ -179,26 +179,25 @@ class KohyaLoCon(LoConModule):
 
 
 class _CachedProduct(torch.autograd.Function):
-    """a·b for a frozen `a`, computed once per `key` (the adapter's down weight and the frozen weight, each with
-    its in-place version): the same values and the same gradient for b (aᵀ·g, as mm's own backward computes it)."""
+    """a·b for a frozen `a` and a column-major b (here Dᵀ), computed once for the same `a` (`key`: its storage and
+    in-place version) and the same values of b (compared: bitsandbytes' optimizers update the adapter's weights
+    without bumping their version, so a version cannot say whether D changed). The same values, and the same
+    gradient for b as mm's own backward gives a column-major b (mm_mat2_backward: (gᵀ·a)ᵀ)."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, owner: KohyaLoCon, key: tuple) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, owner: KohyaLoCon, key: tuple) -> torch.Tensor:  # noqa: ANN001
         cached = owner._wd_cache
-        if cached is None or cached[0] != key:
-            cached = owner._wd_cache = (key, torch.mm(a, b))
+        if cached is None or cached[0] != key or not torch.equal(cached[1], b):
+            cached = owner._wd_cache = (key, b.detach().clone(), torch.mm(a, b))
         ctx.save_for_backward(a)
-        ctx.b_column_major = b.dim() == 2 and b.stride(0) == 1 and b.stride(1) == b.size(0)
-        return cached[1].clone()  # a new tensor each call: the graph of one forward never reaches another's
+        return cached[2].clone()  # a new tensor each call: the graph of one forward never reaches another's
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
         if not ctx.needs_input_grad[1]:
             return None, None, None, None
         (a,) = ctx.saved_tensors
-        # mm's own backward (mm_mat2_backward): a column-major b (here Dᵀ, a transposed view) gets (gᵀ·a)ᵀ
-        grad = g.t().mm(a).t() if ctx.b_column_major else a.t().mm(g)
-        return None, grad, None, None
+        return None, g.t().mm(a).t(), None, None
 
 
 LYCORIS = {"loha": LohaModule, "lokr": LokrModule, "ia3": IA3Module, "glora": GLoRAModule}
