@@ -26,21 +26,13 @@ from typing import Any
 
 import torch
 
-CHANNELS = 64  # 32 GroupNorm groups of two: the (+x, −x) pairs
-LATENT = 4
+from lorafw.models.tiny import TINY_SD15_UNET
 
-CANVAS_UNET: dict[str, Any] = {
-    "sample_size": 8,
-    "in_channels": LATENT,
-    "out_channels": LATENT,
-    "block_out_channels": [CHANNELS] * 4,
-    "layers_per_block": 1,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 32,  # the tiny CLIP's width (lorafw/models/tiny.py)
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
+CHANNELS = 64  # 32 GroupNorm groups of two: the (+x, −x) pairs
+LATENT = TINY_SD15_UNET["in_channels"]
+
+# the tests' tiny SD1.5 UNet (same blocks, text width and heads), 64 channels at every level
+CANVAS_UNET: dict[str, Any] = {**TINY_SD15_UNET, "block_out_channels": [CHANNELS] * 4}
 
 
 def _pairs(conv: torch.nn.Conv2d) -> None:
