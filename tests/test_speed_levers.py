@@ -102,6 +102,16 @@ class Probe:
             return hit
 
         monkeypatch.setattr(modules.KohyaLoCon, "_unit_scalar", unit)
+        self.dora_cache_hits = 0
+        real_product = modules._CachedProduct.forward
+
+        def product(ctx: Any, a: torch.Tensor, b: torch.Tensor, owner: Any, key: tuple) -> torch.Tensor:
+            before = owner._wd_cache
+            out = real_product(ctx, a, b, owner, key)
+            self.dora_cache_hits += before is not None and owner._wd_cache is before
+            return out
+
+        monkeypatch.setattr(modules._CachedProduct, "forward", staticmethod(product))
 
     def watch(self, tr: Any) -> None:
         te = tr.models.text_encoders[0]
@@ -144,7 +154,14 @@ RUNS = {
     # SDXL: CLIP-L's last layer unused (hidden state -2), bigG whole (its pooled output is read)
     "sdxl": ("pdxl", prepare, ["dataset.cache_latents_to_disk=false", "train.gradient_checkpointing=false",
                                    "train.max_token_length=75"]),
+    # DoRA under bf16 autocast with gradient checkpointing (dora_norm_cache's recompute) and bitsandbytes' 8-bit
+    # AdamW, which writes the weights without bumping their version
+    "sd15_dora": ("sd15_character", prepare, ["network=dora", "train.mixed_precision=bf16",
+                                              "train.gradient_checkpointing=true", "optimizer=adamw8bit"]),
 }
+# the levers each run switches off one by one (default: all); the DoRA run only those inside the adapters, to keep
+# the suite's time (the others do not depend on the network)
+RUN_LEVERS = {"sd15_dora": ("adapter_unit_scalar", "autocast_no_upcast", "dora_norm_cache")}
 
 
 def compose_run(arch: str, out: Path, model: Path, data: Path) -> Any:
@@ -153,7 +170,8 @@ def compose_run(arch: str, out: Path, model: Path, data: Path) -> Any:
     from lorafw.config.compose import compose
 
     recipe, _, extra = RUNS[arch]
-    return compose(recipe, tiny_overrides(model, data, out) + COMMON + extra)
+    mine = {e.split("=")[0] for e in extra}
+    return compose(recipe, tiny_overrides(model, data, out) + [c for c in COMMON if c.split("=")[0] not in mine] + extra)
 
 
 @pytest.mark.slow
@@ -168,8 +186,9 @@ def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl
     assert (probe_on.last_te_layer_calls > 0) == (arch == "sd15_dropout")
     assert probe_on.unit_scalar_skips > 0
     assert probe_on.heap_reuse == [sys.platform.startswith("linux")]  # glibc's malloc (musl: a no-op, not tested here)
+    assert (probe_on.dora_cache_hits > 0) == (arch == "sd15_dora")
     assert {"toy-01.safetensors", "toy-02-ema.safetensors", "state.pt"} <= set(on)
-    for lever in speed.LEVERS:
+    for lever in RUN_LEVERS.get(arch, tuple(speed.LEVERS)):
         off, probe_off = train(compose_run(arch, tmp_path / f"off-{lever}", model, tiny_dataset), cls, monkeypatch,
                                (lever,))
         assert off == on, f"{arch}: speed lever {lever} changed the files"
@@ -185,6 +204,8 @@ def test_every_speed_lever_leaves_every_file_identical(arch, tiny_model, tiny_xl
             assert probe_off.unit_scalar_skips == 0
         if lever == "heap_reuse":
             assert probe_off.heap_reuse == [False]
+        if lever == "dora_norm_cache":
+            assert probe_off.dora_cache_hits == 0
 
 
 class LateWriter(background.Writer):
