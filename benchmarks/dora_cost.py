@@ -22,8 +22,9 @@ Figures only: nothing here asserts. The machine may be shared: run it twice and 
 code with seeded random weights, in bf16: ~5 GB): base weights bf16, adapters fp32, bf16 autocast, gradient
 checkpointing, 256 px, batch 2, all CPU threads; forward, loss, backward and the AdamW update of the variant's
 adapters. Variants, interleaved round by round: locon, dora, each with the speed levers autocast_no_upcast and
-dora_norm_cache off (`_before`: what lorafw did before them), and dora_nocache (only dora_norm_cache off). The text encoders are not in it (pdxl trains the UNet only, from
-cached text states). Keep it to 2-3 rounds after the warm-up: a step takes tens of seconds on 2 cores.
+dora_norm_cache off (`_before`: what lorafw did before them), and dora_nocache (only dora_norm_cache off). The
+text encoders are not in it (pdxl trains the UNet only, from cached text states). Keep it to 2-3 rounds after the
+warm-up: a step takes tens of seconds on 2 cores.
 """
 
 from __future__ import annotations
@@ -201,32 +202,35 @@ def full(args) -> None:
     times: dict[str, list[float]] = {label: [] for _, label, _ in order}
     cpu: dict[str, list[float]] = {k: [] for k in times}  # the process's CPU seconds (all threads): a shared
     # machine's load stretches wall time far more than the work done
+    @contextlib.contextmanager
+    def variant(k: str, off: tuple[str, ...]):
+        """Variant k's adapters applied and its levers `off`, for one step."""
+        for m in nets[k]:
+            m.apply_to()
+        try:
+            with speed.off(*off) if off else contextlib.nullcontext():
+                yield
+        finally:
+            for m in reversed(nets[k]):
+                m.restore()
+
     for r in range(args.steps + 1):
         for k, label, off in order:
-            for m in nets[k]:
-                m.apply_to()
-            with speed.off(*off) if off else contextlib.nullcontext():
+            with variant(k, off):
                 t0, c0 = time.perf_counter(), time.process_time()
                 full_step(unet, data, params_of(nets[k]), opts[k])
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            for m in reversed(nets[k]):
-                m.restore()
             if r:
                 times[label].append(dt)
                 cpu[label].append(dc)
             print(f"  round {r} {label:<14} {dt:7.2f} s, CPU {dc:7.2f} s{'  (warm-up)' if not r else ''} "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
     if args.profile:
-        for k, label, off in order:
-            for m in nets[k]:
-                m.apply_to()
-            with speed.off(*off) if off else contextlib.nullcontext():
-                from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity, profile
 
-                with profile(activities=[ProfilerActivity.CPU]) as p:
-                    full_step(unet, data, params_of(nets[k]), opts[k])
-            for m in reversed(nets[k]):
-                m.restore()
+        for k, label, off in order:
+            with variant(k, off), profile(activities=[ProfilerActivity.CPU]) as p:
+                full_step(unet, data, params_of(nets[k]), opts[k])
             print(f"\n--- {label}: top operators (self CPU time) ---")
             print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     print()
@@ -237,7 +241,8 @@ def full(args) -> None:
         print(f"  {what}: dora / locon (lorafw, end to end) {med['dora'] / med['locon']:.2f}x (goal <= 1.5x); "
               f"without dora_norm_cache {med['dora_nocache'] / med['locon']:.2f}x; before (levers "
               f"{', '.join(BEFORE)} off) {med['dora_before'] / med['locon_before']:.2f}x; dora after / before "
-              f"{med['dora'] / med['dora_before']:.2f}x; locon after / before {med['locon'] / med['locon_before']:.2f}x")
+              f"{med['dora'] / med['dora_before']:.2f}x; "
+              f"locon after / before {med['locon'] / med['locon_before']:.2f}x")
     print(json.dumps({"cpu": cpu_facts(), "wall": times, "cpu_seconds": cpu}))
 
 
